@@ -1,0 +1,463 @@
+// SPDX-License-Identifier: GPL-2.0
+/* kdrop's kernel side: every place where the kernel gives up on traffic.
+ *
+ *   kfree_skb          -> KDROP_EV_DROP            (tp_btf, else raw_tp)
+ *   tcp_conn_request,
+ *   tcp_v{4,6}_syn_recv_sock -> KDROP_EV_LISTEN_OVERFLOW (fentry, else kprobe)
+ *   icmp_send tp, __icmp_send, icmp6_send -> KDROP_EV_UNREACH
+ *
+ * Each hook has one body shared by its attach modes; userspace picks the
+ * first mode that loads and attaches on the running kernel (tracer/hooks.go).
+ * Everything that can differ between kernels is read through CO-RE. */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include "kdrop.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define NSEC_PER_SEC 1000000000ULL
+#define IPPROTO_ICMPV6 58 /* a #define in uapi, so not in BTF */
+
+/* Filters and limits, set by userspace before load. Being read-only data,
+ * a disabled filter is a constant the verifier prunes away. */
+volatile const __u32 cfg_netns = 0;       /* 0: any */
+volatile const __u16 cfg_port = 0;        /* 0: any; matches either end */
+volatile const __u8 cfg_proto = 0;        /* 0: any */
+volatile const __u8 cfg_addr_filter = 0;  /* 1: either end must match addr_filter */
+volatile const __u32 cfg_rate_limit = 0;  /* events per second per flow; 0: no limit */
+volatile const __u8 cfg_skip_subsys = 0;  /* 1: skip subsystem drop reasons */
+/* Bit n set: do not report drop reason n (benign ones, or not asked for). */
+volatile const __u64 cfg_reason_skip[16] = {};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 << 20);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, KDROP_STAT_MAX);
+} stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct flow_key);
+	__type(value, struct flow_state);
+	__uint(max_entries, 65536);
+} flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct addr_key);
+	__type(value, __u8);
+	__uint(max_entries, 256);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} addr_filter SEC(".maps");
+
+/* Makes bpf2go emit the Go mirror of the event. */
+struct kdrop_event *unused_event __attribute__((unused));
+
+static __always_inline void stat_inc(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &idx);
+	if (v)
+		*v += 1; /* per-CPU: no atomics needed */
+}
+
+/* ---- packet parsing: raw bytes, wire formats never change ---- */
+
+static __always_inline void parse_l4(struct kdrop_event *e, void *l4)
+{
+	__u8 h[14] = {};
+
+	if (e->proto == IPPROTO_TCP) {
+		if (bpf_probe_read_kernel(h, 14, l4))
+			return;
+		e->tcp_flags = h[13];
+	} else if (e->proto == IPPROTO_UDP) {
+		if (bpf_probe_read_kernel(h, 4, l4))
+			return;
+	} else if (e->proto == IPPROTO_ICMP || e->proto == IPPROTO_ICMPV6) {
+		if (bpf_probe_read_kernel(h, 2, l4))
+			return;
+		e->icmp_type = h[0];
+		e->icmp_code = h[1];
+		return;
+	} else {
+		return;
+	}
+	e->sport = (__u16)h[0] << 8 | h[1];
+	e->dport = (__u16)h[2] << 8 | h[3];
+}
+
+/* Fills family, addresses, protocol and ports from the packet itself: most
+ * drops on the receive path have no socket, so skb->sk tells nothing. */
+static __always_inline void parse_skb(struct sk_buff *skb, struct kdrop_event *e)
+{
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	__u16 nh = BPF_CORE_READ(skb, network_header);
+	__u16 proto = bpf_ntohs(BPF_CORE_READ(skb, protocol));
+	__u8 b[40];
+
+	if (!head || nh == (__u16)~0U)
+		return;
+	if (proto == ETH_P_IP) {
+		if (bpf_probe_read_kernel(b, 20, head + nh) || (b[0] >> 4) != 4)
+			return;
+		e->family = 4;
+		e->proto = b[9];
+		__builtin_memcpy(e->saddr, &b[12], 4);
+		__builtin_memcpy(e->daddr, &b[16], 4);
+		/* only the first fragment carries ports */
+		if (((b[6] & 0x1f) << 8 | b[7]) != 0)
+			return;
+		parse_l4(e, head + nh + (b[0] & 0xf) * 4);
+	} else if (proto == ETH_P_IPV6) {
+		if (bpf_probe_read_kernel(b, 40, head + nh) || (b[0] >> 4) != 6)
+			return;
+		e->family = 6;
+		e->proto = b[6];
+		__builtin_memcpy(e->saddr, &b[8], 16);
+		__builtin_memcpy(e->daddr, &b[24], 16);
+		parse_l4(e, head + nh + 40);
+	}
+}
+
+static __always_inline __u32 sk_netns(struct sock *sk)
+{
+	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+}
+
+static __always_inline void skb_where(struct sk_buff *skb, struct kdrop_event *e)
+{
+	struct net_device *dev = BPF_CORE_READ(skb, dev);
+	struct sock *sk;
+
+	if (dev) {
+		e->ifindex = BPF_CORE_READ(dev, ifindex);
+		e->netns = BPF_CORE_READ(dev, nd_net.net, ns.inum);
+		return;
+	}
+	sk = BPF_CORE_READ(skb, sk);
+	if (sk)
+		e->netns = sk_netns(sk);
+}
+
+/* ---- filters, exact counting, rate limiting, output ---- */
+
+static __always_inline bool addr_match(const __u8 *a, __u8 family)
+{
+	struct addr_key k = { .prefixlen = 128 };
+
+	if (family == 4) {
+		k.addr[10] = 0xff;
+		k.addr[11] = 0xff;
+		__builtin_memcpy(&k.addr[12], a, 4);
+	} else {
+		__builtin_memcpy(k.addr, a, 16);
+	}
+	return bpf_map_lookup_elem(&addr_filter, &k) != NULL;
+}
+
+static __always_inline bool pass_filters(struct kdrop_event *e)
+{
+	if (cfg_netns && e->netns != cfg_netns)
+		return false;
+	if (cfg_proto && e->proto != cfg_proto)
+		return false;
+	if (cfg_port && e->sport != cfg_port && e->dport != cfg_port)
+		return false;
+	if (cfg_addr_filter && !addr_match(e->saddr, e->family) &&
+	    !addr_match(e->daddr, e->family))
+		return false;
+	return true;
+}
+
+/* Counts the event in its flow and says whether to send it. The count is
+ * exact whatever the rate limit drops: userspace turns the cumulative
+ * `seen` of sent events, and of the flow table it sweeps every second,
+ * into "N more like this". */
+static __always_inline bool account(struct kdrop_event *e, __u32 key_reason)
+{
+	struct flow_key k = {};
+	struct flow_state *st;
+
+	__builtin_memcpy(k.daddr, e->daddr, 16);
+	k.netns = e->netns;
+	k.reason = key_reason;
+	k.dport = e->dport;
+	k.type = e->type;
+	k.proto = e->proto;
+	k.family = e->family;
+
+	st = bpf_map_lookup_elem(&flows, &k);
+	if (!st) {
+		struct flow_state init = { .window_start = e->ts_ns };
+
+		bpf_map_update_elem(&flows, &k, &init, BPF_NOEXIST);
+		st = bpf_map_lookup_elem(&flows, &k);
+		if (!st) {
+			/* table full: send everything, each event counts 1 */
+			stat_inc(KDROP_STAT_UNTRACKED);
+			e->flags |= KDROP_F_UNTRACKED;
+			return true;
+		}
+	}
+	__sync_fetch_and_add(&st->seen, 1);
+	e->seen = st->seen;
+	if (!cfg_rate_limit)
+		return true;
+	if (e->ts_ns - st->window_start >= NSEC_PER_SEC) {
+		st->window_start = e->ts_ns;
+		st->window_events = 0;
+	}
+	if (st->window_events >= cfg_rate_limit)
+		return false;
+	st->window_events++; /* racy across CPUs; only the limit is approximate */
+	return true;
+}
+
+static __always_inline void emit(struct kdrop_event *e, __u32 key_reason)
+{
+	if (!pass_filters(e) || !account(e, key_reason))
+		return;
+	if (bpf_ringbuf_output(&events, e, sizeof(*e), 0))
+		stat_inc(e->type); /* lost, and counted: see KDROP_STAT_LOST_* */
+}
+
+/* ---- kfree_skb: every drop, with the kernel's own reason ---- */
+
+static __always_inline bool skip_reason(__u32 reason)
+{
+	if (reason >> 16)
+		return cfg_skip_subsys;
+	if (reason >= 16 * 64)
+		return false;
+	/* the mask keeps the verifier sure of the bounds */
+	return (cfg_reason_skip[(reason >> 6) & 15] >> (reason & 63)) & 1;
+}
+
+static __always_inline int on_kfree_skb(__u64 *ctx, __u8 mode)
+{
+	struct sk_buff *skb = (struct sk_buff *)ctx[0];
+	struct kdrop_event e = {};
+	__u32 reason = 0;
+
+	/* The reason argument came with the enum (5.17); on older kernels
+	 * this branch is pruned before the verifier checks ctx[2]. */
+	if (bpf_core_enum_value_exists(enum skb_drop_reason, SKB_DROP_REASON_NOT_SPECIFIED))
+		reason = (__u32)ctx[2];
+	if (skip_reason(reason))
+		return 0;
+
+	e.type = KDROP_EV_DROP;
+	e.mode = mode;
+	e.ts_ns = bpf_ktime_get_ns();
+	e.reason = reason;
+	e.location = ctx[1];
+	skb_where(skb, &e);
+	parse_skb(skb, &e);
+	emit(&e, reason);
+	return 0;
+}
+
+SEC("tp_btf/kfree_skb")
+int tp_btf_kfree_skb(__u64 *ctx)
+{
+	return on_kfree_skb(ctx, KDROP_MODE_TP_BTF);
+}
+
+SEC("raw_tp/kfree_skb")
+int raw_tp_kfree_skb(__u64 *ctx)
+{
+	return on_kfree_skb(ctx, KDROP_MODE_RAW_TP);
+}
+
+/* ---- listen queue overflow: tcp_conn_request and the final ACK ---- */
+
+static __always_inline int listen_overflow(struct sock *sk, struct sk_buff *skb,
+					   __u32 acc, __u32 max, __u32 synq,
+					   __u8 queue, __u8 mode)
+{
+	struct kdrop_event e = {};
+	struct net *net = BPF_CORE_READ(sk, __sk_common.skc_net.net);
+	/* an int on older kernels, a u8 on newer: read whatever size it is */
+	int cookies = BPF_CORE_READ_BITFIELD_PROBED(&net->ipv4, sysctl_tcp_syncookies);
+
+	e.type = KDROP_EV_LISTEN_OVERFLOW;
+	e.mode = mode;
+	e.ts_ns = bpf_ktime_get_ns();
+	e.qlen = acc;
+	e.qmax = max;
+	e.synq = synq;
+	e.queue = queue;
+	if (cookies == 2 || (cookies && synq >= max))
+		e.flags |= KDROP_F_SYNCOOKIE;
+	skb_where(skb, &e);
+	e.netns = BPF_CORE_READ(net, ns.inum);
+	parse_skb(skb, &e);
+	emit(&e, queue);
+	return 0;
+}
+
+/* A SYN reached a listener. Mirrors tcp_conn_request's own checks: SYN
+ * queue full (cookie or drop), then accept queue full (drop, counted as
+ * TcpExtListenOverflows). The fast path is two compares. */
+static __always_inline int conn_request(struct sock *sk, struct sk_buff *skb,
+					__u32 acc, __u32 max, __u8 mode)
+{
+	__u32 synq = BPF_CORE_READ((struct inet_connection_sock *)sk, icsk_accept_queue.qlen.counter);
+
+	if (acc > max)
+		return listen_overflow(sk, skb, acc, max, synq, KDROP_Q_ACCEPT_SYN, mode);
+	if (synq >= max)
+		return listen_overflow(sk, skb, acc, max, synq, KDROP_Q_SYN, mode);
+	return 0;
+}
+
+SEC("fentry/tcp_conn_request")
+int BPF_PROG(fentry_tcp_conn_request, struct request_sock_ops *rsk_ops,
+	     const struct tcp_request_sock_ops *af_ops, struct sock *sk, struct sk_buff *skb)
+{
+	return conn_request(sk, skb, sk->sk_ack_backlog, sk->sk_max_ack_backlog, KDROP_MODE_FENTRY);
+}
+
+SEC("kprobe/tcp_conn_request")
+int BPF_KPROBE(kprobe_tcp_conn_request, struct request_sock_ops *rsk_ops,
+	       const struct tcp_request_sock_ops *af_ops, struct sock *sk, struct sk_buff *skb)
+{
+	return conn_request(sk, skb, BPF_CORE_READ(sk, sk_ack_backlog),
+			    BPF_CORE_READ(sk, sk_max_ack_backlog), KDROP_MODE_KPROBE);
+}
+
+/* The final ACK of a handshake found the accept queue full. */
+static __always_inline int syn_recv_overflow(struct sock *sk, struct sk_buff *skb,
+					     __u32 acc, __u32 max, bool v6, __u8 mode)
+{
+	__u32 synq;
+
+	if (acc <= max)
+		return 0;
+	/* IPv4-mapped on a v6 listener: tcp_v6_syn_recv_sock calls
+	 * tcp_v4_syn_recv_sock, whose hook reports it. Don't count it twice. */
+	if (v6 && BPF_CORE_READ(skb, protocol) == bpf_htons(ETH_P_IP))
+		return 0;
+	synq = BPF_CORE_READ((struct inet_connection_sock *)sk, icsk_accept_queue.qlen.counter);
+	return listen_overflow(sk, skb, acc, max, synq, KDROP_Q_ACCEPT_ACK, mode);
+}
+
+SEC("fentry/tcp_v4_syn_recv_sock")
+int BPF_PROG(fentry_tcp_v4_syn_recv_sock, struct sock *sk, struct sk_buff *skb)
+{
+	return syn_recv_overflow(sk, skb, sk->sk_ack_backlog, sk->sk_max_ack_backlog, false,
+				 KDROP_MODE_FENTRY);
+}
+
+SEC("kprobe/tcp_v4_syn_recv_sock")
+int BPF_KPROBE(kprobe_tcp_v4_syn_recv_sock, struct sock *sk, struct sk_buff *skb)
+{
+	return syn_recv_overflow(sk, skb, BPF_CORE_READ(sk, sk_ack_backlog),
+				 BPF_CORE_READ(sk, sk_max_ack_backlog), false, KDROP_MODE_KPROBE);
+}
+
+SEC("fentry/tcp_v6_syn_recv_sock")
+int BPF_PROG(fentry_tcp_v6_syn_recv_sock, struct sock *sk, struct sk_buff *skb)
+{
+	return syn_recv_overflow(sk, skb, sk->sk_ack_backlog, sk->sk_max_ack_backlog, true,
+				 KDROP_MODE_FENTRY);
+}
+
+SEC("kprobe/tcp_v6_syn_recv_sock")
+int BPF_KPROBE(kprobe_tcp_v6_syn_recv_sock, struct sock *sk, struct sk_buff *skb)
+{
+	return syn_recv_overflow(sk, skb, BPF_CORE_READ(sk, sk_ack_backlog),
+				 BPF_CORE_READ(sk, sk_max_ack_backlog), true, KDROP_MODE_KPROBE);
+}
+
+/* ---- ICMP errors the kernel sends: "unreachable" and friends ---- */
+
+static __always_inline bool icmp_error_type(__u8 type, bool v6)
+{
+	if (v6) /* dest unreach, packet too big, time exceeded, param problem */
+		return type >= 1 && type <= 4;
+	/* dest unreach, time exceeded, parameter problem */
+	return type == 3 || type == 11 || type == 12;
+}
+
+/* skb is the offending packet: the one the ICMP error answers. */
+static __always_inline int icmp_sent(struct sk_buff *skb, int type, int code, bool v6, __u8 mode)
+{
+	struct kdrop_event e = {};
+
+	if (!icmp_error_type(type, v6))
+		return 0;
+	e.type = KDROP_EV_UNREACH;
+	e.mode = mode;
+	e.ts_ns = bpf_ktime_get_ns();
+	skb_where(skb, &e);
+	parse_skb(skb, &e);
+	/* parse_skb put the offending packet's own ICMP header here, if any */
+	e.icmp_type = type;
+	e.icmp_code = code;
+	emit(&e, (__u32)type << 8 | (__u8)code);
+	return 0;
+}
+
+/* Since 6.9 or so: fires after the rate limit, so it sees what was sent. */
+SEC("tp_btf/icmp_send")
+int BPF_PROG(tp_btf_icmp_send, const struct sk_buff *skb, int type, int code)
+{
+	return icmp_sent((struct sk_buff *)skb, type, code, false, KDROP_MODE_TP_BTF);
+}
+
+SEC("raw_tp/icmp_send")
+int raw_tp_icmp_send(__u64 *ctx)
+{
+	return icmp_sent((struct sk_buff *)ctx[0], (int)ctx[1], (int)ctx[2], false,
+			 KDROP_MODE_RAW_TP);
+}
+
+SEC("fentry/__icmp_send")
+int BPF_PROG(fentry_icmp_send, struct sk_buff *skb_in, int type, int code)
+{
+	return icmp_sent(skb_in, type, code, false, KDROP_MODE_FENTRY);
+}
+
+SEC("kprobe/__icmp_send")
+int BPF_KPROBE(kprobe_icmp_send, struct sk_buff *skb_in, int type, int code)
+{
+	return icmp_sent(skb_in, type, code, false, KDROP_MODE_KPROBE);
+}
+
+SEC("fentry/icmp6_send")
+int BPF_PROG(fentry_icmp6_send, struct sk_buff *skb, __u8 type, __u8 code)
+{
+	return icmp_sent(skb, type, code, true, KDROP_MODE_FENTRY);
+}
+
+SEC("kprobe/icmp6_send")
+int BPF_KPROBE(kprobe_icmp6_send, struct sk_buff *skb, __u8 type, __u8 code)
+{
+	return icmp_sent(skb, type, code, true, KDROP_MODE_KPROBE);
+}
+
+/* ---- empty programs: the baseline `make bench` measures against ---- */
+
+SEC("fentry")
+int baseline_fentry(void *ctx) { return 0; }
+
+SEC("kprobe")
+int baseline_kprobe(void *ctx) { return 0; }
+
+SEC("tp_btf")
+int baseline_tp_btf(void *ctx) { return 0; }
+
+SEC("raw_tp")
+int baseline_raw_tp(void *ctx) { return 0; }

@@ -1,0 +1,50 @@
+// Command kdrop shows where the kernel throws traffic away: drops with the
+// kernel's reason, listen queue overflows with the queue and its limit, and
+// the ICMP "unreachable" errors the kernel sends.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+)
+
+// version is set at build time (-ldflags -X main.version=...).
+var version = "dev"
+
+func main() {
+	root := &cobra.Command{
+		Use:   "kdrop",
+		Short: "See where the kernel drops your traffic",
+		Long: `kdrop traces, live, every place where the Linux kernel gives up on traffic:
+
+  drop      a packet freed with a drop reason (kfree_skb), with the reason by
+            name from this kernel's BTF and the kernel function that dropped it
+  overflow  a listener's accept or SYN queue was full: the SYN or the final ACK
+            was refused, with the queue length and its limit (somaxconn)
+  unreach   the kernel answered with an ICMP error such as host-unreachable
+            ("No route to host") or port-unreachable ("Connection refused")
+
+It needs root and a kernel with BTF (CONFIG_DEBUG_INFO_BTF=y). Start with
+"kdrop check" to see what this kernel supports, then "kdrop watch".`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Version:       version,
+	}
+	root.AddCommand(watchCmd(), checkCmd(), reasonsCmd())
+	if err := root.Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "kdrop:", err)
+		var ee exitError
+		if errors.As(err, &ee) {
+			os.Exit(int(ee))
+		}
+		os.Exit(1)
+	}
+}
+
+// exitError carries a specific exit code without another message.
+type exitError int
+
+func (e exitError) Error() string { return fmt.Sprintf("exit status %d", int(e)) }

@@ -1,0 +1,260 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"golang.org/x/sys/unix"
+
+	"github.com/kdrop/kdrop/tracer"
+)
+
+type watchFlags struct {
+	output        string
+	types         []string
+	reasons       []string
+	includeBenign bool
+	cidrs         []string
+	port          uint16
+	proto         string
+	netns         string
+	duration      time.Duration
+	count         uint64
+	rateLimit     uint32
+	attach        string
+	readyFile     string
+	verbose       bool
+}
+
+func watchCmd() *cobra.Command {
+	var f watchFlags
+	cmd := &cobra.Command{
+		Use:   "watch",
+		Short: "Stream drop, overflow and unreachable events live",
+		Long: `Stream kernel drop events live, as a table (default) or JSON lines (-o json).
+
+Each line is one event, or a summary ("+N" in COUNT) of events of the same
+flow that the per-flow rate limit folded together; COUNT always adds up to the
+kernel's own counters. Filters are applied in the kernel.`,
+		Example: `  # everything, as a table
+  sudo kdrop watch
+
+  # accept/SYN queue overflows only, as JSON, for one minute
+  sudo kdrop watch --type overflow -o json --duration 1m
+
+  # why are packets to 10.244.0.0/16 port 80 dropped?
+  sudo kdrop watch --cidr 10.244.0.0/16 --port 80 --reason NO_SOCKET,NETFILTER_DROP`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runWatch(cmd.Context(), f) },
+	}
+	fl := cmd.Flags()
+	fl.StringVarP(&f.output, "output", "o", "table", "output format: table or json (one JSON object per line)")
+	fl.StringSliceVarP(&f.types, "type", "t", nil, "event types to show: drop, overflow, unreach (default all)")
+	fl.StringSliceVarP(&f.reasons, "reason", "r", nil, "drop reasons to show, e.g. NO_SOCKET,NETFILTER_DROP (see kdrop reasons)")
+	fl.BoolVar(&f.includeBenign, "include-benign", false, "also show drop reasons that are not faults ("+strings.Join(tracer.DefaultBenignReasons, ", ")+")")
+	fl.StringSliceVar(&f.cidrs, "cidr", nil, "only packets with either end in this address or CIDR (repeatable)")
+	fl.Uint16VarP(&f.port, "port", "p", 0, "only packets with either port equal to this")
+	fl.StringVar(&f.proto, "proto", "", "only this IP protocol: tcp, udp, icmp, icmpv6, sctp or a number")
+	fl.StringVar(&f.netns, "netns", "", "only this network namespace: an inode number or a path such as /run/netns/NAME or /proc/PID/ns/net")
+	fl.DurationVarP(&f.duration, "duration", "d", 0, "stop after this long (e.g. 30s, 5m); 0 runs until interrupted")
+	fl.Uint64VarP(&f.count, "count", "c", 0, "stop after this many lines; 0 for no limit")
+	fl.Uint32Var(&f.rateLimit, "rate-limit", 100, "events per second per flow before the rest are folded into a summary line (0: no limit)")
+	fl.StringVar(&f.attach, "attach", "auto", "attach modes to try, in order: auto, or a list of fentry,kprobe,tp_btf,raw_tp,sock_diag")
+	fl.StringVar(&f.readyFile, "ready-file", "", "create this file once every hook is attached (for scripts)")
+	fl.BoolVarP(&f.verbose, "verbose", "v", false, "log debug details to stderr")
+	return cmd
+}
+
+// options turns flags into tracer options, rejecting bad values with a
+// message that says what is accepted.
+func (f watchFlags) options(log *zap.Logger) (tracer.Options, error) {
+	o := tracer.Options{RateLimit: f.rateLimit, Log: log}
+	if f.output != "table" && f.output != "json" {
+		return o, fmt.Errorf("--output %q: use table or json", f.output)
+	}
+	for _, s := range f.types {
+		t, err := tracer.ParseEventType(s)
+		if err != nil {
+			return o, fmt.Errorf("--type: %w", err)
+		}
+		o.Filter.Types = append(o.Filter.Types, t)
+	}
+	o.Filter.Reasons = f.reasons
+	if len(f.reasons) > 0 && len(o.Filter.Types) == 0 {
+		o.Filter.Types = []tracer.EventType{tracer.Drop} // reasons only exist for drops
+	}
+	o.Filter.IncludeBenign = f.includeBenign
+	for _, s := range f.cidrs {
+		p, err := parseCIDR(s)
+		if err != nil {
+			return o, err
+		}
+		o.Filter.CIDRs = append(o.Filter.CIDRs, p)
+	}
+	o.Filter.Port = f.port
+	if f.proto != "" {
+		p, err := tracer.ParseProto(f.proto)
+		if err != nil {
+			return o, fmt.Errorf("--proto: %w", err)
+		}
+		o.Filter.Proto = p
+	}
+	if f.netns != "" {
+		ino, err := parseNetns(f.netns)
+		if err != nil {
+			return o, err
+		}
+		o.Filter.Netns = ino
+	}
+	modes, err := tracer.ParseModes(f.attach)
+	if err != nil {
+		return o, fmt.Errorf("--attach: %w", err)
+	}
+	o.Modes = modes
+	return o, nil
+}
+
+func parseCIDR(s string) (netip.Prefix, error) {
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p, nil
+	}
+	if a, err := netip.ParseAddr(s); err == nil {
+		return netip.PrefixFrom(a, a.BitLen()), nil
+	}
+	return netip.Prefix{}, fmt.Errorf("--cidr %q: not an address or CIDR (examples: 10.0.0.7, 10.244.0.0/16, fd00::/64)", s)
+}
+
+func parseNetns(s string) (uint32, error) {
+	if n, err := strconv.ParseUint(s, 10, 32); err == nil {
+		return uint32(n), nil
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(s, &st); err != nil {
+		return 0, fmt.Errorf("--netns %q: neither an inode number nor a readable namespace file: %v", s, err)
+	}
+	return uint32(st.Ino), nil
+}
+
+func newLogger(verbose bool) *zap.Logger {
+	cfg := zap.NewDevelopmentConfig()
+	cfg.Level = zap.NewAtomicLevelAt(zapcore.InfoLevel)
+	if verbose {
+		cfg.Level = zap.NewAtomicLevelAt(zapcore.DebugLevel)
+	}
+	cfg.DisableStacktrace = true
+	cfg.EncoderConfig.EncodeLevel = zapcore.CapitalColorLevelEncoder
+	log, err := cfg.Build()
+	if err != nil {
+		return zap.NewNop()
+	}
+	return log
+}
+
+func runWatch(parent context.Context, f watchFlags) error {
+	log := newLogger(f.verbose)
+	defer log.Sync()
+	opts, err := f.options(log)
+	if err != nil {
+		return err
+	}
+	t, err := tracer.New(opts)
+	if err != nil {
+		return err
+	}
+	defer t.Close()
+	for _, h := range t.Hooks() {
+		if h.Mode == "" {
+			log.Warn("hook missing: its events will not be seen", zap.String("hook", h.Hook), zap.Strings("why", h.Failed))
+		} else {
+			log.Info("hook attached", zap.String("hook", h.Hook), zap.String("mode", string(h.Mode)))
+		}
+	}
+	if f.readyFile != "" {
+		if err := os.WriteFile(f.readyFile, nil, 0o644); err != nil {
+			return fmt.Errorf("--ready-file: %w", err)
+		}
+	}
+
+	ctx, stop := signal.NotifyContext(parent, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if f.duration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, f.duration)
+		defer cancel()
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	out := bufio.NewWriterSize(os.Stdout, 64<<10)
+	defer out.Flush()
+	json := f.output == "json"
+	if !json {
+		fmt.Fprintln(out, tracer.TableHeader)
+	}
+	var lines uint64
+	var buf []byte
+	var lastLost uint64
+	emit := func(e *tracer.Event) {
+		if f.count > 0 && lines >= f.count {
+			return
+		}
+		if json {
+			buf = e.AppendJSON(buf[:0])
+			buf = append(buf, '\n')
+			out.Write(buf)
+		} else {
+			fmt.Fprintln(out, e.TableRow())
+		}
+		lines++
+		if f.count > 0 && lines >= f.count {
+			cancel()
+		}
+		// summaries come at the end of a sweep: a good moment to flush
+		if e.Summary || out.Buffered() > 32<<10 {
+			out.Flush()
+		}
+	}
+	// Flush at least every 200ms so a quiet stream still shows promptly,
+	// and report lost events as soon as they are known.
+	go func() {
+		tick := time.NewTicker(200 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			t.Lock()
+			out.Flush()
+			t.Unlock()
+			st, err := t.Stats()
+			if err == nil && st.LostTotal() > lastLost {
+				log.Warn("ring buffer full: events lost; their counts arrive in the next summary lines",
+					zap.Uint64("lost_total", st.LostTotal()), zap.Uint64("new", st.LostTotal()-lastLost))
+				lastLost = st.LostTotal()
+			}
+		}
+	}()
+	if err := t.Run(ctx, emit); err != nil {
+		return err
+	}
+	t.Lock()
+	out.Flush()
+	t.Unlock()
+	if st, err := t.Stats(); err == nil && st.LostTotal() > 0 {
+		log.Warn("events lost in total (counts are exact, only the lines are missing)", zap.Uint64("lost", st.LostTotal()))
+	}
+	return nil
+}

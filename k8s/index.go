@@ -1,0 +1,355 @@
+package k8s
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+)
+
+// snapshot is an immutable index from IP (and pod UID) to identity. The
+// resolver publishes a new one through an atomic.Pointer after each rebuild;
+// lookups load the pointer and read maps that no one writes any more, so the
+// hot path takes no lock and never waits for a writer.
+type snapshot struct {
+	ips  map[netip.Addr]*ipEntry
+	uids map[string]*Endpoint // pod UID, and static pods' config hash → identity
+	dead map[string]*tomb     // UIDs of recently deleted pods (netns lookups)
+
+	built    time.Time
+	duration time.Duration // time the build took
+	pods     int
+	services int
+	slices   int
+}
+
+var emptySnapshot = &snapshot{}
+
+// ipEntry is what one IP resolves to.
+type ipEntry struct {
+	ep    Endpoint   // the current owner; Kind "" when only deleted pods had this IP
+	ports []hostPort // on a node IP: hostNetwork pods by containerPort, sorted by port
+	dead  []tomb     // recently deleted pods that had this IP, newest first
+}
+
+type hostPort struct {
+	port uint16
+	ep   *Endpoint
+}
+
+// tomb is a deleted pod's identity and when it was deleted.
+type tomb struct {
+	ep Endpoint // as last known; ep.DeletedAt == at
+	at time.Time
+}
+
+// nsName keys objects by namespace and name without building strings.
+type nsName struct{ ns, name string }
+
+// buildInput is what a rebuild reads: the informers' current contents and the
+// tombstones. Rebuilds only read these (the objects are immutable once
+// stored), so buildSnapshot is a pure function.
+type buildInput struct {
+	pods        []*podInfo
+	services    []*svcInfo
+	slices      []*sliceInfo
+	replicaSets map[nsName]*ownerInfo
+	jobs        map[nsName]*ownerInfo
+	tombs       map[netip.Addr][]tomb
+	deadUIDs    map[string]*tomb
+}
+
+// Pod ranks when several pods claim one IP (a Completed pod keeps its IPs in
+// its status after the IP was freed and may have been handed to a new pod).
+const (
+	rankTerminal    = iota // Succeeded or Failed: the sandbox and its IP are gone
+	rankTerminating        // deletionTimestamp set: still holds the IP until it stops
+	rankLive
+)
+
+func podRank(p *podInfo) int {
+	switch {
+	case p.phase == "Succeeded" || p.phase == "Failed":
+		return rankTerminal
+	case p.DeletionTimestamp != nil:
+		return rankTerminating
+	default:
+		return rankLive
+	}
+}
+
+// workload resolves a pod's controller to the workload a user knows:
+// ReplicaSet → Deployment (or whatever else controls the ReplicaSet), Job →
+// CronJob; StatefulSet, DaemonSet and others directly.
+//
+// A ReplicaSet's owner comes from the ReplicaSet informer. When the
+// ReplicaSet is not (yet) in it — informer still syncing, RBAC denies
+// replicasets, or the pod's event arrived before its ReplicaSet's — the
+// Deployment is inferred without any API call: the Deployment controller
+// names a ReplicaSet "<deployment>-<pod-template-hash>" and labels its pods
+// with that hash, so an RS name ending in "-"+hash names its Deployment.
+func workload(p *podInfo, rss, jobs map[nsName]*ownerInfo) (kind, name string) {
+	switch p.ownerKind {
+	case "":
+		return "", ""
+	case "ReplicaSet":
+		if rs := rss[nsName{p.Namespace, p.ownerName}]; rs != nil {
+			if rs.ownerKind != "" {
+				return rs.ownerKind, rs.ownerName
+			}
+			return "ReplicaSet", p.ownerName
+		}
+		if h := p.templateHash; h != "" && len(p.ownerName) > len(h)+1 &&
+			strings.HasSuffix(p.ownerName, h) && p.ownerName[len(p.ownerName)-len(h)-1] == '-' {
+			return "Deployment", p.ownerName[:len(p.ownerName)-len(h)-1]
+		}
+		return "ReplicaSet", p.ownerName
+	case "Job":
+		if j := jobs[nsName{p.Namespace, p.ownerName}]; j != nil && j.ownerKind != "" {
+			return j.ownerKind, j.ownerName
+		}
+		return "Job", p.ownerName
+	default:
+		return p.ownerKind, p.ownerName
+	}
+}
+
+// podEndpoint is a pod's identity without Services.
+func podEndpoint(p *podInfo, rss, jobs map[nsName]*ownerInfo) Endpoint {
+	ep := Endpoint{
+		Kind:        KindPod,
+		Namespace:   p.Namespace,
+		Name:        p.Name,
+		Node:        p.node,
+		Ready:       p.ready,
+		Terminating: p.DeletionTimestamp != nil,
+		HostNetwork: p.hostNetwork,
+	}
+	ep.WorkloadKind, ep.WorkloadName = workload(p, rss, jobs)
+	return ep
+}
+
+// serviceIndex maps endpoint addresses and target pods to "ns/name" service
+// keys, each list sorted and unique.
+type serviceIndex struct {
+	byIP  map[netip.Addr][]string
+	byPod map[nsName][]string
+}
+
+func buildServiceIndex(in []*sliceInfo) serviceIndex {
+	idx := serviceIndex{byIP: map[netip.Addr][]string{}, byPod: map[nsName][]string{}}
+	keys := map[nsName]string{} // one string per service, shared by every list
+	for _, s := range in {
+		if s.service == "" {
+			continue
+		}
+		k := nsName{s.Namespace, s.service}
+		key, ok := keys[k]
+		if !ok {
+			key = s.Namespace + "/" + s.service
+			keys[k] = key
+		}
+		for _, e := range s.endpoints {
+			for _, a := range e.addrs {
+				idx.byIP[a] = addUnique(idx.byIP[a], key)
+			}
+			if e.pod != "" {
+				pk := nsName{s.Namespace, e.pod}
+				idx.byPod[pk] = addUnique(idx.byPod[pk], key)
+			}
+		}
+	}
+	return idx
+}
+
+// addUnique adds s to the sorted list unless present.
+func addUnique(list []string, s string) []string {
+	i, found := slices.BinarySearch(list, s)
+	if found {
+		return list
+	}
+	return slices.Insert(list, i, s)
+}
+
+// mergeSorted returns the sorted union of sorted lists a and b, reusing one of
+// them when the other adds nothing.
+func mergeSorted(a, b []string) []string {
+	if len(b) == 0 {
+		return a
+	}
+	if len(a) == 0 {
+		return b
+	}
+	out := slices.Clone(a)
+	for _, s := range b {
+		out = addUnique(out, s)
+	}
+	if len(out) == len(a) {
+		return a
+	}
+	return out
+}
+
+// buildSnapshot indexes everything a lookup can answer.
+//
+// Precedence for one IP: a pod that owns it (not hostNetwork) > a Service
+// ClusterIP, external or load-balancer IP > a node IP. A node IP never
+// resolves to one of the hostNetwork pods that share it, unless the lookup's
+// port is one of that pod's containerPorts.
+func buildSnapshot(in buildInput, now time.Time) *snapshot {
+	start := time.Now()
+	svcIdx := buildServiceIndex(in.slices)
+	s := &snapshot{
+		ips:      make(map[netip.Addr]*ipEntry, len(in.pods)+len(in.services)),
+		uids:     make(map[string]*Endpoint, len(in.pods)),
+		dead:     in.deadUIDs,
+		built:    now,
+		pods:     len(in.pods),
+		services: len(in.services),
+		slices:   len(in.slices),
+	}
+	type owner struct {
+		e    *ipEntry
+		rank int
+		pod  *podInfo
+	}
+	owners := make(map[netip.Addr]owner, len(in.pods))
+	nodeIPs := map[netip.Addr]string{}
+	type hostNetPod struct {
+		ep  *Endpoint
+		pod *podInfo
+	}
+	var hostNet []hostNetPod
+
+	for _, p := range in.pods {
+		ep := new(Endpoint)
+		*ep = podEndpoint(p, in.replicaSets, in.jobs)
+		key := nsName{p.Namespace, p.Name}
+		services := svcIdx.byPod[key]
+		if !p.hostNetwork {
+			for _, ip := range p.ips {
+				services = mergeSorted(services, svcIdx.byIP[ip])
+			}
+		}
+		ep.Services = services
+		if p.UID != "" {
+			s.uids[string(p.UID)] = ep
+		}
+		if p.mirrorHash != "" {
+			s.uids[p.mirrorHash] = ep
+		}
+		if p.node != "" {
+			for _, ip := range p.hostIPs {
+				nodeIPs[ip] = p.node
+			}
+		}
+		if p.hostNetwork {
+			// Its IPs are the node's: they index the node, and the pod
+			// only by port.
+			if p.node != "" {
+				for _, ip := range p.ips {
+					nodeIPs[ip] = p.node
+				}
+			}
+			hostNet = append(hostNet, hostNetPod{ep, p})
+			continue
+		}
+		rank := podRank(p)
+		for _, ip := range p.ips {
+			if o, ok := owners[ip]; ok {
+				// Several pods claim the IP: keep the live one; between
+				// equals, a stable choice.
+				if o.rank > rank || (o.rank == rank && o.pod.Namespace+"/"+o.pod.Name < p.Namespace+"/"+p.Name) {
+					continue
+				}
+				o.e.ep = *ep
+				owners[ip] = owner{o.e, rank, p}
+				continue
+			}
+			e := &ipEntry{ep: *ep}
+			owners[ip] = owner{e, rank, p}
+			s.ips[ip] = e
+		}
+	}
+
+	for _, svc := range in.services {
+		for _, ip := range svc.ips {
+			if _, taken := s.ips[ip]; taken {
+				continue
+			}
+			s.ips[ip] = &ipEntry{ep: Endpoint{Kind: KindService, Namespace: svc.Namespace, Name: svc.Name}}
+		}
+	}
+
+	for ip, node := range nodeIPs {
+		if _, taken := s.ips[ip]; taken {
+			continue
+		}
+		s.ips[ip] = &ipEntry{ep: Endpoint{Kind: KindNode, Name: node, Node: node, Services: svcIdx.byIP[ip]}}
+	}
+	for _, h := range hostNet {
+		if h.pod.node == "" {
+			continue
+		}
+		addrs := h.pod.hostIPs
+		if len(addrs) == 0 {
+			addrs = h.pod.ips
+		}
+		for _, ip := range addrs {
+			e := s.ips[ip]
+			if e == nil || e.ep.Kind != KindNode || e.ep.Name != h.pod.node {
+				continue
+			}
+			for _, port := range h.pod.ports {
+				e.ports = append(e.ports, hostPort{port, h.ep})
+			}
+		}
+	}
+	for _, e := range s.ips {
+		if len(e.ports) > 1 {
+			// Sorted by port; for a port two pods declare, the live one
+			// first.
+			slices.SortStableFunc(e.ports, func(a, b hostPort) int {
+				if a.port != b.port {
+					return int(a.port) - int(b.port)
+				}
+				return boolInt(a.ep.Terminating) - boolInt(b.ep.Terminating)
+			})
+		}
+	}
+
+	for ip, dead := range in.tombs {
+		if len(dead) == 0 {
+			continue
+		}
+		if e := s.ips[ip]; e != nil {
+			if e.ep.Kind == KindPod {
+				e.dead = dead
+			}
+			continue // a Service or node IP: a pod cannot have had it
+		}
+		s.ips[ip] = &ipEntry{dead: dead}
+	}
+	s.duration = time.Since(start)
+	return s
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// portEndpoint returns the hostNetwork pod declaring port on this node IP.
+func (e *ipEntry) portEndpoint(port uint16) *Endpoint {
+	for i := range e.ports {
+		if e.ports[i].port == port {
+			return e.ports[i].ep
+		}
+		if e.ports[i].port > port {
+			break
+		}
+	}
+	return nil
+}

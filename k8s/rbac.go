@@ -1,0 +1,59 @@
+package k8s
+
+import (
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// readVerbs are the verbs the resolver needs: informers list and watch; get
+// is for humans debugging with kubectl as the same identity.
+var readVerbs = []string{"get", "list", "watch"}
+
+// ClusterRoleRules returns the RBAC rules the Resolver needs, exactly: read
+// access to the five resources its informers watch, cluster-wide. The deploy
+// manifests and tests grant these; a fresh slice is returned each call.
+//
+//	pods, services                    identity of pod and Service IPs, node IPs
+//	endpointslices.discovery.k8s.io   which Services a pod IP backs
+//	replicasets.apps                  ReplicaSet → Deployment (optional: inferred without it)
+//	jobs.batch                        Job → CronJob (optional)
+func ClusterRoleRules() []rbacv1.PolicyRule {
+	return []rbacv1.PolicyRule{
+		{APIGroups: []string{""}, Resources: []string{"pods", "services"}, Verbs: clone(readVerbs)},
+		{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: clone(readVerbs)},
+		{APIGroups: []string{"apps"}, Resources: []string{"replicasets"}, Verbs: clone(readVerbs)},
+		{APIGroups: []string{"batch"}, Resources: []string{"jobs"}, Verbs: clone(readVerbs)},
+	}
+}
+
+// ClusterRole returns a ClusterRole named name with ClusterRoleRules.
+func ClusterRole(name string) *rbacv1.ClusterRole {
+	return &rbacv1.ClusterRole{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "rbac.authorization.k8s.io/v1", Kind: "ClusterRole"},
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Rules:      ClusterRoleRules(),
+	}
+}
+
+// ClusterRoleYAML is ClusterRole("kdrop") as a manifest, for deploy/. A unit
+// test checks that it says the same as ClusterRoleRules.
+const ClusterRoleYAML = `apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: kdrop
+rules:
+- apiGroups: [""]
+  resources: ["pods", "services"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["apps"]
+  resources: ["replicasets"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "list", "watch"]
+`
+
+func clone(s []string) []string { return append([]string(nil), s...) }

@@ -1,0 +1,228 @@
+package tracer
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+	"unsafe"
+)
+
+// EventType says where the kernel gave up on traffic.
+type EventType uint8
+
+// Values mirror enum kdrop_event_type in bpf/kdrop.h.
+const (
+	Drop           EventType = 1 // a packet freed with a drop reason (kfree_skb)
+	ListenOverflow EventType = 2 // a listener's accept or SYN queue was full
+	Unreachable    EventType = 3 // the kernel sent an ICMP error ("unreachable")
+	eventTypeMax   EventType = 4
+)
+
+var eventTypeNames = [...]string{Drop: "drop", ListenOverflow: "overflow", Unreachable: "unreach"}
+
+func (t EventType) String() string {
+	if t > 0 && t < eventTypeMax {
+		return eventTypeNames[t]
+	}
+	return fmt.Sprintf("type%d", uint8(t))
+}
+
+// EventTypes lists every type, in display order.
+func EventTypes() []EventType { return []EventType{Drop, ListenOverflow, Unreachable} }
+
+// ParseEventType accepts the names String returns.
+func ParseEventType(s string) (EventType, error) {
+	for _, t := range EventTypes() {
+		if strings.EqualFold(s, t.String()) {
+			return t, nil
+		}
+	}
+	return 0, fmt.Errorf("unknown event type %q: use one of drop, overflow, unreach", s)
+}
+
+// Queue says which queue of a listener overflowed (enum kdrop_queue).
+type Queue uint8
+
+const (
+	QueueNone      Queue = 0
+	QueueAcceptSYN Queue = 1 // a SYN was refused because the accept queue was full
+	QueueAcceptACK Queue = 2 // a handshake's final ACK found the accept queue full
+	QueueSYN       Queue = 3 // the SYN queue was full
+	QueueAccept    Queue = 4 // accept queue, seen by sock_diag, which can't tell SYN from ACK
+)
+
+func (q Queue) String() string {
+	switch q {
+	case QueueAcceptSYN, QueueAcceptACK, QueueAccept:
+		return "accept"
+	case QueueSYN:
+		return "syn"
+	}
+	return ""
+}
+
+// Event is one decoded kernel event. Fields that do not apply to a type are
+// zero. The sinks (table, JSON) read it; nothing retains it after emit.
+type Event struct {
+	Time time.Time
+	Type EventType
+	// Count is how many occurrences this event stands for: 1, more when the
+	// in-kernel rate limit folded others into it, 0 when an earlier event of
+	// the same flow already counted it. Summed over a run it equals the
+	// kernel's own counters.
+	Count   uint64
+	Summary bool   // a rate-limit summary of a flow, not one packet
+	Source  string // how it was seen: fentry, kprobe, tp_btf, raw_tp, sock_diag
+
+	Netns    uint32
+	Ifindex  uint32
+	Family   uint8 // 4, 6, or 0 when the packet was not IP
+	Proto    uint8 // IPPROTO_*
+	Src, Dst netip.AddrPort
+	TCPFlags uint8
+
+	Reason     string // drop: the kernel's drop reason name ("unknown" where it has none)
+	ReasonCode uint32
+	Location   string // drop: where in the kernel, function+offset
+	LocationPC uint64
+
+	ICMPType, ICMPCode uint8 // unreach: the error the kernel sent
+
+	Queue       Queue // overflow
+	QueueLen    uint32
+	QueueMax    uint32
+	SynQueueLen uint32
+	Syncookie   bool
+}
+
+// rawEvent is the ring buffer record; bpf2go generates it from bpf/kdrop.h.
+type rawEvent = kdropKdropEvent
+
+const rawEventSize = int(unsafe.Sizeof(rawEvent{}))
+
+var modeNames = [...]string{1: "fentry", 2: "kprobe", 3: "tp_btf", 4: "raw_tp"}
+
+func addrFrom(family uint8, b *[16]byte) netip.Addr {
+	switch family {
+	case 4:
+		return netip.AddrFrom4([4]byte(b[:4]))
+	case 6:
+		return netip.AddrFrom16(*b)
+	}
+	return netip.Addr{}
+}
+
+// ProtoName names the IP protocols kdrop meets; others print as numbers.
+func ProtoName(p uint8) string {
+	switch p {
+	case 1:
+		return "icmp"
+	case 6:
+		return "tcp"
+	case 17:
+		return "udp"
+	case 58:
+		return "icmpv6"
+	case 132:
+		return "sctp"
+	case 0:
+		return ""
+	}
+	return fmt.Sprintf("proto%d", p)
+}
+
+// ParseProto is the inverse of ProtoName (numbers accepted too).
+func ParseProto(s string) (uint8, error) {
+	for p := 1; p < 256; p++ {
+		if ProtoName(uint8(p)) == strings.ToLower(s) {
+			return uint8(p), nil
+		}
+	}
+	var n uint8
+	if _, err := fmt.Sscanf(s, "%d", &n); err == nil && n > 0 {
+		return n, nil
+	}
+	return 0, fmt.Errorf("unknown protocol %q: use tcp, udp, icmp, icmpv6, sctp or a number", s)
+}
+
+var tcpFlagNames = [...]string{"FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR"}
+
+// TCPFlagString renders flags as SYN|ACK.
+func TCPFlagString(f uint8) string {
+	var b strings.Builder
+	for i, n := range tcpFlagNames {
+		if f&(1<<i) != 0 {
+			if b.Len() > 0 {
+				b.WriteByte('|')
+			}
+			b.WriteString(n)
+		}
+	}
+	return b.String()
+}
+
+// ICMPName describes an ICMP (v4) or ICMPv6 error as operators know it.
+func ICMPName(v6 bool, typ, code uint8) string {
+	if v6 {
+		switch typ {
+		case 1:
+			if n := [...]string{"no-route", "admin-prohibited", "beyond-scope", "addr-unreachable", "port-unreachable", "failed-policy", "reject-route"}; int(code) < len(n) {
+				return n[code]
+			}
+			return fmt.Sprintf("unreachable/%d", code)
+		case 2:
+			return "packet-too-big"
+		case 3:
+			return "time-exceeded"
+		case 4:
+			return "param-problem"
+		}
+		return fmt.Sprintf("icmp6 %d/%d", typ, code)
+	}
+	switch typ {
+	case 3:
+		n := [...]string{"net-unreachable", "host-unreachable", "proto-unreachable", "port-unreachable",
+			"frag-needed", "srcroute-failed", "net-unknown", "host-unknown", "host-isolated",
+			"net-prohibited", "host-prohibited", "net-tos-unreachable", "host-tos-unreachable",
+			"admin-prohibited", "precedence-violation", "precedence-cutoff"}
+		if int(code) < len(n) {
+			return n[code]
+		}
+		return fmt.Sprintf("unreachable/%d", code)
+	case 11:
+		return "time-exceeded"
+	case 12:
+		return "param-problem"
+	}
+	return fmt.Sprintf("icmp %d/%d", typ, code)
+}
+
+// What returns the event's "why" in one word: the drop reason, the ICMP
+// error, or the queue that overflowed.
+func (e *Event) What() string {
+	switch e.Type {
+	case Drop:
+		return e.Reason
+	case Unreachable:
+		return ICMPName(e.Family == 6, e.ICMPType, e.ICMPCode)
+	case ListenOverflow:
+		s := e.Queue.String() + "-queue"
+		if e.Syncookie {
+			s += "+syncookie"
+		}
+		return s
+	}
+	return ""
+}
+
+func netipV4Mapped(a netip.Addr) netip.Addr { return netip.AddrFrom16(a.As16()) }
+
+// Mirrors of enum kdrop_flags and enum kdrop_stat in bpf/kdrop.h.
+const (
+	flagSyncookie = 1 << 0
+	flagUntracked = 1 << 1
+
+	statUntracked = 4
+	statMax       = 5
+)

@@ -1,0 +1,8 @@
+// Package tracer loads kdrop's BPF programs (bpf/kdrop.bpf.c), attaches each
+// hook in the best mode the running kernel allows, reads events from the ring
+// buffer and decodes them into Event values.
+package tracer
+
+// The BPF object is compiled once (CO-RE) and committed; `make generate`
+// reruns this with the pinned clang.
+//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -cc clang-16 -strip llvm-strip-16 -cflags "-O2 -g -Wall -Werror -mcpu=v3" -target amd64 -type kdrop_event -type flow_key -type flow_state -type addr_key kdrop ../bpf/kdrop.bpf.c -- -I../bpf

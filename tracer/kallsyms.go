@@ -1,0 +1,105 @@
+package tracer
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// Symbolizer turns kernel text addresses (a drop's location) into
+// function+offset using /proc/kallsyms. It loads on first use and caches
+// every address it resolved, so the event path costs one map lookup.
+type Symbolizer struct {
+	path  string
+	once  sync.Once
+	addrs []uint64
+	names []string
+	err   error
+
+	mu    sync.Mutex
+	cache map[uint64]string
+}
+
+// NewSymbolizer reads symbols from path ("" means /proc/kallsyms).
+func NewSymbolizer(path string) *Symbolizer {
+	if path == "" {
+		path = "/proc/kallsyms"
+	}
+	return &Symbolizer{path: path, cache: map[uint64]string{}}
+}
+
+func (s *Symbolizer) load() {
+	f, err := os.Open(s.path)
+	if err != nil {
+		s.err = err
+		return
+	}
+	defer f.Close()
+	s.addrs, s.names, s.err = parseKallsyms(f)
+}
+
+func parseKallsyms(r io.Reader) ([]uint64, []string, error) {
+	type sym struct {
+		a uint64
+		n string
+	}
+	var syms []sym
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		// "ffffffff81000000 T _stext [module]"
+		line := sc.Text()
+		f := strings.Fields(line)
+		if len(f) < 3 || (f[1] != "t" && f[1] != "T") {
+			continue
+		}
+		a, err := strconv.ParseUint(f[0], 16, 64)
+		if err != nil || a == 0 {
+			continue
+		}
+		syms = append(syms, sym{a, f[2]})
+	}
+	if err := sc.Err(); err != nil {
+		return nil, nil, err
+	}
+	if len(syms) == 0 {
+		return nil, nil, fmt.Errorf("no readable text symbols (addresses hidden: kdrop needs root, or kernel.kptr_restrict < 2)")
+	}
+	sort.Slice(syms, func(i, j int) bool { return syms[i].a < syms[j].a })
+	addrs := make([]uint64, len(syms))
+	names := make([]string, len(syms))
+	for i, s := range syms {
+		addrs[i], names[i] = s.a, s.n
+	}
+	return addrs, names, nil
+}
+
+// Resolve returns "func+0xoff", or the bare address when it is unknown.
+func (s *Symbolizer) Resolve(pc uint64) string {
+	if pc == 0 {
+		return ""
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n, ok := s.cache[pc]; ok {
+		return n
+	}
+	s.once.Do(s.load)
+	n := fmt.Sprintf("0x%x", pc)
+	if i := sort.Search(len(s.addrs), func(i int) bool { return s.addrs[i] > pc }) - 1; i >= 0 {
+		n = fmt.Sprintf("%s+0x%x", s.names[i], pc-s.addrs[i])
+	}
+	s.cache[pc] = n
+	return n
+}
+
+// Err reports why symbols could not be loaded, if they could not.
+func (s *Symbolizer) Err() error {
+	s.once.Do(s.load)
+	return s.err
+}
