@@ -120,6 +120,7 @@ func podEndpoint(p *podInfo, rss, jobs map[nsName]*ownerInfo) Endpoint {
 		Kind:        KindPod,
 		Namespace:   p.Namespace,
 		Name:        p.Name,
+		UID:         string(p.UID),
 		Node:        p.node,
 		Ready:       p.ready,
 		Terminating: p.DeletionTimestamp != nil,

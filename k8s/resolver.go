@@ -1,0 +1,685 @@
+// Package k8s resolves what the tracer sees — IP addresses and network
+// namespaces — to Kubernetes identity: pods (with workload, node and the
+// Services they back), Services, nodes, and recently deleted pods.
+//
+// Identity comes from client-go shared informers on Pods, Services,
+// EndpointSlices, ReplicaSets and Jobs, each stripped by a transform to what
+// identity needs. Lookups read an immutable index swapped in atomically after
+// changes, so they take no lock, allocate nothing on a hit and never wait for
+// the API server. See ClusterRoleRules for the RBAC the resolver needs.
+package k8s
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/clientcmd"
+
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+)
+
+// Endpoint kinds.
+const (
+	KindPod     = "pod"
+	KindService = "service"
+	KindNode    = "node"
+)
+
+// Config configures a Resolver.
+type Config struct {
+	// Kubeconfig and Context follow kubectl: an empty Kubeconfig means
+	// $KUBECONFIG, else ~/.kube/config, else — when running in a pod — the
+	// in-cluster config; an empty Context means the kubeconfig's current one.
+	Kubeconfig, Context string
+	// Node is this node's name (default: $NODE_NAME, else the hostname).
+	Node string
+	// DeletedWindow is how long deleted pods stay resolvable (default 5m).
+	DeletedWindow time.Duration
+	// ProcRoot is where to find the processes whose network namespaces
+	// LookupNetns maps (default "/proc"; it must be the host's /proc:
+	// hostPID).
+	ProcRoot string
+	// REST, if set, is used instead of Kubeconfig and Context.
+	REST *rest.Config
+}
+
+// Endpoint is what an IP (and port) or a network namespace is.
+//
+// The slices in an Endpoint returned by a lookup are shared with the
+// resolver's index: read them, do not modify them.
+type Endpoint struct {
+	Kind            string // KindPod, KindService, KindNode, or "" (unresolved/unknown)
+	Namespace, Name string
+	UID             string // a pod's UID
+	// WorkloadKind and WorkloadName name what runs the pod: Deployment
+	// (through its ReplicaSet), CronJob (through its Job), StatefulSet,
+	// DaemonSet, or whatever else controls it; empty for a bare pod.
+	WorkloadKind, WorkloadName string
+	Node                       string
+	Services                   []string // "ns/name" of Services whose EndpointSlices include this pod or IP
+	Ready, Terminating         bool
+	HostNetwork                bool
+	// DeletedAgo > 0: the pod that had this IP was deleted this long
+	// before the event time. DeletedAt is when (zero for a live object); it
+	// can be after the event time, when the event predates the deletion
+	// (DeletedAgo is then 0).
+	DeletedAgo time.Duration
+	DeletedAt  time.Time
+	// Previous lists, when the IP was reused, the older owners still
+	// within DeletedWindow, newest first (each with DeletedAgo).
+	Previous []Endpoint
+	// Unresolved: identity is not (fully) available — the API server is
+	// unreachable, access is forbidden, or the informers have not synced.
+	// Whatever is known from before is still filled in.
+	Unresolved bool
+}
+
+// Status is the resolver's state.
+type Status struct {
+	Synced        bool   // the pod, service and EndpointSlice informers completed their initial list
+	Healthy       bool   // synced and those informers' last calls succeeded: lookups are not Unresolved
+	Condition     string // ConditionOK, ConditionStarting, ConditionUnreachable, ConditionForbidden, ...
+	Since         time.Time
+	Forbidden     bool // some list or watch is denied by RBAC
+	LastError     string
+	LastErrorTime time.Time
+	Resources     []ResourceStatus
+
+	Pods, Services, EndpointSlices, ReplicaSets, Jobs int // objects in the informers
+	IPs                                               int // IPs in the index
+	Tombstones                                        int // deleted-pod records
+	NetnsCached                                       int // network namespaces in the netns cache
+	LastRebuild                                       time.Time
+	RebuildDuration                                   time.Duration
+}
+
+// Resolver maps IPs and network namespaces to Kubernetes identity.
+type Resolver struct {
+	cfg    Config
+	log    *zap.Logger
+	client kubernetes.Interface
+
+	snap   atomic.Pointer[snapshot]
+	ready  atomic.Bool // synced and required informers healthy
+	synced atomic.Bool
+	health *health
+	tombs  *tombstones
+	netns  *netnsCache
+	window time.Duration
+
+	informers                         []*informer
+	pods, svcs, slices, rss, jobs     cache.SharedIndexInformer
+	dirty                             chan struct{}
+	buildMu                           sync.Mutex
+	lastBuildDur                      atomic.Int64
+	debounce                          time.Duration
+	startOnce                         sync.Once
+	syncedCh                          chan struct{}
+	startedAt                         time.Time
+	janitorEvery, minUnsyncedInterval time.Duration
+}
+
+type informer struct {
+	name     string
+	required bool
+	inf      cache.SharedIndexInformer
+}
+
+// New checks cfg and prepares a Resolver; it does not contact the API server
+// (Start does, in the background). Configuration errors — a kubeconfig that
+// does not exist or does not parse, an unknown context, no configuration at
+// all — are returned.
+func New(cfg Config, log *zap.Logger) (*Resolver, error) {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	if cfg.DeletedWindow < 0 {
+		return nil, fmt.Errorf("k8s: DeletedWindow %v is negative", cfg.DeletedWindow)
+	}
+	if cfg.DeletedWindow == 0 {
+		cfg.DeletedWindow = 5 * time.Minute
+	}
+	if cfg.ProcRoot == "" {
+		cfg.ProcRoot = "/proc"
+	}
+	if cfg.Node == "" {
+		cfg.Node = os.Getenv("NODE_NAME")
+	}
+	if cfg.Node == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return nil, fmt.Errorf("k8s: no node name: $NODE_NAME is empty and hostname failed: %w", err)
+		}
+		cfg.Node = h
+	}
+	restCfg, err := restConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	client, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return nil, fmt.Errorf("k8s: client for %s: %w", restCfg.Host, err)
+	}
+	r := newResolver(cfg, log)
+	r.client = client
+	r.setupInformers()
+	return r, nil
+}
+
+// newResolver builds a Resolver without a client (unit tests feed it
+// snapshots directly).
+func newResolver(cfg Config, log *zap.Logger) *Resolver {
+	r := &Resolver{
+		cfg:                 cfg,
+		log:                 log,
+		tombs:               newTombstones(cfg.DeletedWindow),
+		netns:               newNetnsCache(cfg.ProcRoot),
+		window:              cfg.DeletedWindow,
+		dirty:               make(chan struct{}, 1),
+		debounce:            50 * time.Millisecond,
+		syncedCh:            make(chan struct{}),
+		janitorEvery:        min(max(cfg.DeletedWindow/10, time.Second), 15*time.Second),
+		minUnsyncedInterval: time.Second,
+	}
+	r.health = newHealth(log, r.ready.Store)
+	r.snap.Store(emptySnapshot)
+	return r
+}
+
+// restConfig loads the client configuration the way kubectl does.
+func restConfig(cfg Config) (*rest.Config, error) {
+	var rc *rest.Config
+	if cfg.REST != nil {
+		rc = rest.CopyConfig(cfg.REST)
+	} else {
+		rules := clientcmd.NewDefaultClientConfigLoadingRules()
+		if cfg.Kubeconfig != "" {
+			if _, err := os.Stat(cfg.Kubeconfig); err != nil {
+				return nil, fmt.Errorf("k8s: kubeconfig %q: %w", cfg.Kubeconfig, err)
+			}
+			rules.ExplicitPath = cfg.Kubeconfig
+		}
+		overrides := &clientcmd.ConfigOverrides{CurrentContext: cfg.Context}
+		var err error
+		rc, err = clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, overrides).ClientConfig()
+		switch {
+		case err == nil:
+		case clientcmd.IsEmptyConfig(err):
+			return nil, errors.New("k8s: no kubeconfig ($KUBECONFIG, ~/.kube/config) and not running in a cluster: pass --kubeconfig")
+		case cfg.Context != "":
+			return nil, fmt.Errorf("k8s: kubeconfig context %q: %w", cfg.Context, err)
+		default:
+			return nil, fmt.Errorf("k8s: kubeconfig: %w", err)
+		}
+	}
+	// Protobuf is smaller on the wire and cheaper to decode than JSON: it
+	// matters for the initial list of every pod in the cluster.
+	rc.ContentType = runtime.ContentTypeProtobuf
+	rc.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
+	if rc.UserAgent == "" {
+		rc.UserAgent = "kdrop"
+	}
+	// Watches are long requests: a client-wide timeout would cut them.
+	rc.Timeout = 0
+	return rc, nil
+}
+
+func (r *Resolver) setupInformers() {
+	c := r.client
+	dirty := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { r.markDirty() },
+		UpdateFunc: func(any, any) { r.markDirty() },
+		DeleteFunc: func(any) { r.markDirty() },
+	}
+	r.pods = r.addInformer("pods", true, &corev1.Pod{}, transformPod,
+		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return c.CoreV1().Pods("").List(ctx, o)
+		},
+		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			return c.CoreV1().Pods("").Watch(ctx, o)
+		},
+		cache.ResourceEventHandlerFuncs{
+			AddFunc: func(any) { r.markDirty() },
+			UpdateFunc: func(old, cur any) {
+				a, _ := old.(*podInfo)
+				b, _ := cur.(*podInfo)
+				if a == nil || b == nil || !samePod(a, b) {
+					r.markDirty()
+				}
+			},
+			DeleteFunc: r.podDeleted,
+		})
+	r.svcs = r.addInformer("services", true, &corev1.Service{}, transformService,
+		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return c.CoreV1().Services("").List(ctx, o)
+		},
+		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			return c.CoreV1().Services("").Watch(ctx, o)
+		}, dirty)
+	r.slices = r.addInformer("endpointslices", true, &discoveryv1.EndpointSlice{}, transformEndpointSlice,
+		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return c.DiscoveryV1().EndpointSlices("").List(ctx, o)
+		},
+		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			return c.DiscoveryV1().EndpointSlices("").Watch(ctx, o)
+		}, dirty)
+	r.rss = r.addInformer("replicasets", false, &appsv1.ReplicaSet{}, transformReplicaSet,
+		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return c.AppsV1().ReplicaSets("").List(ctx, o)
+		},
+		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			return c.AppsV1().ReplicaSets("").Watch(ctx, o)
+		}, dirty)
+	r.jobs = r.addInformer("jobs", false, &batchv1.Job{}, transformJob,
+		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return c.BatchV1().Jobs("").List(ctx, o)
+		},
+		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			return c.BatchV1().Jobs("").Watch(ctx, o)
+		}, dirty)
+}
+
+// addInformer builds an informer whose list and watch calls report to the
+// health tracker. The tracker replaces client-go's default watch error
+// handler, which would log every failed retry.
+func (r *Resolver) addInformer(name string, required bool, example runtime.Object, transform cache.TransformFunc,
+	list func(context.Context, metav1.ListOptions) (runtime.Object, error),
+	watchFn func(context.Context, metav1.ListOptions) (watch.Interface, error),
+	handler cache.ResourceEventHandler) cache.SharedIndexInformer {
+	lw := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			obj, err := list(ctx, o)
+			r.health.report(name, err)
+			return obj, err
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			w, err := watchFn(ctx, o)
+			r.health.report(name, err)
+			return w, err
+		},
+	}
+	inf := cache.NewSharedIndexInformerWithOptions(lw, example, cache.SharedIndexInformerOptions{ObjectDescription: name})
+	// These only fail once the informer has started.
+	_ = inf.SetTransform(transform)
+	_ = inf.SetWatchErrorHandlerWithContext(func(_ context.Context, _ *cache.Reflector, err error) {
+		r.health.report(name, err)
+	})
+	_, _ = inf.AddEventHandler(handler)
+	r.health.add(name, required)
+	r.informers = append(r.informers, &informer{name: name, required: required, inf: inf})
+	return inf
+}
+
+// samePod reports whether an update changed nothing identity depends on.
+func samePod(a, b *podInfo) bool {
+	return a.Name == b.Name && a.Namespace == b.Namespace && a.UID == b.UID &&
+		(a.DeletionTimestamp == nil) == (b.DeletionTimestamp == nil) &&
+		a.mirrorHash == b.mirrorHash && a.ownerKind == b.ownerKind && a.ownerName == b.ownerName &&
+		a.templateHash == b.templateHash && a.node == b.node && a.phase == b.phase &&
+		a.ready == b.ready && a.hostNetwork == b.hostNetwork &&
+		equalAddrs(a.ips, b.ips) && equalAddrs(a.hostIPs, b.hostIPs) && equalPorts(a.ports, b.ports)
+}
+
+func equalAddrs(a, b []netip.Addr) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func equalPorts(a, b []uint16) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// Start runs the informers and the index builder until ctx is done. It
+// returns at once: lookups answer Unresolved until the initial lists are in,
+// and keep answering (Unresolved, with what is known) while the API server
+// is unreachable or denies access; the informers retry by themselves.
+// Calling Start again does nothing.
+func (r *Resolver) Start(ctx context.Context) {
+	r.startOnce.Do(func() {
+		r.startedAt = time.Now()
+		for _, i := range r.informers {
+			go i.inf.RunWithContext(ctx)
+		}
+		go r.builderLoop(ctx)
+		go r.janitor(ctx)
+		go r.waitSync(ctx)
+	})
+}
+
+// WaitForSync blocks until the initial lists are in and indexed, or ctx is
+// done; it reports which.
+func (r *Resolver) WaitForSync(ctx context.Context) bool {
+	select {
+	case <-r.syncedCh:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (r *Resolver) waitSync(ctx context.Context) {
+	var fns []cache.InformerSynced
+	for _, i := range r.informers {
+		if i.required {
+			fns = append(fns, i.inf.HasSynced)
+		}
+	}
+	if !cache.WaitForCacheSync(ctx.Done(), fns...) {
+		return
+	}
+	r.rebuild()
+	r.synced.Store(true)
+	close(r.syncedCh)
+	r.health.setSynced()
+	s := r.snap.Load()
+	r.log.Info("kubernetes identity synced",
+		zap.Duration("took", time.Since(r.startedAt)),
+		zap.Int("pods", s.pods), zap.Int("services", s.services),
+		zap.Int("endpointslices", s.slices), zap.Int("ips", len(s.ips)))
+}
+
+func (r *Resolver) markDirty() {
+	select {
+	case r.dirty <- struct{}{}:
+	default:
+	}
+}
+
+// builderLoop rebuilds the index after changes. Changes are coalesced: a
+// rebuild waits debounce after the first change, and at least ten times the
+// last rebuild's duration since the previous one, which bounds the CPU spent
+// rebuilding to about 10% however fast the cluster churns. Before the initial
+// sync it rebuilds at most once a second (partial data is still "what is
+// known").
+func (r *Resolver) builderLoop(ctx context.Context) {
+	timer := time.NewTimer(0)
+	<-timer.C
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.dirty:
+		}
+		wait := max(r.debounce, 10*time.Duration(r.lastBuildDur.Load()))
+		if !r.synced.Load() {
+			wait = max(wait, r.minUnsyncedInterval)
+		}
+		timer.Reset(wait)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return
+		case <-timer.C:
+		}
+		select {
+		case <-r.dirty:
+		default:
+		}
+		r.rebuild()
+	}
+}
+
+// rebuild indexes the informers' contents and publishes the result.
+func (r *Resolver) rebuild() {
+	r.buildMu.Lock()
+	defer r.buildMu.Unlock()
+	in := buildInput{
+		replicaSets: map[nsName]*ownerInfo{},
+		jobs:        map[nsName]*ownerInfo{},
+	}
+	for _, o := range r.pods.GetStore().List() {
+		if p, ok := o.(*podInfo); ok {
+			in.pods = append(in.pods, p)
+		}
+	}
+	for _, o := range r.svcs.GetStore().List() {
+		if s, ok := o.(*svcInfo); ok {
+			in.services = append(in.services, s)
+		}
+	}
+	for _, o := range r.slices.GetStore().List() {
+		if s, ok := o.(*sliceInfo); ok {
+			in.slices = append(in.slices, s)
+		}
+	}
+	for _, o := range r.rss.GetStore().List() {
+		if s, ok := o.(*ownerInfo); ok {
+			in.replicaSets[nsName{s.Namespace, s.Name}] = s
+		}
+	}
+	for _, o := range r.jobs.GetStore().List() {
+		if s, ok := o.(*ownerInfo); ok {
+			in.jobs[nsName{s.Namespace, s.Name}] = s
+		}
+	}
+	in.tombs, in.deadUIDs = r.tombs.snapshot()
+	s := buildSnapshot(in, time.Now())
+	r.snap.Store(s)
+	r.lastBuildDur.Store(int64(s.duration))
+}
+
+// podDeleted records a deleted pod's identity; see tombstones for the
+// deletion time.
+func (r *Resolver) podDeleted(obj any) {
+	observed := time.Now()
+	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = d.Obj
+	}
+	p, ok := obj.(*podInfo)
+	if !ok {
+		r.markDirty()
+		return
+	}
+	var ep Endpoint
+	if cur := r.snap.Load().uids[string(p.UID)]; cur != nil && cur.Name == p.Name && cur.Namespace == p.Namespace {
+		ep = *cur // with its Services and workload as last indexed
+	} else {
+		ep = podEndpoint(p, r.ownerIndex(r.rss, p), r.ownerIndex(r.jobs, p))
+	}
+	ips := p.ips
+	if p.hostNetwork {
+		ips = nil // the node's IPs, not the pod's
+	}
+	r.tombs.add(ep, string(p.UID), ips, deletedAt(p, observed))
+	r.markDirty()
+}
+
+// ownerIndex returns a one-entry index with p's owner from inf's store, for
+// resolving the workload of a pod the index never saw.
+func (r *Resolver) ownerIndex(inf cache.SharedIndexInformer, p *podInfo) map[nsName]*ownerInfo {
+	if inf == nil || p.ownerName == "" {
+		return nil
+	}
+	o, ok, _ := inf.GetStore().GetByKey(p.Namespace + "/" + p.ownerName)
+	if oi, isOwner := o.(*ownerInfo); ok && isOwner {
+		return map[nsName]*ownerInfo{{p.Namespace, p.ownerName}: oi}
+	}
+	return nil
+}
+
+func (r *Resolver) janitor(ctx context.Context) {
+	t := time.NewTicker(r.janitorEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			if r.tombs.prune(now) {
+				r.markDirty()
+			}
+		}
+	}
+}
+
+// LookupIP resolves ip (and port, for hostNetwork pods sharing a node IP)
+// at the event time at (zero: now). It takes no lock, never blocks, and
+// allocates only to list Previous owners of a reused IP.
+//
+// An IP of a pod resolves to the pod, a Service IP to the Service, a node IP
+// to the node — or, when port is one of a hostNetwork pod's containerPorts
+// on that node, to that pod. A freed IP resolves, for DeletedWindow, to the
+// pod deleted last with DeletedAgo set; a reused one to its current owner
+// with the deleted ones in Previous.
+func (r *Resolver) LookupIP(ip netip.Addr, port uint16, at time.Time) Endpoint {
+	if ip.Is4In6() {
+		ip = ip.Unmap()
+	}
+	if ip.Zone() != "" {
+		ip = ip.WithZone("")
+	}
+	e := r.snap.Load().ips[ip]
+	if e == nil {
+		return Endpoint{Unresolved: !r.ready.Load()}
+	}
+	var out Endpoint
+	if e.ep.Kind != "" {
+		out = e.ep
+		if port != 0 && len(e.ports) > 0 {
+			if p := e.portEndpoint(port); p != nil {
+				out = *p
+			}
+		}
+		if len(e.dead) > 0 {
+			if at.IsZero() {
+				at = time.Now()
+			}
+			out.Previous = r.previous(e.dead, at)
+		}
+	} else {
+		// Only deleted pods had this IP.
+		if at.IsZero() {
+			at = time.Now()
+		}
+		i := 0
+		for i < len(e.dead) && at.Sub(e.dead[i].at) > r.window {
+			i++
+		}
+		if i == len(e.dead) {
+			return Endpoint{Unresolved: !r.ready.Load()}
+		}
+		out = e.dead[i].ep
+		out.DeletedAgo = ago(at, e.dead[i].at)
+		out.Previous = r.previous(e.dead[i+1:], at)
+	}
+	out.Unresolved = !r.ready.Load()
+	return out
+}
+
+// previous lists the deleted owners in dead still within the window at the
+// event time, newest first, or nil.
+func (r *Resolver) previous(dead []tomb, at time.Time) []Endpoint {
+	n := 0
+	for i := range dead {
+		if at.Sub(dead[i].at) <= r.window {
+			n++
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	out := make([]Endpoint, 0, n)
+	for i := range dead {
+		if at.Sub(dead[i].at) <= r.window {
+			ep := dead[i].ep
+			ep.DeletedAgo = ago(at, dead[i].at)
+			out = append(out, ep)
+		}
+	}
+	return out
+}
+
+func ago(at, deleted time.Time) time.Duration {
+	if d := at.Sub(deleted); d > 0 {
+		return d
+	}
+	return 0
+}
+
+// LookupNetns resolves a network namespace inode on this node: the host's
+// netns is the node (Kind "node"), a pod sandbox's netns is the pod; a netns
+// of a pod deleted within DeletedWindow is that pod with DeletedAgo. An
+// inode not seen before triggers a rescan of ProcRoot (at most one a second;
+// a concurrent lookup does not wait for it).
+func (r *Resolver) LookupNetns(inode uint32) Endpoint {
+	uid, host, known := r.netns.lookup(inode)
+	switch {
+	case host:
+		return Endpoint{Kind: KindNode, Name: r.cfg.Node, Node: r.cfg.Node}
+	case !known || uid == "":
+		return Endpoint{Unresolved: !r.ready.Load()}
+	}
+	s := r.snap.Load()
+	if ep := s.uids[uid]; ep != nil {
+		out := *ep
+		out.Unresolved = !r.ready.Load()
+		return out
+	}
+	if t := s.dead[uid]; t != nil {
+		out := t.ep
+		out.DeletedAgo = ago(time.Now(), t.at)
+		out.Unresolved = !r.ready.Load()
+		return out
+	}
+	// A pod's netns, but the pod is not (yet) known.
+	return Endpoint{Kind: KindPod, UID: uid, Node: r.cfg.Node, Unresolved: true}
+}
+
+// Status reports whether the resolver is synced and healthy, the last API
+// error, and counts.
+func (r *Resolver) Status() Status {
+	st := Status{Synced: r.synced.Load(), Healthy: r.ready.Load()}
+	r.health.status(&st)
+	for i := range st.Resources {
+		for _, inf := range r.informers {
+			if inf.name == st.Resources[i].Resource {
+				st.Resources[i].Synced = inf.inf.HasSynced()
+			}
+		}
+	}
+	count := func(inf cache.SharedIndexInformer) int {
+		if inf == nil {
+			return 0
+		}
+		return len(inf.GetStore().ListKeys())
+	}
+	st.Pods, st.Services, st.EndpointSlices = count(r.pods), count(r.svcs), count(r.slices)
+	st.ReplicaSets, st.Jobs = count(r.rss), count(r.jobs)
+	s := r.snap.Load()
+	st.IPs = len(s.ips)
+	st.LastRebuild, st.RebuildDuration = s.built, s.duration
+	st.Tombstones = r.tombs.len()
+	st.NetnsCached = len(r.netns.cur.Load().pods)
+	return st
+}
