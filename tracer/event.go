@@ -148,8 +148,17 @@ func ParseProto(s string) (uint8, error) {
 
 var tcpFlagNames = [...]string{"FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR"}
 
+var tcpFlagStrings = func() (t [256]string) {
+	for i := range t {
+		t[i] = tcpFlagString(uint8(i))
+	}
+	return t
+}()
+
 // TCPFlagString renders flags as SYN|ACK.
-func TCPFlagString(f uint8) string {
+func TCPFlagString(f uint8) string { return tcpFlagStrings[f] }
+
+func tcpFlagString(f uint8) string {
 	var b strings.Builder
 	for i, n := range tcpFlagNames {
 		if f&(1<<i) != 0 {

@@ -70,8 +70,9 @@ func (e *Event) AppendJSON(b []byte) []byte {
 	return append(b, '}')
 }
 
-// appendStr adds ,"key":"value" for a value that needs no escaping (kernel
-// symbol and enum names, fixed words); empty values are left out.
+// appendStr adds ,"key":"value"; empty values are left out. Values are
+// kernel symbol and enum names or fixed words: plain ASCII is copied as is,
+// anything else goes through the full quoting.
 func appendStr(b []byte, key, v string) []byte {
 	if v == "" {
 		return b
@@ -79,7 +80,14 @@ func appendStr(b []byte, key, v string) []byte {
 	b = append(b, ',', '"')
 	b = append(b, key...)
 	b = append(b, `":`...)
-	return strconv.AppendQuote(b, v)
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' {
+			return strconv.AppendQuote(b, v)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, v...)
+	return append(b, '"')
 }
 
 // TableHeader and TableRow are the human format of `kdrop watch`.
