@@ -244,18 +244,10 @@ static __always_inline bool skip_reason(__u32 reason)
 	return (cfg_reason_skip[(reason >> 6) & 15] >> (reason & 63)) & 1;
 }
 
-static __always_inline int on_kfree_skb(__u64 *ctx, __u8 mode)
+static __always_inline int report_drop(__u64 *ctx, __u32 reason, __u8 mode)
 {
 	struct sk_buff *skb = (struct sk_buff *)ctx[0];
 	struct kdrop_event e = {};
-	__u32 reason = 0;
-
-	/* The reason argument came with the enum (5.17); on older kernels
-	 * this branch is pruned before the verifier checks ctx[2]. */
-	if (bpf_core_enum_value_exists(enum skb_drop_reason, SKB_DROP_REASON_NOT_SPECIFIED))
-		reason = (__u32)ctx[2];
-	if (skip_reason(reason))
-		return 0;
 
 	e.type = KDROP_EV_DROP;
 	e.mode = mode;
@@ -266,6 +258,22 @@ static __always_inline int on_kfree_skb(__u64 *ctx, __u8 mode)
 	parse_skb(skb, &e);
 	emit(&e, reason);
 	return 0;
+}
+
+/* The fast path, run for every freed skb: read the reason, test one bit.
+ * The event is built only past it (declaring it up front lets the compiler
+ * zero it before the test). */
+static __always_inline int on_kfree_skb(__u64 *ctx, __u8 mode)
+{
+	__u32 reason = 0;
+
+	/* The reason argument came with the enum (5.17); on older kernels
+	 * this branch is pruned before the verifier checks ctx[2]. */
+	if (bpf_core_enum_value_exists(enum skb_drop_reason, SKB_DROP_REASON_NOT_SPECIFIED))
+		reason = (__u32)ctx[2];
+	if (skip_reason(reason))
+		return 0;
+	return report_drop(ctx, reason, mode);
 }
 
 SEC("tp_btf/kfree_skb")

@@ -197,11 +197,21 @@ func mergeSorted(a, b []string) []string {
 // ClusterIP, external or load-balancer IP > a node IP. A node IP never
 // resolves to one of the hostNetwork pods that share it, unless the lookup's
 // port is one of that pod's containerPorts.
+//
+// Endpoints and entries are allocated in slabs (one allocation each) and the
+// maps presized: at 10,000 pods the build is dominated by map inserts.
 func buildSnapshot(in buildInput, now time.Time) *snapshot {
 	start := time.Now()
 	svcIdx := buildServiceIndex(in.slices)
+	nIPs := 0
+	for _, p := range in.pods {
+		nIPs += len(p.ips)
+	}
+	for _, svc := range in.services {
+		nIPs += len(svc.ips)
+	}
 	s := &snapshot{
-		ips:      make(map[netip.Addr]*ipEntry, len(in.pods)+len(in.services)),
+		ips:      make(map[netip.Addr]*ipEntry, nIPs+len(in.tombs)),
 		uids:     make(map[string]*Endpoint, len(in.pods)),
 		dead:     in.deadUIDs,
 		built:    now,
@@ -209,24 +219,24 @@ func buildSnapshot(in buildInput, now time.Time) *snapshot {
 		services: len(in.services),
 		slices:   len(in.slices),
 	}
-	type owner struct {
-		e    *ipEntry
-		rank int
-		pod  *podInfo
+	eps := make([]Endpoint, len(in.pods))
+	ents := make([]ipEntry, 0, nIPs) // never grows past nIPs: pointers into it stay valid
+	newEntry := func(ep Endpoint) *ipEntry {
+		if len(ents) == cap(ents) {
+			return &ipEntry{ep: ep}
+		}
+		ents = append(ents, ipEntry{ep: ep})
+		return &ents[len(ents)-1]
 	}
-	owners := make(map[netip.Addr]owner, len(in.pods))
+	// Which pod owns each IP so far, to arbitrate between claimants.
+	ownerOf := make(map[*ipEntry]*podInfo, nIPs)
 	nodeIPs := map[netip.Addr]string{}
-	type hostNetPod struct {
-		ep  *Endpoint
-		pod *podInfo
-	}
-	var hostNet []hostNetPod
+	var hostNet []int // indexes of hostNetwork pods
 
-	for _, p := range in.pods {
-		ep := new(Endpoint)
+	for i, p := range in.pods {
+		ep := &eps[i]
 		*ep = podEndpoint(p, in.replicaSets, in.jobs)
-		key := nsName{p.Namespace, p.Name}
-		services := svcIdx.byPod[key]
+		services := svcIdx.byPod[nsName{p.Namespace, p.Name}]
 		if !p.hostNetwork {
 			for _, ip := range p.ips {
 				services = mergeSorted(services, svcIdx.byIP[ip])
@@ -252,24 +262,25 @@ func buildSnapshot(in buildInput, now time.Time) *snapshot {
 					nodeIPs[ip] = p.node
 				}
 			}
-			hostNet = append(hostNet, hostNetPod{ep, p})
+			hostNet = append(hostNet, i)
 			continue
 		}
-		rank := podRank(p)
 		for _, ip := range p.ips {
-			if o, ok := owners[ip]; ok {
-				// Several pods claim the IP: keep the live one; between
-				// equals, a stable choice.
-				if o.rank > rank || (o.rank == rank && o.pod.Namespace+"/"+o.pod.Name < p.Namespace+"/"+p.Name) {
-					continue
-				}
-				o.e.ep = *ep
-				owners[ip] = owner{o.e, rank, p}
+			e := s.ips[ip]
+			if e == nil {
+				e = newEntry(*ep)
+				s.ips[ip] = e
+				ownerOf[e] = p
 				continue
 			}
-			e := &ipEntry{ep: *ep}
-			owners[ip] = owner{e, rank, p}
-			s.ips[ip] = e
+			// Several pods claim the IP: keep the live one; between
+			// equals, a stable choice.
+			o := ownerOf[e]
+			if ro, rp := podRank(o), podRank(p); ro > rp || (ro == rp && (o.Namespace > p.Namespace || o.Namespace == p.Namespace && o.Name > p.Name)) {
+				continue
+			}
+			e.ep = *ep
+			ownerOf[e] = p
 		}
 	}
 
@@ -278,7 +289,7 @@ func buildSnapshot(in buildInput, now time.Time) *snapshot {
 			if _, taken := s.ips[ip]; taken {
 				continue
 			}
-			s.ips[ip] = &ipEntry{ep: Endpoint{Kind: KindService, Namespace: svc.Namespace, Name: svc.Name}}
+			s.ips[ip] = newEntry(Endpoint{Kind: KindService, Namespace: svc.Namespace, Name: svc.Name})
 		}
 	}
 
@@ -286,36 +297,39 @@ func buildSnapshot(in buildInput, now time.Time) *snapshot {
 		if _, taken := s.ips[ip]; taken {
 			continue
 		}
-		s.ips[ip] = &ipEntry{ep: Endpoint{Kind: KindNode, Name: node, Node: node, Services: svcIdx.byIP[ip]}}
+		s.ips[ip] = newEntry(Endpoint{Kind: KindNode, Name: node, Node: node, Services: svcIdx.byIP[ip]})
 	}
-	for _, h := range hostNet {
-		if h.pod.node == "" {
+	for _, i := range hostNet {
+		p := in.pods[i]
+		if p.node == "" {
 			continue
 		}
-		addrs := h.pod.hostIPs
+		addrs := p.hostIPs
 		if len(addrs) == 0 {
-			addrs = h.pod.ips
+			addrs = p.ips
 		}
 		for _, ip := range addrs {
 			e := s.ips[ip]
-			if e == nil || e.ep.Kind != KindNode || e.ep.Name != h.pod.node {
+			if e == nil || e.ep.Kind != KindNode || e.ep.Name != p.node {
 				continue
 			}
-			for _, port := range h.pod.ports {
-				e.ports = append(e.ports, hostPort{port, h.ep})
+			for _, port := range p.ports {
+				e.ports = append(e.ports, hostPort{port, &eps[i]})
 			}
 		}
 	}
-	for _, e := range s.ips {
-		if len(e.ports) > 1 {
-			// Sorted by port; for a port two pods declare, the live one
-			// first.
-			slices.SortStableFunc(e.ports, func(a, b hostPort) int {
-				if a.port != b.port {
-					return int(a.port) - int(b.port)
-				}
-				return boolInt(a.ep.Terminating) - boolInt(b.ep.Terminating)
-			})
+	for _, i := range hostNet {
+		for _, ip := range in.pods[i].hostIPs {
+			if e := s.ips[ip]; e != nil && len(e.ports) > 1 {
+				// Sorted by port; for a port two pods declare, the live
+				// one first.
+				slices.SortStableFunc(e.ports, func(a, b hostPort) int {
+					if a.port != b.port {
+						return int(a.port) - int(b.port)
+					}
+					return boolInt(a.ep.Terminating) - boolInt(b.ep.Terminating)
+				})
+			}
 		}
 	}
 

@@ -70,8 +70,7 @@ type Tracer struct {
 	Reasons  *Reasons
 	Symbols  *Symbolizer
 	hooks    []HookStatus
-	links    []link.Link
-	progs    []*ebpf.Program
+	attached []attachedHook
 	maps     map[string]*ebpf.Map
 	reader   *ringbuf.Reader
 	bootTime time.Time
@@ -79,6 +78,12 @@ type Tracer struct {
 
 	emitMu sync.Mutex
 	seen   map[kdropFlowKey]uint64 // last cumulative count reported per flow
+}
+
+type attachedHook struct {
+	hook hookDef
+	prog *ebpf.Program
+	link link.Link
 }
 
 // New loads kdrop's programs and attaches every hook it can. It fails only
@@ -197,8 +202,7 @@ func (t *Tracer) attachAll(spec *ebpf.CollectionSpec) {
 				st.Failed = append(st.Failed, fmt.Sprintf("%s: attach: %s", c.mode, shortErr(err)))
 				continue
 			}
-			t.progs = append(t.progs, prog)
-			t.links = append(t.links, l)
+			t.attached = append(t.attached, attachedHook{h, prog, l})
 			st.Mode, st.Target = c.mode, c.target
 			break
 		}
@@ -239,34 +243,26 @@ func (t *Tracer) listenFallback() {
 }
 
 func (t *Tracer) detachListenHooks() {
-	var links []link.Link
-	var progs []*ebpf.Program
-	for i, l := range t.links {
-		info, err := t.progs[i].Info()
-		if err == nil && isListenProg(info.Name) {
-			l.Close()
-			t.progs[i].Close()
+	var keep []attachedHook
+	for _, a := range t.attached {
+		if a.hook.event == ListenOverflow {
+			a.link.Close()
+			a.prog.Close()
 			continue
 		}
-		links = append(links, l)
-		progs = append(progs, t.progs[i])
+		keep = append(keep, a)
 	}
-	t.links, t.progs = links, progs
+	t.attached = keep
 }
 
-func isListenProg(name string) bool {
-	// kernel program names are truncated to 15 characters
-	for _, h := range hookDefs {
-		if h.event != ListenOverflow {
-			continue
-		}
-		for _, c := range h.cands {
-			if len(c.prog) >= len(name) && c.prog[:len(name)] == name {
-				return true
-			}
+// program returns the program attached for a hook (for benchmarks).
+func (t *Tracer) program(hook string) *ebpf.Program {
+	for _, a := range t.attached {
+		if a.hook.name == hook {
+			return a.prog
 		}
 	}
-	return false
+	return nil
 }
 
 // Hooks reports how each hook was attached.
@@ -299,13 +295,11 @@ func (t *Tracer) Close() error {
 		t.reader.Close()
 		t.reader = nil
 	}
-	for _, l := range t.links {
-		l.Close()
+	for _, a := range t.attached {
+		a.link.Close()
+		a.prog.Close()
 	}
-	for _, p := range t.progs {
-		p.Close()
-	}
-	t.links, t.progs = nil, nil
+	t.attached = nil
 	for _, m := range t.maps {
 		m.Close()
 	}

@@ -24,9 +24,10 @@ here=$(cd -- "$(dirname -- "$0")" && pwd)
 # shellcheck source=lib.sh
 . "$here/lib.sh"
 
-# Modules the guest needs before it can reach the host root. Those built
-# into a kernel are skipped (modprobe --show-depends says "builtin").
-INITRAMFS_MODULES="virtio_pci 9pnet_virtio 9p overlay"
+# Modules the guest needs before it can reach the host root and the output
+# port. Those built into a kernel are skipped (modprobe --show-depends says
+# "builtin").
+INITRAMFS_MODULES="virtio_pci virtio_console 9pnet_virtio 9p overlay"
 
 MIRROR=http://deb.debian.org/debian
 SECURITY_MIRROR=http://deb.debian.org/debian-security
@@ -305,8 +306,15 @@ build_initramfs() {
 	rm -rf "$stage"
 }
 
-# init_sha: identifies the guest/init the initramfs was built from.
-init_sha() { files_sha "$here/guest/init" "$here/fetch-kernels.sh"; }
+# Bump when build_initramfs changes in a way that needs new images.
+INITRAMFS_FORMAT=1
+
+# init_sha: identifies what the initramfs was built from (guest/init, the
+# module list, the layout), so cached kernels get a new image when those
+# change, without downloading anything.
+init_sha() {
+	{ cat "$here/guest/init"; echo "$INITRAMFS_MODULES $INITRAMFS_FORMAT"; } | sha256sum | cut -d' ' -f1
+}
 
 # prepare VERSION: download and prepare one kernel in a staging directory,
 # then rename it into place, so an interrupted run leaves nothing half done.

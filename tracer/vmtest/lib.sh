@@ -27,7 +27,3 @@ abs_dir() { (cd -P -- "$1" && pwd); }
 
 # kernel_dir CACHE VERSION: where fetch-kernels.sh keeps one kernel.
 kernel_dir() { printf '%s/kernels/%s\n' "$1" "$2"; }
-
-# file_sha FILE...: one checksum over the given files. Used to notice when
-# the guest init script changed so cached initramfs images get rebuilt.
-files_sha() { cat -- "$@" | sha256sum | cut -d' ' -f1; }

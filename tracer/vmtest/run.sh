@@ -8,9 +8,10 @@
 # KDROP_VM_KERNEL=VERSION set. COMMAND's output streams to stdout; run.sh
 # exits with COMMAND's exit code.
 #
-# Serial ports: ttyS0 = kernel console -> CACHE_DIR/kernels/VERSION/console.log
-#               ttyS1 = COMMAND's stdout+stderr -> our stdout
-#               ttyS2 = status lines from the guest init (stage, exit code)
+# Guest channels: ttyS0 = kernel console -> CACHE_DIR/kernels/VERSION/console.log
+#                 ttyS1 = status lines from the guest init (stage, exit code)
+#                 virtio serial port "kdrop.output" = COMMAND's stdout+stderr,
+#                 streamed to our stdout (kept apart from kernel log noise)
 #
 # Exit codes of its own: 124 timeout, 125 VM failure (no boot, panic,
 # crash), 130/143 interrupted. The timeout defaults to 600 s and can also be
@@ -86,8 +87,10 @@ start_vm() {
 		-nodefaults -no-user-config -display none -nic none -no-reboot
 		-kernel "$kernel" -initrd "$kdir/initramfs.cpio.gz" -append "$append"
 		-chardev "file,id=console,path=$kdir/console.log" -serial chardev:console
-		-chardev "file,id=output,path=$RUN_DIR/output" -serial chardev:output
 		-chardev "file,id=status,path=$RUN_DIR/status" -serial chardev:status
+		-device virtio-serial-pci
+		-chardev "file,id=output,path=$RUN_DIR/output"
+		-device virtserialport,chardev=output,name=kdrop.output
 		# multidevs=remap: / spans several host file systems; remap inode
 		# numbers so they stay unique inside the guest.
 		-fsdev "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap"

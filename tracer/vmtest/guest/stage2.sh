@@ -2,13 +2,13 @@
 # that stage 1 copied to /run/vmtest. run.sh copies this file into the run
 # directory for every run, so changing it needs no initramfs rebuild.
 #
-# It finishes the setup that needs the host's tools, runs the command
-# (cmd.sh, written by run.sh) with its output on ttyS1, reports the exit
-# code on ttyS2 and powers the VM off.
+# It finishes the setup, runs the command (cmd.sh, written by run.sh) with
+# its output on the virtio serial port, reports the exit code on ttyS1 and
+# reboots, which ends QEMU.
 # shellcheck shell=sh
 
 bb=/run/vmtest/busybox
-status() { echo "$* t=$($bb cut -d" " -f1 /proc/uptime)" >/dev/ttyS2; }
+status() { echo "$* t=$($bb cut -d" " -f1 /proc/uptime)" >/dev/ttyS1; }
 
 # /dev/console is ttyS0 (kernel log); keep our own noise there too.
 exec </dev/null >/dev/console 2>&1
@@ -26,12 +26,9 @@ $bb ip link set lo up
 # BPF maps against RLIMIT_MEMLOCK).
 ulimit -l unlimited
 
-# ttyS1 carries the command's output to run.sh untouched: no \n -> \r\n,
-# no echo.
-$bb stty -F /dev/ttyS1 raw -echo
-
 status "KDROP_VMTEST_STAGE=command"
-$bb env -i /bin/bash /run/vmtest/cmd.sh </dev/null >/dev/ttyS1 2>&1
+# /dev/vmtest-output: the virtio serial port stage 1 found.
+$bb env -i /bin/bash /run/vmtest/cmd.sh </dev/null >/dev/vmtest-output 2>&1
 rc=$?
 status "KDROP_VMTEST_EXIT=$rc"
 
