@@ -27,12 +27,12 @@ import (
 // objects a controller would and set pod status as a kubelet would.
 
 type itest struct {
-	t     *testing.T
+	t     testing.TB
 	env   *testenv.Env
 	admin kubernetes.Interface
 }
 
-func startEnv(t *testing.T) *itest {
+func startEnv(t testing.TB) *itest {
 	t.Helper()
 	start := time.Now()
 	env := testenv.Start(t)

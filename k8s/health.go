@@ -143,8 +143,10 @@ func (h *health) evalLocked() {
 	worst, worstRes := "", ""
 	allOK, requiredOK := true, true
 	for name, r := range h.res {
+		// The worst condition; between equals, a required resource, then
+		// the first by name.
 		if r.cond != "" && (worst == "" || conditionRank[r.cond] > conditionRank[worst] ||
-			(conditionRank[r.cond] == conditionRank[worst] && name < worstRes)) {
+			(conditionRank[r.cond] == conditionRank[worst] && moreRelevant(r, name, h.res[worstRes], worstRes))) {
 			worst, worstRes = r.cond, name
 		}
 		if !r.ok {
@@ -186,6 +188,13 @@ func (h *health) evalLocked() {
 			h.ready(ready)
 		}
 	}
+}
+
+func moreRelevant(a *resHealth, aName string, b *resHealth, bName string) bool {
+	if a.required != b.required {
+		return a.required
+	}
+	return aName < bName
 }
 
 func conditionMessage(cond string) string {

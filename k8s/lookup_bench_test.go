@@ -219,3 +219,14 @@ func BenchmarkLookupNetns(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkScanProc is one walk of the real /proc (what an unknown netns
+// costs, at most once a second).
+func BenchmarkScanProc(b *testing.B) {
+	b.ReportAllocs()
+	var m *netnsMap
+	for b.Loop() {
+		m = scanProc("/proc")
+	}
+	b.ReportMetric(float64(m.pids), "pids")
+}

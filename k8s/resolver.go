@@ -493,8 +493,9 @@ func (r *Resolver) rebuild() {
 // deletion time.
 func (r *Resolver) podDeleted(obj any) {
 	observed := time.Now()
+	late := false
 	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-		obj = d.Obj
+		obj, late = d.Obj, true
 	}
 	p, ok := obj.(*podInfo)
 	if !ok {
@@ -511,7 +512,7 @@ func (r *Resolver) podDeleted(obj any) {
 	if p.hostNetwork {
 		ips = nil // the node's IPs, not the pod's
 	}
-	r.tombs.add(ep, string(p.UID), ips, deletedAt(p, observed))
+	r.tombs.add(ep, string(p.UID), ips, deletedAt(p, observed, late))
 	r.markDirty()
 }
 

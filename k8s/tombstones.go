@@ -16,15 +16,17 @@ import (
 //
 // Deletion time. The time recorded is when this process saw the delete (its
 // own clock, the one the tracer's event times use, so no API-server clock
-// skew enters DeletedAgo), unless the pod was last seen terminating with a
-// metadata.deletionTimestamp earlier than that. The API server sets
-// deletionTimestamp to the time of the delete request plus the grace period,
-// i.e. the deadline by which the kubelet kills the pod, so it already
-// includes the grace. A pod that stops within its grace period is removed
-// from the API (and seen deleted) before that deadline, and the observed time
-// is the better one; the deadline is earlier only when the delete was seen
-// late — the watch was down and a relist found the pod gone
-// (cache.DeletedFinalStateUnknown) — and then it bounds when the pod went.
+// skew enters DeletedAgo), unless the delete was seen late. The API server
+// sets metadata.deletionTimestamp to the time of the delete request plus the
+// grace period — the deadline by which the kubelet kills the pod, so it
+// already includes the grace — with one-second precision. A pod that stops
+// within its grace period is removed from the API (and seen deleted) before
+// that deadline; a force delete (grace 0) sets it to the request time,
+// truncated to the second. In both cases the observed time is the more
+// precise one. The deletionTimestamp is used instead when the delete was seen
+// late and the pod had been seen terminating: the relist after a watch outage
+// found it gone (cache.DeletedFinalStateUnknown), or the delete event came
+// more than lateDelete after the deadline. It then bounds when the pod went.
 // A pod deleted during an outage that was never seen terminating gets the
 // time the relist noticed it, an upper bound.
 type tombstones struct {
@@ -36,7 +38,7 @@ type tombstones struct {
 	byIP  map[netip.Addr][]tomb // newest first; slices are replaced, never written in place
 	byUID map[string]*tomb
 	fifo  []tombRef // insertion order, for expiry and for eviction at max
-	count int // entries in byIP lists plus byUID
+	count int       // entries in byIP lists plus byUID
 }
 
 type tombRef struct {
@@ -60,10 +62,19 @@ func newTombstones(window time.Duration) *tombstones {
 	}
 }
 
-// deletedAt implements the choice documented on tombstones.
-func deletedAt(p *podInfo, observed time.Time) time.Time {
-	if p.DeletionTimestamp != nil && p.DeletionTimestamp.Time.Before(observed) {
-		return p.DeletionTimestamp.Time
+// lateDelete: a delete seen this long after the pod's deletionTimestamp was
+// seen late.
+const lateDelete = 10 * time.Second
+
+// deletedAt implements the choice documented on tombstones; late is set for
+// a delete found by a relist.
+func deletedAt(p *podInfo, observed time.Time, late bool) time.Time {
+	if p.DeletionTimestamp == nil {
+		return observed
+	}
+	dt := p.DeletionTimestamp.Time
+	if (late && dt.Before(observed)) || observed.Sub(dt) > lateDelete {
+		return dt
 	}
 	return observed
 }

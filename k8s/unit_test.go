@@ -408,19 +408,25 @@ func TestTombstoneBounds(t *testing.T) {
 func TestDeletedAt(t *testing.T) {
 	observed := time.Now()
 	p := testPod("a", "b", "n", nil)
-	if got := deletedAt(p, observed); !got.Equal(observed) {
-		t.Errorf("no deletionTimestamp: %v", got)
+	check := func(what string, late bool, want time.Time) {
+		t.Helper()
+		if got := deletedAt(p, observed, late); !got.Equal(want) {
+			t.Errorf("%s: deletedAt = %v, want %v", what, got, want)
+		}
 	}
-	later := metav1.NewTime(observed.Add(20 * time.Second)) // grace not yet over: pod stopped early
+	check("no deletionTimestamp", false, observed)
+	check("no deletionTimestamp, relist", true, observed)
+	later := metav1.NewTime(observed.Add(20 * time.Second)) // stopped before the grace was over
 	p.DeletionTimestamp = &later
-	if got := deletedAt(p, observed); !got.Equal(observed) {
-		t.Errorf("deletionTimestamp after observation: %v", got)
-	}
-	earlier := metav1.NewTime(observed.Add(-time.Minute)) // delete seen late (relist after outage)
-	p.DeletionTimestamp = &earlier
-	if got := deletedAt(p, observed); !got.Equal(earlier.Time) {
-		t.Errorf("deletionTimestamp before observation: %v", got)
-	}
+	check("deadline ahead", false, observed)
+	check("deadline ahead, relist", true, observed)
+	truncated := metav1.NewTime(observed.Add(-800 * time.Millisecond)) // force delete: request time, whole seconds
+	p.DeletionTimestamp = &truncated
+	check("force delete", false, observed)
+	check("force delete found by a relist", true, truncated.Time)
+	longAgo := metav1.NewTime(observed.Add(-time.Minute)) // delete event came late
+	p.DeletionTimestamp = &longAgo
+	check("seen late", false, longAgo.Time)
 }
 
 func TestClassify(t *testing.T) {

@@ -83,12 +83,18 @@ func sign(tmpl, parent *x509.Certificate, pub *ecdsa.PublicKey, priv *ecdsa.Priv
 	return x509.CreateCertificate(rand.Reader, tmpl, parent, pub, priv)
 }
 
-func newPrivateKeyPEM() ([]byte, error) {
+// newKeyPair returns a new private key and its public key, both PEM.
+func newKeyPair() (privPEM, pubPEM []byte, err error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return privateKeyPEM(key)
+	pub, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	if err != nil {
+		return nil, nil, err
+	}
+	privPEM, err = privateKeyPEM(key)
+	return privPEM, pemBlock("PUBLIC KEY", pub), err
 }
 
 func privateKeyPEM(key *ecdsa.PrivateKey) ([]byte, error) {

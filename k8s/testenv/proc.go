@@ -18,11 +18,14 @@ type proc struct {
 	name string
 	log  string
 	cmd  *exec.Cmd
+	from int64         // log size before this run, to read only its own output
 	done chan struct{} // closed once the process has exited
 	err  error         // cmd.Wait's result, set before done is closed
 }
 
-var errExited = errors.New("exited")
+// errPortInUse says the process exited because a port it was given was
+// taken between choosing it and binding it; a retry on fresh ports may work.
+var errPortInUse = errors.New("port already in use")
 
 func startProc(name, logPath, bin string, args ...string) (*proc, error) {
 	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
@@ -30,6 +33,10 @@ func startProc(name, logPath, bin string, args ...string) (*proc, error) {
 		return nil, err
 	}
 	defer f.Close() // the child holds its own copy
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
 	fmt.Fprintf(f, "=== testenv: %s %s\n", bin, strings.Join(args, " "))
 
 	cmd := exec.Command(bin, args...)
@@ -40,7 +47,7 @@ func startProc(name, logPath, bin string, args ...string) (*proc, error) {
 	if err := spawn(cmd); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	p := &proc{name: name, log: logPath, cmd: cmd, done: make(chan struct{})}
+	p := &proc{name: name, log: logPath, cmd: cmd, from: st.Size(), done: make(chan struct{})}
 	go func() {
 		p.err = cmd.Wait()
 		close(p.done)
@@ -48,14 +55,17 @@ func startProc(name, logPath, bin string, args ...string) (*proc, error) {
 	return p, nil
 }
 
-// waitReady polls ready until it returns true. It fails with errExited if the
-// process ends first, so that the caller can retry on other ports.
+// waitReady polls ready until it returns true. If the process exits first
+// because of a port clash, the error wraps errPortInUse.
 func (p *proc) waitReady(timeout time.Duration, ready func() bool) error {
 	deadline := time.Now().Add(timeout)
 	for !ready() {
 		select {
 		case <-p.done:
-			return fmt.Errorf("%s %w (%v)", p.name, errExited, p.err)
+			if p.portInUse() {
+				return fmt.Errorf("%s: %w", p.name, errPortInUse)
+			}
+			return fmt.Errorf("%s exited: %v", p.name, p.err)
 		case <-time.After(100 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
@@ -63,6 +73,11 @@ func (p *proc) waitReady(timeout time.Duration, ready func() bool) error {
 		}
 	}
 	return nil
+}
+
+func (p *proc) portInUse() bool {
+	b, err := os.ReadFile(p.log)
+	return err == nil && int64(len(b)) >= p.from && strings.Contains(string(b[p.from:]), "address already in use")
 }
 
 // stop sends SIGTERM, then SIGKILL once grace has passed, and waits for the

@@ -100,7 +100,7 @@ func Start(t testing.TB) *Env {
 func retryPorts(start func() error) error {
 	var err error
 	for range startTries {
-		if err = start(); !errors.Is(err, errExited) {
+		if err = start(); !errors.Is(err, errPortInUse) {
 			return err
 		}
 	}
@@ -133,13 +133,14 @@ func (e *Env) writePKI() error {
 	if err != nil {
 		return err
 	}
-	saKey, err := newPrivateKeyPEM()
+	saKey, saPub, err := newKeyPair()
 	if err != nil {
 		return err
 	}
 	e.saKey = e.path("sa.key")
 	for name, data := range map[string][]byte{
-		"ca.crt": e.ca.certPEM, "apiserver.crt": servingCert, "apiserver.key": servingKey, "sa.key": saKey,
+		"ca.crt": e.ca.certPEM, "apiserver.crt": servingCert, "apiserver.key": servingKey,
+		"sa.key": saKey, "sa.pub": saPub,
 	} {
 		if err := os.WriteFile(e.path(name), data, 0o600); err != nil {
 			return err
@@ -199,7 +200,8 @@ func (e *Env) startFirstAPIServer(bin string) error {
 		"--tls-cert-file", e.path("apiserver.crt"), "--tls-private-key-file", e.path("apiserver.key"),
 		"--client-ca-file", e.path("ca.crt"),
 		"--service-account-issuer", ServiceAccountIssuer,
-		"--service-account-key-file", e.saKey, "--service-account-signing-key-file", e.saKey,
+		// The verifying key file takes public keys only, not PKCS#8.
+		"--service-account-key-file", e.path("sa.pub"), "--service-account-signing-key-file", e.saKey,
 		"--service-cluster-ip-range", "10.96.0.0/16",
 		"--authorization-mode", "RBAC",
 		// Nothing here maintains the kubernetes Service endpoints, and no

@@ -24,11 +24,6 @@ here=$(cd -- "$(dirname -- "$0")" && pwd)
 # shellcheck source=lib.sh
 . "$here/lib.sh"
 
-# Modules the guest needs before it can reach the host root and the output
-# port. Those built into a kernel are skipped (modprobe --show-depends says
-# "builtin").
-INITRAMFS_MODULES="virtio_pci virtio_console 9pnet_virtio 9p overlay"
-
 MIRROR=http://deb.debian.org/debian
 SECURITY_MIRROR=http://deb.debian.org/debian-security
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
@@ -301,19 +296,12 @@ build_initramfs() {
 	done
 	rm -rf "$stage/noconf" "$stage/deps"
 
-	(cd "$stage" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) | gzip -1 >"$dir/initramfs.cpio.gz"
+	# Written aside and renamed: a VM starting meanwhile reads the old or
+	# the new image, never half of one.
+	(cd "$stage" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) | gzip -1 >"$dir/initramfs.cpio.gz.tmp"
+	mv "$dir/initramfs.cpio.gz.tmp" "$dir/initramfs.cpio.gz"
 	echo "$(tr '\n' ' ' <"$stage/modules.list")" >"$dir/initramfs.modules"
 	rm -rf "$stage"
-}
-
-# Bump when build_initramfs changes in a way that needs new images.
-INITRAMFS_FORMAT=1
-
-# init_sha: identifies what the initramfs was built from (guest/init, the
-# module list, the layout), so cached kernels get a new image when those
-# change, without downloading anything.
-init_sha() {
-	{ cat "$here/guest/init"; echo "$INITRAMFS_MODULES $INITRAMFS_FORMAT"; } | sha256sum | cut -d' ' -f1
 }
 
 # prepare VERSION: download and prepare one kernel in a staging directory,

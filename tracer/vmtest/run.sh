@@ -14,8 +14,18 @@
 #                 streamed to our stdout (kept apart from kernel log noise)
 #
 # Exit codes of its own: 124 timeout, 125 VM failure (no boot, panic,
-# crash), 130/143 interrupted. The timeout defaults to 600 s and can also be
-# set with KDROP_VMTEST_TIMEOUT.
+# crash), 130/143 interrupted.
+#
+# Environment knobs (all optional):
+#   KDROP_VMTEST_TIMEOUT  seconds before the VM is killed (default 600; or --timeout)
+#   KDROP_VMTEST_MEMORY   guest RAM in MiB (default 2048)
+#   KDROP_VMTEST_CPUS     vCPUs (default 2)
+#   KDROP_VMTEST_CPU      QEMU CPU model (default max)
+#   KDROP_VMTEST_APPEND   extra kernel command line, e.g. vmtest.p9cache=mmap
+#   KDROP_VMTEST_DEBUG    non-empty: print the guest's boot timeline
+#
+# Limitation: the guest mounts fresh tmpfs on /tmp and /run, so COMMAND and
+# the current directory must not live under the host's /tmp or /run.
 set -euo pipefail
 
 here=$(cd -- "$(dirname -- "$0")" && pwd)
@@ -82,6 +92,7 @@ start_vm() {
 	# panic=-1: reboot at once on a panic, and -no-reboot turns any reboot
 	# into a QEMU exit, so a panic never hangs until the timeout.
 	local append="console=ttyS0 panic=-1 random.trust_cpu=on vmtest.kdir=$kdir vmtest.run=$RUN_DIR"
+	append+=" ${KDROP_VMTEST_APPEND:-}"
 	local -a qemu=(
 		qemu-system-x86_64 -accel tcg -cpu "$CPU_MODEL" -smp "$CPUS" -m "$MEMORY"
 		-nodefaults -no-user-config -display none -nic none -no-reboot
@@ -131,7 +142,7 @@ verdict() {
 		console_tail "$kdir"
 		return 124
 	fi
-	if grep -q 'Kernel panic' "$kdir/console.log"; then
+	if grep -q 'Kernel panic' "$kdir/console.log" 2>/dev/null; then
 		log "$version: the guest kernel panicked"
 	elif ! grep -q 'KDROP_VMTEST_STAGE=command' "$RUN_DIR/status"; then
 		log "$version: the guest did not boot to the command (last stage: $(tail -n 1 "$RUN_DIR/status" 2>/dev/null || echo none); qemu exit $qrc)"
@@ -157,6 +168,10 @@ main() {
 	check_version "$version"
 	kdir=$(kernel_dir "$cache" "$version")
 	[ -f "$kdir/ready" ] || die "kernel $version is not prepared: run $here/fetch-kernels.sh $cache $version"
+	# guest/init changed since the image was built: rebuild it (no network).
+	if [ "$(cat "$kdir/ready")" != "$(init_sha)" ]; then
+		"$here/fetch-kernels.sh" "$cache" "$version" >&2 || die "cannot refresh the initramfs of $version"
+	fi
 	for arg in "$@"; do
 		[ "$arg" = -- ] && { seen=1; break; }
 		[[ "$arg" =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "expected ENV=VAL or --, got '$arg'"

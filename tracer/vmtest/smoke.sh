@@ -20,7 +20,7 @@ shift
 read -r -d '' CHECK <<'EOF'
 set -euo pipefail
 step() { echo "--- $*"; }
-want=$(cat "$1/version")
+want=$1
 step "uname -r = $want"
 [ "$(uname -r)" = "$want" ] || { echo "running $(uname -r)"; exit 1; }
 step "KDROP_VM_KERNEL=$KDROP_VM_KERNEL, running as uid $(id -u)"
@@ -72,7 +72,7 @@ for version in "$@"; do
 	kdir=$(kernel_dir "$cache" "$version")
 	echo "smoke test on $version"
 	start=$(date +%s%N)
-	"$here/run.sh" "$cache" "$version" -- bash -c "$CHECK" smoke "$(abs_dir "$kdir")" 2>&1 |
+	"$here/run.sh" "$cache" "$version" -- bash -c "$CHECK" smoke "$(cat "$kdir/version" 2>/dev/null)" 2>&1 |
 		sed "s/^/  [$version] /"
 	rc=${PIPESTATUS[0]}
 	ms=$((($(date +%s%N) - start) / 1000000))
