@@ -126,6 +126,7 @@ type Resolver struct {
 	informers                         []*informer
 	pods, svcs, slices, rss, jobs     cache.SharedIndexInformer
 	dirty                             chan struct{}
+	changes, built                    atomic.Uint64 // markDirty calls; the count the last rebuild covered
 	buildMu                           sync.Mutex
 	lastBuildDur                      atomic.Int64
 	debounce                          time.Duration
@@ -247,10 +248,14 @@ func (r *Resolver) setupInformers() {
 		UpdateFunc: func(any, any) { r.markDirty() },
 		DeleteFunc: func(any) { r.markDirty() },
 	}
+	lister := func(k listKind) func(context.Context, metav1.ListOptions) (runtime.Object, error) {
+		return func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return streamList(ctx, k, o)
+		}
+	}
 	r.pods = r.addInformer("pods", true, &corev1.Pod{}, transformPod,
-		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			return c.CoreV1().Pods("").List(ctx, o)
-		},
+		lister(listKind{c.CoreV1().RESTClient(), "pods", "PodList",
+			func() protoObject { return &corev1.Pod{} }, func() runtime.Object { return &corev1.PodList{} }, transformPod}),
 		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			return c.CoreV1().Pods("").Watch(ctx, o)
 		},
@@ -266,30 +271,26 @@ func (r *Resolver) setupInformers() {
 			DeleteFunc: r.podDeleted,
 		})
 	r.svcs = r.addInformer("services", true, &corev1.Service{}, transformService,
-		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			return c.CoreV1().Services("").List(ctx, o)
-		},
+		lister(listKind{c.CoreV1().RESTClient(), "services", "ServiceList",
+			func() protoObject { return &corev1.Service{} }, func() runtime.Object { return &corev1.ServiceList{} }, transformService}),
 		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			return c.CoreV1().Services("").Watch(ctx, o)
 		}, dirty)
 	r.slices = r.addInformer("endpointslices", true, &discoveryv1.EndpointSlice{}, transformEndpointSlice,
-		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			return c.DiscoveryV1().EndpointSlices("").List(ctx, o)
-		},
+		lister(listKind{c.DiscoveryV1().RESTClient(), "endpointslices", "EndpointSliceList",
+			func() protoObject { return &discoveryv1.EndpointSlice{} }, func() runtime.Object { return &discoveryv1.EndpointSliceList{} }, transformEndpointSlice}),
 		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			return c.DiscoveryV1().EndpointSlices("").Watch(ctx, o)
 		}, dirty)
 	r.rss = r.addInformer("replicasets", false, &appsv1.ReplicaSet{}, transformReplicaSet,
-		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			return c.AppsV1().ReplicaSets("").List(ctx, o)
-		},
+		lister(listKind{c.AppsV1().RESTClient(), "replicasets", "ReplicaSetList",
+			func() protoObject { return &appsv1.ReplicaSet{} }, func() runtime.Object { return &appsv1.ReplicaSetList{} }, transformReplicaSet}),
 		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			return c.AppsV1().ReplicaSets("").Watch(ctx, o)
 		}, dirty)
 	r.jobs = r.addInformer("jobs", false, &batchv1.Job{}, transformJob,
-		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			return c.BatchV1().Jobs("").List(ctx, o)
-		},
+		lister(listKind{c.BatchV1().RESTClient(), "jobs", "JobList",
+			func() protoObject { return &batchv1.Job{} }, func() runtime.Object { return &batchv1.JobList{} }, transformJob}),
 		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			return c.BatchV1().Jobs("").Watch(ctx, o)
 		}, dirty)
@@ -410,6 +411,7 @@ func (r *Resolver) waitSync(ctx context.Context) {
 }
 
 func (r *Resolver) markDirty() {
+	r.changes.Add(1)
 	select {
 	case r.dirty <- struct{}{}:
 	default:
@@ -446,7 +448,9 @@ func (r *Resolver) builderLoop(ctx context.Context) {
 		case <-r.dirty:
 		default:
 		}
-		r.rebuild()
+		if r.changes.Load() != r.built.Load() {
+			r.rebuild()
+		}
 	}
 }
 
@@ -454,6 +458,7 @@ func (r *Resolver) builderLoop(ctx context.Context) {
 func (r *Resolver) rebuild() {
 	r.buildMu.Lock()
 	defer r.buildMu.Unlock()
+	changes := r.changes.Load() // before reading: a change after this triggers another rebuild
 	in := buildInput{
 		replicaSets: map[nsName]*ownerInfo{},
 		jobs:        map[nsName]*ownerInfo{},
@@ -487,6 +492,7 @@ func (r *Resolver) rebuild() {
 	s := buildSnapshot(in, time.Now())
 	r.snap.Store(s)
 	r.lastBuildDur.Store(int64(s.duration))
+	r.built.Store(changes)
 }
 
 // podDeleted records a deleted pod's identity; see tombstones for the

@@ -293,6 +293,7 @@ type scaleResult struct {
 	RSSFreedMiB   float64 `json:"rss_freed_mib"` // after debug.FreeOSMemory
 	RSSPeakMiB    float64 `json:"rss_peak_mib"`  // VmHWM
 	RSSBaseMiB    float64 `json:"rss_base_mib"`  // before Start
+	RSSSyncMiB    float64 `json:"rss_sync_mib"`  // right at sync
 	RebuildMillis float64 `json:"rebuild_ms"`    // one index rebuild
 	SysMiB        float64 `json:"go_sys_mib"`    // memory obtained from the OS
 }
@@ -333,7 +334,7 @@ func TestScaleChild(t *testing.T) {
 	if !r.WaitForSync(ctx) {
 		t.Fatal("no sync")
 	}
-	res := scaleResult{SyncSeconds: time.Since(start).Seconds(), RSSBaseMiB: base}
+	res := scaleResult{SyncSeconds: time.Since(start).Seconds(), RSSBaseMiB: base, RSSSyncMiB: vmStatus("VmRSS")}
 	// Let the scavenger settle after the initial list's garbage, as a
 	// long-running agent would.
 	time.Sleep(2 * time.Second)

@@ -141,7 +141,7 @@ func BenchmarkKfreeSkbEventPath(b *testing.B) {
 // icmp_send: every call is an event (UDP to a closed port).
 func BenchmarkIcmpSendEventPath(b *testing.B) {
 	ns := newNetns(b, "bench")
-	ns.sh(b, "sysctl -qw net.ipv4.icmp_ratelimit=0 net.ipv4.icmp_msgs_per_sec=10000000")
+	ns.sysctl(b, "net.ipv4.icmp_ratelimit", "0", "net.ipv4.icmp_msgs_per_sec", "10000000")
 	tr := benchTracer(b, Options{Filter: Filter{Types: []EventType{Unreachable}}})
 	h := tr.hooks[0]
 	measure(b, tr, "icmp_send", h.Mode, h.Target, func(n int) { ns.sendUDP(b, "127.0.0.1", 7777, n) })

@@ -40,13 +40,34 @@ func newNetns(t testing.TB, role string) *netns {
 	run(t, "ip", "netns", "add", name)
 	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
 	n := &netns{name: name}
-	n.sh(t, "ip link set lo up")
+	n.ip(t, "link set lo up")
 	var st unix.Stat_t
 	if err := unix.Stat("/run/netns/"+name, &st); err != nil {
 		t.Fatalf("stat netns %s: %v", name, err)
 	}
 	n.inode = uint32(st.Ino)
 	return n
+}
+
+// ip runs an ip(8) command line in the namespace (ip -n: one exec, which
+// counts under emulation).
+func (n *netns) ip(t testing.TB, cmdline string) {
+	t.Helper()
+	run(t, "ip", append([]string{"-n", n.name}, strings.Fields(cmdline)...)...)
+}
+
+// sysctl sets net.* sysctls of the namespace without an exec: /proc/sys/net
+// belongs to the namespace of the thread that opens it.
+func (n *netns) sysctl(t testing.TB, kv ...string) {
+	t.Helper()
+	n.in(t, func() {
+		for i := 0; i+1 < len(kv); i += 2 {
+			path := "/proc/sys/" + strings.ReplaceAll(kv[i], ".", "/")
+			if err := os.WriteFile(path, []byte(kv[i+1]), 0); err != nil {
+				t.Fatalf("sysctl %s=%s in %s: %v", kv[i], kv[i+1], n.name, err)
+			}
+		}
+	})
 }
 
 // sh runs a command line inside the namespace.
@@ -67,11 +88,11 @@ func vethLink(t testing.TB, a *netns, aAddr, aAddr6 string, b *netns, bAddr, bAd
 		n          *netns
 		dev, a, a6 string
 	}{{a, aDev, aAddr, aAddr6}, {b, bDev, bAddr, bAddr6}} {
-		e.n.sh(t, "ip addr add "+e.a+" dev "+e.dev)
+		e.n.ip(t, "addr add "+e.a+" dev "+e.dev)
 		if e.a6 != "" {
-			e.n.sh(t, "ip addr add "+e.a6+" dev "+e.dev+" nodad")
+			e.n.ip(t, "addr add "+e.a6+" dev "+e.dev+" nodad")
 		}
-		e.n.sh(t, "ip link set "+e.dev+" up")
+		e.n.ip(t, "link set "+e.dev+" up")
 	}
 	return aDev, bDev
 }

@@ -162,19 +162,22 @@ func newRouted(t *testing.T) *routed {
 	r := &routed{client: newNetns(t, "cli"), router: newNetns(t, "rtr"), server: newNetns(t, "srv")}
 	vethLink(t, r.client, clientIP+"/24", clientIP6+"/64", r.router, "198.18.1.1/24", "fd00:18:1::1/64")
 	_, r.routerToServer = vethLink(t, r.server, serverIP+"/24", serverIP6+"/64", r.router, "198.18.2.1/24", "fd00:18:2::1/64")
-	r.client.sh(t, "ip route add default via 198.18.1.1")
-	r.client.sh(t, "ip -6 route add default via fd00:18:1::1")
-	r.server.sh(t, "ip route add default via 198.18.2.1")
-	r.server.sh(t, "ip -6 route add default via fd00:18:2::1")
-	r.router.sh(t, "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1")
+	r.client.ip(t, "route add default via 198.18.1.1")
+	r.client.ip(t, "-6 route add default via fd00:18:1::1")
+	r.server.ip(t, "route add default via 198.18.2.1")
+	r.server.ip(t, "-6 route add default via fd00:18:2::1")
+	r.router.sysctl(t, "net.ipv4.ip_forward", "1", "net.ipv6.conf.all.forwarding", "1")
 	// Count every ICMP error the kernel decides to send: with the default
 	// rate limit, probes on __icmp_send would also see suppressed ones.
 	for _, n := range []*netns{r.router, r.server} {
-		n.sh(t, "sysctl -qw net.ipv4.icmp_ratelimit=0 net.ipv6.icmp.ratelimit=0")
+		n.sysctl(t, "net.ipv4.icmp_ratelimit", "0", "net.ipv6.icmp.ratelimit", "0")
 		// per namespace only since 6.x; the global default (1000/s, burst
 		// 50) is far above what these tests send
-		run(t, "ip", "netns", "exec", n.name, "sh", "-c",
-			"! test -e /proc/sys/net/ipv4/icmp_msgs_per_sec || sysctl -qw net.ipv4.icmp_msgs_per_sec=100000")
+		n.in(t, func() {
+			if _, err := os.Stat("/proc/sys/net/ipv4/icmp_msgs_per_sec"); err == nil {
+				os.WriteFile("/proc/sys/net/ipv4/icmp_msgs_per_sec", []byte("100000"), 0)
+			}
+		})
 	}
 	return r
 }
@@ -248,7 +251,7 @@ func TestListenQueueOverflow(t *testing.T) {
 func TestNoRouteToHostNeighbourFailed(t *testing.T) {
 	r := newRouted(t)
 	// Give up on ARP after 3 x 100 ms instead of 3 x 1 s.
-	r.router.sh(t, "sysctl -qw net.ipv4.neigh."+r.routerToServer+".retrans_time_ms=100")
+	r.router.sysctl(t, "net.ipv4.neigh."+r.routerToServer+".retrans_time_ms", "100")
 	const gone = "198.18.2.9" // on the server's subnet, but no one has it
 	c := startTracer(t, Options{Filter: Filter{Netns: r.router.inode, Types: []EventType{Unreachable, Drop}}})
 	before := r.router.counters(t)

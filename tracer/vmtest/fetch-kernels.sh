@@ -304,22 +304,28 @@ build_initramfs() {
 	rm -rf "$stage"
 }
 
-# prepare VERSION: download and prepare one kernel in a staging directory,
-# then rename it into place, so an interrupted run leaves nothing half done.
-prepare() {
-	local version=$1 suite dir stage image rel
-	dir=$(kernel_dir "$CACHE" "$version")
-	if [ -f "$dir/ready" ]; then
-		if [ "$(cat "$dir/ready")" != "$(init_sha)" ]; then
-			log "$version: guest init changed, rebuilding the initramfs"
-			build_initramfs "$dir" "$(cat "$dir/version")"
-			init_sha >"$dir/ready"
-		fi
-		log "$version: cached ($(cat "$dir/version"))"
-		return 0
+# refresh_cached DIR VERSION: a prepared kernel needs nothing but maybe a
+# new initramfs (guest/init changed). Reads files with builtins: this is the
+# warm path and should cost almost nothing.
+refresh_cached() {
+	local dir=$1 version=$2 ready rel
+	read -r ready <"$dir/ready" || ready=
+	read -r rel <"$dir/version"
+	if [ "$ready" != "$INIT_SHA" ]; then
+		log "$version: guest init changed, rebuilding the initramfs"
+		build_initramfs "$dir" "$rel"
+		echo "$INIT_SHA" >"$dir/ready"
 	fi
+	log "$version: cached ($rel)"
+}
 
+# fetch VERSION: resolve and download the packages of one kernel into
+# kernels/VERSION.tmp/debs. Network phase, run one kernel after the other
+# (kernels of one suite share its private apt state).
+fetch() {
+	local version=$1 suite stage image
 	suite=$(suite_for "$version")
+	stage=$CACHE/kernels/$version.tmp
 	apt_init "$suite"
 	apt_update "$suite"
 	image=$(pick_image "$suite" "$version") ||
@@ -328,29 +334,40 @@ prepare() {
 	mapfile -t pkgs < <(image_packages "$suite" "$image")
 	log "$version: fetching ${pkgs[*]} from $suite"
 
-	rm -rf "$dir.tmp"
-	stage=$dir.tmp
+	rm -rf "$stage"
 	mkdir -p "$stage/debs"
 	download "$suite" "$stage/debs" "${pkgs[@]}" busybox-static
 	printf '%s\n' "${pkgs[@]}" >"$stage/packages"
+}
 
-	# busybox goes to its own place: it must not end up in the kernel tree.
+# extract_busybox STAGE: the static busybox for the initramfs, kept apart
+# from the kernel tree.
+extract_busybox() {
+	local stage=$1 bb
 	mkdir -p "$stage/bb"
 	dpkg -x "$stage"/debs/busybox-static_*.deb "$stage/bb"
-	local bb
 	for bb in "$stage/bb/bin/busybox" "$stage/bb/usr/bin/busybox" ""; do
 		[ -z "$bb" ] || [ -f "$bb" ] && break
 	done
 	[ -n "$bb" ] || die "no busybox binary in the busybox-static package"
 	cp "$bb" "$stage/busybox"
 	rm -rf "$stage/bb" "$stage"/debs/busybox-static_*.deb
+}
 
+# build VERSION: turn the downloaded packages into the prepared kernel
+# directory, then rename it into place, so an interrupted run leaves
+# nothing half done. CPU phase (unpacking, depmod, decompression): several
+# kernels build in parallel.
+build() {
+	local version=$1 dir stage rel vmlinuz config
+	dir=$CACHE/kernels/$version
+	stage=$dir.tmp
+	extract_busybox "$stage"
 	unpack_debs "$stage"
 	rm -rf "$stage/debs"
 	rel=$(kernel_release "$stage")
 	echo "$rel" >"$stage/version"
 
-	local vmlinuz config
 	vmlinuz=$(find_file "$stage" "$rel" vmlinuz) || die "no vmlinuz in the packages of $rel"
 	config=$(find_file "$stage" "$rel" config) || die "no config in the packages of $rel"
 	mv "$vmlinuz" "$stage/vmlinuz"
@@ -363,11 +380,27 @@ prepare() {
 	# Debian packages ship no modules.dep (their postinst runs depmod).
 	depmod -b "$stage/root" "$rel" || die "depmod failed for $rel"
 	build_initramfs "$stage" "$rel"
-	init_sha >"$stage/ready"
+	echo "$INIT_SHA" >"$stage/ready"
 
 	rm -rf "$dir"
 	mv "$stage" "$dir"
 	log "$version: ready ($rel; initramfs modules: $(cat "$dir/initramfs.modules"))"
+}
+
+# build_all VERSION...: run build for each, at most $(nproc) at a time.
+build_all() {
+	local jobs v failed=0
+	jobs=$(nproc 2>/dev/null || echo 2)
+	local -a pids=() names=()
+	for v in "$@"; do
+		while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
+		build "$v" &
+		pids+=($!) names+=("$v")
+	done
+	for i in "${!pids[@]}"; do
+		wait "${pids[$i]}" || { log "${names[$i]}: preparing the kernel failed"; failed=1; }
+	done
+	[ "$failed" -eq 0 ] || die "some kernels could not be prepared (see above)"
 }
 
 main() {
@@ -381,7 +414,19 @@ main() {
 	# Only checks commands; installs (and needs the network) only if one
 	# is missing.
 	ensure_host_tools
-	for v in "$@"; do prepare "$v"; done
+	INIT_SHA=$(init_sha)
+
+	local -a todo=()
+	for v in "$@"; do
+		if [ -f "$CACHE/kernels/$v/ready" ]; then
+			refresh_cached "$CACHE/kernels/$v" "$v"
+		else
+			todo+=("$v")
+		fi
+	done
+	[ ${#todo[@]} -gt 0 ] || return 0
+	for v in "${todo[@]}"; do fetch "$v"; done
+	build_all "${todo[@]}"
 }
 
 main "$@"
