@@ -315,13 +315,28 @@ static __always_inline int listen_overflow(struct sock *sk, struct sk_buff *skb,
 	return 0;
 }
 
+/* Since 6.2 a BTF pointer can be retyped (inet_connection_sock lies beyond
+ * struct sock, out of a plain fentry load's reach); where the kfunc is
+ * missing this resolves to 0 and the verifier drops that branch. */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
+
+static __always_inline __u32 syn_queue_len(struct sock *sk, bool btf)
+{
+	if (btf && bpf_rdonly_cast) {
+		struct inet_connection_sock *icsk =
+			bpf_rdonly_cast(sk, bpf_core_type_id_kernel(struct inet_connection_sock));
+		return icsk->icsk_accept_queue.qlen.counter;
+	}
+	return BPF_CORE_READ((struct inet_connection_sock *)sk, icsk_accept_queue.qlen.counter);
+}
+
 /* A SYN reached a listener. Mirrors tcp_conn_request's own checks: SYN
  * queue full (cookie or drop), then accept queue full (drop, counted as
- * TcpExtListenOverflows). The fast path is two compares. */
+ * TcpExtListenOverflows). The fast path is three loads and two compares. */
 static __always_inline int conn_request(struct sock *sk, struct sk_buff *skb,
-					__u32 acc, __u32 max, __u8 mode)
+					__u32 acc, __u32 max, bool btf, __u8 mode)
 {
-	__u32 synq = BPF_CORE_READ((struct inet_connection_sock *)sk, icsk_accept_queue.qlen.counter);
+	__u32 synq = syn_queue_len(sk, btf);
 
 	if (acc > max)
 		return listen_overflow(sk, skb, acc, max, synq, KDROP_Q_ACCEPT_SYN, mode);
@@ -334,7 +349,7 @@ SEC("fentry/tcp_conn_request")
 int BPF_PROG(fentry_tcp_conn_request, struct request_sock_ops *rsk_ops,
 	     const struct tcp_request_sock_ops *af_ops, struct sock *sk, struct sk_buff *skb)
 {
-	return conn_request(sk, skb, sk->sk_ack_backlog, sk->sk_max_ack_backlog, KDROP_MODE_FENTRY);
+	return conn_request(sk, skb, sk->sk_ack_backlog, sk->sk_max_ack_backlog, true, KDROP_MODE_FENTRY);
 }
 
 SEC("kprobe/tcp_conn_request")
@@ -342,7 +357,7 @@ int BPF_KPROBE(kprobe_tcp_conn_request, struct request_sock_ops *rsk_ops,
 	       const struct tcp_request_sock_ops *af_ops, struct sock *sk, struct sk_buff *skb)
 {
 	return conn_request(sk, skb, BPF_CORE_READ(sk, sk_ack_backlog),
-			    BPF_CORE_READ(sk, sk_max_ack_backlog), KDROP_MODE_KPROBE);
+			    BPF_CORE_READ(sk, sk_max_ack_backlog), false, KDROP_MODE_KPROBE);
 }
 
 /* The final ACK of a handshake found the accept queue full. */
@@ -357,7 +372,7 @@ static __always_inline int syn_recv_overflow(struct sock *sk, struct sk_buff *sk
 	 * tcp_v4_syn_recv_sock, whose hook reports it. Don't count it twice. */
 	if (v6 && BPF_CORE_READ(skb, protocol) == bpf_htons(ETH_P_IP))
 		return 0;
-	synq = BPF_CORE_READ((struct inet_connection_sock *)sk, icsk_accept_queue.qlen.counter);
+	synq = syn_queue_len(sk, false);
 	return listen_overflow(sk, skb, acc, max, synq, KDROP_Q_ACCEPT_ACK, mode);
 }
 

@@ -203,7 +203,7 @@ func describe(ep Endpoint) string {
 		fmt.Fprintf(&b, " services=%v", ep.Services)
 	}
 	fmt.Fprintf(&b, " ready=%v terminating=%v hostNetwork=%v", ep.Ready, ep.Terminating, ep.HostNetwork)
-	if !ep.DeletedAt.IsZero() {
+	if ep.DeletedAgo != 0 {
 		fmt.Fprintf(&b, " deletedAgo=%v", ep.DeletedAgo)
 	}
 	if ep.Unresolved {

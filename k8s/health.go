@@ -62,6 +62,19 @@ func classify(err error) string {
 	return ConditionError
 }
 
+// Outages.
+//
+// Start never waits for the API server. The informers' list and watch calls
+// go through wrappers that report each outcome here; client-go's default
+// watch error handler, which logs every failed retry through klog, is
+// replaced by the same report. When the API server is unreachable, denies
+// access (RBAC) or rejects the credentials, the informers keep retrying with
+// client-go's backoff (0.8 s doubling to 30 s), lookups keep answering from
+// the last index with Unresolved set (while a required informer — pods,
+// services, endpointslices — fails or has not synced), and resolution
+// resumes by itself once calls succeed again, within about the backoff then
+// reached (seconds after a short outage, at most ~30 s).
+//
 // health tracks, per informer, whether its last list or watch call worked,
 // and turns that into one condition. It logs a condition once per episode
 // (not per retry or per resource) and the recovery once.

@@ -39,7 +39,7 @@ type hostPort struct {
 
 // tomb is a deleted pod's identity and when it was deleted.
 type tomb struct {
-	ep Endpoint // as last known; ep.DeletedAt == at
+	ep Endpoint // as last known
 	at time.Time
 }
 

@@ -2,7 +2,9 @@ package k8s
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -94,6 +96,20 @@ func BenchmarkLookupIP(b *testing.B) {
 		i := 0
 		for b.Loop() {
 			if r.LookupIP(ips[i%len(ips)], 80, now).Kind != KindPod {
+				b.Fatal("miss")
+			}
+			i++
+		}
+	})
+	// The same IPs in random order: every lookup a cache miss, the worst
+	// case (a tracer mostly sees a few hot IPs).
+	shuffled := slices.Clone(ips)
+	rand.New(rand.NewPCG(1, 2)).Shuffle(len(shuffled), func(i, j int) { shuffled[i], shuffled[j] = shuffled[j], shuffled[i] })
+	b.Run("hit-pod-10k-random", func(b *testing.B) {
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			if r.LookupIP(shuffled[i%len(shuffled)], 80, now).Kind != KindPod {
 				b.Fatal("miss")
 			}
 			i++

@@ -134,7 +134,7 @@ func TestNetnsToPod(t *testing.T) {
 	it.deletePod("netns", boxes[0].pod, 0)
 	eventually(t, 10*time.Second, func() string {
 		ep := r.LookupNetns(boxes[0].inode)
-		if ep.Name != boxes[0].pod || ep.DeletedAt.IsZero() {
+		if ep.Name != boxes[0].pod || ep.DeletedAgo <= 0 {
 			return "got " + describe(ep)
 		}
 		return ""

@@ -112,6 +112,7 @@ func TestAPIServerRestart(t *testing.T) {
 		t.Errorf("status while down: %+v", st)
 	}
 
+	restartCalled := time.Now()
 	it.env.StartAPIServer(t)
 	restarted := time.Now()
 	recovered := eventually(t, 60*time.Second, func() string {
@@ -120,7 +121,8 @@ func TestAPIServerRestart(t *testing.T) {
 		}
 		return ""
 	})
-	t.Logf("healthy again %v after the API server was ready", recovered.Round(time.Millisecond))
+	t.Logf("API server restarted and ready in %v; resolver healthy %v after that (%v after the restart began)",
+		restarted.Sub(restartCalled).Round(time.Millisecond), recovered.Round(time.Millisecond), time.Since(restartCalled).Round(time.Millisecond))
 
 	// A pod created after the restart resolves.
 	it.pod(podSpec{ns: "outage", name: "after", node: "node-a", ips: []string{"10.244.7.2"}, ready: true})

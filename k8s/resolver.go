@@ -2,11 +2,26 @@
 // namespaces — to Kubernetes identity: pods (with workload, node and the
 // Services they back), Services, nodes, and recently deleted pods.
 //
-// Identity comes from client-go shared informers on Pods, Services,
-// EndpointSlices, ReplicaSets and Jobs, each stripped by a transform to what
-// identity needs. Lookups read an immutable index swapped in atomically after
-// changes, so they take no lock, allocate nothing on a hit and never wait for
-// the API server. See ClusterRoleRules for the RBAC the resolver needs.
+// Sources. Shared informers (client-go) on Pods, Services, EndpointSlices,
+// ReplicaSets and Jobs, all namespaces; see ClusterRoleRules for the RBAC.
+// Their transforms keep only what identity needs, in compact structs with
+// parsed IPs (objects.go), and their lists are decoded as they stream in
+// (listdecode.go), so memory stays near the size of what is kept.
+//
+// Lookups. A builder goroutine turns the informers' contents into an
+// immutable index (index.go), published through an atomic.Pointer; changes
+// are coalesced (debounce, and at least ten times the last build's duration
+// between builds). LookupIP loads the pointer and reads plain maps: no lock,
+// no allocation on a hit, never waiting for the API server or a writer.
+//
+// Workloads. ReplicaSet → Deployment comes from the ReplicaSet informer, which
+// is exact (Argo Rollouts and bare ReplicaSets included) and cheap once
+// transformed; when a ReplicaSet is unknown (informer not synced or denied by
+// RBAC) the Deployment is inferred from the RS name and the pod-template-hash
+// label. Job → CronJob comes from the Job informer.
+//
+// Deleted pods: see tombstones.go for what is kept and which deletion time.
+// Network namespaces: see netns.go. Outages: see health.go.
 package k8s
 
 import (
@@ -75,19 +90,17 @@ type Endpoint struct {
 	Services                   []string // "ns/name" of Services whose EndpointSlices include this pod or IP
 	Ready, Terminating         bool
 	HostNetwork                bool
-	// DeletedAgo > 0: the pod that had this IP was deleted this long
-	// before the event time. DeletedAt is when (zero for a live object); it
-	// can be after the event time, when the event predates the deletion
-	// (DeletedAgo is then 0).
-	DeletedAgo time.Duration
-	DeletedAt  time.Time
-	// Previous lists, when the IP was reused, the older owners still
-	// within DeletedWindow, newest first (each with DeletedAgo).
-	Previous []Endpoint
 	// Unresolved: identity is not (fully) available — the API server is
 	// unreachable, access is forbidden, or the informers have not synced.
 	// Whatever is known from before is still filled in.
 	Unresolved bool
+	// DeletedAgo > 0: the pod that had this IP was deleted this long
+	// before the event time. < 0: it was deleted that long after the event
+	// (it still had the IP when the event happened). 0: not deleted.
+	DeletedAgo time.Duration
+	// Previous lists, when the IP was reused, the older owners still
+	// within DeletedWindow, newest first (each with DeletedAgo).
+	Previous []Endpoint
 }
 
 // Status is the resolver's state.
@@ -627,11 +640,12 @@ func (r *Resolver) previous(dead []tomb, at time.Time) []Endpoint {
 	return out
 }
 
+// ago is DeletedAgo: never 0 for a deleted pod.
 func ago(at, deleted time.Time) time.Duration {
-	if d := at.Sub(deleted); d > 0 {
+	if d := at.Sub(deleted); d != 0 {
 		return d
 	}
-	return 0
+	return 1
 }
 
 // LookupNetns resolves a network namespace inode on this node: the host's

@@ -82,7 +82,6 @@ func deletedAt(p *podInfo, observed time.Time, late bool) time.Time {
 // add records a deleted pod. ep is its identity; ips the IPs it owned
 // (none for a hostNetwork pod: those were the node's).
 func (t *tombstones) add(ep Endpoint, uid string, ips []netip.Addr, at time.Time) {
-	ep.DeletedAt = at
 	ep.Previous = nil
 	ep.DeletedAgo = 0
 	ep.Unresolved = false

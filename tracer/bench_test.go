@@ -180,7 +180,12 @@ func BenchmarkTcpConnRequestEventPath(b *testing.B) {
 	}
 	ns.listenNoAccept(b, "127.0.0.1", 8080, 1)
 	measure(b, tr, "tcp_conn_request", h.Mode, h.Target, func(n int) {
-		// each connect's SYN is refused once (retransmissions come later)
-		ns.connectMany(b, "127.0.0.1", 8080, n+2).Close()
+		// each connect's SYN is refused once (retransmissions come later);
+		// in batches, to stay under the open files limit
+		for n > 0 {
+			batch := min(n, 500)
+			ns.connectMany(b, "127.0.0.1", 8080, batch).Close()
+			n -= batch
+		}
 	})
 }

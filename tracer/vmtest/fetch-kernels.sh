@@ -130,15 +130,15 @@ apt_update() {
 # newest_of SUITE PACKAGE...: print the package whose candidate version is
 # the highest (by Debian version rules).
 newest_of() {
-	local suite=$1 best= bestv= p v
+	local suite=$1 best='' bestv='' p v
 	shift
-	for p in "$@"; do
-		v=$(papt "$suite" apt-cache show --no-all-versions "$p" 2>/dev/null | sed -n 's/^Version: //p' | head -n1)
-		[ -n "$v" ] || continue
+	# One apt-cache call for all candidates: "package version" lines.
+	while read -r p v; do
 		if [ -z "$bestv" ] || dpkg --compare-versions "$v" gt "$bestv"; then
 			best=$p bestv=$v
 		fi
-	done
+	done < <(papt "$suite" apt-cache show --no-all-versions "$@" 2>/dev/null |
+		awk '/^Package: /{p=$2} /^Version: /{print p, $2}')
 	echo "$best"
 }
 
@@ -300,7 +300,7 @@ build_initramfs() {
 	# the new image, never half of one.
 	(cd "$stage" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) | gzip -1 >"$dir/initramfs.cpio.gz.tmp"
 	mv "$dir/initramfs.cpio.gz.tmp" "$dir/initramfs.cpio.gz"
-	echo "$(tr '\n' ' ' <"$stage/modules.list")" >"$dir/initramfs.modules"
+	tr '\n' ' ' <"$stage/modules.list" >"$dir/initramfs.modules"
 	rm -rf "$stage"
 }
 

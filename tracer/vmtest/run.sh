@@ -47,6 +47,7 @@ RUN_DIR=
 QEMU_PID=
 TAIL_PID=
 
+# shellcheck disable=SC2317 # trap handlers
 cleanup() {
 	[ -z "$QEMU_PID" ] || kill -TERM "$QEMU_PID" 2>/dev/null || true
 	[ -z "$QEMU_PID" ] || wait "$QEMU_PID" 2>/dev/null || true
@@ -54,6 +55,7 @@ cleanup() {
 	[ -z "$RUN_DIR" ] || rm -rf "$RUN_DIR"
 }
 
+# shellcheck disable=SC2317 # trap handler
 on_signal() {
 	log "interrupted, stopping the VM"
 	trap - EXIT
@@ -93,6 +95,7 @@ start_vm() {
 	# into a QEMU exit, so a panic never hangs until the timeout.
 	local append="console=ttyS0 panic=-1 random.trust_cpu=on vmtest.kdir=$kdir vmtest.run=$RUN_DIR"
 	append+=" ${KDROP_VMTEST_APPEND:-}"
+	# shellcheck disable=SC2054 # the commas are QEMU option syntax
 	local -a qemu=(
 		qemu-system-x86_64 -accel tcg -cpu "$CPU_MODEL" -smp "$CPUS" -m "$MEMORY"
 		-nodefaults -no-user-config -display none -nic none -no-reboot
@@ -168,19 +171,19 @@ main() {
 	check_version "$version"
 	kdir=$(kernel_dir "$cache" "$version")
 	[ -f "$kdir/ready" ] || die "kernel $version is not prepared: run $here/fetch-kernels.sh $cache $version"
-	# guest/init changed since the image was built: rebuild it (no network).
-	if [ "$(cat "$kdir/ready")" != "$(init_sha)" ]; then
-		"$here/fetch-kernels.sh" "$cache" "$version" >&2 || die "cannot refresh the initramfs of $version"
-	fi
 	for arg in "$@"; do
 		[ "$arg" = -- ] && { seen=1; break; }
 		[[ "$arg" =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "expected ENV=VAL or --, got '$arg'"
 	done
 	[ -n "$seen" ] || usage
-	[ "${@: -1}" != -- ] || usage
+	[ "${!#}" != -- ] || usage
 	[[ "$TIMEOUT" =~ ^[0-9]+$ ]] || die "timeout must be a number of seconds, got '$TIMEOUT'"
 	# Paths go on the kernel command line, which splits at spaces.
 	[[ "$kdir" != *[[:space:]]* ]] || die "the cache path must not contain spaces: $kdir"
+	# guest/init changed since the image was built: rebuild it (no network).
+	if [ "$(cat "$kdir/ready")" != "$(init_sha)" ]; then
+		"$here/fetch-kernels.sh" "$cache" "$version" >&2 || die "cannot refresh the initramfs of $version"
+	fi
 
 	mkdir -p "$cache/run"
 	trap cleanup EXIT

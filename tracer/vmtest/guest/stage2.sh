@@ -5,7 +5,7 @@
 # It finishes the setup, runs the command (cmd.sh, written by run.sh) with
 # its output on the virtio serial port, reports the exit code on ttyS1 and
 # reboots, which ends QEMU.
-# shellcheck shell=sh
+# shellcheck shell=dash
 
 bb=/run/vmtest/busybox
 status() { echo "$* t=$($bb cut -d" " -f1 /proc/uptime)" >/dev/ttyS1; }
@@ -26,11 +26,27 @@ $bb ip link set lo up
 # BPF maps against RLIMIT_MEMLOCK).
 ulimit -l unlimited
 
+# The command writes into a FIFO that busybox cat copies to the virtio
+# serial port stage 1 found (/dev/vmtest-output). Not the port itself: a
+# port can be open only once, so "echo >/dev/stderr" or "tee /dev/stdout"
+# would fail with EBUSY.
+fifo=/run/vmtest/output.fifo
+$bb mkfifo "$fifo"
+$bb cat "$fifo" >/dev/vmtest-output &
+relay=$!
+
 status "KDROP_VMTEST_STAGE=command"
-# /dev/vmtest-output: the virtio serial port stage 1 found.
-$bb env -i /bin/bash /run/vmtest/cmd.sh </dev/null >/dev/vmtest-output 2>&1
+$bb env -i /bin/bash /run/vmtest/cmd.sh </dev/null >"$fifo" 2>&1
 rc=$?
 status "KDROP_VMTEST_EXIT=$rc"
+
+# cat ends when the last writer closes the FIFO; a daemon the command left
+# behind may keep it open, so do not wait for that forever.
+for _ in 1 2 3 4 5 6 7 8 9 10; do
+	$bb kill -0 "$relay" 2>/dev/null || break
+	$bb sleep 0.2
+done
+$bb kill "$relay" 2>/dev/null
 
 $bb sync
 # run.sh starts QEMU with -no-reboot, so a reboot ends QEMU.
