@@ -432,6 +432,40 @@ func TestRateLimitKeepsExactCounts(t *testing.T) {
 	}
 }
 
+// A reader that can't keep up with a one-page ring buffer: events are
+// lost, kdrop says how many, and the counts still add up (the lost events'
+// occurrences come back in summaries).
+func TestLostEventsAreCounted(t *testing.T) {
+	r := newRouted(t)
+	r.server.sh(t, "iptables -A INPUT -p udp --dport 9999 -j DROP")
+	tr, err := New(Options{Modes: testModes(t), RingBytes: uint32(os.Getpagesize()), SweepInterval: 200 * time.Millisecond,
+		Filter: Filter{Netns: r.server.inode, Types: []EventType{Drop}, Port: 9999}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	// Nobody reads while the storm runs: the ring fills after ~40 events.
+	r.client.sendUDP(t, serverIP, 9999, 2000)
+	st, err := tr.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // drain what is there, sweep, return
+	var total, lines uint64
+	if err := tr.Run(ctx, func(e *Event) { total += e.Count; lines++ }); err != nil {
+		t.Fatal(err)
+	}
+	rule := iptablesPackets(t, r.server, "iptables", "INPUT", "DROP")
+	t.Logf("2000 drops: %d lost in the ring buffer, %d lines, counts sum %d", st.Lost[Drop], lines, total)
+	if st.Lost[Drop] == 0 || st.Lost[Drop] >= rule {
+		t.Fatalf("want some (not all) of %d drop events lost, stats say %d", rule, st.Lost[Drop])
+	}
+	if total != rule || rule != 2000 {
+		t.Fatalf("counts sum %d, rule counted %d (want 2000 both)", total, rule)
+	}
+}
+
 // UDP to a closed port: the kernel answers port-unreachable ("Connection
 // refused"). Counted against IcmpOutDestUnreachs (and Icmp6OutDestUnreachs
 // where the kernel lets kdrop hook icmp6_send).

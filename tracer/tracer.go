@@ -42,6 +42,9 @@ type Options struct {
 	Modes []Mode
 	// ListenPoll is the sock_diag fallback's poll interval (default 100ms).
 	ListenPoll time.Duration
+	// RingBytes sizes the ring buffer to userspace (a power of two, at
+	// least a page; default 4 MiB).
+	RingBytes uint32
 	// SweepInterval is how often rate-limited counts and lost events are
 	// reported (default 1s).
 	SweepInterval time.Duration
@@ -123,6 +126,12 @@ func New(opts Options) (*Tracer, error) {
 	}
 	if err := t.configure(spec); err != nil {
 		return nil, err
+	}
+	if opts.RingBytes != 0 {
+		if opts.RingBytes < uint32(os.Getpagesize()) || opts.RingBytes&(opts.RingBytes-1) != 0 {
+			return nil, fmt.Errorf("ring buffer size %d: must be a power of two and at least %d", opts.RingBytes, os.Getpagesize())
+		}
+		spec.Maps["events"].MaxEntries = opts.RingBytes
 	}
 	t.maps = map[string]*ebpf.Map{}
 	for _, name := range []string{"events", "stats", "flows", "addr_filter"} {

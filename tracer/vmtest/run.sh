@@ -93,7 +93,13 @@ start_vm() {
 
 	# panic=-1: reboot at once on a panic, and -no-reboot turns any reboot
 	# into a QEMU exit, so a panic never hangs until the timeout.
-	local append="console=ttyS0 panic=-1 random.trust_cpu=on vmtest.kdir=$kdir vmtest.run=$RUN_DIR"
+	# tsc=reliable: TCG's TSC follows the host clock and is the same on all
+	# vCPUs, but on a busy host the guest's sync check and clocksource
+	# watchdog often declare it unstable and fall back to the HPET, whose
+	# every read is an emulated MMIO access: time-hungry programs (the Go
+	# runtime) then crawl.
+	local append="console=ttyS0 panic=-1 tsc=reliable random.trust_cpu=on"
+	append+=" vmtest.kdir=$kdir vmtest.run=$RUN_DIR"
 	append+=" ${KDROP_VMTEST_APPEND:-}"
 	# shellcheck disable=SC2054 # the commas are QEMU option syntax
 	local -a qemu=(
