@@ -94,6 +94,7 @@ type Event struct {
 	QueueMax    uint32
 	SynQueueLen uint32
 	Syncookie   bool
+	Somaxconn   uint32 // net.core.somaxconn of the namespace (0: unknown)
 }
 
 // rawEvent is the ring buffer record; bpf2go generates it from bpf/kdrop.h.

@@ -66,6 +66,10 @@ func (e *Event) AppendJSON(b []byte) []byte {
 		if e.Syncookie {
 			b = append(b, `,"syncookie":true`...)
 		}
+		if e.Somaxconn != 0 {
+			b = append(b, `,"somaxconn":`...)
+			b = strconv.AppendUint(b, uint64(e.Somaxconn), 10)
+		}
 	}
 	return append(b, '}')
 }

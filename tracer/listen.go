@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -25,10 +23,12 @@ import (
 // namespace counter rises, the listeners whose drop counters rose get an
 // event carrying the exact delta, their queue length and its limit.
 type listenPoller struct {
+	somax    *somaxconns
 	interval time.Duration
 	filter   Filter
 	log      *zap.Logger
 	ns       map[uint32]*nsWatch
+	scanned  bool
 }
 
 type listenerKey struct {
@@ -43,11 +43,10 @@ type nsWatch struct {
 	overflows uint64
 	drops     uint64
 	listeners map[listenerKey]listenerState // per listener, at the last poll
-	alive     bool
 }
 
-func newListenPoller(interval time.Duration, f Filter, log *zap.Logger) *listenPoller {
-	p := &listenPoller{interval: interval, filter: f, log: log, ns: map[uint32]*nsWatch{}}
+func newListenPoller(interval time.Duration, f Filter, somax *somaxconns, log *zap.Logger) *listenPoller {
+	p := &listenPoller{somax: somax, interval: interval, filter: f, log: log, ns: map[uint32]*nsWatch{}}
 	p.discover() // baseline now: only overflows after start are reported
 	return p
 }
@@ -83,30 +82,22 @@ func (w *nsWatch) close() {
 	unix.Close(w.diag)
 }
 
-// discover finds every network namespace: those of processes and those
-// bind-mounted by `ip netns` or CNI plugins, which may have no process.
+// discover watches namespaces that appeared and lets go of those that left.
+// Only the first scan takes a baseline: a namespace seen later is new, so
+// everything it counted happened while kdrop ran.
 func (p *listenPoller) discover() {
-	for _, w := range p.ns {
-		w.alive = false
-	}
-	var paths []string
-	procs, _ := filepath.Glob("/proc/[0-9]*/ns/net")
-	paths = append(paths, procs...)
-	for _, dir := range []string{"/run/netns", "/var/run/netns"} {
-		m, _ := filepath.Glob(dir + "/*")
-		paths = append(paths, m...)
-	}
-	for _, path := range paths {
-		var st unix.Stat_t
-		if unix.Stat(path, &st) != nil {
-			continue
+	initial := !p.scanned
+	p.scanned = true
+	found := listNetns()
+	for ino, w := range p.ns {
+		if _, ok := found[ino]; !ok {
+			// holding a namespace's files keeps it alive
+			w.close()
+			delete(p.ns, ino)
 		}
-		ino := uint32(st.Ino)
-		if p.filter.Netns != 0 && ino != p.filter.Netns {
-			continue
-		}
-		if w, ok := p.ns[ino]; ok {
-			w.alive = true
+	}
+	for ino, path := range found {
+		if _, ok := p.ns[ino]; ok || (p.filter.Netns != 0 && ino != p.filter.Netns) {
 			continue
 		}
 		w, err := openNsWatch(path, ino)
@@ -115,49 +106,26 @@ func (p *listenPoller) discover() {
 			continue
 		}
 		p.ns[ino] = w
-		w.alive = true
-		w.overflows, w.drops, _ = w.counters()
-		w.listeners, _ = w.dumpListeners()
-	}
-	// Holding a namespace's files keeps it alive: let go of those that left.
-	for ino, w := range p.ns {
-		if !w.alive {
-			w.close()
-			delete(p.ns, ino)
+		w.listeners = map[listenerKey]listenerState{}
+		if initial {
+			w.overflows, w.drops, _ = w.counters()
+			w.listeners, _ = w.dumpListeners()
 		}
 	}
 }
 
-// openNsWatch enters the namespace on a locked thread just long enough to
-// open its netstat file and a sock_diag socket; both stay bound to it.
+// openNsWatch opens the namespace's netstat file and a sock_diag socket;
+// both stay bound to it.
 func openNsWatch(path string, ino uint32) (*nsWatch, error) {
-	nsf, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer nsf.Close()
-	runtime.LockOSThread()
-	orig, err := os.Open("/proc/thread-self/ns/net")
-	if err != nil {
-		runtime.UnlockOSThread()
-		return nil, err
-	}
-	defer orig.Close()
-	if err := unix.Setns(int(nsf.Fd()), unix.CLONE_NEWNET); err != nil {
-		runtime.UnlockOSThread()
-		return nil, fmt.Errorf("setns: %w", err)
-	}
 	w := &nsWatch{inode: ino, diag: -1}
-	w.netstat, err = os.Open("/proc/thread-self/net/netstat")
-	if err == nil {
+	err := inNetns(path, func() error {
+		var err error
+		if w.netstat, err = os.Open("/proc/thread-self/net/netstat"); err != nil {
+			return err
+		}
 		w.diag, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
-	}
-	if errBack := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); errBack != nil {
-		// This thread is in the wrong namespace: leave it locked so the
-		// runtime discards it instead of reusing it.
-		return nil, fmt.Errorf("setns back: %w", errBack)
-	}
-	runtime.UnlockOSThread()
+		return err
+	})
 	if err != nil {
 		if w.netstat != nil {
 			w.netstat.Close()
@@ -191,13 +159,13 @@ func (p *listenPoller) poll(emit func(*Event)) {
 			attributed += d
 			emit(&Event{Time: now, Type: ListenOverflow, Count: d, Source: string(ModeSockDiag),
 				Netns: w.inode, Family: familyOf(k.addr.Addr()), Proto: unix.IPPROTO_TCP, Dst: k.addr,
-				Queue: QueueAccept, QueueLen: l.rqueue, QueueMax: l.wqueue})
+				Queue: QueueAccept, QueueLen: l.rqueue, QueueMax: l.wqueue, Somaxconn: p.somax.get(w.inode)})
 		}
 		// A listener that closed between two polls took its counter with
 		// it; the namespace counter still has the overflows.
 		if dOverflow > attributed && p.filter.Port == 0 && len(p.filter.CIDRs) == 0 {
 			emit(&Event{Time: now, Type: ListenOverflow, Count: dOverflow - attributed,
-				Source: string(ModeSockDiag), Netns: w.inode, Proto: unix.IPPROTO_TCP, Queue: QueueAccept})
+				Source: string(ModeSockDiag), Netns: w.inode, Proto: unix.IPPROTO_TCP, Queue: QueueAccept, Somaxconn: p.somax.get(w.inode)})
 		}
 		w.listeners = listeners
 	}

@@ -201,6 +201,7 @@ func isDrop(reason, location string, reasons *Reasons) func(*Event) bool {
 func TestListenQueueOverflow(t *testing.T) {
 	const backlog, port = 4, 8080
 	srv := newNetns(t, "srv")
+	srv.sysctl(t, "net.core.somaxconn", "128") // the image server's limit
 	c := startTracer(t, Options{Filter: Filter{Types: []EventType{ListenOverflow}, Netns: srv.inode}})
 	before := srv.counters(t)
 
@@ -233,8 +234,8 @@ func TestListenQueueOverflow(t *testing.T) {
 		}
 		// The kernel admits one connection over the limit before it calls
 		// the queue full (sk_acceptq_is_full is ack_backlog > max).
-		if e.QueueMax != backlog || e.QueueLen != backlog+1 || e.Dst != want || e.Netns != srv.inode || e.Proto != unix.IPPROTO_TCP {
-			t.Fatalf("overflow event fields: want queue %d/%d dst %s netns %d tcp, got\n%s", backlog+1, backlog, want, srv.inode, dump([]Event{e}))
+		if e.QueueMax != backlog || e.QueueLen != backlog+1 || e.Dst != want || e.Netns != srv.inode || e.Proto != unix.IPPROTO_TCP || e.Somaxconn != 128 {
+			t.Fatalf("overflow event fields: want queue %d/%d dst %s netns %d tcp somaxconn 128, got\n%s", backlog+1, backlog, want, srv.inode, dump([]Event{e}))
 		}
 		if mode != ModeSockDiag && (e.Src.Addr() != want.Addr() || e.Src.Port() == 0 || e.Source != string(mode)) {
 			t.Fatalf("overflow event from the kernel hook should carry the client's address and source %s:\n%s", mode, dump([]Event{e}))

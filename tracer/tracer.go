@@ -78,6 +78,7 @@ type Tracer struct {
 	reader   *ringbuf.Reader
 	bootTime time.Time
 	listen   *listenPoller
+	somax    *somaxconns
 
 	emitMu sync.Mutex
 	seen   map[kdropFlowKey]uint64 // last cumulative count reported per flow
@@ -118,7 +119,7 @@ func New(opts Options) (*Tracer, error) {
 		return nil, err
 	}
 	t := &Tracer{opts: opts, log: opts.Log, Reasons: reasons, Symbols: NewSymbolizer(""),
-		seen: map[kdropFlowKey]uint64{}, bootTime: bootTime()}
+		seen: map[kdropFlowKey]uint64{}, bootTime: bootTime(), somax: newSomaxconns()}
 
 	spec, err := loadKdrop()
 	if err != nil {
@@ -247,7 +248,7 @@ func (t *Tracer) listenFallback() {
 				t.hooks[j].Mode, t.hooks[j].Target = ModeSockDiag, "TcpExtListenOverflows"
 			}
 		}
-		t.listen = newListenPoller(t.opts.ListenPoll, t.opts.Filter, t.log)
+		t.listen = newListenPoller(t.opts.ListenPoll, t.opts.Filter, t.somax, t.log)
 	}
 }
 
@@ -403,6 +404,9 @@ func (t *Tracer) fill(r *rawEvent, ev *Event) {
 	}
 	if int(r.Mode) < len(modeNames) {
 		ev.Source = modeNames[r.Mode]
+	}
+	if ev.Type == ListenOverflow {
+		ev.Somaxconn = t.somax.get(r.Netns)
 	}
 	if ev.Type == Drop {
 		ev.ReasonCode = r.Reason

@@ -13,7 +13,7 @@ VMTEST_VERSIONS="5.10 6.1 6.12 7"
 INITRAMFS_MODULES="virtio_pci virtio_console 9pnet_virtio 9p overlay"
 
 # Bump when fetch-kernels.sh builds the initramfs differently.
-INITRAMFS_FORMAT=1
+INITRAMFS_FORMAT=2
 
 log() { printf 'vmtest: %s\n' "$*" >&2; }
 

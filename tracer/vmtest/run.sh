@@ -116,6 +116,10 @@ start_vm() {
 		-fsdev "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap"
 		-device virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot
 	)
+	# qboot (shipped with Debian's QEMU) starts a direct kernel boot about
+	# half a second sooner than SeaBIOS under TCG; ACPI comes from QEMU
+	# either way.
+	[ ! -f /usr/share/qemu/qboot.rom ] || qemu+=(-bios /usr/share/qemu/qboot.rom)
 	: >"$RUN_DIR/output"
 	: >"$RUN_DIR/status"
 	timeout --signal=TERM --kill-after=10 "$TIMEOUT" "${qemu[@]}" </dev/null &

@@ -8,7 +8,10 @@
 # shellcheck shell=dash
 
 bb=/run/vmtest/busybox
-status() { echo "$* t=$($bb cut -d" " -f1 /proc/uptime)" >/dev/ttyS1; }
+status() {
+	read -r up _ </proc/uptime
+	echo "$* t=$up" >/dev/ttyS1
+}
 
 # /dev/console is ttyS0 (kernel log); keep our own noise there too.
 exec </dev/null >/dev/console 2>&1
