@@ -16,6 +16,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/kdrop/kdrop/tracer/nstest"
 )
 
 // baseline attaches the empty program of a mode to target.
@@ -110,10 +112,10 @@ func benchTracer(b *testing.B, opts Options) *Tracer {
 	return tr
 }
 
-func dropTarget(b *testing.B) (*netns, func(n int)) {
-	ns := newNetns(b, "bench")
-	ns.sh(b, "iptables -A INPUT -p udp --dport 9999 -j DROP")
-	return ns, func(n int) { ns.sendUDP(b, "127.0.0.1", 9999, n) }
+func dropTarget(b *testing.B) (*nstest.NS, func(n int)) {
+	ns := nstest.New(b, "bench")
+	ns.Sh(b, "iptables -A INPUT -p udp --dport 9999 -j DROP")
+	return ns, func(n int) { ns.SendUDP(b, "127.0.0.1", 9999, n) }
 }
 
 // kfree_skb, fast path: every drop has a reason kdrop was told to skip.
@@ -121,7 +123,7 @@ func BenchmarkKfreeSkbFastPath(b *testing.B) {
 	for _, mode := range []Mode{ModeTPBTF, ModeRawTP} {
 		b.Run(string(mode), func(b *testing.B) {
 			ns, load := dropTarget(b)
-			tr := benchTracer(b, Options{Modes: []Mode{mode}, Filter: Filter{Types: []EventType{Drop}, Reasons: []string{"TCP_CSUM"}, Netns: ns.inode}})
+			tr := benchTracer(b, Options{Modes: []Mode{mode}, Filter: Filter{Types: []EventType{Drop}, Reasons: []string{"TCP_CSUM"}, Netns: ns.Inode}})
 			measure(b, tr, "kfree_skb", mode, "kfree_skb", load)
 		})
 	}
@@ -132,7 +134,7 @@ func BenchmarkKfreeSkbEventPath(b *testing.B) {
 	for _, mode := range []Mode{ModeTPBTF, ModeRawTP} {
 		b.Run(string(mode), func(b *testing.B) {
 			ns, load := dropTarget(b)
-			tr := benchTracer(b, Options{Modes: []Mode{mode}, Filter: Filter{Types: []EventType{Drop}, Netns: ns.inode}})
+			tr := benchTracer(b, Options{Modes: []Mode{mode}, Filter: Filter{Types: []EventType{Drop}, Netns: ns.Inode}})
 			measure(b, tr, "kfree_skb", mode, "kfree_skb", load)
 		})
 	}
@@ -140,27 +142,27 @@ func BenchmarkKfreeSkbEventPath(b *testing.B) {
 
 // icmp_send: every call is an event (UDP to a closed port).
 func BenchmarkIcmpSendEventPath(b *testing.B) {
-	ns := newNetns(b, "bench")
-	ns.sysctl(b, "net.ipv4.icmp_ratelimit", "0", "net.ipv4.icmp_msgs_per_sec", "10000000")
+	ns := nstest.New(b, "bench")
+	ns.Sysctl(b, "net.ipv4.icmp_ratelimit", "0", "net.ipv4.icmp_msgs_per_sec", "10000000")
 	tr := benchTracer(b, Options{Filter: Filter{Types: []EventType{Unreachable}}})
 	h := tr.hooks[0]
-	measure(b, tr, "icmp_send", h.Mode, h.Target, func(n int) { ns.sendUDP(b, "127.0.0.1", 7777, n) })
+	measure(b, tr, "icmp_send", h.Mode, h.Target, func(n int) { ns.SendUDP(b, "127.0.0.1", 7777, n) })
 }
 
 // tcp_conn_request, fast path: SYNs to a listener whose queues have room
 // (every connection is accepted and closed).
 func BenchmarkTcpConnRequestFastPath(b *testing.B) {
-	ns := newNetns(b, "bench")
+	ns := nstest.New(b, "bench")
 	tr := benchTracer(b, Options{Filter: Filter{Types: []EventType{ListenOverflow}}})
 	h := tr.hooks[0]
 	if h.Mode == ModeSockDiag || h.Mode == "" {
 		b.Skipf("tcp_conn_request cannot be hooked on this kernel (%s): measured in a VM by make bench", strings.Join(h.Failed, "; "))
 	}
-	ln := ns.listenNoAccept(b, "127.0.0.1", 8080, 1024)
+	ln := ns.ListenNoAccept(b, "127.0.0.1", 8080, 1024)
 	measure(b, tr, "tcp_conn_request", h.Mode, h.Target, func(n int) {
 		for i := 0; i < n; i++ {
-			c := ns.connectMany(b, "127.0.0.1", 8080, 1)
-			fd, _, err := unix.Accept(ln.fds[0])
+			c := ns.ConnectMany(b, "127.0.0.1", 8080, 1)
+			fd, _, err := unix.Accept(ln.FDs[0])
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -172,19 +174,19 @@ func BenchmarkTcpConnRequestFastPath(b *testing.B) {
 
 // tcp_conn_request, event path: every SYN finds the accept queue full.
 func BenchmarkTcpConnRequestEventPath(b *testing.B) {
-	ns := newNetns(b, "bench")
+	ns := nstest.New(b, "bench")
 	tr := benchTracer(b, Options{Filter: Filter{Types: []EventType{ListenOverflow}}})
 	h := tr.hooks[0]
 	if h.Mode == ModeSockDiag || h.Mode == "" {
 		b.Skipf("tcp_conn_request cannot be hooked on this kernel (%s): measured in a VM by make bench", strings.Join(h.Failed, "; "))
 	}
-	ns.listenNoAccept(b, "127.0.0.1", 8080, 1)
+	ns.ListenNoAccept(b, "127.0.0.1", 8080, 1)
 	measure(b, tr, "tcp_conn_request", h.Mode, h.Target, func(n int) {
 		// each connect's SYN is refused once (retransmissions come later);
 		// in batches, to stay under the open files limit
 		for n > 0 {
 			batch := min(n, 500)
-			ns.connectMany(b, "127.0.0.1", 8080, batch).Close()
+			ns.ConnectMany(b, "127.0.0.1", 8080, batch).Close()
 			n -= batch
 		}
 	})

@@ -20,6 +20,8 @@ import (
 
 	"go.uber.org/zap/zaptest"
 	"golang.org/x/sys/unix"
+
+	"github.com/kdrop/kdrop/tracer/nstest"
 )
 
 func TestMain(m *testing.M) {
@@ -143,45 +145,6 @@ func dump(evs []Event) string {
 	return b.String()
 }
 
-// routed builds client ── router ── server, IPv4 and IPv6, with forwarding
-// on in the router. Only these three namespaces are reachable.
-type routed struct {
-	client, router, server *netns
-	routerToServer         string // the router's device toward the server
-}
-
-const (
-	clientIP  = "198.18.1.2"
-	serverIP  = "198.18.2.2"
-	clientIP6 = "fd00:18:1::2"
-	serverIP6 = "fd00:18:2::2"
-)
-
-func newRouted(t *testing.T) *routed {
-	t.Helper()
-	r := &routed{client: newNetns(t, "cli"), router: newNetns(t, "rtr"), server: newNetns(t, "srv")}
-	vethLink(t, r.client, clientIP+"/24", clientIP6+"/64", r.router, "198.18.1.1/24", "fd00:18:1::1/64")
-	_, r.routerToServer = vethLink(t, r.server, serverIP+"/24", serverIP6+"/64", r.router, "198.18.2.1/24", "fd00:18:2::1/64")
-	r.client.ip(t, "route add default via 198.18.1.1")
-	r.client.ip(t, "-6 route add default via fd00:18:1::1")
-	r.server.ip(t, "route add default via 198.18.2.1")
-	r.server.ip(t, "-6 route add default via fd00:18:2::1")
-	r.router.sysctl(t, "net.ipv4.ip_forward", "1", "net.ipv6.conf.all.forwarding", "1")
-	// Count every ICMP error the kernel decides to send: with the default
-	// rate limit, probes on __icmp_send would also see suppressed ones.
-	for _, n := range []*netns{r.router, r.server} {
-		n.sysctl(t, "net.ipv4.icmp_ratelimit", "0", "net.ipv6.icmp.ratelimit", "0")
-		// per namespace only since 6.x; the global default (1000/s, burst
-		// 50) is far above what these tests send
-		n.in(t, func() {
-			if _, err := os.Stat("/proc/sys/net/ipv4/icmp_msgs_per_sec"); err == nil {
-				os.WriteFile("/proc/sys/net/ipv4/icmp_msgs_per_sec", []byte("100000"), 0)
-			}
-		})
-	}
-	return r
-}
-
 func isDrop(reason, location string, reasons *Reasons) func(*Event) bool {
 	return func(e *Event) bool {
 		if e.Type != Drop {
@@ -200,19 +163,19 @@ func isDrop(reason, location string, reasons *Reasons) func(*Event) bool {
 // TcpExtListenOverflows counts.
 func TestListenQueueOverflow(t *testing.T) {
 	const backlog, port = 4, 8080
-	srv := newNetns(t, "srv")
-	srv.sysctl(t, "net.core.somaxconn", "128") // the image server's limit
-	c := startTracer(t, Options{Filter: Filter{Types: []EventType{ListenOverflow}, Netns: srv.inode}})
-	before := srv.counters(t)
+	srv := nstest.New(t, "srv")
+	srv.Sysctl(t, "net.core.somaxconn", "128") // the image server's limit
+	c := startTracer(t, Options{Filter: Filter{Types: []EventType{ListenOverflow}, Netns: srv.Inode}})
+	before := srv.Counters(t)
 
-	ln := srv.listenNoAccept(t, "127.0.0.1", port, backlog)
-	conns := srv.connectMany(t, "127.0.0.1", port, 40)
+	ln := srv.ListenNoAccept(t, "127.0.0.1", port, backlog)
+	conns := srv.ConnectMany(t, "127.0.0.1", port, 40)
 	time.Sleep(1500 * time.Millisecond) // lets SYNs be retransmitted and refused again
 	conns.Close()
 	ln.Close()
 	time.Sleep(300 * time.Millisecond) // the sock_diag fallback polls every 100ms
 	evs := c.stop(t)
-	after := srv.counters(t)
+	after := srv.Counters(t)
 
 	overflows := after["TcpExtListenOverflows"] - before["TcpExtListenOverflows"]
 	drops := after["TcpExtListenDrops"] - before["TcpExtListenDrops"]
@@ -234,8 +197,8 @@ func TestListenQueueOverflow(t *testing.T) {
 		}
 		// The kernel admits one connection over the limit before it calls
 		// the queue full (sk_acceptq_is_full is ack_backlog > max).
-		if e.QueueMax != backlog || e.QueueLen != backlog+1 || e.Dst != want || e.Netns != srv.inode || e.Proto != unix.IPPROTO_TCP || e.Somaxconn != 128 {
-			t.Fatalf("overflow event fields: want queue %d/%d dst %s netns %d tcp somaxconn 128, got\n%s", backlog+1, backlog, want, srv.inode, dump([]Event{e}))
+		if e.QueueMax != backlog || e.QueueLen != backlog+1 || e.Dst != want || e.Netns != srv.Inode || e.Proto != unix.IPPROTO_TCP || e.Somaxconn != 128 {
+			t.Fatalf("overflow event fields: want queue %d/%d dst %s netns %d tcp somaxconn 128, got\n%s", backlog+1, backlog, want, srv.Inode, dump([]Event{e}))
 		}
 		if mode != ModeSockDiag && (e.Src.Addr() != want.Addr() || e.Src.Port() == 0 || e.Source != string(mode)) {
 			t.Fatalf("overflow event from the kernel hook should carry the client's address and source %s:\n%s", mode, dump([]Event{e}))
@@ -250,19 +213,19 @@ func TestListenQueueOverflow(t *testing.T) {
 // that is gone; the node's neighbour resolution fails and the kernel answers
 // with ICMP host-unreachable.
 func TestNoRouteToHostNeighbourFailed(t *testing.T) {
-	r := newRouted(t)
+	r := nstest.NewRouted(t)
 	// Give up on ARP after 3 x 100 ms instead of 3 x 1 s.
-	r.router.sysctl(t, "net.ipv4.neigh."+r.routerToServer+".retrans_time_ms", "100")
+	r.Router.Sysctl(t, "net.ipv4.neigh."+r.RouterToServer+".retrans_time_ms", "100")
 	const gone = "198.18.2.9" // on the server's subnet, but no one has it
-	c := startTracer(t, Options{Filter: Filter{Netns: r.router.inode, Types: []EventType{Unreachable, Drop}}})
-	before := r.router.counters(t)
+	c := startTracer(t, Options{Filter: Filter{Netns: r.Router.Inode, Types: []EventType{Unreachable, Drop}}})
+	before := r.Router.Counters(t)
 	for i := 0; i < 3; i++ {
-		if err := r.client.connectErr(t, gone, 80, 5*time.Second); !errors.Is(err, unix.EHOSTUNREACH) {
+		if err := r.Client.ConnectErr(t, gone, 80, 5*time.Second); !errors.Is(err, unix.EHOSTUNREACH) {
 			t.Fatalf("connect to %s: want EHOSTUNREACH (No route to host), got %v", gone, err)
 		}
 	}
 	evs := c.stop(t)
-	after := r.router.counters(t)
+	after := r.Router.Counters(t)
 
 	sent := after["IcmpOutDestUnreachs"] - before["IcmpOutDestUnreachs"]
 	got, unreach := sum(evs, func(e *Event) bool { return e.Type == Unreachable })
@@ -273,9 +236,9 @@ func TestNoRouteToHostNeighbourFailed(t *testing.T) {
 		if e.Summary {
 			continue
 		}
-		if e.What() != "host-unreachable" || e.Src.Addr().String() != clientIP || e.Dst.Addr().String() != gone ||
-			e.Dst.Port() != 80 || e.Proto != unix.IPPROTO_TCP || e.Netns != r.router.inode {
-			t.Fatalf("want host-unreachable for %s -> %s:80/tcp in the router, got\n%s", clientIP, gone, dump([]Event{e}))
+		if e.What() != "host-unreachable" || e.Src.Addr().String() != nstest.ClientIP || e.Dst.Addr().String() != gone ||
+			e.Dst.Port() != 80 || e.Proto != unix.IPPROTO_TCP || e.Netns != r.Router.Inode {
+			t.Fatalf("want host-unreachable for %s -> %s:80/tcp in the router, got\n%s", nstest.ClientIP, gone, dump([]Event{e}))
 		}
 	}
 	// The packets waiting for the neighbour are dropped too, with a reason
@@ -290,19 +253,19 @@ func TestNoRouteToHostNeighbourFailed(t *testing.T) {
 // kube-proxy's REJECT for a Service without endpoints, here with
 // icmp-host-unreachable as in the issue, in the router's FORWARD chain.
 func TestRejectHostUnreachable(t *testing.T) {
-	r := newRouted(t)
+	r := nstest.NewRouted(t)
 	const svc = "198.18.2.10"
-	r.router.sh(t, "iptables -A FORWARD -d "+svc+" -p tcp -j REJECT --reject-with icmp-host-unreachable")
-	c := startTracer(t, Options{Filter: Filter{Netns: r.router.inode}})
-	before := r.router.counters(t)
+	r.Router.Sh(t, "iptables -A FORWARD -d "+svc+" -p tcp -j REJECT --reject-with icmp-host-unreachable")
+	c := startTracer(t, Options{Filter: Filter{Netns: r.Router.Inode}})
+	before := r.Router.Counters(t)
 	const tries = 5
 	for i := 0; i < tries; i++ {
-		if err := r.client.connectErr(t, svc, 443, 5*time.Second); !errors.Is(err, unix.EHOSTUNREACH) {
+		if err := r.Client.ConnectErr(t, svc, 443, 5*time.Second); !errors.Is(err, unix.EHOSTUNREACH) {
 			t.Fatalf("connect to %s: want EHOSTUNREACH, got %v", svc, err)
 		}
 	}
 	evs := c.stop(t)
-	after := r.router.counters(t)
+	after := r.Router.Counters(t)
 
 	sent := after["IcmpOutDestUnreachs"] - before["IcmpOutDestUnreachs"]
 	got, unreach := sum(evs, func(e *Event) bool { return e.Type == Unreachable })
@@ -312,7 +275,7 @@ func TestRejectHostUnreachable(t *testing.T) {
 		t.Fatalf("unreach events count %d, IcmpOutDestUnreachs +%d, connects %d\n%s", got, sent, tries, dump(evs))
 	}
 	for _, e := range unreach {
-		if !e.Summary && (e.What() != "host-unreachable" || e.Dst.String() != svc+":443" || e.Src.Addr().String() != clientIP) {
+		if !e.Summary && (e.What() != "host-unreachable" || e.Dst.String() != svc+":443" || e.Src.Addr().String() != nstest.ClientIP) {
 			t.Fatalf("want host-unreachable for -> %s:443, got\n%s", svc, dump([]Event{e}))
 		}
 	}
@@ -326,23 +289,23 @@ func TestRejectHostUnreachable(t *testing.T) {
 // A connect to a port nothing listens on: the SYN is dropped with
 // NO_SOCKET and answered with a reset, over IPv4 and IPv6.
 func TestClosedPortNoSocket(t *testing.T) {
-	r := newRouted(t)
+	r := nstest.NewRouted(t)
 	// Counting rules: how many SYNs really reached the server (a SYN can be
 	// retransmitted when the first reset waits for neighbour discovery).
-	r.server.sh(t, "iptables -A INPUT -p tcp --dport 81 --syn -j ACCEPT")
-	r.server.sh(t, "ip6tables -A INPUT -p tcp --dport 81 --syn -j ACCEPT")
-	c := startTracer(t, Options{Filter: Filter{Netns: r.server.inode, Types: []EventType{Drop}, Port: 81}})
-	before := r.server.counters(t)
+	r.Server.Sh(t, "iptables -A INPUT -p tcp --dport 81 --syn -j ACCEPT")
+	r.Server.Sh(t, "ip6tables -A INPUT -p tcp --dport 81 --syn -j ACCEPT")
+	c := startTracer(t, Options{Filter: Filter{Netns: r.Server.Inode, Types: []EventType{Drop}, Port: 81}})
+	before := r.Server.Counters(t)
 	const tries = 4
-	for _, dst := range []string{serverIP, serverIP6} {
+	for _, dst := range []string{nstest.ServerIP, nstest.ServerIP6} {
 		for i := 0; i < tries; i++ {
-			if err := r.client.connectErr(t, dst, 81, 5*time.Second); !errors.Is(err, unix.ECONNREFUSED) {
+			if err := r.Client.ConnectErr(t, dst, 81, 5*time.Second); !errors.Is(err, unix.ECONNREFUSED) {
 				t.Fatalf("connect to [%s]:81: want ECONNREFUSED, got %v", dst, err)
 			}
 		}
 	}
 	evs := c.stop(t)
-	after := r.server.counters(t)
+	after := r.Server.Counters(t)
 
 	// Each refused connect is exactly one SYN dropped for want of a socket.
 	if rsts := after["TcpOutRsts"] - before["TcpOutRsts"]; rsts < 2*tries {
@@ -352,18 +315,18 @@ func TestClosedPortNoSocket(t *testing.T) {
 		src, dst string
 		loc      string
 		ipt      string
-	}{{clientIP, serverIP, "tcp_v4_rcv", "iptables"}, {clientIP6, serverIP6, "tcp_v6_rcv", "ip6tables"}} {
+	}{{nstest.ClientIP, nstest.ServerIP, "tcp_v4_rcv", "iptables"}, {nstest.ClientIP6, nstest.ServerIP6, "tcp_v6_rcv", "ip6tables"}} {
 		match := isDrop("NO_SOCKET", fam.loc, c.tr.Reasons)
 		n, got := sum(evs, func(e *Event) bool {
 			return match(e) && e.Dst.Addr().String() == fam.dst
 		})
-		syns := iptablesPackets(t, r.server, fam.ipt, "INPUT", "ACCEPT")
+		syns := iptablesPackets(t, r.Server, fam.ipt, "INPUT", "ACCEPT")
 		if n != syns || syns < tries {
 			t.Fatalf("want %d NO_SOCKET drops to %s (SYNs that arrived; %d connects), got %d\n%s", syns, fam.dst, tries, n, dump(evs))
 		}
 		for _, e := range got {
 			if !e.Summary && (e.Src.Addr().String() != fam.src || e.Dst.Port() != 81 || TCPFlagString(e.TCPFlags) != "SYN" ||
-				e.Netns != r.server.inode || e.Ifindex == 0 || e.Location == "") {
+				e.Netns != r.Server.Inode || e.Ifindex == 0 || e.Location == "") {
 				t.Fatalf("NO_SOCKET drop fields wrong:\n%s", dump([]Event{e}))
 			}
 		}
@@ -372,8 +335,8 @@ func TestClosedPortNoSocket(t *testing.T) {
 
 // iptablesPackets sums the packet counters of a chain's rules with this
 // target; cmd is iptables or ip6tables.
-func iptablesPackets(t *testing.T, n *netns, cmd, chain, target string) uint64 {
-	out := n.sh(t, cmd+" -L "+chain+" -v -x -n")
+func iptablesPackets(t *testing.T, n *nstest.NS, cmd, chain, target string) uint64 {
+	out := n.Sh(t, cmd+" -L "+chain+" -v -x -n")
 	var total uint64
 	for _, line := range strings.Split(out, "\n") {
 		if f := strings.Fields(line); len(f) > 2 && f[2] == target {
@@ -388,16 +351,16 @@ func iptablesPackets(t *testing.T, n *netns, cmd, chain, target string) uint64 {
 // the count equals the rule's own packet counter. A filter on the port
 // keeps a second, unwatched flow out.
 func TestIptablesDrop(t *testing.T) {
-	r := newRouted(t)
-	r.server.sh(t, "iptables -A INPUT -p udp --dport 9999 -j DROP")
-	r.server.sh(t, "iptables -A INPUT -p udp --dport 9998 -j DROP")
-	c := startTracer(t, Options{Filter: Filter{Netns: r.server.inode, Port: 9999, Proto: unix.IPPROTO_UDP}, RateLimit: 1000})
-	r.client.sendUDP(t, serverIP, 9999, 50)
-	r.client.sendUDP(t, serverIP, 9998, 30)
+	r := nstest.NewRouted(t)
+	r.Server.Sh(t, "iptables -A INPUT -p udp --dport 9999 -j DROP")
+	r.Server.Sh(t, "iptables -A INPUT -p udp --dport 9998 -j DROP")
+	c := startTracer(t, Options{Filter: Filter{Netns: r.Server.Inode, Port: 9999, Proto: unix.IPPROTO_UDP}, RateLimit: 1000})
+	r.Client.SendUDP(t, nstest.ServerIP, 9999, 50)
+	r.Client.SendUDP(t, nstest.ServerIP, 9998, 30)
 	time.Sleep(100 * time.Millisecond)
 	evs := c.stop(t)
 
-	if rule := iptablesPackets(t, r.server, "iptables", "INPUT", "DROP"); rule != 80 {
+	if rule := iptablesPackets(t, r.Server, "iptables", "INPUT", "DROP"); rule != 80 {
 		t.Fatalf("DROP rules counted %d packets, sent 80", rule)
 	}
 	n, drops := sum(evs, isDrop("NETFILTER_DROP", "nf_hook_slow", c.tr.Reasons))
@@ -405,7 +368,7 @@ func TestIptablesDrop(t *testing.T) {
 		t.Fatalf("want 50 NETFILTER_DROP events for port 9999 only, got count %d in %d events\n%s", n, len(evs), dump(evs))
 	}
 	for _, e := range drops {
-		if e.Src.Addr().String() != clientIP || e.Dst.String() != serverIP+":9999" || e.Proto != unix.IPPROTO_UDP || e.Count != 1 {
+		if e.Src.Addr().String() != nstest.ClientIP || e.Dst.String() != nstest.ServerIP+":9999" || e.Proto != unix.IPPROTO_UDP || e.Count != 1 {
 			t.Fatalf("drop fields wrong:\n%s", dump([]Event{e}))
 		}
 	}
@@ -415,14 +378,14 @@ func TestIptablesDrop(t *testing.T) {
 // events per second per flow, 3000 dropped packets give a handful of lines
 // whose counts still add up to the rule's counter.
 func TestRateLimitKeepsExactCounts(t *testing.T) {
-	r := newRouted(t)
-	r.server.sh(t, "iptables -A INPUT -p udp --dport 9999 -j DROP")
-	c := startTracer(t, Options{Filter: Filter{Netns: r.server.inode, Types: []EventType{Drop}, Port: 9999}, RateLimit: 5})
-	r.client.sendUDP(t, serverIP, 9999, 3000)
+	r := nstest.NewRouted(t)
+	r.Server.Sh(t, "iptables -A INPUT -p udp --dport 9999 -j DROP")
+	c := startTracer(t, Options{Filter: Filter{Netns: r.Server.Inode, Types: []EventType{Drop}, Port: 9999}, RateLimit: 5})
+	r.Client.SendUDP(t, nstest.ServerIP, 9999, 3000)
 	time.Sleep(100 * time.Millisecond)
 	evs := c.stop(t)
 
-	rule := iptablesPackets(t, r.server, "iptables", "INPUT", "DROP")
+	rule := iptablesPackets(t, r.Server, "iptables", "INPUT", "DROP")
 	n, _ := sum(evs, func(e *Event) bool { return e.Type == Drop })
 	summaries, _ := sum(evs, func(e *Event) bool { return e.Summary })
 	if rule != 3000 || n != rule {
@@ -437,16 +400,16 @@ func TestRateLimitKeepsExactCounts(t *testing.T) {
 // lost, kdrop says how many, and the counts still add up (the lost events'
 // occurrences come back in summaries).
 func TestLostEventsAreCounted(t *testing.T) {
-	r := newRouted(t)
-	r.server.sh(t, "iptables -A INPUT -p udp --dport 9999 -j DROP")
+	r := nstest.NewRouted(t)
+	r.Server.Sh(t, "iptables -A INPUT -p udp --dport 9999 -j DROP")
 	tr, err := New(Options{Modes: testModes(t), RingBytes: uint32(os.Getpagesize()), SweepInterval: 200 * time.Millisecond,
-		Filter: Filter{Netns: r.server.inode, Types: []EventType{Drop}, Port: 9999}})
+		Filter: Filter{Netns: r.Server.Inode, Types: []EventType{Drop}, Port: 9999}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer tr.Close()
 	// Nobody reads while the storm runs: the ring fills after ~40 events.
-	r.client.sendUDP(t, serverIP, 9999, 2000)
+	r.Client.SendUDP(t, nstest.ServerIP, 9999, 2000)
 	st, err := tr.Stats()
 	if err != nil {
 		t.Fatal(err)
@@ -457,7 +420,7 @@ func TestLostEventsAreCounted(t *testing.T) {
 	if err := tr.Run(ctx, func(e *Event) { total += e.Count; lines++ }); err != nil {
 		t.Fatal(err)
 	}
-	rule := iptablesPackets(t, r.server, "iptables", "INPUT", "DROP")
+	rule := iptablesPackets(t, r.Server, "iptables", "INPUT", "DROP")
 	t.Logf("2000 drops: %d lost in the ring buffer, %d lines, counts sum %d", st.Lost[Drop], lines, total)
 	if st.Lost[Drop] == 0 || st.Lost[Drop] >= rule {
 		t.Fatalf("want some (not all) of %d drop events lost, stats say %d", rule, st.Lost[Drop])
@@ -471,15 +434,15 @@ func TestLostEventsAreCounted(t *testing.T) {
 // refused"). Counted against IcmpOutDestUnreachs (and Icmp6OutDestUnreachs
 // where the kernel lets kdrop hook icmp6_send).
 func TestUDPClosedPortUnreachable(t *testing.T) {
-	r := newRouted(t)
-	c := startTracer(t, Options{Filter: Filter{Netns: r.server.inode, Types: []EventType{Unreachable}}})
-	before := r.server.counters(t)
+	r := nstest.NewRouted(t)
+	c := startTracer(t, Options{Filter: Filter{Netns: r.Server.Inode, Types: []EventType{Unreachable}}})
+	before := r.Server.Counters(t)
 	const n = 20
-	r.client.sendUDP(t, serverIP, 7777, n)
-	r.client.sendUDP(t, serverIP6, 7777, n)
+	r.Client.SendUDP(t, nstest.ServerIP, 7777, n)
+	r.Client.SendUDP(t, nstest.ServerIP6, 7777, n)
 	time.Sleep(100 * time.Millisecond)
 	evs := c.stop(t)
-	after := r.server.counters(t)
+	after := r.Server.Counters(t)
 
 	check := func(counter, dst, what string, family uint8) {
 		sent := after[counter] - before[counter]
@@ -488,14 +451,14 @@ func TestUDPClosedPortUnreachable(t *testing.T) {
 			t.Errorf("%s rose by %d (sent %d datagrams), kdrop counted %d\n%s", counter, sent, n, got, dump(evs))
 		}
 		for _, e := range m {
-			if !e.Summary && (e.What() != what || e.Dst.String() != dst || e.Proto != unix.IPPROTO_UDP || e.Netns != r.server.inode) {
+			if !e.Summary && (e.What() != what || e.Dst.String() != dst || e.Proto != unix.IPPROTO_UDP || e.Netns != r.Server.Inode) {
 				t.Fatalf("want %s for %s/udp, got\n%s", what, dst, dump([]Event{e}))
 			}
 		}
 	}
-	check("IcmpOutDestUnreachs", serverIP+":7777", "port-unreachable", 4)
+	check("IcmpOutDestUnreachs", nstest.ServerIP+":7777", "port-unreachable", 4)
 	if h := c.hook("icmp6_send"); h.Mode != "" {
-		check("Icmp6OutDestUnreachs", "["+serverIP6+"]:7777", "port-unreachable", 6)
+		check("Icmp6OutDestUnreachs", "["+nstest.ServerIP6+"]:7777", "port-unreachable", 6)
 	} else {
 		// This kernel refuses both fentry and kprobes: kdrop must say so,
 		// and must not invent ICMPv6 events.
@@ -512,7 +475,7 @@ func TestUDPClosedPortUnreachable(t *testing.T) {
 // bpftoolIDs lists the IDs of loaded programs or links, as the kernel
 // reports them to bpftool.
 func bpftoolIDs(t *testing.T, what string) map[string]bool {
-	out := run(t, "bpftool", what, "show")
+	out := nstest.Run(t, "bpftool", what, "show")
 	ids := map[string]bool{}
 	for _, line := range strings.Split(out, "\n") {
 		if i := strings.Index(line, ":"); i > 0 && !strings.HasPrefix(line, " ") && !strings.HasPrefix(line, "\t") {

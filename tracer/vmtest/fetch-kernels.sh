@@ -21,7 +21,7 @@
 set -euo pipefail
 
 here=$(cd -- "$(dirname -- "$0")" && pwd)
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$here/lib.sh"
 
 MIRROR=http://deb.debian.org/debian
@@ -113,11 +113,13 @@ papt() {
 }
 
 # apt_update SUITE [force]: refresh the private package lists when missing,
-# older than a day, or when forced (after a download failed).
+# older than a day, or when forced (after a download failed). Only runs for
+# kernels that still have to be downloaded. The age comes from our own
+# stamp: apt gives list files the server's modification time.
 apt_update() {
-	local suite=$1 force=${2:-} lists
-	lists="$(apt_root "$suite")/state/lists"
-	if [ -z "$force" ] && [ -n "$(find "$lists" -maxdepth 1 -name '*_InRelease' -mmin -1440 2>/dev/null)" ]; then
+	local suite=$1 force=${2:-} stamp
+	stamp="$(apt_root "$suite")/state/updated"
+	if [ -z "$force" ] && [ -n "$(find "$stamp" -mmin -1440 2>/dev/null)" ]; then
 		return 0
 	fi
 	log "updating package lists for $suite"
@@ -125,6 +127,7 @@ apt_update() {
 		tail -n 20 "$CACHE/apt/$suite.update.log" >&2
 		die "apt-get update for $suite failed (see $CACHE/apt/$suite.update.log); is deb.debian.org reachable?"
 	}
+	touch "$stamp"
 }
 
 # newest_of SUITE PACKAGE...: print the package whose candidate version is

@@ -29,7 +29,7 @@
 set -euo pipefail
 
 here=$(cd -- "$(dirname -- "$0")" && pwd)
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$here/lib.sh"
 
 TIMEOUT=${KDROP_VMTEST_TIMEOUT:-600}

@@ -8,7 +8,7 @@
 set -uo pipefail
 
 here=$(cd -- "$(dirname -- "$0")" && pwd)
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$here/lib.sh"
 
 [ $# -ge 2 ] || { echo "usage: $0 CACHE_DIR VERSION..." >&2; exit 2; }

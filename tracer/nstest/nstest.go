@@ -1,0 +1,304 @@
+// Package nstest builds the network namespaces kdrop's tests run their
+// scenarios in (ip netns + veth), opens sockets inside them and reads the
+// kernel's own counters there. Nothing here routes anywhere but between
+// these namespaces, and everything is removed when the test ends.
+package nstest
+
+import (
+	"fmt"
+	"math/rand"
+	"net/netip"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// NS is a network namespace a test created.
+type NS struct {
+	Name  string
+	Inode uint32
+}
+
+// Run runs a command and fails the test if it fails.
+func Run(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// New creates a namespace with lo up; it is deleted when the test ends.
+func New(t testing.TB, role string) *NS {
+	t.Helper()
+	name := fmt.Sprintf("kdrop-%s-%d", role, rand.Intn(1e6))
+	Run(t, "ip", "netns", "add", name)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
+	n := &NS{Name: name}
+	n.IP(t, "link set lo up")
+	var st unix.Stat_t
+	if err := unix.Stat("/run/netns/"+name, &st); err != nil {
+		t.Fatalf("stat netns %s: %v", name, err)
+	}
+	n.Inode = uint32(st.Ino)
+	return n
+}
+
+// IP runs an ip(8) command line in the namespace (ip -n: one exec, which
+// counts under emulation).
+func (n *NS) IP(t testing.TB, cmdline string) {
+	t.Helper()
+	Run(t, "ip", append([]string{"-n", n.Name}, strings.Fields(cmdline)...)...)
+}
+
+// Sysctl sets net.* sysctls of the namespace without an exec: /proc/sys/net
+// belongs to the namespace of the thread that opens it.
+func (n *NS) Sysctl(t testing.TB, kv ...string) {
+	t.Helper()
+	n.In(t, func() {
+		for i := 0; i+1 < len(kv); i += 2 {
+			path := "/proc/sys/" + strings.ReplaceAll(kv[i], ".", "/")
+			if err := os.WriteFile(path, []byte(kv[i+1]), 0); err != nil {
+				t.Fatalf("sysctl %s=%s in %s: %v", kv[i], kv[i+1], n.Name, err)
+			}
+		}
+	})
+}
+
+// Sh runs a command line inside the namespace.
+func (n *NS) Sh(t testing.TB, cmdline string) string {
+	t.Helper()
+	return Run(t, "ip", append([]string{"netns", "exec", n.Name}, strings.Fields(cmdline)...)...)
+}
+
+// Veth connects two namespaces with a veth pair and gives each end an
+// IPv4 and (optionally) an IPv6 address, without duplicate address
+// detection so the addresses work at once.
+func Veth(t testing.TB, a *NS, aAddr, aAddr6 string, b *NS, bAddr, bAddr6 string) (aDev, bDev string) {
+	t.Helper()
+	id := rand.Intn(1e6)
+	aDev, bDev = fmt.Sprintf("va%d", id), fmt.Sprintf("vb%d", id)
+	Run(t, "ip", "link", "add", aDev, "netns", a.Name, "type", "veth", "peer", "name", bDev, "netns", b.Name)
+	for _, e := range []struct {
+		n          *NS
+		dev, a, a6 string
+	}{{a, aDev, aAddr, aAddr6}, {b, bDev, bAddr, bAddr6}} {
+		e.n.IP(t, "addr add "+e.a+" dev "+e.dev)
+		if e.a6 != "" {
+			e.n.IP(t, "addr add "+e.a6+" dev "+e.dev+" nodad")
+		}
+		e.n.IP(t, "link set "+e.dev+" up")
+	}
+	return aDev, bDev
+}
+
+// In runs fn with the calling goroutine's thread inside the namespace.
+// Sockets created by fn stay in it after fn returns.
+func (n *NS) In(t testing.TB, fn func()) {
+	t.Helper()
+	f, err := os.Open("/run/netns/" + n.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	runtime.LockOSThread()
+	orig, err := os.Open("/proc/thread-self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orig.Close()
+	if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+		t.Fatalf("setns %s: %v", n.Name, err)
+	}
+	defer func() {
+		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
+			panic("cannot return to the original network namespace: " + err.Error())
+		}
+		runtime.UnlockOSThread()
+	}()
+	fn()
+}
+
+// Counters reads the namespace's SNMP and netstat counters, as nstat does
+// (nstat -az prints every counter by its nstat name, e.g. TcpExtListenOverflows).
+func (n *NS) Counters(t testing.TB) map[string]uint64 {
+	t.Helper()
+	out := n.Sh(t, "nstat -asz")
+	m := map[string]uint64{}
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 || strings.HasPrefix(f[0], "#") {
+			continue
+		}
+		v, err := strconv.ParseUint(f[1], 10, 64)
+		if err == nil {
+			m[f[0]] = v
+		}
+	}
+	if len(m) == 0 {
+		t.Fatalf("nstat in %s printed no counters:\n%s", n.Name, out)
+	}
+	return m
+}
+
+func parseIP(t testing.TB, s string) netip.Addr {
+	t.Helper()
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func sockaddr(t testing.TB, addr string, port int) (int, unix.Sockaddr) {
+	t.Helper()
+	ip := parseIP(t, addr)
+	if ip.Is4() {
+		return unix.AF_INET, &unix.SockaddrInet4{Addr: ip.As4(), Port: port}
+	}
+	return unix.AF_INET6, &unix.SockaddrInet6{Addr: ip.As16(), Port: port}
+}
+
+// ListenNoAccept opens a TCP listener with exactly this backlog (net.Listen
+// would use somaxconn) that never accepts.
+func (n *NS) ListenNoAccept(t testing.TB, addr string, port, backlog int) *Sockets {
+	t.Helper()
+	var fd int
+	n.In(t, func() {
+		fam, sa := sockaddr(t, addr, port)
+		var err error
+		fd, err = unix.Socket(fam, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+		if err := unix.Bind(fd, sa); err != nil {
+			t.Fatalf("bind %s:%d: %v", addr, port, err)
+		}
+		if err := unix.Listen(fd, backlog); err != nil {
+			t.Fatal(err)
+		}
+	})
+	s := &Sockets{[]int{fd}}
+	t.Cleanup(s.Close)
+	return s
+}
+
+// Sockets closes each fd once, however often Close is called: a second
+// close could hit an fd number the tracer reuses meanwhile.
+type Sockets struct{ FDs []int }
+
+func (s *Sockets) Close() {
+	for _, fd := range s.FDs {
+		unix.Close(fd)
+	}
+	s.FDs = nil
+}
+
+// ConnectMany starts n non-blocking TCP connects from the namespace
+// (Close stops their SYN retransmissions).
+func (n *NS) ConnectMany(t testing.TB, addr string, port, count int) *Sockets {
+	t.Helper()
+	var fds []int
+	n.In(t, func() {
+		fam, sa := sockaddr(t, addr, port)
+		for i := 0; i < count; i++ {
+			fd, err := unix.Socket(fam, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := unix.Connect(fd, sa); err != nil && err != unix.EINPROGRESS {
+				t.Fatalf("connect %s:%d: %v", addr, port, err)
+			}
+			fds = append(fds, fd)
+		}
+	})
+	s := &Sockets{fds}
+	t.Cleanup(s.Close)
+	return s
+}
+
+// ConnectErr does one blocking TCP connect with a timeout and returns the
+// error the application would see (nil if it connected).
+func (n *NS) ConnectErr(t testing.TB, addr string, port int, timeout time.Duration) error {
+	t.Helper()
+	var err error
+	n.In(t, func() {
+		fam, sa := sockaddr(t, addr, port)
+		fd, e := unix.Socket(fam, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if e != nil {
+			t.Fatal(e)
+		}
+		defer unix.Close(fd)
+		tv := unix.NsecToTimeval(timeout.Nanoseconds())
+		unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv)
+		err = unix.Connect(fd, sa)
+	})
+	return err
+}
+
+// SendUDP sends count datagrams to addr:port from the namespace.
+func (n *NS) SendUDP(t testing.TB, addr string, port, count int) {
+	t.Helper()
+	n.In(t, func() {
+		fam, sa := sockaddr(t, addr, port)
+		fd, err := unix.Socket(fam, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fd)
+		for i := 0; i < count; i++ {
+			// ECONNREFUSED from an earlier ICMP error is expected: go on.
+			if err := unix.Sendto(fd, []byte("kdrop"), 0, sa); err != nil && err != unix.ECONNREFUSED {
+				t.Fatalf("send %s:%d: %v", addr, port, err)
+			}
+		}
+	})
+}
+
+// Routed is client ── router ── server, IPv4 and IPv6, with forwarding
+// on in the router. Only these three namespaces are reachable.
+type Routed struct {
+	Client, Router, Server *NS
+	RouterToServer         string // the router's device toward the server
+}
+
+// Addresses of Routed's ends (RFC 2544 benchmarking range, ULA).
+const (
+	ClientIP  = "198.18.1.2"
+	ServerIP  = "198.18.2.2"
+	ClientIP6 = "fd00:18:1::2"
+	ServerIP6 = "fd00:18:2::2"
+)
+
+func NewRouted(t testing.TB) *Routed {
+	t.Helper()
+	r := &Routed{Client: New(t, "cli"), Router: New(t, "rtr"), Server: New(t, "srv")}
+	Veth(t, r.Client, ClientIP+"/24", ClientIP6+"/64", r.Router, "198.18.1.1/24", "fd00:18:1::1/64")
+	_, r.RouterToServer = Veth(t, r.Server, ServerIP+"/24", ServerIP6+"/64", r.Router, "198.18.2.1/24", "fd00:18:2::1/64")
+	r.Client.IP(t, "route add default via 198.18.1.1")
+	r.Client.IP(t, "-6 route add default via fd00:18:1::1")
+	r.Server.IP(t, "route add default via 198.18.2.1")
+	r.Server.IP(t, "-6 route add default via fd00:18:2::1")
+	r.Router.Sysctl(t, "net.ipv4.ip_forward", "1", "net.ipv6.conf.all.forwarding", "1")
+	// Count every ICMP error the kernel decides to send: with the default
+	// rate limit, probes on __icmp_send would also see suppressed ones.
+	for _, n := range []*NS{r.Router, r.Server} {
+		n.Sysctl(t, "net.ipv4.icmp_ratelimit", "0", "net.ipv6.icmp.ratelimit", "0")
+		// per namespace only since 6.x; the global default (1000/s, burst
+		// 50) is far above what these tests send
+		n.In(t, func() {
+			if _, err := os.Stat("/proc/sys/net/ipv4/icmp_msgs_per_sec"); err == nil {
+				os.WriteFile("/proc/sys/net/ipv4/icmp_msgs_per_sec", []byte("100000"), 0)
+			}
+		})
+	}
+	return r
+}
