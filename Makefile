@@ -73,8 +73,17 @@ kube-bins: deps ## build kube-apiserver, kubectl & co. from the Go module proxy 
 test-k8s: kube-bins ## identity tests against a real kube-apiserver + etcd
 	KDROP_KUBE_BIN=$(KDROP_CACHE)/kube/bin $(GO) test -count=1 ./k8s/...
 
-bench: deps ## benchmarks: BPF program cost vs empty programs, drop rate without loss, decode+encode
-	$(GO) test -run '^$$' -bench . -benchtime 2s -count 1 ./tracer/
+BENCH_KERNEL ?= 6.12
+bench: kernels ## benchmarks: BPF cost per run vs empty programs (host + a VM for fentry/kprobe), drop rate without loss, decode+encode
+	$(GO) test -run '^$$' -bench . -benchtime 20000x -count 1 ./tracer/ | grep -E 'BPFCOST|^Benchmark|^ok'
+	$(GO) test -run '^$$' -bench DecodeEncode -benchtime 2s -count 1 ./tracer/ | grep -E '^Benchmark'
+	$(GO) test -run '^$$' -bench WatchDropRate -benchtime 1x -count 1 ./cmd/kdrop/ | grep -E 'DROPRATE|^Benchmark'
+	$(GO) test -c -o $(KDROP_CACHE)/tracer.test ./tracer/
+	@for attach in fentry kprobe; do \
+		echo "=== kernel $(BENCH_KERNEL), attach $$attach (under emulation: only the ratios mean anything)"; \
+		tracer/vmtest/run.sh $(KDROP_CACHE) $(BENCH_KERNEL) KDROP_TEST_ATTACH=$$attach -- $(KDROP_CACHE)/tracer.test \
+			-test.run '^$$' -test.bench 'TcpConnRequest' -test.benchtime 20000x 2>&1 | grep -E 'BPFCOST|FAIL'; \
+	done
 
 clean: ## remove build outputs (keeps the download cache)
 	rm -rf bin $(KDROP_CACHE)/tracer.test
