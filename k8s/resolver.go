@@ -572,7 +572,7 @@ func (r *Resolver) janitor(ctx context.Context) {
 // on that node, to that pod. A freed IP resolves, for DeletedWindow, to the
 // pod deleted last with DeletedAgo set; a reused one to its current owner
 // with the deleted ones in Previous.
-func (r *Resolver) LookupIP(ip netip.Addr, port uint16, at time.Time) Endpoint {
+func (r *Resolver) LookupIP(ip netip.Addr, port uint16, at time.Time) (out Endpoint) {
 	if ip.Is4In6() {
 		ip = ip.Unmap()
 	}
@@ -580,24 +580,23 @@ func (r *Resolver) LookupIP(ip netip.Addr, port uint16, at time.Time) Endpoint {
 		ip = ip.WithZone("")
 	}
 	e := r.snap.Load().ips[ip]
-	if e == nil {
-		return Endpoint{Unresolved: !r.ready.Load()}
-	}
-	var out Endpoint
-	if e.ep.Kind != "" {
-		out = e.ep
+	switch {
+	case e == nil:
+	case e.ep.Kind != "":
+		src := &e.ep
 		if port != 0 && len(e.ports) > 0 {
 			if p := e.portEndpoint(port); p != nil {
-				out = *p
+				src = p
 			}
 		}
+		out = *src
 		if len(e.dead) > 0 {
 			if at.IsZero() {
 				at = time.Now()
 			}
 			out.Previous = r.previous(e.dead, at)
 		}
-	} else {
+	default:
 		// Only deleted pods had this IP.
 		if at.IsZero() {
 			at = time.Now()
@@ -606,12 +605,11 @@ func (r *Resolver) LookupIP(ip netip.Addr, port uint16, at time.Time) Endpoint {
 		for i < len(e.dead) && at.Sub(e.dead[i].at) > r.window {
 			i++
 		}
-		if i == len(e.dead) {
-			return Endpoint{Unresolved: !r.ready.Load()}
+		if i < len(e.dead) {
+			out = e.dead[i].ep
+			out.DeletedAgo = ago(at, e.dead[i].at)
+			out.Previous = r.previous(e.dead[i+1:], at)
 		}
-		out = e.dead[i].ep
-		out.DeletedAgo = ago(at, e.dead[i].at)
-		out.Previous = r.previous(e.dead[i+1:], at)
 	}
 	out.Unresolved = !r.ready.Load()
 	return out
@@ -651,8 +649,10 @@ func ago(at, deleted time.Time) time.Duration {
 // LookupNetns resolves a network namespace inode on this node: the host's
 // netns is the node (Kind "node"), a pod sandbox's netns is the pod; a netns
 // of a pod deleted within DeletedWindow is that pod with DeletedAgo. An
-// inode not seen before triggers a rescan of ProcRoot (at most one a second;
-// a concurrent lookup does not wait for it).
+// inode not seen before triggers a rescan of ProcRoot, at most one a second:
+// the lookup that triggers it waits for the walk (about 3 ms for 100
+// processes, BenchmarkScanProc); concurrent lookups do not, and answer from
+// the cache. A hit takes no lock and does not allocate.
 func (r *Resolver) LookupNetns(inode uint32) Endpoint {
 	uid, host, known := r.netns.lookup(inode)
 	switch {

@@ -322,7 +322,7 @@ type scaleResult struct {
 	RSSPeakMiB    float64 `json:"rss_peak_mib"`  // VmHWM
 	RSSBaseMiB    float64 `json:"rss_base_mib"`  // before Start
 	RSSSyncMiB    float64 `json:"rss_sync_mib"`  // right at sync
-	RebuildMillis float64 `json:"rebuild_ms"`    // one index rebuild
+	RebuildMillis float64 `json:"rebuild_ms"`    // one index rebuild (median of 5)
 	SysMiB        float64 `json:"go_sys_mib"`    // memory obtained from the OS
 }
 
@@ -379,9 +379,16 @@ func TestScaleChild(t *testing.T) {
 	res.RSSFreedMiB = vmStatus("VmRSS")
 	st := r.Status()
 	res.Pods, res.IPs = st.Pods, st.IPs
-	rb := time.Now()
-	r.rebuild()
-	res.RebuildMillis = float64(time.Since(rb).Microseconds()) / 1000
+	// Index rebuild time: the median of 5 (the first ones fault in the
+	// pages FreeOSMemory gave back).
+	var builds []time.Duration
+	for range 5 {
+		rb := time.Now()
+		r.rebuild()
+		builds = append(builds, time.Since(rb))
+	}
+	slices.Sort(builds)
+	res.RebuildMillis = float64(builds[2].Microseconds()) / 1000
 	out, _ := json.Marshal(res)
 	fmt.Printf("KDROP-SCALE-RESULT %s\n", out)
 }

@@ -646,3 +646,70 @@ func TestSamePod(t *testing.T) {
 		t.Error("IP change ignored")
 	}
 }
+
+func TestNetnsCacheRescan(t *testing.T) {
+	root := t.TempDir()
+	const uid = "3f6b1c2a-7d0e-4b8f-9a21-5c6d7e8f9a0b"
+	mk := func(pid, netns, cgroup string) {
+		d := filepath.Join(root, pid, "ns")
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(netns, filepath.Join(d, "net")); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, pid, "cgroup"), []byte(cgroup), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mk("1", "net:[100]", "0::/init.scope\n")
+	c := newNetnsCache(root)
+	c.interval = 200 * time.Millisecond
+	if _, host, known := c.lookup(100); !host || !known {
+		t.Fatal("host netns not found by the first scan")
+	}
+	// A new pod appears: the next lookup of its netns is within the
+	// interval, so it is not found yet...
+	mk("42", "net:[200]", "0::/kubepods/besteffort/pod"+uid+"/c\n")
+	if _, _, known := c.lookup(200); known {
+		t.Fatal("rescanned within the interval")
+	}
+	// ...and is after it.
+	time.Sleep(250 * time.Millisecond)
+	if got, _, known := c.lookup(200); !known || got != uid {
+		t.Fatalf("after the interval: %q, %v", got, known)
+	}
+	// Hits do not rescan.
+	last := c.lastScan.Load()
+	for range 10 {
+		c.lookup(200)
+	}
+	if c.lastScan.Load() != last {
+		t.Error("a hit rescanned")
+	}
+}
+
+// TestLookupAllocs guards the hot path: no allocation on a hit (nor a miss,
+// nor a deleted pod without older owners).
+func TestLookupAllocs(t *testing.T) {
+	in := clusterInput()
+	r := newTestResolver(t, in)
+	gone := testPod("shop", "gone", "node-a", []string{"10.0.9.9"})
+	r.podDeleted(gone)
+	republish(r, in)
+	now := time.Now()
+	for _, c := range []struct {
+		ip   string
+		port uint16
+	}{{"10.0.0.5", 80}, {"fd00::5", 80}, {"10.96.0.10", 80}, {"192.168.1.10", 9100}, {"192.168.1.10", 22}, {"10.9.9.9", 80}, {"10.0.9.9", 80}} {
+		ip := netip.MustParseAddr(c.ip)
+		if n := testing.AllocsPerRun(1000, func() { r.LookupIP(ip, c.port, now) }); n != 0 {
+			t.Errorf("LookupIP(%s, %d): %v allocs", c.ip, c.port, n)
+		}
+	}
+	r.netns.rescan(true)
+	host := r.netns.cur.Load().host
+	if n := testing.AllocsPerRun(1000, func() { r.LookupNetns(host) }); n != 0 {
+		t.Errorf("LookupNetns(host): %v allocs", n)
+	}
+}

@@ -35,6 +35,7 @@ type watchFlags struct {
 	attach        string
 	readyFile     string
 	verbose       bool
+	id            identityFlags
 }
 
 func watchCmd() *cobra.Command {
@@ -73,6 +74,7 @@ kernel's own counters. Filters are applied in the kernel.`,
 	fl.StringVar(&f.attach, "attach", "auto", "attach modes to try, in order: auto, or a list of fentry,kprobe,tp_btf,raw_tp,sock_diag")
 	fl.StringVar(&f.readyFile, "ready-file", "", "create this file once every hook is attached (for scripts)")
 	fl.BoolVarP(&f.verbose, "verbose", "v", false, "log debug details to stderr")
+	f.id.register(fl)
 	return cmd
 }
 
@@ -168,6 +170,21 @@ func runWatch(parent context.Context, f watchFlags) error {
 	if err != nil {
 		return err
 	}
+	res, err := f.id.resolver(log)
+	if err != nil {
+		return err
+	}
+	match, err := f.id.matcher(res)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(parent, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	node := ""
+	if res != nil {
+		res.Start(ctx) // never blocks: tracing starts at once, names follow
+		node = res.Node()
+	}
 	t, err := tracer.New(opts)
 	if err != nil {
 		return err
@@ -181,13 +198,20 @@ func runWatch(parent context.Context, f watchFlags) error {
 		}
 	}
 	if f.readyFile != "" {
+		// ready means events will carry names, unless the API server is
+		// out of reach (then they are marked unresolved)
+		if res != nil {
+			sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			if !res.WaitForSync(sctx) {
+				log.Warn("pod identity not synced after 30s: events are marked unresolved until it is")
+			}
+			cancel()
+		}
 		if err := os.WriteFile(f.readyFile, nil, 0o644); err != nil {
 			return fmt.Errorf("--ready-file: %w", err)
 		}
 	}
 
-	ctx, stop := signal.NotifyContext(parent, os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	if f.duration > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, f.duration)
@@ -205,16 +229,21 @@ func runWatch(parent context.Context, f watchFlags) error {
 	var lines uint64
 	var buf []byte
 	var lastLost uint64
+	var rec record
 	emit := func(e *tracer.Event) {
 		if f.count > 0 && lines >= f.count {
 			return
 		}
+		enrich(res, node, e, &rec)
+		if !match(&rec) {
+			return
+		}
 		if json {
-			buf = e.AppendJSON(buf[:0])
+			buf = rec.appendJSON(buf[:0])
 			buf = append(buf, '\n')
 			out.Write(buf)
 		} else {
-			fmt.Fprintln(out, e.TableRow())
+			fmt.Fprintln(out, rec.tableRow())
 		}
 		lines++
 		if f.count > 0 && lines >= f.count {

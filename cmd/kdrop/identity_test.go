@@ -1,0 +1,153 @@
+package main
+
+// Identity end to end: the "No route to host" incident of a rolling update,
+// reproduced in network namespaces whose addresses are the pods' IPs in a
+// real kube-apiserver. kdrop watch must name the client pod, and the
+// deleted pod (with its Deployment and how long ago it went) as the target.
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/kdrop/kdrop/k8s/testenv"
+	"github.com/kdrop/kdrop/tracer/nstest"
+)
+
+// createPod creates a pod (optionally owned) and sets its IP through the
+// status subresource, as a kubelet would.
+func createPod(t *testing.T, cs kubernetes.Interface, ns, name, ip string, owner *metav1.OwnerReference) *corev1.Pod {
+	t.Helper()
+	ctx := context.Background()
+	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{"app": name}},
+		Spec: corev1.PodSpec{NodeName: "test-node", Containers: []corev1.Container{{Name: "c", Image: "app"}}}}
+	if owner != nil {
+		p.OwnerReferences = []metav1.OwnerReference{*owner}
+	}
+	p, err := cs.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip, PodIPs: []corev1.PodIP{{IP: ip}},
+		Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}}
+	if p, err = cs.CoreV1().Pods(ns).UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestIdentityNoRouteToDeletedPod(t *testing.T) {
+	env := testenv.Start(t)
+	cs := kubernetes.NewForConfigOrDie(env.Config())
+	ctx := context.Background()
+	r := nstest.NewRouted(t)
+	r.Router.Sysctl(t, "net.ipv4.neigh."+r.RouterToServer+".retrans_time_ms", "100")
+	const gone = "198.18.2.9" // the old pod's IP: on the server subnet, answered by no one
+
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "web"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	dep, err := cs.AppsV1().Deployments("web").Create(ctx, &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "api"},
+		Spec: appsv1.DeploymentSpec{Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "api"}},
+			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "api"}},
+				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "app"}}}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	yes := true
+	rs, err := cs.AppsV1().ReplicaSets("web").Create(ctx, &appsv1.ReplicaSet{
+		ObjectMeta: metav1.ObjectMeta{Name: "api-5c8", OwnerReferences: []metav1.OwnerReference{
+			{APIVersion: "apps/v1", Kind: "Deployment", Name: dep.Name, UID: dep.UID, Controller: &yes}}},
+		Spec: appsv1.ReplicaSetSpec{Selector: dep.Spec.Selector, Template: dep.Spec.Template},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	createPod(t, cs, "web", "client", nstest.ClientIP, nil)
+	createPod(t, cs, "web", "api-5c8-x7k2p", gone, &metav1.OwnerReference{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: rs.Name, UID: rs.UID, Controller: &yes})
+
+	ready := filepath.Join(t.TempDir(), "ready")
+	cmd := exec.Command(kdropBin, "watch", "-o", "json", "--kubeconfig", env.Kubeconfig(), "--node", "test-node",
+		"--netns", "/run/netns/"+r.Router.Name, "--type", "unreach", "--duration", "60s", "--count", "1", "--ready-file", ready)
+	stdout, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	waitFile(t, ready, 60*time.Second)
+
+	// The rolling update takes the pod away; its IP is still in a client's
+	// endpoints.
+	if err := cs.CoreV1().Pods("web").Delete(ctx, "api-5c8-x7k2p", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
+		t.Fatal(err)
+	}
+	deleted := time.Now()
+	time.Sleep(500 * time.Millisecond) // let the watch deliver the delete
+	if err := r.Client.ConnectErr(t, gone, 8080, 10*time.Second); !errors.Is(err, unix.EHOSTUNREACH) {
+		t.Fatalf("connect to %s: want EHOSTUNREACH, got %v", gone, err)
+	}
+	failed := time.Now()
+
+	sc := bufio.NewScanner(stdout)
+	if !sc.Scan() {
+		t.Fatalf("kdrop watch printed nothing (exit: %v)", cmd.Wait())
+	}
+	var ev struct {
+		Type, ICMP, Dst, Node string
+		SrcK8s                struct{ Kind, Namespace, Name string } `json:"src_k8s"`
+		DstK8s                struct {
+			Kind, Namespace, Name string
+			WorkloadKind          string `json:"workload_kind"`
+			WorkloadName          string `json:"workload_name"`
+			DeletedAgoMs          int64  `json:"deleted_ago_ms"`
+			Unresolved            bool
+		} `json:"dst_k8s"`
+	}
+	if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+		t.Fatalf("%v: %s", err, sc.Text())
+	}
+	t.Logf("event: %s", sc.Text())
+	if ev.Type != "unreach" || ev.ICMP != "host-unreachable" || ev.Dst != gone || ev.Node != "test-node" {
+		t.Errorf("want host-unreachable to %s seen on test-node, got %s", gone, sc.Text())
+	}
+	if ev.SrcK8s.Kind != "pod" || ev.SrcK8s.Namespace != "web" || ev.SrcK8s.Name != "client" {
+		t.Errorf("source should be pod web/client: %s", sc.Text())
+	}
+	d := ev.DstK8s
+	if d.Kind != "pod" || d.Namespace != "web" || d.Name != "api-5c8-x7k2p" || d.WorkloadKind != "Deployment" || d.WorkloadName != "api" || d.Unresolved {
+		t.Errorf("destination should be the deleted pod web/api-5c8-x7k2p of Deployment api: %s", sc.Text())
+	}
+	// deleted_ago is measured from when kdrop saw the delete to the event:
+	// between the connect's start and its failure, less the watch delay.
+	lo, hi := time.Duration(0), failed.Sub(deleted)+time.Second
+	if ago := time.Duration(d.DeletedAgoMs) * time.Millisecond; ago <= lo || ago > hi {
+		t.Errorf("deleted_ago %v, want within (0, %v]", ago, hi)
+	}
+}
+
+func waitFile(t *testing.T, path string, timeout time.Duration) {
+	t.Helper()
+	for deadline := time.Now().Add(timeout); ; time.Sleep(50 * time.Millisecond) {
+		if _, err := os.Stat(path); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not appear within %v", path, timeout)
+		}
+	}
+}
