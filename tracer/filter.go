@@ -2,6 +2,8 @@ package tracer
 
 import (
 	"fmt"
+	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -112,4 +114,33 @@ func (t *Tracer) fillAddrFilter() error {
 		}
 	}
 	return nil
+}
+
+// Match applies the filter in userspace, for consumers that share one
+// tracer but want different views (the agent's stream clients). The
+// benign-reason default is left to the kernel side.
+func (f *Filter) Match(e *Event) bool {
+	if len(f.Types) > 0 && !slices.Contains(f.Types, e.Type) {
+		return false
+	}
+	if len(f.Reasons) > 0 && (e.Type != Drop || !slices.ContainsFunc(f.Reasons, func(r string) bool {
+		return strings.EqualFold(shortReason(strings.ToUpper(r)), e.Reason)
+	})) {
+		return false
+	}
+	if f.Netns != 0 && e.Netns != f.Netns {
+		return false
+	}
+	if f.Proto != 0 && e.Proto != f.Proto {
+		return false
+	}
+	if f.Port != 0 && e.Src.Port() != f.Port && e.Dst.Port() != f.Port {
+		return false
+	}
+	if len(f.CIDRs) > 0 && !slices.ContainsFunc(f.CIDRs, func(p netip.Prefix) bool {
+		return p.Contains(e.Src.Addr()) || p.Contains(e.Dst.Addr())
+	}) {
+		return false
+	}
+	return true
 }

@@ -6,9 +6,11 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/spf13/cobra"
+	"k8s.io/klog/v2"
 )
 
 // version is set at build time (-ldflags -X main.version=...).
@@ -48,3 +50,10 @@ It needs root and a kernel with BTF (CONFIG_DEBUG_INFO_BTF=y). Start with
 type exitError int
 
 func (e exitError) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
+
+func init() {
+	// client-go's own logging (klog) would interleave with the event
+	// stream; the resolver reports API trouble through zap, once.
+	klog.SetOutput(io.Discard)
+	klog.LogToStderr(false)
+}

@@ -13,10 +13,12 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/sys/unix"
 
+	"github.com/kdrop/kdrop/k8s"
 	"github.com/kdrop/kdrop/tracer"
 )
 
@@ -61,6 +63,16 @@ kernel's own counters. Filters are applied in the kernel.`,
 	}
 	fl := cmd.Flags()
 	fl.StringVarP(&f.output, "output", "o", "table", "output format: table or json (one JSON object per line)")
+	fl.DurationVarP(&f.duration, "duration", "d", 0, "stop after this long (e.g. 30s, 5m); 0 runs until interrupted")
+	fl.Uint64VarP(&f.count, "count", "c", 0, "stop after this many lines; 0 for no limit")
+	fl.StringVar(&f.readyFile, "ready-file", "", "create this file once every hook is attached and pod identity synced (for scripts)")
+	f.register(fl)
+	return cmd
+}
+
+// register adds the flags every tracing command shares: filters, rate
+// limit, attach modes, identity.
+func (f *watchFlags) register(fl *pflag.FlagSet) {
 	fl.StringSliceVarP(&f.types, "type", "t", nil, "event types to show: drop, overflow, unreach (default all)")
 	fl.StringSliceVarP(&f.reasons, "reason", "r", nil, "drop reasons to show, e.g. NO_SOCKET,NETFILTER_DROP (see kdrop reasons)")
 	fl.BoolVar(&f.includeBenign, "include-benign", false, "also show drop reasons that are not faults ("+strings.Join(tracer.DefaultBenignReasons, ", ")+")")
@@ -68,14 +80,10 @@ kernel's own counters. Filters are applied in the kernel.`,
 	fl.Uint16VarP(&f.port, "port", "p", 0, "only packets with either port equal to this")
 	fl.StringVar(&f.proto, "proto", "", "only this IP protocol: tcp, udp, icmp, icmpv6, sctp or a number")
 	fl.StringVar(&f.netns, "netns", "", "only this network namespace: an inode number or a path such as /run/netns/NAME or /proc/PID/ns/net")
-	fl.DurationVarP(&f.duration, "duration", "d", 0, "stop after this long (e.g. 30s, 5m); 0 runs until interrupted")
-	fl.Uint64VarP(&f.count, "count", "c", 0, "stop after this many lines; 0 for no limit")
 	fl.Uint32Var(&f.rateLimit, "rate-limit", 100, "events per second per flow before the rest are folded into a summary line (0: no limit)")
 	fl.StringVar(&f.attach, "attach", "auto", "attach modes to try, in order: auto, or a list of fentry,kprobe,tp_btf,raw_tp,sock_diag")
-	fl.StringVar(&f.readyFile, "ready-file", "", "create this file once every hook is attached (for scripts)")
 	fl.BoolVarP(&f.verbose, "verbose", "v", false, "log debug details to stderr")
 	f.id.register(fl)
-	return cmd
 }
 
 // options turns flags into tracer options, rejecting bad values with a
@@ -163,55 +171,105 @@ func newLogger(verbose bool) *zap.Logger {
 	return log
 }
 
-func runWatch(parent context.Context, f watchFlags) error {
-	log := newLogger(f.verbose)
-	defer log.Sync()
+// pipeline is what watch, record and agent share: the tracer, identity,
+// and the --namespace/--pod filter.
+type pipeline struct {
+	t     *tracer.Tracer
+	res   *k8s.Resolver
+	node  string
+	match func(*record) bool
+	log   *zap.Logger
+	// lost is the loss counter as last reported (see reportLost).
+	lost uint64
+}
+
+// newPipeline checks the flags, starts identity (never blocking on the API
+// server) and loads the tracer.
+func newPipeline(ctx context.Context, f watchFlags, log *zap.Logger) (*pipeline, error) {
 	opts, err := f.options(log)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	res, err := f.id.resolver(log)
-	if err != nil {
-		return err
+	p := &pipeline{log: log}
+	if p.res, err = f.id.resolver(log); err != nil {
+		return nil, err
 	}
-	match, err := f.id.matcher(res)
-	if err != nil {
-		return err
+	if p.match, err = f.id.matcher(p.res); err != nil {
+		return nil, err
 	}
-	ctx, stop := signal.NotifyContext(parent, os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	node := ""
-	if res != nil {
-		res.Start(ctx) // never blocks: tracing starts at once, names follow
-		node = res.Node()
+	if p.res != nil {
+		p.res.Start(ctx) // tracing starts at once, names follow
+		p.node = p.res.Node()
 	}
-	t, err := tracer.New(opts)
-	if err != nil {
-		return err
+	if p.t, err = tracer.New(opts); err != nil {
+		return nil, err
 	}
-	defer t.Close()
-	for _, h := range t.Hooks() {
+	for _, h := range p.t.Hooks() {
 		if h.Mode == "" {
 			log.Warn("hook missing: its events will not be seen", zap.String("hook", h.Hook), zap.Strings("why", h.Failed))
 		} else {
 			log.Info("hook attached", zap.String("hook", h.Hook), zap.String("mode", string(h.Mode)))
 		}
 	}
-	if f.readyFile != "" {
-		// ready means events will carry names, unless the API server is
-		// out of reach (then they are marked unresolved)
-		if res != nil {
-			sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			if !res.WaitForSync(sctx) {
-				log.Warn("pod identity not synced after 30s: events are marked unresolved until it is")
-			}
-			cancel()
+	return p, nil
+}
+
+// ready waits (up to 30 s) for identity to sync, then creates readyFile if
+// one was asked for: from then on events carry names, unless the API server
+// is out of reach (then they are marked unresolved).
+func (p *pipeline) ready(ctx context.Context, readyFile string) error {
+	if p.res != nil {
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		if !p.res.WaitForSync(sctx) {
+			p.log.Warn("pod identity not synced after 30s: events are marked unresolved until it is")
 		}
-		if err := os.WriteFile(f.readyFile, nil, 0o644); err != nil {
+		cancel()
+	}
+	if readyFile != "" {
+		if err := os.WriteFile(readyFile, nil, 0o644); err != nil {
 			return fmt.Errorf("--ready-file: %w", err)
 		}
 	}
+	return nil
+}
 
+// run passes every enriched, matching event to sink until ctx is done.
+func (p *pipeline) run(ctx context.Context, sink func(*record)) error {
+	var rec record
+	return p.t.Run(ctx, func(e *tracer.Event) {
+		enrich(p.res, p.node, e, &rec)
+		if p.match(&rec) {
+			sink(&rec)
+		}
+	})
+}
+
+// newLost returns how many events the ring buffer lost since the last call.
+func (p *pipeline) newLost() uint64 {
+	st, err := p.t.Stats()
+	if err != nil || st.LostTotal() <= p.lost {
+		return 0
+	}
+	n := st.LostTotal() - p.lost
+	p.lost = st.LostTotal()
+	return n
+}
+
+func (p *pipeline) close() { p.t.Close() }
+
+func runWatch(parent context.Context, f watchFlags) error {
+	log := newLogger(f.verbose)
+	defer log.Sync()
+	ctx, stop := signal.NotifyContext(parent, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	p, err := newPipeline(ctx, f, log)
+	if err != nil {
+		return err
+	}
+	defer p.close()
+	if err := p.ready(ctx, f.readyFile); err != nil {
+		return err
+	}
 	if f.duration > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, f.duration)
@@ -228,14 +286,8 @@ func runWatch(parent context.Context, f watchFlags) error {
 	}
 	var lines uint64
 	var buf []byte
-	var lastLost uint64
-	var rec record
-	emit := func(e *tracer.Event) {
+	sink := func(rec *record) {
 		if f.count > 0 && lines >= f.count {
-			return
-		}
-		enrich(res, node, e, &rec)
-		if !match(&rec) {
 			return
 		}
 		if json {
@@ -250,7 +302,7 @@ func runWatch(parent context.Context, f watchFlags) error {
 			cancel()
 		}
 		// summaries come at the end of a sweep: a good moment to flush
-		if e.Summary || out.Buffered() > 32<<10 {
+		if rec.Summary || out.Buffered() > 32<<10 {
 			out.Flush()
 		}
 	}
@@ -265,24 +317,21 @@ func runWatch(parent context.Context, f watchFlags) error {
 				return
 			case <-tick.C:
 			}
-			t.Lock()
+			p.t.Lock()
 			out.Flush()
-			t.Unlock()
-			st, err := t.Stats()
-			if err == nil && st.LostTotal() > lastLost {
-				log.Warn("ring buffer full: events lost; their counts arrive in the next summary lines",
-					zap.Uint64("lost_total", st.LostTotal()), zap.Uint64("new", st.LostTotal()-lastLost))
-				lastLost = st.LostTotal()
+			p.t.Unlock()
+			if n := p.newLost(); n > 0 {
+				log.Warn("ring buffer full: events lost; their counts arrive in the next summary lines", zap.Uint64("new", n))
 			}
 		}
 	}()
-	if err := t.Run(ctx, emit); err != nil {
+	if err := p.run(ctx, sink); err != nil {
 		return err
 	}
-	t.Lock()
+	p.t.Lock()
 	out.Flush()
-	t.Unlock()
-	if st, err := t.Stats(); err == nil && st.LostTotal() > 0 {
+	p.t.Unlock()
+	if st, err := p.t.Stats(); err == nil && st.LostTotal() > 0 {
 		log.Warn("events lost in total (counts are exact, only the lines are missing)", zap.Uint64("lost", st.LostTotal()))
 	}
 	return nil

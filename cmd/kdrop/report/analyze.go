@@ -1,0 +1,1238 @@
+package report
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Severities of a Finding, most urgent first.
+const (
+	SevCritical = "critical" // traffic was lost and users notice
+	SevWarning  = "warning"  // traffic was lost, or the report is incomplete
+	SevInfo     = "info"     // worth knowing, usually harmless
+)
+
+func sevRank(s string) int {
+	switch s {
+	case SevCritical:
+		return 0
+	case SevWarning:
+		return 1
+	}
+	return 2
+}
+
+// Finding is one thing the recording shows, explained for the person on
+// call: what happened, to whom, how often, and what to change.
+type Finding struct {
+	Severity string // SevCritical, SevWarning or SevInfo
+	// Kind is a stable name of the rule that found it: somaxconn, backlog,
+	// listen-queue, syncookies, stale-endpoint, no-endpoints, no-socket,
+	// closed-connection, netfilter, drop-reason, icmp, lost, truncated,
+	// unresolved.
+	Kind   string
+	Title  string // one line, with the workload and the numbers
+	Detail string // what happened, in plain words
+	// Fix is what to do, one step per line.
+	Fix string
+	// Example is an optional snippet (YAML or shell) that goes with Fix.
+	Example string
+	Count   uint64 // occurrences it covers
+	// Subject is the workload, pod, service or address it is about.
+	Subject     string
+	First, Last time.Time
+}
+
+// Findings analyses the recording: the most severe and most frequent first.
+func (rec *Recording) Findings() []Finding { return analyze(rec).findings }
+
+// analysis is everything the writers show, computed once.
+type analysis struct {
+	rec        *Recording
+	start, end time.Time
+	total      uint64
+	byType     map[string]uint64
+	findings   []Finding
+	listeners  []listenerRow
+	unreach    []unreachRow
+	reasons    []reasonRow
+	locations  []locationRow
+	dstWork    []topRow
+	dstPods    []topRow
+	sources    []topRow
+	backing    map[string]counter // "ns/service" → workloads whose pods back it
+	used       map[*Flow]bool     // flows a specific finding explained
+}
+
+type listenerRow struct {
+	Listener, Pod, Workload, Node, Queues, Limit string
+	QueueMax, MaxLen, Somaxconn                  uint32
+	Syncookies, Count                            uint64
+}
+
+type unreachRow struct {
+	Dest, Proto, ICMP, SentBy, Owner, Deleted, Sources string
+	Count                                              uint64
+}
+
+type reasonRow struct {
+	Reason, Share, Locations, Meaning string
+	Count                             uint64
+}
+
+type locationRow struct {
+	Location, Reasons string
+	Count             uint64
+}
+
+type topRow struct {
+	Name, Port, What string
+	Pods             int
+	Count            uint64
+}
+
+func analyze(rec *Recording) *analysis {
+	a := &analysis{rec: rec, byType: map[string]uint64{}, backing: map[string]counter{}, used: map[*Flow]bool{}}
+	a.start, a.end = rec.Window()
+	for _, f := range rec.Flows {
+		a.total += f.Count
+		a.byType[f.Type] += f.Count
+		for _, k := range []*K8s{f.SrcK8s, f.DstK8s, f.WhereK8s} {
+			a.noteBacking(k)
+		}
+	}
+	a.tables()
+	a.overflowFindings()
+	a.staleFindings()
+	a.noEndpointFindings()
+	a.noSocketFindings()
+	a.netfilterFindings()
+	a.otherDropFindings()
+	a.otherICMPFindings()
+	a.recordingFindings()
+	sort.SliceStable(a.findings, func(i, j int) bool {
+		fi, fj := a.findings[i], a.findings[j]
+		if sevRank(fi.Severity) != sevRank(fj.Severity) {
+			return sevRank(fi.Severity) < sevRank(fj.Severity)
+		}
+		if fi.Count != fj.Count {
+			return fi.Count > fj.Count
+		}
+		return fi.Title < fj.Title
+	})
+	return a
+}
+
+func (a *analysis) noteBacking(k *K8s) {
+	if !known(k) || k.Kind == "service" || k.Kind == "node" {
+		return
+	}
+	for _, s := range k.Services {
+		if a.backing[s] == nil {
+			a.backing[s] = counter{}
+		}
+		a.backing[s].add(workload(k, netip.Addr{}), 1)
+	}
+	for i := range k.Previous {
+		a.noteBacking(&k.Previous[i])
+	}
+}
+
+// group gathers what a finding says about a set of flows.
+type group struct {
+	key         string
+	flows       []*Flow
+	count       uint64
+	first, last time.Time
+	pods        counter // destination pods (bare names or addresses)
+	sources     counter // who sent
+	senders     counter // where the kernel acted
+	what        counter
+}
+
+func newGroup(key string) *group {
+	return &group{key: key, pods: counter{}, sources: counter{}, senders: counter{}, what: counter{}}
+}
+
+func (g *group) add(f *Flow) {
+	g.flows = append(g.flows, f)
+	g.count += f.Count
+	if g.first.IsZero() || f.First.Before(g.first) {
+		g.first = f.First
+	}
+	if f.Last.After(g.last) {
+		g.last = f.Last
+	}
+	g.sources.add(workload(f.SrcK8s, f.Src), f.Count)
+	g.senders.add(actor(f), f.Count)
+	g.what.add(f.series, f.Count)
+}
+
+// groups keeps groups in order of first creation.
+type groups struct {
+	m     map[string]*group
+	order []*group
+}
+
+func (gs *groups) get(key string) *group {
+	if gs.m == nil {
+		gs.m = map[string]*group{}
+	}
+	g := gs.m[key]
+	if g == nil {
+		g = newGroup(key)
+		gs.m[key] = g
+		gs.order = append(gs.order, g)
+	}
+	return g
+}
+
+// actor names where the kernel acted: the pod or node owning the network
+// namespace, else the node.
+func actor(f *Flow) string {
+	if known(f.WhereK8s) {
+		return pod(f.WhereK8s, netip.Addr{})
+	}
+	if f.Node != "" {
+		return "node " + f.Node
+	}
+	return "unknown"
+}
+
+// at names a destination for "on port 80 of X" phrases: the workload when
+// known, else the address with the port.
+func onPort(k *K8s, ip netip.Addr, port uint16) string {
+	if known(k) {
+		if port == 0 {
+			return workload(k, ip)
+		}
+		return fmt.Sprintf("port %d of %s", port, workload(k, ip))
+	}
+	return addr(ip, port)
+}
+
+func (a *analysis) add(f Finding) { a.findings = append(a.findings, f) }
+
+// ---------------------------------------------------------------------------
+// Listen queue overflows
+
+func limitClass(f *Flow) string {
+	switch {
+	case f.Somaxconn == 0:
+		return "unknown"
+	case f.QueueMax >= f.Somaxconn:
+		return "somaxconn"
+	}
+	return "backlog"
+}
+
+// backlogOwner guesses which server uses a backlog of this size by default.
+func backlogOwner(n uint32) string {
+	switch n {
+	case 50:
+		return "the default of Java's ServerSocket"
+	case 100:
+		return "Tomcat's default acceptCount (Spring Boot server.tomcat.accept-count)"
+	case 128:
+		return "the kernel's default somaxconn before Linux 5.4, which many servers copy as their backlog"
+	case 511:
+		return "the default backlog of nginx, Node.js, Redis and Apache httpd"
+	case 1024:
+		return "a common default backlog (e.g. Envoy, Netty-based servers configured for it)"
+	case 2048:
+		return "the default of gunicorn and uvicorn"
+	case 4096:
+		return "the kernel's default somaxconn since Linux 5.4"
+	}
+	return ""
+}
+
+const backlogSettings = "nginx `listen 8080 backlog=4096;` (default 511); Node.js `server.listen({port, backlog})` (511); " +
+	"Java: the ServerSocket backlog argument (50), Tomcat `acceptCount` / Spring Boot `server.tomcat.accept-count` (100); " +
+	"gunicorn/uvicorn `--backlog` (2048); Redis `tcp-backlog` (511); Apache `ListenBacklog` (511); " +
+	"Go's net.Listen already asks for the full somaxconn"
+
+// suggest picks a queue size to propose: 4096, or four times the current
+// limit when that is already 4096 or more.
+func suggest(limit uint32) uint32 {
+	if limit < 4096 {
+		return 4096
+	}
+	s := uint32(4096)
+	for s < 4*limit && s < 65535 {
+		s *= 2
+	}
+	return min(s, 65535)
+}
+
+func (a *analysis) overflowFindings() {
+	var gs groups
+	type extra struct {
+		queues                    counter
+		qmax, qmin, maxLen, somax uint32
+		cookies                   uint64
+		example                   *Flow
+	}
+	ex := map[*group]*extra{}
+	for _, f := range a.rec.Flows {
+		if f.Type != "overflow" {
+			continue
+		}
+		class := limitClass(f)
+		g := gs.get(workload(f.DstK8s, f.Dst) + "|" + fmt.Sprint(f.Dport) + "|" + class)
+		g.add(f)
+		g.pods.add(shortPod(f.DstK8s, f.Dst), f.Count)
+		e := ex[g]
+		if e == nil {
+			e = &extra{queues: counter{}, qmin: f.QueueMax, example: f}
+			ex[g] = e
+		}
+		e.queues.add(f.Queue, f.Count)
+		e.qmax, e.qmin = max(e.qmax, f.QueueMax), min(e.qmin, f.QueueMax)
+		e.maxLen = max(e.maxLen, f.MaxQueueLen, f.MaxSynQueueLen)
+		e.somax = max(e.somax, f.Somaxconn)
+		e.cookies += f.Syncookies
+	}
+	for _, g := range gs.order {
+		e := ex[g]
+		f0 := e.example
+		class := limitClass(f0)
+		subject := workload(f0.DstK8s, f0.Dst)
+		where := onPort(f0.DstK8s, f0.Dst, f0.Dport)
+		queue := "Accept queue"
+		switch {
+		case len(e.queues) > 1:
+			queue = "Listen queue"
+		case e.queues["syn"] > 0:
+			queue = "SYN queue"
+		}
+		limit := num(e.qmax)
+		if e.qmin != e.qmax {
+			limit = num(e.qmin) + "–" + num(e.qmax)
+		}
+		onlyCookies := e.cookies == g.count
+		outcome := fmt.Sprintf("%s refused", plural(g.count, "connection attempt", "connection attempts"))
+		if onlyCookies {
+			outcome = fmt.Sprintf("%s answered with SYN cookies", plural(g.count, "SYN", "SYNs"))
+		}
+		var cause string
+		switch class {
+		case "somaxconn":
+			cause = fmt.Sprintf("limit %s = net.core.somaxconn", limit)
+		case "backlog":
+			cause = fmt.Sprintf("limit %s = the server's listen backlog", limit)
+		default:
+			cause = "limit " + limit
+		}
+		fd := Finding{
+			Severity: SevCritical,
+			Title:    fmt.Sprintf("%s full on %s: %s (%s)", queue, where, outcome, cause),
+			Count:    g.count, Subject: subject, First: g.first, Last: g.last,
+		}
+		if onlyCookies {
+			fd.Severity = SevWarning
+		}
+		var d strings.Builder
+		pods := ""
+		if known(f0.DstK8s) {
+			pods = fmt.Sprintf(" in %s (%s)", plural(len(g.pods), "pod", "pods"), g.pods.names(4))
+		}
+		fmt.Fprintf(&d, "%s the %s of port %d%s overflowed %s: up to %s connections were waiting while the limit is %s. ",
+			capital(span(g.first, g.last)), strings.ToLower(queue), f0.Dport, pods, plural(g.count, "time", "times"), num(e.maxLen), limit)
+		if onlyCookies {
+			d.WriteString("The kernel fell back to SYN cookies (net.ipv4.tcp_syncookies), so these connections could still complete, but a SYN cookie is its last resort when the queue is full, and it cannot keep every TCP option of the handshake. ")
+		} else {
+			d.WriteString("When the queue is full the kernel drops the SYN or the handshake's last ACK: clients retry after 1 s, then 3 s, 7 s… and see slow connects or timeouts. ")
+			if e.cookies > 0 {
+				fmt.Fprintf(&d, "For %s of them the kernel answered with SYN cookies instead (net.ipv4.tcp_syncookies), a sign the SYN queue was full too. ", num(e.cookies))
+			}
+		}
+		switch class {
+		case "somaxconn":
+			fd.Kind = "somaxconn"
+			fmt.Fprintf(&d, "The limit %s is net.core.somaxconn of the pod's network namespace, not your server's backlog: the kernel caps every listen() backlog at somaxconn, so the effective limit is min(backlog, somaxconn)", limit)
+			if o := backlogOwner(e.qmax); o != "" && e.qmax != 4096 && e.qmax != 128 {
+				fmt.Fprintf(&d, " (%s is also %s)", limit, o)
+			} else if o != "" {
+				fmt.Fprintf(&d, " (%s is %s)", limit, o)
+			}
+			d.WriteString(". ")
+		case "backlog":
+			fd.Kind = "backlog"
+			fmt.Fprintf(&d, "The limit %s is below net.core.somaxconn (%s) of the pod's network namespace, so it is the backlog the server passed to listen() that caps the queue; raising somaxconn alone changes nothing. ", limit, num(e.somax))
+			if o := backlogOwner(e.qmax); o != "" {
+				fmt.Fprintf(&d, "%s is %s. ", limit, o)
+			}
+		default:
+			fd.Kind = "listen-queue"
+			fmt.Fprintf(&d, "The limit is min(the server's listen() backlog, net.core.somaxconn of the pod's network namespace); kdrop could not read somaxconn there, so check which one it is: `cat /proc/sys/net/core/somaxconn` in the pod")
+			if o := backlogOwner(e.qmax); o != "" {
+				fmt.Fprintf(&d, " (%s is %s)", limit, o)
+			}
+			d.WriteString(". ")
+		}
+		d.WriteString("A queue that fills up also means the server accepts connections more slowly than they arrive.")
+		if len(g.sources) > 0 {
+			fmt.Fprintf(&d, " Clients: %s.", g.sources.list(3))
+		}
+		fd.Detail = d.String()
+
+		target := suggest(e.qmax)
+		raiseSomax := fmt.Sprintf("Raise net.core.somaxconn in the pod's network namespace (to %s, say) with the pod's `securityContext.sysctls` (example below). Kubernetes counts net.core.somaxconn as an unsafe sysctl unless your version lists it as safe: the kubelet must then allow it (`--allowed-unsafe-sysctls=net.core.somaxconn`, or `allowedUnsafeSysctls` in its config file), else the pod is rejected with SysctlForbidden.", num(target))
+		alt := "Other ways to set it: an initContainer that runs `sysctl -w net.core.somaxconn=" + fmt.Sprint(target) + "` (it needs `privileged: true`; it shares the pod's network namespace), or the tuning CNI plugin chained in the node's CNI config, which sets it when each pod's network is created."
+		raiseBacklog := "Raise the server's own listen() backlog as well, since the effective limit is min(backlog, somaxconn): " + backlogSettings + "."
+		restart := "The limit is read when the server calls listen(): roll the pods out after the change, then check with `ss -ltn` in a pod (for a listener, Send-Q is its queue limit and Recv-Q the connections waiting)."
+		slow := "If the queue still fills, the server is too slow to accept: look at CPU throttling and worker/thread pool sizes, or add replicas."
+		switch class {
+		case "somaxconn":
+			fd.Fix = strings.Join([]string{raiseSomax, alt, raiseBacklog, restart, slow}, "\n")
+		case "backlog":
+			fd.Fix = strings.Join([]string{
+				"Raise the server's listen() backlog: " + backlogSettings + ".",
+				fmt.Sprintf("somaxconn is %s in this namespace, so a backlog up to %s takes effect as is; for more, raise net.core.somaxconn too (pod `securityContext.sysctls`, example below).", num(e.somax), num(e.somax)),
+				restart, slow}, "\n")
+		default:
+			fd.Fix = strings.Join([]string{raiseSomax, raiseBacklog, restart, slow}, "\n")
+		}
+		if onlyCookies {
+			fd.Kind = "syncookies"
+			fd.Fix += "\nIf this is a SYN flood rather than your own clients, SYN cookies are doing their job: find the source before raising limits."
+		}
+		if class != "backlog" || e.somax < target {
+			fd.Example = sysctlExample(f0.DstK8s, target)
+		}
+		for _, f := range g.flows {
+			a.used[f] = true
+		}
+		a.add(fd)
+	}
+}
+
+func capital(s string) string {
+	if s == "" {
+		return s
+	}
+	return strings.ToUpper(s[:1]) + s[1:]
+}
+
+func sysctlExample(k *K8s, target uint32) string {
+	head := "# in the pod template (spec.template.spec) of the workload"
+	if known(k) && k.WorkloadName != "" {
+		head = fmt.Sprintf("# %s %s: spec.template.spec", k.WorkloadKind, nsName(k.Namespace, k.WorkloadName))
+	}
+	return head + fmt.Sprintf(`
+securityContext:
+  sysctls:
+  - name: net.core.somaxconn
+    value: "%d"`, target)
+}
+
+// ---------------------------------------------------------------------------
+// Traffic to pods that were already gone
+
+func isHostUnreach(icmp string) bool {
+	switch icmp {
+	case "host-unreachable", "addr-unreachable", "net-unreachable", "no-route", "host-unknown":
+		return true
+	}
+	return false
+}
+
+func (a *analysis) staleFindings() {
+	var gs groups
+	type extra struct {
+		ago    minmax
+		ips    counter
+		ports  counter
+		sample *K8s
+	}
+	ex := map[*group]*extra{}
+	for _, f := range a.rec.Flows {
+		k := f.DstK8s
+		if k == nil || k.DeletedAgoMs <= 0 || a.used[f] {
+			continue
+		}
+		if !(f.Type == "unreach" && isHostUnreach(f.ICMP)) && !(f.Type == "drop" && strings.HasPrefix(f.Reason, "NEIGH_")) {
+			continue
+		}
+		g := gs.get(workload(k, f.Dst))
+		g.add(f)
+		e := ex[g]
+		if e == nil {
+			e = &extra{ips: counter{}, ports: counter{}, sample: k}
+			ex[g] = e
+		}
+		name := f.Dst.String()
+		if k.Name != "" {
+			name = k.Name + " (" + f.Dst.String() + ")"
+		}
+		g.pods.add(name, f.Count)
+		e.ago.add(time.Duration(k.DeletedAgoMs) * time.Millisecond)
+		if f.Dport != 0 {
+			e.ports.add(fmt.Sprint(f.Dport), f.Count)
+		}
+		a.used[f] = true
+	}
+	for _, g := range gs.order {
+		e := ex[g]
+		k := e.sample
+		subject := g.key
+		who := subject
+		if known(k) && k.WorkloadName == "" {
+			who = "pod " + nsName(k.Namespace, k.Name)
+		}
+		var how []string
+		for _, w := range g.what.top(0) {
+			if strings.HasPrefix(w.Name, "ICMP ") {
+				how = append(how, fmt.Sprintf("the kernel answered %s with ICMP %s (\"No route to host\")", plural(w.Count, "time", "times"), strings.TrimPrefix(w.Name, "ICMP ")))
+			} else {
+				how = append(how, fmt.Sprintf("%s dropped because nothing answered ARP for the address (%s)", plural(w.Count, "packet was", "packets were"), w.Name))
+			}
+		}
+		fd := Finding{
+			Severity: SevCritical, Kind: "stale-endpoint", Count: g.count, Subject: subject, First: g.first, Last: g.last,
+			Title: fmt.Sprintf("Clients kept sending to pods of %s after they were deleted: %s to stale pod IPs", who, plural(g.count, "packet", "packets")),
+		}
+		if known(k) && k.WorkloadName == "" {
+			fd.Title = fmt.Sprintf("Clients kept sending to %s after it was deleted: %s to its stale IP", who, plural(g.count, "packet", "packets"))
+		}
+		var d strings.Builder
+		fmt.Fprintf(&d, "%s, traffic went to the IP of a pod deleted %s before: %s. %s. ",
+			capital(span(g.first, g.last)), e.ago, g.pods.names(4), capital(join(how)))
+		fmt.Fprintf(&d, "Senders: %s", g.sources.list(3))
+		if len(e.ports) > 0 {
+			fmt.Fprintf(&d, "; destination port %s", e.ports.names(3))
+		}
+		d.WriteString(". Clients kept sending to a pod IP after the pod was gone: stale endpoints during a rolling update (or a scale-down). The pod exited before every client, kube-proxy rule and load balancer had dropped its address from the Service's endpoints, and connections already open or pooled kept using it.")
+		fd.Detail = d.String()
+		fd.Fix = strings.Join([]string{
+			fmt.Sprintf("Give %s a preStop hook that sleeps 5–15 s: the pod keeps serving while its endpoint is removed everywhere, and only then gets SIGTERM.", who),
+			"Make sure it has a readinessProbe, and that the app drains on SIGTERM: stop accepting, finish requests in flight, close idle keep-alive connections.",
+			"Set terminationGracePeriodSeconds above the preStop sleep plus the drain time (the default is 30 s).",
+			"Clients that pool connections (HTTP keep-alive, gRPC) should retry idempotent requests on connection errors.",
+		}, "\n")
+		port := "8080"
+		if p := e.ports.top(1); len(p) == 1 {
+			port = p[0].Name
+		}
+		head := "# in the pod template (spec.template.spec)"
+		if known(k) && k.WorkloadName != "" {
+			head = fmt.Sprintf("# %s %s: spec.template.spec", k.WorkloadKind, nsName(k.Namespace, k.WorkloadName))
+		}
+		fd.Example = head + fmt.Sprintf(`
+terminationGracePeriodSeconds: 45
+containers:
+- name: app            # your container
+  lifecycle:
+    preStop:
+      sleep:
+        seconds: 10    # Kubernetes 1.30+; older: exec: {command: ["sleep", "10"]}
+  readinessProbe:
+    tcpSocket:
+      port: %s`, port)
+		a.add(fd)
+	}
+}
+
+// ---------------------------------------------------------------------------
+// Services without ready endpoints
+
+func (a *analysis) noEndpointFindings() {
+	var gs groups
+	for _, f := range a.rec.Flows {
+		k := f.DstK8s
+		if a.used[f] || !known(k) || k.Kind != "service" || k.ReadyEndpoints == nil || *k.ReadyEndpoints != 0 {
+			continue
+		}
+		if !(f.Type == "unreach" && (f.ICMP == "port-unreachable" || isHostUnreach(f.ICMP) || strings.Contains(f.ICMP, "prohibited"))) &&
+			!(f.Type == "drop" && f.Reason == "NETFILTER_DROP") {
+			continue
+		}
+		g := gs.get(nsName(k.Namespace, k.Name))
+		g.add(f)
+		if f.Dport != 0 {
+			g.pods.add(fmt.Sprint(f.Dport), f.Count) // ports, here
+		}
+		a.used[f] = true
+	}
+	for _, g := range gs.order {
+		svc := g.key
+		ns, name, _ := strings.Cut(svc, "/")
+		if name == "" {
+			ns, name = "default", svc
+		}
+		ports := ""
+		if len(g.pods) > 0 {
+			ports = " to port " + g.pods.names(3)
+		}
+		backers := a.backing[svc]
+		fd := Finding{
+			Severity: SevCritical, Kind: "no-endpoints", Count: g.count, Subject: "Service " + svc, First: g.first, Last: g.last,
+			Title: fmt.Sprintf("Service %s has no ready endpoints: %s%s rejected", svc, plural(g.count, "connection", "connections"), ports),
+		}
+		var d strings.Builder
+		fmt.Fprintf(&d, "%s, %s%s of Service %s were refused: kube-proxy REJECTs traffic to a Service without ready endpoints, so the client gets an ICMP error (\"Connection refused\" or \"No route to host\") at once. ",
+			capital(span(g.first, g.last)), plural(g.count, "connection attempt", "connection attempts"), ports, svc)
+		fmt.Fprintf(&d, "Clients: %s. Rejected by: %s.", g.sources.list(3), g.senders.names(3))
+		if len(backers) > 0 {
+			fmt.Fprintf(&d, " Pods of %s back this Service (seen in this recording).", backers.names(2))
+		}
+		fd.Detail = d.String()
+		who := "the Deployment behind it"
+		if len(backers) > 0 {
+			who = backers.names(2)
+		}
+		fd.Fix = strings.Join([]string{
+			fmt.Sprintf("See what the Service selects: `kubectl get endpointslices -n %s -l kubernetes.io/service-name=%s` (no endpoints, or all not ready).", ns, name),
+			fmt.Sprintf("If pods exist but are not Ready, their readinessProbe fails: `kubectl describe pod` on the pods of %s shows why.", who),
+			fmt.Sprintf("If no pod matches, compare the selector (`kubectl get svc %s -n %s -o jsonpath='{.spec.selector}'`) with the pod labels (`kubectl get pods -n %s --show-labels`).", name, ns, ns),
+			fmt.Sprintf("Check that %s is scaled above 0 and its rollout is not stuck (`kubectl rollout status`), and that its pods are not crash-looping.", who),
+		}, "\n")
+		a.add(fd)
+	}
+}
+
+// ---------------------------------------------------------------------------
+// NO_SOCKET: nothing listening
+
+func isSYN(flags string) bool {
+	has := map[string]bool{}
+	for _, f := range strings.Split(flags, "|") {
+		has[strings.ToUpper(strings.TrimSpace(f))] = true
+	}
+	return has["SYN"] && !has["ACK"]
+}
+
+// inside names a destination for "in X" phrases.
+func inside(k *K8s, ip netip.Addr) string {
+	if !known(k) {
+		return "at " + ip.String()
+	}
+	switch {
+	case k.Kind == "node":
+		return "on node " + k.Name
+	case k.Kind == "service":
+		return "behind Service " + nsName(k.Namespace, k.Name)
+	case k.WorkloadName != "":
+		return "in pods of " + workload(k, ip)
+	}
+	return "in " + pod(k, ip)
+}
+
+func (a *analysis) noSocketFindings() {
+	var gs groups
+	type extra struct {
+		syn, gone uint64
+		flags     counter
+		sample    *Flow
+	}
+	ex := map[*group]*extra{}
+	for _, f := range a.rec.Flows {
+		if f.Type != "drop" || f.Reason != "NO_SOCKET" || a.used[f] {
+			continue
+		}
+		g := gs.get(workload(f.DstK8s, f.Dst) + "|" + f.Proto + "|" + fmt.Sprint(f.Dport))
+		g.add(f)
+		g.pods.add(shortPod(f.DstK8s, f.Dst), f.Count)
+		e := ex[g]
+		if e == nil {
+			e = &extra{flags: counter{}, sample: f}
+			ex[g] = e
+		}
+		if f.Proto != "tcp" || isSYN(f.TCPFlags) || f.TCPFlags == "" {
+			e.syn += f.Count
+		}
+		if f.TCPFlags != "" {
+			e.flags.add(f.TCPFlags, f.Count)
+		}
+		if k := f.DstK8s; k != nil && (k.Terminating || k.DeletedAgoMs > 0) {
+			e.gone += f.Count
+		}
+		a.used[f] = true
+	}
+	for _, g := range gs.order {
+		e := ex[g]
+		f0 := e.sample
+		proto := strings.ToUpper(f0.Proto)
+		if proto == "" {
+			proto = "IP"
+		}
+		in := inside(f0.DstK8s, f0.Dst)
+		fd := Finding{
+			Severity: SevWarning, Kind: "no-socket", Count: g.count, Subject: workload(f0.DstK8s, f0.Dst), First: g.first, Last: g.last,
+			Title: fmt.Sprintf("Nothing listens on %s port %d %s: %s dropped (NO_SOCKET)", proto, f0.Dport, in, plural(g.count, "packet", "packets")),
+		}
+		lateOnly := f0.Proto == "tcp" && e.syn == 0
+		if lateOnly {
+			fd.Severity, fd.Kind = SevInfo, "closed-connection"
+			fd.Title = fmt.Sprintf("Packets for closed TCP connections on port %d %s: %s dropped (NO_SOCKET)", f0.Dport, in, plural(g.count, "packet", "packets"))
+		}
+		var d strings.Builder
+		fmt.Fprintf(&d, "%s, %s reached %s for %s port %d, but no socket there was bound to that port, so the kernel dropped them",
+			capital(span(g.first, g.last)), plural(g.count, "packet", "packets"), strings.TrimPrefix(strings.TrimPrefix(in, "in "), "at "), proto, f0.Dport)
+		switch f0.Proto {
+		case "tcp":
+			d.WriteString(" and answered with a reset: the client sees \"Connection refused\". ")
+		case "udp":
+			d.WriteString(" and answered with ICMP port-unreachable. ")
+		default:
+			d.WriteString(". ")
+		}
+		if known(f0.DstK8s) && len(g.pods) > 1 {
+			fmt.Fprintf(&d, "Pods: %s. ", g.pods.list(4))
+		}
+		fmt.Fprintf(&d, "Senders: %s.", g.sources.list(3))
+		if f0.Proto == "tcp" && e.syn < g.count {
+			fmt.Fprintf(&d, " Only %s of them opened a connection (SYN); the rest (%s) belonged to connections the pod no longer has, typically after the app restarted or closed them.", num(e.syn), e.flags.names(3))
+		}
+		if e.gone > 0 {
+			fmt.Fprintf(&d, " %s arrived while the pod was terminating or already deleted: the app had stopped listening before traffic stopped coming.", capital(plural(e.gone, "packet", "packets")))
+		}
+		fd.Detail = d.String()
+		podName := "POD"
+		if known(f0.DstK8s) && f0.DstK8s.Kind == "pod" {
+			podName = f0.DstK8s.Name
+		}
+		nsFlag := ""
+		if known(f0.DstK8s) && f0.DstK8s.Namespace != "" {
+			nsFlag = " -n " + f0.DstK8s.Namespace
+		}
+		fix := []string{
+			fmt.Sprintf("See what the app really listens on: `kubectl exec%s %s -- ss -ltnu` (or netstat); nothing listens on port %d.", nsFlag, podName, f0.Dport),
+			fmt.Sprintf("Make the Service's targetPort and the pod's containerPort match the port the app listens on (clients use %d).", f0.Dport),
+			"If the app listens on 127.0.0.1 only, make it bind 0.0.0.0 (or ::): traffic from other pods arrives on the pod IP.",
+			"If it happens right after pods start, the app was not listening yet: add a readinessProbe (and a startupProbe for slow starts) so no traffic arrives before it listens.",
+		}
+		if e.gone > 0 {
+			fix = append(fix, "For pods that are shutting down: a preStop hook that sleeps 5–15 s keeps the app listening until its endpoint is gone everywhere.")
+		}
+		if lateOnly {
+			fix = []string{
+				"Usually harmless: a peer kept sending on a connection this end had already closed or forgotten (after a restart or a timeout); it gets a reset and reconnects.",
+				"If it is frequent, align idle timeouts: the client's keep-alive/idle timeout should be shorter than the server's, so the client never reuses a connection the server closed.",
+			}
+		}
+		fd.Fix = strings.Join(fix, "\n")
+		a.add(fd)
+	}
+}
+
+// ---------------------------------------------------------------------------
+// NETFILTER_DROP: firewall rules and NetworkPolicies
+
+func (a *analysis) netfilterFindings() {
+	var gs groups
+	type extra struct {
+		locations counter
+		dstPods   counter
+		sample    *Flow
+	}
+	ex := map[*group]*extra{}
+	for _, f := range a.rec.Flows {
+		if f.Type != "drop" || f.Reason != "NETFILTER_DROP" || a.used[f] {
+			continue
+		}
+		g := gs.get(workload(f.SrcK8s, f.Src) + "|" + workload(f.DstK8s, f.Dst) + "|" + f.Proto + "|" + fmt.Sprint(f.Dport))
+		g.add(f)
+		g.pods.add(shortPod(f.SrcK8s, f.Src), f.Count)
+		e := ex[g]
+		if e == nil {
+			e = &extra{locations: counter{}, dstPods: counter{}, sample: f}
+			ex[g] = e
+		}
+		if f.Location != "" {
+			e.locations.add(f.Location, f.Count)
+		}
+		e.dstPods.add(shortPod(f.DstK8s, f.Dst), f.Count)
+		a.used[f] = true
+	}
+	for _, g := range gs.order {
+		e := ex[g]
+		f0 := e.sample
+		src, dst := workload(f0.SrcK8s, f0.Src), workload(f0.DstK8s, f0.Dst)
+		port := ""
+		if f0.Dport != 0 {
+			port = fmt.Sprintf(" %s port %d", strings.ToUpper(f0.Proto), f0.Dport)
+		}
+		fd := Finding{
+			Severity: SevWarning, Kind: "netfilter", Count: g.count, Subject: dst, First: g.first, Last: g.last,
+			Title: fmt.Sprintf("Firewall dropped traffic from %s to %s%s: %s (NETFILTER_DROP)", src, dst, port, plural(g.count, "packet", "packets")),
+		}
+		var d strings.Builder
+		fmt.Fprintf(&d, "%s, an iptables/nftables rule dropped %s from %s (pods: %s) to %s (pods: %s)%s, in the network namespace of %s",
+			capital(span(g.first, g.last)), plural(g.count, "packet", "packets"), src, g.pods.names(3), dst, e.dstPods.names(3), port, g.senders.names(3))
+		if len(e.locations) > 0 {
+			fmt.Fprintf(&d, " (kernel function %s)", e.locations.names(2))
+		}
+		d.WriteString(". In Kubernetes this is usually a NetworkPolicy (the CNI turns policies into such rules), or a firewall rule on the node. The sender sees its connection attempts time out.")
+		fd.Detail = d.String()
+		dstNS, srcNS := "NAMESPACE", "NAMESPACE"
+		if known(f0.DstK8s) && f0.DstK8s.Namespace != "" {
+			dstNS = f0.DstK8s.Namespace
+		}
+		if known(f0.SrcK8s) && f0.SrcK8s.Namespace != "" {
+			srcNS = f0.SrcK8s.Namespace
+		}
+		fd.Fix = strings.Join([]string{
+			fmt.Sprintf("List the policies of the destination's namespace: `kubectl get networkpolicy -n %s`, and check that one selecting %s allows ingress from %s%s (namespaceSelector and podSelector both have to match).", dstNS, dst, src, port),
+			fmt.Sprintf("Check egress policies in the source namespace %s: a default-deny egress needs an explicit allow for this destination (and for DNS).", srcNS),
+			"Outside Kubernetes policies, look for the rule on the node: `iptables-save | grep -E 'DROP|REJECT'` or `nft list ruleset`; kube-proxy also drops packets conntrack marks INVALID.",
+			"If this traffic should be blocked, nothing to fix: the policy is working.",
+		}, "\n")
+		a.add(fd)
+	}
+}
+
+// ---------------------------------------------------------------------------
+// Everything else, by drop reason and by ICMP error
+
+type reasonInfo struct {
+	meaning, fix string
+	benign       bool
+}
+
+var reasonText = map[string]reasonInfo{
+	"NO_SOCKET":            {meaning: "no socket was listening on (or connected to) the destination port", fix: "Check that the app listens on that port and address, and that containerPort/targetPort match."},
+	"NETFILTER_DROP":       {meaning: "an iptables/nftables rule dropped it: a NetworkPolicy, kube-proxy or a node firewall", fix: "Check the NetworkPolicies of both namespaces and the node's rules (iptables-save, nft list ruleset)."},
+	"NEIGH_FAILED":         {meaning: "nothing answered ARP/neighbor discovery for the next hop: no host holds that IP (a deleted pod, a wrong address, a node that is down)", fix: "Check the destination exists (`kubectl get pods -A -o wide | grep IP`); if it is a pod that just went away, use a preStop sleep so clients stop using it first; if it is a node or gateway, check it is up."},
+	"NEIGH_QUEUEFULL":      {meaning: "too many packets were waiting for an ARP/neighbor answer", fix: "Same causes as NEIGH_FAILED (an address nobody answers for); on large flat networks raise net.ipv4.neigh.default.unres_qlen_bytes."},
+	"NEIGH_CREATEFAIL":     {meaning: "the node's neighbor (ARP) table could not take a new entry: it is full", fix: "Raise net.ipv4.neigh.default.gc_thresh1/2/3 (and the ipv6 ones) on the nodes: big clusters outgrow the defaults."},
+	"NEIGH_DEAD":           {meaning: "the neighbor entry was being removed", fix: "Usually transient; frequent ones point at a flapping next hop."},
+	"SOCKET_RCVBUFF":       {meaning: "the receiving socket's buffer was full: the app reads more slowly than data arrives", fix: "Give the app more CPU or read faster; raise its receive buffer (SO_RCVBUF, capped by net.core.rmem_max). Common for UDP: DNS, metrics, syslog."},
+	"SOCKET_BACKLOG":       {meaning: "the socket's backlog queue (packets held while the app used the socket) was full", fix: "The app holds its socket busy too long or is starved of CPU; check CPU throttling."},
+	"PROTO_MEM":            {meaning: "the node hit its memory limit for TCP or UDP buffers (net.ipv4.tcp_mem / udp_mem)", fix: "Look at `cat /proc/net/sockstat` on the node: find the sockets hoarding buffers, or raise net.ipv4.tcp_mem / udp_mem."},
+	"SOCKET_FILTER":        {meaning: "a filter attached to the socket (classic BPF, e.g. by tcpdump or the app) refused it", fix: "Expected when an app filters its own traffic; otherwise find what attached the filter."},
+	"QDISC_DROP":           {meaning: "an interface's traffic-control queue (qdisc) dropped it: sending faster than the queue or a bandwidth limit allows", fix: "Check `tc -s qdisc` on the node; pod bandwidth annotations (kubernetes.io/egress-bandwidth) or a saturated NIC."},
+	"CPU_BACKLOG":          {meaning: "the per-CPU input queue (net.core.netdev_max_backlog) was full", fix: "Raise net.core.netdev_max_backlog on the node and spread packet processing over CPUs (RSS/RPS)."},
+	"FULL_RING":            {meaning: "a device ring buffer was full", fix: "Raise the NIC ring size (`ethtool -G`) and check for CPU starvation of the receive path."},
+	"IP_OUTNOROUTES":       {meaning: "there was no route to the destination", fix: "Check `ip route get DST` in the pod and on the node; a missing pod CIDR route usually means the CNI is broken on a node."},
+	"IP_INNOROUTES":        {meaning: "there was no route for an incoming packet", fix: "Check the node's routes to the pod CIDRs (`ip route`) and the CNI's health."},
+	"IP_RPFILTER":          {meaning: "the reverse-path filter dropped it: the route back to the sender uses another interface", fix: "Asymmetric routing (several NICs, policy routing): fix the routes or set net.ipv4.conf.*.rp_filter=2 (loose) on the node."},
+	"OTHERHOST":            {meaning: "the packet was for another host's MAC address (seen by a promiscuous interface)", fix: "Usually harmless.", benign: true},
+	"PKT_TOO_BIG":          {meaning: "the packet was bigger than the path MTU and could not be fragmented", fix: "MTU mismatch: the pod MTU must be the node MTU minus the overlay's overhead (VXLAN 50 bytes); make sure ICMP frag-needed is not filtered."},
+	"TC_INGRESS":           {meaning: "a tc/eBPF program on an interface dropped it: the CNI's datapath (e.g. Cilium) or a policy it enforces", fix: "Ask the CNI why (e.g. `hubble observe --verdict DROPPED`, `cilium monitor --type drop`) and check its policies."},
+	"TC_EGRESS":            {meaning: "a tc/eBPF program on an interface dropped it on the way out: the CNI's datapath or a policy it enforces", fix: "Ask the CNI why (e.g. `hubble observe --verdict DROPPED`) and check its policies."},
+	"BPF_CGROUP_EGRESS":    {meaning: "a cgroup eBPF program refused the packet (a CNI or service-mesh policy)", fix: "Check the policies of the CNI or mesh that attaches cgroup programs."},
+	"BPF_CGROUP_INGRESS":   {meaning: "a cgroup eBPF program refused the packet (a CNI or service-mesh policy)", fix: "Check the policies of the CNI or mesh that attaches cgroup programs."},
+	"XDP":                  {meaning: "an XDP program on the NIC dropped it", fix: "Find the XDP program (`ip link` shows prog/xdp) and its rules (DDoS protection, load balancer)."},
+	"IP_NOPROTO":           {meaning: "nothing on the host handles this IP protocol (e.g. SCTP or GRE not loaded)", fix: "Load the protocol's module or stop sending it."},
+	"UNHANDLED_PROTO":      {meaning: "nothing handles this protocol", fix: "Load the protocol's module or stop sending it."},
+	"TCP_ZEROWINDOW":       {meaning: "the receiver's window was zero: the app at this end is not reading", fix: "The receiving app is stuck or too slow; check its CPU and what it waits on."},
+	"TCP_OFO_DROP":         {meaning: "an out-of-order segment was dropped for lack of buffer memory", fix: "Buffer pressure: check the app reads fast enough and the node's TCP memory."},
+	"TCP_OFO_QUEUE_PRUNE":  {meaning: "the out-of-order queue was pruned under memory pressure", fix: "Buffer pressure: check the app reads fast enough and the node's TCP memory."},
+	"TCP_RFC7323_PAWS":     {meaning: "the segment's TCP timestamp was older than the connection's (PAWS): often NAT mixing clients behind one address", fix: "Check SNAT in front of the server; avoid net.ipv4.tcp_tw_recycle-style tricks."},
+	"TCP_CSUM":             {meaning: "bad TCP checksum", fix: "A NIC or driver offload bug or corruption on the wire: check `ethtool -k` offloads (VXLAN checksum offload is a known offender)."},
+	"UDP_CSUM":             {meaning: "bad UDP checksum", fix: "A NIC or driver offload bug or corruption: check `ethtool -k` offloads."},
+	"IP_CSUM":              {meaning: "bad IP header checksum", fix: "Corruption on the wire or an offload bug: check the NIC and `ethtool -k` offloads."},
+	"IPV6DISABLED":         {meaning: "IPv6 is disabled on this interface", fix: "Enable IPv6 where it is used, or stop clients preferring IPv6 addresses."},
+	"NOMEM":                {meaning: "the kernel had no memory for the packet", fix: "Check the node's memory pressure."},
+	"TCP_CLOSE":            {meaning: "the segment arrived for a TCP connection being closed", fix: "Usually harmless.", benign: true},
+	"TCP_RESET":            {meaning: "the segment arrived for a connection that was reset", fix: "Usually harmless.", benign: true},
+	"TCP_FLAGS":            {meaning: "invalid TCP flags", fix: "Usually scans or broken middleboxes."},
+	"TCP_INVALID_SYN":      {meaning: "a SYN arrived in an established connection", fix: "Usually harmless; frequent ones point at port reuse by NAT."},
+	"NOT_SPECIFIED":        {meaning: "the kernel freed the packet without a specific reason", fix: "Usually not a fault; see the kernel function in the location column.", benign: true},
+	"TCP_OLD_DATA":         {meaning: "retransmitted data the receiver already had", fix: "Harmless: a retransmission.", benign: true},
+	"TCP_OLD_ACK":          {meaning: "an ACK older than what was already acknowledged", fix: "Harmless.", benign: true},
+	"TCP_TOO_OLD_ACK":      {meaning: "an ACK for data never sent or long acknowledged", fix: "Harmless.", benign: true},
+	"TCP_OLD_SEQUENCE":     {meaning: "a segment from before the current window", fix: "Harmless: a retransmission.", benign: true},
+	"TCP_INVALID_SEQUENCE": {meaning: "a segment outside the receive window", fix: "Harmless in small numbers.", benign: true},
+	"QUEUE_PURGE":          {meaning: "a queue was flushed (a socket or device closing)", fix: "Harmless.", benign: true},
+	"unknown":              {meaning: "the kernel gave no reason (kernels before 5.17 have none)", fix: "Look at the kernel function in the location column to tell them apart."},
+}
+
+func reasonMeaning(r string) reasonInfo {
+	if i, ok := reasonText[r]; ok {
+		return i
+	}
+	return reasonInfo{meaning: "see SKB_DROP_REASON_" + r + " in the kernel's include/net/dropreason-core.h", fix: "Look at the kernel function where it happened (location) and the reason's comment in the kernel source."}
+}
+
+func (a *analysis) otherDropFindings() {
+	var gs groups
+	locs := map[*group]counter{}
+	dsts := map[*group]counter{}
+	for _, f := range a.rec.Flows {
+		if f.Type != "drop" || a.used[f] {
+			continue
+		}
+		g := gs.get(f.Reason)
+		g.add(f)
+		if locs[g] == nil {
+			locs[g], dsts[g] = counter{}, counter{}
+		}
+		if f.Location != "" {
+			locs[g].add(f.Location, f.Count)
+		}
+		dsts[g].add(onPort(f.DstK8s, f.Dst, f.Dport), f.Count)
+	}
+	for _, g := range gs.order {
+		info := reasonMeaning(g.key)
+		sev := SevWarning
+		if info.benign {
+			sev = SevInfo
+		}
+		fd := Finding{
+			Severity: sev, Kind: "drop-reason", Count: g.count, Subject: g.key, First: g.first, Last: g.last,
+			Title: fmt.Sprintf("%s: %s dropped — %s", g.key, plural(g.count, "packet", "packets"), firstClause(info.meaning)),
+		}
+		var d strings.Builder
+		fmt.Fprintf(&d, "%s, the kernel dropped %s with reason %s, meaning %s. Destinations: %s. Senders: %s.",
+			capital(span(g.first, g.last)), plural(g.count, "packet", "packets"), g.key, info.meaning, dsts[g].list(3), g.sources.list(3))
+		if len(locs[g]) > 0 {
+			fmt.Fprintf(&d, " Where in the kernel: %s.", locs[g].names(3))
+		}
+		fd.Detail = d.String()
+		fd.Fix = info.fix
+		a.add(fd)
+	}
+}
+
+// firstClause shortens a meaning for a title.
+func firstClause(s string) string {
+	if i := strings.IndexAny(s, ":("); i > 0 {
+		return strings.TrimSpace(s[:i])
+	}
+	return s
+}
+
+var icmpText = map[string]reasonInfo{
+	"port-unreachable": {meaning: "nothing listens on that port (for UDP; TCP gets a reset instead), or a firewall rule REJECTed the packet", fix: "For UDP, check the server is up on that port; late DNS answers to a client that already gave up also cause these and are harmless. For Services, kube-proxy answers this when there are no endpoints."},
+	"host-unreachable": {meaning: "the destination host did not answer ARP/neighbor discovery, or a REJECT rule answered so", fix: "Check the destination IP still belongs to something (`kubectl get pods -A -o wide | grep IP`) and that the node or gateway is up."},
+	"addr-unreachable": {meaning: "the destination address did not answer neighbor discovery", fix: "Check the destination IP still belongs to something (`kubectl get pods -A -o wide | grep IP`)."},
+	"net-unreachable":  {meaning: "there was no route to the destination network", fix: "Check `ip route get DST` in the pod and on the node; a missing route usually means the CNI is broken on a node."},
+	"no-route":         {meaning: "there was no route to the destination", fix: "Check `ip -6 route get DST` in the pod and on the node."},
+	"admin-prohibited": {meaning: "a firewall rule REJECTed the packet (some CNIs enforce NetworkPolicies this way)", fix: "Check the NetworkPolicies of both namespaces and the node's iptables/nftables rules."},
+	"host-prohibited":  {meaning: "a firewall rule REJECTed the packet (iptables REJECT --reject-with icmp-host-prohibited)", fix: "Check the node's iptables/nftables rules (firewalld's default reject uses it)."},
+	"net-prohibited":   {meaning: "a firewall rule REJECTed the packet", fix: "Check the node's iptables/nftables rules."},
+	"frag-needed":      {meaning: "the packet was bigger than the next link's MTU and had don't-fragment set (path MTU discovery)", fix: "Harmless in small numbers; many mean an MTU mismatch: pod MTU must leave room for the overlay (VXLAN 50 bytes)."},
+	"packet-too-big":   {meaning: "the packet was bigger than the next link's MTU (path MTU discovery)", fix: "Harmless in small numbers; many mean an MTU mismatch between pods and the overlay."},
+	"time-exceeded":    {meaning: "the packet's TTL ran out: a routing loop, or traceroute", fix: "If it is not someone's traceroute, look for a routing loop (`ip route get DST` along the path)."},
+}
+
+func (a *analysis) otherICMPFindings() {
+	var gs groups
+	dsts := map[*group]counter{}
+	for _, f := range a.rec.Flows {
+		if f.Type != "unreach" || a.used[f] {
+			continue
+		}
+		g := gs.get(f.ICMP)
+		g.add(f)
+		if dsts[g] == nil {
+			dsts[g] = counter{}
+		}
+		dsts[g].add(onPort(f.DstK8s, f.Dst, f.Dport), f.Count)
+	}
+	for _, g := range gs.order {
+		info, ok := icmpText[g.key]
+		if !ok {
+			info = reasonInfo{meaning: "the kernel sent this ICMP error", fix: "See the destinations and senders above."}
+		}
+		fd := Finding{
+			Severity: SevWarning, Kind: "icmp", Count: g.count, Subject: "ICMP " + g.key, First: g.first, Last: g.last,
+			Title: fmt.Sprintf("ICMP %s sent %s — %s", g.key, plural(g.count, "time", "times"), firstClause(info.meaning)),
+		}
+		if g.key == "frag-needed" || g.key == "packet-too-big" || g.key == "time-exceeded" {
+			fd.Severity = SevInfo
+		}
+		fd.Detail = fmt.Sprintf("%s, the kernel answered %s with ICMP %s, meaning %s. Packets were going to %s, from %s; the error was sent by %s.",
+			capital(span(g.first, g.last)), plural(g.count, "packet", "packets"), g.key, info.meaning, dsts[g].list(3), g.sources.list(3), g.senders.names(3))
+		fd.Fix = info.fix
+		a.add(fd)
+	}
+}
+
+// ---------------------------------------------------------------------------
+// The recording itself
+
+func (a *analysis) recordingFindings() {
+	rec := a.rec
+	if lost := rec.Lost(); lost > 0 {
+		perNode := counter{}
+		for _, l := range rec.Losses {
+			n := l.Node
+			if n == "" {
+				n = "unknown node"
+			}
+			perNode.add(n, l.Lost)
+		}
+		where := ""
+		if len(perNode) > 0 {
+			var parts []string
+			for _, e := range perNode.top(4) {
+				parts = append(parts, e.Name+": "+num(e.Count))
+			}
+			if len(perNode) > 4 {
+				parts = append(parts, fmt.Sprintf("%d more nodes", len(perNode)-4))
+			}
+			where = " (" + strings.Join(parts, ", ") + ")"
+		}
+		rate := "the current --rate-limit"
+		if rec.Header.RateLimit > 0 {
+			rate = fmt.Sprintf("--rate-limit (now %d per second per flow)", rec.Header.RateLimit)
+		} else if len(rec.Losses) > 0 || rec.Header.Format > 0 {
+			rate = "--rate-limit (the recording had none: every event was a line)"
+		}
+		a.add(Finding{
+			Severity: SevWarning, Kind: "lost", Count: lost, Subject: "the recording",
+			Title:  fmt.Sprintf("%s not recorded as lines (counts are still exact)", plural(lost, "event was", "events were")),
+			Detail: fmt.Sprintf("The kernel's ring buffer or the event stream had no room for %s%s. Their occurrences were added to later summary lines, so every count in this report is exact; what is missing are those events' own lines: their exact times, source ports and pod identities. The stream was incomplete in lines, not in counts.", plural(lost, "event", "events"), where),
+			Fix: strings.Join([]string{
+				"Record less: narrow with --type, --reason, --namespace, --pod, --selector, --cidr or --port.",
+				"Lower " + rate + " so more repeats fold into summary lines, e.g. --rate-limit 20.",
+				"Record fewer nodes at once, or for a shorter window.",
+			}, "\n"),
+		})
+	}
+	if rec.Truncated() {
+		_, end := rec.Window()
+		detail := fmt.Sprintf("The file ends without kdrop record's end-of-recording line: the recorder was killed, or ran out of disk, before it finished. The report covers up to the last event it wrote, at %s.", stamp(end))
+		if rec.cutOff {
+			detail += " The compressed data itself is cut off, so the last events written may be missing too."
+		}
+		detail += " The lost-event total comes from the loss notices in the file only."
+		a.add(Finding{
+			Severity: SevWarning, Kind: "truncated", Subject: "the recording", Last: end,
+			Title:  "Recording truncated: it has no end-of-recording line",
+			Detail: detail,
+			Fix:    "Stop kdrop record with Ctrl-C or SIGTERM, or give it --duration, so it finishes the file; make sure the disk has room for it.",
+		})
+	}
+	var unresolved uint64
+	for _, f := range rec.Flows {
+		if (f.SrcK8s != nil && f.SrcK8s.Unresolved) || (f.DstK8s != nil && f.DstK8s.Unresolved) {
+			unresolved += f.Count
+		}
+	}
+	if unresolved > 0 && unresolved*20 >= a.total {
+		a.add(Finding{
+			Severity: SevInfo, Kind: "unresolved", Count: unresolved, Subject: "pod identities",
+			Title:  fmt.Sprintf("Pod names unknown for %s (%s of all)", plural(unresolved, "occurrence", "occurrences"), pct(unresolved, a.total)),
+			Detail: "kdrop could not tell which pod or service some addresses belonged to: the Kubernetes API was unreachable, refused kdrop's service account, or had not synced yet. Those ends are shown by address.",
+			Fix:    "Check kdrop's logs for API errors and that its ClusterRole allows list/watch of pods, services, endpointslices and nodes.",
+		})
+	}
+}
+
+// ---------------------------------------------------------------------------
+// Tables
+
+func (a *analysis) tables() {
+	type lkey struct {
+		node  string
+		netns uint64
+		dst   netip.Addr
+		port  uint16
+	}
+	ls := map[lkey]*listenerRow{}
+	lq := map[lkey]counter{}
+	var lorder []lkey
+	type ukey struct {
+		dst   netip.Addr
+		port  uint16
+		proto string
+	}
+	us := map[ukey]*unreachRow{}
+	type uextra struct {
+		icmp, sentBy, owner, sources counter
+		ago                          minmax
+	}
+	ux := map[ukey]*uextra{}
+	var uorder []ukey
+	reasons := map[string]*reasonRow{}
+	rlocs := map[string]counter{}
+	locs := map[string]*locationRow{}
+	lreasons := map[string]counter{}
+	type top struct {
+		row  topRow
+		pods map[string]bool
+		what counter
+	}
+	tops := [3]map[string]*top{{}, {}, {}}
+	var drops uint64
+
+	for _, f := range a.rec.Flows {
+		switch f.Type {
+		case "overflow":
+			k := lkey{f.Node, f.Netns, f.Dst, f.Dport}
+			r := ls[k]
+			if r == nil {
+				r = &listenerRow{Listener: addr(f.Dst, f.Dport), Pod: pod(f.DstK8s, f.Dst), Workload: "–", Node: f.Node}
+				if known(f.DstK8s) && f.DstK8s.WorkloadName != "" {
+					r.Workload = workload(f.DstK8s, f.Dst)
+				}
+				if r.Node == "" && known(f.DstK8s) {
+					r.Node = f.DstK8s.Node
+				}
+				ls[k], lq[k] = r, counter{}
+				lorder = append(lorder, k)
+			}
+			lq[k].add(f.Queue, f.Count)
+			r.QueueMax = max(r.QueueMax, f.QueueMax)
+			r.MaxLen = max(r.MaxLen, f.MaxQueueLen, f.MaxSynQueueLen)
+			r.Somaxconn = max(r.Somaxconn, f.Somaxconn)
+			r.Syncookies += f.Syncookies
+			r.Count += f.Count
+		case "unreach":
+			k := ukey{f.Dst, f.Dport, f.Proto}
+			r := us[k]
+			if r == nil {
+				r = &unreachRow{Dest: addr(f.Dst, f.Dport), Proto: f.Proto}
+				us[k] = r
+				ux[k] = &uextra{icmp: counter{}, sentBy: counter{}, owner: counter{}, sources: counter{}}
+				uorder = append(uorder, k)
+			}
+			x := ux[k]
+			r.Count += f.Count
+			x.icmp.add(f.ICMP, f.Count)
+			x.sentBy.add(actor(f), f.Count)
+			x.sources.add(workload(f.SrcK8s, f.Src), f.Count)
+			x.owner.add(owner(f.DstK8s), f.Count)
+			if f.DstK8s != nil && f.DstK8s.DeletedAgoMs > 0 {
+				x.ago.add(time.Duration(f.DstK8s.DeletedAgoMs) * time.Millisecond)
+			}
+		case "drop":
+			drops += f.Count
+			r := reasons[f.Reason]
+			if r == nil {
+				r = &reasonRow{Reason: f.Reason, Meaning: reasonMeaning(f.Reason).meaning}
+				reasons[f.Reason], rlocs[f.Reason] = r, counter{}
+			}
+			r.Count += f.Count
+			loc := f.Location
+			if loc == "" {
+				loc = "–"
+			}
+			rlocs[f.Reason].add(loc, f.Count)
+			l := locs[loc]
+			if l == nil {
+				l = &locationRow{Location: loc}
+				locs[loc], lreasons[loc] = l, counter{}
+			}
+			l.Count += f.Count
+			lreasons[loc].add(f.Reason, f.Count)
+		}
+		port := ""
+		if f.Dport != 0 {
+			port = fmt.Sprint(f.Dport)
+		}
+		keys := [3]struct{ name, port, pod string }{
+			{workload(f.DstK8s, f.Dst), port, shortPod(f.DstK8s, f.Dst)},
+			{pod(f.DstK8s, f.Dst), port, shortPod(f.DstK8s, f.Dst)},
+			{workload(f.SrcK8s, f.Src), "", shortPod(f.SrcK8s, f.Src)},
+		}
+		for i, k := range keys {
+			t := tops[i][k.name+"|"+k.port]
+			if t == nil {
+				t = &top{row: topRow{Name: k.name, Port: k.port}, pods: map[string]bool{}, what: counter{}}
+				tops[i][k.name+"|"+k.port] = t
+			}
+			t.row.Count += f.Count
+			t.pods[k.pod] = true
+			t.what.add(f.series, f.Count)
+		}
+	}
+	for _, k := range lorder {
+		r := ls[k]
+		r.Queues = lq[k].names(2)
+		switch {
+		case r.Somaxconn == 0:
+			r.Limit = "unknown"
+		case r.QueueMax >= r.Somaxconn:
+			r.Limit = "somaxconn"
+		default:
+			r.Limit = "backlog"
+		}
+		a.listeners = append(a.listeners, *r)
+	}
+	sort.SliceStable(a.listeners, func(i, j int) bool { return a.listeners[i].Count > a.listeners[j].Count })
+	for _, k := range uorder {
+		r, x := us[k], ux[k]
+		r.ICMP = x.icmp.names(3)
+		r.SentBy = x.sentBy.names(2)
+		r.Owner = x.owner.names(2)
+		r.Deleted = x.ago.String()
+		r.Sources = x.sources.list(2)
+		a.unreach = append(a.unreach, *r)
+	}
+	sort.SliceStable(a.unreach, func(i, j int) bool { return a.unreach[i].Count > a.unreach[j].Count })
+	for name, r := range reasons {
+		r.Share = pct(r.Count, drops)
+		r.Locations = rlocs[name].names(3)
+		a.reasons = append(a.reasons, *r)
+	}
+	sort.Slice(a.reasons, func(i, j int) bool {
+		if a.reasons[i].Count != a.reasons[j].Count {
+			return a.reasons[i].Count > a.reasons[j].Count
+		}
+		return a.reasons[i].Reason < a.reasons[j].Reason
+	})
+	for name, l := range locs {
+		l.Reasons = lreasons[name].names(3)
+		a.locations = append(a.locations, *l)
+	}
+	sort.Slice(a.locations, func(i, j int) bool {
+		if a.locations[i].Count != a.locations[j].Count {
+			return a.locations[i].Count > a.locations[j].Count
+		}
+		return a.locations[i].Location < a.locations[j].Location
+	})
+	out := [3]*[]topRow{&a.dstWork, &a.dstPods, &a.sources}
+	for i, m := range tops {
+		for _, t := range m {
+			t.row.Pods = len(t.pods)
+			var parts []string
+			for _, w := range t.what.top(3) {
+				parts = append(parts, fmt.Sprintf("%s %s", w.Name, num(w.Count)))
+			}
+			if len(t.what) > 3 {
+				parts = append(parts, "…")
+			}
+			t.row.What = strings.Join(parts, " · ")
+			*out[i] = append(*out[i], t.row)
+		}
+		rows := *out[i]
+		sort.Slice(rows, func(x, y int) bool {
+			if rows[x].Count != rows[y].Count {
+				return rows[x].Count > rows[y].Count
+			}
+			return rows[x].Name+rows[x].Port < rows[y].Name+rows[y].Port
+		})
+	}
+}
+
+// owner says whom an address belonged to, for the unreachable table.
+func owner(k *K8s) string {
+	if k == nil {
+		return "unknown"
+	}
+	if k.Unresolved {
+		return "unknown (not resolved)"
+	}
+	s := pod(k, netip.Addr{})
+	if k.Kind == "pod" || k.Kind == "" {
+		if k.WorkloadName != "" {
+			s += " of " + workload(k, netip.Addr{})
+		}
+		switch {
+		case k.DeletedAgoMs > 0:
+			s += ", deleted"
+		case k.Terminating:
+			s += ", terminating"
+		}
+	}
+	if k.Kind == "service" && k.ReadyEndpoints != nil {
+		s += fmt.Sprintf(", %s", plural(*k.ReadyEndpoints, "ready endpoint", "ready endpoints"))
+	}
+	if len(k.Previous) > 0 {
+		var prev []string
+		for i := range k.Previous {
+			prev = append(prev, pod(&k.Previous[i], netip.Addr{}))
+		}
+		s += "; before: " + join(prev)
+	}
+	return s
+}
