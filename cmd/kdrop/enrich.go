@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
+	"k8s.io/client-go/rest"
 
 	"github.com/kdrop/kdrop/k8s"
 	"github.com/kdrop/kdrop/tracer"
@@ -26,6 +27,7 @@ type identityFlags struct {
 	namespace     string
 	pod           string
 	selector      string
+	rest          *rest.Config // set by the agent, which also needs it for authorization
 }
 
 func (f *identityFlags) register(fl *pflag.FlagSet) {
@@ -68,7 +70,7 @@ func (f *identityFlags) resolver(log *zap.Logger) (*k8s.Resolver, error) {
 	default:
 		return nil, fmt.Errorf("--identity %q: use auto, on or off", f.mode)
 	}
-	return k8s.New(k8s.Config{Kubeconfig: f.kubeconfig, Context: f.context, Node: f.node, DeletedWindow: f.deletedWindow}, log)
+	return k8s.New(k8s.Config{Kubeconfig: f.kubeconfig, Context: f.context, Node: f.node, DeletedWindow: f.deletedWindow, REST: f.rest}, log)
 }
 
 // record is an event with the identity of both ends and of the namespace

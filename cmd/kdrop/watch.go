@@ -220,7 +220,7 @@ func newPipeline(ctx context.Context, f watchFlags, log *zap.Logger) (*pipeline,
 func (p *pipeline) ready(ctx context.Context, readyFile string) error {
 	if p.res != nil {
 		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		if !p.res.WaitForSync(sctx) {
+		if !p.res.WaitForSync(sctx) && ctx.Err() == nil {
 			p.log.Warn("pod identity not synced after 30s: events are marked unresolved until it is")
 		}
 		cancel()

@@ -1,0 +1,260 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/kdrop/kdrop/k8s"
+)
+
+type agentFlags struct {
+	listen    string
+	logFormat string
+}
+
+func agentCmd() *cobra.Command {
+	var f watchFlags
+	var a agentFlags
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run on a node as the DaemonSet's process: events to stdout, metrics and a stream over HTTP",
+		Long: `The agent traces like "kdrop watch -o json", names pods through the API server,
+and serves on --listen:
+
+  /metrics  Prometheus counters (by event type, reason, namespace, workload),
+            lost events, hooks and their attach mode, identity state
+  /healthz  the process is alive
+  /readyz   hooks are attached and pod identity has synced once
+  /events   a live NDJSON stream of events, with the filters of kdrop watch as
+            query parameters (type, reason, cidr, port, proto, netns,
+            namespace, pod). Callers must present a bearer token (Authorization,
+            or X-Kdrop-Authorization through the API server's pod proxy, which
+            strips Authorization); it is checked with a TokenReview and the
+            caller must be allowed "get" on "events" in API group kdrop.dev
+            (a SubjectAccessReview).
+
+Every event also goes to stdout as a JSON line, so "kubectl logs" works
+with no client at all.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runAgent(cmd.Context(), f, a) },
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&a.listen, "listen", ":9965", "address for /metrics, /healthz, /readyz and /events")
+	fl.StringVar(&a.logFormat, "log-format", "json", "log format on stderr: json or console")
+	f.register(fl)
+	fl.Lookup("identity").DefValue = "on"
+	f.id.mode = "on"
+	f.output = "json"
+	return cmd
+}
+
+func agentLogger(format string, verbose bool) (*zap.Logger, error) {
+	var cfg zap.Config
+	switch format {
+	case "json":
+		cfg = zap.NewProductionConfig()
+		cfg.EncoderConfig.TimeKey = "time"
+		cfg.EncoderConfig.EncodeTime = zapcore.RFC3339NanoTimeEncoder
+	case "console":
+		cfg = zap.NewDevelopmentConfig()
+		cfg.DisableStacktrace = true
+	default:
+		return nil, fmt.Errorf("--log-format %q: use json or console", format)
+	}
+	cfg.Level = zap.NewAtomicLevelAt(zapcore.InfoLevel)
+	if verbose {
+		cfg.Level = zap.NewAtomicLevelAt(zapcore.DebugLevel)
+	}
+	cfg.OutputPaths = []string{"stderr"} // stdout is the event stream
+	return cfg.Build()
+}
+
+// restConfig is the cluster config identity and authorization share.
+func (f *identityFlags) restConfig() (*rest.Config, error) {
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = f.kubeconfig
+	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules,
+		&clientcmd.ConfigOverrides{CurrentContext: f.context}).ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("no cluster configuration (in-cluster or --kubeconfig): %w", err)
+	}
+	return cfg, nil
+}
+
+func runAgent(parent context.Context, f watchFlags, a agentFlags) error {
+	log, err := agentLogger(a.logFormat, f.verbose)
+	if err != nil {
+		return err
+	}
+	defer log.Sync()
+	ctx, stop := signal.NotifyContext(parent, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	cfg, err := f.id.restConfig()
+	if err != nil {
+		return err
+	}
+	f.id.rest = cfg
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", a.listen)
+	if err != nil {
+		return fmt.Errorf("--listen %s: %w", a.listen, err)
+	}
+	p, err := newPipeline(ctx, f, log)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	defer p.close()
+
+	reg := prometheus.NewRegistry()
+	hub := newHub(p)
+	m := newAgentMetrics(reg, p, hub)
+	auth := newAuthorizer(cs, log)
+	var isReady atomic.Bool
+	go func() {
+		p.ready(ctx, "")
+		isReady.Store(true)
+		log.Info("ready", zap.String("node", p.node))
+	}()
+
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !isReady.Load() {
+			http.Error(w, "starting: waiting for pod identity to sync", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	mux.Handle("/events", auth.wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hub.serve(ctx, w, r)
+	})))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("HTTP server stopped", zap.Error(err))
+		}
+	}()
+	log.Info("serving", zap.String("listen", ln.Addr().String()))
+
+	out := bufio.NewWriterSize(os.Stdout, 64<<10)
+	var buf []byte
+	go func() { // flush stdout and count losses even when quiet
+		tick := time.NewTicker(200 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			p.t.Lock()
+			out.Flush()
+			if n := p.newLost(); n > 0 {
+				m.lost.Add(float64(n))
+				hub.lost(n)
+				log.Warn("ring buffer full: events lost; their counts arrive in the next summary lines", zap.Uint64("new", n))
+			}
+			p.t.Unlock()
+		}
+	}()
+	err = p.run(ctx, func(rec *record) {
+		buf = rec.appendJSON(buf[:0])
+		buf = append(buf, '\n')
+		out.Write(buf)
+		m.observe(rec)
+		hub.publish(rec, buf)
+	})
+	p.t.Lock()
+	out.Flush()
+	p.t.Unlock()
+	shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	srv.Shutdown(shutdown)
+	return err
+}
+
+// agentMetrics: label sets stay bounded — event type, reason, namespace,
+// workload; never addresses, ports or pod names.
+type agentMetrics struct {
+	events *prometheus.CounterVec
+	lost   prometheus.Counter
+}
+
+func newAgentMetrics(reg *prometheus.Registry, p *pipeline, h *hub) *agentMetrics {
+	m := &agentMetrics{
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kdrop_events_total",
+			Help: "Occurrences of kernel drops, listen queue overflows and ICMP errors sent, by type, reason (drop reason, ICMP error or queue), and the namespace and workload of the pod concerned.",
+		}, []string{"type", "reason", "namespace", "workload"}),
+		lost: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kdrop_lost_events_total",
+			Help: "Events the ring buffer had no room for; their occurrences are still counted in kdrop_events_total.",
+		}),
+	}
+	hooks := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "kdrop_hook_attached",
+		Help: "1 for each hook attached, with its attach mode; 0 with mode \"none\" for a hook this kernel refused.",
+	}, []string{"hook", "mode"})
+	for _, h := range p.t.Hooks() {
+		if h.Mode == "" {
+			hooks.WithLabelValues(h.Hook, "none").Set(0)
+		} else {
+			hooks.WithLabelValues(h.Hook, string(h.Mode)).Set(1)
+		}
+	}
+	reg.MustRegister(m.events, m.lost, hooks,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kdrop_identity_healthy",
+			Help: "1 when pod identity is synced and the API server answers; events are marked unresolved otherwise.",
+		}, func() float64 {
+			if p.res != nil && p.res.Status().Healthy {
+				return 1
+			}
+			return 0
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kdrop_stream_clients",
+			Help: "Clients connected to /events.",
+		}, func() float64 { return float64(h.clients()) }),
+		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	return m
+}
+
+func (m *agentMetrics) observe(rec *record) {
+	who := &rec.Where
+	if who.Kind != k8s.KindPod {
+		who = &rec.Dst
+	}
+	ns, wl := "", ""
+	if who.Kind == k8s.KindPod {
+		ns = who.Namespace
+		if who.WorkloadKind != "" {
+			wl = who.WorkloadKind + "/" + who.WorkloadName
+		}
+	}
+	m.events.WithLabelValues(rec.Type.String(), rec.What(), ns, wl).Add(float64(rec.Count))
+}

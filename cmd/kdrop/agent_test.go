@@ -1,0 +1,232 @@
+package main
+
+// The agent against a real API server: its stream refuses callers without a
+// token or without RBAC rights and serves those with them; its metrics count
+// what the kernel counted; stdout carries the same events.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	authnv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/kdrop/kdrop/k8s/testenv"
+	"github.com/kdrop/kdrop/tracer/nstest"
+)
+
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// saToken creates a service account and returns a token for it.
+func saToken(t *testing.T, cs kubernetes.Interface, ns, name string) string {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := cs.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := cs.CoreV1().ServiceAccounts(ns).CreateToken(ctx, name, &authnv1.TokenRequest{}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tr.Status.Token
+}
+
+func get(t *testing.T, url string, hdr map[string]string) *http.Response {
+	t.Helper()
+	req, _ := http.NewRequest("GET", url, nil)
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+func TestAgentStreamAuthAndMetrics(t *testing.T) {
+	env := testenv.Start(t)
+	cs := kubernetes.NewForConfigOrDie(env.Config())
+	ctx := context.Background()
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kdrop"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	viewer := saToken(t, cs, "kdrop", "viewer")
+	nobody := saToken(t, cs, "kdrop", "nobody")
+	if _, err := cs.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "kdrop-viewer"},
+		Rules: []rbacv1.PolicyRule{{APIGroups: []string{"kdrop.dev"}, Resources: []string{"events"}, Verbs: []string{"get"}}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cs.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "kdrop-viewer"},
+		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "kdrop-viewer"},
+		Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Namespace: "kdrop", Name: "viewer"}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	ns := nstest.New(t, "agent")
+	ns.Sh(t, "iptables -A INPUT -p udp --dport 9999 -j DROP")
+	addr := freeAddr(t)
+	agent := exec.Command(kdropBin, "agent", "--kubeconfig", env.Kubeconfig(), "--node", "node-a", "--listen", addr,
+		"--netns", "/run/netns/"+ns.Name, "--type", "drop", "--log-format", "console")
+	var stdout, stderr syncBuffer
+	agent.Stdout, agent.Stderr = &stdout, &stderr
+	if err := agent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- agent.Wait() }()
+	t.Cleanup(func() {
+		agent.Process.Kill()
+		<-exited
+		if t.Failed() {
+			t.Logf("agent stderr:\n%s", stderr.String())
+		}
+	})
+	base := "http://" + addr
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if resp, err := http.Get(base + "/readyz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				break
+			}
+		}
+		select {
+		case err := <-exited:
+			exited <- err
+			t.Fatalf("agent exited: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("agent not ready in 60s")
+		}
+	}
+
+	// Who may read the stream.
+	for _, c := range []struct {
+		name string
+		hdr  map[string]string
+		code int
+		body string
+	}{
+		{"no token", nil, 401, "no bearer token"},
+		{"bad token", map[string]string{"Authorization": "Bearer not-a-token"}, 401, "token not accepted"},
+		{"no RBAC rights", map[string]string{"Authorization": "Bearer " + nobody}, 403, "system:serviceaccount:kdrop:nobody may not read kdrop events"},
+		{"bad filter", map[string]string{"Authorization": "Bearer " + viewer}, 400, "unknown drop reason"},
+	} {
+		url := base + "/events"
+		if c.name == "bad filter" {
+			url += "?reason=NO_SOKET"
+		}
+		resp := get(t, url, c.hdr)
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != c.code || !strings.Contains(string(body), c.body) {
+			t.Errorf("%s: got %d %q, want %d with %q", c.name, resp.StatusCode, body, c.code, c.body)
+		}
+	}
+
+	// A viewer streams (token in the header kdrop tail uses through the pod proxy).
+	resp := get(t, base+"/events?reason=NETFILTER_DROP&port=9999", map[string]string{tokenHeader: "Bearer " + viewer})
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("viewer: %d %s", resp.StatusCode, b)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	if !sc.Scan() || !strings.Contains(sc.Text(), `"type":"hello","node":"node-a"`) {
+		t.Fatalf("stream should start with a hello line, got %q", sc.Text())
+	}
+	const n = 25
+	ns.SendUDP(t, "127.0.0.1", 9999, n)
+	var got uint64
+	for got < n && sc.Scan() {
+		var ev struct {
+			Type, Reason, Node string
+			Count              uint64
+			Dport              int
+		}
+		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+			t.Fatalf("%v: %s", err, sc.Text())
+		}
+		if ev.Type == "heartbeat" || ev.Type == "lost" {
+			t.Fatalf("unexpected %s line: %s", ev.Type, sc.Text())
+		}
+		if ev.Type != "drop" || ev.Reason != "NETFILTER_DROP" || ev.Dport != 9999 || ev.Node != "node-a" {
+			t.Fatalf("unexpected event: %s", sc.Text())
+		}
+		got += ev.Count
+	}
+	if got != n {
+		t.Fatalf("stream counted %d drops, sent %d", got, n)
+	}
+
+	// Metrics count the same, with bounded labels.
+	mresp := get(t, base+"/metrics", nil)
+	metrics, _ := io.ReadAll(mresp.Body)
+	mresp.Body.Close()
+	want := fmt.Sprintf(`kdrop_events_total{namespace="",reason="NETFILTER_DROP",type="drop",workload=""} %d`, n)
+	if !strings.Contains(string(metrics), want) {
+		t.Errorf("metrics lack %q:\n%s", want, grepLines(string(metrics), "kdrop_"))
+	}
+	for _, m := range []string{`kdrop_hook_attached{hook="kfree_skb",mode=`, "kdrop_identity_healthy 1", "kdrop_stream_clients 1", "kdrop_lost_events_total 0"} {
+		if !strings.Contains(string(metrics), m) {
+			t.Errorf("metrics lack %q:\n%s", m, grepLines(string(metrics), "kdrop_"))
+		}
+	}
+	// stdout: the same events as JSON lines, for kubectl logs (flushed
+	// within 200 ms).
+	for deadline := time.Now().Add(3 * time.Second); strings.Count(stdout.String(), `"reason":"NETFILTER_DROP"`) != n; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("agent stdout should have %d NETFILTER_DROP lines:\n%s", n, stdout.String())
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer a child process writes while the test reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func grepLines(s, substr string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, substr) && !strings.HasPrefix(l, "#") {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}

@@ -1,0 +1,130 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	authnv1 "k8s.io/api/authentication/v1"
+	authzv1 "k8s.io/api/authorization/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+)
+
+// The stream is authorized like kube-rbac-proxy does it: the caller's
+// bearer token goes to a TokenReview, the user it names to a
+// SubjectAccessReview for this virtual resource.
+const (
+	streamGroup    = "kdrop.dev"
+	streamResource = "events"
+	streamVerb     = "get"
+	// The API server's pod proxy strips Authorization after authenticating
+	// the caller; kdrop tail repeats the token in this header.
+	tokenHeader = "X-Kdrop-Authorization"
+	authTTL     = 10 * time.Second
+)
+
+type authorizer struct {
+	cs  kubernetes.Interface
+	log *zap.Logger
+	mu  sync.Mutex
+	// decisions are cached briefly per token so a reconnecting tail does
+	// not cost two API calls each time.
+	cache map[[32]byte]authDecision
+}
+
+type authDecision struct {
+	status int
+	msg    string
+	user   string
+	at     time.Time
+}
+
+func newAuthorizer(cs kubernetes.Interface, log *zap.Logger) *authorizer {
+	return &authorizer{cs: cs, log: log, cache: map[[32]byte]authDecision{}}
+}
+
+func bearer(h string) string {
+	if t, ok := strings.CutPrefix(h, "Bearer "); ok {
+		return strings.TrimSpace(t)
+	}
+	return ""
+}
+
+func (a *authorizer) wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		token := bearer(r.Header.Get(tokenHeader))
+		if token == "" {
+			token = bearer(r.Header.Get("Authorization"))
+		}
+		if token == "" {
+			http.Error(w, "no bearer token: send one in Authorization (or "+tokenHeader+" through the API server's pod proxy)", http.StatusUnauthorized)
+			return
+		}
+		d := a.decide(r.Context(), token)
+		if d.status != http.StatusOK {
+			http.Error(w, d.msg, d.status)
+			return
+		}
+		a.log.Debug("stream client authorized", zap.String("user", d.user), zap.String("remote", r.RemoteAddr))
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (a *authorizer) decide(ctx context.Context, token string) authDecision {
+	key := sha256.Sum256([]byte(token))
+	a.mu.Lock()
+	d, ok := a.cache[key]
+	a.mu.Unlock()
+	if ok && time.Since(d.at) < authTTL {
+		return d
+	}
+	d = a.review(ctx, token)
+	d.at = time.Now()
+	if d.status != http.StatusServiceUnavailable {
+		a.mu.Lock()
+		for k, v := range a.cache { // keep the cache small
+			if time.Since(v.at) >= authTTL {
+				delete(a.cache, k)
+			}
+		}
+		a.cache[key] = d
+		a.mu.Unlock()
+	}
+	return d
+}
+
+func (a *authorizer) review(ctx context.Context, token string) authDecision {
+	tr, err := a.cs.AuthenticationV1().TokenReviews().Create(ctx,
+		&authnv1.TokenReview{Spec: authnv1.TokenReviewSpec{Token: token}}, metav1.CreateOptions{})
+	if err != nil {
+		a.log.Warn("TokenReview failed", zap.Error(err))
+		return authDecision{status: http.StatusServiceUnavailable, msg: "cannot check the token with the API server: " + err.Error()}
+	}
+	if !tr.Status.Authenticated {
+		return authDecision{status: http.StatusUnauthorized, msg: "token not accepted by the API server: " + tr.Status.Error}
+	}
+	u := tr.Status.User
+	extra := map[string]authzv1.ExtraValue{}
+	for k, v := range u.Extra {
+		extra[k] = authzv1.ExtraValue(v)
+	}
+	sar, err := a.cs.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authzv1.SubjectAccessReview{Spec: authzv1.SubjectAccessReviewSpec{
+		User: u.Username, Groups: u.Groups, UID: u.UID, Extra: extra,
+		ResourceAttributes: &authzv1.ResourceAttributes{Group: streamGroup, Resource: streamResource, Verb: streamVerb},
+	}}, metav1.CreateOptions{})
+	if err != nil {
+		a.log.Warn("SubjectAccessReview failed", zap.Error(err))
+		return authDecision{status: http.StatusServiceUnavailable, msg: "cannot check access with the API server: " + err.Error()}
+	}
+	if !sar.Status.Allowed {
+		return authDecision{status: http.StatusForbidden, user: u.Username,
+			msg: fmt.Sprintf("%s may not read kdrop events: grant %q on %q in API group %s (ClusterRole kdrop-viewer)", u.Username, streamVerb, streamResource, streamGroup)}
+	}
+	return authDecision{status: http.StatusOK, user: u.Username}
+}

@@ -1,0 +1,177 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/kdrop/kdrop/k8s"
+	"github.com/kdrop/kdrop/tracer"
+)
+
+// hub fans the agent's events out to /events clients. A slow client never
+// holds up the tracer: its lines are dropped, counted, and it is told how
+// many occurrences it missed.
+type hub struct {
+	node    string
+	res     *k8s.Resolver
+	reasons *tracer.Reasons
+	mu      sync.RWMutex
+	subs    map[*subscriber]struct{}
+}
+
+type subscriber struct {
+	filter tracer.Filter
+	match  func(*record) bool
+	ch     chan []byte
+	missed atomic.Uint64 // occurrences in lines this client had no room for, plus ring buffer losses
+}
+
+func newHub(p *pipeline) *hub {
+	return &hub{node: p.node, res: p.res, reasons: p.t.Reasons, subs: map[*subscriber]struct{}{}}
+}
+
+// publish offers one event (its JSON line, reused by the caller) to every
+// client whose filter matches.
+func (h *hub) publish(rec *record, line []byte) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	var cp []byte
+	for s := range h.subs {
+		if !s.filter.Match(rec.Event) || !s.match(rec) {
+			continue
+		}
+		if cp == nil {
+			cp = append([]byte(nil), line...)
+		}
+		select {
+		case s.ch <- cp:
+		default:
+			s.missed.Add(max(rec.Count, 1))
+		}
+	}
+}
+
+// lost tells every client about events the ring buffer lost.
+func (h *hub) lost(n uint64) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	for s := range h.subs {
+		s.missed.Add(n)
+	}
+}
+
+func (h *hub) clients() int {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return len(h.subs)
+}
+
+// streamFilter reads the filters of kdrop watch from query parameters
+// (repeated or comma-separated), checked as strictly as the flags.
+func (h *hub) streamFilter(q map[string][]string) (tracer.Filter, func(*record) bool, error) {
+	var f watchFlags
+	list := func(k string) []string {
+		var out []string
+		for _, v := range q[k] {
+			for _, s := range strings.Split(v, ",") {
+				if s = strings.TrimSpace(s); s != "" {
+					out = append(out, s)
+				}
+			}
+		}
+		return out
+	}
+	one := func(k string) string {
+		if v := q[k]; len(v) > 0 {
+			return v[len(v)-1]
+		}
+		return ""
+	}
+	f.output = "json"
+	f.types, f.reasons, f.cidrs = list("type"), list("reason"), list("cidr")
+	f.proto, f.netns = one("proto"), one("netns")
+	if p := one("port"); p != "" {
+		n, err := strconv.ParseUint(p, 10, 16)
+		if err != nil {
+			return tracer.Filter{}, nil, fmt.Errorf("port %q: not a port number", p)
+		}
+		f.port = uint16(n)
+	}
+	f.id.mode, f.id.namespace, f.id.pod = "on", one("namespace"), one("pod")
+	opts, err := f.options(nil)
+	if err != nil {
+		return tracer.Filter{}, nil, err
+	}
+	for _, r := range opts.Filter.Reasons { // names, checked against this kernel
+		if _, err := h.reasons.LookupOrSuggest(r); err != nil {
+			return tracer.Filter{}, nil, err
+		}
+	}
+	match, err := f.id.matcher(h.res)
+	return opts.Filter, match, err
+}
+
+func (h *hub) serve(ctx context.Context, w http.ResponseWriter, r *http.Request) {
+	filter, match, err := h.streamFilter(r.URL.Query())
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	s := &subscriber{filter: filter, match: match, ch: make(chan []byte, 4096)}
+	h.mu.Lock()
+	h.subs[s] = struct{}{}
+	h.mu.Unlock()
+	defer func() {
+		h.mu.Lock()
+		delete(h.subs, s)
+		h.mu.Unlock()
+	}()
+
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.Header().Set("Cache-Control", "no-store")
+	fl, _ := w.(http.Flusher)
+	notice := func(typ string, extra string) {
+		fmt.Fprintf(w, `{"time":%q,"type":%q,"node":%q%s}`+"\n", time.Now().UTC().Format(time.RFC3339Nano), typ, h.node, extra)
+	}
+	notice("hello", "")
+	if fl != nil {
+		fl.Flush()
+	}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	idle := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.Context().Done():
+			return
+		case line := <-s.ch:
+			if _, err := w.Write(line); err != nil {
+				return
+			}
+			for n := len(s.ch); n > 0; n-- { // write what queued up, then flush once
+				w.Write(<-s.ch)
+			}
+			idle = 0
+		case <-tick.C:
+			if n := s.missed.Swap(0); n > 0 {
+				notice("lost", fmt.Sprintf(`,"lost":%d`, n))
+			} else if idle++; idle >= 15 {
+				notice("heartbeat", "") // lets a client tell a quiet node from a dead connection
+				idle = 0
+			} else {
+				continue
+			}
+		}
+		if fl != nil {
+			fl.Flush()
+		}
+	}
+}
