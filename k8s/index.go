@@ -135,10 +135,11 @@ func podEndpoint(p *podInfo, rss, jobs map[nsName]*ownerInfo) Endpoint {
 type serviceIndex struct {
 	byIP  map[netip.Addr][]string
 	byPod map[nsName][]string
+	ready map[nsName]int // ready endpoints per service
 }
 
 func buildServiceIndex(in []*sliceInfo) serviceIndex {
-	idx := serviceIndex{byIP: map[netip.Addr][]string{}, byPod: map[nsName][]string{}}
+	idx := serviceIndex{byIP: map[netip.Addr][]string{}, byPod: map[nsName][]string{}, ready: map[nsName]int{}}
 	keys := map[nsName]string{} // one string per service, shared by every list
 	for _, s := range in {
 		if s.service == "" {
@@ -151,6 +152,9 @@ func buildServiceIndex(in []*sliceInfo) serviceIndex {
 			keys[k] = key
 		}
 		for _, e := range s.endpoints {
+			if e.ready {
+				idx.ready[k]++
+			}
 			for _, a := range e.addrs {
 				idx.byIP[a] = addUnique(idx.byIP[a], key)
 			}
@@ -289,7 +293,8 @@ func buildSnapshot(in buildInput, now time.Time) *snapshot {
 			if _, taken := s.ips[ip]; taken {
 				continue
 			}
-			s.ips[ip] = newEntry(Endpoint{Kind: KindService, Namespace: svc.Namespace, Name: svc.Name})
+			s.ips[ip] = newEntry(Endpoint{Kind: KindService, Namespace: svc.Namespace, Name: svc.Name,
+				ReadyEndpoints: svcIdx.ready[nsName{svc.Namespace, svc.Name}]})
 		}
 	}
 

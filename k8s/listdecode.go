@@ -340,7 +340,7 @@ func (s *sliceInfo) DeepCopyObject() runtime.Object {
 	s.ObjectMeta.DeepCopyInto(&c.ObjectMeta)
 	c.endpoints = make([]sliceEndpoint, len(s.endpoints))
 	for i, e := range s.endpoints {
-		c.endpoints[i] = sliceEndpoint{addrs: slices.Clone(e.addrs), pod: e.pod}
+		c.endpoints[i] = sliceEndpoint{addrs: slices.Clone(e.addrs), pod: e.pod, ready: e.ready}
 	}
 	return &c
 }

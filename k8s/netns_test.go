@@ -21,10 +21,10 @@ import (
 // allow (each layout needs its hierarchy mounted).
 func TestNetnsToPod(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates cgroups and network namespaces")
+		t.Fatal("needs root: creates cgroups and network namespaces (sudo make test)")
 	}
 	if _, err := exec.LookPath("unshare"); err != nil {
-		t.Skip("needs unshare (util-linux)")
+		t.Fatal("needs unshare (util-linux): apt-get install util-linux")
 	}
 	mounts := cgroupMounts(t)
 	t.Logf("cgroup mounts: %v", mounts)

@@ -72,6 +72,7 @@ type sliceInfo struct {
 type sliceEndpoint struct {
 	addrs []netip.Addr
 	pod   string // targetRef name when targetRef.kind is Pod (same namespace)
+	ready bool   // conditions.ready (unset means ready, as the API says)
 }
 
 // ownerInfo is the ReplicaSet and Job informers' stored object.
@@ -204,7 +205,7 @@ func transformEndpointSlice(obj any) (any, error) {
 	}
 	info.endpoints = make([]sliceEndpoint, 0, len(s.Endpoints))
 	for _, ep := range s.Endpoints {
-		var e sliceEndpoint
+		e := sliceEndpoint{ready: ep.Conditions.Ready == nil || *ep.Conditions.Ready}
 		for _, a := range ep.Addresses {
 			e.addrs = appendAddr(e.addrs, a)
 		}

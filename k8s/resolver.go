@@ -90,6 +90,9 @@ type Endpoint struct {
 	Services                   []string // "ns/name" of Services whose EndpointSlices include this pod or IP
 	Ready, Terminating         bool
 	HostNetwork                bool
+	// ReadyEndpoints, for a Service: how many ready endpoints its
+	// EndpointSlices list (0: kube-proxy rejects or drops its traffic).
+	ReadyEndpoints int
 	// Unresolved: identity is not (fully) available — the API server is
 	// unreachable, access is forbidden, or the informers have not synced.
 	// Whatever is known from before is still filled in.

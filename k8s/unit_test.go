@@ -713,3 +713,21 @@ func TestLookupAllocs(t *testing.T) {
 		t.Errorf("LookupNetns(host): %v allocs", n)
 	}
 }
+
+// A Service's ready endpoints are counted from its slices' conditions, so
+// an event aimed at its IP can say kube-proxy has nowhere to send it.
+func TestServiceReadyEndpoints(t *testing.T) {
+	r := newTestResolver(t, buildInput{
+		services: []*svcInfo{testSvc("shop", "cart", "10.96.0.10"), testSvc("shop", "api", "10.96.0.11")},
+		slices: []*sliceInfo{
+			testSlice("shop", "api", sliceEndpoint{addrs: addrs("10.0.0.5"), ready: true}, sliceEndpoint{addrs: addrs("10.0.0.6")}),
+			testSlice("shop", "cart", sliceEndpoint{addrs: addrs("10.0.0.7")}), // not ready
+		},
+	})
+	for ip, want := range map[string]int{"10.96.0.10": 0, "10.96.0.11": 1} {
+		ep := r.LookupIP(netip.MustParseAddr(ip), 80, time.Time{})
+		if ep.Kind != KindService || ep.ReadyEndpoints != want {
+			t.Errorf("%s: got %+v, want a service with %d ready endpoints", ip, ep, want)
+		}
+	}
+}

@@ -168,9 +168,13 @@ func appendEndpoint(b []byte, key string, e *k8s.Endpoint) []byte {
 		}
 		b = append(b, ']')
 	}
-	if e.Kind == k8s.KindPod {
+	switch e.Kind {
+	case k8s.KindPod:
 		field("ready")
 		b = strconv.AppendBool(b, e.Ready)
+	case k8s.KindService:
+		field("ready_endpoints")
+		b = strconv.AppendInt(b, int64(e.ReadyEndpoints), 10)
 	}
 	flag("terminating", e.Terminating)
 	flag("host_network", e.HostNetwork)
@@ -205,6 +209,9 @@ func describe(e *k8s.Endpoint) string {
 		}
 	case k8s.KindService:
 		s = "svc " + e.Namespace + "/" + e.Name
+		if e.ReadyEndpoints == 0 {
+			s += " (no ready endpoints)"
+		}
 	case k8s.KindNode:
 		s = "node " + e.Name
 	}

@@ -151,3 +151,57 @@ func waitFile(t *testing.T, path string, timeout time.Duration) {
 		}
 	}
 }
+
+// kube-proxy's answer for a Service without ready endpoints: REJECT with
+// icmp-port-unreachable ("Connection refused"). kdrop must name the Service
+// and say it has no ready endpoints.
+func TestIdentityServiceWithoutEndpoints(t *testing.T) {
+	env := testenv.Start(t)
+	cs := kubernetes.NewForConfigOrDie(env.Config())
+	ctx := context.Background()
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	svc, err := cs.CoreV1().Services("shop").Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "cart"},
+		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "cart"}, Ports: []corev1.ServicePort{{Port: 80}}}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vip := svc.Spec.ClusterIP
+	r := nstest.NewRouted(t)
+	r.Router.IP(t, "route add "+vip+"/32 via "+nstest.ServerIP)
+	r.Router.Sh(t, "iptables -A FORWARD -d "+vip+" -p tcp --dport 80 -j REJECT --reject-with icmp-port-unreachable")
+
+	ready := filepath.Join(t.TempDir(), "ready")
+	cmd := exec.Command(kdropBin, "watch", "-o", "json", "--kubeconfig", env.Kubeconfig(), "--node", "test-node",
+		"--netns", "/run/netns/"+r.Router.Name, "--type", "unreach", "--duration", "60s", "--count", "1", "--ready-file", ready)
+	stdout, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	waitFile(t, ready, 60*time.Second)
+	if err := r.Client.ConnectErr(t, vip, 80, 10*time.Second); !errors.Is(err, unix.ECONNREFUSED) {
+		t.Fatalf("connect to %s:80: want ECONNREFUSED, got %v", vip, err)
+	}
+	sc := bufio.NewScanner(stdout)
+	if !sc.Scan() {
+		t.Fatalf("kdrop watch printed nothing (exit: %v)", cmd.Wait())
+	}
+	var ev struct {
+		ICMP, Dst string
+		DstK8s    struct {
+			Kind, Namespace, Name string
+			ReadyEndpoints        *int `json:"ready_endpoints"`
+		} `json:"dst_k8s"`
+	}
+	if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+		t.Fatalf("%v: %s", err, sc.Text())
+	}
+	d := ev.DstK8s
+	if ev.ICMP != "port-unreachable" || ev.Dst != vip || d.Kind != "service" || d.Namespace != "shop" || d.Name != "cart" ||
+		d.ReadyEndpoints == nil || *d.ReadyEndpoints != 0 {
+		t.Fatalf("want port-unreachable for svc shop/cart with 0 ready endpoints, got %s", sc.Text())
+	}
+}
