@@ -1,16 +1,24 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
 
 	"github.com/kdrop/kdrop/k8s"
 	"github.com/kdrop/kdrop/tracer"
@@ -268,20 +276,83 @@ func (f *identityFlags) matcher(r *k8s.Resolver) (func(*record) bool, error) {
 	if f.namespace == "" && f.pod == "" && f.selector == "" {
 		return func(*record) bool { return true }, nil
 	}
-	if f.selector != "" {
-		return nil, fmt.Errorf("--selector is not supported yet: use --namespace and --pod")
-	}
 	ns, pod := f.namespace, f.pod
 	if i := strings.IndexByte(pod, '/'); i >= 0 {
 		ns, pod = pod[:i], pod[i+1:]
+	}
+	var selected *podSet
+	if f.selector != "" {
+		var err error
+		if selected, err = f.selectPods(ns); err != nil {
+			return nil, err
+		}
 	}
 	one := func(e *k8s.Endpoint) bool {
 		if e.Kind == "" || (ns != "" && e.Namespace != ns) {
 			return false
 		}
-		return pod == "" || (e.Kind == k8s.KindPod && e.Name == pod)
+		if pod != "" && (e.Kind != k8s.KindPod || e.Name != pod) {
+			return false
+		}
+		return selected == nil || (e.Kind == k8s.KindPod && selected.has(e.Namespace, e.Name))
 	}
 	return func(rec *record) bool {
 		return one(&rec.Src) || one(&rec.Dst) || one(&rec.Where)
 	}, nil
+}
+
+// podSet is the set of pods a label selector matches, kept current by a
+// watch the API server filters, so only matching pods cross the wire. A
+// pod deleted while selected stays in the set, so events about its stale
+// IP still match.
+type podSet struct {
+	mu   sync.RWMutex
+	pods map[string]bool // "ns/name"
+}
+
+func (s *podSet) has(ns, name string) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.pods[ns+"/"+name]
+}
+
+func (f *identityFlags) selectPods(ns string) (*podSet, error) {
+	sel, err := labels.Parse(f.selector)
+	if err != nil {
+		return nil, fmt.Errorf("--selector %q: %v", f.selector, err)
+	}
+	cfg := f.rest
+	if cfg == nil {
+		if cfg, err = f.restConfig(); err != nil {
+			return nil, err
+		}
+	}
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	set := &podSet{pods: map[string]bool{}}
+	inf := informers.NewSharedInformerFactoryWithOptions(cs, 0, informers.WithNamespace(ns),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = sel.String() })).Core().V1().Pods().Informer()
+	inf.SetTransform(func(obj any) (any, error) { // keep names only
+		if p, ok := obj.(*corev1.Pod); ok {
+			return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: p.Name, ResourceVersion: p.ResourceVersion}}, nil
+		}
+		return obj, nil
+	})
+	add := func(obj any) {
+		if p, ok := obj.(*corev1.Pod); ok {
+			set.mu.Lock()
+			set.pods[p.Namespace+"/"+p.Name] = true
+			set.mu.Unlock()
+		}
+	}
+	inf.AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: add, UpdateFunc: func(_, o any) { add(o) }})
+	go inf.Run(context.Background().Done()) // for the life of the process
+	// A short wait for the first list, so the first events are filtered
+	// right; never longer, the tracer must not wait on the API server.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cache.WaitForCacheSync(ctx.Done(), inf.HasSynced)
+	return set, nil
 }

@@ -82,14 +82,27 @@ func TestIdentityNoRouteToDeletedPod(t *testing.T) {
 
 	ready := filepath.Join(t.TempDir(), "ready")
 	cmd := exec.Command(kdropBin, "watch", "-o", "json", "--kubeconfig", env.Kubeconfig(), "--node", "test-node",
-		"--netns", "/run/netns/"+r.Router.Name, "--type", "unreach", "--duration", "60s", "--count", "1", "--ready-file", ready)
+		"--netns", "/run/netns/"+r.Router.Name, "--type", "unreach", "--duration", "60s", "--count", "1", "--ready-file", ready,
+		"-l", "app=client")
 	stdout, _ := cmd.StdoutPipe()
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	// A second watcher whose selector matches no pod of the incident.
+	readyOther := filepath.Join(t.TempDir(), "ready")
+	other := exec.Command(kdropBin, "watch", "-o", "json", "--kubeconfig", env.Kubeconfig(), "--node", "test-node",
+		"--netns", "/run/netns/"+r.Router.Name, "--type", "unreach", "--duration", "60s", "--ready-file", readyOther,
+		"-n", "web", "-l", "app=billing")
+	var otherOut syncBuffer
+	other.Stdout = &otherOut
+	if err := other.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { other.Process.Kill(); other.Wait() })
 	waitFile(t, ready, 60*time.Second)
+	waitFile(t, readyOther, 60*time.Second)
 
 	// The rolling update takes the pod away; its IP is still in a client's
 	// endpoints.
@@ -137,6 +150,10 @@ func TestIdentityNoRouteToDeletedPod(t *testing.T) {
 	lo, hi := time.Duration(0), failed.Sub(deleted)+time.Second
 	if ago := time.Duration(d.DeletedAgoMs) * time.Millisecond; ago <= lo || ago > hi {
 		t.Errorf("deleted_ago %v, want within (0, %v]", ago, hi)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if s := otherOut.String(); s != "" {
+		t.Errorf("-l app=billing matched an event of other pods:\n%s", s)
 	}
 }
 

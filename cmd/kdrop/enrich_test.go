@@ -1,0 +1,38 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kdrop/kdrop/k8s"
+	"github.com/kdrop/kdrop/tracer"
+)
+
+func TestDescribe(t *testing.T) {
+	for _, c := range []struct {
+		e    k8s.Endpoint
+		want string
+	}{
+		{k8s.Endpoint{Kind: k8s.KindPod, Namespace: "web", Name: "nginx-7d9f"}, "web/nginx-7d9f"},
+		{k8s.Endpoint{Kind: k8s.KindService, Namespace: "shop", Name: "cart", ReadyEndpoints: 2}, "svc shop/cart"},
+		{k8s.Endpoint{Kind: k8s.KindService, Namespace: "shop", Name: "cart"}, "svc shop/cart (no ready endpoints)"},
+		{k8s.Endpoint{Kind: k8s.KindNode, Name: "n1"}, "node n1"},
+		{k8s.Endpoint{Kind: k8s.KindPod, Namespace: "web", Name: "api-5c8", DeletedAgo: 1234 * time.Millisecond}, "deleted web/api-5c8 1.2s ago"},
+		{k8s.Endpoint{Kind: k8s.KindPod, Namespace: "web", Name: "api-new", Previous: []k8s.Endpoint{{Namespace: "web", Name: "api-old", DeletedAgo: 3 * time.Second}}},
+			"web/api-new, was web/api-old until 3s ago"},
+		{k8s.Endpoint{Unresolved: true}, "?"},
+		{k8s.Endpoint{}, ""},
+	} {
+		if got := describe(&c.e); got != c.want {
+			t.Errorf("describe(%+v) = %q, want %q", c.e, got, c.want)
+		}
+	}
+	ev := &tracer.Event{Type: tracer.Unreachable, Count: 1, Family: 4, ICMPType: 3, ICMPCode: 1}
+	rec := record{Event: ev, identity: true, Src: k8s.Endpoint{Kind: k8s.KindPod, Namespace: "web", Name: "client"},
+		Dst: k8s.Endpoint{Kind: k8s.KindPod, Namespace: "web", Name: "api-5c8", DeletedAgo: 1200 * time.Millisecond}}
+	row := rec.tableRow()
+	if !strings.Contains(row, "src=web/client dst=deleted web/api-5c8 1.2s ago") || !strings.Contains(row, "host-unreachable") {
+		t.Errorf("table row: %s", row)
+	}
+}
