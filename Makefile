@@ -45,9 +45,9 @@ check: deps build ## print what this kernel supports
 
 test: test-host test-kernels test-k8s ## all tests: host kernel, VM kernels, Kubernetes (what CI runs)
 
-test-host: deps ## tests on this machine's kernel
+test-host: deps ## tracer tests on this machine's kernel
 	$(GO) vet ./...
-	$(GO) test -count=1 ./tracer/ ./cmd/...
+	$(GO) test -count=1 ./tracer/...
 
 kernels: deps ## fetch and prepare the VM kernels (KERNELS="5.10 6.1 6.12 7")
 	tracer/vmtest/fetch-kernels.sh $(KDROP_CACHE) $(KERNELS)
@@ -70,14 +70,15 @@ test-kernels: kernels ## the tracer tests inside QEMU VMs, one per kernel (KERNE
 kube-bins: deps ## build kube-apiserver, kubectl & co. from the Go module proxy (cached)
 	deploy/kube/build.sh $(KDROP_CACHE)/kube/bin
 
-test-k8s: kube-bins ## identity tests against a real kube-apiserver + etcd
-	KDROP_KUBE_BIN=$(KDROP_CACHE)/kube/bin $(GO) test -count=1 ./k8s/...
+test-k8s: kube-bins ## identity and CLI tests against a real kube-apiserver + etcd
+	KDROP_KUBE_BIN=$(KDROP_CACHE)/kube/bin $(GO) test -count=1 -timeout 30m ./k8s/... ./cmd/...
 
 BENCH_KERNEL ?= 6.12
-bench: kernels ## benchmarks: BPF cost per run vs empty programs (host + a VM for fentry/kprobe), drop rate without loss, decode+encode
+bench: kernels kube-bins ## benchmarks: BPF cost per run vs empty programs (host + a VM for fentry/kprobe), drop rate without loss, decode+encode
 	$(GO) test -run '^$$' -bench . -benchtime 20000x -count 1 ./tracer/ | grep -E 'BPFCOST|^Benchmark|^ok'
 	$(GO) test -run '^$$' -bench DecodeEncode -benchtime 2s -count 1 ./tracer/ | grep -E '^Benchmark'
 	$(GO) test -run '^$$' -bench WatchDropRate -benchtime 1x -count 1 ./cmd/kdrop/ | grep -E 'DROPRATE|^Benchmark'
+	KDROP_KUBE_BIN=$(KDROP_CACHE)/kube/bin $(GO) test -run '^$$' -bench 'LookupIP|LookupNetns|Cluster10k' -benchmem -timeout 30m ./k8s/ | grep -E '^Benchmark|KDROP-SCALE'
 	$(GO) test -c -o $(KDROP_CACHE)/tracer.test ./tracer/
 	@for attach in fentry kprobe; do \
 		echo "=== kernel $(BENCH_KERNEL), attach $$attach (under emulation: only the ratios mean anything)"; \
