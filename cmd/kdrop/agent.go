@@ -162,25 +162,14 @@ func runAgent(parent context.Context, f watchFlags, a agentFlags) error {
 
 	out := bufio.NewWriterSize(os.Stdout, 64<<10)
 	var buf []byte
-	go func() { // flush stdout and count losses even when quiet
-		tick := time.NewTicker(200 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-			}
-			p.t.Lock()
-			out.Flush()
-			if n := p.newLost(); n > 0 {
-				m.lost.Add(float64(n))
-				hub.lost(n)
-				log.Warn("ring buffer full: events lost; their counts arrive in the next summary lines", zap.Uint64("new", n))
-			}
-			p.t.Unlock()
+	p.every(ctx, 200*time.Millisecond, func() { // flush stdout and count losses even when quiet
+		out.Flush()
+		if n := p.newLost(); n > 0 {
+			m.lost.Add(float64(n))
+			hub.lost(n)
+			log.Warn("ring buffer full: events lost; their counts arrive in the next summary lines", zap.Uint64("new", n))
 		}
-	}()
+	})
 	err = p.run(ctx, func(rec *record) {
 		buf = rec.appendJSON(buf[:0])
 		buf = append(buf, '\n')

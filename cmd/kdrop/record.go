@@ -109,23 +109,13 @@ func runRecord(parent context.Context, f watchFlags, out string) error {
 	}
 	var events, lost uint64
 	var buf []byte
-	go func() {
-		tick := time.NewTicker(time.Second)
-		defer tick.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-			}
-			p.t.Lock()
-			if n := p.newLost(); n > 0 {
-				lost += n
-				fmt.Fprintf(w, `{"time":%q,"type":"lost","node":%q,"lost":%d}`+"\n", time.Now().UTC().Format(time.RFC3339Nano), node, n)
-			}
-			p.t.Unlock()
+	lostNotice := func() {
+		if n := p.newLost(); n > 0 {
+			lost += n
+			fmt.Fprintf(w, `{"time":%q,"type":"lost","node":%q,"lost":%d}`+"\n", time.Now().UTC().Format(time.RFC3339Nano), node, n)
 		}
-	}()
+	}
+	p.every(ctx, time.Second, lostNotice)
 	err = p.run(ctx, func(rec *record) {
 		buf = rec.appendJSON(buf[:0])
 		w.Write(append(buf, '\n'))
@@ -135,10 +125,7 @@ func runRecord(parent context.Context, f watchFlags, out string) error {
 		return err
 	}
 	p.t.Lock()
-	if n := p.newLost(); n > 0 {
-		lost += n
-		fmt.Fprintf(w, `{"time":%q,"type":"lost","node":%q,"lost":%d}`+"\n", time.Now().UTC().Format(time.RFC3339Nano), node, n)
-	}
+	lostNotice()
 	fmt.Fprintf(w, `{"kdrop_record_end":1,"ended":%q,"events":%d,"lost":%d}`+"\n", time.Now().UTC().Format(time.RFC3339Nano), events, lost)
 	p.t.Unlock()
 	if err := w.Flush(); err != nil {

@@ -257,6 +257,25 @@ func (p *pipeline) newLost() uint64 {
 
 func (p *pipeline) close() { p.t.Close() }
 
+// every calls fn every d until ctx is done, holding back the emit path
+// meanwhile, so fn may flush a sink that path writes to.
+func (p *pipeline) every(ctx context.Context, d time.Duration, fn func()) {
+	go func() {
+		tick := time.NewTicker(d)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			p.t.Lock()
+			fn()
+			p.t.Unlock()
+		}
+	}()
+}
+
 func runWatch(parent context.Context, f watchFlags) error {
 	log := newLogger(f.verbose)
 	defer log.Sync()
@@ -308,23 +327,12 @@ func runWatch(parent context.Context, f watchFlags) error {
 	}
 	// Flush at least every 200ms so a quiet stream still shows promptly,
 	// and report lost events as soon as they are known.
-	go func() {
-		tick := time.NewTicker(200 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-			}
-			p.t.Lock()
-			out.Flush()
-			p.t.Unlock()
-			if n := p.newLost(); n > 0 {
-				log.Warn("ring buffer full: events lost; their counts arrive in the next summary lines", zap.Uint64("new", n))
-			}
+	p.every(ctx, 200*time.Millisecond, func() {
+		out.Flush()
+		if n := p.newLost(); n > 0 {
+			log.Warn("ring buffer full: events lost; their counts arrive in the next summary lines", zap.Uint64("new", n))
 		}
-	}()
+	})
 	if err := p.run(ctx, sink); err != nil {
 		return err
 	}
