@@ -16,7 +16,7 @@ GO           ?= go
 VERSION      ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 APT_PACKAGES := clang-16 llvm-16 libbpf-dev bpftool iproute2 iptables qemu-system-x86 busybox-static kmod cpio zstd xz-utils etcd-server
 
-.PHONY: help deps generate build run check test test-host test-kernels test-k8s bench kube-bins kernels clean
+.PHONY: help deps generate build run check test test-host test-kernels test-k8s bench kube-bins kernels helm image clean
 
 help: ## show this help
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -70,8 +70,15 @@ test-kernels: kernels ## the tracer tests inside QEMU VMs, one per kernel (KERNE
 kube-bins: deps ## build kube-apiserver, kubectl & co. from the Go module proxy (cached)
 	deploy/kube/build.sh $(KDROP_CACHE)/kube/bin
 
-test-k8s: kube-bins ## identity and CLI tests against a real kube-apiserver + etcd
-	KDROP_KUBE_BIN=$(KDROP_CACHE)/kube/bin $(GO) test -count=1 -timeout 30m ./k8s/... ./cmd/...
+helm: ## build a pinned helm from the Go module proxy into the cache (for the chart's tests)
+	deploy/helm/install-helm.sh $(KDROP_CACHE)/bin
+
+test-k8s: kube-bins helm ## identity, CLI, agent and deploy/ tests against a real kube-apiserver + etcd
+	KDROP_KUBE_BIN=$(KDROP_CACHE)/kube/bin KDROP_HELM=$(KDROP_CACHE)/bin/helm \
+		$(GO) test -count=1 -timeout 30m ./k8s/... ./cmd/... ./deploy/...
+
+image: build ## build the agent's OCI image as a tarball (out/kdrop-image.tar), no Docker or registry needed
+	$(GO) run ./cmd/mkimage -binary bin/kdrop -tag kdrop:$(VERSION) -out out/kdrop-image.tar
 
 BENCH_KERNEL ?= 6.12
 bench: kernels kube-bins ## benchmarks: BPF cost per run vs empty programs (host + a VM for fentry/kprobe), drop rate without loss, decode+encode
