@@ -35,7 +35,7 @@ It needs root and a kernel with BTF (CONFIG_DEBUG_INFO_BTF=y). Start with
 		SilenceErrors: true,
 		Version:       version,
 	}
-	root.AddCommand(watchCmd(), recordCmd(), reportCmd(), agentCmd(), checkCmd(), reasonsCmd())
+	root.AddCommand(watchCmd(), tailCmd(), recordCmd(), reportCmd(), agentCmd(), checkCmd(), reasonsCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "kdrop:", err)
 		var ee exitError

@@ -1,0 +1,450 @@
+package main
+
+import (
+	"bufio"
+	"container/heap"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/kdrop/kdrop/k8s"
+	"github.com/kdrop/kdrop/tracer"
+)
+
+type tailFlags struct {
+	watchFlags
+	agentsNS  string
+	agentsSel string
+	agentPort int
+	token     string
+	delay     time.Duration
+}
+
+func tailCmd() *cobra.Command {
+	var f tailFlags
+	cmd := &cobra.Command{
+		Use:     "tail",
+		Aliases: []string{"kdrop"}, // as a kubectl plugin: kubectl kdrop tail
+		Short:   "Follow the events of every kdrop agent in the cluster, merged in time order",
+		Long: `Tail finds the kdrop agents (the DaemonSet's pods), connects to each one's
+/events stream through the API server's pod proxy with your own credentials,
+and prints one stream for the whole cluster in time order, with the node and
+pod identity of every event. It keeps going when an agent restarts or a node
+joins or leaves, and says what it could not see meanwhile.
+
+You need "get" on pods/proxy and "list,watch" on pods in the agents'
+namespace, and "get" on events in API group kdrop.dev (ClusterRole
+kdrop-viewer). The agents check a bearer token: the one of your kubeconfig,
+or --token (e.g. from "kubectl create token").`,
+		Example: `  kubectl kdrop tail                          # installed as kubectl-kdrop on PATH
+  kdrop tail -o json --type overflow
+  kdrop tail -n web --reason NO_SOCKET,NETFILTER_DROP`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runTail(cmd.Context(), f) },
+	}
+	fl := cmd.Flags()
+	fl.StringVarP(&f.output, "output", "o", "table", "output format: table or json")
+	fl.DurationVarP(&f.duration, "duration", "d", 0, "stop after this long; 0 runs until interrupted")
+	fl.Uint64VarP(&f.count, "count", "c", 0, "stop after this many events; 0 for no limit")
+	fl.StringSliceVarP(&f.types, "type", "t", nil, "event types: drop, overflow, unreach (default all)")
+	fl.StringSliceVarP(&f.reasons, "reason", "r", nil, "drop reasons, e.g. NO_SOCKET,NETFILTER_DROP")
+	fl.StringSliceVar(&f.cidrs, "cidr", nil, "only packets with either end in this address or CIDR")
+	fl.Uint16VarP(&f.port, "port", "p", 0, "only packets with either port equal to this")
+	fl.StringVar(&f.proto, "proto", "", "only this IP protocol")
+	fl.StringVarP(&f.id.namespace, "namespace", "n", "", "only events with a pod of this namespace at either end")
+	fl.StringVar(&f.id.pod, "pod", "", "only events with this pod (name or namespace/name) at either end")
+	fl.StringVar(&f.id.kubeconfig, "kubeconfig", "", "kubeconfig file (default $KUBECONFIG, else ~/.kube/config)")
+	fl.StringVar(&f.id.context, "context", "", "kubeconfig context")
+	fl.StringVar(&f.agentsNS, "agents-namespace", "kdrop", "namespace of the kdrop agents")
+	fl.StringVar(&f.agentsSel, "agents-selector", "app.kubernetes.io/name=kdrop", "label selector of the agent pods")
+	fl.IntVar(&f.agentPort, "agent-port", 9965, "the agents' --listen port")
+	fl.StringVar(&f.token, "token", "", "bearer token for the agents (default: your kubeconfig's)")
+	fl.DurationVar(&f.delay, "merge-delay", time.Second, "how long to hold events to put the nodes' streams in time order")
+	return cmd
+}
+
+// tailLine is one line of an agent's stream, with what ordering needs.
+type tailLine struct {
+	at   time.Time
+	seq  uint64
+	line []byte
+}
+
+type lineHeap []tailLine
+
+func (h lineHeap) Len() int { return len(h) }
+func (h lineHeap) Less(i, j int) bool {
+	if !h[i].at.Equal(h[j].at) {
+		return h[i].at.Before(h[j].at)
+	}
+	return h[i].seq < h[j].seq
+}
+func (h lineHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
+func (h *lineHeap) Push(x any)   { *h = append(*h, x.(tailLine)) }
+func (h *lineHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
+}
+
+func (f *tailFlags) query() (url.Values, error) {
+	if f.output != "table" && f.output != "json" {
+		return nil, fmt.Errorf("--output %q: use table or json", f.output)
+	}
+	for _, s := range f.types {
+		if _, err := tracer.ParseEventType(s); err != nil {
+			return nil, fmt.Errorf("--type: %w", err)
+		}
+	}
+	for _, s := range f.cidrs {
+		if _, err := parseCIDR(s); err != nil {
+			return nil, err
+		}
+	}
+	q := url.Values{}
+	set := func(k string, v []string) {
+		if len(v) > 0 {
+			q.Set(k, strings.Join(v, ","))
+		}
+	}
+	set("type", f.types)
+	set("reason", f.reasons)
+	set("cidr", f.cidrs)
+	if f.port != 0 {
+		q.Set("port", strconv.Itoa(int(f.port)))
+	}
+	for k, v := range map[string]string{"proto": f.proto, "namespace": f.id.namespace, "pod": f.id.pod} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	return q, nil
+}
+
+func runTail(parent context.Context, f tailFlags) error {
+	q, err := f.query()
+	if err != nil {
+		return err
+	}
+	cfg, err := f.id.restConfig()
+	if err != nil {
+		return err
+	}
+	token := f.token
+	if token == "" {
+		token = cfg.BearerToken
+	}
+	if token == "" && cfg.BearerTokenFile != "" {
+		b, err := os.ReadFile(cfg.BearerTokenFile)
+		if err != nil {
+			return err
+		}
+		token = strings.TrimSpace(string(b))
+	}
+	if token == "" {
+		return fmt.Errorf("the agents check a bearer token, and your kubeconfig has none (client certificate?): pass --token, e.g. --token $(kubectl create token <serviceaccount>)")
+	}
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(parent, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if f.duration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, f.duration)
+		defer cancel()
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	t := &tailer{f: f, cs: cs, cfg: cfg, token: token, query: q, lines: make(chan tailLine, 4096), streams: map[string]context.CancelFunc{}}
+	go t.discover(ctx)
+	return t.merge(ctx, cancel)
+}
+
+type tailer struct {
+	f     tailFlags
+	cs    kubernetes.Interface
+	cfg   *rest.Config
+	token string
+	query url.Values
+	lines chan tailLine
+	seq   uint64
+	mu    sync.Mutex
+	// streams by agent pod name; a pod that goes away has its stream ended
+	streams map[string]context.CancelFunc
+}
+
+// notice prints a line about the tail itself, in the output's format.
+func (t *tailer) notice(node, msg string) {
+	now := time.Now().UTC()
+	line := fmt.Appendf(nil, `{"time":%q,"type":"notice","node":%q,"message":%q}`, now.Format(time.RFC3339Nano), node, msg)
+	t.lines <- tailLine{at: now, line: line}
+}
+
+// discover keeps one stream per running agent pod, every few seconds.
+func (t *tailer) discover(ctx context.Context) {
+	for {
+		pods, err := t.cs.CoreV1().Pods(t.f.agentsNS).List(ctx, metav1.ListOptions{LabelSelector: t.f.agentsSel})
+		if err != nil && ctx.Err() == nil {
+			t.notice("", "cannot list the agents: "+err.Error())
+		}
+		seen := map[string]bool{}
+		if pods != nil {
+			for i := range pods.Items {
+				p := &pods.Items[i]
+				if p.Status.Phase != corev1.PodRunning || p.Status.PodIP == "" || p.DeletionTimestamp != nil {
+					continue
+				}
+				seen[p.Name] = true
+				t.mu.Lock()
+				if _, ok := t.streams[p.Name]; !ok {
+					sctx, cancel := context.WithCancel(ctx)
+					t.streams[p.Name] = cancel
+					go t.stream(sctx, p.Name, p.Spec.NodeName)
+				}
+				t.mu.Unlock()
+			}
+		}
+		t.mu.Lock()
+		for name, cancel := range t.streams {
+			if !seen[name] {
+				cancel()
+				delete(t.streams, name)
+			}
+		}
+		t.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+// stream follows one agent through the pod proxy, reconnecting, and says
+// what it missed.
+func (t *tailer) stream(ctx context.Context, pod, node string) {
+	var lostAt time.Time
+	backoff := 500 * time.Millisecond
+	for ctx.Err() == nil {
+		req := t.cs.CoreV1().RESTClient().Get().Namespace(t.f.agentsNS).Resource("pods").
+			Name(fmt.Sprintf("%s:%d", pod, t.f.agentPort)).SubResource("proxy").Suffix("events").
+			SetHeader(tokenHeader, "Bearer "+t.token)
+		for k, v := range t.query {
+			req = req.Param(k, v[0])
+		}
+		body, err := req.Stream(ctx)
+		if err == nil {
+			if !lostAt.IsZero() {
+				t.notice(node, fmt.Sprintf("reconnected to agent %s: events on node %s between %s and %s were not seen", pod, node,
+					lostAt.Format(time.RFC3339), time.Now().UTC().Format(time.RFC3339)))
+			}
+			err = t.read(body, node)
+			body.Close()
+			backoff = 500 * time.Millisecond
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if lostAt.IsZero() || err != nil {
+			lostAt = time.Now().UTC()
+			t.notice(node, fmt.Sprintf("stream from agent %s lost (%v); reconnecting", pod, errOrEOF(err)))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 10*time.Second)
+	}
+}
+
+func errOrEOF(err error) error {
+	if err == nil {
+		return io.EOF
+	}
+	return err
+}
+
+func (t *tailer) read(body io.Reader, node string) error {
+	sc := bufio.NewScanner(body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		var head struct {
+			Time time.Time `json:"time"`
+			Type string    `json:"type"`
+		}
+		if json.Unmarshal(sc.Bytes(), &head) != nil {
+			continue
+		}
+		if head.Type == "hello" || head.Type == "heartbeat" {
+			continue
+		}
+		t.lines <- tailLine{at: head.Time, line: append([]byte(nil), sc.Bytes()...)}
+	}
+	return sc.Err()
+}
+
+// merge holds lines for the merge delay, so the nodes' streams come out in
+// time order, and prints them.
+func (t *tailer) merge(ctx context.Context, cancel context.CancelFunc) error {
+	out := bufio.NewWriterSize(os.Stdout, 64<<10)
+	defer out.Flush()
+	if t.f.output == "table" {
+		fmt.Fprintln(out, "NODE        "+tableHeaderRest)
+	}
+	var h lineHeap
+	var printed uint64
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	flush := func(all bool) {
+		cut := time.Now().Add(-t.f.delay)
+		for h.Len() > 0 && (all || h[0].at.Before(cut)) {
+			l := heap.Pop(&h).(tailLine)
+			if t.f.count > 0 && printed >= t.f.count {
+				continue
+			}
+			if t.f.output == "json" {
+				out.Write(append(l.line, '\n'))
+			} else {
+				fmt.Fprintln(out, tableFromJSON(l.line))
+			}
+			printed++
+			if t.f.count > 0 && printed >= t.f.count {
+				cancel()
+			}
+		}
+		out.Flush()
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			for len(t.lines) > 0 {
+				l := <-t.lines
+				t.seq++
+				l.seq = t.seq
+				heap.Push(&h, l)
+			}
+			flush(true)
+			return nil
+		case l := <-t.lines:
+			t.seq++
+			l.seq = t.seq
+			heap.Push(&h, l)
+		case <-tick.C:
+			flush(false)
+		}
+	}
+}
+
+const tableHeaderRest = "TIME          EVENT     COUNT  WHAT                    PROTO  SOURCE                   DESTINATION"
+
+type jsonEndpoint struct {
+	Kind, Namespace, Name string
+	DeletedAgoMs          int64          `json:"deleted_ago_ms"`
+	ReadyEndpoints        int            `json:"ready_endpoints"`
+	Unresolved            bool           `json:"unresolved"`
+	Previous              []jsonEndpoint `json:"previous"`
+}
+
+func (j *jsonEndpoint) endpoint() k8s.Endpoint {
+	if j == nil {
+		return k8s.Endpoint{}
+	}
+	e := k8s.Endpoint{Kind: j.Kind, Namespace: j.Namespace, Name: j.Name, ReadyEndpoints: j.ReadyEndpoints,
+		Unresolved: j.Unresolved, DeletedAgo: time.Duration(j.DeletedAgoMs) * time.Millisecond}
+	for i := range j.Previous {
+		e.Previous = append(e.Previous, j.Previous[i].endpoint())
+	}
+	return e
+}
+
+// tableFromJSON renders an agent's JSON line as a table row.
+func tableFromJSON(line []byte) string {
+	var e struct {
+		Time                       time.Time
+		Type, Node, Proto, Message string
+		Count, Lost                uint64
+		Summary                    bool
+		Src, Dst                   string
+		Sport, Dport               int
+		Reason, ICMP, Queue        string
+		QueueLen                   int `json:"queue_len"`
+		QueueMax                   int `json:"queue_max"`
+	}
+	var ids struct {
+		Src   *jsonEndpoint `json:"src_k8s"`
+		Dst   *jsonEndpoint `json:"dst_k8s"`
+		Where *jsonEndpoint `json:"where_k8s"`
+	}
+	if json.Unmarshal(line, &e) != nil || json.Unmarshal(line, &ids) != nil {
+		return string(line)
+	}
+	at := e.Time.Local().Format("15:04:05.000")
+	switch e.Type {
+	case "notice":
+		return fmt.Sprintf("%-11s %-13s ** %s", e.Node, at, e.Message)
+	case "lost":
+		return fmt.Sprintf("%-11s %-13s ** %d events lost on this node (their counts arrive in later summary lines)", e.Node, at, e.Lost)
+	}
+	what := e.Reason
+	switch e.Type {
+	case "unreach":
+		what = e.ICMP
+	case "overflow":
+		what = e.Queue + "-queue"
+		if e.QueueMax > 0 {
+			what += fmt.Sprintf(" %d/%d", e.QueueLen, e.QueueMax)
+		}
+	}
+	count := strconv.FormatUint(e.Count, 10)
+	if e.Summary {
+		count = "+" + count
+	}
+	addr := func(a string, port int) string {
+		if a == "" {
+			return "-"
+		}
+		if port == 0 {
+			return a
+		}
+		if strings.Contains(a, ":") {
+			return fmt.Sprintf("[%s]:%d", a, port)
+		}
+		return fmt.Sprintf("%s:%d", a, port)
+	}
+	row := fmt.Sprintf("%-11s %-13s %-9s %5s  %-23s %-6s %-24s %-24s", e.Node, at, e.Type, count, what, e.Proto,
+		addr(e.Src, e.Sport), addr(e.Dst, e.Dport))
+	var extra []string
+	for _, x := range []struct {
+		label string
+		e     *jsonEndpoint
+	}{{"src", ids.Src}, {"dst", ids.Dst}, {"at", ids.Where}} {
+		ep := x.e.endpoint()
+		if d := describe(&ep); d != "" {
+			extra = append(extra, x.label+"="+d)
+		}
+	}
+	if len(extra) > 0 {
+		row += "  " + strings.Join(extra, " ")
+	}
+	return row
+}

@@ -1,0 +1,235 @@
+package main
+
+// kdrop tail against two agents, reached the way a cluster reaches them:
+// through the real API server's pod proxy, to pod IPs that are addresses of
+// a veth this test creates (the proxy refuses loopback). One
+// agent restarts mid-test; tail must keep going and say what it missed.
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand"
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/kdrop/kdrop/k8s/testenv"
+	"github.com/kdrop/kdrop/tracer/nstest"
+)
+
+type agentProc struct {
+	cmd  *exec.Cmd
+	done chan error
+}
+
+func startAgent(t *testing.T, kubeconfig, node, addr, netns string) *agentProc {
+	t.Helper()
+	cmd := exec.Command(kdropBin, "agent", "--kubeconfig", kubeconfig, "--node", node, "--listen", addr,
+		"--netns", "/run/netns/"+netns, "--type", "drop", "--log-format", "console")
+	var stderr syncBuffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	a := &agentProc{cmd: cmd, done: make(chan error, 1)}
+	go func() { a.done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		a.stop()
+		if t.Failed() {
+			t.Logf("agent %s stderr:\n%s", node, stderr.String())
+		}
+	})
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if resp, err := http.Get("http://" + addr + "/readyz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return a
+			}
+		}
+		select {
+		case err := <-a.done:
+			a.done <- err
+			t.Fatalf("agent %s exited: %v\n%s", node, err, stderr.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent %s not ready", node)
+		}
+	}
+}
+
+func (a *agentProc) stop() {
+	if a.cmd.ProcessState == nil {
+		a.cmd.Process.Kill()
+		err := <-a.done
+		a.done <- err
+	}
+}
+
+func TestTailMergesAgentsAndSurvivesRestart(t *testing.T) {
+	env := testenv.Start(t)
+	cs := kubernetes.NewForConfigOrDie(env.Config())
+	ctx := context.Background()
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kdrop"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// A viewer with exactly what tail needs.
+	token := saToken(t, cs, "kdrop", "viewer")
+	if _, err := cs.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "kdrop-viewer"},
+		Rules: []rbacv1.PolicyRule{
+			{APIGroups: []string{"kdrop.dev"}, Resources: []string{"events"}, Verbs: []string{"get"}},
+			{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch"}},
+			{APIGroups: []string{""}, Resources: []string{"pods/proxy"}, Verbs: []string{"get"}},
+		}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cs.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "kdrop-viewer"},
+		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "kdrop-viewer"},
+		Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Namespace: "kdrop", Name: "viewer"}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	kc, err := clientcmd.LoadFromFile(env.Kubeconfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ai := range kc.AuthInfos {
+		ai.ClientCertificateData, ai.ClientKeyData, ai.Token = nil, nil, token
+	}
+	viewerKC := filepath.Join(t.TempDir(), "viewer.kubeconfig")
+	if err := clientcmd.WriteToFile(*kc, viewerKC); err != nil {
+		t.Fatal(err)
+	}
+
+	// Two "nodes": pod IPs on the host end of a veth whose other end is in
+	// a namespace of the test; each agent watches its own scenario namespace.
+	peer := nstest.New(t, "podnet")
+	dev := fmt.Sprintf("kdv%d", rand.Intn(1e6))
+	nstest.Run(t, "ip", "link", "add", dev, "type", "veth", "peer", "name", "eth0", "netns", peer.Name)
+	t.Cleanup(func() { exec.Command("ip", "link", "del", dev).Run() })
+	peer.IP(t, "link set eth0 up")
+	nstest.Run(t, "ip", "addr", "add", "198.18.50.1/32", "dev", dev)
+	nstest.Run(t, "ip", "addr", "add", "198.18.50.2/32", "dev", dev)
+	nstest.Run(t, "ip", "link", "set", dev, "up")
+	type node struct {
+		name, pod, ip string
+		ns            *nstest.NS
+		agent         *agentProc
+	}
+	nodes := []*node{{name: "node-a", pod: "kdrop-a", ip: "198.18.50.1"}, {name: "node-b", pod: "kdrop-b", ip: "198.18.50.2"}}
+	for _, n := range nodes {
+		n.ns = nstest.New(t, n.name)
+		n.ns.Sh(t, "iptables -A INPUT -p udp --dport 9999 -j DROP")
+		n.agent = startAgent(t, env.Kubeconfig(), n.name, n.ip+":9965", n.ns.Name)
+		p, err := cs.CoreV1().Pods("kdrop").Create(ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: n.pod, Labels: map[string]string{"app.kubernetes.io/name": "kdrop"}},
+			Spec:       corev1.PodSpec{NodeName: n.name, Containers: []corev1.Container{{Name: "agent", Image: "kdrop"}}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: n.ip, PodIPs: []corev1.PodIP{{IP: n.ip}}}
+		if _, err := cs.CoreV1().Pods("kdrop").UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	tail := exec.Command(kdropBin, "tail", "--kubeconfig", viewerKC, "-o", "json", "--type", "drop", "--duration", "90s", "--merge-delay", "300ms")
+	stdout, _ := tail.StdoutPipe()
+	var tailErr syncBuffer
+	tail.Stderr = &tailErr
+	if err := tail.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		tail.Process.Kill()
+		tail.Wait()
+		if t.Failed() {
+			t.Logf("tail stderr:\n%s", tailErr.String())
+		}
+	})
+	var mu sync.Mutex
+	var lines []map[string]any
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			var m map[string]any
+			if json.Unmarshal(sc.Bytes(), &m) != nil {
+				t.Errorf("tail printed a non-JSON line: %s", sc.Text())
+				continue
+			}
+			mu.Lock()
+			lines = append(lines, m)
+			mu.Unlock()
+		}
+	}()
+	// waitFor sends drops on a node until tail shows one from it after
+	// line index from, and returns the index of that line.
+	waitFor := func(n *node, from int) int {
+		t.Helper()
+		for deadline := time.Now().Add(45 * time.Second); time.Now().Before(deadline); {
+			n.ns.SendUDP(t, "127.0.0.1", 9999, 1)
+			time.Sleep(300 * time.Millisecond)
+			mu.Lock()
+			for i := from; i < len(lines); i++ {
+				if lines[i]["type"] == "drop" && lines[i]["node"] == n.name {
+					mu.Unlock()
+					return i
+				}
+			}
+			mu.Unlock()
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		t.Fatalf("tail showed no drop from %s after line %d; lines: %v", n.name, from, lines)
+		return 0
+	}
+	waitFor(nodes[0], 0)
+	waitFor(nodes[1], 0)
+
+	// node-a's agent restarts (as when its pod is deleted and recreated).
+	nodes[0].agent.stop()
+	mu.Lock()
+	mark := len(lines)
+	mu.Unlock()
+	time.Sleep(time.Second)
+	nodes[0].agent = startAgent(t, env.Kubeconfig(), "node-a", nodes[0].ip+":9965", nodes[0].ns.Name)
+	after := waitFor(nodes[0], mark)
+	waitFor(nodes[1], mark)
+
+	mu.Lock()
+	defer mu.Unlock()
+	var lost, reconnected bool
+	var last time.Time
+	for i, m := range lines {
+		msg, _ := m["message"].(string)
+		if m["type"] == "notice" && m["node"] == "node-a" && i >= mark && i < after+1 {
+			lost = lost || strings.Contains(msg, "stream from agent kdrop-a lost")
+			reconnected = reconnected || strings.Contains(msg, "reconnected to agent kdrop-a: events on node node-a between")
+		}
+		if m["type"] == "drop" {
+			at, err := time.Parse(time.RFC3339Nano, m["time"].(string))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if at.Before(last) {
+				t.Errorf("line %d out of time order: %v after %v", i, at, last)
+			}
+			last = at
+		}
+	}
+	if !lost || !reconnected {
+		t.Errorf("tail should say node-a's stream was lost (%v) and what it missed on reconnect (%v); lines: %v", lost, reconnected, lines)
+	}
+}
