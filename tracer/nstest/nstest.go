@@ -300,5 +300,13 @@ func NewRouted(t testing.TB) *Routed {
 			}
 		})
 	}
+	// Resolve every neighbour on the path now (a refused connect each way
+	// and family), so a test's first packets are not held or dropped while
+	// ARP or neighbour discovery runs, slowly under emulation.
+	for _, dst := range []string{ServerIP, ServerIP6} {
+		if err := r.Client.ConnectErr(t, dst, 1, 30*time.Second); err != unix.ECONNREFUSED {
+			t.Fatalf("warming up the path to [%s]:1: want ECONNREFUSED, got %v", dst, err)
+		}
+	}
 	return r
 }
