@@ -14,7 +14,7 @@ FALLBACK_ATTACH ?= kprobe,raw_tp,sock_diag
 CLANG        := clang-16
 GO           ?= go
 VERSION      ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
-APT_PACKAGES := clang-16 llvm-16 libbpf-dev bpftool iproute2 iptables qemu-system-x86 busybox-static kmod cpio zstd xz-utils etcd-server
+APT_PACKAGES := clang-16 llvm-16 libbpf-dev bpftool iproute2 iptables qemu-system-x86 busybox-static kmod cpio zstd xz-utils etcd-server prometheus chromium util-linux
 
 .PHONY: help deps generate build run check test test-host test-kernels test-k8s bench kube-bins kernels helm image clean
 

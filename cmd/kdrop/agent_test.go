@@ -13,7 +13,11 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -122,6 +126,8 @@ func TestAgentStreamAuthAndMetrics(t *testing.T) {
 		}
 	}
 
+	prom := startPrometheus(t, addr)
+
 	// Who may read the stream.
 	for _, c := range []struct {
 		name string
@@ -194,6 +200,23 @@ func TestAgentStreamAuthAndMetrics(t *testing.T) {
 			t.Errorf("metrics lack %q:\n%s", m, grepLines(string(metrics), "kdrop_"))
 		}
 	}
+	lint := exec.Command("promtool", "check", "metrics")
+	lint.Stdin = bytes.NewReader(metrics)
+	if out, err := lint.CombinedOutput(); err != nil || len(out) > 0 {
+		t.Errorf("promtool check metrics: %v\n%s", err, out)
+	}
+	// A real Prometheus scraped the agent during the scenario: PromQL
+	// over its HTTP API sees the same count.
+	q := `sum(kdrop_events_total{type="drop",reason="NETFILTER_DROP"})`
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+		v, err := prom.query(q)
+		if err == nil && v == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Prometheus: %s = %v (%v), want %d", q, v, err, n)
+		}
+	}
 	// stdout: the same events as JSON lines, for kubectl logs (flushed
 	// within 200 ms).
 	for deadline := time.Now().Add(3 * time.Second); strings.Count(stdout.String(), `"reason":"NETFILTER_DROP"`) != n; time.Sleep(50 * time.Millisecond) {
@@ -229,4 +252,72 @@ func grepLines(s, substr string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+type prometheusServer struct{ url string }
+
+// startPrometheus runs Debian's prometheus scraping target every second.
+func startPrometheus(t *testing.T, target string) *prometheusServer {
+	t.Helper()
+	if _, err := exec.LookPath("prometheus"); err != nil {
+		if out, err := exec.Command("sh", "-c", "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus").CombinedOutput(); err != nil {
+			t.Fatalf("prometheus is needed (make deps installs it): %v\n%s", err, out)
+		}
+	}
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "prometheus.yml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("global: {scrape_interval: 1s}\nscrape_configs:\n- job_name: kdrop\n  static_configs: [{targets: [%q]}]\n", target)), 0o644)
+	listen := freeAddr(t)
+	cmd := exec.Command("prometheus", "--config.file="+cfg, "--storage.tsdb.path="+filepath.Join(dir, "data"),
+		"--web.listen-address="+listen, "--log.level=warn")
+	var logs syncBuffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("prometheus:\n%s", logs.String())
+		}
+	})
+	p := &prometheusServer{url: "http://" + listen}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if resp, err := http.Get(p.url + "/-/ready"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return p
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("prometheus not ready:\n%s", logs.String())
+		}
+	}
+}
+
+// query returns the single value of an instant PromQL query.
+func (p *prometheusServer) query(q string) (int, error) {
+	resp, err := http.Get(p.url + "/api/v1/query?query=" + url.QueryEscape(q))
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	var r struct {
+		Status string
+		Data   struct {
+			Result []struct {
+				Value [2]any
+			}
+		}
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+		return 0, err
+	}
+	if r.Status != "success" || len(r.Data.Result) != 1 {
+		return 0, fmt.Errorf("query %s: status %s, %d results", q, r.Status, len(r.Data.Result))
+	}
+	v, _ := r.Data.Result[0].Value[1].(string)
+	f, err := strconv.ParseFloat(v, 64)
+	return int(f), err
 }
