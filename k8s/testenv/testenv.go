@@ -220,6 +220,7 @@ func (e *Env) startFirstAPIServer(bin string) error {
 		"--service-account-key-file", e.path("sa.pub"), "--service-account-signing-key-file", e.saKey,
 		"--service-cluster-ip-range", "10.96.0.0/16",
 		"--authorization-mode", "RBAC",
+		"--allow-privileged=true", // as real clusters run it: kdrop's DaemonSet is privileged
 		// Nothing here maintains the kubernetes Service endpoints, and no
 		// controller-manager creates the "default" service account that the
 		// ServiceAccount admission plugin would demand of every pod.
