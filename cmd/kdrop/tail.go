@@ -256,6 +256,7 @@ func (t *tailer) stream(ctx context.Context, pod, node string) {
 			if !lostAt.IsZero() {
 				t.notice(node, fmt.Sprintf("reconnected to agent %s: events on node %s between %s and %s were not seen", pod, node,
 					lostAt.Format(time.RFC3339), time.Now().UTC().Format(time.RFC3339)))
+				lostAt = time.Time{}
 			}
 			err = t.read(body, node)
 			body.Close()
@@ -264,7 +265,7 @@ func (t *tailer) stream(ctx context.Context, pod, node string) {
 		if ctx.Err() != nil {
 			return
 		}
-		if lostAt.IsZero() || err != nil {
+		if lostAt.IsZero() { // say it once per outage, not per retry
 			lostAt = time.Now().UTC()
 			t.notice(node, fmt.Sprintf("stream from agent %s lost (%v); reconnecting", pod, errOrEOF(err)))
 		}
