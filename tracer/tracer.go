@@ -55,11 +55,16 @@ type Options struct {
 type Stats struct {
 	Lost      [eventTypeMax]uint64 // events the ring buffer had no room for (their counts are not lost)
 	Untracked uint64               // events not rate limited because the flow table was full
+	// Missed counts hook invocations the kernel did not run kdrop's program
+	// for (recursion protection: the hook fired again on a CPU while the
+	// program was running there). Those occurrences are not counted at all.
+	Missed uint64
 }
 
-// LostTotal sums Lost over event types.
+// LostTotal sums what was lost: events without a line (Lost) and
+// occurrences never seen (Missed).
 func (s Stats) LostTotal() uint64 {
-	var n uint64
+	n := s.Missed
 	for _, v := range s.Lost {
 		n += v
 	}
@@ -294,6 +299,11 @@ func (t *Tracer) Stats() (Stats, error) {
 			s.Untracked = sum
 		} else if i < uint32(eventTypeMax) {
 			s.Lost[i] = sum
+		}
+	}
+	for _, a := range t.attached {
+		if st, err := a.prog.Stats(); err == nil { // recursion misses: 5.12+
+			s.Missed += st.RecursionMisses
 		}
 	}
 	return s, nil
