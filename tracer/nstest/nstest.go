@@ -229,19 +229,45 @@ func (n *NS) ConnectMany(t testing.TB, addr string, port, count int) *Sockets {
 // error the application would see (nil if it connected).
 func (n *NS) ConnectErr(t testing.TB, addr string, port int, timeout time.Duration) error {
 	t.Helper()
+	var fd int
 	var err error
 	n.In(t, func() {
 		fam, sa := sockaddr(t, addr, port)
-		fd, e := unix.Socket(fam, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-		if e != nil {
+		var e error
+		if fd, e = unix.Socket(fam, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0); e != nil {
 			t.Fatal(e)
 		}
-		defer unix.Close(fd)
-		tv := unix.NsecToTimeval(timeout.Nanoseconds())
-		unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv)
 		err = unix.Connect(fd, sa)
 	})
-	return err
+	defer unix.Close(fd)
+	if err != unix.EINPROGRESS {
+		return err
+	}
+	// Non-blocking, then poll: a blocking connect would return EINTR when
+	// the Go runtime signals the thread.
+	deadline := time.Now().Add(timeout)
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return unix.ETIMEDOUT
+		}
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+		n, err := unix.Poll(fds, int(left.Milliseconds())+1)
+		if err == unix.EINTR || (err == nil && n == 0) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		soerr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
+		if err != nil {
+			return err
+		}
+		if soerr != 0 {
+			return unix.Errno(soerr)
+		}
+		return nil
+	}
 }
 
 // SendUDP sends count datagrams to addr:port from the namespace.
