@@ -203,12 +203,22 @@ main() {
 	cp "$here/guest/stage2.sh" "$RUN_DIR/stage2.sh"
 	write_cmd "$RUN_DIR/cmd.sh" "$PWD" "$version" "$@"
 
-	start_vm "$kdir" "$version"
-	local qrc=0
-	wait "$QEMU_PID" || qrc=$?
-	QEMU_PID=
-	wait "$TAIL_PID" 2>/dev/null || true
-	TAIL_PID=
+	# A guest that dies before it reaches the command (seen: an early-boot
+	# int3 oops of 7.x under TCG) ran nothing: boot it again, twice at most.
+	local qrc attempt
+	for attempt in 1 2 3; do
+		start_vm "$kdir" "$version"
+		qrc=0
+		wait "$QEMU_PID" || qrc=$?
+		QEMU_PID=
+		wait "$TAIL_PID" 2>/dev/null || true
+		TAIL_PID=
+		if grep -q 'KDROP_VMTEST_STAGE=command' "$RUN_DIR/status" || [ "$qrc" -eq 124 ] || [ "$attempt" -eq 3 ]; then
+			break
+		fi
+		log "$version: the guest died before running the command (boot attempt $attempt); booting again"
+		console_tail "$kdir"
+	done
 
 	# The guest's boot timeline (uptime at each stage), for tuning.
 	[ -z "${KDROP_VMTEST_DEBUG:-}" ] || sed 's/^/vmtest: guest: /' "$RUN_DIR/status" >&2
