@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -35,6 +36,9 @@ func createPod(t *testing.T, cs kubernetes.Interface, ns, name, ip string, owner
 		Spec: corev1.PodSpec{NodeName: "test-node", Containers: []corev1.Container{{Name: "c", Image: "app"}}}}
 	if owner != nil {
 		p.OwnerReferences = []metav1.OwnerReference{*owner}
+		if owner.Kind == "ReplicaSet" { // as the ReplicaSet controller labels its pods
+			p.Labels["pod-template-hash"] = owner.Name[strings.LastIndexByte(owner.Name, '-')+1:]
+		}
 	}
 	p, err := cs.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{})
 	if err != nil {
