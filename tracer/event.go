@@ -226,8 +226,6 @@ func (e *Event) What() string {
 	return ""
 }
 
-func netipV4Mapped(a netip.Addr) netip.Addr { return netip.AddrFrom16(a.As16()) }
-
 // Mirrors of enum kdrop_flags and enum kdrop_stat in bpf/kdrop.h.
 const (
 	flagSyncookie = 1 << 0

@@ -103,12 +103,10 @@ func (t *Tracer) fillAddrFilter() error {
 	for _, p := range t.opts.Filter.CIDRs {
 		p = p.Masked()
 		k := kdropAddrKey{Prefixlen: uint32(p.Bits())}
-		a := p.Addr()
-		if a.Is4() {
+		if p.Addr().Is4() {
 			k.Prefixlen += 96
-			a = netipV4Mapped(a)
 		}
-		k.Addr = a.As16()
+		k.Addr = p.Addr().As16() // IPv4 comes out as ::ffff:a.b.c.d
 		if err := t.maps["addr_filter"].Put(k, uint8(1)); err != nil {
 			return fmt.Errorf("adding %s to the address filter: %w", p, err)
 		}
