@@ -174,9 +174,10 @@ func TestServerSideDryRun(t *testing.T) {
 		}
 
 		// alice is bound with a ClusterRoleBinding, bob with a RoleBinding
-		// in kdrop, carol not at all. The first row is the review the agent
-		// makes (cmd/kdrop/auth.go: no namespace), so bob reaches the agents
-		// but may not read the stream.
+		// in kdrop, carol not at all. The second row is the review the agent
+		// makes (cmd/kdrop/auth.go: in its own namespace), so both alice and
+		// bob read the stream; a review without a namespace is answered by
+		// ClusterRoleBindings alone.
 		env.Kubectl(t, "create", "clusterrolebinding", "kdrop-viewer-alice", "--clusterrole=kdrop-viewer", "--user=alice")
 		env.Kubectl(t, "-n", namespace, "create", "rolebinding", "kdrop-viewer-bob", "--clusterrole=kdrop-viewer", "--user=bob")
 		users := []string{"alice", "bob", "carol"}

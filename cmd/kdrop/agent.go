@@ -49,7 +49,8 @@ and serves on --listen:
             or X-Kdrop-Authorization through the API server's pod proxy, which
             strips Authorization); it is checked with a TokenReview and the
             caller must be allowed "get" on "events" in API group kdrop.dev
-            (a SubjectAccessReview).
+            in the agent's namespace ($POD_NAMESPACE), a SubjectAccessReview:
+            a RoleBinding there or a ClusterRoleBinding to kdrop-viewer.
 
 Every event also goes to stdout as a JSON line, so "kubectl logs" works
 with no client at all.`,
@@ -131,7 +132,7 @@ func runAgent(parent context.Context, f watchFlags, a agentFlags) error {
 	reg := prometheus.NewRegistry()
 	hub := newHub(p)
 	m := newAgentMetrics(reg, p, hub)
-	auth := newAuthorizer(cs, log)
+	auth := newAuthorizer(cs, ownNamespace(), log)
 	var isReady atomic.Bool
 	go func() {
 		p.ready(ctx, "")

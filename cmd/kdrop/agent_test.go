@@ -88,11 +88,20 @@ func TestAgentStreamAuthAndMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// Bound only in the agents' namespace: the agent asks its review there.
+	roleViewer := saToken(t, cs, "kdrop", "role-viewer")
+	if _, err := cs.RbacV1().RoleBindings("kdrop").Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "kdrop-viewer"},
+		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "kdrop-viewer"},
+		Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Namespace: "kdrop", Name: "role-viewer"}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
 	ns := nstest.New(t, "agent")
 	ns.Sh(t, "iptables -A INPUT -p udp --dport 9999 -j DROP")
 	addr := freeAddr(t)
 	agent := exec.Command(kdropBin, "agent", "--kubeconfig", env.Kubeconfig(), "--node", "node-a", "--listen", addr,
 		"--netns", "/run/netns/"+ns.Name, "--type", "drop", "--log-format", "console")
+	agent.Env = append(os.Environ(), "POD_NAMESPACE=kdrop")
 	var stdout, stderr syncBuffer
 	agent.Stdout, agent.Stderr = &stdout, &stderr
 	if err := agent.Start(); err != nil {
@@ -137,15 +146,21 @@ func TestAgentStreamAuthAndMetrics(t *testing.T) {
 	}{
 		{"no token", nil, 401, "no bearer token"},
 		{"bad token", map[string]string{"Authorization": "Bearer not-a-token"}, 401, "token not accepted"},
-		{"no RBAC rights", map[string]string{"Authorization": "Bearer " + nobody}, 403, "system:serviceaccount:kdrop:nobody may not read kdrop events"},
+		{"no RBAC rights", map[string]string{"Authorization": "Bearer " + nobody}, 403, "system:serviceaccount:kdrop:nobody may not read kdrop events: grant \"get\" on \"events\" in API group kdrop.dev in namespace kdrop"},
 		{"bad filter", map[string]string{"Authorization": "Bearer " + viewer}, 400, "unknown drop reason"},
+		{"RoleBinding in the agents' namespace", map[string]string{"Authorization": "Bearer " + roleViewer}, 200, `"type":"hello"`},
 	} {
 		url := base + "/events"
 		if c.name == "bad filter" {
 			url += "?reason=NO_SOKET"
 		}
 		resp := get(t, url, c.hdr)
-		body, _ := io.ReadAll(resp.Body)
+		var body []byte
+		if resp.StatusCode == 200 { // a stream: its first line
+			body, _ = bufio.NewReader(resp.Body).ReadBytes('\n')
+		} else {
+			body, _ = io.ReadAll(resp.Body)
+		}
 		resp.Body.Close()
 		if resp.StatusCode != c.code || !strings.Contains(string(body), c.body) {
 			t.Errorf("%s: got %d %q, want %d with %q", c.name, resp.StatusCode, body, c.code, c.body)

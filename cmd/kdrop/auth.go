@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -32,7 +33,11 @@ const (
 type authorizer struct {
 	cs  kubernetes.Interface
 	log *zap.Logger
-	mu  sync.Mutex
+	// namespace is the agent's own: the SubjectAccessReview asks for
+	// access there, so a RoleBinding in the agents' namespace grants the
+	// stream as well as a ClusterRoleBinding does. "" asks cluster-wide.
+	namespace string
+	mu        sync.Mutex
 	// decisions are cached briefly per token so a reconnecting tail does
 	// not cost two API calls each time.
 	cache map[[32]byte]authDecision
@@ -45,8 +50,22 @@ type authDecision struct {
 	at     time.Time
 }
 
-func newAuthorizer(cs kubernetes.Interface, log *zap.Logger) *authorizer {
-	return &authorizer{cs: cs, log: log, cache: map[[32]byte]authDecision{}}
+func newAuthorizer(cs kubernetes.Interface, namespace string, log *zap.Logger) *authorizer {
+	return &authorizer{cs: cs, namespace: namespace, log: log, cache: map[[32]byte]authDecision{}}
+}
+
+// saNamespaceFile is where a pod finds its own namespace.
+const saNamespaceFile = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+// ownNamespace is the agent's namespace: $POD_NAMESPACE (the downward API,
+// as deploy/ sets it), else the service account's, else "" (run outside a
+// pod: access is then checked cluster-wide).
+func ownNamespace() string {
+	if ns := os.Getenv("POD_NAMESPACE"); ns != "" {
+		return ns
+	}
+	b, _ := os.ReadFile(saNamespaceFile)
+	return strings.TrimSpace(string(b))
 }
 
 func bearer(h string) string {
@@ -116,15 +135,19 @@ func (a *authorizer) review(ctx context.Context, token string) authDecision {
 	}
 	sar, err := a.cs.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authzv1.SubjectAccessReview{Spec: authzv1.SubjectAccessReviewSpec{
 		User: u.Username, Groups: u.Groups, UID: u.UID, Extra: extra,
-		ResourceAttributes: &authzv1.ResourceAttributes{Group: streamGroup, Resource: streamResource, Verb: streamVerb},
+		ResourceAttributes: &authzv1.ResourceAttributes{Namespace: a.namespace, Group: streamGroup, Resource: streamResource, Verb: streamVerb},
 	}}, metav1.CreateOptions{})
 	if err != nil {
 		a.log.Warn("SubjectAccessReview failed", zap.Error(err))
 		return authDecision{status: http.StatusServiceUnavailable, msg: "cannot check access with the API server: " + err.Error()}
 	}
 	if !sar.Status.Allowed {
+		where := "cluster-wide"
+		if a.namespace != "" {
+			where = "in namespace " + a.namespace
+		}
 		return authDecision{status: http.StatusForbidden, user: u.Username,
-			msg: fmt.Sprintf("%s may not read kdrop events: grant %q on %q in API group %s (ClusterRole kdrop-viewer)", u.Username, streamVerb, streamResource, streamGroup)}
+			msg: fmt.Sprintf("%s may not read kdrop events: grant %q on %q in API group %s %s (bind ClusterRole kdrop-viewer with a RoleBinding there or a ClusterRoleBinding)", u.Username, streamVerb, streamResource, streamGroup, where)}
 	}
 	return authDecision{status: http.StatusOK, user: u.Username}
 }

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	"strings"
 
 	"github.com/spf13/cobra"
 	"k8s.io/klog/v2"
@@ -34,6 +36,11 @@ It needs root and a kernel with BTF (CONFIG_DEBUG_INFO_BTF=y). Start with
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Version:       version,
+	}
+	// Installed as kubectl-kdrop, kubectl runs it as a plugin ("kubectl kdrop
+	// tail"): help and usage say so.
+	if strings.HasPrefix(filepath.Base(os.Args[0]), "kubectl-kdrop") {
+		root.Annotations = map[string]string{cobra.CommandDisplayNameAnnotation: "kubectl kdrop"}
 	}
 	root.AddCommand(watchCmd(), tailCmd(), recordCmd(), reportCmd(), agentCmd(), checkCmd(), reasonsCmd())
 	if err := root.Execute(); err != nil {

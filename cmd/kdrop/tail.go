@@ -17,30 +17,43 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
 	"github.com/kdrop/kdrop/k8s"
-	"github.com/kdrop/kdrop/tracer"
 )
 
 type tailFlags struct {
 	watchFlags
-	agentsNS  string
-	agentsSel string
-	agentPort int
+	agents streamFlags
+}
+
+// streamFlags say where the agents are and how to reach them; tail and
+// record --from tail share them.
+type streamFlags struct {
+	namespace string
+	selector  string
+	port      int
 	token     string
 	delay     time.Duration
+}
+
+func (s *streamFlags) register(fl *pflag.FlagSet) {
+	fl.StringVar(&s.namespace, "agents-namespace", "kdrop", "namespace of the kdrop agents")
+	fl.StringVar(&s.selector, "agents-selector", "app.kubernetes.io/name=kdrop", "label selector of the agent pods")
+	fl.IntVar(&s.port, "agent-port", 9965, "the agents' --listen port")
+	fl.StringVar(&s.token, "token", "", "bearer token for the agents (default: your kubeconfig's)")
+	fl.DurationVar(&s.delay, "merge-delay", time.Second, "how long to hold events to put the nodes' streams in time order")
 }
 
 func tailCmd() *cobra.Command {
 	var f tailFlags
 	cmd := &cobra.Command{
-		Use:     "tail",
-		Aliases: []string{"kdrop"}, // as a kubectl plugin: kubectl kdrop tail
-		Short:   "Follow the events of every kdrop agent in the cluster, merged in time order",
+		Use:   "tail",
+		Short: "Follow the events of every kdrop agent in the cluster, merged in time order",
 		Long: `Tail finds the kdrop agents (the DaemonSet's pods), connects to each one's
 /events stream through the API server's pod proxy with your own credentials,
 and prints one stream for the whole cluster in time order, with the node and
@@ -48,12 +61,17 @@ pod identity of every event. It keeps going when an agent restarts or a node
 joins or leaves, and says what it could not see meanwhile.
 
 You need "get" on pods/proxy and "list,watch" on pods in the agents'
-namespace, and "get" on events in API group kdrop.dev (ClusterRole
-kdrop-viewer). The agents check a bearer token: the one of your kubeconfig,
-or --token (e.g. from "kubectl create token").`,
-		Example: `  kubectl kdrop tail                          # installed as kubectl-kdrop on PATH
+namespace, and "get" on events in API group kdrop.dev there (ClusterRole
+kdrop-viewer, bound with a RoleBinding in the agents' namespace or a
+ClusterRoleBinding). The agents check a bearer token: the one of your
+kubeconfig, or --token (e.g. from "kubectl create token").
+
+Installed as kubectl-kdrop on your PATH (make install does it), this is
+"kubectl kdrop tail".`,
+		Example: `  kubectl kdrop tail
   kdrop tail -o json --type overflow
-  kdrop tail -n web --reason NO_SOCKET,NETFILTER_DROP`,
+  kdrop tail -n web --reason NO_SOCKET,NETFILTER_DROP
+  kdrop record --from tail -o incident.jsonl.gz --duration 10m   # keep it for the ticket`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runTail(cmd.Context(), f) },
 	}
@@ -61,6 +79,17 @@ or --token (e.g. from "kubectl create token").`,
 	fl.StringVarP(&f.output, "output", "o", "table", "output format: table or json")
 	fl.DurationVarP(&f.duration, "duration", "d", 0, "stop after this long; 0 runs until interrupted")
 	fl.Uint64VarP(&f.count, "count", "c", 0, "stop after this many events; 0 for no limit")
+	f.registerStreamFilters(fl)
+	fl.StringVar(&f.id.kubeconfig, "kubeconfig", "", "kubeconfig file (default $KUBECONFIG, else ~/.kube/config)")
+	fl.StringVar(&f.id.context, "context", "", "kubeconfig context")
+	f.agents.register(fl)
+	return cmd
+}
+
+// registerStreamFilters adds the filters an agent's stream applies for its
+// caller: a subset of watch's (the agent's attach modes, rate limit and
+// benign reasons are its own).
+func (f *watchFlags) registerStreamFilters(fl *pflag.FlagSet) {
 	fl.StringSliceVarP(&f.types, "type", "t", nil, "event types: drop, overflow, unreach (default all)")
 	fl.StringSliceVarP(&f.reasons, "reason", "r", nil, "drop reasons, e.g. NO_SOCKET,NETFILTER_DROP")
 	fl.StringSliceVar(&f.cidrs, "cidr", nil, "only packets with either end in this address or CIDR")
@@ -68,14 +97,6 @@ or --token (e.g. from "kubectl create token").`,
 	fl.StringVar(&f.proto, "proto", "", "only this IP protocol")
 	fl.StringVarP(&f.id.namespace, "namespace", "n", "", "only events with a pod of this namespace at either end")
 	fl.StringVar(&f.id.pod, "pod", "", "only events with this pod (name or namespace/name) at either end")
-	fl.StringVar(&f.id.kubeconfig, "kubeconfig", "", "kubeconfig file (default $KUBECONFIG, else ~/.kube/config)")
-	fl.StringVar(&f.id.context, "context", "", "kubeconfig context")
-	fl.StringVar(&f.agentsNS, "agents-namespace", "kdrop", "namespace of the kdrop agents")
-	fl.StringVar(&f.agentsSel, "agents-selector", "app.kubernetes.io/name=kdrop", "label selector of the agent pods")
-	fl.IntVar(&f.agentPort, "agent-port", 9965, "the agents' --listen port")
-	fl.StringVar(&f.token, "token", "", "bearer token for the agents (default: your kubeconfig's)")
-	fl.DurationVar(&f.delay, "merge-delay", time.Second, "how long to hold events to put the nodes' streams in time order")
-	return cmd
 }
 
 // tailLine is one line of an agent's stream, with what ordering needs.
@@ -103,19 +124,11 @@ func (h *lineHeap) Pop() any {
 	return x
 }
 
-func (f *tailFlags) query() (url.Values, error) {
-	if f.output != "table" && f.output != "json" {
-		return nil, fmt.Errorf("--output %q: use table or json", f.output)
-	}
-	for _, s := range f.types {
-		if _, err := tracer.ParseEventType(s); err != nil {
-			return nil, fmt.Errorf("--type: %w", err)
-		}
-	}
-	for _, s := range f.cidrs {
-		if _, err := parseCIDR(s); err != nil {
-			return nil, err
-		}
+// streamQuery turns the stream filters into an agent's /events query,
+// checked here first so a typo fails at once rather than once per agent.
+func (f *watchFlags) streamQuery() (url.Values, error) {
+	if _, err := f.options(nil); err != nil {
+		return nil, err
 	}
 	q := url.Values{}
 	set := func(k string, v []string) {
@@ -138,29 +151,7 @@ func (f *tailFlags) query() (url.Values, error) {
 }
 
 func runTail(parent context.Context, f tailFlags) error {
-	q, err := f.query()
-	if err != nil {
-		return err
-	}
-	cfg, err := f.id.restConfig()
-	if err != nil {
-		return err
-	}
-	token := f.token
-	if token == "" {
-		token = cfg.BearerToken
-	}
-	if token == "" && cfg.BearerTokenFile != "" {
-		b, err := os.ReadFile(cfg.BearerTokenFile)
-		if err != nil {
-			return err
-		}
-		token = strings.TrimSpace(string(b))
-	}
-	if token == "" {
-		return fmt.Errorf("the agents check a bearer token, and your kubeconfig has none (client certificate?): pass --token, e.g. --token $(kubectl create token <serviceaccount>)")
-	}
-	cs, err := kubernetes.NewForConfig(cfg)
+	t, err := newTailer(f.watchFlags, f.agents)
 	if err != nil {
 		return err
 	}
@@ -174,37 +165,143 @@ func runTail(parent context.Context, f tailFlags) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	t := &tailer{f: f, cs: cs, cfg: cfg, token: token, query: q, lines: make(chan tailLine, 4096), streams: map[string]context.CancelFunc{}}
-	go t.discover(ctx)
-	return t.merge(ctx, cancel)
+	out := bufio.NewWriterSize(os.Stdout, 64<<10)
+	defer out.Flush()
+	if f.output == "table" {
+		fmt.Fprintln(out, "NODE        "+tableHeaderRest)
+	}
+	var printed uint64
+	t.run(ctx, func(lines []tailLine) {
+		for _, l := range lines {
+			if f.count > 0 && printed >= f.count {
+				break
+			}
+			if f.output == "json" {
+				out.Write(append(l.line, '\n'))
+			} else {
+				fmt.Fprintln(out, tableFromJSON(l.line))
+			}
+			printed++
+		}
+		out.Flush()
+		if f.count > 0 && printed >= f.count {
+			cancel()
+		}
+	})
+	return nil
+}
+
+// newTailer checks the filters and credentials; nothing is contacted yet.
+func newTailer(f watchFlags, agents streamFlags) (*tailer, error) {
+	q, err := f.streamQuery()
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := f.id.restConfig()
+	if err != nil {
+		return nil, err
+	}
+	token := agents.token
+	if token == "" {
+		token = cfg.BearerToken
+	}
+	if token == "" && cfg.BearerTokenFile != "" {
+		b, err := os.ReadFile(cfg.BearerTokenFile)
+		if err != nil {
+			return nil, err
+		}
+		token = strings.TrimSpace(string(b))
+	}
+	if token == "" {
+		return nil, fmt.Errorf("the agents check a bearer token, and your kubeconfig has none (client certificate?): pass --token, e.g. --token $(kubectl create token <serviceaccount>)")
+	}
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &tailer{agents: agents, cs: cs, cfg: cfg, token: token, query: q, lines: make(chan tailLine, 4096),
+		streams: map[string]context.CancelFunc{}, down: map[string]time.Time{}}, nil
 }
 
 type tailer struct {
-	f     tailFlags
-	cs    kubernetes.Interface
-	cfg   *rest.Config
-	token string
-	query url.Values
-	lines chan tailLine
-	seq   uint64
-	mu    sync.Mutex
+	agents streamFlags
+	cs     kubernetes.Interface
+	cfg    *rest.Config
+	token  string
+	query  url.Values
+	lines  chan tailLine
+	seq    uint64
+	mu     sync.Mutex
 	// streams by agent pod name; a pod that goes away has its stream ended
 	streams map[string]context.CancelFunc
+	// down: nodes whose stream was lost, since when. Kept by node, not by
+	// pod, so an agent pod replaced by a new one still closes the gap.
+	down map[string]time.Time
+	// onConnect, if set, is called (under mu) each time a node's stream
+	// connects.
+	onConnect func(node string)
 }
 
-// notice prints a line about the tail itself, in the output's format.
-func (t *tailer) notice(node, msg string) {
+// notice sends a line about the tail itself; gap notices also carry the
+// window whose events were not seen.
+func (t *tailer) notice(node, msg string, gap ...time.Time) {
 	now := time.Now().UTC()
-	line := fmt.Appendf(nil, `{"time":%q,"type":"notice","node":%q,"message":%q}`, now.Format(time.RFC3339Nano), node, msg)
-	t.lines <- tailLine{at: now, line: line}
+	line := fmt.Appendf(nil, `{"time":%q,"type":"notice","node":%q,"message":%q`, now.Format(time.RFC3339Nano), node, msg)
+	if len(gap) == 2 {
+		line = fmt.Appendf(line, `,"gap_from":%q,"gap_to":%q`, gap[0].Format(time.RFC3339Nano), gap[1].Format(time.RFC3339Nano))
+	}
+	t.lines <- tailLine{at: now, line: append(line, '}')}
+}
+
+// lost marks node's stream as lost (once per outage) and says so.
+func (t *tailer) lost(node, msg string) {
+	t.mu.Lock()
+	_, already := t.down[node]
+	if !already {
+		t.down[node] = time.Now().UTC()
+	}
+	t.mu.Unlock()
+	if !already {
+		t.notice(node, msg)
+	}
+}
+
+// connected closes node's gap, if it had one, and says what was missed.
+func (t *tailer) connected(node, pod string) {
+	t.mu.Lock()
+	since, was := t.down[node]
+	delete(t.down, node)
+	if t.onConnect != nil {
+		t.onConnect(node)
+	}
+	t.mu.Unlock()
+	if was {
+		now := time.Now().UTC()
+		t.notice(node, fmt.Sprintf("connected to agent %s: events on node %s between %s and %s were not seen", pod, node,
+			since.Format(time.RFC3339), now.Format(time.RFC3339)), since, now)
+	}
+}
+
+// run discovers the agents and streams their events to emit, in time
+// order, in batches, until ctx is done; then it says which nodes are still
+// unseen.
+func (t *tailer) run(ctx context.Context, emit func([]tailLine)) {
+	dctx, stopDiscover := context.WithCancel(ctx)
+	defer stopDiscover()
+	go t.discover(dctx)
+	t.merge(ctx, emit)
 }
 
 // discover keeps one stream per running agent pod, every few seconds.
 func (t *tailer) discover(ctx context.Context) {
+	nodeOf := map[string]string{}
 	for {
-		pods, err := t.cs.CoreV1().Pods(t.f.agentsNS).List(ctx, metav1.ListOptions{LabelSelector: t.f.agentsSel})
+		pods, err := t.cs.CoreV1().Pods(t.agents.namespace).List(ctx, metav1.ListOptions{LabelSelector: t.agents.selector})
 		if err != nil && ctx.Err() == nil {
 			t.notice("", "cannot list the agents: "+err.Error())
+		}
+		if err == nil && len(pods.Items) == 0 && len(nodeOf) == 0 {
+			t.notice("", fmt.Sprintf("no agent pods in namespace %s with labels %s yet (is kdrop deployed? see --agents-namespace, --agents-selector)", t.agents.namespace, t.agents.selector))
 		}
 		seen := map[string]bool{}
 		if pods != nil {
@@ -218,19 +315,26 @@ func (t *tailer) discover(ctx context.Context) {
 				if _, ok := t.streams[p.Name]; !ok {
 					sctx, cancel := context.WithCancel(ctx)
 					t.streams[p.Name] = cancel
+					nodeOf[p.Name] = p.Spec.NodeName
 					go t.stream(sctx, p.Name, p.Spec.NodeName)
 				}
 				t.mu.Unlock()
 			}
 		}
+		var gone []string
 		t.mu.Lock()
 		for name, cancel := range t.streams {
 			if !seen[name] {
 				cancel()
 				delete(t.streams, name)
+				gone = append(gone, name)
 			}
 		}
 		t.mu.Unlock()
+		for _, name := range gone {
+			t.lost(nodeOf[name], fmt.Sprintf("agent %s on node %s went away (deleted, or no longer running)", name, nodeOf[name]))
+			delete(nodeOf, name)
+		}
 		select {
 		case <-ctx.Done():
 			return
@@ -239,36 +343,27 @@ func (t *tailer) discover(ctx context.Context) {
 	}
 }
 
-// stream follows one agent through the pod proxy, reconnecting, and says
-// what it missed.
+// stream follows one agent through the pod proxy, reconnecting.
 func (t *tailer) stream(ctx context.Context, pod, node string) {
-	var lostAt time.Time
 	backoff := 500 * time.Millisecond
 	for ctx.Err() == nil {
-		req := t.cs.CoreV1().RESTClient().Get().Namespace(t.f.agentsNS).Resource("pods").
-			Name(fmt.Sprintf("%s:%d", pod, t.f.agentPort)).SubResource("proxy").Suffix("events").
+		req := t.cs.CoreV1().RESTClient().Get().Namespace(t.agents.namespace).Resource("pods").
+			Name(fmt.Sprintf("%s:%d", pod, t.agents.port)).SubResource("proxy").Suffix("events").
 			SetHeader(tokenHeader, "Bearer "+t.token)
 		for k, v := range t.query {
 			req = req.Param(k, v[0])
 		}
 		body, err := req.Stream(ctx)
 		if err == nil {
-			if !lostAt.IsZero() {
-				t.notice(node, fmt.Sprintf("reconnected to agent %s: events on node %s between %s and %s were not seen", pod, node,
-					lostAt.Format(time.RFC3339), time.Now().UTC().Format(time.RFC3339)))
-				lostAt = time.Time{}
-			}
-			err = t.read(body, node)
+			t.connected(node, pod)
+			err = t.read(body)
 			body.Close()
 			backoff = 500 * time.Millisecond
 		}
 		if ctx.Err() != nil {
 			return
 		}
-		if lostAt.IsZero() { // say it once per outage, not per retry
-			lostAt = time.Now().UTC()
-			t.notice(node, fmt.Sprintf("stream from agent %s lost (%v); reconnecting", pod, errOrEOF(err)))
-		}
+		t.lost(node, fmt.Sprintf("stream from agent %s on node %s lost (%v); reconnecting", pod, node, errOrEOF(err)))
 		select {
 		case <-ctx.Done():
 			return
@@ -285,7 +380,7 @@ func errOrEOF(err error) error {
 	return err
 }
 
-func (t *tailer) read(body io.Reader, node string) error {
+func (t *tailer) read(body io.Reader) error {
 	sc := bufio.NewScanner(body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
@@ -305,55 +400,52 @@ func (t *tailer) read(body io.Reader, node string) error {
 }
 
 // merge holds lines for the merge delay, so the nodes' streams come out in
-// time order, and prints them.
-func (t *tailer) merge(ctx context.Context, cancel context.CancelFunc) error {
-	out := bufio.NewWriterSize(os.Stdout, 64<<10)
-	defer out.Flush()
-	if t.f.output == "table" {
-		fmt.Fprintln(out, "NODE        "+tableHeaderRest)
-	}
+// time order, and passes them to emit.
+func (t *tailer) merge(ctx context.Context, emit func([]tailLine)) {
 	var h lineHeap
-	var printed uint64
+	var batch []tailLine
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
+	push := func(l tailLine) {
+		t.seq++
+		l.seq = t.seq
+		heap.Push(&h, l)
+	}
 	flush := func(all bool) {
-		cut := time.Now().Add(-t.f.delay)
+		cut := time.Now().Add(-t.agents.delay)
+		batch = batch[:0]
 		for h.Len() > 0 && (all || h[0].at.Before(cut)) {
-			l := heap.Pop(&h).(tailLine)
-			if t.f.count > 0 && printed >= t.f.count {
-				continue
-			}
-			if t.f.output == "json" {
-				out.Write(append(l.line, '\n'))
-			} else {
-				fmt.Fprintln(out, tableFromJSON(l.line))
-			}
-			printed++
-			if t.f.count > 0 && printed >= t.f.count {
-				cancel()
-			}
+			batch = append(batch, heap.Pop(&h).(tailLine))
 		}
-		out.Flush()
+		if len(batch) > 0 {
+			emit(batch)
+		}
 	}
 	for {
 		select {
 		case <-ctx.Done():
 			for len(t.lines) > 0 {
-				l := <-t.lines
-				t.seq++
-				l.seq = t.seq
-				heap.Push(&h, l)
+				push(<-t.lines)
 			}
 			flush(true)
-			return nil
+			return
 		case l := <-t.lines:
-			t.seq++
-			l.seq = t.seq
-			heap.Push(&h, l)
+			push(l)
 		case <-tick.C:
 			flush(false)
 		}
 	}
+}
+
+// openGaps lists the nodes whose stream is down now, and since when.
+func (t *tailer) openGaps() map[string]time.Time {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make(map[string]time.Time, len(t.down))
+	for n, at := range t.down {
+		out[n] = at
+	}
+	return out
 }
 
 const tableHeaderRest = "TIME          EVENT     COUNT  WHAT                    PROTO  SOURCE                   DESTINATION"

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"math/rand"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -25,6 +26,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/kdrop/kdrop/cmd/kdrop/report"
 	"github.com/kdrop/kdrop/k8s/testenv"
 	"github.com/kdrop/kdrop/tracer/nstest"
 )
@@ -92,6 +94,7 @@ func TestTailMergesAgentsAndSurvivesRestart(t *testing.T) {
 			{APIGroups: []string{"kdrop.dev"}, Resources: []string{"events"}, Verbs: []string{"get"}},
 			{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch"}},
 			{APIGroups: []string{""}, Resources: []string{"pods/proxy"}, Verbs: []string{"get"}},
+			{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get"}},
 		}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -129,6 +132,15 @@ func TestTailMergesAgentsAndSurvivesRestart(t *testing.T) {
 	}
 	nodes := []*node{{name: "node-a", pod: "kdrop-a", ip: "198.18.50.1"}, {name: "node-b", pod: "kdrop-b", ip: "198.18.50.2"}}
 	for _, n := range nodes {
+		// The Node object, with the kernel that record puts in its header.
+		no, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.name}}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		no.Status.NodeInfo.KernelVersion = "6.18.0-" + n.name
+		if _, err := cs.CoreV1().Nodes().UpdateStatus(ctx, no, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
 		n.ns = nstest.New(t, n.name)
 		n.ns.Sh(t, "iptables -A INPUT -p udp --dport 9999 -j DROP")
 		n.agent = startAgent(t, env.Kubeconfig(), n.name, n.ip+":9965", n.ns.Name)
@@ -145,7 +157,23 @@ func TestTailMergesAgentsAndSurvivesRestart(t *testing.T) {
 		}
 	}
 
-	tail := exec.Command(kdropBin, "tail", "--kubeconfig", viewerKC, "-o", "json", "--type", "drop", "--duration", "90s", "--merge-delay", "300ms")
+	// tail runs as users run it: "kubectl kdrop tail", kubectl finding
+	// kubectl-kdrop on PATH as make install puts it there.
+	plugins := t.TempDir()
+	if err := os.Symlink(kdropBin, filepath.Join(plugins, "kubectl-kdrop")); err != nil {
+		t.Fatal(err)
+	}
+	kubectl := testenv.Bin(t, "kubectl")
+	list, err := exec.Command("env", "PATH="+plugins+":/usr/bin:/bin", kubectl, "plugin", "list").CombinedOutput()
+	if err != nil || !strings.Contains(string(list), filepath.Join(plugins, "kubectl-kdrop")) {
+		t.Fatalf("kubectl plugin list does not find kubectl-kdrop: %v\n%s", err, list)
+	}
+	help, err := exec.Command("env", "PATH="+plugins+":/usr/bin:/bin", kubectl, "kdrop", "tail", "--help").CombinedOutput()
+	if err != nil || !strings.Contains(string(help), "kubectl kdrop tail [flags]") {
+		t.Fatalf("kubectl kdrop tail --help: %v\n%s", err, help)
+	}
+	tail := exec.Command(kubectl, "kdrop", "tail", "--kubeconfig", viewerKC, "-o", "json", "--type", "drop", "--duration", "90s", "--merge-delay", "300ms")
+	tail.Env = append(os.Environ(), "PATH="+plugins+":"+os.Getenv("PATH"))
 	stdout, _ := tail.StdoutPipe()
 	var tailErr syncBuffer
 	tail.Stderr = &tailErr
@@ -159,6 +187,32 @@ func TestTailMergesAgentsAndSurvivesRestart(t *testing.T) {
 			t.Logf("tail stderr:\n%s", tailErr.String())
 		}
 	})
+	// The same window recorded for the incident ticket.
+	recording := filepath.Join(t.TempDir(), "cluster.jsonl.gz")
+	recReady := filepath.Join(t.TempDir(), "ready")
+	rec := exec.Command(kdropBin, "record", "--from", "tail", "--kubeconfig", viewerKC, "-o", recording, "--type", "drop", "--merge-delay", "300ms", "--ready-file", recReady)
+	var recErr syncBuffer
+	rec.Stderr = &recErr
+	if err := rec.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		rec.Process.Kill()
+		rec.Wait()
+		if t.Failed() {
+			t.Logf("record stderr:\n%s", recErr.String())
+		}
+	})
+	// --ready-file: every agent found at the start streams to the recorder.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if _, err := os.Stat(recReady); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("record --from tail never wrote its --ready-file\n%s", recErr.String())
+		}
+	}
+
 	var mu sync.Mutex
 	var lines []map[string]any
 	go func() {
@@ -223,10 +277,53 @@ func TestTailMergesAgentsAndSurvivesRestart(t *testing.T) {
 		t.Fatalf("tail never said %q after line %d; lines: %v", msg, from, lines)
 		return 0
 	}
-	lostAt := notice("stream from agent kdrop-a lost", mark)
-	back := notice("reconnected to agent kdrop-a: events on node node-a between", lostAt)
+	lostAt := notice("stream from agent kdrop-a on node node-a lost", mark)
+	back := notice("connected to agent kdrop-a: events on node node-a between", lostAt)
+	mu.Lock()
+	gapFrom, _ := time.Parse(time.RFC3339Nano, fmt.Sprint(lines[back]["gap_from"]))
+	gapTo, _ := time.Parse(time.RFC3339Nano, fmt.Sprint(lines[back]["gap_to"]))
+	mu.Unlock()
+	if gapFrom.IsZero() || !gapTo.After(gapFrom) {
+		t.Errorf("the reconnect notice should carry the gap, got %v", lines[back])
+	}
 	waitFor(nodes[0], back) // node-a's events flow again
 	waitFor(nodes[1], mark)
+
+	// Stop the recording as an operator does (Ctrl-C); its report shows
+	// both nodes with their kernels, events from both, and node-a's gap.
+	rec.Process.Signal(os.Interrupt)
+	if err := rec.Wait(); err != nil {
+		t.Fatalf("record --from tail: %v\n%s", err, recErr.String())
+	}
+	f, err := os.Open(recording)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := report.Read(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(r.Header.Nodes); r.Header.From != "tail" || got != "[{node-a 6.18.0-node-a} {node-b 6.18.0-node-b}]" {
+		t.Errorf("header: from %q, nodes %s", r.Header.From, got)
+	}
+	perNode := map[string]uint64{}
+	for _, fl := range r.Flows {
+		perNode[fl.Node] += fl.Count
+	}
+	if perNode["node-a"] == 0 || perNode["node-b"] == 0 || r.Trailer == nil {
+		t.Errorf("recording: occurrences per node %v, trailer %v", perNode, r.Trailer)
+	}
+	if len(r.Gaps) != 1 || r.Gaps[0].Node != "node-a" || !r.Gaps[0].To.After(r.Gaps[0].From) {
+		t.Errorf("recording gaps: %+v, want one on node-a", r.Gaps)
+	}
+	var md strings.Builder
+	if err := report.WriteMarkdown(&md, r); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(md.String(), "1 gap without an agent stream") || !strings.Contains(md.String(), "node-a from ") {
+		t.Errorf("report should name the gap:\n%s", md.String())
+	}
 
 	mu.Lock()
 	defer mu.Unlock()

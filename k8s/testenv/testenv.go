@@ -358,6 +358,21 @@ func (e *Env) Kubectl(t testing.TB, args ...string) string {
 	return stdout.String()
 }
 
+// Bin is the path of one of the Kubernetes binaries (kubectl, ...); the
+// test fails if it is missing.
+func Bin(t testing.TB, name string) string {
+	t.Helper()
+	dir, err := kubeBinDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, name)
+	if !isExecutable(bin) {
+		t.Fatalf("testenv: %s is missing: %s", bin, makeHint)
+	}
+	return bin
+}
+
 func (e *Env) path(name string) string { return filepath.Join(e.dir, name) }
 
 func kubeBinDir() (string, error) {

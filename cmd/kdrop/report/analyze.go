@@ -32,7 +32,7 @@ type Finding struct {
 	// Kind is a stable name of the rule that found it: somaxconn, backlog,
 	// listen-queue, syncookies, stale-endpoint, no-endpoints, no-socket,
 	// closed-connection, netfilter, drop-reason, icmp, lost, truncated,
-	// unresolved.
+	// gap, unresolved.
 	Kind   string
 	Title  string // one line, with the workload and the numbers
 	Detail string // what happened, in plain words
@@ -971,7 +971,9 @@ func (a *analysis) recordingFindings() {
 			where = " (" + strings.Join(parts, ", ") + ")"
 		}
 		rate := "the current --rate-limit"
-		if rec.Header.RateLimit > 0 {
+		if rec.Header.From == "tail" {
+			rate = "the agents' --rate-limit (in the DaemonSet's args)"
+		} else if rec.Header.RateLimit > 0 {
 			rate = fmt.Sprintf("--rate-limit (now %d per second per flow)", rec.Header.RateLimit)
 		} else if len(rec.Losses) > 0 || rec.Header.Format > 0 {
 			rate = "--rate-limit (the recording had none: every event was a line)"
@@ -999,6 +1001,33 @@ func (a *analysis) recordingFindings() {
 			Title:  "Recording truncated: it has no end-of-recording line",
 			Detail: detail,
 			Fix:    "Stop kdrop record with Ctrl-C or SIGTERM, or give it --duration, so it finishes the file; make sure the disk has room for it.",
+		})
+	}
+	if len(rec.Gaps) > 0 {
+		var total time.Duration
+		first, last := rec.Gaps[0].From, rec.Gaps[0].To
+		for _, g := range rec.Gaps {
+			total += g.To.Sub(g.From)
+			if g.From.Before(first) {
+				first = g.From
+			}
+			if g.To.After(last) {
+				last = g.To
+			}
+		}
+		var where []string
+		for _, g := range rec.Gaps {
+			where = append(where, fmt.Sprintf("%s from %s to %s (%s)", g.Node, stamp(g.From), stamp(g.To), dur(g.To.Sub(g.From))))
+		}
+		a.add(Finding{
+			Severity: SevWarning, Kind: "gap", Subject: "the recording", First: first, Last: last,
+			Title: fmt.Sprintf("%s without an agent stream, %s in all", plural(uint64(len(rec.Gaps)), "gap", "gaps"), dur(total)),
+			Detail: "The recording came from the agents (kdrop record --from tail), and for these windows one node's agent was not streaming: it restarted, was deleted or its node left. " +
+				"Nothing that node's kernel did in those windows is in this report, not even in the counts: " + strings.Join(where, "; ") + ".",
+			Fix: strings.Join([]string{
+				"Check why the agent restarted: kubectl -n kdrop describe pod, and its previous logs (kubectl logs --previous).",
+				"For the missing window, the node's own counters still hold the totals: nstat -az TcpExtListenOverflows IcmpOutDestUnreachs on the node.",
+			}, "\n"),
 		})
 	}
 	var unresolved uint64

@@ -33,6 +33,7 @@ type Recording struct {
 	Trailer *Trailer // nil: the file ends without the end-of-recording line
 	Flows   []*Flow  // in order of first appearance
 	Losses  []Loss   // loss notices, in file order
+	Gaps    []Gap    // windows a node's agent was not streaming (from tail)
 	// Notes are problems met while reading that did not stop it (a gzip
 	// stream cut off, lines of a type this version does not know, ...).
 	Notes []string
@@ -54,6 +55,7 @@ type Header struct {
 	Nodes     []Node
 	Filters   Filters
 	RateLimit uint32 // events per second per flow before folding; 0: none
+	From      string // "watch" (one machine) or "tail" (the cluster's agents)
 }
 
 // Node is a node the recording covers.
@@ -87,6 +89,15 @@ type Loss struct {
 	Time time.Time
 	Node string
 	Lost uint64
+}
+
+// Gap is a window in which a recording made from the agents (record --from
+// tail) had no stream from one node: an agent restarted or went away.
+// Nothing of that node in that window is in the recording, counts included.
+type Gap struct {
+	Node     string
+	From, To time.Time
+	Message  string
 }
 
 // K8s is the Kubernetes identity of one end of an event, or of the owner of
@@ -302,6 +313,7 @@ type wireHeader struct {
 	Nodes     []Node  `json:"nodes"`
 	Filters   Filters `json:"filters"`
 	RateLimit uint32  `json:"rate_limit"`
+	From      string  `json:"from"`
 	Type      string  `json:"type"`
 }
 
@@ -316,6 +328,9 @@ type wireLine struct {
 
 	Time        string          `json:"time"`
 	Type        string          `json:"type"`
+	Message     string          `json:"message"`
+	GapFrom     string          `json:"gap_from"`
+	GapTo       string          `json:"gap_to"`
 	Count       *uint64         `json:"count"`
 	Summary     bool            `json:"summary"`
 	Source      string          `json:"source"`
@@ -434,6 +449,20 @@ func (p *parser) line(n int, b []byte) error {
 		return nil
 	case "drop", "overflow", "unreach":
 		return p.event(n, &w)
+	case "notice": // from kdrop tail; only gaps matter to a report
+		if w.GapFrom == "" {
+			return nil
+		}
+		from, err := parseTime("gap_from", w.GapFrom)
+		if err != nil {
+			return fmt.Errorf("line %d: gap notice: %v", n, err)
+		}
+		to, err := parseTime("gap_to", w.GapTo)
+		if err != nil {
+			return fmt.Errorf("line %d: gap notice: %v", n, err)
+		}
+		p.rec.Gaps = append(p.rec.Gaps, Gap{Node: w.Node, From: from, To: to, Message: w.Message})
+		return nil
 	}
 	// a type from a newer kdrop: say so, but read the rest
 	if p.unknown == nil {
@@ -472,7 +501,7 @@ func (p *parser) header(n int, b []byte) error {
 	}
 	p.rec.Header = Header{
 		Format: *h.Format, Started: started, Version: h.Version, Cluster: h.Cluster,
-		Nodes: h.Nodes, Filters: h.Filters, RateLimit: h.RateLimit,
+		Nodes: h.Nodes, Filters: h.Filters, RateLimit: h.RateLimit, From: h.From,
 	}
 	p.sawHeader = true
 	return nil

@@ -102,6 +102,10 @@ func newView(rec *Recording) *view {
 		v.Banners = append(v.Banners, banner{"lost", plural(l, "event", "events") + " lost.",
 			"The ring buffer or the stream had no room for their lines. Their occurrences still arrived in later summary lines: every count below is exact, only some individual lines are missing."})
 	}
+	if len(rec.Gaps) > 0 {
+		v.Banners = append(v.Banners, banner{"warn", plural(uint64(len(rec.Gaps)), "gap", "gaps") + " in the recording.",
+			"For some windows a node's agent was not streaming (restarted or gone): nothing from that node in those windows is counted. See the findings."})
+	}
 	for _, n := range rec.Notes {
 		v.Banners = append(v.Banners, banner{"note", "Note:", n})
 	}
