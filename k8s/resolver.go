@@ -405,16 +405,27 @@ func (r *Resolver) WaitForSync(ctx context.Context) bool {
 	}
 }
 
+// optionalSyncWait bounds the wait for informers that may never sync.
+const optionalSyncWait = 5 * time.Second
+
 func (r *Resolver) waitSync(ctx context.Context) {
-	var fns []cache.InformerSynced
+	var required, optional []cache.InformerSynced
 	for _, i := range r.informers {
 		if i.required {
-			fns = append(fns, i.inf.HasSynced)
+			required = append(required, i.inf.HasSynced)
+		} else {
+			optional = append(optional, i.inf.HasSynced)
 		}
 	}
-	if !cache.WaitForCacheSync(ctx.Done(), fns...) {
+	if !cache.WaitForCacheSync(ctx.Done(), required...) {
 		return
 	}
+	// The optional informers (ReplicaSets, Jobs: RBAC may deny them) sync
+	// moments after the rest when allowed; a short wait for them keeps the
+	// first events' workload names right rather than inferred.
+	octx, cancel := context.WithTimeout(ctx, optionalSyncWait)
+	cache.WaitForCacheSync(octx.Done(), optional...)
+	cancel()
 	r.rebuild()
 	r.synced.Store(true)
 	close(r.syncedCh)
