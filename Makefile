@@ -16,7 +16,7 @@ GO           ?= go
 VERSION      ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 APT_PACKAGES := clang-16 llvm-16 libbpf-dev bpftool iproute2 iptables qemu-system-x86 busybox-static kmod cpio zstd xz-utils etcd-server prometheus chromium util-linux
 
-.PHONY: help deps generate build run check test test-host test-kernels test-k8s bench kube-bins kernels helm image clean
+.PHONY: help deps generate build install run check test test-host test-kernels test-k8s bench kube-bins kernels helm image clean
 
 help: ## show this help
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -36,6 +36,11 @@ generate: deps ## regenerate bpf/vmlinux.h from this kernel's BTF and the bpf2go
 
 build: ## build bin/kdrop
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o bin/kdrop ./cmd/kdrop
+
+PREFIX ?= /usr/local
+install: build ## install kdrop, and kubectl-kdrop for "kubectl kdrop tail", into $(PREFIX)/bin
+	install -D -m 0755 bin/kdrop $(DESTDIR)$(PREFIX)/bin/kdrop
+	ln -sf kdrop $(DESTDIR)$(PREFIX)/bin/kubectl-kdrop
 
 run: deps build ## run `kdrop watch` on this machine (needs root)
 	./bin/kdrop watch
