@@ -14,9 +14,11 @@ FALLBACK_ATTACH ?= kprobe,raw_tp,sock_diag
 CLANG        := clang-16
 GO           ?= go
 VERSION      ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
-APT_PACKAGES := clang-16 llvm-16 libbpf-dev bpftool iproute2 iptables qemu-system-x86 busybox-static kmod cpio zstd xz-utils etcd-server prometheus chromium util-linux
+APT_PACKAGES := clang-16 llvm-16 libbpf-dev bpftool iproute2 iptables qemu-system-x86 busybox-static kmod cpio zstd xz-utils etcd-server prometheus chromium util-linux \
+                containerd runc containernetworking-plugins conntrack
 
-.PHONY: help deps generate build install run check test test-host test-kernels test-k8s bench kube-bins kernels helm image clean
+.PHONY: help deps generate build install run check test test-host test-kernels test-k8s bench kube-bins kernels helm image clean \
+        cluster-images cluster-up cluster-down test-cluster
 
 help: ## show this help
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -48,7 +50,7 @@ run: deps build ## run `kdrop watch` on this machine (needs root)
 check: deps build ## print what this kernel supports
 	./bin/kdrop check
 
-test: test-host test-kernels test-k8s ## all tests: host kernel, VM kernels, Kubernetes (what CI runs)
+test: test-host test-kernels test-k8s test-cluster ## all tests: host kernel, VM kernels, Kubernetes API, a real cluster (what CI runs)
 
 test-host: deps ## tracer tests on this machine's kernel
 	$(GO) vet ./...
@@ -75,12 +77,30 @@ test-kernels: kernels ## the tracer tests inside QEMU VMs, one per kernel (KERNE
 kube-bins: deps ## build kube-apiserver, kubectl & co. from the Go module proxy (cached)
 	deploy/kube/build.sh $(KDROP_CACHE)/kube/bin
 
+# A real single-node cluster (containerd, kubelet, kube-proxy, ...) on this
+# machine for end-to-end tests; deploy/cluster/README.md says what it changes.
+CLUSTER_ENV := KDROP_CLUSTER_HOME=$(KDROP_CACHE)/cluster KDROP_KUBE_BIN=$(KDROP_CACHE)/kube/bin GO=$(GO)
+
+cluster-images: ## build the test cluster's pause and busybox images into .cache/cluster/images
+	$(CLUSTER_ENV) deploy/cluster/cluster.sh images
+
+cluster-up: deps kube-bins cluster-images ## start a real single-node Kubernetes cluster here (root); then `deploy/cluster/cluster.sh env`
+	$(CLUSTER_ENV) deploy/cluster/cluster.sh up
+
+cluster-down: ## stop the test cluster and undo its changes to the host
+	$(CLUSTER_ENV) deploy/cluster/cluster.sh down
+
+test-cluster: deps kube-bins helm cluster-images ## kdrop deployed from deploy/ in a real local cluster, diagnosing the incidents end to end (brings the cluster up and down)
+	$(CLUSTER_ENV) KDROP_HELM=$(KDROP_CACHE)/bin/helm $(GO) test -count=1 -v -timeout 30m ./deploy/e2e/ 2>&1 \
+		| tee $(KDROP_CACHE)/e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|KDROP-E2E|_test.go'; \
+		test $${PIPESTATUS[0]} -eq 0 || { echo "FAIL: full log in $(KDROP_CACHE)/e2e.log"; exit 1; }
+
 helm: ## build a pinned helm from the Go module proxy into the cache (for the chart's tests)
 	deploy/helm/install-helm.sh $(KDROP_CACHE)/bin
 
 test-k8s: kube-bins helm ## identity, CLI, agent and deploy/ tests against a real kube-apiserver + etcd
 	KDROP_KUBE_BIN=$(KDROP_CACHE)/kube/bin KDROP_HELM=$(KDROP_CACHE)/bin/helm \
-		$(GO) test -count=1 -timeout 30m ./k8s/... ./cmd/... ./deploy/...
+		$(GO) test -count=1 -timeout 30m ./k8s/... ./cmd/... ./deploy/ ./deploy/cluster/...
 
 image: build ## build the agent's OCI image as a tarball (out/kdrop-image.tar), no Docker or registry needed
 	$(GO) run ./cmd/mkimage -binary bin/kdrop -tag kdrop:$(VERSION) -out out/kdrop-image.tar

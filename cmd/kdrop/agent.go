@@ -160,6 +160,17 @@ func runAgent(parent context.Context, f watchFlags, a agentFlags) error {
 		}
 	}()
 	log.Info("serving", zap.String("listen", ln.Addr().String()))
+	// On SIGTERM stop taking connections at once: a tail that reconnects
+	// must reach the next agent, not this one on its way out.
+	serving, stopServing := context.WithCancel(ctx)
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		<-serving.Done()
+		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(shutdown)
+	}()
 
 	out := bufio.NewWriterSize(os.Stdout, 64<<10)
 	var buf []byte
@@ -181,9 +192,8 @@ func runAgent(parent context.Context, f watchFlags, a agentFlags) error {
 	p.t.Lock()
 	out.Flush()
 	p.t.Unlock()
-	shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	srv.Shutdown(shutdown)
+	stopServing()
+	<-stopped
 	return err
 }
 

@@ -312,3 +312,123 @@ func TestRejectsUnrunnableBinaries(t *testing.T) {
 		t.Errorf("Build with tag %q succeeded", "Not A Tag")
 	}
 }
+
+// TestOtherImage builds a non-kdrop image the way the test cluster does
+// (deploy/cluster/cluster.sh images): no /kdrop, files in directories, a
+// symlink, an entrypoint given as JSON, no command, an environment.
+func TestOtherImage(t *testing.T) {
+	bin, want := mustBinary(t)
+	archive := runMkimage(t, []string{"SOURCE_DATE_EPOCH="}, "-binary=", "-tag", "example.local/tool:1",
+		"-title", "tool", "-file", bin+"=/bin/hello", "-symlink", "hello=/bin/sh",
+		"-entrypoint", `["/bin/sh","-c","echo a, b"]`, "-cmd=", "-env", "PATH=/bin", "-env", "A=1")
+	img, err := tarball.ImageFromPath(archive, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cf.Config.Entrypoint; !reflect.DeepEqual(got, []string{"/bin/sh", "-c", "echo a, b"}) {
+		t.Errorf("Entrypoint %q", got)
+	}
+	if cf.Config.Cmd != nil {
+		t.Errorf("Cmd %q, want none", cf.Config.Cmd)
+	}
+	if got := cf.Config.Env; !reflect.DeepEqual(got, []string{"PATH=/bin", "A=1"}) {
+		t.Errorf("Env %q", got)
+	}
+	if got := cf.Config.Labels["org.opencontainers.image.title"]; got != "tool" {
+		t.Errorf("title label %q", got)
+	}
+	if cf.Architecture != "amd64" {
+		t.Errorf("architecture %q, want amd64 from /bin/hello", cf.Architecture)
+	}
+	layers, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := layers[0].Uncompressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	tr := tar.NewReader(rc)
+	var got []string
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, hdr.Name)
+		switch hdr.Name {
+		case "bin/":
+			if hdr.Typeflag != tar.TypeDir || hdr.Mode != 0o755 {
+				t.Errorf("bin/: type %q mode %#o", hdr.Typeflag, hdr.Mode)
+			}
+		case "bin/hello":
+			data, _ := io.ReadAll(tr)
+			if hdr.Mode != 0o755 || !bytes.Equal(data, want) {
+				t.Errorf("bin/hello: mode %#o, %d bytes (want 0755, %d)", hdr.Mode, len(data), len(want))
+			}
+		case "bin/sh":
+			if hdr.Typeflag != tar.TypeSymlink || hdr.Linkname != "hello" {
+				t.Errorf("bin/sh: type %q -> %q, want a symlink to hello", hdr.Typeflag, hdr.Linkname)
+			}
+		}
+		if hdr.Uid != 0 || hdr.Gid != 0 || !hdr.ModTime.Equal(time.Unix(0, 0)) {
+			t.Errorf("%s: owner %d:%d, mtime %v", hdr.Name, hdr.Uid, hdr.Gid, hdr.ModTime)
+		}
+	}
+	if !reflect.DeepEqual(got, []string{"bin/", "bin/hello", "bin/sh"}) {
+		t.Errorf("layer entries %q", got)
+	}
+}
+
+func TestListFlags(t *testing.T) {
+	var l listFlag
+	for _, s := range []string{"/a,-b", "c", `["d, e"]`} {
+		if err := l.Set(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if want := []string{"/a", "-b", "c", "d, e"}; !reflect.DeepEqual(l.list(), want) {
+		t.Errorf("list %q, want %q", l.list(), want)
+	}
+	var unset, empty listFlag
+	if unset.list() != nil {
+		t.Errorf("an unused flag must keep the default")
+	}
+	if err := empty.Set(""); err != nil || empty.list() == nil || len(empty.list()) != 0 {
+		t.Errorf("-cmd= must give an empty, non-nil list: %q %v", empty.list(), err)
+	}
+	if err := new(listFlag).Set("[broken"); err == nil {
+		t.Errorf("a broken JSON array was accepted")
+	}
+}
+
+func TestRejectsUnrunnableImages(t *testing.T) {
+	bin, _ := mustBinary(t)
+	cases := []struct {
+		o    Options
+		want string
+	}{
+		// No binary, and the default entrypoint /kdrop is then missing.
+		{Options{Tag: "x:1"}, "does not contain"},
+		{Options{Tag: "x:1", Files: []File{{Src: bin, Dst: "/hello"}}, Entrypoint: []string{"/nothere"}}, "does not contain"},
+		{Options{Tag: "x:1", Files: []File{{Src: bin, Dst: "/hello"}}, Entrypoint: []string{}, Cmd: []string{}}, "cannot run anything"},
+		{Options{Tag: "x:1", Files: []File{{Src: "/bin/true", Dst: "/true"}}, Entrypoint: []string{"/true"}}, "dynamically linked"},
+		{Options{Tag: "x:1", Files: []File{{Src: bin, Dst: "hello"}}, Entrypoint: []string{"hello"}}, "absolute"},
+		{Options{Tag: "x:1", Files: []File{{Src: bin, Dst: "/a"}, {Link: "a", Dst: "/a/b"}}, Entrypoint: []string{"/a"}}, "not a directory"},
+		{Options{Tag: "x:1", Files: []File{{Src: bin, Dst: "/a"}, {Link: "x", Dst: "/a"}}, Entrypoint: []string{"/a"}}, "twice"},
+	}
+	for _, c := range cases {
+		_, _, err := Build(c.o)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("Build(%+v): error %v, want one saying %q", c.o, err, c.want)
+		}
+	}
+}

@@ -1,0 +1,733 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kdrop/kdrop/cmd/kdrop/report"
+)
+
+// The incidents' workloads, in namespace shop: a server whose pod caps its
+// listen queue with net.core.somaxconn=128 (the image server), an API
+// Deployment rolled without a preStop hook, a Service nobody backs, and a
+// client pod to run the clients from.
+const workloads = `
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: images, namespace: shop}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: images}}
+  template:
+    metadata: {labels: {app: images}}
+    spec:
+      terminationGracePeriodSeconds: 2
+      securityContext:
+        sysctls:
+        - {name: net.core.somaxconn, value: "128"}
+      containers:
+      - name: server
+        image: ` + testappImage + `
+        imagePullPolicy: Never
+        # asks for 4096; the pod's somaxconn caps it at 128; never accepts,
+        # as a server too slow to keep up
+        args: [serve, -port, "8080", -backlog, "4096", -accept=false]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: images, namespace: shop}
+spec:
+  selector: {app: images}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: api, namespace: shop}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: api}}
+  template:
+    metadata: {labels: {app: api}}
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+      - name: api
+        image: ` + testappImage + `
+        imagePullPolicy: Never
+        args: [serve, -port, "8080"]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: shop}
+spec:
+  selector: {app: api}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: cart, namespace: shop}
+spec:
+  selector: {app: cart}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: shop, labels: {app: client}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: client
+    image: ` + testappImage + `
+    imagePullPolicy: Never
+    args: [sleep]
+`
+
+// incident is what the test knows of the cluster while the scenarios run.
+type incident struct {
+	tail   *stream
+	token  string
+	figure func(format string, args ...any)
+}
+
+func TestIncidents(t *testing.T) {
+	var figures []string
+	figure := func(format string, args ...any) {
+		line := fmt.Sprintf(format, args...)
+		figures = append(figures, line)
+		fmt.Println("KDROP-E2E " + line)
+	}
+	defer func() {
+		fmt.Println("KDROP-E2E summary:")
+		for _, f := range figures {
+			fmt.Println("KDROP-E2E   " + f)
+		}
+	}()
+	t.Cleanup(func() {
+		kubectlErr("delete", "namespace", "shop", "--wait=false")
+		kubectlErr("delete", "-k", "deploy/kustomize", "--ignore-not-found", "--wait=false")
+		kubectlErr("delete", "clusterrolebinding", "e2e-operator", "--ignore-not-found")
+	})
+	dumpOnFailure(t)
+
+	applyYAML(t, workloads)
+	kubectl(t, "-n", "shop", "rollout", "status", "deploy/images", "deploy/api", "--timeout=120s")
+	kubectl(t, "-n", "shop", "wait", "pod/client", "--for=condition=Ready", "--timeout=120s")
+
+	// An operator's account, bound to the viewer role deploy/ ships.
+	kubectl(t, "create", "serviceaccount", "operator", "-n", "default")
+	kubectl(t, "create", "clusterrolebinding", "e2e-operator", "--clusterrole=kdrop-viewer", "--serviceaccount=default:operator")
+	token := strings.TrimSpace(kubectl(t, "create", "token", "operator", "-n", "default", "--duration=2h"))
+
+	// Traffic that makes drops all the time (connects to a closed port of
+	// an api pod: NO_SOCKET), so the first event shows when kdrop is ready.
+	apiIP := strings.TrimSpace(kubectl(t, "-n", "shop", "get", "pod", "-l", "app=api", "-o", "jsonpath={.items[0].status.podIP}"))
+	noise := exec.Command(kubectlBin, "--kubeconfig", kubeconfig, "-n", "shop", "exec", "client", "--",
+		"/testapp", "probe", "-every", "200ms", "-timeout", "1s", "-for", "90s", apiIP+":9")
+	if err := noise.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { noise.Process.Kill(); noise.Wait() }()
+
+	// Deploy kdrop the way the README says.
+	applied := time.Now()
+	kubectl(t, "apply", "-k", "deploy/kustomize")
+	tail := startTail(t, token)
+	kubectl(t, "-n", "kdrop", "rollout", "status", "daemonset/kdrop", "--timeout=180s")
+	figure("apply -k -> agent Ready: %.1f s", time.Since(applied).Seconds())
+	first := tail.waitFor(t, 0, 90*time.Second, "a first drop", func(evs []event) bool {
+		for _, e := range evs {
+			if e.Type == "drop" {
+				return true
+			}
+		}
+		return false
+	})
+	for _, e := range first {
+		if e.Type == "drop" {
+			figure("apply -k -> first event at kdrop tail: %.1f s", e.received.Sub(applied).Seconds())
+			break
+		}
+	}
+	noise.Process.Kill()
+	noise.Wait()
+	kubectl(t, "-n", "shop", "exec", "client", "--", "/testapp", "pkill", "probe")
+
+	in := &incident{tail: tail, token: token, figure: figure}
+	t.Run("images fail to load: listen queue overflow", in.listenOverflow)
+	t.Run("no route to host in a rolling update", in.rollingUpdate)
+	t.Run("service without endpoints", in.serviceWithoutEndpoints)
+	t.Run("the agent restarts mid-incident", in.agentRestart)
+
+	lat := latencies(tail.since(0))
+	figure("drop -> kdrop tail line latency over %d lines (--merge-delay 1s, the default): p50 %v, p99 %v",
+		len(lat), percentile(lat, 0.5).Round(time.Millisecond), percentile(lat, 0.99).Round(time.Millisecond))
+	tail.stop()
+
+	t.Run("installed from the Helm chart", in.helm)
+}
+
+// dumpOnFailure prints the cluster's view when a test fails.
+func dumpOnFailure(t *testing.T) {
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		for _, args := range [][]string{
+			{"get", "nodes,pods,services,endpointslices", "-A", "-o", "wide"},
+			{"get", "events", "-A", "--sort-by=.lastTimestamp"},
+			{"-n", "kdrop", "logs", "-l", "app.kubernetes.io/name=kdrop", "--tail=60", "--all-containers", "--prefix"},
+			{"-n", "kdrop", "describe", "pods"},
+		} {
+			out, _ := kubectlErr(args...)
+			t.Logf("kubectl %s:\n%s", strings.Join(args, " "), out)
+		}
+	})
+}
+
+// counters reads the kernel's counters in a pod's network namespace.
+func counters(t *testing.T, pod string) map[string]uint64 {
+	t.Helper()
+	out := kubectl(t, "-n", "shop", "exec", pod, "--", "/testapp", "counters")
+	m := map[string]uint64{}
+	if err := json.Unmarshal([]byte(out), &m); err != nil {
+		t.Fatalf("counters of %s: %v: %s", pod, err, out)
+	}
+	return m
+}
+
+func podOf(t *testing.T, selector string) (name, ip string) {
+	t.Helper()
+	out := kubectl(t, "-n", "shop", "get", "pod", "-l", selector, "--field-selector=status.phase=Running",
+		"-o", `jsonpath={range .items[*]}{.metadata.name} {.status.podIP}{"\n"}{end}`)
+	name, ip, _ = strings.Cut(strings.Split(strings.TrimSpace(out), "\n")[0], " ")
+	return name, ip
+}
+
+// recording is a running kdrop record --from tail.
+type recording struct {
+	cmd  *exec.Cmd
+	file string
+	out  []byte
+	mu   sync.Mutex
+}
+
+func (in *incident) record(t *testing.T, name string) *recording {
+	t.Helper()
+	dir := t.TempDir()
+	r := &recording{file: filepath.Join(dir, name+".jsonl.gz")}
+	ready := filepath.Join(dir, "ready")
+	r.cmd = exec.Command(kdropBin, "record", "--from", "tail", "--kubeconfig", kubeconfig, "--token", in.token,
+		"-n", "shop", "-o", r.file, "--ready-file", ready)
+	r.cmd.Stdout = &lockedWriter{mu: &r.mu, w: new(bytes.Buffer)}
+	var stderr bytes.Buffer
+	r.cmd.Stderr = &lockedWriter{mu: &r.mu, w: &stderr}
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if r.cmd.ProcessState == nil {
+			r.cmd.Process.Kill()
+			r.cmd.Wait()
+		}
+	})
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if _, err := os.Stat(ready); err == nil {
+			return r
+		}
+		if time.Now().After(deadline) {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			t.Fatalf("kdrop record --from tail not ready in 60s:\n%s", stderr.String())
+		}
+	}
+}
+
+// stop ends the recording as an operator does (Ctrl-C) and reads it back.
+func (r *recording) stop(t *testing.T) *report.Recording {
+	t.Helper()
+	r.cmd.Process.Signal(os.Interrupt)
+	if err := r.cmd.Wait(); err != nil {
+		t.Fatalf("kdrop record: %v", err)
+	}
+	f, err := os.Open(r.file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	rec, err := report.Read(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rec
+}
+
+// finding returns the report's finding of that kind, failing if none.
+func finding(t *testing.T, rec *report.Recording, kind string) report.Finding {
+	t.Helper()
+	var kinds []string
+	for _, f := range rec.Findings() {
+		if f.Kind == kind {
+			return f
+		}
+		kinds = append(kinds, f.Kind+": "+f.Title)
+	}
+	t.Fatalf("the report has no %q finding; it has:\n%s", kind, strings.Join(kinds, "\n"))
+	return report.Finding{}
+}
+
+func mustContain(t *testing.T, what, text string, want ...string) {
+	t.Helper()
+	for _, w := range want {
+		if !strings.Contains(text, w) {
+			t.Errorf("%s should mention %q:\n%s", what, w, text)
+		}
+	}
+}
+
+// listenOverflow: the image server's accept queue, capped at 128 by the
+// pod's somaxconn, overflows under a client faster than it accepts.
+func (in *incident) listenOverflow(t *testing.T) {
+	dumpOnFailure(t)
+	agent := sampleAgent(t)
+	defer agent.done("listen overflow")
+	server, serverIP := podOf(t, "app=images")
+	svcIP := strings.TrimSpace(kubectl(t, "-n", "shop", "get", "service", "images", "-o", "jsonpath={.spec.clusterIP}"))
+	before := counters(t, server)["TcpExtListenOverflows"]
+	rec := in.record(t, "overflow")
+	mark := in.tail.mark()
+
+	kubectl(t, "-n", "shop", "exec", "client", "--", "/testapp", "flood", "-n", "300", svcIP+":80")
+
+	// kdrop's overflow count for the server equals the kernel's counter in
+	// the server pod's network namespace, once both stop moving.
+	// The listener is the server pod's: kdrop names it by the network
+	// namespace the overflow happened in (where_k8s). Its address is the
+	// pod IP, or 0.0.0.0 where kdrop reads the listener through sock_diag.
+	isServer := func(e *event) bool {
+		return e.Type == "overflow" && e.Dport == 8080 && e.WhereK8s != nil && e.WhereK8s.Name == server &&
+			(e.Dst == serverIP || e.Dst == "0.0.0.0")
+	}
+	var kernel, seen uint64
+	for deadline, stable := time.Now().Add(90*time.Second), 0; stable < 3; time.Sleep(2 * time.Second) {
+		k := counters(t, server)["TcpExtListenOverflows"] - before
+		s := sum(in.tail.since(mark), isServer)
+		if k == kernel && s == seen && k > 0 && k == s {
+			stable++
+		} else {
+			stable = 0
+		}
+		kernel, seen = k, s
+		if time.Now().After(deadline) {
+			t.Fatalf("overflows: kernel (TcpExtListenOverflows in %s) %d, kdrop tail %d; last lines:\n%s", server, k, s, in.tail.tailLog(30))
+		}
+	}
+	in.figure("listen overflow: %d overflows, kdrop tail == TcpExtListenOverflows in the pod's netns", seen)
+
+	for _, e := range in.tail.since(mark) {
+		if !isServer(&e) {
+			continue
+		}
+		if e.Queue != "accept" || e.QueueMax != 128 || e.Somaxconn != 128 || e.QueueLen != e.QueueMax+1 {
+			t.Errorf("overflow should be of the accept queue at its limit 128 (= somaxconn; the kernel calls it full at max+1): %s", e.raw)
+		}
+		for _, id := range []*ident{e.DstK8s, e.WhereK8s} {
+			if id == nil && e.Dst == "0.0.0.0" {
+				continue // the listener's wildcard address names no pod
+			}
+			if id == nil || id.Kind != "pod" || id.Namespace != "shop" || id.Name != server || id.WorkloadKind != "Deployment" || id.WorkloadName != "images" {
+				t.Errorf("overflow should name pod shop/%s of Deployment images: %s", server, e.raw)
+			}
+		}
+		if e.Node != node {
+			t.Errorf("overflow on node %q, want %q: %s", e.Node, node, e.raw)
+		}
+	}
+
+	r := rec.stop(t)
+	f := finding(t, r, "somaxconn")
+	text := f.Title + "\n" + f.Detail + "\n" + f.Fix
+	mustContain(t, "the somaxconn hint", text, "128", "net.core.somaxconn", "sysctls", "initContainer", "tuning CNI plugin", "backlog")
+	if f.Count != seen {
+		t.Errorf("the report counts %d overflows, kdrop tail %d", f.Count, seen)
+	}
+}
+
+// rollingUpdate: a client keeps dialing the api pods' IPs, as one holding
+// stale endpoints does, while kubectl rollout restart replaces the pods
+// with no preStop hook.
+func (in *incident) rollingUpdate(t *testing.T) {
+	dumpOnFailure(t)
+	agent := sampleAgent(t)
+	defer agent.done("rolling update")
+	out := kubectl(t, "-n", "shop", "get", "pod", "-l", "app=api", "-o", `jsonpath={range .items[*]}{.metadata.name} {.status.podIP}{"\n"}{end}`)
+	old := map[string]string{} // IP -> pod
+	var targets []string
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		name, ip, _ := strings.Cut(l, " ")
+		old[ip] = name
+		targets = append(targets, ip+":8080")
+	}
+	before := counters(t, "client")["IcmpOutDestUnreachs"]
+	rec := in.record(t, "rollout")
+	mark := in.tail.mark()
+
+	// The prober's dial timeout is longer than the kernel's 3 s of ARP, so
+	// a dial that ends in "No route to host" is seen as such. It stops with
+	// an address after two of those: the client's neighbour entry for an
+	// old IP stays REACHABLE for up to ~45 s after its last confirmation,
+	// and dials meanwhile time out.
+	probe := exec.Command(kubectlBin, append([]string{"--kubeconfig", kubeconfig, "-n", "shop", "exec", "client", "--",
+		"/testapp", "probe", "-every", "300ms", "-timeout", "5s", "-for", "150s", "-until", "EHOSTUNREACH", "-times", "2"}, targets...)...)
+	var probeOut bytes.Buffer
+	probe.Stdout = &probeOut
+	if err := probe.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second)
+	kubectl(t, "-n", "shop", "rollout", "restart", "deploy/api")
+	kubectl(t, "-n", "shop", "rollout", "status", "deploy/api", "--timeout=120s")
+	if err := probe.Wait(); err != nil {
+		t.Fatalf("prober: %v\n%s", err, probeOut.String())
+	}
+
+	// What the client saw, per old IP, in order of first appearance.
+	type dial struct{ Addr, Result string }
+	seq := map[string][]string{}
+	counts := map[string]map[string]int{}
+	for _, l := range strings.Split(strings.TrimSpace(probeOut.String()), "\n") {
+		var d dial
+		if json.Unmarshal([]byte(l), &d) != nil {
+			continue
+		}
+		ip := strings.TrimSuffix(d.Addr, ":8080")
+		if counts[ip] == nil {
+			counts[ip] = map[string]int{}
+		}
+		counts[ip][d.Result]++
+		if s := seq[ip]; len(s) == 0 || s[len(s)-1] != d.Result {
+			seq[ip] = append(seq[ip], d.Result)
+		}
+	}
+	for ip, s := range seq {
+		in.figure("rolling update: client dialing old IP %s saw %s (%v)", ip, strings.Join(s, " -> "), counts[ip])
+		if counts[ip]["EHOSTUNREACH"] == 0 {
+			t.Errorf("the client never saw No route to host for old IP %s: %v", ip, s)
+		}
+	}
+
+	// Every ICMP host-unreachable the client's kernel sent is in kdrop tail,
+	// naming the deleted pod, its Deployment and how long ago it went.
+	unreach := func(e *event) bool {
+		_, isOld := old[e.Dst]
+		return e.Type == "unreach" && e.ICMP == "host-unreachable" && isOld
+	}
+	var kernel, seen uint64
+	for deadline, stable := time.Now().Add(60*time.Second), 0; stable < 2; time.Sleep(2 * time.Second) {
+		kernel = counters(t, "client")["IcmpOutDestUnreachs"] - before
+		seen = sum(in.tail.since(mark), unreach)
+		if kernel == seen && kernel > 0 {
+			stable++
+		} else {
+			stable = 0
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("host-unreachable: kernel (IcmpOutDestUnreachs in the client pod) %d, kdrop tail %d; last lines:\n%s", kernel, seen, in.tail.tailLog(30))
+		}
+	}
+	in.figure("rolling update: %d ICMP host-unreachable, kdrop tail == IcmpOutDestUnreachs in the client pod", seen)
+	var ago []string
+	for _, e := range in.tail.since(mark) {
+		if !unreach(&e) {
+			continue
+		}
+		id := e.DstK8s
+		if id == nil || id.Kind != "pod" || id.Name != old[e.Dst] || id.WorkloadKind != "Deployment" || id.WorkloadName != "api" || id.DeletedAgoMs <= 0 {
+			t.Errorf("host-unreachable to %s should name the deleted pod shop/%s of Deployment api, with its age: got %v\n%s", e.Dst, old[e.Dst], id, e.raw)
+		} else {
+			ago = append(ago, strconv.FormatInt(id.DeletedAgoMs/1000, 10)+"s")
+		}
+		if e.WhereK8s == nil || e.WhereK8s.Name != "client" {
+			t.Errorf("the ICMP should be sent in the client pod's netns: %s", e.raw)
+		}
+	}
+	in.figure("rolling update: deleted ago per unreachable line: %s", strings.Join(ago, " "))
+
+	// The phase in between: the process gone, the netns still there, so
+	// the old pod's kernel answers with a reset: a NO_SOCKET drop there.
+	for ip, c := range counts {
+		if c["ECONNREFUSED"] == 0 {
+			continue
+		}
+		if sum(in.tail.since(mark), func(e *event) bool {
+			return e.Type == "drop" && e.Reason == "NO_SOCKET" && e.Dst == ip && e.Dport == 8080
+		}) == 0 {
+			t.Errorf("the client saw ECONNREFUSED from old IP %s; kdrop tail should show its NO_SOCKET drop", ip)
+		}
+	}
+
+	r := rec.stop(t)
+	f := finding(t, r, "stale-endpoint")
+	mustContain(t, "the stale-endpoint hint", f.Title+"\n"+f.Detail+"\n"+f.Fix, "preStop", "readinessProbe", "api")
+}
+
+// serviceWithoutEndpoints: kube-proxy REJECTs connections to a Service
+// that no ready pod backs.
+func (in *incident) serviceWithoutEndpoints(t *testing.T) {
+	dumpOnFailure(t)
+	agent := sampleAgent(t)
+	defer agent.done("service without endpoints")
+	svcIP := strings.TrimSpace(kubectl(t, "-n", "shop", "get", "service", "cart", "-o", "jsonpath={.spec.clusterIP}"))
+	rec := in.record(t, "cart")
+	mark := in.tail.mark()
+	logsFrom := time.Now()
+
+	rejectsBefore := rejected(t, "shop/cart")
+	out := kubectl(t, "-n", "shop", "exec", "client", "--", "/testapp", "dial", "-n", "5", svcIP+":80")
+	var got map[string]int
+	if err := json.Unmarshal([]byte(out), &got); err != nil || got["ECONNREFUSED"] != 5 {
+		t.Fatalf("the client should see Connection refused 5 times: %s", out)
+	}
+	// kube-proxy's REJECT rule drops each SYN (NETFILTER_DROP) and answers
+	// it with port-unreachable, unless the ICMP rate limit holds the answer
+	// back (the client's kernel then retransmits the SYN). A SYN the bridge
+	// floods to every port (a client whose ARP entry names a MAC the bridge
+	// no longer has) is rejected once per copy.
+	toCart := func(e *event) bool { return e.Dst == svcIP && e.Dport == 80 }
+	isCart := func(e *event) bool { return e.Type == "unreach" && e.ICMP == "port-unreachable" && toCart(e) }
+	isReject := func(e *event) bool { return e.Type == "drop" && e.Reason == "NETFILTER_DROP" && toCart(e) }
+	rejects := rejected(t, "shop/cart") - rejectsBefore
+	evs := in.tail.waitFor(t, mark, 30*time.Second, fmt.Sprintf("%d NETFILTER_DROP for Service cart (the REJECT rule's counter)", rejects),
+		func(evs []event) bool { return sum(evs, isReject) >= rejects })
+	time.Sleep(2 * time.Second)
+	evs = in.tail.since(mark)
+	drops, unreach := sum(evs, isReject), sum(evs, isCart)
+	refused := map[int]bool{}
+	for _, e := range evs {
+		if isCart(&e) {
+			refused[e.Sport] = true
+		}
+	}
+	if drops != rejects || len(refused) != 5 || unreach > drops {
+		var lines []string
+		for _, e := range evs {
+			lines = append(lines, e.raw)
+		}
+		t.Errorf("Service cart: REJECT rule counted %d packets; kdrop tail %d NETFILTER_DROP (want equal), %d port-unreachable (at most that) for %d distinct connections (want the 5 refused); lines:\n%s",
+			rejects, drops, unreach, len(refused), strings.Join(lines, "\n"))
+	}
+	for _, e := range evs {
+		if !isCart(&e) && !isReject(&e) {
+			continue
+		}
+		if id := e.DstK8s; id == nil || id.Kind != "service" || id.Namespace != "shop" || id.Name != "cart" || id.ReadyEndpoints == nil || *id.ReadyEndpoints != 0 {
+			t.Errorf("should name Service shop/cart with 0 ready endpoints: %s", e.raw)
+		}
+		if e.SrcK8s == nil || e.SrcK8s.Name != "client" {
+			t.Errorf("the source should be the client pod: %s", e.raw)
+		}
+	}
+
+	// The same events in the agent's log, for an operator with kubectl only.
+	var logged int
+	for deadline := time.Now().Add(20 * time.Second); uint64(logged) < unreach && time.Now().Before(deadline); time.Sleep(time.Second) {
+		logs := kubectl(t, "-n", "kdrop", "logs", "-l", "app.kubernetes.io/name=kdrop", "--since-time="+logsFrom.UTC().Format(time.RFC3339), "--tail=-1")
+		logged = 0
+		for _, l := range strings.Split(logs, "\n") {
+			var e event
+			if json.Unmarshal([]byte(l), &e) == nil && isCart(&e) && e.DstK8s != nil && e.DstK8s.Name == "cart" {
+				logged += int(e.Count)
+			}
+		}
+	}
+	if uint64(logged) != unreach {
+		t.Errorf("kubectl logs of the agent: %d port-unreachable for Service cart, kdrop tail %d", logged, unreach)
+	}
+	in.figure("service without endpoints: 5 refused dials; REJECT counter %d == NETFILTER_DROP in kdrop tail; %d port-unreachable in kdrop tail and in kubectl logs, naming svc shop/cart (0 ready endpoints)", rejects, unreach)
+
+	r := rec.stop(t)
+	f := finding(t, r, "no-endpoints")
+	mustContain(t, "the no-endpoints hint", f.Title+"\n"+f.Detail+"\n"+f.Fix, "cart", "endpoints")
+}
+
+// rejected sums the packet counters of kube-proxy's REJECT rules for a
+// Service without endpoints ("ns/name has no endpoints").
+func rejected(t *testing.T, svc string) uint64 {
+	t.Helper()
+	out, err := exec.Command("iptables-save", "-c", "-t", "filter").Output()
+	if err != nil {
+		t.Fatalf("iptables-save: %v", err)
+	}
+	var n uint64
+	for _, l := range strings.Split(string(out), "\n") {
+		// the comment is "ns/name has no endpoints", or "ns/name:port has ..."
+		named := strings.Contains(l, `"`+svc+" ") || strings.Contains(l, `"`+svc+":")
+		if !named || !strings.Contains(l, "has no endpoints") || !strings.Contains(l, "-j REJECT") {
+			continue
+		}
+		var pkts, bytes uint64
+		if _, err := fmt.Sscanf(l, "[%d:%d]", &pkts, &bytes); err != nil {
+			t.Fatalf("iptables-save -c: no counters in %q", l)
+		}
+		n += pkts
+	}
+	return n
+}
+
+// agentBPF lists the BPF programs and links the agent process holds, by
+// ID, from its file descriptors.
+func agentBPF(t *testing.T) (progs, links map[int]bool) {
+	t.Helper()
+	pid := findAgentPID()
+	if pid == 0 {
+		t.Fatal("no kdrop agent process on the node")
+	}
+	progs, links = map[int]bool{}, map[int]bool{}
+	infos, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fdinfo/*", pid))
+	for _, f := range infos {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			k, v, _ := strings.Cut(l, ":")
+			id, err := strconv.Atoi(strings.TrimSpace(v))
+			if err != nil {
+				continue
+			}
+			switch k {
+			case "prog_id":
+				progs[id] = true
+			case "link_id":
+				links[id] = true
+			}
+		}
+	}
+	return progs, links
+}
+
+// bpftoolIDs is what bpftool shows loaded on the node: programs or links.
+func bpftoolIDs(t *testing.T, what string) map[int]bool {
+	t.Helper()
+	out, err := exec.Command("bpftool", "-j", what, "show").Output()
+	if err != nil {
+		t.Fatalf("bpftool %s show: %v", what, err)
+	}
+	var objs []struct {
+		ID int `json:"id"`
+	}
+	if err := json.Unmarshal(out, &objs); err != nil {
+		t.Fatalf("bpftool %s show: %v", what, err)
+	}
+	ids := map[int]bool{}
+	for _, o := range objs {
+		ids[o.ID] = true
+	}
+	return ids
+}
+
+// agentRestart: kubectl delete pod on the agent mid-incident.
+func (in *incident) agentRestart(t *testing.T) {
+	dumpOnFailure(t)
+	progs, links := agentBPF(t)
+	loaded, attached := bpftoolIDs(t, "prog"), bpftoolIDs(t, "link")
+	for id := range progs {
+		if !loaded[id] {
+			t.Fatalf("the agent holds program %d, which bpftool prog show does not list", id)
+		}
+	}
+	if len(progs) == 0 || len(links) == 0 {
+		t.Fatalf("the agent holds no programs (%d) or links (%d)", len(progs), len(links))
+	}
+	for id := range links {
+		if !attached[id] {
+			t.Fatalf("the agent holds link %d, which bpftool link show does not list", id)
+		}
+	}
+	old := strings.TrimSpace(kubectl(t, "-n", "kdrop", "get", "pod", "-l", "app.kubernetes.io/name=kdrop", "-o", "jsonpath={.items[0].metadata.name}"))
+	mark := in.tail.mark()
+	kubectl(t, "-n", "kdrop", "delete", "pod", old, "--wait=true")
+	kubectl(t, "-n", "kdrop", "rollout", "status", "daemonset/kdrop", "--timeout=120s")
+	kubectl(t, "-n", "kdrop", "wait", "pod", "-l", "app.kubernetes.io/name=kdrop", "--for=condition=Ready", "--timeout=120s")
+
+	// tail says what it missed, and goes on.
+	gapRe := regexp.MustCompile(`events on node ` + regexp.QuoteMeta(node) + ` between`)
+	in.tail.waitFor(t, mark, 60*time.Second, "a notice of the gap", func(evs []event) bool {
+		for _, e := range evs {
+			if e.Type == "notice" && gapRe.MatchString(e.Message) && e.GapFrom != "" {
+				return true
+			}
+		}
+		return false
+	})
+	svcIP := strings.TrimSpace(kubectl(t, "-n", "shop", "get", "service", "cart", "-o", "jsonpath={.spec.clusterIP}"))
+	after := in.tail.mark()
+	kubectl(t, "-n", "shop", "exec", "client", "--", "/testapp", "dial", "-n", "2", svcIP+":80")
+	in.tail.waitFor(t, after, 30*time.Second, "events from the new agent", func(evs []event) bool {
+		return sum(evs, func(e *event) bool { return e.Type == "unreach" && e.Dst == svcIP }) >= 2
+	})
+
+	// Nothing of the old agent is left in the kernel.
+	loaded, attached = bpftoolIDs(t, "prog"), bpftoolIDs(t, "link")
+	for id := range progs {
+		if loaded[id] {
+			t.Errorf("program %d of the deleted agent is still loaded (bpftool prog show)", id)
+		}
+	}
+	for id := range links {
+		if attached[id] {
+			t.Errorf("link %d of the deleted agent is still attached (bpftool link show)", id)
+		}
+	}
+	newProgs, newLinks := agentBPF(t)
+	if len(newProgs) != len(progs) || len(newLinks) != len(links) {
+		t.Errorf("the new agent holds %d programs and %d links, the old one %d and %d", len(newProgs), len(newLinks), len(progs), len(links))
+	}
+	in.figure("agent restart: %d programs and %d links replaced, none of the old left; tail noticed the gap and went on", len(progs), len(links))
+}
+
+// helm: the same agent from the Helm chart, in place of the kustomize one.
+func (in *incident) helm(t *testing.T) {
+	dumpOnFailure(t)
+	kubectl(t, "delete", "-k", "deploy/kustomize", "--wait=true", "--timeout=120s")
+	kubectl(t, "wait", "--for=delete", "namespace/kdrop", "--timeout=120s")
+	for deadline := time.Now().Add(60 * time.Second); findAgentPID() != 0; time.Sleep(500 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the kustomize agent is still running 60s after kubectl delete -k")
+		}
+	}
+	installed := time.Now()
+	// As deploy/README.md says: the chart creates namespace kdrop.
+	helm := exec.Command(helmBin, "install", "kdrop", "deploy/helm/kdrop", "--kubeconfig", kubeconfig, "--wait", "--timeout", "3m")
+	helm.Dir = repo
+	if out, err := helm.CombinedOutput(); err != nil {
+		t.Fatalf("helm install: %v\n%s", err, out)
+	}
+	t.Cleanup(func() {
+		exec.Command(helmBin, "uninstall", "kdrop", "--kubeconfig", kubeconfig, "--wait").Run()
+	})
+	in.figure("helm install --wait: %.1f s", time.Since(installed).Seconds())
+	// The e2e-operator binding names kdrop-viewer, which the chart creates anew.
+	tail := startTail(t, in.token)
+	svcIP := strings.TrimSpace(kubectl(t, "-n", "shop", "get", "service", "cart", "-o", "jsonpath={.spec.clusterIP}"))
+	tail.waitFor(t, 0, 90*time.Second, "Service cart's port-unreachable through the Helm-installed agent", func(evs []event) bool {
+		kubectlErr("-n", "shop", "exec", "client", "--", "/testapp", "dial", "-n", "1", svcIP+":80")
+		return sum(evs, func(e *event) bool {
+			return e.Type == "unreach" && e.Dst == svcIP && e.DstK8s != nil && e.DstK8s.Name == "cart"
+		}) > 0
+	})
+}
