@@ -102,8 +102,11 @@ test-k8s: kube-bins helm ## identity, CLI, agent and deploy/ tests against a rea
 	KDROP_KUBE_BIN=$(KDROP_CACHE)/kube/bin KDROP_HELM=$(KDROP_CACHE)/bin/helm \
 		$(GO) test -count=1 -timeout 30m ./k8s/... ./cmd/... ./deploy/ ./deploy/cluster/...
 
-image: build ## build the agent's OCI image as a tarball (out/kdrop-image.tar), no Docker or registry needed
-	$(GO) run ./cmd/mkimage -binary bin/kdrop -tag kdrop:$(VERSION) -out out/kdrop-image.tar
+# The tag deploy/ names, so `kubectl apply -k deploy/kustomize` runs this
+# build once the tarball is imported; the version label says which build.
+IMAGE_TAG ?= v0.1.0
+image: build ## build the agent's OCI image kdrop:$(IMAGE_TAG) as a tarball (out/kdrop-image.tar), no Docker or registry needed
+	$(GO) run ./cmd/mkimage -binary bin/kdrop -tag kdrop:$(IMAGE_TAG) -version $(VERSION) -out out/kdrop-image.tar
 
 BENCH_KERNEL ?= 6.12
 bench: kernels kube-bins ## benchmarks: BPF cost per run vs empty programs (host + a VM for fentry/kprobe), drop rate without loss, decode+encode

@@ -480,6 +480,17 @@ func (in *incident) rollingUpdate(t *testing.T) {
 		}
 	}
 
+	// ... and then the neighbour entry fails: the client's kernel drops the
+	// SYNs it held for the old IP (NEIGH_FAILED) as it sends the ICMP.
+	neigh := sum(in.tail.since(mark), func(e *event) bool {
+		_, isOld := old[e.Dst]
+		return e.Type == "drop" && e.Reason == "NEIGH_FAILED" && isOld
+	})
+	if neigh == 0 {
+		t.Errorf("kdrop tail shows no NEIGH_FAILED drop for the old IPs")
+	}
+	in.figure("rolling update: %d NEIGH_FAILED drops for the old IPs", neigh)
+
 	r := rec.stop(t)
 	f := finding(t, r, "stale-endpoint")
 	mustContain(t, "the stale-endpoint hint", f.Title+"\n"+f.Detail+"\n"+f.Fix, "preStop", "readinessProbe", "api")
