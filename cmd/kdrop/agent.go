@@ -118,7 +118,7 @@ func runAgent(parent context.Context, f watchFlags, a agentFlags) error {
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", a.listen)
+	ln, err := listenRetry(ctx, a.listen, 30*time.Second, log)
 	if err != nil {
 		return fmt.Errorf("--listen %s: %w", a.listen, err)
 	}
@@ -195,6 +195,28 @@ func runAgent(parent context.Context, f watchFlags, a agentFlags) error {
 	stopServing()
 	<-stopped
 	return err
+}
+
+// listenRetry listens on addr, waiting up to wait while it is in use: with
+// hostNetwork, the agent this one replaces may still hold the port while it
+// shuts down.
+func listenRetry(ctx context.Context, addr string, wait time.Duration, log *zap.Logger) (net.Listener, error) {
+	deadline := time.Now().Add(wait)
+	for logged := false; ; {
+		ln, err := net.Listen("tcp", addr)
+		if err == nil || !errors.Is(err, syscall.EADDRINUSE) || time.Now().After(deadline) {
+			return ln, err
+		}
+		if !logged {
+			log.Info("address in use, waiting for it (the previous agent shutting down?)", zap.String("listen", addr))
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 // agentMetrics: label sets stay bounded — event type, reason, namespace,

@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -20,9 +21,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
 	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -335,4 +338,30 @@ func (p *prometheusServer) query(q string) (int, error) {
 	v, _ := r.Data.Result[0].Value[1].(string)
 	f, err := strconv.ParseFloat(v, 64)
 	return int(f), err
+}
+
+// A new agent on a hostNetwork pod may start while the old one still holds
+// the port: it waits for it rather than failing.
+func TestListenRetryWaitsForThePort(t *testing.T) {
+	old, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := old.Addr().String()
+	go func() { time.Sleep(500 * time.Millisecond); old.Close() }()
+	start := time.Now()
+	ln, err := listenRetry(context.Background(), addr, 10*time.Second, zap.NewNop())
+	if err != nil {
+		t.Fatalf("listenRetry: %v", err)
+	}
+	ln.Close()
+	if waited := time.Since(start); waited < 400*time.Millisecond {
+		t.Errorf("got the port after %v, while the old listener held it for 500ms", waited)
+	}
+	// Still in use at the deadline: the error says so.
+	busy, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer busy.Close()
+	if _, err := listenRetry(context.Background(), busy.Addr().String(), 300*time.Millisecond, zap.NewNop()); !errors.Is(err, syscall.EADDRINUSE) {
+		t.Errorf("a port held past the deadline: got %v, want EADDRINUSE", err)
+	}
 }
