@@ -46,6 +46,9 @@ rest.`,
   kdrop report incident.jsonl.gz --html incident.html --markdown incident.md`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if out == "" {
+				return fmt.Errorf("-o FILE is required: where to write the recording")
+			}
 			switch from {
 			case "watch":
 				return recordWatch(cmd.Context(), f, out)
@@ -94,9 +97,6 @@ type recording struct {
 }
 
 func createRecording(out string, f watchFlags, hdr recordHeader) (*recording, error) {
-	if out == "" {
-		return nil, fmt.Errorf("-o FILE is required: where to write the recording")
-	}
 	tmp, err := os.CreateTemp(filepath.Dir(out), ".kdrop-record-*")
 	if err != nil {
 		return nil, fmt.Errorf("creating %s: %w", out, err)
@@ -146,20 +146,8 @@ func (r *recording) finish(log *zap.Logger) error {
 	return nil
 }
 
-func recordContext(parent context.Context, d time.Duration) (context.Context, context.CancelFunc) {
-	ctx, stop := signal.NotifyContext(parent, os.Interrupt, syscall.SIGTERM)
-	if d <= 0 {
-		return ctx, stop
-	}
-	ctx, cancel := context.WithTimeout(ctx, d)
-	return ctx, func() { cancel(); stop() }
-}
-
 // recordWatch records what this machine's kernel does.
 func recordWatch(parent context.Context, f watchFlags, out string) error {
-	if out == "" {
-		return fmt.Errorf("-o FILE is required: where to write the recording")
-	}
 	f.output = "json"
 	log := newLogger(f.verbose)
 	defer log.Sync()
@@ -189,11 +177,9 @@ func recordWatch(parent context.Context, f watchFlags, out string) error {
 		return err
 	}
 	log.Info("recording", zap.String("file", out))
-	if f.duration > 0 { // counted from now: loading and syncing are not part of the window
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, f.duration)
-		defer cancel()
-	}
+	// counted from now: loading and syncing are not part of the window
+	ctx, cancel := withDuration(ctx, f.duration)
+	defer cancel()
 	lostNotice := func() {
 		if n := p.newLost(); n > 0 {
 			r.lostNotice(node, n)
@@ -218,9 +204,6 @@ func recordWatch(parent context.Context, f watchFlags, out string) error {
 
 // recordTail records the cluster through its agents.
 func recordTail(parent context.Context, f watchFlags, agents streamFlags, out string) error {
-	if out == "" {
-		return fmt.Errorf("-o FILE is required: where to write the recording")
-	}
 	f.output = "json"
 	log := newLogger(f.verbose)
 	defer log.Sync()
@@ -228,7 +211,9 @@ func recordTail(parent context.Context, f watchFlags, agents streamFlags, out st
 	if err != nil {
 		return err
 	}
-	ctx, cancel := recordContext(parent, f.duration)
+	ctx, stop := signal.NotifyContext(parent, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := withDuration(ctx, f.duration)
 	defer cancel()
 	hdr := recordHeader{From: "tail", Cluster: clusterName(f.id)}
 	if hdr.Nodes, err = agentNodes(ctx, t); err != nil {
@@ -265,15 +250,9 @@ func recordTail(parent context.Context, f watchFlags, agents streamFlags, out st
 	}
 	t.run(ctx, func(lines []tailLine) {
 		for _, l := range lines {
-			var head struct {
-				Type string
-				Node string
-				Lost uint64
-			}
-			json.Unmarshal(l.line, &head)
-			switch head.Type {
+			switch l.typ {
 			case "lost": // counted as the agents report it
-				r.lost += head.Lost
+				r.lost += l.lost
 			case "drop", "overflow", "unreach":
 				r.events++
 			}
@@ -283,10 +262,7 @@ func recordTail(parent context.Context, f watchFlags, agents streamFlags, out st
 	// A node still unseen at the end is a gap up to now.
 	now := time.Now().UTC()
 	for node, since := range t.openGaps() {
-		b := fmt.Appendf(nil, `{"time":%q,"type":"notice","node":%q,"message":%q,"gap_from":%q,"gap_to":%q}`,
-			now.Format(time.RFC3339Nano), node, "no agent stream from node "+node+" since "+since.Format(time.RFC3339)+" until the recording ended",
-			since.Format(time.RFC3339Nano), now.Format(time.RFC3339Nano))
-		r.line(b)
+		r.line(noticeJSON(now, node, "no agent stream from node "+node+" since "+since.Format(time.RFC3339)+" until the recording ended", since, now))
 	}
 	if readyErr != nil {
 		r.discard()

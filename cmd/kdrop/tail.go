@@ -103,6 +103,8 @@ func (f *watchFlags) registerStreamFilters(fl *pflag.FlagSet) {
 type tailLine struct {
 	at   time.Time
 	seq  uint64
+	typ  string // drop, overflow, unreach, lost or notice
+	lost uint64 // of a "lost" line
 	line []byte
 }
 
@@ -157,12 +159,7 @@ func runTail(parent context.Context, f tailFlags) error {
 	}
 	ctx, stop := signal.NotifyContext(parent, os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if f.duration > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, f.duration)
-		defer cancel()
-	}
-	ctx, cancel := context.WithCancel(ctx)
+	ctx, cancel := withDuration(ctx, f.duration)
 	defer cancel()
 
 	out := bufio.NewWriterSize(os.Stdout, 64<<10)
@@ -246,11 +243,17 @@ type tailer struct {
 // window whose events were not seen.
 func (t *tailer) notice(node, msg string, gap ...time.Time) {
 	now := time.Now().UTC()
-	line := fmt.Appendf(nil, `{"time":%q,"type":"notice","node":%q,"message":%q`, now.Format(time.RFC3339Nano), node, msg)
+	t.lines <- tailLine{at: now, typ: "notice", line: noticeJSON(now, node, msg, gap...)}
+}
+
+// noticeJSON is a notice line; a gap notice carries the window [from, to]
+// whose events were not seen.
+func noticeJSON(at time.Time, node, msg string, gap ...time.Time) []byte {
+	line := fmt.Appendf(nil, `{"time":%q,"type":"notice","node":%q,"message":%q`, at.Format(time.RFC3339Nano), node, msg)
 	if len(gap) == 2 {
 		line = fmt.Appendf(line, `,"gap_from":%q,"gap_to":%q`, gap[0].Format(time.RFC3339Nano), gap[1].Format(time.RFC3339Nano))
 	}
-	t.lines <- tailLine{at: now, line: append(line, '}')}
+	return append(line, '}')
 }
 
 // lost marks node's stream as lost (once per outage) and says so.
@@ -387,6 +390,7 @@ func (t *tailer) read(body io.Reader) error {
 		var head struct {
 			Time time.Time `json:"time"`
 			Type string    `json:"type"`
+			Lost uint64    `json:"lost"`
 		}
 		if json.Unmarshal(sc.Bytes(), &head) != nil {
 			continue
@@ -394,7 +398,7 @@ func (t *tailer) read(body io.Reader) error {
 		if head.Type == "hello" || head.Type == "heartbeat" {
 			continue
 		}
-		t.lines <- tailLine{at: head.Time, line: append([]byte(nil), sc.Bytes()...)}
+		t.lines <- tailLine{at: head.Time, typ: head.Type, lost: head.Lost, line: append([]byte(nil), sc.Bytes()...)}
 	}
 	return sc.Err()
 }

@@ -276,6 +276,15 @@ func (p *pipeline) every(ctx context.Context, d time.Duration, fn func()) {
 	}()
 }
 
+// withDuration ends ctx after d (--duration; 0: never), and its cancel ends
+// it sooner (--count).
+func withDuration(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	if d > 0 {
+		return context.WithTimeout(ctx, d)
+	}
+	return context.WithCancel(ctx)
+}
+
 func runWatch(parent context.Context, f watchFlags) error {
 	log := newLogger(f.verbose)
 	defer log.Sync()
@@ -289,12 +298,7 @@ func runWatch(parent context.Context, f watchFlags) error {
 	if err := p.ready(ctx, f.readyFile); err != nil {
 		return err
 	}
-	if f.duration > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, f.duration)
-		defer cancel()
-	}
-	ctx, cancel := context.WithCancel(ctx)
+	ctx, cancel := withDuration(ctx, f.duration)
 	defer cancel()
 
 	out := bufio.NewWriterSize(os.Stdout, 64<<10)

@@ -222,8 +222,7 @@ func podOf(t *testing.T, selector string) (name, ip string) {
 type recording struct {
 	cmd  *exec.Cmd
 	file string
-	out  []byte
-	mu   sync.Mutex
+	mu   sync.Mutex // guards its stderr
 }
 
 func (in *incident) record(t *testing.T, name string) *recording {
@@ -233,7 +232,6 @@ func (in *incident) record(t *testing.T, name string) *recording {
 	ready := filepath.Join(dir, "ready")
 	r.cmd = exec.Command(kdropBin, "record", "--from", "tail", "--kubeconfig", kubeconfig, "--token", in.token,
 		"-n", "shop", "-o", r.file, "--ready-file", ready)
-	r.cmd.Stdout = &lockedWriter{mu: &r.mu, w: new(bytes.Buffer)}
 	var stderr bytes.Buffer
 	r.cmd.Stderr = &lockedWriter{mu: &r.mu, w: &stderr}
 	if err := r.cmd.Start(); err != nil {

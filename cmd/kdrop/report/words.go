@@ -117,27 +117,14 @@ func nsName(ns, name string) string {
 // or the pod, service or node itself when it has no workload. Unknown
 // identities are named by address.
 func workload(k *K8s, ip netip.Addr) string {
-	if !known(k) {
-		return addr(ip, 0)
-	}
-	switch k.Kind {
-	case "service":
-		return "Service " + nsName(k.Namespace, k.Name)
-	case "node":
-		return "node " + k.Name
-	}
-	if k.WorkloadName != "" {
+	if known(k) && k.Kind != "service" && k.Kind != "node" && k.WorkloadName != "" {
 		kind := k.WorkloadKind
 		if kind == "" {
 			kind = "workload"
 		}
 		return kind + " " + nsName(k.Namespace, k.WorkloadName)
 	}
-	s := "pod " + nsName(k.Namespace, k.Name)
-	if k.HostNetwork {
-		s += " (host network)"
-	}
-	return s
+	return pod(k, ip)
 }
 
 // pod names the pod (or service, node) itself: "pod web/api-5c8".
