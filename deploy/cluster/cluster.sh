@@ -33,6 +33,7 @@ API_PORT=6443
 ETCD_CLIENT=127.0.0.1:23790
 ETCD_PEER=127.0.0.1:23800
 BRIDGE=cni0
+BRIDGE_MAC=02:6b:64:72:6f:70 # locally administered
 GUARD=KDROP-GUARD
 PAUSE_IMAGE=registry.k8s.io/pause:3.6 # containerd 1.6's default sandbox_image
 
@@ -367,8 +368,13 @@ setup_host() {
 	ip route add "$SVC_CIDR" dev "$NODE_IF" src "$NODE_IP"
 
 	# The pod bridge, made before any pod so the pod range is always routed
-	# onto it (the bridge plugin reuses it).
+	# onto it (the bridge plugin reuses it). Its MAC is set, so it stays put:
+	# a bridge otherwise takes its lowest port's MAC, which changes as pods
+	# come and go, and a pod whose ARP entry for the gateway still names the
+	# old MAC has its packets flooded to every port (br_netfilter then sees,
+	# and kube-proxy REJECTs, each copy).
 	ip link add "$BRIDGE" type bridge
+	ip link set "$BRIDGE" address "$BRIDGE_MAC"
 	ip addr add "$POD_GW/${POD_CIDR#*/}" dev "$BRIDGE"
 	ip link set "$BRIDGE" up
 

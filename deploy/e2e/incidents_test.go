@@ -506,16 +506,19 @@ func (in *incident) serviceWithoutEndpoints(t *testing.T) {
 	logsFrom := time.Now()
 
 	rejectsBefore := rejected(t, "shop/cart")
-	out := kubectl(t, "-n", "shop", "exec", "client", "--", "/testapp", "dial", "-n", "5", svcIP+":80")
+	// A dial timeout well past the SYN retransmits (1 s, 3 s): a SYN whose
+	// answer the ICMP rate limit held back is refused on its retransmit.
+	out := kubectl(t, "-n", "shop", "exec", "client", "--", "/testapp", "dial", "-n", "5", "-timeout", "8s", svcIP+":80")
 	var got map[string]int
 	if err := json.Unmarshal([]byte(out), &got); err != nil || got["ECONNREFUSED"] != 5 {
 		t.Fatalf("the client should see Connection refused 5 times: %s", out)
 	}
 	// kube-proxy's REJECT rule drops each SYN (NETFILTER_DROP) and answers
 	// it with port-unreachable, unless the ICMP rate limit holds the answer
-	// back (the client's kernel then retransmits the SYN). A SYN the bridge
+	// back (the client's kernel then retransmits the SYN). A SYN a bridge
 	// floods to every port (a client whose ARP entry names a MAC the bridge
-	// no longer has) is rejected once per copy.
+	// no longer has; deploy/cluster pins its bridge's MAC against that) is
+	// rejected once per copy.
 	toCart := func(e *event) bool { return e.Dst == svcIP && e.Dport == 80 }
 	isCart := func(e *event) bool { return e.Type == "unreach" && e.ICMP == "port-unreachable" && toCart(e) }
 	isReject := func(e *event) bool { return e.Type == "drop" && e.Reason == "NETFILTER_DROP" && toCart(e) }
