@@ -421,9 +421,9 @@ func TestLostEventsAreCounted(t *testing.T) {
 		t.Fatal(err)
 	}
 	rule := iptablesPackets(t, r.Server, "iptables", "INPUT", "DROP")
-	t.Logf("2000 drops: %d lost in the ring buffer, %d lines, counts sum %d", st.Lost[Drop], lines, total)
-	if st.Lost[Drop] == 0 || st.Lost[Drop] >= rule {
-		t.Fatalf("want some (not all) of %d drop events lost, stats say %d", rule, st.Lost[Drop])
+	t.Logf("2000 drops: %d lost in the ring buffer, %d lines, counts sum %d", st.LostLines[Drop], lines, total)
+	if st.LostLines[Drop] == 0 || st.LostLines[Drop] >= rule {
+		t.Fatalf("want some (not all) of %d drop events lost, stats say %d", rule, st.LostLines[Drop])
 	}
 	if total != rule || rule != 2000 {
 		t.Fatalf("counts sum %d, rule counted %d (want 2000 both)", total, rule)

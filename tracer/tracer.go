@@ -51,21 +51,28 @@ type Options struct {
 	Log           *zap.Logger
 }
 
-// Stats are the tracer's own counters, summed over CPUs.
+// Stats are the tracer's own counters, summed over CPUs. They tell apart
+// the two ways output can fall short, which mean different things:
+//
+//   - LostLines: events that found the ring buffer full. Their occurrences
+//     were counted in the kernel and come back in summary lines, so counts
+//     stay exact; only the per-packet detail is gone.
+//   - Missed: hook invocations the kernel did not run kdrop's program for
+//     (recursion protection, bpf_prog_stats.misses, 5.12+). Those
+//     occurrences were never seen: counts are short by that much.
 type Stats struct {
-	Lost      [eventTypeMax]uint64 // events the ring buffer had no room for (their counts are not lost)
-	Untracked uint64               // events not rate limited because the flow table was full
-	// Missed counts hook invocations the kernel did not run kdrop's program
-	// for (recursion protection: the hook fired again on a CPU while the
-	// program was running there). Those occurrences are not counted at all.
-	Missed uint64
+	LostLines [eventTypeMax]uint64 // per EventType
+	Missed    uint64
+	// Coarsened counts occurrences rate-limited under a coarser key than
+	// their flow because the flow table was full (see Event.Coarse); their
+	// counts are exact, their destinations are not told apart.
+	Coarsened uint64
 }
 
-// LostTotal sums what was lost: events without a line (Lost) and
-// occurrences never seen (Missed).
-func (s Stats) LostTotal() uint64 {
-	n := s.Missed
-	for _, v := range s.Lost {
+// LostLinesTotal sums LostLines over event types.
+func (s Stats) LostLinesTotal() uint64 {
+	var n uint64
+	for _, v := range s.LostLines {
 		n += v
 	}
 	return n
@@ -296,9 +303,9 @@ func (t *Tracer) Stats() (Stats, error) {
 			sum += v
 		}
 		if i == statUntracked {
-			s.Untracked = sum
+			s.Coarsened = sum
 		} else if i < uint32(eventTypeMax) {
-			s.Lost[i] = sum
+			s.LostLines[i] = sum
 		}
 	}
 	for _, a := range t.attached {

@@ -247,11 +247,11 @@ func (p *pipeline) run(ctx context.Context, sink func(*record)) error {
 // newLost returns how many events the ring buffer lost since the last call.
 func (p *pipeline) newLost() uint64 {
 	st, err := p.t.Stats()
-	if err != nil || st.LostTotal() <= p.lost {
+	if err != nil || st.LostLinesTotal() <= p.lost {
 		return 0
 	}
-	n := st.LostTotal() - p.lost
-	p.lost = st.LostTotal()
+	n := st.LostLinesTotal() - p.lost
+	p.lost = st.LostLinesTotal()
 	return n
 }
 
@@ -343,8 +343,8 @@ func runWatch(parent context.Context, f watchFlags) error {
 	p.t.Lock()
 	out.Flush()
 	p.t.Unlock()
-	if st, err := p.t.Stats(); err == nil && st.LostTotal() > 0 {
-		log.Warn("events lost in total (counts are exact, only the lines are missing)", zap.Uint64("lost", st.LostTotal()))
+	if st, err := p.t.Stats(); err == nil && st.LostLinesTotal() > 0 {
+		log.Warn("events lost in total (counts are exact, only the lines are missing)", zap.Uint64("lost", st.LostLinesTotal()))
 	}
 	return nil
 }
