@@ -4,7 +4,7 @@
  *   kfree_skb          -> KDROP_EV_DROP            (tp_btf, else raw_tp)
  *   tcp_conn_request,
  *   tcp_v{4,6}_syn_recv_sock -> KDROP_EV_LISTEN_OVERFLOW (fentry, else kprobe)
- *   icmp_send tp, __icmp_send, icmp6_send -> KDROP_EV_UNREACH
+ *   icmp_send tp, ip{,6}_push_pending_frames -> KDROP_EV_UNREACH
  *
  * Each hook has one body shared by its attach modes; userspace picks the
  * first mode that loads and attaches on the running kernel (tracer/hooks.go).
@@ -29,7 +29,7 @@ volatile const __u32 cfg_netns = 0;       /* 0: any */
 volatile const __u16 cfg_port = 0;        /* 0: any; matches either end */
 volatile const __u8 cfg_proto = 0;        /* 0: any */
 volatile const __u8 cfg_addr_filter = 0;  /* 1: either end must match addr_filter */
-volatile const __u32 cfg_rate_limit = 0;  /* events per second per flow; 0: no limit */
+volatile const __u32 cfg_rate_limit = 0;  /* events per flow per generation; 0: no limit */
 volatile const __u8 cfg_skip_subsys = 0;  /* 1: skip subsystem drop reasons */
 /* Bit n set: do not report drop reason n (benign ones, or not asked for). */
 volatile const __u64 cfg_reason_skip[16] = {};
@@ -46,12 +46,53 @@ struct {
 	__uint(max_entries, KDROP_STAT_MAX);
 } stats SEC(".maps");
 
+/* Flow tables come in two generations. Programs count into the one `gen`
+ * selects; every sweep interval userspace moves `gen` on, waits until no
+ * program can still hold the previous generation (an update of a map-in-map
+ * waits for an RCU grace period, see maybe_wait_bpf_programs in
+ * kernel/bpf/syscall.c), then reads and empties it. So counts are exact,
+ * summaries come every interval whatever the traffic, and the tables hold
+ * only the flows of the last interval. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, struct flow_key);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 1);
+} gen SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__type(key, __u32);
+	__uint(max_entries, 2);
+	__array(values, struct {
+		__uint(type, BPF_MAP_TYPE_HASH);
+		__type(key, struct flow_key);
+		__type(value, struct flow_state);
+		__uint(max_entries, 65536);
+	});
+} flow_tables SEC(".maps");
+
+/* Where flows go when their generation's flow table is full (a scan, late
+ * DNS answers to many closed ports): keyed without the destination. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__type(key, __u32);
+	__uint(max_entries, 2);
+	__array(values, struct {
+		__uint(type, BPF_MAP_TYPE_HASH);
+		__type(key, struct flow_key);
+		__type(value, struct flow_state);
+		__uint(max_entries, 4096);
+	});
+} coarse_tables SEC(".maps");
+
+/* The last resort, never full: one flow per event type and generation. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
 	__type(value, struct flow_state);
-	__uint(max_entries, 65536);
-} flows SEC(".maps");
+	__uint(max_entries, 2 * KDROP_EV_MAX);
+} spill SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -61,8 +102,10 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } addr_filter SEC(".maps");
 
-/* Makes bpf2go emit the Go mirror of the event. */
+/* Make bpf2go emit the Go mirrors (and put the flow key's full type in BTF,
+ * which an inner map definition alone leaves as a forward declaration). */
 struct kdrop_event *unused_event __attribute__((unused));
+struct flow_key *unused_flow_key __attribute__((unused));
 
 static __always_inline void stat_inc(__u32 idx)
 {
@@ -97,19 +140,14 @@ static __always_inline void parse_l4(struct kdrop_event *e, void *l4)
 	e->dport = (__u16)h[2] << 8 | h[3];
 }
 
-/* Fills family, addresses, protocol and ports from the packet itself: most
- * drops on the receive path have no socket, so skb->sk tells nothing. */
-static __always_inline void parse_skb(struct sk_buff *skb, struct kdrop_event *e)
+/* Fills family, addresses, protocol and ports from an IP header at ip
+ * (proto: its ETH_P_*). */
+static __always_inline void parse_ip(struct kdrop_event *e, unsigned char *ip, __u16 proto)
 {
-	unsigned char *head = BPF_CORE_READ(skb, head);
-	__u16 nh = BPF_CORE_READ(skb, network_header);
-	__u16 proto = bpf_ntohs(BPF_CORE_READ(skb, protocol));
 	__u8 b[40];
 
-	if (!head || nh == (__u16)~0U)
-		return;
 	if (proto == ETH_P_IP) {
-		if (bpf_probe_read_kernel(b, 20, head + nh) || (b[0] >> 4) != 4)
+		if (bpf_probe_read_kernel(b, 20, ip) || (b[0] >> 4) != 4)
 			return;
 		e->family = 4;
 		e->proto = b[9];
@@ -118,16 +156,28 @@ static __always_inline void parse_skb(struct sk_buff *skb, struct kdrop_event *e
 		/* only the first fragment carries ports */
 		if (((b[6] & 0x1f) << 8 | b[7]) != 0)
 			return;
-		parse_l4(e, head + nh + (b[0] & 0xf) * 4);
+		parse_l4(e, ip + (b[0] & 0xf) * 4);
 	} else if (proto == ETH_P_IPV6) {
-		if (bpf_probe_read_kernel(b, 40, head + nh) || (b[0] >> 4) != 6)
+		if (bpf_probe_read_kernel(b, 40, ip) || (b[0] >> 4) != 6)
 			return;
 		e->family = 6;
 		e->proto = b[6];
 		__builtin_memcpy(e->saddr, &b[8], 16);
 		__builtin_memcpy(e->daddr, &b[24], 16);
-		parse_l4(e, head + nh + 40);
+		parse_l4(e, ip + 40);
 	}
+}
+
+/* Parses the packet itself: most drops on the receive path have no socket,
+ * so skb->sk tells nothing. */
+static __always_inline void parse_skb(struct sk_buff *skb, struct kdrop_event *e)
+{
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	__u16 nh = BPF_CORE_READ(skb, network_header);
+
+	if (!head || nh == (__u16)~0U)
+		return;
+	parse_ip(e, head + nh, bpf_ntohs(BPF_CORE_READ(skb, protocol)));
 }
 
 static __always_inline __u32 sk_netns(struct sock *sk)
@@ -180,15 +230,35 @@ static __always_inline bool pass_filters(struct kdrop_event *e)
 	return true;
 }
 
-/* Counts the event in its flow and says whether to send it. The count is
- * exact whatever the rate limit drops: userspace turns the cumulative
- * `seen` of sent events, and of the flow table it sweeps every second,
- * into "N more like this". */
-static __always_inline bool account(struct kdrop_event *e, __u32 key_reason)
+/* The flow state of key k in table slot of an outer map, created if new;
+ * NULL when that table is full. */
+static __always_inline struct flow_state *flow_get(void *tables, __u32 slot, struct flow_key *k)
+{
+	struct flow_state init = {}, *st;
+	void *tbl = bpf_map_lookup_elem(tables, &slot);
+
+	if (!tbl)
+		return NULL;
+	st = bpf_map_lookup_elem(tbl, k);
+	if (st)
+		return st;
+	bpf_map_update_elem(tbl, k, &init, BPF_NOEXIST);
+	return bpf_map_lookup_elem(tbl, k);
+}
+
+/* Counts the event in its flow, exactly, and returns the flow's state if the
+ * event is to be sent (NULL: rate-limited; userspace reports seen - sent
+ * when it empties the generation). A full flow table never turns the rate
+ * limit off: the key is coarsened instead, and the event says so. */
+static __always_inline struct flow_state *account(struct kdrop_event *e, __u32 key_reason)
 {
 	struct flow_key k = {};
 	struct flow_state *st;
+	__u32 zero = 0, slot = 0, *g;
 
+	g = bpf_map_lookup_elem(&gen, &zero);
+	if (g)
+		slot = *g & 1;
 	__builtin_memcpy(k.daddr, e->daddr, 16);
 	k.netns = e->netns;
 	k.reason = key_reason;
@@ -197,39 +267,42 @@ static __always_inline bool account(struct kdrop_event *e, __u32 key_reason)
 	k.proto = e->proto;
 	k.family = e->family;
 
-	st = bpf_map_lookup_elem(&flows, &k);
+	st = flow_get(&flow_tables, slot, &k);
 	if (!st) {
-		struct flow_state init = { .window_start = e->ts_ns };
-
-		bpf_map_update_elem(&flows, &k, &init, BPF_NOEXIST);
-		st = bpf_map_lookup_elem(&flows, &k);
+		__builtin_memset(k.daddr, 0, sizeof(k.daddr));
+		k.dport = 0;
+		e->flags |= KDROP_F_COARSE_NETNS;
+		st = flow_get(&coarse_tables, slot, &k);
 		if (!st) {
-			/* table full: send everything, each event counts 1 */
-			stat_inc(KDROP_STAT_UNTRACKED);
-			e->flags |= KDROP_F_UNTRACKED;
-			return true;
+			__u32 i = slot * KDROP_EV_MAX + (e->type & 3);
+
+			e->flags ^= KDROP_F_COARSE_NETNS | KDROP_F_COARSE_TYPE;
+			st = bpf_map_lookup_elem(&spill, &i);
+			if (!st)
+				return NULL; /* unreachable: an array lookup in bounds */
 		}
+		stat_inc(KDROP_STAT_COARSENED);
 	}
 	__sync_fetch_and_add(&st->seen, 1);
-	e->seen = st->seen;
-	if (!cfg_rate_limit)
-		return true;
-	if (e->ts_ns - st->window_start >= NSEC_PER_SEC) {
-		st->window_start = e->ts_ns;
-		st->window_events = 0;
-	}
-	if (st->window_events >= cfg_rate_limit)
-		return false;
-	st->window_events++; /* racy across CPUs; only the limit is approximate */
-	return true;
+	/* racy across CPUs: only the limit is approximate, never the count */
+	if (cfg_rate_limit && st->sent >= cfg_rate_limit)
+		return NULL;
+	return st;
 }
 
 static __always_inline void emit(struct kdrop_event *e, __u32 key_reason)
 {
-	if (!pass_filters(e) || !account(e, key_reason))
+	struct flow_state *st;
+
+	if (!pass_filters(e))
+		return;
+	st = account(e, key_reason);
+	if (!st)
 		return;
 	if (bpf_ringbuf_output(&events, e, sizeof(*e), 0))
-		stat_inc(e->type); /* lost, and counted: see KDROP_STAT_LOST_* */
+		stat_inc(e->type); /* a lost line, its count in seen - sent */
+	else
+		__sync_fetch_and_add(&st->sent, 1);
 }
 
 /* ---- kfree_skb: every drop, with the kernel's own reason ---- */
@@ -306,7 +379,9 @@ static __always_inline int listen_overflow(struct sock *sk, struct sk_buff *skb,
 	e.qmax = max;
 	e.synq = synq;
 	e.queue = queue;
-	if (cookies == 2 || (cookies && synq >= max))
+	/* tcp_conn_request answers a full SYN queue with a cookie when cookies
+	 * are on, but drops the SYN whenever the accept queue is full */
+	if (queue == KDROP_Q_SYN && cookies)
 		e.flags |= KDROP_F_SYNCOOKIE;
 	skb_where(skb, &e);
 	e.netns = BPF_CORE_READ(net, ns.inum);
@@ -433,7 +508,7 @@ static __always_inline int icmp_sent(struct sk_buff *skb, int type, int code, bo
 	return 0;
 }
 
-/* Since 6.9 or so: fires after the rate limit, so it sees what was sent. */
+/* Since 6.9: fires after the rate limit, so it sees what was sent. */
 SEC("tp_btf/icmp_send")
 int BPF_PROG(tp_btf_icmp_send, const struct sk_buff *skb, int type, int code)
 {
@@ -447,28 +522,70 @@ int raw_tp_icmp_send(__u64 *ctx)
 			 KDROP_MODE_RAW_TP);
 }
 
-SEC("fentry/__icmp_send")
-int BPF_PROG(fentry_icmp_send, struct sk_buff *skb_in, int type, int code)
+/* Without the tracepoint: the error as it leaves. __icmp_send and icmp6_send
+ * run before their rate limits; once an error passes them, its packet is
+ * built on the ICMP socket's write queue and pushed out by
+ * ip{,6}_push_pending_frames, which is where IcmpOutDestUnreachs and
+ * Icmp6OutDestUnreachs are counted (__ip{,6}_make_skb). The first skb
+ * queued holds the ICMP header, already filled in, then the offending
+ * packet from its IP header on. Only the kernel's own ICMP sockets count:
+ * a user's raw socket is not the kernel answering. */
+static __always_inline int icmp_pushed(struct sock *sk, bool v6, __u8 mode)
 {
-	return icmp_sent(skb_in, type, code, false, KDROP_MODE_FENTRY);
+	struct kdrop_event e = {};
+	struct sk_buff *skb;
+	unsigned char *head;
+	__u16 th;
+	__u8 h[2];
+
+	if (BPF_CORE_READ(sk, sk_protocol) != (v6 ? IPPROTO_ICMPV6 : IPPROTO_ICMP))
+		return 0;
+	if (!BPF_CORE_READ_BITFIELD_PROBED(sk, sk_kern_sock))
+		return 0;
+	if (!BPF_CORE_READ(sk, sk_write_queue.qlen))
+		return 0;
+	skb = BPF_CORE_READ(sk, sk_write_queue.next);
+	head = BPF_CORE_READ(skb, head);
+	th = BPF_CORE_READ(skb, transport_header);
+	if (!head || th == (__u16)~0U || bpf_probe_read_kernel(h, 2, head + th))
+		return 0;
+	if (!icmp_error_type(h[0], v6))
+		return 0;
+	e.type = KDROP_EV_UNREACH;
+	e.mode = mode;
+	e.ts_ns = bpf_ktime_get_ns();
+	e.netns = sk_netns(sk);
+	/* the error leaves where the offending packet came in */
+	e.ifindex = BPF_CORE_READ((struct inet_sock *)sk, cork.base.dst, dev, ifindex);
+	parse_ip(&e, head + th + 8, v6 ? ETH_P_IPV6 : ETH_P_IP);
+	e.icmp_type = h[0];
+	e.icmp_code = h[1];
+	emit(&e, (__u32)h[0] << 8 | h[1]);
+	return 0;
 }
 
-SEC("kprobe/__icmp_send")
-int BPF_KPROBE(kprobe_icmp_send, struct sk_buff *skb_in, int type, int code)
+SEC("fentry/ip_push_pending_frames")
+int BPF_PROG(fentry_ip_push_pending_frames, struct sock *sk)
 {
-	return icmp_sent(skb_in, type, code, false, KDROP_MODE_KPROBE);
+	return icmp_pushed(sk, false, KDROP_MODE_FENTRY);
 }
 
-SEC("fentry/icmp6_send")
-int BPF_PROG(fentry_icmp6_send, struct sk_buff *skb, __u8 type, __u8 code)
+SEC("kprobe/ip_push_pending_frames")
+int BPF_KPROBE(kprobe_ip_push_pending_frames, struct sock *sk)
 {
-	return icmp_sent(skb, type, code, true, KDROP_MODE_FENTRY);
+	return icmp_pushed(sk, false, KDROP_MODE_KPROBE);
 }
 
-SEC("kprobe/icmp6_send")
-int BPF_KPROBE(kprobe_icmp6_send, struct sk_buff *skb, __u8 type, __u8 code)
+SEC("fentry/ip6_push_pending_frames")
+int BPF_PROG(fentry_ip6_push_pending_frames, struct sock *sk)
 {
-	return icmp_sent(skb, type, code, true, KDROP_MODE_KPROBE);
+	return icmp_pushed(sk, true, KDROP_MODE_FENTRY);
+}
+
+SEC("kprobe/ip6_push_pending_frames")
+int BPF_KPROBE(kprobe_ip6_push_pending_frames, struct sock *sk)
+{
+	return icmp_pushed(sk, true, KDROP_MODE_KPROBE);
 }
 
 /* ---- empty programs: the baseline `make bench` measures against ---- */

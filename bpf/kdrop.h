@@ -20,8 +20,9 @@ enum kdrop_queue {
 };
 
 enum kdrop_flags {
-	KDROP_F_SYNCOOKIE = 1 << 0, /* SYN queue full, answered with a syncookie */
-	KDROP_F_UNTRACKED = 1 << 1, /* flow table full: not rate limited, count is 1 */
+	KDROP_F_SYNCOOKIE = 1 << 0,    /* SYN queue full, answered with a syncookie */
+	KDROP_F_COARSE_NETNS = 1 << 1, /* flow table full: rate-limited per (type, reason, netns) */
+	KDROP_F_COARSE_TYPE = 1 << 2,  /* both tables full: rate-limited per event type */
 };
 
 /* The program variant that produced an event, so output can say how it was
@@ -38,14 +39,13 @@ enum kdrop_stat {
 	KDROP_STAT_LOST_DROP = KDROP_EV_DROP,       /* ring buffer full */
 	KDROP_STAT_LOST_OVERFLOW = KDROP_EV_LISTEN_OVERFLOW,
 	KDROP_STAT_LOST_UNREACH = KDROP_EV_UNREACH,
-	KDROP_STAT_UNTRACKED = 4,                   /* flow table full */
+	KDROP_STAT_COARSENED = 4,                   /* flow table full: coarser key used */
 	KDROP_STAT_MAX = 5,
 };
 
 struct kdrop_event {
 	__u64 ts_ns;      /* bpf_ktime_get_ns (CLOCK_MONOTONIC) */
 	__u64 location;   /* kfree_skb: kernel text address of the caller */
-	__u64 seen;       /* occurrences of this flow so far (cumulative, see flow_state) */
 	__u32 netns;      /* network namespace inode */
 	__u32 ifindex;
 	__u32 reason;     /* enum skb_drop_reason value (0 where the kernel has none) */
@@ -69,7 +69,9 @@ struct kdrop_event {
 };
 
 /* Rate limiting groups events by what they hit: type, reason, netns and the
- * destination side. A SYN flood from random ports is one key, not millions. */
+ * destination side. A SYN flood from random ports is one key, not millions.
+ * When the flow table is full, daddr and dport are zeroed and the key goes
+ * to the smaller coarse table (KDROP_F_COARSE_NETNS). */
 struct flow_key {
 	__u8 daddr[16];
 	__u32 netns;
@@ -81,11 +83,12 @@ struct flow_key {
 	__u8 _pad[3];
 };
 
+/* One flow in one generation of the tables (one sweep interval). Both are
+ * only ever incremented atomically; userspace reads them once no program can
+ * touch the generation any more, and reports seen - sent as a summary. */
 struct flow_state {
-	__u64 seen;          /* exact count, only ever incremented atomically */
-	__u64 window_start;  /* ns; rate limit window */
-	__u32 window_events; /* events sent in this window */
-	__u32 _pad;
+	__u64 seen; /* occurrences */
+	__u64 sent; /* events the ring buffer took (each a line counting 1) */
 };
 
 /* Key of the address filter (LPM trie): IPv4 as ::ffff:a.b.c.d. */

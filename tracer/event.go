@@ -67,13 +67,16 @@ func (q Queue) String() string {
 type Event struct {
 	Time time.Time
 	Type EventType
-	// Count is how many occurrences this event stands for: 1, more when the
-	// in-kernel rate limit folded others into it, 0 when an earlier event of
-	// the same flow already counted it. Summed over a run it equals the
-	// kernel's own counters.
+	// Count is how many occurrences this event stands for: 1 for an event,
+	// N for a Summary of the N occurrences of a flow that the rate limit
+	// folded (or a full ring buffer lost) in one sweep interval. Summed
+	// over a run it equals the kernel's own counters.
 	Count   uint64
 	Summary bool   // a rate-limit summary of a flow, not one packet
 	Source  string // how it was seen: fentry, kprobe, tp_btf, raw_tp, sock_diag
+	// Coarse is set when the flow table was full and the rate limit keyed
+	// this event more coarsely than its flow: CoarseNetns or CoarseType.
+	Coarse string
 
 	Netns    uint32
 	Ifindex  uint32
@@ -226,11 +229,22 @@ func (e *Event) What() string {
 	return ""
 }
 
+// Values of Event.Coarse.
+const (
+	// CoarseNetns: rate-limited per (type, reason, network namespace);
+	// summaries carry no destination.
+	CoarseNetns = "netns"
+	// CoarseType: both tables full; rate-limited per event type; summaries
+	// carry neither reason nor namespace.
+	CoarseType = "type"
+)
+
 // Mirrors of enum kdrop_flags and enum kdrop_stat in bpf/kdrop.h.
 const (
-	flagSyncookie = 1 << 0
-	flagUntracked = 1 << 1
+	flagSyncookie   = 1 << 0
+	flagCoarseNetns = 1 << 1
+	flagCoarseType  = 1 << 2
 
-	statUntracked = 4
+	statCoarsened = 4
 	statMax       = 5
 )

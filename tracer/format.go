@@ -21,6 +21,7 @@ func (e *Event) AppendJSON(b []byte) []byte {
 		b = append(b, `,"summary":true`...)
 	}
 	b = appendStr(b, "source", e.Source)
+	b = appendStr(b, "coarse", e.Coarse)
 	b = append(b, `,"netns":`...)
 	b = strconv.AppendUint(b, uint64(e.Netns), 10)
 	if e.Ifindex != 0 {

@@ -77,18 +77,20 @@ var hookDefs = []hookDef{
 		{ModeFentry, "fentry_tcp_v6_syn_recv_sock", "tcp_v6_syn_recv_sock"},
 		{ModeKprobe, "kprobe_tcp_v6_syn_recv_sock", "tcp_v6_syn_recv_sock"},
 	}},
-	// The icmp_send tracepoint fires after the ICMP rate limit, so it sees
-	// exactly what was sent; __icmp_send (fentry/kprobe) also sees the
-	// rate-limited attempts. icmp_send itself is an inline wrapper.
+	// ICMP errors counted as sent, after the kernel's rate limits: the
+	// icmp_send tracepoint (6.9+) fires past them; elsewhere the error is
+	// seen as ip{,6}_push_pending_frames sends it (where the kernel counts
+	// Icmp{,6}OutDestUnreachs). __icmp_send and icmp6_send themselves run
+	// before the limits, so they would count errors never sent.
 	{"icmp_send", Unreachable, []candidate{
 		{ModeTPBTF, "tp_btf_icmp_send", "icmp_send"},
 		{ModeRawTP, "raw_tp_icmp_send", "icmp_send"},
-		{ModeFentry, "fentry_icmp_send", "__icmp_send"},
-		{ModeKprobe, "kprobe_icmp_send", "__icmp_send"},
+		{ModeFentry, "fentry_ip_push_pending_frames", "ip_push_pending_frames"},
+		{ModeKprobe, "kprobe_ip_push_pending_frames", "ip_push_pending_frames"},
 	}},
 	{"icmp6_send", Unreachable, []candidate{
-		{ModeFentry, "fentry_icmp6_send", "icmp6_send"},
-		{ModeKprobe, "kprobe_icmp6_send", "icmp6_send"},
+		{ModeFentry, "fentry_ip6_push_pending_frames", "ip6_push_pending_frames"},
+		{ModeKprobe, "kprobe_ip6_push_pending_frames", "ip6_push_pending_frames"},
 	}},
 }
 

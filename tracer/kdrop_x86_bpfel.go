@@ -32,18 +32,15 @@ type kdropFlowKey struct {
 }
 
 type kdropFlowState struct {
-	_            structs.HostLayout
-	Seen         uint64
-	WindowStart  uint64
-	WindowEvents uint32
-	Pad          uint32
+	_    structs.HostLayout
+	Seen uint64
+	Sent uint64
 }
 
 type kdropKdropEvent struct {
 	_        structs.HostLayout
 	TsNs     uint64
 	Location uint64
-	Seen     uint64
 	Netns    uint32
 	Ifindex  uint32
 	Reason   uint32
@@ -70,36 +67,40 @@ type kdropKdropEvent struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	kdropMapAddrFilter              = "addr_filter"
-	kdropMapEvents                  = "events"
-	kdropMapFlows                   = "flows"
-	kdropMapStats                   = "stats"
-	kdropProgBaselineFentry         = "baseline_fentry"
-	kdropProgBaselineKprobe         = "baseline_kprobe"
-	kdropProgBaselineRawTp          = "baseline_raw_tp"
-	kdropProgBaselineTpBtf          = "baseline_tp_btf"
-	kdropProgFentryIcmp6Send        = "fentry_icmp6_send"
-	kdropProgFentryIcmpSend         = "fentry_icmp_send"
-	kdropProgFentryTcpConnRequest   = "fentry_tcp_conn_request"
-	kdropProgFentryTcpV4SynRecvSock = "fentry_tcp_v4_syn_recv_sock"
-	kdropProgFentryTcpV6SynRecvSock = "fentry_tcp_v6_syn_recv_sock"
-	kdropProgKprobeIcmp6Send        = "kprobe_icmp6_send"
-	kdropProgKprobeIcmpSend         = "kprobe_icmp_send"
-	kdropProgKprobeTcpConnRequest   = "kprobe_tcp_conn_request"
-	kdropProgKprobeTcpV4SynRecvSock = "kprobe_tcp_v4_syn_recv_sock"
-	kdropProgKprobeTcpV6SynRecvSock = "kprobe_tcp_v6_syn_recv_sock"
-	kdropProgRawTpIcmpSend          = "raw_tp_icmp_send"
-	kdropProgRawTpKfreeSkb          = "raw_tp_kfree_skb"
-	kdropProgTpBtfIcmpSend          = "tp_btf_icmp_send"
-	kdropProgTpBtfKfreeSkb          = "tp_btf_kfree_skb"
-	kdropVarCfgAddrFilter           = "cfg_addr_filter"
-	kdropVarCfgNetns                = "cfg_netns"
-	kdropVarCfgPort                 = "cfg_port"
-	kdropVarCfgProto                = "cfg_proto"
-	kdropVarCfgRateLimit            = "cfg_rate_limit"
-	kdropVarCfgReasonSkip           = "cfg_reason_skip"
-	kdropVarCfgSkipSubsys           = "cfg_skip_subsys"
-	kdropVarUnusedEvent             = "unused_event"
+	kdropMapAddrFilter                  = "addr_filter"
+	kdropMapCoarseTables                = "coarse_tables"
+	kdropMapEvents                      = "events"
+	kdropMapFlowTables                  = "flow_tables"
+	kdropMapGen                         = "gen"
+	kdropMapSpill                       = "spill"
+	kdropMapStats                       = "stats"
+	kdropProgBaselineFentry             = "baseline_fentry"
+	kdropProgBaselineKprobe             = "baseline_kprobe"
+	kdropProgBaselineRawTp              = "baseline_raw_tp"
+	kdropProgBaselineTpBtf              = "baseline_tp_btf"
+	kdropProgFentryIp6PushPendingFrames = "fentry_ip6_push_pending_frames"
+	kdropProgFentryIpPushPendingFrames  = "fentry_ip_push_pending_frames"
+	kdropProgFentryTcpConnRequest       = "fentry_tcp_conn_request"
+	kdropProgFentryTcpV4SynRecvSock     = "fentry_tcp_v4_syn_recv_sock"
+	kdropProgFentryTcpV6SynRecvSock     = "fentry_tcp_v6_syn_recv_sock"
+	kdropProgKprobeIp6PushPendingFrames = "kprobe_ip6_push_pending_frames"
+	kdropProgKprobeIpPushPendingFrames  = "kprobe_ip_push_pending_frames"
+	kdropProgKprobeTcpConnRequest       = "kprobe_tcp_conn_request"
+	kdropProgKprobeTcpV4SynRecvSock     = "kprobe_tcp_v4_syn_recv_sock"
+	kdropProgKprobeTcpV6SynRecvSock     = "kprobe_tcp_v6_syn_recv_sock"
+	kdropProgRawTpIcmpSend              = "raw_tp_icmp_send"
+	kdropProgRawTpKfreeSkb              = "raw_tp_kfree_skb"
+	kdropProgTpBtfIcmpSend              = "tp_btf_icmp_send"
+	kdropProgTpBtfKfreeSkb              = "tp_btf_kfree_skb"
+	kdropVarCfgAddrFilter               = "cfg_addr_filter"
+	kdropVarCfgNetns                    = "cfg_netns"
+	kdropVarCfgPort                     = "cfg_port"
+	kdropVarCfgProto                    = "cfg_proto"
+	kdropVarCfgRateLimit                = "cfg_rate_limit"
+	kdropVarCfgReasonSkip               = "cfg_reason_skip"
+	kdropVarCfgSkipSubsys               = "cfg_skip_subsys"
+	kdropVarUnusedEvent                 = "unused_event"
+	kdropVarUnusedFlowKey               = "unused_flow_key"
 )
 
 // loadKdrop returns the embedded CollectionSpec for kdrop.
@@ -144,34 +145,37 @@ type kdropSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type kdropProgramSpecs struct {
-	BaselineFentry         *ebpf.ProgramSpec `ebpf:"baseline_fentry"`
-	BaselineKprobe         *ebpf.ProgramSpec `ebpf:"baseline_kprobe"`
-	BaselineRawTp          *ebpf.ProgramSpec `ebpf:"baseline_raw_tp"`
-	BaselineTpBtf          *ebpf.ProgramSpec `ebpf:"baseline_tp_btf"`
-	FentryIcmp6Send        *ebpf.ProgramSpec `ebpf:"fentry_icmp6_send"`
-	FentryIcmpSend         *ebpf.ProgramSpec `ebpf:"fentry_icmp_send"`
-	FentryTcpConnRequest   *ebpf.ProgramSpec `ebpf:"fentry_tcp_conn_request"`
-	FentryTcpV4SynRecvSock *ebpf.ProgramSpec `ebpf:"fentry_tcp_v4_syn_recv_sock"`
-	FentryTcpV6SynRecvSock *ebpf.ProgramSpec `ebpf:"fentry_tcp_v6_syn_recv_sock"`
-	KprobeIcmp6Send        *ebpf.ProgramSpec `ebpf:"kprobe_icmp6_send"`
-	KprobeIcmpSend         *ebpf.ProgramSpec `ebpf:"kprobe_icmp_send"`
-	KprobeTcpConnRequest   *ebpf.ProgramSpec `ebpf:"kprobe_tcp_conn_request"`
-	KprobeTcpV4SynRecvSock *ebpf.ProgramSpec `ebpf:"kprobe_tcp_v4_syn_recv_sock"`
-	KprobeTcpV6SynRecvSock *ebpf.ProgramSpec `ebpf:"kprobe_tcp_v6_syn_recv_sock"`
-	RawTpIcmpSend          *ebpf.ProgramSpec `ebpf:"raw_tp_icmp_send"`
-	RawTpKfreeSkb          *ebpf.ProgramSpec `ebpf:"raw_tp_kfree_skb"`
-	TpBtfIcmpSend          *ebpf.ProgramSpec `ebpf:"tp_btf_icmp_send"`
-	TpBtfKfreeSkb          *ebpf.ProgramSpec `ebpf:"tp_btf_kfree_skb"`
+	BaselineFentry             *ebpf.ProgramSpec `ebpf:"baseline_fentry"`
+	BaselineKprobe             *ebpf.ProgramSpec `ebpf:"baseline_kprobe"`
+	BaselineRawTp              *ebpf.ProgramSpec `ebpf:"baseline_raw_tp"`
+	BaselineTpBtf              *ebpf.ProgramSpec `ebpf:"baseline_tp_btf"`
+	FentryIp6PushPendingFrames *ebpf.ProgramSpec `ebpf:"fentry_ip6_push_pending_frames"`
+	FentryIpPushPendingFrames  *ebpf.ProgramSpec `ebpf:"fentry_ip_push_pending_frames"`
+	FentryTcpConnRequest       *ebpf.ProgramSpec `ebpf:"fentry_tcp_conn_request"`
+	FentryTcpV4SynRecvSock     *ebpf.ProgramSpec `ebpf:"fentry_tcp_v4_syn_recv_sock"`
+	FentryTcpV6SynRecvSock     *ebpf.ProgramSpec `ebpf:"fentry_tcp_v6_syn_recv_sock"`
+	KprobeIp6PushPendingFrames *ebpf.ProgramSpec `ebpf:"kprobe_ip6_push_pending_frames"`
+	KprobeIpPushPendingFrames  *ebpf.ProgramSpec `ebpf:"kprobe_ip_push_pending_frames"`
+	KprobeTcpConnRequest       *ebpf.ProgramSpec `ebpf:"kprobe_tcp_conn_request"`
+	KprobeTcpV4SynRecvSock     *ebpf.ProgramSpec `ebpf:"kprobe_tcp_v4_syn_recv_sock"`
+	KprobeTcpV6SynRecvSock     *ebpf.ProgramSpec `ebpf:"kprobe_tcp_v6_syn_recv_sock"`
+	RawTpIcmpSend              *ebpf.ProgramSpec `ebpf:"raw_tp_icmp_send"`
+	RawTpKfreeSkb              *ebpf.ProgramSpec `ebpf:"raw_tp_kfree_skb"`
+	TpBtfIcmpSend              *ebpf.ProgramSpec `ebpf:"tp_btf_icmp_send"`
+	TpBtfKfreeSkb              *ebpf.ProgramSpec `ebpf:"tp_btf_kfree_skb"`
 }
 
 // kdropMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type kdropMapSpecs struct {
-	AddrFilter *ebpf.MapSpec `ebpf:"addr_filter"`
-	Events     *ebpf.MapSpec `ebpf:"events"`
-	Flows      *ebpf.MapSpec `ebpf:"flows"`
-	Stats      *ebpf.MapSpec `ebpf:"stats"`
+	AddrFilter   *ebpf.MapSpec `ebpf:"addr_filter"`
+	CoarseTables *ebpf.MapSpec `ebpf:"coarse_tables"`
+	Events       *ebpf.MapSpec `ebpf:"events"`
+	FlowTables   *ebpf.MapSpec `ebpf:"flow_tables"`
+	Gen          *ebpf.MapSpec `ebpf:"gen"`
+	Spill        *ebpf.MapSpec `ebpf:"spill"`
+	Stats        *ebpf.MapSpec `ebpf:"stats"`
 }
 
 // kdropVariableSpecs contains global variables before they are loaded into the kernel.
@@ -186,6 +190,7 @@ type kdropVariableSpecs struct {
 	CfgReasonSkip *ebpf.VariableSpec `ebpf:"cfg_reason_skip"`
 	CfgSkipSubsys *ebpf.VariableSpec `ebpf:"cfg_skip_subsys"`
 	UnusedEvent   *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedFlowKey *ebpf.VariableSpec `ebpf:"unused_flow_key"`
 }
 
 // kdropObjects contains all objects after they have been loaded into the kernel.
@@ -208,17 +213,23 @@ func (o *kdropObjects) Close() error {
 //
 // It can be passed to loadKdropObjects or ebpf.CollectionSpec.LoadAndAssign.
 type kdropMaps struct {
-	AddrFilter *ebpf.Map `ebpf:"addr_filter"`
-	Events     *ebpf.Map `ebpf:"events"`
-	Flows      *ebpf.Map `ebpf:"flows"`
-	Stats      *ebpf.Map `ebpf:"stats"`
+	AddrFilter   *ebpf.Map `ebpf:"addr_filter"`
+	CoarseTables *ebpf.Map `ebpf:"coarse_tables"`
+	Events       *ebpf.Map `ebpf:"events"`
+	FlowTables   *ebpf.Map `ebpf:"flow_tables"`
+	Gen          *ebpf.Map `ebpf:"gen"`
+	Spill        *ebpf.Map `ebpf:"spill"`
+	Stats        *ebpf.Map `ebpf:"stats"`
 }
 
 func (m *kdropMaps) Close() error {
 	return _KdropClose(
 		m.AddrFilter,
+		m.CoarseTables,
 		m.Events,
-		m.Flows,
+		m.FlowTables,
+		m.Gen,
+		m.Spill,
 		m.Stats,
 	)
 }
@@ -235,30 +246,31 @@ type kdropVariables struct {
 	CfgReasonSkip *ebpf.Variable `ebpf:"cfg_reason_skip"`
 	CfgSkipSubsys *ebpf.Variable `ebpf:"cfg_skip_subsys"`
 	UnusedEvent   *ebpf.Variable `ebpf:"unused_event"`
+	UnusedFlowKey *ebpf.Variable `ebpf:"unused_flow_key"`
 }
 
 // kdropPrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to loadKdropObjects or ebpf.CollectionSpec.LoadAndAssign.
 type kdropPrograms struct {
-	BaselineFentry         *ebpf.Program `ebpf:"baseline_fentry"`
-	BaselineKprobe         *ebpf.Program `ebpf:"baseline_kprobe"`
-	BaselineRawTp          *ebpf.Program `ebpf:"baseline_raw_tp"`
-	BaselineTpBtf          *ebpf.Program `ebpf:"baseline_tp_btf"`
-	FentryIcmp6Send        *ebpf.Program `ebpf:"fentry_icmp6_send"`
-	FentryIcmpSend         *ebpf.Program `ebpf:"fentry_icmp_send"`
-	FentryTcpConnRequest   *ebpf.Program `ebpf:"fentry_tcp_conn_request"`
-	FentryTcpV4SynRecvSock *ebpf.Program `ebpf:"fentry_tcp_v4_syn_recv_sock"`
-	FentryTcpV6SynRecvSock *ebpf.Program `ebpf:"fentry_tcp_v6_syn_recv_sock"`
-	KprobeIcmp6Send        *ebpf.Program `ebpf:"kprobe_icmp6_send"`
-	KprobeIcmpSend         *ebpf.Program `ebpf:"kprobe_icmp_send"`
-	KprobeTcpConnRequest   *ebpf.Program `ebpf:"kprobe_tcp_conn_request"`
-	KprobeTcpV4SynRecvSock *ebpf.Program `ebpf:"kprobe_tcp_v4_syn_recv_sock"`
-	KprobeTcpV6SynRecvSock *ebpf.Program `ebpf:"kprobe_tcp_v6_syn_recv_sock"`
-	RawTpIcmpSend          *ebpf.Program `ebpf:"raw_tp_icmp_send"`
-	RawTpKfreeSkb          *ebpf.Program `ebpf:"raw_tp_kfree_skb"`
-	TpBtfIcmpSend          *ebpf.Program `ebpf:"tp_btf_icmp_send"`
-	TpBtfKfreeSkb          *ebpf.Program `ebpf:"tp_btf_kfree_skb"`
+	BaselineFentry             *ebpf.Program `ebpf:"baseline_fentry"`
+	BaselineKprobe             *ebpf.Program `ebpf:"baseline_kprobe"`
+	BaselineRawTp              *ebpf.Program `ebpf:"baseline_raw_tp"`
+	BaselineTpBtf              *ebpf.Program `ebpf:"baseline_tp_btf"`
+	FentryIp6PushPendingFrames *ebpf.Program `ebpf:"fentry_ip6_push_pending_frames"`
+	FentryIpPushPendingFrames  *ebpf.Program `ebpf:"fentry_ip_push_pending_frames"`
+	FentryTcpConnRequest       *ebpf.Program `ebpf:"fentry_tcp_conn_request"`
+	FentryTcpV4SynRecvSock     *ebpf.Program `ebpf:"fentry_tcp_v4_syn_recv_sock"`
+	FentryTcpV6SynRecvSock     *ebpf.Program `ebpf:"fentry_tcp_v6_syn_recv_sock"`
+	KprobeIp6PushPendingFrames *ebpf.Program `ebpf:"kprobe_ip6_push_pending_frames"`
+	KprobeIpPushPendingFrames  *ebpf.Program `ebpf:"kprobe_ip_push_pending_frames"`
+	KprobeTcpConnRequest       *ebpf.Program `ebpf:"kprobe_tcp_conn_request"`
+	KprobeTcpV4SynRecvSock     *ebpf.Program `ebpf:"kprobe_tcp_v4_syn_recv_sock"`
+	KprobeTcpV6SynRecvSock     *ebpf.Program `ebpf:"kprobe_tcp_v6_syn_recv_sock"`
+	RawTpIcmpSend              *ebpf.Program `ebpf:"raw_tp_icmp_send"`
+	RawTpKfreeSkb              *ebpf.Program `ebpf:"raw_tp_kfree_skb"`
+	TpBtfIcmpSend              *ebpf.Program `ebpf:"tp_btf_icmp_send"`
+	TpBtfKfreeSkb              *ebpf.Program `ebpf:"tp_btf_kfree_skb"`
 }
 
 func (p *kdropPrograms) Close() error {
@@ -267,13 +279,13 @@ func (p *kdropPrograms) Close() error {
 		p.BaselineKprobe,
 		p.BaselineRawTp,
 		p.BaselineTpBtf,
-		p.FentryIcmp6Send,
-		p.FentryIcmpSend,
+		p.FentryIp6PushPendingFrames,
+		p.FentryIpPushPendingFrames,
 		p.FentryTcpConnRequest,
 		p.FentryTcpV4SynRecvSock,
 		p.FentryTcpV6SynRecvSock,
-		p.KprobeIcmp6Send,
-		p.KprobeIcmpSend,
+		p.KprobeIp6PushPendingFrames,
+		p.KprobeIpPushPendingFrames,
 		p.KprobeTcpConnRequest,
 		p.KprobeTcpV4SynRecvSock,
 		p.KprobeTcpV6SynRecvSock,

@@ -67,31 +67,59 @@ func inNetns(path string, fn func() error) error {
 
 // somaxconns caches net.core.somaxconn per network namespace: an overflow's
 // queue limit is min(the server's backlog, somaxconn), and which of the two
-// it is tells the operator what to fix.
+// it is tells the operator what to fix. A value is kept for somaxconnTTL;
+// entries older than that are dropped at each read of a new namespace, so
+// the cache holds only namespaces that overflowed lately.
 type somaxconns struct {
-	mu       sync.Mutex
-	paths    map[uint32]string
-	scanned  time.Time
-	values   map[uint32]uint32
-	readTime map[uint32]time.Time
+	mu      sync.Mutex
+	paths   map[uint32]string
+	scanned time.Time
+	values  map[uint32]somaxconnValue
 }
 
+type somaxconnValue struct {
+	v    uint32
+	read time.Time
+}
+
+const somaxconnTTL = 10 * time.Second
+
 func newSomaxconns() *somaxconns {
-	return &somaxconns{values: map[uint32]uint32{}, readTime: map[uint32]time.Time{}}
+	return &somaxconns{values: map[uint32]somaxconnValue{}}
+}
+
+// cached returns the namespace's somaxconn if it was read lately; it never
+// blocks on /proc.
+func (s *somaxconns) cached(ino uint32) (uint32, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.values[ino]
+	if !ok || time.Since(c.read) >= somaxconnTTL {
+		return 0, false
+	}
+	return c.v, true
 }
 
 // get returns the namespace's somaxconn, 0 when it cannot be read (the
-// namespace is gone). Values are kept for 10 s.
+// namespace is gone). A namespace not seen before may cost a walk of /proc
+// (at most once a second): call it off the ring buffer's reader.
 func (s *somaxconns) get(ino uint32) uint32 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if t, ok := s.readTime[ino]; ok && time.Since(t) < 10*time.Second {
-		return s.values[ino]
+	if v, ok := s.cached(ino); ok {
+		return v
 	}
+	s.mu.Lock()
 	path, ok := s.paths[ino]
-	if !ok && time.Since(s.scanned) > time.Second {
-		s.paths, s.scanned = listNetns(), time.Now()
-		path, ok = s.paths[ino]
+	rescan := !ok && time.Since(s.scanned) > time.Second
+	if rescan {
+		s.scanned = time.Now()
+	}
+	s.mu.Unlock()
+	if rescan {
+		paths := listNetns()
+		s.mu.Lock()
+		s.paths = paths
+		s.mu.Unlock()
+		path, ok = paths[ino]
 	}
 	var v uint32
 	if ok {
@@ -104,6 +132,14 @@ func (s *somaxconns) get(ino uint32) uint32 {
 			return err
 		})
 	}
-	s.values[ino], s.readTime[ino] = v, time.Now()
+	now := time.Now()
+	s.mu.Lock()
+	for k, c := range s.values {
+		if now.Sub(c.read) >= somaxconnTTL {
+			delete(s.values, k)
+		}
+	}
+	s.values[ino] = somaxconnValue{v, now}
+	s.mu.Unlock()
 	return v
 }

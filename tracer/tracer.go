@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -36,7 +37,9 @@ type Filter struct {
 type Options struct {
 	Filter Filter
 	// RateLimit caps events per second for each flow (type, reason and
-	// destination); the rest are counted, not lost. 0: no limit.
+	// destination); the rest are counted, not lost, and come out as one
+	// summary per flow every SweepInterval. The cap applies per
+	// SweepInterval (RateLimit x interval, at least 1). 0: no limit.
 	RateLimit uint32
 	// Modes restricts attach modes (for tests and odd kernels); nil: all.
 	Modes []Mode
@@ -45,8 +48,9 @@ type Options struct {
 	// RingBytes sizes the ring buffer to userspace (a power of two, at
 	// least a page; default 4 MiB).
 	RingBytes uint32
-	// SweepInterval is how often rate-limited counts and lost events are
-	// reported (default 1s).
+	// SweepInterval is how often the flow tables change generation: the
+	// counts the rate limit folded come out as summaries, and flows idle
+	// for a whole interval leave the tables (default 1s).
 	SweepInterval time.Duration
 	Log           *zap.Logger
 }
@@ -87,13 +91,17 @@ type Tracer struct {
 	hooks    []HookStatus
 	attached []attachedHook
 	maps     map[string]*ebpf.Map
+	tables   [2][2]*ebpf.Map // [flow_tables, coarse_tables][slot]
 	reader   *ringbuf.Reader
-	bootTime time.Time
+	bootNs   atomic.Int64 // wall clock of CLOCK_MONOTONIC zero, ns since the epoch
 	listen   *listenPoller
 	somax    *somaxconns
 
-	emitMu sync.Mutex
-	seen   map[kdropFlowKey]uint64 // last cumulative count reported per flow
+	emitMu  sync.Mutex
+	rotMu   sync.Mutex // one rotation at a time
+	gen     uint32     // generation the programs count into; under rotMu
+	stopped bool       // links closed by Run's end; under rotMu
+	sweeps  atomic.Uint64
 }
 
 type attachedHook struct {
@@ -130,8 +138,8 @@ func New(opts Options) (*Tracer, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &Tracer{opts: opts, log: opts.Log, Reasons: reasons, Symbols: NewSymbolizer(""),
-		seen: map[kdropFlowKey]uint64{}, bootTime: bootTime(), somax: newSomaxconns()}
+	t := &Tracer{opts: opts, log: opts.Log, Reasons: reasons, Symbols: NewSymbolizer(""), somax: newSomaxconns()}
+	t.anchorClock()
 
 	spec, err := loadKdrop()
 	if err != nil {
@@ -147,13 +155,17 @@ func New(opts Options) (*Tracer, error) {
 		spec.Maps["events"].MaxEntries = opts.RingBytes
 	}
 	t.maps = map[string]*ebpf.Map{}
-	for _, name := range []string{"events", "stats", "flows", "addr_filter"} {
+	for _, name := range []string{"events", "stats", "gen", "flow_tables", "coarse_tables", "spill", "addr_filter"} {
 		m, err := ebpf.NewMap(spec.Maps[name])
 		if err != nil {
 			t.Close()
 			return nil, fmt.Errorf("creating BPF map %s: %w", name, err)
 		}
 		t.maps[name] = m
+	}
+	if err := t.createTables(spec); err != nil {
+		t.Close()
+		return nil, err
 	}
 	if err := t.fillAddrFilter(); err != nil {
 		t.Close()
@@ -302,7 +314,7 @@ func (t *Tracer) Stats() (Stats, error) {
 		for _, v := range per {
 			sum += v
 		}
-		if i == statUntracked {
+		if i == statCoarsened {
 			s.Coarsened = sum
 		} else if i < uint32(eventTypeMax) {
 			s.LostLines[i] = sum
@@ -316,14 +328,32 @@ func (t *Tracer) Stats() (Stats, error) {
 	return s, nil
 }
 
+// createTables makes both generations of the flow and coarse tables and
+// puts them in their outer maps; the programs start counting into slot 0.
+func (t *Tracer) createTables(spec *ebpf.CollectionSpec) error {
+	for level, outer := range []string{"flow_tables", "coarse_tables"} {
+		for slot := range 2 {
+			m, err := ebpf.NewMap(spec.Maps[outer].InnerMap)
+			if err != nil {
+				return fmt.Errorf("creating BPF map %s[%d]: %w", outer, slot, err)
+			}
+			t.tables[level][slot] = m
+			if err := t.maps[outer].Put(uint32(slot), m); err != nil {
+				return fmt.Errorf("installing BPF map %s[%d]: %w", outer, slot, err)
+			}
+		}
+	}
+	return nil
+}
+
 // Close detaches everything and frees the maps. Safe to call twice.
 func (t *Tracer) Close() error {
 	if t.reader != nil {
 		t.reader.Close()
 		t.reader = nil
 	}
+	t.detach()
 	for _, a := range t.attached {
-		a.link.Close()
 		a.prog.Close()
 	}
 	t.attached = nil
@@ -331,61 +361,151 @@ func (t *Tracer) Close() error {
 		m.Close()
 	}
 	t.maps = nil
+	for i := range t.tables {
+		for j, m := range t.tables[i] {
+			if m != nil {
+				m.Close()
+				t.tables[i][j] = nil
+			}
+		}
+	}
 	if t.listen != nil {
 		t.listen.close()
 	}
 	return nil
 }
 
-// Run reads events until ctx is done and passes each to emit, one at a time
-// (the Event is reused: copy what you keep). Every SweepInterval it reports
-// flows whose events the rate limit folded (Summary events); on return all
-// counts have been reported, so their sum is exact.
-func (t *Tracer) Run(ctx context.Context, emit func(*Event)) error {
-	if t.listen != nil {
-		done := make(chan struct{})
-		defer func() { <-done }()
-		go func() {
-			defer close(done)
-			t.listen.run(ctx, func(e *Event) { t.emitMu.Lock(); emit(e); t.emitMu.Unlock() })
-		}()
+// detach closes the links; the programs stay loaded for Stats.
+func (t *Tracer) detach() {
+	for i := range t.attached {
+		if t.attached[i].link != nil {
+			t.attached[i].link.Close()
+			t.attached[i].link = nil
+		}
 	}
+}
+
+// slowQueue bounds the overflow events waiting for their namespace's
+// somaxconn to be read; beyond it they go out without it.
+const slowQueue = 1024
+
+// Run reads events until ctx is done and passes each to emit, one at a time
+// (the Event is reused: copy what you keep). Every SweepInterval, whatever
+// the traffic, flows whose occurrences the rate limit (or a full ring
+// buffer) kept from being sent come out as Summary events. When ctx is
+// done, Run detaches the hooks and reports every count before it returns:
+// summed over the run, counts equal the kernel's.
+func (t *Tracer) Run(ctx context.Context, emit func(*Event)) error {
+	var wg sync.WaitGroup
+	locked := func(e *Event) { t.emitMu.Lock(); emit(e); t.emitMu.Unlock() }
+	if t.listen != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); t.listen.run(ctx, locked) }()
+	}
+	// Reading a namespace's somaxconn the first time may walk /proc: done
+	// here, never on the ring buffer's reader.
+	slow := make(chan Event, slowQueue)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for ev := range slow {
+			ev.Somaxconn = t.somax.get(ev.Netns)
+			locked(&ev)
+		}
+	}()
+	rotCtx, stopRotating := context.WithCancel(ctx)
+	rotDone := make(chan struct{})
+	go func() {
+		defer close(rotDone)
+		tick := time.NewTicker(t.opts.SweepInterval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-rotCtx.Done():
+				return
+			case <-tick.C:
+				t.rotate(locked)
+			}
+		}
+	}()
+	stopped := false
+	shutdown := func() {
+		if !stopped {
+			stopped = true
+			stopRotating()
+			<-rotDone
+			t.stop(locked)
+		}
+	}
+	defer func() {
+		shutdown()
+		close(slow)
+		wg.Wait()
+	}()
+
 	var rec ringbuf.Record
 	var ev Event
-	stopping := false
+	done := ctx.Done()
 	for {
-		deadline := time.Now().Add(t.opts.SweepInterval)
-		if stopping {
-			deadline = time.Now() // drain what is there, don't wait
+		deadline := time.Now().Add(100 * time.Millisecond)
+		select {
+		case <-done:
+			// Detach and empty the tables; what the ring holds then is
+			// all there is: read it up to empty.
+			shutdown()
+			deadline = time.Now()
+		default:
 		}
 		t.reader.SetDeadline(deadline)
 		err := t.reader.ReadInto(&rec)
 		switch {
 		case err == nil:
-			if t.decode(rec.RawSample, &ev) {
-				t.emitMu.Lock()
-				emit(&ev)
-				t.emitMu.Unlock()
-			}
-			if !stopping && ctx.Err() != nil {
-				stopping = true
-			}
-			continue
+			t.deliver(rec.RawSample, &ev, slow, locked)
 		case errors.Is(err, os.ErrDeadlineExceeded):
+			if stopped {
+				return nil
+			}
 		case errors.Is(err, ringbuf.ErrClosed):
 			return nil
 		default:
 			return fmt.Errorf("reading the ring buffer: %w", err)
 		}
-		t.sweep(emit)
-		if stopping {
-			return nil
-		}
-		if ctx.Err() != nil {
-			stopping = true
-		}
 	}
 }
+
+// deliver decodes one record and emits it, or queues it for a somaxconn
+// read when its namespace's value is not known yet.
+func (t *Tracer) deliver(raw []byte, ev *Event, slow chan<- Event, emit func(*Event)) {
+	if !t.decode(raw, ev) {
+		return
+	}
+	if ev.Type == ListenOverflow {
+		v, ok := t.somax.cached(ev.Netns)
+		if !ok {
+			select {
+			case slow <- *ev:
+				return
+			default: // queue full: out now, without it
+			}
+		}
+		ev.Somaxconn = v
+	}
+	emit(ev)
+}
+
+// stop detaches the hooks and empties both generations of the tables, so
+// every occurrence seen so far is reported.
+func (t *Tracer) stop(emit func(*Event)) {
+	t.rotMu.Lock()
+	t.detach()
+	t.stopped = true
+	t.rotMu.Unlock()
+	t.rotate(emit)
+	t.rotate(emit)
+}
+
+// Sweeps says how many times the tables changed generation (for tests).
+func (t *Tracer) Sweeps() uint64 { return t.sweeps.Load() }
 
 // decode turns a ring buffer record into ev. It returns false for a record
 // that is not an event (never expected; counted as an error in the log).
@@ -396,13 +516,13 @@ func (t *Tracer) decode(raw []byte, ev *Event) bool {
 	}
 	r := (*rawEvent)(unsafe.Pointer(&raw[0]))
 	t.fill(r, ev)
-	ev.Count = t.take(flowKeyOf(r), r.Seen, r.Flags&flagUntracked != 0)
+	ev.Time = time.Unix(0, t.bootNs.Load()+int64(r.TsNs))
+	ev.Count = 1 // what the rate limit folded comes in the flow's summary
 	return true
 }
 
 func (t *Tracer) fill(r *rawEvent, ev *Event) {
 	*ev = Event{
-		Time:        t.bootTime.Add(time.Duration(r.TsNs)),
 		Type:        EventType(r.Type),
 		Netns:       r.Netns,
 		Ifindex:     r.Ifindex,
@@ -419,11 +539,14 @@ func (t *Tracer) fill(r *rawEvent, ev *Event) {
 		SynQueueLen: r.Synq,
 		Syncookie:   r.Flags&flagSyncookie != 0,
 	}
+	switch {
+	case r.Flags&flagCoarseType != 0:
+		ev.Coarse = CoarseType
+	case r.Flags&flagCoarseNetns != 0:
+		ev.Coarse = CoarseNetns
+	}
 	if int(r.Mode) < len(modeNames) {
 		ev.Source = modeNames[r.Mode]
-	}
-	if ev.Type == ListenOverflow {
-		ev.Somaxconn = t.somax.get(r.Netns)
 	}
 	if ev.Type == Drop {
 		ev.ReasonCode = r.Reason
@@ -433,74 +556,111 @@ func (t *Tracer) fill(r *rawEvent, ev *Event) {
 	}
 }
 
-func flowKeyOf(r *rawEvent) kdropFlowKey {
-	k := kdropFlowKey{Daddr: r.Daddr, Netns: r.Netns, Dport: r.Dport, Type: r.Type, Proto: r.Proto, Family: r.Family}
-	switch EventType(r.Type) {
-	case Drop:
-		k.Reason = r.Reason
-	case ListenOverflow:
-		k.Reason = uint32(r.Queue)
-	case Unreachable:
-		k.Reason = uint32(r.IcmpType)<<8 | uint32(r.IcmpCode)
+// rotate moves the programs on to the other generation of the tables,
+// waits until none can still count into the one they leave, and reports
+// what it holds: a Summary for every flow with occurrences not sent as
+// events (rate-limited, or lost in a full ring buffer). Then it empties
+// that generation, so the tables hold only the flows of one interval.
+func (t *Tracer) rotate(emit func(*Event)) {
+	t.rotMu.Lock()
+	defer t.rotMu.Unlock()
+	if t.maps == nil {
+		return
 	}
-	return k
+	old := t.gen & 1
+	if err := t.maps["gen"].Put(uint32(0), t.gen+1); err != nil {
+		t.log.Error("switching the flow tables' generation; summaries are late until it works", zap.Error(err))
+		return
+	}
+	t.gen++
+	// Updating an outer map returns only after an RCU grace period: then
+	// no program still counts into the generation it left.
+	if err := t.maps["flow_tables"].Put(uint32(t.gen&1), t.tables[0][t.gen&1]); err != nil {
+		t.log.Error("waiting for programs to leave the old flow tables; their counts follow in a later summary", zap.Error(err))
+		return
+	}
+	t.anchorClock()
+	now := time.Unix(0, time.Now().UnixNano())
+	for level := range t.tables {
+		t.drain(t.tables[level][old], level == 1, now, emit)
+	}
+	t.drainSpill(old, now, emit)
+	t.sweeps.Add(1)
 }
 
-// take turns a flow's cumulative count into the occurrences not yet
-// reported. Callers hold emitMu or run on the reader goroutine.
-func (t *Tracer) take(k kdropFlowKey, seen uint64, untracked bool) uint64 {
-	if untracked {
-		return 1
-	}
-	prev := t.seen[k]
-	if seen <= prev {
-		return 0 // an earlier event (or summary) of this flow counted it
-	}
-	t.seen[k] = seen
-	return seen - prev
-}
-
-// sweep reports, as Summary events, occurrences the rate limit (or a full
-// ring buffer) kept from being sent, and logs new losses.
-func (t *Tracer) sweep(emit func(*Event)) {
+func (t *Tracer) drain(m *ebpf.Map, coarse bool, now time.Time, emit func(*Event)) {
 	var k kdropFlowKey
 	var st kdropFlowState
+	var keys []kdropFlowKey
 	var ev Event
-	it := t.maps["flows"].Iterate()
+	it := m.Iterate()
 	for it.Next(&k, &st) {
-		prev := t.seen[k]
-		if st.Seen <= prev {
+		keys = append(keys, k)
+		if st.Seen <= st.Sent {
 			continue
 		}
-		t.seen[k] = st.Seen
-		r := rawEvent{Type: k.Type, Netns: k.Netns, Family: k.Family, Proto: k.Proto, Daddr: k.Daddr, Dport: k.Dport}
-		switch EventType(k.Type) {
-		case Drop:
-			r.Reason = k.Reason
-		case ListenOverflow:
-			r.Queue = uint8(k.Reason)
-		case Unreachable:
-			r.IcmpType, r.IcmpCode = uint8(k.Reason>>8), uint8(k.Reason)
+		t.summary(&k, st.Seen-st.Sent, now, &ev)
+		if coarse {
+			ev.Coarse, ev.Dst = CoarseNetns, netip.AddrPort{}
 		}
-		t.fill(&r, &ev)
-		ev.Time = time.Now()
-		ev.Count = st.Seen - prev
-		ev.Summary = true
-		t.emitMu.Lock()
 		emit(&ev)
-		t.emitMu.Unlock()
 	}
 	if err := it.Err(); err != nil {
-		t.log.Warn("reading the flow table", zap.Error(err))
+		t.log.Warn("reading a flow table", zap.Error(err))
+	}
+	for i := range keys {
+		if err := m.Delete(&keys[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			t.log.Warn("emptying a flow table", zap.Error(err))
+			break
+		}
 	}
 }
 
-// bootTime is the wall clock time of CLOCK_MONOTONIC zero, which is what
-// bpf_ktime_get_ns counts from.
-func bootTime() time.Time {
+// drainSpill reports and zeroes the per-type flows of a generation.
+func (t *Tracer) drainSpill(slot uint32, now time.Time, emit func(*Event)) {
+	var ev Event
+	for typ := uint32(1); typ < uint32(eventTypeMax); typ++ {
+		idx := slot*uint32(eventTypeMax) + typ
+		var st kdropFlowState
+		if err := t.maps["spill"].Lookup(idx, &st); err != nil || st.Seen == 0 {
+			continue
+		}
+		if st.Seen > st.Sent {
+			ev = Event{Time: now, Type: EventType(typ), Count: st.Seen - st.Sent, Summary: true, Coarse: CoarseType}
+			emit(&ev)
+		}
+		if err := t.maps["spill"].Put(idx, kdropFlowState{}); err != nil {
+			t.log.Warn("emptying the spill table", zap.Error(err))
+		}
+	}
+}
+
+// summary fills ev as the Summary of n occurrences of flow k.
+func (t *Tracer) summary(k *kdropFlowKey, n uint64, now time.Time, ev *Event) {
+	r := rawEvent{Type: k.Type, Netns: k.Netns, Family: k.Family, Proto: k.Proto, Daddr: k.Daddr, Dport: k.Dport}
+	switch EventType(k.Type) {
+	case Drop:
+		r.Reason = k.Reason
+	case ListenOverflow:
+		r.Queue = uint8(k.Reason)
+	case Unreachable:
+		r.IcmpType, r.IcmpCode = uint8(k.Reason>>8), uint8(k.Reason)
+	}
+	t.fill(&r, ev)
+	ev.Time, ev.Count, ev.Summary = now, n, true
+	if ev.Type == ListenOverflow {
+		ev.Somaxconn = t.somax.get(ev.Netns)
+	}
+}
+
+// anchorClock pins event times to the wall clock: bpf_ktime_get_ns counts
+// CLOCK_MONOTONIC, and the wall clock's offset from it moves with NTP (and
+// with suspend), so it is read again at every sweep.
+func (t *Tracer) anchorClock() {
 	var ts unix.Timespec
+	now := time.Now()
 	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
-	return time.Now().Add(-time.Duration(ts.Nano()))
+	t.bootNs.Store(now.UnixNano() - ts.Nano())
 }
 
 // CheckPrivileges tells, before anything is loaded, whether this process
