@@ -60,6 +60,8 @@ struct {
 	__uint(max_entries, 1);
 } gen SEC(".maps");
 
+#define KDROP_GEN_STOPPED (1U << 31)
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
 	__type(key, __u32);
@@ -257,8 +259,11 @@ static __always_inline struct flow_state *account(struct kdrop_event *e, __u32 k
 	__u32 zero = 0, slot = 0, *g;
 
 	g = bpf_map_lookup_elem(&gen, &zero);
-	if (g)
+	if (g) {
+		if (*g & KDROP_GEN_STOPPED)
+			return NULL; /* the run is over: its counts are final */
 		slot = *g & 1;
+	}
 	__builtin_memcpy(k.daddr, e->daddr, 16);
 	k.netns = e->netns;
 	k.reason = key_reason;

@@ -100,7 +100,7 @@ type Tracer struct {
 	emitMu  sync.Mutex
 	rotMu   sync.Mutex // one rotation at a time
 	gen     uint32     // generation the programs count into; under rotMu
-	stopped bool       // links closed by Run's end; under rotMu
+	stopped bool       // Run has ended: programs count nothing; under rotMu
 	sweeps  atomic.Uint64
 }
 
@@ -393,8 +393,8 @@ const slowQueue = 1024
 // (the Event is reused: copy what you keep). Every SweepInterval, whatever
 // the traffic, flows whose occurrences the rate limit (or a full ring
 // buffer) kept from being sent come out as Summary events. When ctx is
-// done, Run detaches the hooks and reports every count before it returns:
-// summed over the run, counts equal the kernel's.
+// done, Run stops counting and reports every count before it returns:
+// summed over the run, counts equal the kernel's. Run once per Tracer.
 func (t *Tracer) Run(ctx context.Context, emit func(*Event)) error {
 	var wg sync.WaitGroup
 	locked := func(e *Event) { t.emitMu.Lock(); emit(e); t.emitMu.Unlock() }
@@ -450,8 +450,8 @@ func (t *Tracer) Run(ctx context.Context, emit func(*Event)) error {
 		deadline := time.Now().Add(100 * time.Millisecond)
 		select {
 		case <-done:
-			// Detach and empty the tables; what the ring holds then is
-			// all there is: read it up to empty.
+			// Stop counting and empty the tables; what the ring holds
+			// then is all there is: read it up to empty.
 			shutdown()
 			deadline = time.Now()
 		default:
@@ -493,16 +493,21 @@ func (t *Tracer) deliver(raw []byte, ev *Event, slow chan<- Event, emit func(*Ev
 	emit(ev)
 }
 
-// stop detaches the hooks and empties both generations of the tables, so
-// every occurrence seen so far is reported.
+// stop tells the programs to count nothing more and empties both
+// generations of the tables, so every occurrence seen so far is reported.
+// (Closing the links instead can take seconds: detaching an fentry program
+// waits for every task to schedule.)
 func (t *Tracer) stop(emit func(*Event)) {
 	t.rotMu.Lock()
-	t.detach()
 	t.stopped = true
 	t.rotMu.Unlock()
 	t.rotate(emit)
 	t.rotate(emit)
 }
+
+// genStopped in the gen map tells the programs to count nothing (mirrors
+// KDROP_GEN_STOPPED in bpf/kdrop.bpf.c).
+const genStopped = 1 << 31
 
 // Sweeps says how many times the tables changed generation (for tests).
 func (t *Tracer) Sweeps() uint64 { return t.sweeps.Load() }
@@ -568,7 +573,11 @@ func (t *Tracer) rotate(emit func(*Event)) {
 		return
 	}
 	old := t.gen & 1
-	if err := t.maps["gen"].Put(uint32(0), t.gen+1); err != nil {
+	next := t.gen + 1
+	if t.stopped {
+		next |= genStopped
+	}
+	if err := t.maps["gen"].Put(uint32(0), next); err != nil {
 		t.log.Error("switching the flow tables' generation; summaries are late until it works", zap.Error(err))
 		return
 	}

@@ -314,18 +314,9 @@ func NewRouted(t testing.TB) *Routed {
 	r.Server.IP(t, "route add default via 198.18.2.1")
 	r.Server.IP(t, "-6 route add default via fd00:18:2::1")
 	r.Router.Sysctl(t, "net.ipv4.ip_forward", "1", "net.ipv6.conf.all.forwarding", "1")
-	// Count every ICMP error the kernel decides to send: with the default
-	// rate limit, probes on __icmp_send would also see suppressed ones.
-	for _, n := range []*NS{r.Router, r.Server} {
-		n.Sysctl(t, "net.ipv4.icmp_ratelimit", "0", "net.ipv6.icmp.ratelimit", "0")
-		// per namespace only since 6.x; the global default (1000/s, burst
-		// 50) is far above what these tests send
-		n.In(t, func() {
-			if _, err := os.Stat("/proc/sys/net/ipv4/icmp_msgs_per_sec"); err == nil {
-				os.WriteFile("/proc/sys/net/ipv4/icmp_msgs_per_sec", []byte("100000"), 0)
-			}
-		})
-	}
+	// The kernel's ICMP rate limits stay at their defaults (icmp_ratelimit,
+	// icmp_msgs_per_sec, IPv6's icmp.ratelimit): kdrop must count what is
+	// sent under them, not what the kernel decided against.
 	// Resolve every neighbour on the path now (a refused connect each way
 	// and family), so a test's first packets are not held or dropped while
 	// ARP or neighbour discovery runs, slowly under emulation.
