@@ -161,10 +161,21 @@ func isDrop(reason, location string, reasons *Reasons) func(*Event) bool {
 // up, the accept queue overflows, and clients time out. kdrop must report
 // each overflow with the queue length and its limit, and count exactly what
 // TcpExtListenOverflows counts.
+//
+// tcp_conn_request drops a SYN whenever the accept queue is full, syncookies
+// or not: no accept-queue overflow may carry the syncookie flag, with
+// cookies forced (2), or on (1) while the SYN queue is full too.
 func TestListenQueueOverflow(t *testing.T) {
+	for _, cookies := range []string{"1", "2"} {
+		t.Run("tcp_syncookies="+cookies, func(t *testing.T) { listenQueueOverflow(t, cookies) })
+	}
+}
+
+func listenQueueOverflow(t *testing.T, cookies string) {
 	const backlog, port = 4, 8080
 	srv := nstest.New(t, "srv")
 	srv.Sysctl(t, "net.core.somaxconn", "128") // the image server's limit
+	srv.Sysctl(t, "net.ipv4.tcp_syncookies", cookies)
 	c := startTracer(t, Options{Filter: Filter{Types: []EventType{ListenOverflow}, Netns: srv.Inode}})
 	before := srv.Counters(t)
 
@@ -191,10 +202,15 @@ func TestListenQueueOverflow(t *testing.T) {
 		t.Errorf("accept-queue overflow events count %d, TcpExtListenOverflows rose by %d\n%s", got, overflows, dump(evs))
 	}
 	want := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)
+	var synqMax uint32
 	for _, e := range acc {
+		if e.Syncookie {
+			t.Fatalf("accept-queue overflow flagged syncookie (tcp_syncookies=%s): the SYN was dropped, no cookie sent\n%s", cookies, dump([]Event{e}))
+		}
 		if e.Summary {
 			continue
 		}
+		synqMax = max(synqMax, e.SynQueueLen)
 		// The kernel admits one connection over the limit before it calls
 		// the queue full (sk_acceptq_is_full is ack_backlog > max).
 		if e.QueueMax != backlog || e.QueueLen != backlog+1 || e.Dst != want || e.Netns != srv.Inode || e.Proto != unix.IPPROTO_TCP || e.Somaxconn != 128 {
@@ -207,6 +223,7 @@ func TestListenQueueOverflow(t *testing.T) {
 			t.Fatalf("want source sock_diag:\n%s", dump([]Event{e}))
 		}
 	}
+	t.Logf("SYN queue length up to %d (its limit %d) during accept-queue overflows", synqMax, backlog)
 }
 
 // "No route to host" in a rolling update: the client still sends to a pod IP

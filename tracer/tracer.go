@@ -52,6 +52,11 @@ type Options struct {
 	// counts the rate limit folded come out as summaries, and flows idle
 	// for a whole interval leave the tables (default 1s).
 	SweepInterval time.Duration
+	// FlowTableSize is how many flows one sweep interval can tell apart
+	// (default 65536). Beyond it, flows are rate-limited per network
+	// namespace (a table of FlowTableSize/16, at least 64), then per event
+	// type; counts stay exact (see Event.Coarse, Stats.Coarsened).
+	FlowTableSize uint32
 	Log           *zap.Logger
 }
 
@@ -123,6 +128,9 @@ func New(opts Options) (*Tracer, error) {
 	if opts.SweepInterval == 0 {
 		opts.SweepInterval = time.Second
 	}
+	if opts.FlowTableSize == 0 {
+		opts.FlowTableSize = 65536
+	}
 	if err := CheckPrivileges(); err != nil {
 		return nil, err
 	}
@@ -154,6 +162,8 @@ func New(opts Options) (*Tracer, error) {
 		}
 		spec.Maps["events"].MaxEntries = opts.RingBytes
 	}
+	spec.Maps["flow_tables"].InnerMap.MaxEntries = opts.FlowTableSize
+	spec.Maps["coarse_tables"].InnerMap.MaxEntries = max(opts.FlowTableSize/16, 64)
 	t.maps = map[string]*ebpf.Map{}
 	for _, name := range []string{"events", "stats", "gen", "flow_tables", "coarse_tables", "spill", "addr_filter"} {
 		m, err := ebpf.NewMap(spec.Maps[name])

@@ -13,6 +13,8 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -287,6 +289,52 @@ func (n *NS) SendUDP(t testing.TB, addr string, port, count int) {
 			}
 		}
 	})
+}
+
+// Flood sends UDP datagrams from the namespace to addr, cycling over ports,
+// as fast as it can on its own goroutine until stop is called; stop returns
+// how many were sent. The load keeps running while the test asserts.
+func (n *NS) Flood(t testing.TB, addr string, ports []int) (stop func() uint64) {
+	t.Helper()
+	var fd int
+	var sas []unix.Sockaddr
+	n.In(t, func() {
+		var fam int
+		for _, p := range ports {
+			var sa unix.Sockaddr
+			fam, sa = sockaddr(t, addr, p)
+			sas = append(sas, sa)
+		}
+		var err error
+		if fd, err = unix.Socket(fam, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0); err != nil {
+			t.Fatal(err)
+		}
+	})
+	var sent atomic.Uint64
+	quit, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		payload := []byte("kdrop flood")
+		for i := 0; ; i++ {
+			if i%64 == 0 {
+				select {
+				case <-quit:
+					return
+				default:
+				}
+			}
+			if unix.Sendto(fd, payload, 0, sas[i%len(sas)]) == nil {
+				sent.Add(1)
+			}
+		}
+	}()
+	var once sync.Once
+	stop = func() uint64 {
+		once.Do(func() { close(quit); <-done; unix.Close(fd) })
+		return sent.Load()
+	}
+	t.Cleanup(func() { stop() })
+	return stop
 }
 
 // Routed is client ── router ── server, IPv4 and IPv6, with forwarding
