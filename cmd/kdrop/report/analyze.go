@@ -294,7 +294,12 @@ func (a *analysis) overflowFindings() {
 		e.qmax, e.qmin = max(e.qmax, f.QueueMax), min(e.qmin, f.QueueMax)
 		e.maxLen = max(e.maxLen, f.MaxQueueLen, f.MaxSynQueueLen)
 		e.somax = max(e.somax, f.Somaxconn)
-		e.cookies += f.Syncookies
+		// A cookie answers a full SYN queue; a full accept queue drops the
+		// SYN whatever the cookies. Older recordings flagged
+		// some accept-queue overflows with syncookie: not believed.
+		if f.Queue == "syn" {
+			e.cookies += f.Syncookies
+		}
 	}
 	for _, g := range gs.order {
 		e := ex[g]

@@ -171,6 +171,20 @@ func TestFindings(t *testing.T) {
 			fix:    []string{"net.core.somaxconn", "SYN flood"},
 		}},
 	}, {
+		// kdrop used to set the flag on accept-queue overflows when
+		// syncookies were forced; the SYNs were dropped all the same.
+		name: "accept queue full, wrongly flagged syncookie in an old recording",
+		lines: []string{
+			ev(5, "overflow", 9, map[string]any{"dst": "10.244.0.20", "dport": 80, "queue": "accept", "queue_len": 129, "queue_max": 128, "syn_queue_len": 128,
+				"somaxconn": 128, "syncookie": true, "dst_k8s": podID("edge", "nginx-abc", "Deployment", "nginx")}),
+		},
+		checks: []check{{
+			kind: "somaxconn", severity: SevCritical, count: 9,
+			title:  []string{"Accept queue full on port 80", "9 connection attempts refused"},
+			detail: []string{"drops the SYN"},
+		}},
+		absent: []string{"syncookies"},
+	}, {
 		name: "clients sending to a deleted pod",
 		lines: []string{
 			ev(20, "unreach", 1, map[string]any{"src": "10.244.1.3", "sport": 51000, "dst": "10.244.2.7", "dport": 8080, "icmp": "host-unreachable", "icmp_type": 3, "icmp_code": 1,
