@@ -5,6 +5,7 @@ package tracer
 // counters, read while the traffic runs and again at the end.
 
 import (
+	"fmt"
 	"testing"
 	"time"
 	"unsafe"
@@ -224,5 +225,68 @@ func TestOverflowNeverWaitsForProc(t *testing.T) {
 	tr.deliver(raw, &ev, slow, emit)
 	if len(emitted) != 2 || emitted[1].Somaxconn != 4096 {
 		t.Fatalf("cached somaxconn not used: %+v", emitted)
+	}
+}
+
+// An accept-queue overflow while the SYN queue is full too (half-open
+// handshakes whose final ACK never comes, cookies on): tcp_conn_request
+// still drops the SYN, so no syncookie flag on it.
+func TestAcceptOverflowWithFullSynQueue(t *testing.T) {
+	const backlog, port = 4, 8080
+	srv := nstest.New(t, "srv")
+	srv.Sysctl(t, "net.ipv4.tcp_syncookies", "1")
+	// Handshakes from source ports 40000-40007 never complete.
+	srv.Sh(t, fmt.Sprintf("iptables -A OUTPUT -o lo -p tcp --sport 40000:40007 --dport %d --tcp-flags SYN,ACK,FIN,RST ACK -j DROP", port))
+	c := startTracer(t, Options{Filter: Filter{Types: []EventType{ListenOverflow}, Netns: srv.Inode}})
+	ln := srv.ListenNoAccept(t, "127.0.0.1", port, backlog)
+	defer ln.Close()
+	var halfOpen []int
+	srv.In(t, func() {
+		for p := 40000; p < 40008; p++ {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			halfOpen = append(halfOpen, fd)
+			if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: p}); err != nil {
+				t.Fatal(err)
+			}
+			if err := unix.Connect(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: port}); err != nil && err != unix.EINPROGRESS {
+				t.Fatal(err)
+			}
+		}
+	})
+	defer func() {
+		for _, fd := range halfOpen {
+			unix.Close(fd)
+		}
+	}()
+	time.Sleep(200 * time.Millisecond)
+	before := srv.Counters(t)
+	conns := srv.ConnectMany(t, "127.0.0.1", port, 40) // cookies, then a full accept queue
+	time.Sleep(1500 * time.Millisecond)
+	conns.Close()
+	time.Sleep(300 * time.Millisecond)
+	evs := c.stop(t)
+	after := srv.Counters(t)
+
+	overflows := after["TcpExtListenOverflows"] - before["TcpExtListenOverflows"]
+	mode := c.hook("tcp_conn_request").Mode
+	got, acc := sum(evs, func(e *Event) bool { return e.Type == ListenOverflow && e.Queue != QueueSYN })
+	cookies, _ := sum(evs, func(e *Event) bool { return e.Type == ListenOverflow && e.Queue == QueueSYN && e.Syncookie })
+	var synqMax uint32
+	for _, e := range acc {
+		synqMax = max(synqMax, e.SynQueueLen)
+		if e.Syncookie {
+			t.Fatalf("accept-queue overflow flagged syncookie with the SYN queue at %d/%d: the SYN was dropped\n%s", e.SynQueueLen, backlog, dump([]Event{e}))
+		}
+	}
+	t.Logf("mode %s: TcpExtListenOverflows +%d, accept-queue overflows %d (SYN queue up to %d), SYN-queue cookies %d, SyncookiesSent +%d",
+		mode, overflows, got, synqMax, cookies, after["TcpExtSyncookiesSent"]-before["TcpExtSyncookiesSent"])
+	if overflows == 0 || got != overflows {
+		t.Fatalf("accept-queue overflows: kdrop %d, TcpExtListenOverflows +%d\n%s", got, overflows, dump(evs))
+	}
+	if mode != ModeSockDiag && synqMax < backlog {
+		t.Errorf("the scenario should hold the SYN queue full (%d) during the overflows, saw at most %d", backlog, synqMax)
 	}
 }
