@@ -129,6 +129,19 @@ func BenchmarkKfreeSkbFastPath(b *testing.B) {
 	}
 }
 
+// kfree_skb, counted-only path: every drop is counted in its flow, and the
+// rate limit (1 per interval) keeps all but the first from the ring buffer:
+// what kdrop costs at its defaults in a storm.
+func BenchmarkKfreeSkbCountedPath(b *testing.B) {
+	for _, mode := range []Mode{ModeTPBTF, ModeRawTP} {
+		b.Run(string(mode), func(b *testing.B) {
+			ns, load := dropTarget(b)
+			tr := benchTracer(b, Options{Modes: []Mode{mode}, RateLimit: 1, Filter: Filter{Types: []EventType{Drop}, Netns: ns.Inode}})
+			measure(b, tr, "kfree_skb", mode, "kfree_skb", load)
+		})
+	}
+}
+
 // kfree_skb, event path: every drop is reported (no rate limit).
 func BenchmarkKfreeSkbEventPath(b *testing.B) {
 	for _, mode := range []Mode{ModeTPBTF, ModeRawTP} {
