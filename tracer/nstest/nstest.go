@@ -296,13 +296,23 @@ func (n *NS) SendUDP(t testing.TB, addr string, port, count int) {
 // how many were sent. The load keeps running while the test asserts.
 func (n *NS) Flood(t testing.TB, addr string, ports []int) (stop func() uint64) {
 	t.Helper()
+	dsts := make([]netip.AddrPort, len(ports))
+	for i, p := range ports {
+		dsts[i] = netip.AddrPortFrom(parseIP(t, addr), uint16(p))
+	}
+	return n.FloodTo(t, dsts)
+}
+
+// FloodTo is Flood to any destinations of one family (a scan, say).
+func (n *NS) FloodTo(t testing.TB, dsts []netip.AddrPort) (stop func() uint64) {
+	t.Helper()
 	var fd int
 	var sas []unix.Sockaddr
 	n.In(t, func() {
 		var fam int
-		for _, p := range ports {
+		for _, d := range dsts {
 			var sa unix.Sockaddr
-			fam, sa = sockaddr(t, addr, p)
+			fam, sa = sockaddr(t, d.Addr().String(), int(d.Port()))
 			sas = append(sas, sa)
 		}
 		var err error
