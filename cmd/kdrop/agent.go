@@ -242,7 +242,7 @@ func newLossMetrics(reg prometheus.Registerer) *lossMetrics {
 		}),
 		missed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "kdrop_missed_total",
-			Help: "Occurrences kdrop never saw, because the kernel skipped its program (it was already running on that CPU, e.g. a drop nested in softirq): kdrop_events_total is short by this much.",
+			Help: "Occurrences kdrop never saw, because the kernel skipped its program (it was already running on that CPU, e.g. a drop nested in softirq): kdrop_events_total is short by up to this much (the kernel counts them before kdrop's filters).",
 		}),
 		coarsened: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "kdrop_coarsened_total",

@@ -68,9 +68,9 @@ func TestWatchLossWarnings(t *testing.T) {
 		{"lines lost in total, nothing missed", loss(3, 0, 0), true,
 			[]string{"event lines lost in total", "counts are exact", "lost_lines=3"}, true},
 		{"missed, as it comes", loss(0, 7, 0), false,
-			[]string{"occurrences missed: counts are short by this many", "missed=7", "already running on that CPU", "softirq", "kdrop check", "nstat"}, false},
+			[]string{"occurrences missed: counts may be short by up to this many", "missed=7", "before kdrop's filters", "already running on that CPU", "softirq", "kdrop check", "nstat"}, false},
 		{"missed in total", loss(0, 7, 0), true,
-			[]string{"occurrences missed in total: counts are short", "missed=7"}, false},
+			[]string{"occurrences missed in total: counts may be short by up to this many", "missed=7"}, false},
 		{"both in total", loss(3, 7, 0), true,
 			[]string{"occurrences missed in total", "missed=7", "event lines lost in total", "lost_lines=3"}, false},
 		{"nothing", loss(0, 0, 5), true, nil, false},
@@ -120,7 +120,7 @@ func TestLossMetrics(t *testing.T) {
 			help[f[2]] = f[3]
 		}
 	}
-	if h := help["kdrop_missed_total"]; !strings.Contains(h, "kdrop_events_total is short") || strings.Contains(h, "exact") {
+	if h := help["kdrop_missed_total"]; !strings.Contains(h, "kdrop_events_total is short by up to this much") || strings.Contains(h, "exact") {
 		t.Errorf("kdrop_missed_total's help should say counts are short: %q", h)
 	}
 	for _, name := range []string{"kdrop_lost_lines_total", "kdrop_coarsened_total"} {
@@ -256,7 +256,7 @@ func TestStreamLossNotices(t *testing.T) {
 	text := strings.Join(table, "\n")
 	for _, want := range []string{
 		"** 4 event lines lost on this node: the ring buffer was full (their counts arrive in later summary lines)",
-		"** 7 occurrences missed on this node: counts are short by 7 (the kernel skipped kdrop's program, already running on that CPU, e.g. a drop nested in softirq)",
+		"** 7 occurrences missed on this node: counts may be short by up to 7 (the kernel skipped kdrop's program, already running on that CPU, e.g. a drop nested in softirq)",
 		"occurrences missed on this node: counts are short by", "(this stream fell behind and the agent dropped lines for it; narrow the filters",
 	} {
 		if !strings.Contains(text, want) {

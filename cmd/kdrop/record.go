@@ -125,8 +125,9 @@ func (r *recording) line(b []byte) { r.w.Write(b); r.w.WriteByte('\n') }
 //	{"time":T,"type":"missed","node":N,"missed":M,"cause":C}
 //	    M occurrences are in no line at all: counts are short by M. C is
 //	    "kernel" (the kernel skipped kdrop's program: it was already running
-//	    on that CPU) or "stream" (this /events client fell behind and the
-//	    agent dropped lines for it).
+//	    on that CPU; counted before kdrop's filters, so short by up to M) or
+//	    "stream" (this /events client fell behind and the agent dropped
+//	    lines for it).
 //
 // "missed" is a type of its own rather than a field of "lost" so that a
 // kdrop from before it shows or reports it as a type it does not know,

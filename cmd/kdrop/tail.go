@@ -506,14 +506,16 @@ func tableFromJSON(line []byte) string {
 	case "lost":
 		return fmt.Sprintf("%-11s %-13s ** %d event lines lost on this node: the ring buffer was full (their counts arrive in later summary lines)", e.Node, at, e.Lost)
 	case "missed":
-		why := "cause not given"
+		// the kernel counts misses before kdrop's filters: "up to"
+		short, why := fmt.Sprintf("counts may be short by up to %d", e.Missed), "cause not given"
 		switch e.Cause {
 		case report.MissedByKernel:
 			why = "the kernel skipped kdrop's program, already running on that CPU, e.g. a drop nested in softirq"
 		case report.MissedByStream:
+			short = fmt.Sprintf("counts are short by %d", e.Missed)
 			why = "this stream fell behind and the agent dropped lines for it; narrow the filters (--type, --reason, --namespace, --pod)"
 		}
-		return fmt.Sprintf("%-11s %-13s ** %d occurrences missed on this node: counts are short by %d (%s)", e.Node, at, e.Missed, e.Missed, why)
+		return fmt.Sprintf("%-11s %-13s ** %d occurrences missed on this node: %s (%s)", e.Node, at, e.Missed, short, why)
 	}
 	what := e.Reason
 	switch e.Type {

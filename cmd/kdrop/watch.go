@@ -267,7 +267,7 @@ func (p *pipeline) newLoss() tracer.Stats {
 
 // What missed occurrences are, and what to do, for the log.
 const (
-	missedWhy  = "the kernel skipped kdrop's program because it was already running on that CPU (e.g. a drop nested in softirq)"
+	missedWhy  = "the kernel skipped kdrop's program because it was already running on that CPU (e.g. a drop nested in softirq); it counts them before kdrop's filters, hence up to"
 	missedTodo = "rare; if it keeps growing, check the attach modes (kdrop check): kprobe programs share one per-CPU guard with every other kprobe and tracepoint program, fentry ones do not. The kernel's own counters (nstat -az) miss nothing"
 )
 
@@ -277,9 +277,9 @@ const (
 func warnLoss(log *zap.Logger, st tracer.Stats, total bool) {
 	lines := st.LostLinesTotal()
 	if st.Missed > 0 {
-		msg := "occurrences missed: counts are short by this many"
+		msg := "occurrences missed: counts may be short by up to this many"
 		if total {
-			msg = "occurrences missed in total: counts are short by this many"
+			msg = "occurrences missed in total: counts may be short by up to this many"
 		}
 		log.Warn(msg, zap.Uint64("missed", st.Missed), zap.String("why", missedWhy), zap.String("todo", missedTodo))
 	}

@@ -1018,7 +1018,7 @@ func (a *analysis) recordingFindings() {
 			perNode.add(nodeOr(m.Node), m.Missed)
 		}
 		kernel, stream, _ := missedParts(rec)
-		fix := []string{"Read every count in this report as a lower bound: the true totals are higher, by up to " + num(missed) + " in all."}
+		fix := []string{"Read every count in this report as a lower bound: the true totals may be higher, by up to " + num(missed) + " in all."}
 		if kernel > 0 {
 			fix = append(fix,
 				"The kernel's own counters miss nothing: compare with nstat -az on the node (e.g. TcpExtListenOverflows, IcmpOutDestUnreachs) over the same window.",
@@ -1030,7 +1030,7 @@ func (a *analysis) recordingFindings() {
 		a.add(Finding{
 			Severity: SevWarning, Kind: "missed", Count: missed, Subject: "the recording",
 			Title: fmt.Sprintf("Counts are short: %s never counted", plural(missed, "occurrence was", "occurrences were")),
-			Detail: fmt.Sprintf("%s Those occurrences%s are in no line and no count: every total in this report may be short, by %s in all. Unlike lost lines, they do not come back in summary lines.",
+			Detail: fmt.Sprintf("%s Those occurrences%s are in no line and no count: every total in this report may be short, by up to %s in all (up to, as the kernel counts its misses before kdrop's filters). Unlike lost lines, they do not come back in summary lines.",
 				missedCauses(rec), perNodeWords(perNode), num(missed)),
 			Fix: strings.Join(fix, "\n"),
 		})

@@ -280,7 +280,7 @@ func TestFindings(t *testing.T) {
 			{kind: "missed", severity: SevWarning, count: 13,
 				title: []string{"Counts are short: 13 occurrences were never counted"},
 				detail: []string{"kernel skipped kdrop's program 4 times because it was already running on that CPU", "softirq",
-					"stream to the recorder fell behind", "holding 9 occurrences", "n2: 9, n1: 4", "may be short, by 13 in all", "do not come back in summary lines"},
+					"stream to the recorder fell behind", "holding 9 occurrences", "n2: 9, n1: 4", "may be short, by up to 13 in all", "do not come back in summary lines"},
 				fix: []string{"lower bound", "nstat", "kdrop check", "--from watch"}},
 			{kind: "lost", severity: SevWarning, count: 30,
 				title:  []string{"30 events were not recorded as lines", "still counted"},
@@ -532,14 +532,14 @@ func TestReadMissed(t *testing.T) {
 				if strings.Contains(strings.ToLower(text), "exact") {
 					t.Errorf("%s says \"exact\" though occurrences were missed:\n%s", what, grepLines(text, "xact"))
 				}
-				wantAll(t, what, text, "Counts are short by "+num(tc.missed)+".", "already running on that CPU", "Missed", "Lost lines")
+				wantAll(t, what, text, "Counts are short, by up to "+num(tc.missed)+".", "already running on that CPU", "Missed", "Lost lines")
 			}
 			wantAll(t, "markdown", md.String(),
-				"| Missed | **"+num(tc.missed)+" occurrences never counted: counts are short by "+num(tc.missed)+"** |",
+				"| Missed | **"+num(tc.missed)+" occurrences never counted: counts may be short by up to "+num(tc.missed)+"** |",
 				"| Lost lines | **5 events (lines missing; still counted)** |",
 				"> **5 event lines lost.**")
 			// the miss comes first, before anything else at the top
-			if i, j := strings.Index(md.String(), "Counts are short by"), strings.Index(md.String(), "event lines lost"); i < 0 || j < i {
+			if i, j := strings.Index(md.String(), "Counts are short, by up to"), strings.Index(md.String(), "event lines lost"); i < 0 || j < i {
 				t.Error("the missed banner should come before the lost-lines banner")
 			}
 			wantAll(t, "page", page, "occurrences missed (not in the bars: counts short)", "event lines lost (counted in the bars)")

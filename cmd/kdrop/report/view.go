@@ -79,7 +79,7 @@ func newView(rec *Recording) *view {
 	}
 	miss := "none"
 	if missed > 0 {
-		miss = fmt.Sprintf("%s never counted: counts are short by %s", plural(missed, "occurrence", "occurrences"), num(missed))
+		miss = fmt.Sprintf("%s never counted: counts may be short by up to %s", plural(missed, "occurrence", "occurrences"), num(missed))
 	}
 	v.Version = ver
 	v.Facts = []fact{
@@ -105,7 +105,7 @@ func newView(rec *Recording) *view {
 		v.Banners = append(v.Banners, banner{"warn", "Recording truncated.", text})
 	}
 	if missed > 0 {
-		v.Banners = append(v.Banners, banner{"missed", "Counts are short by " + num(missed) + ".",
+		v.Banners = append(v.Banners, banner{"missed", "Counts are short, by up to " + num(missed) + ".",
 			fmt.Sprintf("%s never counted: they are in no line and no count below. %s See the findings.",
 				capital(plural(missed, "occurrence was", "occurrences were")), missedCauses(rec))})
 	}
