@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kdrop/kdrop/k8s"
+	"github.com/kdrop/kdrop/tracer"
 )
 
 type agentFlags struct {
@@ -40,7 +41,8 @@ func agentCmd() *cobra.Command {
 and serves on --listen:
 
   /metrics  Prometheus counters (by event type, reason, namespace, workload),
-            lost events, hooks and their attach mode, identity state
+            lost lines (counts still exact) and missed occurrences (counts
+            short), hooks and their attach mode, identity state
   /healthz  the process is alive
   /readyz   hooks are attached and pod identity has synced once
   /events   a live NDJSON stream of events, with the filters of kdrop watch as
@@ -176,11 +178,10 @@ func runAgent(parent context.Context, f watchFlags, a agentFlags) error {
 	var buf []byte
 	p.every(ctx, 200*time.Millisecond, func() { // flush stdout and count losses even when quiet
 		out.Flush()
-		if n := p.newLost(); n > 0 {
-			m.lost.Add(float64(n))
-			hub.lost(n)
-			log.Warn("ring buffer full: events lost; their counts arrive in the next summary lines", zap.Uint64("new", n))
-		}
+		d := p.newLoss()
+		m.loss.add(d)
+		hub.loss(d.LostLinesTotal(), d.Missed)
+		warnLoss(log, d, false)
 	})
 	err = p.run(ctx, func(rec *record) {
 		buf = rec.appendJSON(buf[:0])
@@ -223,7 +224,40 @@ func listenRetry(ctx context.Context, addr string, wait time.Duration, log *zap.
 // workload; never addresses, ports or pod names.
 type agentMetrics struct {
 	events *prometheus.CounterVec
-	lost   prometheus.Counter
+	loss   *lossMetrics
+}
+
+// lossMetrics count the ways kdrop's output fell short of the kernel, from
+// the tracer's Stats. Their help says which ones leave kdrop_events_total
+// exact and which make it short.
+type lossMetrics struct {
+	lostLines, missed, coarsened prometheus.Counter
+}
+
+func newLossMetrics(reg prometheus.Registerer) *lossMetrics {
+	m := &lossMetrics{
+		lostLines: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kdrop_lost_lines_total",
+			Help: "Events whose line found the ring buffer full: their lines (stdout, /events) are missing, but their occurrences came back in later summary lines, so kdrop_events_total stays exact.",
+		}),
+		missed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kdrop_missed_total",
+			Help: "Occurrences kdrop never saw, because the kernel skipped its program (it was already running on that CPU, e.g. a drop nested in softirq): kdrop_events_total is short by up to this much (the kernel counts them before kdrop's filters).",
+		}),
+		coarsened: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kdrop_coarsened_total",
+			Help: "Occurrences rate-limited under a coarser key than their flow because the in-kernel flow table was full: kdrop_events_total stays exact, but their summary lines do not tell destinations apart.",
+		}),
+	}
+	reg.MustRegister(m.lostLines, m.missed, m.coarsened)
+	return m
+}
+
+// add counts what the tracer's counters grew by (see pipeline.newLoss).
+func (m *lossMetrics) add(d tracer.Stats) {
+	m.lostLines.Add(float64(d.LostLinesTotal()))
+	m.missed.Add(float64(d.Missed))
+	m.coarsened.Add(float64(d.Coarsened))
 }
 
 func newAgentMetrics(reg *prometheus.Registry, p *pipeline, h *hub) *agentMetrics {
@@ -232,10 +266,7 @@ func newAgentMetrics(reg *prometheus.Registry, p *pipeline, h *hub) *agentMetric
 			Name: "kdrop_events_total",
 			Help: "Occurrences of kernel drops, listen queue overflows and ICMP errors sent, by type, reason (drop reason, ICMP error or queue), and the namespace and workload of the pod concerned.",
 		}, []string{"type", "reason", "namespace", "workload"}),
-		lost: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "kdrop_lost_events_total",
-			Help: "Events the ring buffer had no room for; their occurrences are still counted in kdrop_events_total.",
-		}),
+		loss: newLossMetrics(reg),
 	}
 	hooks := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "kdrop_hook_attached",
@@ -248,7 +279,7 @@ func newAgentMetrics(reg *prometheus.Registry, p *pipeline, h *hub) *agentMetric
 			hooks.WithLabelValues(h.Hook, string(h.Mode)).Set(1)
 		}
 	}
-	reg.MustRegister(m.events, m.lost, hooks,
+	reg.MustRegister(m.events, hooks,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "kdrop_identity_healthy",
 			Help: "1 when pod identity is synced and the API server answers; events are marked unresolved otherwise.",

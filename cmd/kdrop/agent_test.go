@@ -193,7 +193,7 @@ func TestAgentStreamAuthAndMetrics(t *testing.T) {
 		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
 			t.Fatalf("%v: %s", err, sc.Text())
 		}
-		if ev.Type == "heartbeat" || ev.Type == "lost" {
+		if ev.Type == "heartbeat" || ev.Type == "lost" || ev.Type == "missed" {
 			t.Fatalf("unexpected %s line: %s", ev.Type, sc.Text())
 		}
 		if ev.Type != "drop" || ev.Reason != "NETFILTER_DROP" || ev.Dport != 9999 || ev.Node != "node-a" {
@@ -213,7 +213,8 @@ func TestAgentStreamAuthAndMetrics(t *testing.T) {
 	if !strings.Contains(string(metrics), want) {
 		t.Errorf("metrics lack %q:\n%s", want, grepLines(string(metrics), "kdrop_"))
 	}
-	for _, m := range []string{`kdrop_hook_attached{hook="kfree_skb",mode=`, "kdrop_identity_healthy 1", "kdrop_stream_clients 1", "kdrop_lost_events_total 0"} {
+	for _, m := range []string{`kdrop_hook_attached{hook="kfree_skb",mode=`, "kdrop_identity_healthy 1", "kdrop_stream_clients 1",
+		"kdrop_lost_lines_total 0", "kdrop_missed_total 0", "kdrop_coarsened_total 0"} {
 		if !strings.Contains(string(metrics), m) {
 			t.Errorf("metrics lack %q:\n%s", m, grepLines(string(metrics), "kdrop_"))
 		}

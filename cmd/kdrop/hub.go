@@ -10,13 +10,14 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/kdrop/kdrop/cmd/kdrop/report"
 	"github.com/kdrop/kdrop/k8s"
 	"github.com/kdrop/kdrop/tracer"
 )
 
 // hub fans the agent's events out to /events clients. A slow client never
 // holds up the tracer: its lines are dropped, counted, and it is told how
-// many occurrences it missed.
+// many occurrences it missed (see lostJSON and missedJSON for the notices).
 type hub struct {
 	node    string
 	res     *k8s.Resolver
@@ -29,7 +30,9 @@ type subscriber struct {
 	filter tracer.Filter
 	match  func(*record) bool
 	ch     chan []byte
-	missed atomic.Uint64 // occurrences in lines this client had no room for, plus ring buffer losses
+	lost   atomic.Uint64 // lines the ring buffer had no room for (counts exact)
+	missed atomic.Uint64 // occurrences the kernel skipped kdrop's program for (counts short)
+	unsent atomic.Uint64 // occurrences in lines this client had no room for (counts short)
 }
 
 func newHub(p *pipeline) *hub {
@@ -52,18 +55,39 @@ func (h *hub) publish(rec *record, line []byte) {
 		select {
 		case s.ch <- cp:
 		default:
-			s.missed.Add(max(rec.Count, 1))
+			s.unsent.Add(max(rec.Count, 1))
 		}
 	}
 }
 
-// lost tells every client about events the ring buffer lost.
-func (h *hub) lost(n uint64) {
+// loss tells every client about lines the ring buffer lost and
+// occurrences the kernel missed.
+func (h *hub) loss(lines, missed uint64) {
+	if lines == 0 && missed == 0 {
+		return
+	}
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	for s := range h.subs {
-		s.missed.Add(n)
+		s.lost.Add(lines)
+		s.missed.Add(missed)
 	}
+}
+
+// lossNotices are the notice lines for what s was told of since the last
+// call: missed first, as it matters more.
+func (s *subscriber) lossNotices(at time.Time, node string) [][]byte {
+	var out [][]byte
+	if n := s.missed.Swap(0); n > 0 {
+		out = append(out, missedJSON(at, node, n, report.MissedByKernel))
+	}
+	if n := s.unsent.Swap(0); n > 0 {
+		out = append(out, missedJSON(at, node, n, report.MissedByStream))
+	}
+	if n := s.lost.Swap(0); n > 0 {
+		out = append(out, lostJSON(at, node, n))
+	}
+	return out
 }
 
 func (h *hub) clients() int {
@@ -161,8 +185,10 @@ func (h *hub) serve(ctx context.Context, w http.ResponseWriter, r *http.Request)
 			}
 			idle = 0
 		case <-tick.C:
-			if n := s.missed.Swap(0); n > 0 {
-				notice("lost", fmt.Sprintf(`,"lost":%d`, n))
+			if ls := s.lossNotices(time.Now().UTC(), h.node); len(ls) > 0 {
+				for _, l := range ls {
+					w.Write(append(l, '\n'))
+				}
 			} else if idle++; idle >= 15 {
 				notice("heartbeat", "") // lets a client tell a quiet node from a dead connection
 				idle = 0

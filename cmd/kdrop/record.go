@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kdrop/kdrop/cmd/kdrop/report"
+	"github.com/kdrop/kdrop/tracer"
 )
 
 func recordCmd() *cobra.Command {
@@ -89,11 +90,11 @@ type recordHeader struct {
 // temporary name, renamed when complete, so a file with the final name
 // always has its trailer.
 type recording struct {
-	out          string
-	tmp          *os.File
-	gz           *gzip.Writer
-	w            *bufio.Writer
-	events, lost uint64
+	out                  string
+	tmp                  *os.File
+	gz                   *gzip.Writer
+	w                    *bufio.Writer
+	events, lost, missed uint64
 }
 
 func createRecording(out string, f watchFlags, hdr recordHeader) (*recording, error) {
@@ -115,9 +116,42 @@ func createRecording(out string, f watchFlags, hdr recordHeader) (*recording, er
 
 func (r *recording) line(b []byte) { r.w.Write(b); r.w.WriteByte('\n') }
 
-func (r *recording) lostNotice(node string, n uint64) {
-	r.lost += n
-	fmt.Fprintf(r.w, `{"time":%q,"type":"lost","node":%q,"lost":%d}`+"\n", time.Now().UTC().Format(time.RFC3339Nano), node, n)
+// Loss notices, in /events streams and recordings (cmd/kdrop/report reads
+// them). Two types, as they mean different things:
+//
+//	{"time":T,"type":"lost","node":N,"lost":L}
+//	    L events found the ring buffer full: their lines are missing, but
+//	    their occurrences arrive in later summary lines, so counts stay exact.
+//	{"time":T,"type":"missed","node":N,"missed":M,"cause":C}
+//	    M occurrences are in no line at all: counts are short by M. C is
+//	    "kernel" (the kernel skipped kdrop's program: it was already running
+//	    on that CPU; counted before kdrop's filters, so short by up to M) or
+//	    "stream" (this /events client fell behind and the agent dropped
+//	    lines for it).
+//
+// "missed" is a type of its own rather than a field of "lost" so that a
+// kdrop from before it shows or reports it as a type it does not know,
+// instead of reading it as lost lines with exact counts. A recording's
+// trailer carries both totals: {"kdrop_record_end":1,...,"lost":L,"missed":M}.
+func lostJSON(at time.Time, node string, lines uint64) []byte {
+	return fmt.Appendf(nil, `{"time":%q,"type":"lost","node":%q,"lost":%d}`, at.Format(time.RFC3339Nano), node, lines)
+}
+
+func missedJSON(at time.Time, node string, n uint64, cause string) []byte {
+	return fmt.Appendf(nil, `{"time":%q,"type":"missed","node":%q,"missed":%d,"cause":%q}`, at.Format(time.RFC3339Nano), node, n, cause)
+}
+
+// lossNotices records what the tracer's loss counters grew by.
+func (r *recording) lossNotices(node string, d tracer.Stats) {
+	now := time.Now().UTC()
+	if d.Missed > 0 {
+		r.missed += d.Missed
+		r.line(missedJSON(now, node, d.Missed, report.MissedByKernel))
+	}
+	if n := d.LostLinesTotal(); n > 0 {
+		r.lost += n
+		r.line(lostJSON(now, node, n))
+	}
 }
 
 func (r *recording) discard() {
@@ -128,7 +162,7 @@ func (r *recording) discard() {
 // finish writes the trailer and puts the file in place.
 func (r *recording) finish(log *zap.Logger) error {
 	defer os.Remove(r.tmp.Name()) // a no-op once renamed
-	fmt.Fprintf(r.w, `{"kdrop_record_end":1,"ended":%q,"events":%d,"lost":%d}`+"\n", time.Now().UTC().Format(time.RFC3339Nano), r.events, r.lost)
+	fmt.Fprintf(r.w, `{"kdrop_record_end":1,"ended":%q,"events":%d,"lost":%d,"missed":%d}`+"\n", time.Now().UTC().Format(time.RFC3339Nano), r.events, r.lost, r.missed)
 	err := r.w.Flush()
 	if err == nil {
 		err = r.gz.Close()
@@ -142,7 +176,10 @@ func (r *recording) finish(log *zap.Logger) error {
 	if err != nil {
 		return fmt.Errorf("writing %s: %w", r.out, err)
 	}
-	log.Info("recorded", zap.String("file", r.out), zap.Uint64("lines", r.events), zap.Uint64("lost", r.lost))
+	log.Info("recorded", zap.String("file", r.out), zap.Uint64("lines", r.events), zap.Uint64("lost_lines", r.lost), zap.Uint64("missed", r.missed))
+	if r.missed > 0 {
+		log.Warn("the recording's counts are short: occurrences were missed (kdrop report says why)", zap.Uint64("missed", r.missed))
+	}
 	return nil
 }
 
@@ -180,12 +217,8 @@ func recordWatch(parent context.Context, f watchFlags, out string) error {
 	// counted from now: loading and syncing are not part of the window
 	ctx, cancel := withDuration(ctx, f.duration)
 	defer cancel()
-	lostNotice := func() {
-		if n := p.newLost(); n > 0 {
-			r.lostNotice(node, n)
-		}
-	}
-	p.every(ctx, time.Second, lostNotice)
+	lossNotices := func() { r.lossNotices(node, p.newLoss()) }
+	p.every(ctx, time.Second, lossNotices)
 	var buf []byte
 	err = p.run(ctx, func(rec *record) {
 		buf = rec.appendJSON(buf[:0])
@@ -198,7 +231,7 @@ func recordWatch(parent context.Context, f watchFlags, out string) error {
 	}
 	p.t.Lock()
 	defer p.t.Unlock()
-	lostNotice()
+	lossNotices()
 	return r.finish(log)
 }
 
@@ -253,6 +286,8 @@ func recordTail(parent context.Context, f watchFlags, agents streamFlags, out st
 			switch l.typ {
 			case "lost": // counted as the agents report it
 				r.lost += l.lost
+			case "missed":
+				r.missed += l.miss
 			case "drop", "overflow", "unreach":
 				r.events++
 			}

@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/kdrop/kdrop/cmd/kdrop/report"
 	"github.com/kdrop/kdrop/k8s"
 )
 
@@ -103,8 +104,9 @@ func (f *watchFlags) registerStreamFilters(fl *pflag.FlagSet) {
 type tailLine struct {
 	at   time.Time
 	seq  uint64
-	typ  string // drop, overflow, unreach, lost or notice
+	typ  string // drop, overflow, unreach, lost, missed or notice
 	lost uint64 // of a "lost" line
+	miss uint64 // of a "missed" line
 	line []byte
 }
 
@@ -388,9 +390,10 @@ func (t *tailer) read(body io.Reader) error {
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		var head struct {
-			Time time.Time `json:"time"`
-			Type string    `json:"type"`
-			Lost uint64    `json:"lost"`
+			Time   time.Time `json:"time"`
+			Type   string    `json:"type"`
+			Lost   uint64    `json:"lost"`
+			Missed uint64    `json:"missed"`
 		}
 		if json.Unmarshal(sc.Bytes(), &head) != nil {
 			continue
@@ -398,7 +401,7 @@ func (t *tailer) read(body io.Reader) error {
 		if head.Type == "hello" || head.Type == "heartbeat" {
 			continue
 		}
-		t.lines <- tailLine{at: head.Time, typ: head.Type, lost: head.Lost, line: append([]byte(nil), sc.Bytes()...)}
+		t.lines <- tailLine{at: head.Time, typ: head.Type, lost: head.Lost, miss: head.Missed, line: append([]byte(nil), sc.Bytes()...)}
 	}
 	return sc.Err()
 }
@@ -479,7 +482,8 @@ func tableFromJSON(line []byte) string {
 	var e struct {
 		Time                       time.Time
 		Type, Node, Proto, Message string
-		Count, Lost                uint64
+		Cause                      string
+		Count, Lost, Missed        uint64
 		Summary                    bool
 		Src, Dst                   string
 		Sport, Dport               int
@@ -500,7 +504,18 @@ func tableFromJSON(line []byte) string {
 	case "notice":
 		return fmt.Sprintf("%-11s %-13s ** %s", e.Node, at, e.Message)
 	case "lost":
-		return fmt.Sprintf("%-11s %-13s ** %d events lost on this node (their counts arrive in later summary lines)", e.Node, at, e.Lost)
+		return fmt.Sprintf("%-11s %-13s ** %d event lines lost on this node: the ring buffer was full (their counts arrive in later summary lines)", e.Node, at, e.Lost)
+	case "missed":
+		// the kernel counts misses before kdrop's filters: "up to"
+		short, why := fmt.Sprintf("counts may be short by up to %d", e.Missed), "cause not given"
+		switch e.Cause {
+		case report.MissedByKernel:
+			why = "the kernel skipped kdrop's program, already running on that CPU, e.g. a drop nested in softirq"
+		case report.MissedByStream:
+			short = fmt.Sprintf("counts are short by %d", e.Missed)
+			why = "this stream fell behind and the agent dropped lines for it; narrow the filters (--type, --reason, --namespace, --pod)"
+		}
+		return fmt.Sprintf("%-11s %-13s ** %d occurrences missed on this node: %s (%s)", e.Node, at, e.Missed, short, why)
 	}
 	what := e.Reason
 	switch e.Type {

@@ -179,8 +179,8 @@ type pipeline struct {
 	node  string
 	match func(*record) bool
 	log   *zap.Logger
-	// lost is the loss counter as last reported (see reportLost).
-	lost uint64
+	// reported is the tracer's loss counters as last reported (see newLoss).
+	reported tracer.Stats
 }
 
 // newPipeline checks the flags, starts identity (never blocking on the API
@@ -244,15 +244,55 @@ func (p *pipeline) run(ctx context.Context, sink func(*record)) error {
 	})
 }
 
-// newLost returns how many events the ring buffer lost since the last call.
-func (p *pipeline) newLost() uint64 {
+// newLoss returns how much the tracer's loss counters grew since the last
+// call (tracer.Stats says what each one means).
+func (p *pipeline) newLoss() tracer.Stats {
 	st, err := p.t.Stats()
-	if err != nil || st.LostLinesTotal() <= p.lost {
-		return 0
+	if err != nil {
+		return tracer.Stats{}
 	}
-	n := st.LostLinesTotal() - p.lost
-	p.lost = st.LostLinesTotal()
-	return n
+	grew := func(now, then uint64) uint64 {
+		if now < then { // a program went away, and its misses with it
+			return 0
+		}
+		return now - then
+	}
+	d := tracer.Stats{Missed: grew(st.Missed, p.reported.Missed), Coarsened: grew(st.Coarsened, p.reported.Coarsened)}
+	for i := range d.LostLines {
+		d.LostLines[i] = grew(st.LostLines[i], p.reported.LostLines[i])
+	}
+	p.reported = st
+	return d
+}
+
+// What missed occurrences are, and what to do, for the log.
+const (
+	missedWhy  = "the kernel skipped kdrop's program because it was already running on that CPU (e.g. a drop nested in softirq); it counts them before kdrop's filters, hence up to"
+	missedTodo = "rare; if it keeps growing, check the attach modes (kdrop check): kprobe programs share one per-CPU guard with every other kprobe and tracepoint program, fentry ones do not. The kernel's own counters (nstat -az) miss nothing"
+)
+
+// warnLoss logs what the loss in st means: new since the last warning, or
+// (total) for the whole run. Lost lines keep counts exact, missed
+// occurrences make them short: "exact" is said only when nothing was missed.
+func warnLoss(log *zap.Logger, st tracer.Stats, total bool) {
+	lines := st.LostLinesTotal()
+	if st.Missed > 0 {
+		msg := "occurrences missed: counts may be short by up to this many"
+		if total {
+			msg = "occurrences missed in total: counts may be short by up to this many"
+		}
+		log.Warn(msg, zap.Uint64("missed", st.Missed), zap.String("why", missedWhy), zap.String("todo", missedTodo))
+	}
+	if lines > 0 {
+		msg := "ring buffer full: event lines lost; their occurrences still arrive in the next summary lines"
+		if total {
+			msg = "event lines lost in total; their occurrences came in summary lines"
+			if st.Missed == 0 {
+				msg += ", so counts are exact"
+			}
+		}
+		log.Warn(msg, zap.Uint64("lost_lines", lines))
+	}
 }
 
 func (p *pipeline) close() { p.t.Close() }
@@ -330,12 +370,10 @@ func runWatch(parent context.Context, f watchFlags) error {
 		}
 	}
 	// Flush at least every 200ms so a quiet stream still shows promptly,
-	// and report lost events as soon as they are known.
+	// and report loss as soon as it is known.
 	p.every(ctx, 200*time.Millisecond, func() {
 		out.Flush()
-		if n := p.newLost(); n > 0 {
-			log.Warn("ring buffer full: events lost; their counts arrive in the next summary lines", zap.Uint64("new", n))
-		}
+		warnLoss(log, p.newLoss(), false)
 	})
 	if err := p.run(ctx, sink); err != nil {
 		return err
@@ -343,8 +381,8 @@ func runWatch(parent context.Context, f watchFlags) error {
 	p.t.Lock()
 	out.Flush()
 	p.t.Unlock()
-	if st, err := p.t.Stats(); err == nil && st.LostLinesTotal() > 0 {
-		log.Warn("events lost in total (counts are exact, only the lines are missing)", zap.Uint64("lost", st.LostLinesTotal()))
+	if st, err := p.t.Stats(); err == nil {
+		warnLoss(log, st, true)
 	}
 	return nil
 }

@@ -31,8 +31,8 @@ type Finding struct {
 	Severity string // SevCritical, SevWarning or SevInfo
 	// Kind is a stable name of the rule that found it: somaxconn, backlog,
 	// listen-queue, syncookies, stale-endpoint, no-endpoints, no-socket,
-	// closed-connection, netfilter, drop-reason, icmp, lost, truncated,
-	// gap, unresolved.
+	// closed-connection, netfilter, drop-reason, icmp, missed, lost,
+	// truncated, gap, unresolved.
 	Kind   string
 	Title  string // one line, with the workload and the numbers
 	Detail string // what happened, in plain words
@@ -117,6 +117,10 @@ func analyze(rec *Recording) *analysis {
 		fi, fj := a.findings[i], a.findings[j]
 		if sevRank(fi.Severity) != sevRank(fj.Severity) {
 			return sevRank(fi.Severity) < sevRank(fj.Severity)
+		}
+		// short counts frame every other finding: first among its severity
+		if (fi.Kind == "missed") != (fj.Kind == "missed") {
+			return fi.Kind == "missed"
 		}
 		if fi.Count != fj.Count {
 			return fi.Count > fj.Count
@@ -953,28 +957,95 @@ func (a *analysis) otherICMPFindings() {
 // ---------------------------------------------------------------------------
 // The recording itself
 
+// perNodeWords is " (n1: 30, n2: 7)" for counts by node, "" for none.
+func perNodeWords(perNode counter) string {
+	if len(perNode) == 0 {
+		return ""
+	}
+	var parts []string
+	for _, e := range perNode.top(4) {
+		parts = append(parts, e.Name+": "+num(e.Count))
+	}
+	if len(perNode) > 4 {
+		parts = append(parts, fmt.Sprintf("%d more nodes", len(perNode)-4))
+	}
+	return " (" + strings.Join(parts, ", ") + ")"
+}
+
+func nodeOr(n string) string {
+	if n == "" {
+		return "unknown node"
+	}
+	return n
+}
+
+// missedParts sums missed occurrences by cause; what the trailer counts
+// beyond the notices, and causes this kdrop does not know, are unknown.
+func missedParts(rec *Recording) (kernel, stream, unknown uint64) {
+	var sum uint64
+	for _, m := range rec.Misses {
+		switch m.Cause {
+		case MissedByKernel:
+			kernel += m.Missed
+		case MissedByStream:
+			stream += m.Missed
+		default:
+			unknown += m.Missed
+		}
+		sum += m.Missed
+	}
+	unknown += rec.Missed() - sum // Missed() is never below the notices' sum
+	return kernel, stream, unknown
+}
+
+// missedCauses says why occurrences were missed, one clause per cause.
+func missedCauses(rec *Recording) string {
+	kernel, stream, unknown := missedParts(rec)
+	var parts []string
+	if kernel > 0 {
+		parts = append(parts, fmt.Sprintf("the kernel skipped kdrop's program %s because it was already running on that CPU (e.g. a drop nested in softirq)", plural(kernel, "time", "times")))
+	}
+	if stream > 0 {
+		parts = append(parts, fmt.Sprintf("the agents' stream to the recorder fell behind and the agents dropped lines holding %s", plural(stream, "occurrence", "occurrences")))
+	}
+	if unknown > 0 {
+		parts = append(parts, fmt.Sprintf("%s missed for a reason the file does not name", plural(unknown, "occurrence was", "occurrences were")))
+	}
+	return capital(strings.Join(parts, "; ")) + "."
+}
+
 func (a *analysis) recordingFindings() {
 	rec := a.rec
+	missed := rec.Missed()
+	if missed > 0 {
+		perNode := counter{}
+		for _, m := range rec.Misses {
+			perNode.add(nodeOr(m.Node), m.Missed)
+		}
+		kernel, stream, _ := missedParts(rec)
+		fix := []string{"Read every count in this report as a lower bound: the true totals may be higher, by up to " + num(missed) + " in all."}
+		if kernel > 0 {
+			fix = append(fix,
+				"The kernel's own counters miss nothing: compare with nstat -az on the node (e.g. TcpExtListenOverflows, IcmpOutDestUnreachs) over the same window.",
+				"Kernel misses are rare and no kdrop setting prevents them; if there are many, check the hooks' attach mode (kdrop check): kprobe programs share one per-CPU guard with every other kprobe and tracepoint program on the node, fentry programs do not.")
+		}
+		if stream > 0 {
+			fix = append(fix, "Record less through the agents: narrow with --type, --reason, --namespace, --pod, --cidr or --port, or record on the node itself with kdrop record --from watch.")
+		}
+		a.add(Finding{
+			Severity: SevWarning, Kind: "missed", Count: missed, Subject: "the recording",
+			Title: fmt.Sprintf("Counts are short: %s never counted", plural(missed, "occurrence was", "occurrences were")),
+			Detail: fmt.Sprintf("%s Those occurrences%s are in no line and no count: every total in this report may be short, by up to %s in all (up to, as the kernel counts its misses before kdrop's filters). Unlike lost lines, they do not come back in summary lines.",
+				missedCauses(rec), perNodeWords(perNode), num(missed)),
+			Fix: strings.Join(fix, "\n"),
+		})
+	}
 	if lost := rec.Lost(); lost > 0 {
 		perNode := counter{}
 		for _, l := range rec.Losses {
-			n := l.Node
-			if n == "" {
-				n = "unknown node"
-			}
-			perNode.add(n, l.Lost)
+			perNode.add(nodeOr(l.Node), l.Lost)
 		}
-		where := ""
-		if len(perNode) > 0 {
-			var parts []string
-			for _, e := range perNode.top(4) {
-				parts = append(parts, e.Name+": "+num(e.Count))
-			}
-			if len(perNode) > 4 {
-				parts = append(parts, fmt.Sprintf("%d more nodes", len(perNode)-4))
-			}
-			where = " (" + strings.Join(parts, ", ") + ")"
-		}
+		where := perNodeWords(perNode)
 		rate := "the current --rate-limit"
 		if rec.Header.From == "tail" {
 			rate = "the agents' --rate-limit (in the DaemonSet's args)"
@@ -983,10 +1054,18 @@ func (a *analysis) recordingFindings() {
 		} else if len(rec.Losses) > 0 || rec.Header.Format > 0 {
 			rate = "--rate-limit (the recording had none: every event was a line)"
 		}
+		// "exact" only when nothing was missed: then the counts are short
+		// anyway, for the other reason.
+		title := fmt.Sprintf("%s not recorded as lines (counts are still exact)", plural(lost, "event was", "events were"))
+		counts := "so every count in this report is exact"
+		if missed > 0 {
+			title = fmt.Sprintf("%s not recorded as lines (their occurrences are still counted)", plural(lost, "event was", "events were"))
+			counts = "so they are in the counts of this report (which are short for another reason: see the missed finding)"
+		}
 		a.add(Finding{
 			Severity: SevWarning, Kind: "lost", Count: lost, Subject: "the recording",
-			Title:  fmt.Sprintf("%s not recorded as lines (counts are still exact)", plural(lost, "event was", "events were")),
-			Detail: fmt.Sprintf("The kernel's ring buffer or the event stream had no room for %s%s. Their occurrences were added to later summary lines, so every count in this report is exact; what is missing are those events' own lines: their exact times, source ports and pod identities. The stream was incomplete in lines, not in counts.", plural(lost, "event", "events"), where),
+			Title:  title,
+			Detail: fmt.Sprintf("The kernel's ring buffer had no room for %s%s. Their occurrences were added to later summary lines, %s; what is missing are those events' own lines: their individual times, source ports and pod identities. The stream was incomplete in lines, not in counts.", plural(lost, "event", "events"), where, counts),
 			Fix: strings.Join([]string{
 				"Record less: narrow with --type, --reason, --namespace, --pod, --selector, --cidr or --port.",
 				"Lower " + rate + " so more repeats fold into summary lines, e.g. --rate-limit 20.",
@@ -1000,7 +1079,7 @@ func (a *analysis) recordingFindings() {
 		if rec.cutOff {
 			detail += " The compressed data itself is cut off, so the last events written may be missing too."
 		}
-		detail += " The lost-event total comes from the loss notices in the file only."
+		detail += " The lost-line and missed totals come from the loss notices in the file only."
 		a.add(Finding{
 			Severity: SevWarning, Kind: "truncated", Subject: "the recording", Last: end,
 			Title:  "Recording truncated: it has no end-of-recording line",

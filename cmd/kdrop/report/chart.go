@@ -14,10 +14,11 @@ import (
 var palette = []string{"#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#9c755f"}
 
 const (
-	otherColor = "#bab0ac"
-	lostColor  = "#c62828"
-	maxSeries  = 8 // colours; the rest is "other"
-	maxBuckets = 75
+	otherColor  = "#bab0ac"
+	lostColor   = "#b26a00" // lost lines: their counts are in the bars
+	missedColor = "#c62828" // missed: not in the bars, counts short
+	maxSeries   = 8         // colours; the rest is "other"
+	maxBuckets  = 75
 )
 
 // bucketSteps are the bucket sizes the timeline may use.
@@ -40,7 +41,8 @@ type timeline struct {
 	step   time.Duration
 	n      int
 	series []*tlSeries
-	lost   []uint64 // loss notices per bucket
+	lost   []uint64 // lost lines per bucket ("lost" notices)
+	missed []uint64 // missed occurrences per bucket ("missed" notices)
 	totals []uint64
 }
 
@@ -63,7 +65,7 @@ func pickStep(start, end time.Time) (time.Duration, int) {
 
 func buildTimeline(rec *Recording, start, end time.Time) *timeline {
 	step, n := pickStep(start, end)
-	t := &timeline{start: start.Truncate(step), step: step, n: n, lost: make([]uint64, n), totals: make([]uint64, n)}
+	t := &timeline{start: start.Truncate(step), step: step, n: n, lost: make([]uint64, n), missed: make([]uint64, n), totals: make([]uint64, n)}
 	idx := func(tm time.Time) int {
 		i := int(tm.Sub(t.start) / step)
 		return max(0, min(n-1, i))
@@ -109,6 +111,9 @@ func buildTimeline(rec *Recording, start, end time.Time) *timeline {
 	t.series = all
 	for _, l := range rec.Losses {
 		t.lost[idx(l.Time)] += l.Lost
+	}
+	for _, m := range rec.Misses {
+		t.missed[idx(m.Time)] += m.Missed
 	}
 	return t
 }
@@ -208,28 +213,32 @@ func (t *timeline) svg(title string) string {
 		color string
 		text  string
 		count string
-		lost  bool
+		mark  bool // a marker above the bars, not a series
 	}
 	var items []item
 	x, y := padL, legendY
-	addItem := func(color, text string, count uint64, lost bool) {
+	addItem := func(color, text string, count uint64, mark bool) {
 		c := num(count)
 		w := 18 + int(float64(len(text)+len(c)+1)*7.0) + 24
 		if x+w > chartW-padR && x > padL {
 			x, y = padL, y+rowH
 		}
-		items = append(items, item{x, y, color, text, c, lost})
+		items = append(items, item{x, y, color, text, c, mark})
 		x += w
 	}
 	for _, s := range t.series {
 		addItem(s.Color, s.Name, s.Total, false)
 	}
-	var lostTotal uint64
-	for _, l := range t.lost {
-		lostTotal += l
+	var lostTotal, missedTotal uint64
+	for i := range t.lost {
+		lostTotal += t.lost[i]
+		missedTotal += t.missed[i]
+	}
+	if missedTotal > 0 {
+		addItem(missedColor, "occurrences missed (not in the bars: counts short)", missedTotal, true)
 	}
 	if lostTotal > 0 {
-		addItem(lostColor, "events lost (lines only; counts exact)", lostTotal, true)
+		addItem(lostColor, "event lines lost (counted in the bars)", lostTotal, true)
 	}
 	height := y + rowH
 	if len(items) == 0 {
@@ -270,10 +279,15 @@ func (t *timeline) svg(title string) string {
 				x0, y0-h, bw-gap, h, s.Color, t.label(i), html.EscapeString(s.Name), num(c))
 			acc += float64(c)
 		}
+		// markers above the bar: missed on top, as it matters more
+		cx := x0 + (bw-gap)/2
 		if t.lost[i] > 0 {
-			cx := x0 + (bw-gap)/2
 			fmt.Fprintf(&b, `<path d="M%.1f %d l-5 -9 h10 z" fill="%s"><title>%s UTC: %s lost (their counts are in the bars)</title></path>`,
-				cx, padT-2, lostColor, t.label(i), plural(t.lost[i], "event", "events"))
+				cx, padT-2, lostColor, t.label(i), plural(t.lost[i], "event line", "event lines"))
+		}
+		if t.missed[i] > 0 {
+			fmt.Fprintf(&b, `<path d="M%.1f %d l-5 -9 h10 z" fill="%s"><title>%s UTC: %s missed (not in the bars: counts are short)</title></path>`,
+				cx, padT-12, missedColor, t.label(i), plural(t.missed[i], "occurrence", "occurrences"))
 		}
 	}
 	if peak == 0 {
@@ -307,7 +321,7 @@ func (t *timeline) svg(title string) string {
 
 	// legend
 	for _, it := range items {
-		if it.lost {
+		if it.mark {
 			fmt.Fprintf(&b, `<path d="M%d %d l-6 -10 h12 z" fill="%s"/>`, it.x+6, it.y+1, it.color)
 		} else {
 			fmt.Fprintf(&b, `<rect x="%d" y="%d" width="12" height="12" rx="2" fill="%s"/>`, it.x, it.y-10, it.color)

@@ -143,11 +143,12 @@ h2 .n { color: var(--muted); font-weight: 400; }
 .banner { border-radius: 8px; padding: 10px 14px; margin-bottom: 10px; border: 1px solid; }
 .banner.warn { background: var(--warn-bg); border-color: #f5d08a; }
 .banner.lost { background: var(--crit-bg); border-color: #f4b5ae; }
+.banner.missed { background: var(--crit-bg); border-color: var(--crit); border-width: 2px; }
 .banner.note { background: var(--info-bg); border-color: #c9d7ee; }
 .facts { display: grid; grid-template-columns: max-content 1fr max-content 1fr; gap: 4px 16px; margin: 0; }
 .facts dt { color: var(--muted); }
 .facts dd { margin: 0; }
-.kpis { display: grid; grid-template-columns: repeat(5, 1fr); gap: 12px; }
+.kpis { display: grid; grid-template-columns: repeat(6, 1fr); gap: 12px; }
 .kpi .v { font-size: 24px; font-weight: 600; font-variant-numeric: tabular-nums; }
 .kpi .l { font-weight: 600; }
 .kpi .s { color: var(--muted); font-size: 12px; }

@@ -25,7 +25,7 @@ func WriteMarkdown(w io.Writer, rec *Recording) error {
 	p("| | |\n|---|---|\n")
 	for _, f := range v.Facts {
 		val := mdCell(f.Value)
-		if f.Label == "Lost events" && rec.Lost() > 0 {
+		if f.Label == "Lost lines" && rec.Lost() > 0 || f.Label == "Missed" && rec.Missed() > 0 {
 			val = "**" + val + "**"
 		}
 		p("| %s | %s |\n", f.Label, val)

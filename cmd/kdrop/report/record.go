@@ -32,7 +32,8 @@ type Recording struct {
 	Header  Header
 	Trailer *Trailer // nil: the file ends without the end-of-recording line
 	Flows   []*Flow  // in order of first appearance
-	Losses  []Loss   // loss notices, in file order
+	Losses  []Loss   // lost-lines notices, in file order
+	Misses  []Miss   // missed notices, in file order
 	Gaps    []Gap    // windows a node's agent was not streaming (from tail)
 	// Notes are problems met while reading that did not stop it (a gzip
 	// stream cut off, lines of a type this version does not know, ...).
@@ -80,16 +81,39 @@ type Filters struct {
 type Trailer struct {
 	Ended  time.Time
 	Events uint64
-	Lost   uint64
+	Lost   uint64 // lost lines (see Loss)
+	Missed uint64 // missed occurrences (see Miss); 0 in files from before kdrop told them apart
 }
 
-// Loss is a notice that events found no room in the ring buffer or stream;
-// their counts still arrive in later summary lines.
+// Loss is a "lost" notice: events whose lines found no room in the ring
+// buffer. Their occurrences still arrive in later summary lines, so counts
+// stay exact; only those events' own lines are missing.
 type Loss struct {
 	Time time.Time
 	Node string
 	Lost uint64
 }
+
+// Miss is a "missed" notice: occurrences that are in no line at all, so
+// every count is short by Missed. Cause says why (MissedByKernel,
+// MissedByStream; anything else is a cause this kdrop does not know).
+type Miss struct {
+	Time   time.Time
+	Node   string
+	Missed uint64
+	Cause  string
+}
+
+// Causes of a Miss.
+const (
+	// MissedByKernel: the kernel skipped kdrop's program for a hook
+	// invocation because the program was already running on that CPU
+	// (recursion protection, e.g. a drop nested in softirq).
+	MissedByKernel = "kernel"
+	// MissedByStream: an agent's /events client (kdrop tail, record --from
+	// tail) fell behind, and the agent dropped lines for it.
+	MissedByStream = "stream"
+)
 
 // Gap is a window in which a recording made from the agents (record --from
 // tail) had no stream from one node: an agent restarted or went away.
@@ -186,8 +210,8 @@ func (rec *Recording) Window() (start, end time.Time) {
 // Truncated says the file ends without the end-of-recording line.
 func (rec *Recording) Truncated() bool { return rec.Trailer == nil }
 
-// Lost is how many events had no room in the ring buffer or the stream:
-// the trailer's total, or the sum of the loss notices without a trailer.
+// Lost is how many events lost their lines (counts still exact): the
+// trailer's total, or the sum of the "lost" notices without a trailer.
 func (rec *Recording) Lost() uint64 {
 	var sum uint64
 	for _, l := range rec.Losses {
@@ -195,6 +219,20 @@ func (rec *Recording) Lost() uint64 {
 	}
 	if rec.Trailer != nil && rec.Trailer.Lost > sum {
 		return rec.Trailer.Lost
+	}
+	return sum
+}
+
+// Missed is how many occurrences no line counts, so that counts are short
+// by that much: the trailer's total, or the sum of the "missed" notices
+// without a trailer.
+func (rec *Recording) Missed() uint64 {
+	var sum uint64
+	for _, m := range rec.Misses {
+		sum += m.Missed
+	}
+	if rec.Trailer != nil && rec.Trailer.Missed > sum {
+		return rec.Trailer.Missed
 	}
 	return sum
 }
@@ -317,14 +355,16 @@ type wireHeader struct {
 	Type      string  `json:"type"`
 }
 
-// wireLine is any line after the header: an event, a loss notice or the
-// trailer. Unknown fields are ignored.
+// wireLine is any line after the header: an event, a loss notice ("lost"
+// or "missed") or the trailer. Unknown fields are ignored.
 type wireLine struct {
 	Format *int `json:"kdrop_record"`
 	End    *int `json:"kdrop_record_end"`
 	Ended  string
 	Events uint64 `json:"events"`
 	Lost   *uint64
+	Missed *uint64 `json:"missed"`
+	Cause  string  `json:"cause"`
 
 	Time        string          `json:"time"`
 	Type        string          `json:"type"`
@@ -435,7 +475,7 @@ func (p *parser) line(n int, b []byte) error {
 	}
 	switch w.Type {
 	case "":
-		return fmt.Errorf("line %d: no \"type\" field (an event is drop, overflow or unreach; \"lost\" is a loss notice)", n)
+		return fmt.Errorf("line %d: no \"type\" field (an event is drop, overflow or unreach; \"lost\" and \"missed\" are loss notices)", n)
 	case "lost":
 		t, err := parseTime("time", w.Time)
 		if err != nil {
@@ -445,6 +485,17 @@ func (p *parser) line(n int, b []byte) error {
 			return fmt.Errorf("line %d: loss notice without \"lost\"", n)
 		}
 		p.rec.Losses = append(p.rec.Losses, Loss{Time: t, Node: w.Node, Lost: *w.Lost})
+		p.seen(t)
+		return nil
+	case "missed":
+		t, err := parseTime("time", w.Time)
+		if err != nil {
+			return fmt.Errorf("line %d: missed notice: %v", n, err)
+		}
+		if w.Missed == nil {
+			return fmt.Errorf("line %d: missed notice without \"missed\"", n)
+		}
+		p.rec.Misses = append(p.rec.Misses, Miss{Time: t, Node: w.Node, Missed: *w.Missed, Cause: w.Cause})
 		p.seen(t)
 		return nil
 	case "drop", "overflow", "unreach":
@@ -518,6 +569,9 @@ func (p *parser) trailer(n int, w *wireLine) error {
 	t := &Trailer{Ended: ended, Events: w.Events}
 	if w.Lost != nil {
 		t.Lost = *w.Lost
+	}
+	if w.Missed != nil {
+		t.Missed = *w.Missed
 	}
 	p.rec.Trailer = t
 	p.trailerLine = n

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"encoding/json"
+	"html"
 	"strings"
 	"testing"
 	"time"
@@ -279,6 +280,26 @@ func TestFindings(t *testing.T) {
 				fix:    []string{"--type", "--namespace", "--rate-limit (now 100 per second per flow)", "--rate-limit 20"}},
 			{kind: "drop-reason", severity: SevWarning, count: 100, title: []string{"SOCKET_RCVBUFF: 100 packets dropped"}, fix: []string{"SO_RCVBUF"}},
 		},
+		absent: []string{"truncated", "missed"},
+	}, {
+		name: "missed occurrences, with lost lines",
+		lines: []string{
+			ev(5, "drop", 100, map[string]any{"reason": "SOCKET_RCVBUFF", "proto": "udp", "dst": "10.244.0.53", "dport": 53}),
+			`{"time":"2026-11-27T11:50:06Z","type":"lost","node":"n1","lost":30}`,
+			`{"time":"2026-11-27T11:50:06Z","type":"missed","node":"n1","missed":4,"cause":"kernel"}`,
+			`{"time":"2026-11-27T11:50:07Z","type":"missed","node":"n2","missed":9,"cause":"stream"}`,
+			`{"kdrop_record_end":1,"ended":"2026-11-27T11:55:00Z","events":1,"lost":30,"missed":13}`,
+		},
+		checks: []check{
+			{kind: "missed", severity: SevWarning, count: 13,
+				title: []string{"Counts are short: 13 occurrences were never counted"},
+				detail: []string{"kernel skipped kdrop's program 4 times because it was already running on that CPU", "softirq",
+					"stream to the recorder fell behind", "holding 9 occurrences", "n2: 9, n1: 4", "may be short, by up to 13 in all", "do not come back in summary lines"},
+				fix: []string{"lower bound", "nstat", "kdrop check", "--from watch"}},
+			{kind: "lost", severity: SevWarning, count: 30,
+				title:  []string{"30 events were not recorded as lines", "still counted"},
+				detail: []string{"n1: 30", "short for another reason"}},
+		},
 		absent: []string{"truncated"},
 	}}
 	for _, tc := range tests {
@@ -431,6 +452,8 @@ func TestReadErrors(t *testing.T) {
 		{"bad address", gz(header, `{"time":"2026-11-27T11:50:01Z","type":"drop","count":1,"dst":"10.0.0.999"}`), []string{"line 2", "not an IP address", "10.0.0.999"}},
 		{"bad identity", gz(header, `{"time":"2026-11-27T11:50:01Z","type":"drop","count":1,"dst_k8s":{"deleted_ago_ms":"soon"}}`), []string{"line 2", "dst_k8s", "deleted_ago_ms"}},
 		{"loss without count", gz(header, `{"time":"2026-11-27T11:50:01Z","type":"lost","node":"n1"}`), []string{"line 2", `without "lost"`}},
+		{"missed without count", gz(header, good, `{"time":"2026-11-27T11:50:01Z","type":"missed","node":"n1","cause":"kernel"}`), []string{"line 3", `missed notice without "missed"`}},
+		{"missed without time", gz(header, `{"type":"missed","node":"n1","missed":3}`), []string{"line 2", "missed notice", `no "time"`}},
 		{"data after trailer", gz(header, good, trailer(0), good), []string{"line 4", "after the end-of-recording line (line 3)"}},
 		{"two headers", gz(header, good, header), []string{"line 3", "second header"}},
 		{"trailer without end time", gz(header, `{"kdrop_record_end":1}`), []string{"line 2", `no "ended" time`}},
@@ -469,4 +492,82 @@ func TestTimelineBuckets(t *testing.T) {
 	if top != 150 || step != 25 && step != 50 {
 		t.Errorf("niceScale(137) = %d, %d", top, step)
 	}
+}
+
+// Lost lines and missed occurrences are read apart: "lost" keeps counts
+// exact, "missed" makes them short. Nothing says "exact" once anything was
+// missed, and the miss is said at the top of the report.
+func TestReadMissed(t *testing.T) {
+	lines := []string{header,
+		ev(1, "drop", 2, map[string]any{"reason": "NO_SOCKET", "dst": "10.0.0.1", "dport": 80}),
+		`{"time":"2026-11-27T11:50:02Z","type":"lost","node":"n1","lost":5}`,
+		`{"time":"2026-11-27T11:50:03Z","type":"missed","node":"n1","missed":3,"cause":"kernel"}`,
+		`{"time":"2026-11-27T11:50:04Z","type":"missed","node":"n2","missed":4,"cause":"stream"}`,
+		ev(5, "drop", 1, map[string]any{"reason": "NO_SOCKET", "dst": "10.0.0.1", "dport": 80}),
+	}
+	// Without a trailer the notices count; with one, the trailer's totals
+	// (which may count what notices the file lacks: a cause unknown here).
+	for _, tc := range []struct {
+		name           string
+		trailer        string
+		lost, missed   uint64
+		unknownInWords bool
+	}{
+		{"truncated", "", 5, 7, false},
+		{"trailer", `{"kdrop_record_end":1,"ended":"2026-11-27T11:51:00Z","events":2,"lost":5,"missed":7}`, 5, 7, false},
+		{"trailer beyond notices", `{"kdrop_record_end":1,"ended":"2026-11-27T11:51:00Z","events":2,"lost":5,"missed":10}`, 5, 10, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			all := lines
+			if tc.trailer != "" {
+				all = append(append([]string(nil), lines...), tc.trailer)
+			}
+			rec := read(t, all...)
+			if rec.Lost() != tc.lost || rec.Missed() != tc.missed {
+				t.Errorf("lost %d missed %d, want %d and %d", rec.Lost(), rec.Missed(), tc.lost, tc.missed)
+			}
+			want := []Miss{{t0.Add(3 * time.Second), "n1", 3, MissedByKernel}, {t0.Add(4 * time.Second), "n2", 4, MissedByStream}}
+			if len(rec.Misses) != 2 || rec.Misses[0] != want[0] || rec.Misses[1] != want[1] {
+				t.Errorf("misses %+v, want %+v", rec.Misses, want)
+			}
+			if rec.Total() != 3 || len(rec.Notes) != 0 {
+				t.Errorf("total %d, notes %q", rec.Total(), rec.Notes)
+			}
+			if got := strings.Contains(missedCauses(rec), "for a reason the file does not name"); got != tc.unknownInWords {
+				t.Errorf("causes: %q", missedCauses(rec))
+			}
+
+			var md bytes.Buffer
+			if err := WriteMarkdown(&md, rec); err != nil {
+				t.Fatal(err)
+			}
+			page := html.UnescapeString(renderHTML(t, rec))
+			for what, text := range map[string]string{"markdown": md.String(), "page": page} {
+				if strings.Contains(strings.ToLower(text), "exact") {
+					t.Errorf("%s says \"exact\" though occurrences were missed:\n%s", what, grepLines(text, "xact"))
+				}
+				wantAll(t, what, text, "Counts are short, by up to "+num(tc.missed)+".", "already running on that CPU", "Missed", "Lost lines")
+			}
+			wantAll(t, "markdown", md.String(),
+				"| Missed | **"+num(tc.missed)+" occurrences never counted: counts may be short by up to "+num(tc.missed)+"** |",
+				"| Lost lines | **5 events (lines missing; still counted)** |",
+				"> **5 event lines lost.**")
+			// the miss comes first, before anything else at the top
+			if i, j := strings.Index(md.String(), "Counts are short, by up to"), strings.Index(md.String(), "event lines lost"); i < 0 || j < i {
+				t.Error("the missed banner should come before the lost-lines banner")
+			}
+			wantAll(t, "page", page, "occurrences missed (not in the bars: counts short)", "event lines lost (counted in the bars)")
+		})
+	}
+}
+
+// grepLines keeps the lines of s that hold sub.
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

@@ -72,9 +72,14 @@ func newView(rec *Recording) *view {
 	if rec.Trailer != nil {
 		ended = stamp(rec.Trailer.Ended)
 	}
+	lostLines, missed := rec.Lost(), rec.Missed()
 	lost := "none"
-	if l := rec.Lost(); l > 0 {
-		lost = fmt.Sprintf("%s (lines missing; counts exact)", plural(l, "event", "events"))
+	if lostLines > 0 {
+		lost = fmt.Sprintf("%s (lines missing; %s)", plural(lostLines, "event", "events"), lostCounts(missed))
+	}
+	miss := "none"
+	if missed > 0 {
+		miss = fmt.Sprintf("%s never counted: counts may be short by up to %s", plural(missed, "occurrence", "occurrences"), num(missed))
 	}
 	v.Version = ver
 	v.Facts = []fact{
@@ -87,7 +92,8 @@ func newView(rec *Recording) *view {
 		{"Filters", filterWords(h.Filters)},
 		{"Rate limit", rate},
 		{"Lines", fmt.Sprintf("%s (%s event lines, %s occurrences)", num(rec.Lines), num(rec.EventLines), num(a.total))},
-		{"Lost events", lost},
+		{"Lost lines", lost},
+		{"Missed", miss},
 	}
 
 	if rec.Truncated() {
@@ -98,9 +104,17 @@ func newView(rec *Recording) *view {
 		}
 		v.Banners = append(v.Banners, banner{"warn", "Recording truncated.", text})
 	}
-	if l := rec.Lost(); l > 0 {
-		v.Banners = append(v.Banners, banner{"lost", plural(l, "event", "events") + " lost.",
-			"The ring buffer or the stream had no room for their lines. Their occurrences still arrived in later summary lines: every count below is exact, only some individual lines are missing."})
+	if missed > 0 {
+		v.Banners = append(v.Banners, banner{"missed", "Counts are short, by up to " + num(missed) + ".",
+			fmt.Sprintf("%s never counted: they are in no line and no count below. %s See the findings.",
+				capital(plural(missed, "occurrence was", "occurrences were")), missedCauses(rec))})
+	}
+	if lostLines > 0 {
+		text := "The kernel's ring buffer had no room for their lines. Their occurrences still arrived in later summary lines: every count below is exact, only some individual lines are missing."
+		if missed > 0 {
+			text = "The kernel's ring buffer had no room for their lines. Their occurrences still arrived in later summary lines and are in the counts below; only some individual lines are missing."
+		}
+		v.Banners = append(v.Banners, banner{"lost", plural(lostLines, "event line", "event lines") + " lost.", text})
 	}
 	if len(rec.Gaps) > 0 {
 		v.Banners = append(v.Banners, banner{"warn", plural(uint64(len(rec.Gaps)), "gap", "gaps") + " in the recording.",
@@ -115,7 +129,8 @@ func newView(rec *Recording) *view {
 		{"Drops", num(a.byType["drop"]), "packets freed with a reason", ""},
 		{"Queue overflows", num(a.byType["overflow"]), "connections refused by a full queue", ""},
 		{"ICMP errors sent", num(a.byType["unreach"]), "unreachable and the like", ""},
-		{"Lost events", num(rec.Lost()), "lines only; counts exact", map[bool]string{true: "bad", false: ""}[rec.Lost() > 0]},
+		{"Lost lines", num(lostLines), "lines only; " + lostCounts(missed), map[bool]string{true: "bad", false: ""}[lostLines > 0]},
+		{"Missed", num(missed), "never counted: counts short", map[bool]string{true: "bad", false: ""}[missed > 0]},
 	}
 
 	if i, c := v.tl.peak(); c > 0 {
@@ -132,6 +147,15 @@ func newView(rec *Recording) *view {
 		v.Peak = fmt.Sprintf("%s–%s UTC: %s (%s)", clock(from), clock(from.Add(v.tl.step)), plural(c, "occurrence", "occurrences"), strings.Join(top, ", "))
 	}
 	return v
+}
+
+// lostCounts says what lost lines mean for the counts: exact, unless
+// something was missed too (then they are short, for that other reason).
+func lostCounts(missed uint64) string {
+	if missed > 0 {
+		return "still counted"
+	}
+	return "counts exact"
 }
 
 func filterWords(f Filters) string {
