@@ -106,6 +106,7 @@ type Tracer struct {
 	rotMu   sync.Mutex // one rotation at a time
 	gen     uint32     // generation the programs count into; under rotMu
 	stopped bool       // Run has ended: programs count nothing; under rotMu
+	keys    []kdropFlowKey // a drained table's keys; under rotMu, reused
 	sweeps  atomic.Uint64
 }
 
@@ -610,8 +611,9 @@ func (t *Tracer) rotate(emit func(*Event)) {
 func (t *Tracer) drain(m *ebpf.Map, coarse bool, now time.Time, emit func(*Event)) {
 	var k kdropFlowKey
 	var st kdropFlowState
-	var keys []kdropFlowKey
 	var ev Event
+	keys := t.keys[:0]
+	defer func() { t.keys = keys[:0] }()
 	it := m.Iterate()
 	for it.Next(&k, &st) {
 		keys = append(keys, k)
@@ -626,6 +628,13 @@ func (t *Tracer) drain(m *ebpf.Map, coarse bool, now time.Time, emit func(*Event
 	}
 	if err := it.Err(); err != nil {
 		t.log.Warn("reading a flow table", zap.Error(err))
+	}
+	if len(keys) == 0 {
+		return
+	}
+	// One syscall for the lot where the kernel has batch ops (5.6+).
+	if _, err := m.BatchDelete(keys, nil); err == nil {
+		return
 	}
 	for i := range keys {
 		if err := m.Delete(&keys[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
