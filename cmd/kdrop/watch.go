@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -181,6 +182,9 @@ type pipeline struct {
 	log   *zap.Logger
 	// lost is the loss counter as last reported (see reportLost).
 	lost uint64
+	// loops are the every goroutines, ended by run and close.
+	loops     sync.WaitGroup
+	stopLoops []context.CancelFunc
 }
 
 // newPipeline checks the flags, starts identity (never blocking on the API
@@ -233,15 +237,18 @@ func (p *pipeline) ready(ctx context.Context, readyFile string) error {
 	return nil
 }
 
-// run passes every enriched, matching event to sink until ctx is done.
+// run passes every enriched, matching event to sink until ctx is done;
+// then it ends the every loops, so that what follows has the sink to itself.
 func (p *pipeline) run(ctx context.Context, sink func(*record)) error {
 	var rec record
-	return p.t.Run(ctx, func(e *tracer.Event) {
+	err := p.t.Run(ctx, func(e *tracer.Event) {
 		enrich(p.res, p.node, e, &rec)
 		if p.match(&rec) {
 			sink(&rec)
 		}
 	})
+	p.endLoops()
+	return err
 }
 
 // newLost returns how many events the ring buffer lost since the last call.
@@ -255,12 +262,19 @@ func (p *pipeline) newLost() uint64 {
 	return n
 }
 
-func (p *pipeline) close() { p.t.Close() }
+func (p *pipeline) close() {
+	p.endLoops() // they read the tracer's maps, which Close frees
+	p.t.Close()
+}
 
-// every calls fn every d until ctx is done, holding back the emit path
-// meanwhile, so fn may flush a sink that path writes to.
+// every calls fn every d until ctx is done or run returns, holding back the
+// emit path meanwhile, so fn may flush a sink that path writes to.
 func (p *pipeline) every(ctx context.Context, d time.Duration, fn func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	p.stopLoops = append(p.stopLoops, cancel)
+	p.loops.Add(1)
 	go func() {
+		defer p.loops.Done()
 		tick := time.NewTicker(d)
 		defer tick.Stop()
 		for {
@@ -274,6 +288,14 @@ func (p *pipeline) every(ctx context.Context, d time.Duration, fn func()) {
 			p.t.Unlock()
 		}
 	}()
+}
+
+// endLoops ends the every loops and waits for them.
+func (p *pipeline) endLoops() {
+	for _, cancel := range p.stopLoops {
+		cancel()
+	}
+	p.loops.Wait()
 }
 
 // withDuration ends ctx after d (--duration; 0: never), and its cancel ends
