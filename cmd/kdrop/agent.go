@@ -26,8 +26,9 @@ import (
 )
 
 type agentFlags struct {
-	listen    string
-	logFormat string
+	listen     string
+	logFormat  string
+	maxStreams int
 }
 
 func agentCmd() *cobra.Command {
@@ -51,6 +52,8 @@ and serves on --listen:
             caller must be allowed "get" on "events" in API group kdrop.dev
             in the agent's namespace ($POD_NAMESPACE), a SubjectAccessReview:
             a RoleBinding there or a ClusterRoleBinding to kdrop-viewer.
+            At most --max-streams streams at once; more get 503 and
+            Retry-After.
 
 Every event also goes to stdout as a JSON line, so "kubectl logs" works
 with no client at all.`,
@@ -60,6 +63,7 @@ with no client at all.`,
 	fl := cmd.Flags()
 	fl.StringVar(&a.listen, "listen", ":9965", "address for /metrics, /healthz, /readyz and /events")
 	fl.StringVar(&a.logFormat, "log-format", "json", "log format on stderr: json or console")
+	fl.IntVar(&a.maxStreams, "max-streams", 32, fmt.Sprintf("most /events streams served at once (each buffers up to %d lines); more are refused with 503 and Retry-After", subBuffer))
 	f.register(fl)
 	fl.Lookup("identity").DefValue = "on"
 	f.id.mode = "on"
@@ -101,6 +105,9 @@ func (f *identityFlags) restConfig() (*rest.Config, error) {
 }
 
 func runAgent(parent context.Context, f watchFlags, a agentFlags) error {
+	if a.maxStreams < 1 {
+		return fmt.Errorf("--max-streams %d: must be at least 1 (the limit of /events streams served at once)", a.maxStreams)
+	}
 	log, err := agentLogger(a.logFormat, f.verbose)
 	if err != nil {
 		return err
@@ -130,7 +137,7 @@ func runAgent(parent context.Context, f watchFlags, a agentFlags) error {
 	defer p.close()
 
 	reg := prometheus.NewRegistry()
-	hub := newHub(p)
+	hub := newHub(p, a.maxStreams)
 	m := newAgentMetrics(reg, p, hub)
 	auth := newAuthorizer(cs, ownNamespace(), log)
 	var isReady atomic.Bool

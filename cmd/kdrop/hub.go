@@ -16,14 +16,22 @@ import (
 
 // hub fans the agent's events out to /events clients. A slow client never
 // holds up the tracer: its lines are dropped, counted, and it is told how
-// many occurrences it missed.
+// many occurrences it missed. Each client holds a subBuffer-line buffer, so
+// clients are limited to maxStreams (kdrop agent --max-streams, default
+// 32); past that a new stream is refused with 503 and Retry-After.
 type hub struct {
-	node    string
-	res     *k8s.Resolver
-	reasons *tracer.Reasons
-	mu      sync.RWMutex
-	subs    map[*subscriber]struct{}
+	node       string
+	res        *k8s.Resolver
+	reasons    *tracer.Reasons
+	maxStreams int
+	mu         sync.RWMutex
+	subs       map[*subscriber]struct{}
 }
+
+const (
+	subBuffer       = 4096 // lines queued per client
+	streamRetryWait = 5    // seconds a refused client is asked to wait (Retry-After)
+)
 
 type subscriber struct {
 	filter tracer.Filter
@@ -32,8 +40,8 @@ type subscriber struct {
 	missed atomic.Uint64 // occurrences in lines this client had no room for, plus ring buffer losses
 }
 
-func newHub(p *pipeline) *hub {
-	return &hub{node: p.node, res: p.res, reasons: p.t.Reasons, subs: map[*subscriber]struct{}{}}
+func newHub(p *pipeline, maxStreams int) *hub {
+	return &hub{node: p.node, res: p.res, reasons: p.t.Reasons, maxStreams: maxStreams, subs: map[*subscriber]struct{}{}}
 }
 
 // publish offers one event (its JSON line, reused by the caller) to every
@@ -123,8 +131,15 @@ func (h *hub) serve(ctx context.Context, w http.ResponseWriter, r *http.Request)
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	s := &subscriber{filter: filter, match: match, ch: make(chan []byte, 4096)}
+	s := &subscriber{filter: filter, match: match, ch: make(chan []byte, subBuffer)}
 	h.mu.Lock()
+	if len(h.subs) >= h.maxStreams {
+		h.mu.Unlock()
+		w.Header().Set("Retry-After", strconv.Itoa(streamRetryWait))
+		http.Error(w, fmt.Sprintf("kdrop agent on node %s already serves %d /events streams, its limit: retry later, or raise the limit with kdrop agent --max-streams",
+			h.node, h.maxStreams), http.StatusServiceUnavailable)
+		return
+	}
 	h.subs[s] = struct{}{}
 	h.mu.Unlock()
 	defer func() {
