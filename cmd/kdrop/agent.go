@@ -230,6 +230,7 @@ func listenRetry(ctx context.Context, addr string, wait time.Duration, log *zap.
 // workload; never addresses, ports or pod names.
 type agentMetrics struct {
 	events *prometheus.CounterVec
+	counts *eventCounter // events, at most maxEventSeries label sets
 	lost   prometheus.Counter
 }
 
@@ -237,13 +238,14 @@ func newAgentMetrics(reg *prometheus.Registry, p *pipeline, h *hub) *agentMetric
 	m := &agentMetrics{
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kdrop_events_total",
-			Help: "Occurrences of kernel drops, listen queue overflows and ICMP errors sent, by type, reason (drop reason, ICMP error or queue), and the namespace and workload of the pod concerned.",
+			Help: fmt.Sprintf("Occurrences of kernel drops, listen queue overflows and ICMP errors sent, by type, reason (drop reason, ICMP error or queue), and the namespace and workload of the pod concerned. At most %d label sets: past that, the one updated least recently is dropped.", maxEventSeries),
 		}, []string{"type", "reason", "namespace", "workload"}),
 		lost: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "kdrop_lost_events_total",
 			Help: "Events the ring buffer had no room for; their occurrences are still counted in kdrop_events_total.",
 		}),
 	}
+	m.counts = newEventCounter(m.events, maxEventSeries)
 	hooks := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "kdrop_hook_attached",
 		Help: "1 for each hook attached, with its attach mode; 0 with mode \"none\" for a hook this kernel refused.",
@@ -285,5 +287,5 @@ func (m *agentMetrics) observe(rec *record) {
 			wl = who.WorkloadKind + "/" + who.WorkloadName
 		}
 	}
-	m.events.WithLabelValues(rec.Type.String(), rec.What(), ns, wl).Add(float64(rec.Count))
+	m.counts.add(eventLabels{rec.Type.String(), rec.What(), ns, wl}, float64(rec.Count))
 }

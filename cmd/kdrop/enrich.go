@@ -43,7 +43,7 @@ func (f *identityFlags) register(fl *pflag.FlagSet) {
 	fl.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file (default $KUBECONFIG, else ~/.kube/config, else in-cluster)")
 	fl.StringVar(&f.context, "context", "", "kubeconfig context (default: its current context)")
 	fl.StringVar(&f.node, "node", "", "this node's name (default $NODE_NAME, else the hostname)")
-	fl.DurationVar(&f.deletedWindow, "deleted-window", 5*time.Minute, "how long a deleted pod's IP still resolves to it")
+	fl.DurationVar(&f.deletedWindow, "deleted-window", 5*time.Minute, "how long a deleted pod's IP still resolves to it (and it still matches --selector)")
 	fl.StringVarP(&f.namespace, "namespace", "n", "", "only events with a pod of this namespace at either end (or where the kernel acted)")
 	fl.StringVar(&f.pod, "pod", "", "only events with this pod (name, or namespace/name) at either end")
 	fl.StringVarP(&f.selector, "selector", "l", "", "only events with a pod matching this label selector at either end (e.g. app=api)")

@@ -1,22 +1,26 @@
 package main
 
 // The bounds a long-running agent or tail keeps: stream clients per agent,
-// lines tail holds to merge, pods a selector keeps after their deletion.
+// lines tail holds to merge, pods a selector keeps after their deletion,
+// metric series, cached authorization decisions.
 
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -293,5 +297,61 @@ func TestSelectorForgetsDeletedPods(t *testing.T) {
 	time.Sleep(2500 * time.Millisecond)
 	if set.has("sel", "api") {
 		t.Error("a pod deleted past --deleted-window still matches")
+	}
+}
+
+// kdrop_events_total keeps at most max label sets: past that, the one
+// updated least recently goes.
+func TestEventSeriesBounded(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	vec := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "kdrop_events_total", Help: "test"},
+		[]string{"type", "reason", "namespace", "workload"})
+	reg.MustRegister(vec)
+	c := newEventCounter(vec, 3)
+	job := func(i int) eventLabels { return eventLabels{"drop", "NO_SOCKET", "ci", fmt.Sprintf("Job/run-%d", i)} }
+	for i := range 3 {
+		c.add(job(i), 1)
+	}
+	c.add(job(0), 1) // run-1 is now the least recently updated
+	c.add(job(3), 5)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "workload" {
+					got[l.GetValue()] = m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	want := map[string]float64{"Job/run-0": 2, "Job/run-2": 1, "Job/run-3": 5}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("series %v, want %v", got, want)
+	}
+}
+
+// The stream's authorization cache keeps at most authCacheMax decisions,
+// expired ones dropped first.
+func TestAuthCacheBounded(t *testing.T) {
+	a := newAuthorizer(nil, "", nil)
+	fresh := authDecision{status: 200, at: time.Now()}
+	for i := range authCacheMax + 10 {
+		a.remember(sha256.Sum256([]byte(strconv.Itoa(i))), fresh)
+	}
+	if len(a.cache) != authCacheMax {
+		t.Errorf("%d decisions cached, want the cap, %d", len(a.cache), authCacheMax)
+	}
+	for k := range a.cache {
+		d := a.cache[k]
+		d.at = time.Now().Add(-authTTL)
+		a.cache[k] = d
+	}
+	a.remember(sha256.Sum256([]byte("new")), fresh)
+	if len(a.cache) != 1 {
+		t.Errorf("%d decisions cached after the others expired, want 1", len(a.cache))
 	}
 }
