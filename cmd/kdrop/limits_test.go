@@ -17,10 +17,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -353,5 +355,30 @@ func TestAuthCacheBounded(t *testing.T) {
 	a.remember(sha256.Sum256([]byte("new")), fresh)
 	if len(a.cache) != 1 {
 		t.Errorf("%d decisions cached after the others expired, want 1", len(a.cache))
+	}
+}
+
+// The every loops end when run returns, before close frees the tracer's
+// maps they read (they used to go on until they noticed ctx).
+func TestEveryLoopsEndWithRun(t *testing.T) {
+	p, err := newPipeline(context.Background(), watchFlags{output: "json", attach: "auto", id: identityFlags{mode: "off"}}, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	var calls atomic.Int64
+	p.every(context.Background(), time.Millisecond, func() { // not ctx: run's return alone must end it
+		p.t.Stats() // reads the tracer's stats map
+		calls.Add(1)
+	})
+	if err := p.run(ctx, func(*record) {}); err != nil {
+		t.Fatal(err)
+	}
+	n := calls.Load()
+	p.close()
+	time.Sleep(50 * time.Millisecond)
+	if n == 0 || calls.Load() != n {
+		t.Errorf("the loop ran %d times during run, %d after it returned", n, calls.Load()-n)
 	}
 }
