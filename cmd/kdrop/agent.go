@@ -229,8 +229,8 @@ func listenRetry(ctx context.Context, addr string, wait time.Duration, log *zap.
 // agentMetrics: label sets stay bounded — event type, reason, namespace,
 // workload; never addresses, ports or pod names.
 type agentMetrics struct {
+	counts *eventCounter // adds to events, at most maxEventSeries label sets
 	events *prometheus.CounterVec
-	counts *eventCounter // events, at most maxEventSeries label sets
 	lost   prometheus.Counter
 }
 

@@ -16,16 +16,17 @@ import (
 
 // hub fans the agent's events out to /events clients. A slow client never
 // holds up the tracer: its lines are dropped, counted, and it is told how
-// many occurrences it missed. Each client holds a subBuffer-line buffer, so
-// clients are limited to maxStreams (kdrop agent --max-streams, default
-// 32); past that a new stream is refused with 503 and Retry-After.
+// many occurrences it missed.
 type hub struct {
-	node       string
-	res        *k8s.Resolver
-	reasons    *tracer.Reasons
+	node    string
+	res     *k8s.Resolver
+	reasons *tracer.Reasons
+	mu      sync.RWMutex
+	subs    map[*subscriber]struct{}
+	// maxStreams limits clients (kdrop agent --max-streams, default 32),
+	// each holding a subBuffer-line buffer: past it, a new stream is
+	// refused with 503 and Retry-After.
 	maxStreams int
-	mu         sync.RWMutex
-	subs       map[*subscriber]struct{}
 }
 
 const (

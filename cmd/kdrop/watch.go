@@ -175,6 +175,10 @@ func newLogger(verbose bool) *zap.Logger {
 // pipeline is what watch, record and agent share: the tracer, identity,
 // and the --namespace/--pod filter.
 type pipeline struct {
+	// loops are the every goroutines, ended by run and close.
+	loops     sync.WaitGroup
+	stopLoops []context.CancelFunc
+
 	t     *tracer.Tracer
 	res   *k8s.Resolver
 	node  string
@@ -182,9 +186,6 @@ type pipeline struct {
 	log   *zap.Logger
 	// lost is the loss counter as last reported (see reportLost).
 	lost uint64
-	// loops are the every goroutines, ended by run and close.
-	loops     sync.WaitGroup
-	stopLoops []context.CancelFunc
 }
 
 // newPipeline checks the flags, starts identity (never blocking on the API
