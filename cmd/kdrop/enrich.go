@@ -304,9 +304,10 @@ func (f *identityFlags) matcher(r *k8s.Resolver) (func(*record) bool, error) {
 // podSet is the set of pods a label selector matches, kept current by a
 // watch the API server filters, so only matching pods cross the wire. A
 // pod deleted while selected (or no longer matching) still matches for
-// window (--deleted-window), so events about its stale IP do; at most
-// podSetMaxDeleted such pods are kept, and past that the ones deleted
-// first are forgotten first.
+// window (--deleted-window, default 5 minutes), so events about its stale
+// IP do; at most podSetMaxDeleted (16,384) such pods are kept, and past
+// that the ones deleted first are forgotten first. The live pods are what
+// the selector matches in the API server now.
 type podSet struct {
 	mu      sync.RWMutex
 	live    map[string]bool      // "ns/name"
