@@ -25,7 +25,7 @@ type hub struct {
 	subs    map[*subscriber]struct{}
 	// maxStreams limits clients (kdrop agent --max-streams, default 32),
 	// each holding a subBuffer-line buffer: past it, a new stream is
-	// refused with 503 and Retry-After.
+	// refused with 503 and Retry-After. 0: no limit.
 	maxStreams int
 }
 
@@ -134,7 +134,7 @@ func (h *hub) serve(ctx context.Context, w http.ResponseWriter, r *http.Request)
 	}
 	s := &subscriber{filter: filter, match: match, ch: make(chan []byte, subBuffer)}
 	h.mu.Lock()
-	if len(h.subs) >= h.maxStreams {
+	if h.maxStreams > 0 && len(h.subs) >= h.maxStreams {
 		h.mu.Unlock()
 		w.Header().Set("Retry-After", strconv.Itoa(streamRetryWait))
 		http.Error(w, fmt.Sprintf("kdrop agent on node %s already serves %d /events streams, its limit: retry later, or raise the limit with kdrop agent --max-streams",
