@@ -52,9 +52,9 @@ check: deps build ## print what this kernel supports
 
 test: test-host test-kernels test-k8s test-cluster ## all tests: host kernel, VM kernels, Kubernetes API, a real cluster (what CI runs)
 
-test-host: deps ## tracer tests on this machine's kernel
+test-host: deps ## tracer tests on this machine's kernel, with the race detector
 	$(GO) vet ./...
-	$(GO) test -count=1 ./tracer/...
+	$(GO) test -race -count=1 ./tracer/...
 
 kernels: deps ## fetch and prepare the VM kernels (KERNELS="5.10 6.1 6.12 7")
 	tracer/vmtest/fetch-kernels.sh $(KDROP_CACHE) $(KERNELS)
@@ -98,9 +98,9 @@ test-cluster: deps kube-bins helm cluster-images ## kdrop deployed from deploy/ 
 helm: ## build a pinned helm from the Go module proxy into the cache (for the chart's tests)
 	deploy/helm/install-helm.sh $(KDROP_CACHE)/bin
 
-test-k8s: kube-bins helm ## identity, CLI, agent and deploy/ tests against a real kube-apiserver + etcd
+test-k8s: kube-bins helm ## identity, CLI, agent and deploy/ tests against a real kube-apiserver + etcd, with the race detector
 	KDROP_KUBE_BIN=$(KDROP_CACHE)/kube/bin KDROP_HELM=$(KDROP_CACHE)/bin/helm \
-		$(GO) test -count=1 -timeout 30m ./k8s/... ./cmd/... ./deploy/ ./deploy/cluster/...
+		$(GO) test -race -count=1 -timeout 30m ./k8s/... ./cmd/... ./deploy/ ./deploy/cluster/...
 
 # The tag deploy/ names, so `kubectl apply -k deploy/kustomize` runs this
 # build once the tarball is imported; the version label says which build.

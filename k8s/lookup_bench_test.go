@@ -226,7 +226,7 @@ func BenchmarkBuildSnapshot(b *testing.B) {
 
 func BenchmarkLookupNetns(b *testing.B) {
 	r, _ := benchResolver(b)
-	r.netns.rescan(true)
+	r.netns.scan()
 	m := r.netns.cur.Load()
 	b.Run("host", func(b *testing.B) {
 		b.ReportAllocs()
@@ -237,12 +237,12 @@ func BenchmarkLookupNetns(b *testing.B) {
 }
 
 // BenchmarkScanProc is one walk of the real /proc (what an unknown netns
-// costs, at most once a second).
+// costs the refresher, at most once a second).
 func BenchmarkScanProc(b *testing.B) {
 	b.ReportAllocs()
 	var m *netnsMap
 	for b.Loop() {
-		m = scanProc("/proc")
+		m = scanProc("/proc", netnsMaxEntries)
 	}
 	b.ReportMetric(float64(m.pids), "pids")
 }

@@ -2,6 +2,7 @@ package k8s
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -9,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"go.uber.org/zap"
 )
 
 // netns inode → pod.
@@ -20,82 +23,168 @@ import (
 // <pid>/cgroup), and the pod informer turns the UID into a pod. Reading
 // /proc of the host (hostPID) is needed for this to see pods' processes.
 //
-// The result is cached as an immutable map swapped atomically. An unknown
-// inode triggers a rescan, at most once per netnsRescanInterval; an inode
-// that a scan found but could not tie to a pod triggers one only when that
-// result is older than netnsNegativeTTL. Concurrent lookups never wait for a
-// scan: a lookup that finds one running answers from the cache.
+// Lookups never walk /proc: they run on the tracer's ring-buffer reader, and
+// a walk takes about 10 ms per 2,000 processes, long enough for a storm of
+// events from new namespaces to fill the ring. A refresher goroutine (run)
+// walks instead: at start; when the pod informer sees a pod of this node get
+// its IPs (its sandbox, so its netns, exists by then, so its first events
+// find it cached, and a reused inode's stale entry is replaced); and when a
+// lookup asks, for an inode the last walk did not see, or one it tied to no
+// pod more than netnsNegativeTTL (30 s) ago. Walks are at most one per
+// netnsRescanInterval (1 s). A lookup that asks does not wait: it answers
+// with what is known, and an inode no walk has looked for yet is Unresolved.
+//
+// Bounds. Each walk's result replaces the last whole (an immutable map
+// swapped atomically), so the cache holds only the namespaces that had a
+// process at the last walk, and at most netnsMaxEntries (16,384) of them:
+// past that, a walk leaves the rest out (their events are not tied to their
+// pod) and the log says so. Inodes that lookups asked for and a walk did not
+// find (a netns with no process, or gone) are remembered as absent: looked
+// for again after netnsNegativeTTL (30 s), still answered absent meanwhile,
+// and forgotten 60 s after the last walk that looked, if no lookup asks.
+// So such a netns costs a walk per 30 s, not one per second. At most netnsMaxAbsent (4,096) of them are remembered, and as many
+// asked-for inodes awaiting a walk: past that, further ones are not, and
+// their lookups keep asking (still at most a walk a second).
 
 const (
 	netnsRescanInterval = time.Second
 	netnsNegativeTTL    = 30 * time.Second
+	netnsMaxEntries     = 16384
+	netnsMaxAbsent      = 4096
 )
 
 type netnsMap struct {
-	host    uint32            // netns of pid 1 (else of pid 2, kthreadd), 0 if unreadable
-	pods    map[uint32]string // inode → pod UID ("" for a netns tied to no pod)
+	host    uint32               // netns of pid 1 (else of pid 2, kthreadd), 0 if unreadable
+	pods    map[uint32]string    // inode → pod UID ("" for a netns tied to no pod)
+	absent  map[uint32]time.Time // inodes asked for and in no process, since when
 	scanned time.Time
-	pids    int // processes examined
+	pids    int  // processes examined
+	full    bool // netnsMaxEntries reached: some namespaces were left out
 }
 
 type netnsCache struct {
 	procRoot string
+	log      *zap.Logger
 	cur      atomic.Pointer[netnsMap]
-	scanMu   sync.Mutex // held during a scan; lookups only TryLock it
-	lastScan atomic.Int64
 	interval time.Duration
+	kick     chan struct{} // one slot: a walk is asked for
+	scans    atomic.Uint64 // walks done
+	// maxEntries and maxAbsent are netnsMaxEntries and netnsMaxAbsent
+	// (tests lower them).
+	maxEntries, maxAbsent int
+
+	mu      sync.Mutex
+	pending map[uint32]struct{} // inodes asked for since the last walk
 }
 
-func newNetnsCache(procRoot string) *netnsCache {
-	c := &netnsCache{procRoot: procRoot, interval: netnsRescanInterval}
+func newNetnsCache(procRoot string, log *zap.Logger) *netnsCache {
+	c := &netnsCache{procRoot: procRoot, log: log, interval: netnsRescanInterval,
+		kick: make(chan struct{}, 1), pending: map[uint32]struct{}{},
+		maxEntries: netnsMaxEntries, maxAbsent: netnsMaxAbsent}
 	c.cur.Store(&netnsMap{})
 	return c
 }
 
 // lookup returns the pod UID for inode, whether the inode is the host's, and
-// whether it is known at all (a scan saw it).
+// whether it is known (a walk saw it, or looked for it and found no
+// process in it). It never walks /proc, and takes no lock on a hit.
 func (c *netnsCache) lookup(inode uint32) (uid string, host, known bool) {
 	m := c.cur.Load()
 	if m.host != 0 && inode == m.host {
 		return "", true, true
 	}
-	uid, known = m.pods[inode]
-	if known && (uid != "" || time.Since(m.scanned) < netnsNegativeTTL) {
+	if uid, known = m.pods[inode]; known {
+		if uid == "" && time.Since(m.scanned) >= netnsNegativeTTL {
+			c.refresh() // a pod's first process may have joined it since
+		}
 		return uid, false, true
 	}
-	if !c.rescan(false) {
-		return uid, false, known
+	if since, absent := m.absent[inode]; absent {
+		if time.Since(since) >= netnsNegativeTTL {
+			c.ask(inode) // to look again; absent meanwhile
+		}
+		return "", false, true
 	}
-	m = c.cur.Load()
-	if m.host != 0 && inode == m.host {
-		return "", true, true
-	}
-	uid, known = m.pods[inode]
-	return uid, false, known
+	c.ask(inode)
+	return "", false, false
 }
 
-// rescan walks procRoot unless one ran less than interval ago (force skips
-// that check) or one is running. It reports whether it scanned.
-func (c *netnsCache) rescan(force bool) bool {
-	if !force && time.Since(time.Unix(0, c.lastScan.Load())) < c.interval {
-		return false
+// ask asks for a walk that looks for inode, without waiting for it.
+func (c *netnsCache) ask(inode uint32) {
+	c.mu.Lock()
+	if len(c.pending) < c.maxAbsent {
+		c.pending[inode] = struct{}{}
 	}
-	if !c.scanMu.TryLock() {
-		return false
+	c.mu.Unlock()
+	c.refresh()
+}
+
+// refresh asks the refresher for a walk, without waiting for it.
+func (c *netnsCache) refresh() {
+	select {
+	case c.kick <- struct{}{}:
+	default: // one is asked for already
 	}
-	defer c.scanMu.Unlock()
-	if !force && time.Since(time.Unix(0, c.lastScan.Load())) < c.interval {
-		return false
+}
+
+// run is the refresher: a walk now, then one per request, at most one per
+// interval, until ctx is done.
+func (c *netnsCache) run(ctx context.Context) {
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		c.scan()
+		t.Reset(c.interval)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.kick:
+		}
 	}
-	m := scanProc(c.procRoot)
+}
+
+// scan walks procRoot and publishes the result, with the inodes asked for
+// that the walk did not find as absent from now, and those absent before
+// and not asked for again kept up to twice the TTL.
+func (c *netnsCache) scan() {
+	c.mu.Lock()
+	asked := c.pending
+	c.pending = map[uint32]struct{}{}
+	c.mu.Unlock()
+
+	old := c.cur.Load()
+	m := scanProc(c.procRoot, c.maxEntries)
+	m.absent = map[uint32]time.Time{}
+	missing := func(ino uint32) bool {
+		_, found := m.pods[ino]
+		return !found && ino != m.host && len(m.absent) < c.maxAbsent
+	}
+	for ino, since := range old.absent { // the older ones first: they are kept when full
+		if _, again := asked[ino]; !again && m.scanned.Sub(since) < 2*netnsNegativeTTL && missing(ino) {
+			m.absent[ino] = since
+		}
+	}
+	for ino := range asked {
+		if missing(ino) {
+			m.absent[ino] = m.scanned
+		}
+	}
+	if m.full && !old.full {
+		c.log.Warn("more network namespaces on this node than the netns cache holds: events in the others are not tied to their pod",
+			zap.Int("max", c.maxEntries))
+	}
 	c.cur.Store(m)
-	c.lastScan.Store(m.scanned.UnixNano())
-	return true
+	c.scans.Add(1)
 }
 
 // scanProc maps every netns that a process under root is in to the pod UID
-// found in that process's cgroup paths.
-func scanProc(root string) *netnsMap {
+// found in that process's cgroup paths, up to max namespaces.
+func scanProc(root string, max int) *netnsMap {
 	m := &netnsMap{pods: map[uint32]string{}}
 	m.host, _ = netnsInode(filepath.Join(root, "1", "ns", "net"))
 	if m.host == 0 {
@@ -125,10 +214,14 @@ func scanProc(root string) *netnsMap {
 			if !ok || ino == m.host {
 				continue
 			}
-			if uid := m.pods[ino]; uid != "" {
+			uid, seen := m.pods[ino]
+			if uid != "" {
 				continue // already tied to a pod
 			}
-			uid := ""
+			if !seen && len(m.pods) >= max {
+				m.full = true
+				continue
+			}
 			if f, err := os.Open(filepath.Join(root, name, "cgroup")); err == nil {
 				buf = buf[:0]
 				buf, _ = readAll(f, buf)

@@ -2,8 +2,10 @@ package k8s
 
 import (
 	"bufio"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -98,8 +100,9 @@ func TestNetnsToPod(t *testing.T) {
 	}
 
 	for _, b := range boxes {
-		// The first lookup of an unknown inode rescans /proc; rescans
-		// are at most one a second, hence the polling.
+		// The first lookup of an unknown inode asks for a walk of
+		// /proc in the background and answers Unresolved; hence the
+		// polling.
 		eventually(t, 10*time.Second, func() string {
 			ep := r.LookupNetns(b.inode)
 			if ep.Kind != KindPod || ep.Namespace != "netns" || ep.Name != b.pod || ep.UID != b.uid || ep.Unresolved {
@@ -111,7 +114,7 @@ func TestNetnsToPod(t *testing.T) {
 
 	// The host's netns (pid 1's, or kthreadd's when pid 1 is not readable)
 	// is the node.
-	m := scanProc("/proc")
+	m := scanProc("/proc", netnsMaxEntries)
 	if m.host == 0 {
 		t.Fatal("no host netns found in /proc")
 	}
@@ -119,15 +122,24 @@ func TestNetnsToPod(t *testing.T) {
 		t.Errorf("host netns %d: %s", m.host, describe(ep))
 	}
 
-	// A netns no pod's process is in: unknown, not a guess.
+	// A netns no pod's process is in: unknown, not a guess (once a walk
+	// has looked for it).
 	_, stray := startInNetns(t)
-	time.Sleep(1100 * time.Millisecond) // past the rescan interval
-	if ep := r.LookupNetns(stray); ep.Kind != "" || ep.Unresolved {
-		t.Errorf("stray netns %d: %s", stray, describe(ep))
-	}
+	eventually(t, 10*time.Second, func() string {
+		if ep := r.LookupNetns(stray); ep.Kind != "" || ep.Unresolved {
+			return fmt.Sprintf("stray netns %d: %s", stray, describe(ep))
+		}
+		return ""
+	})
 	if ep := r.LookupNetns(4294967295); ep.Kind != "" {
 		t.Errorf("nonexistent netns: %s", describe(ep))
 	}
+	eventually(t, 10*time.Second, func() string {
+		if ep := r.LookupNetns(4294967295); ep.Kind != "" || ep.Unresolved {
+			return "nonexistent netns: " + describe(ep)
+		}
+		return ""
+	})
 
 	// A deleted pod's netns (its processes still up, as during teardown)
 	// resolves to the pod, deleted.
@@ -141,6 +153,61 @@ func TestNetnsToPod(t *testing.T) {
 	})
 	st := r.Status()
 	t.Logf("netns cache: %d namespaces", st.NetnsCached)
+}
+
+// TestFirstNetnsLookupDoesNotWalk: with 2,000 more processes on the
+// machine, the first lookup of a new netns costs its caller (the tracer's
+// ring-buffer reader) no walk of /proc; the refresher names it soon after.
+func TestFirstNetnsLookupDoesNotWalk(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("needs root: creates network namespaces (sudo make test)")
+	}
+	spawnSleepers(t, 2000)
+	r := newTestResolver(t, buildInput{})
+	r.netns.scan()
+	start := time.Now()
+	m := scanProc("/proc", netnsMaxEntries)
+	walk := time.Since(start)
+
+	_, inode := startInNetns(t)
+	start = time.Now()
+	ep := r.LookupNetns(inode)
+	first := time.Since(start)
+	t.Logf("first lookup of a new netns: %v on the caller; a walk of %d processes: %v", first, m.pids, walk)
+	if !ep.Unresolved || ep.Kind != "" {
+		t.Errorf("first lookup, before any walk found it: %s, want unresolved", describe(ep))
+	}
+	if first > walk/10 {
+		t.Errorf("first lookup took %v, a walk %v: did it walk?", first, walk)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go r.netns.run(ctx)
+	eventually(t, 10*time.Second, func() string {
+		if ep := r.LookupNetns(inode); ep.Unresolved {
+			return "still unresolved: " + describe(ep)
+		}
+		return ""
+	})
+}
+
+// spawnSleepers starts n sleeping processes, killed on cleanup.
+func spawnSleepers(t *testing.T, n int) {
+	t.Helper()
+	cmds := make([]*exec.Cmd, 0, n)
+	t.Cleanup(func() {
+		for _, c := range cmds {
+			c.Process.Kill()
+			c.Wait()
+		}
+	})
+	for range n {
+		c := exec.Command("sleep", "600")
+		if err := c.Start(); err != nil {
+			t.Fatalf("starting sleeper %d of %d: %v", len(cmds)+1, n, err)
+		}
+		cmds = append(cmds, c)
+	}
 }
 
 // startInNetns starts `unshare --net sleep 60` and returns its pid and netns

@@ -94,8 +94,9 @@ type Endpoint struct {
 	// EndpointSlices list (0: kube-proxy rejects or drops its traffic).
 	ReadyEndpoints int
 	// Unresolved: identity is not (fully) available — the API server is
-	// unreachable, access is forbidden, or the informers have not synced.
-	// Whatever is known from before is still filled in.
+	// unreachable, access is forbidden, the informers have not synced, or
+	// (a netns) no walk of ProcRoot has looked for it yet. Whatever is
+	// known from before is still filled in.
 	Unresolved bool
 	// DeletedAgo > 0: the pod that had this IP was deleted this long
 	// before the event time. < 0: it was deleted that long after the event
@@ -206,7 +207,7 @@ func newResolver(cfg Config, log *zap.Logger) *Resolver {
 		cfg:                 cfg,
 		log:                 log,
 		tombs:               newTombstones(cfg.DeletedWindow),
-		netns:               newNetnsCache(cfg.ProcRoot),
+		netns:               newNetnsCache(cfg.ProcRoot, log),
 		window:              cfg.DeletedWindow,
 		dirty:               make(chan struct{}, 1),
 		debounce:            50 * time.Millisecond,
@@ -276,13 +277,18 @@ func (r *Resolver) setupInformers() {
 			return c.CoreV1().Pods("").Watch(ctx, o)
 		},
 		cache.ResourceEventHandlerFuncs{
-			AddFunc: func(any) { r.markDirty() },
+			AddFunc: func(obj any) {
+				r.markDirty()
+				p, _ := obj.(*podInfo)
+				r.sandboxUp(nil, p)
+			},
 			UpdateFunc: func(old, cur any) {
 				a, _ := old.(*podInfo)
 				b, _ := cur.(*podInfo)
 				if a == nil || b == nil || !samePod(a, b) {
 					r.markDirty()
 				}
+				r.sandboxUp(a, b)
 			},
 			DeleteFunc: r.podDeleted,
 		})
@@ -343,6 +349,16 @@ func (r *Resolver) addInformer(name string, required bool, example runtime.Objec
 	return inf
 }
 
+// sandboxUp asks for a walk of /proc when a pod of this node gets its IPs
+// (cur, previously old, nil if just added): its sandbox, so its netns,
+// exists by then, and its first events then find the netns cached.
+func (r *Resolver) sandboxUp(old, cur *podInfo) {
+	if cur != nil && cur.node == r.cfg.Node && !cur.hostNetwork && len(cur.ips) > 0 &&
+		(old == nil || !equalAddrs(old.ips, cur.ips)) {
+		r.netns.refresh()
+	}
+}
+
 // samePod reports whether an update changed nothing identity depends on.
 func samePod(a, b *podInfo) bool {
 	return a.Name == b.Name && a.Namespace == b.Namespace && a.UID == b.UID &&
@@ -390,6 +406,7 @@ func (r *Resolver) Start(ctx context.Context) {
 		}
 		go r.builderLoop(ctx)
 		go r.janitor(ctx)
+		go r.netns.run(ctx)
 		go r.waitSync(ctx)
 	})
 }
@@ -662,17 +679,19 @@ func ago(at, deleted time.Time) time.Duration {
 
 // LookupNetns resolves a network namespace inode on this node: the host's
 // netns is the node (Kind "node"), a pod sandbox's netns is the pod; a netns
-// of a pod deleted within DeletedWindow is that pod with DeletedAgo. An
-// inode not seen before triggers a rescan of ProcRoot, at most one a second:
-// the lookup that triggers it waits for the walk (about 3 ms for 100
-// processes, BenchmarkScanProc); concurrent lookups do not, and answer from
-// the cache. A hit takes no lock and does not allocate.
+// of a pod deleted within DeletedWindow is that pod with DeletedAgo. It
+// never walks ProcRoot itself (see netns.go): an inode not seen before asks
+// for a walk in the background, at most one a second, and is Unresolved
+// until one has run (about 10 ms for 2,000 processes, BenchmarkScanProc). A
+// hit takes no lock and does not allocate.
 func (r *Resolver) LookupNetns(inode uint32) Endpoint {
 	uid, host, known := r.netns.lookup(inode)
 	switch {
 	case host:
 		return Endpoint{Kind: KindNode, Name: r.cfg.Node, Node: r.cfg.Node}
-	case !known || uid == "":
+	case !known:
+		return Endpoint{Unresolved: true} // not walked for yet
+	case uid == "":
 		return Endpoint{Unresolved: !r.ready.Load()}
 	}
 	s := r.snap.Load()

@@ -1,6 +1,7 @@
 package k8s
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -618,15 +619,22 @@ func TestScanProcLayout(t *testing.T) {
 	mk("80", "net:[300]", "0::/user.slice\n")
 	mk("90", "", "")
 	mk("self", "net:[999]", "")
-	m := scanProc(root)
+	m := scanProc(root, netnsMaxEntries)
 	if m.host != 100 || m.pods[200] != uid || m.pods[300] != "" || len(m.pods) != 2 || m.pids != 6 {
 		t.Errorf("scanProc = host %d, pods %v, pids %d", m.host, m.pods, m.pids)
 	}
 	// pid 1 unreadable: kthreadd's netns.
 	os.Remove(filepath.Join(root, "1", "ns", "net"))
 	mk("2", "net:[100]", "")
-	if m := scanProc(root); m.host != 100 {
+	if m := scanProc(root, netnsMaxEntries); m.host != 100 {
 		t.Errorf("host from pid 2 = %d", m.host)
+	}
+	// At most max namespaces: the rest are left out, and that is told.
+	if m := scanProc(root, 1); len(m.pods) != 1 || !m.full {
+		t.Errorf("scanProc(max 1) = pods %v, full %v", m.pods, m.full)
+	}
+	if m := scanProc(root, 2); len(m.pods) != 2 || m.full {
+		t.Errorf("scanProc(max 2) = pods %v, full %v", m.pods, m.full)
 	}
 }
 
@@ -647,7 +655,10 @@ func TestSamePod(t *testing.T) {
 	}
 }
 
-func TestNetnsCacheRescan(t *testing.T) {
+// TestNetnsCacheRefresh: a lookup never walks; it asks the refresher,
+// which walks at most once per interval; hits do not ask; inodes a walk
+// looked for and did not find are remembered, within bounds, for the TTL.
+func TestNetnsCacheRefresh(t *testing.T) {
 	root := t.TempDir()
 	const uid = "3f6b1c2a-7d0e-4b8f-9a21-5c6d7e8f9a0b"
 	mk := func(pid, netns, cgroup string) {
@@ -662,30 +673,108 @@ func TestNetnsCacheRescan(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	asked := func(c *netnsCache) bool {
+		select {
+		case <-c.kick:
+			return true
+		default:
+			return false
+		}
+	}
 	mk("1", "net:[100]", "0::/init.scope\n")
-	c := newNetnsCache(root)
-	c.interval = 200 * time.Millisecond
+	c := newNetnsCache(root, zap.NewNop())
+
+	// No refresher running: lookups answer from the cache, never walk.
+	if _, host, known := c.lookup(100); host || known || c.scans.Load() != 0 || !asked(c) {
+		t.Fatalf("lookup before any walk: host %v, known %v, %d walks", host, known, c.scans.Load())
+	}
+	c.scan()
 	if _, host, known := c.lookup(100); !host || !known {
-		t.Fatal("host netns not found by the first scan")
+		t.Fatal("host netns not found by the first walk")
 	}
-	// A new pod appears: the next lookup of its netns is within the
-	// interval, so it is not found yet...
+	// A new pod appears: its first lookup asks, and answers unknown...
 	mk("42", "net:[200]", "0::/kubepods/besteffort/pod"+uid+"/c\n")
-	if _, _, known := c.lookup(200); known {
-		t.Fatal("rescanned within the interval")
+	if _, _, known := c.lookup(200); known || !asked(c) || c.scans.Load() != 1 {
+		t.Fatalf("first lookup of a new netns: known %v, %d walks", known, c.scans.Load())
 	}
-	// ...and is after it.
-	time.Sleep(250 * time.Millisecond)
+	// ...and the walk it asked for finds it.
+	c.scan()
 	if got, _, known := c.lookup(200); !known || got != uid {
-		t.Fatalf("after the interval: %q, %v", got, known)
+		t.Fatalf("after a walk: %q, %v", got, known)
 	}
-	// Hits do not rescan.
-	last := c.lastScan.Load()
+	// Hits do not ask.
 	for range 10 {
 		c.lookup(200)
+		c.lookup(100)
 	}
-	if c.lastScan.Load() != last {
-		t.Error("a hit rescanned")
+	if asked(c) {
+		t.Error("a hit asked for a walk")
+	}
+	// An inode no process is in: asked once, then known absent, without
+	// asking again until the TTL is past.
+	c.lookup(300)
+	c.scan()
+	asked(c)
+	if got, host, known := c.lookup(300); got != "" || host || !known || asked(c) {
+		t.Errorf("absent netns: %q, host %v, known %v", got, host, known)
+	}
+	// Past the TTL: still absent, but looked for again...
+	m := *c.cur.Load()
+	m.absent = map[uint32]time.Time{300: m.scanned.Add(-netnsNegativeTTL)}
+	c.cur.Store(&m)
+	if _, _, known := c.lookup(300); !known || !asked(c) {
+		t.Error("absent netns past the TTL: not known, or not looked for again")
+	}
+	c.scan()
+	if since, ok := c.cur.Load().absent[300]; !ok || time.Since(since) > time.Second {
+		t.Errorf("absent netns looked for again: since %v, %v", since, ok)
+	}
+	// ...and forgotten when no lookup asks for twice the TTL.
+	m = *c.cur.Load()
+	m.absent = map[uint32]time.Time{300: m.scanned.Add(-2 * netnsNegativeTTL)}
+	c.cur.Store(&m)
+	c.scan()
+	if _, _, known := c.lookup(300); known || !asked(c) {
+		t.Error("absent netns still remembered, unasked, past twice the TTL")
+	}
+	// Bounded: at most maxAbsent inodes asked for and remembered absent.
+	c.maxAbsent = 2
+	for ino := uint32(301); ino <= 305; ino++ {
+		c.lookup(ino)
+	}
+	if n := len(c.pending); n != 2 {
+		t.Errorf("%d inodes pending, want at most 2", n)
+	}
+	c.scan()
+	if n := len(c.cur.Load().absent); n != 2 {
+		t.Errorf("%d inodes remembered absent, want at most 2", n)
+	}
+
+	// The refresher walks at start, then only when asked, at most once
+	// per interval however often it is asked.
+	c = newNetnsCache(root, zap.NewNop())
+	c.interval = 200 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { c.run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	eventually(t, 5*time.Second, func() string {
+		if c.scans.Load() == 0 {
+			return "no walk at start"
+		}
+		return ""
+	})
+	time.Sleep(500 * time.Millisecond)
+	if n := c.scans.Load(); n != 1 {
+		t.Errorf("%d walks unasked, want 1 (at start)", n)
+	}
+	start, before := time.Now(), c.scans.Load()
+	for ino := uint32(1000); time.Since(start) < time.Second; ino++ {
+		c.lookup(ino)
+		time.Sleep(time.Millisecond)
+	}
+	if n := c.scans.Load() - before; n < 2 || n > 6 {
+		t.Errorf("%d walks in 1s of asking, with an interval of 200ms", n)
 	}
 }
 
@@ -707,7 +796,7 @@ func TestLookupAllocs(t *testing.T) {
 			t.Errorf("LookupIP(%s, %d): %v allocs", c.ip, c.port, n)
 		}
 	}
-	r.netns.rescan(true)
+	r.netns.scan()
 	host := r.netns.cur.Load().host
 	if n := testing.AllocsPerRun(1000, func() { r.LookupNetns(host) }); n != 0 {
 		t.Errorf("LookupNetns(host): %v allocs", n)

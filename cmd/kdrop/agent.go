@@ -27,8 +27,9 @@ import (
 )
 
 type agentFlags struct {
-	listen    string
-	logFormat string
+	listen     string
+	logFormat  string
+	maxStreams int
 }
 
 func agentCmd() *cobra.Command {
@@ -53,6 +54,8 @@ and serves on --listen:
             caller must be allowed "get" on "events" in API group kdrop.dev
             in the agent's namespace ($POD_NAMESPACE), a SubjectAccessReview:
             a RoleBinding there or a ClusterRoleBinding to kdrop-viewer.
+            At most --max-streams streams at once; more get 503 and
+            Retry-After.
 
 Every event also goes to stdout as a JSON line, so "kubectl logs" works
 with no client at all.`,
@@ -62,6 +65,7 @@ with no client at all.`,
 	fl := cmd.Flags()
 	fl.StringVar(&a.listen, "listen", ":9965", "address for /metrics, /healthz, /readyz and /events")
 	fl.StringVar(&a.logFormat, "log-format", "json", "log format on stderr: json or console")
+	fl.IntVar(&a.maxStreams, "max-streams", 32, fmt.Sprintf("most /events streams served at once (each buffers up to %d lines); more are refused with 503 and Retry-After", subBuffer))
 	f.register(fl)
 	fl.Lookup("identity").DefValue = "on"
 	f.id.mode = "on"
@@ -103,6 +107,9 @@ func (f *identityFlags) restConfig() (*rest.Config, error) {
 }
 
 func runAgent(parent context.Context, f watchFlags, a agentFlags) error {
+	if a.maxStreams < 1 {
+		return fmt.Errorf("--max-streams %d: must be at least 1 (the limit of /events streams served at once)", a.maxStreams)
+	}
 	log, err := agentLogger(a.logFormat, f.verbose)
 	if err != nil {
 		return err
@@ -132,7 +139,7 @@ func runAgent(parent context.Context, f watchFlags, a agentFlags) error {
 	defer p.close()
 
 	reg := prometheus.NewRegistry()
-	hub := newHub(p)
+	hub := newHub(p, a.maxStreams)
 	m := newAgentMetrics(reg, p, hub)
 	auth := newAuthorizer(cs, ownNamespace(), log)
 	var isReady atomic.Bool
@@ -223,6 +230,7 @@ func listenRetry(ctx context.Context, addr string, wait time.Duration, log *zap.
 // agentMetrics: label sets stay bounded — event type, reason, namespace,
 // workload; never addresses, ports or pod names.
 type agentMetrics struct {
+	counts *eventCounter // adds to events, at most maxEventSeries label sets
 	events *prometheus.CounterVec
 	loss   *lossMetrics
 }
@@ -264,10 +272,11 @@ func newAgentMetrics(reg *prometheus.Registry, p *pipeline, h *hub) *agentMetric
 	m := &agentMetrics{
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kdrop_events_total",
-			Help: "Occurrences of kernel drops, listen queue overflows and ICMP errors sent, by type, reason (drop reason, ICMP error or queue), and the namespace and workload of the pod concerned.",
+			Help: fmt.Sprintf("Occurrences of kernel drops, listen queue overflows and ICMP errors sent, by type, reason (drop reason, ICMP error or queue), and the namespace and workload of the pod concerned. At most %d label sets: past that, the one updated least recently is dropped.", maxEventSeries),
 		}, []string{"type", "reason", "namespace", "workload"}),
 		loss: newLossMetrics(reg),
 	}
+	m.counts = newEventCounter(m.events, maxEventSeries)
 	hooks := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "kdrop_hook_attached",
 		Help: "1 for each hook attached, with its attach mode; 0 with mode \"none\" for a hook this kernel refused.",
@@ -309,5 +318,5 @@ func (m *agentMetrics) observe(rec *record) {
 			wl = who.WorkloadKind + "/" + who.WorkloadName
 		}
 	}
-	m.events.WithLabelValues(rec.Type.String(), rec.What(), ns, wl).Add(float64(rec.Count))
+	m.counts.add(eventLabels{rec.Type.String(), rec.What(), ns, wl}, float64(rec.Count))
 }

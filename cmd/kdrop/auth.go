@@ -106,16 +106,28 @@ func (a *authorizer) decide(ctx context.Context, token string) authDecision {
 	d = a.review(ctx, token)
 	d.at = time.Now()
 	if d.status != http.StatusServiceUnavailable {
-		a.mu.Lock()
-		for k, v := range a.cache { // keep the cache small
-			if time.Since(v.at) >= authTTL {
-				delete(a.cache, k)
-			}
-		}
-		a.cache[key] = d
-		a.mu.Unlock()
+		a.remember(key, d)
 	}
 	return d
+}
+
+// authCacheMax bounds the decisions cached.
+const authCacheMax = 1024
+
+// remember caches d under key, after dropping expired decisions. At most
+// authCacheMax are kept: past that, a new one is not cached, so a flood of
+// distinct tokens costs reviews, not memory.
+func (a *authorizer) remember(key [32]byte, d authDecision) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for k, v := range a.cache {
+		if time.Since(v.at) >= authTTL {
+			delete(a.cache, k)
+		}
+	}
+	if len(a.cache) < authCacheMax {
+		a.cache[key] = d
+	}
 }
 
 func (a *authorizer) review(ctx context.Context, token string) authDecision {

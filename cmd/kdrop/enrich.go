@@ -43,7 +43,7 @@ func (f *identityFlags) register(fl *pflag.FlagSet) {
 	fl.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file (default $KUBECONFIG, else ~/.kube/config, else in-cluster)")
 	fl.StringVar(&f.context, "context", "", "kubeconfig context (default: its current context)")
 	fl.StringVar(&f.node, "node", "", "this node's name (default $NODE_NAME, else the hostname)")
-	fl.DurationVar(&f.deletedWindow, "deleted-window", 5*time.Minute, "how long a deleted pod's IP still resolves to it")
+	fl.DurationVar(&f.deletedWindow, "deleted-window", 5*time.Minute, "how long a deleted pod's IP still resolves to it (and it still matches --selector)")
 	fl.StringVarP(&f.namespace, "namespace", "n", "", "only events with a pod of this namespace at either end (or where the kernel acted)")
 	fl.StringVar(&f.pod, "pod", "", "only events with this pod (name, or namespace/name) at either end")
 	fl.StringVarP(&f.selector, "selector", "l", "", "only events with a pod matching this label selector at either end (e.g. app=api)")
@@ -303,17 +303,65 @@ func (f *identityFlags) matcher(r *k8s.Resolver) (func(*record) bool, error) {
 
 // podSet is the set of pods a label selector matches, kept current by a
 // watch the API server filters, so only matching pods cross the wire. A
-// pod deleted while selected stays in the set, so events about its stale
-// IP still match.
+// pod deleted while selected (or no longer matching) still matches for
+// window (--deleted-window, default 5 minutes), so events about its stale
+// IP do; at most podSetMaxDeleted (16,384) such pods are kept, and past
+// that the ones deleted first are forgotten first. The live pods are what
+// the selector matches in the API server now.
 type podSet struct {
-	mu   sync.RWMutex
-	pods map[string]bool // "ns/name"
+	mu      sync.RWMutex
+	live    map[string]bool      // "ns/name"
+	deleted map[string]time.Time // "ns/name" → when it left the set
+	order   []deletedPod         // deletions, oldest first (some since superseded)
+	window  time.Duration
+	max     int
+}
+
+type deletedPod struct {
+	key string
+	at  time.Time
+}
+
+const podSetMaxDeleted = 16384
+
+func newPodSet(window time.Duration, max int) *podSet {
+	return &podSet{live: map[string]bool{}, deleted: map[string]time.Time{}, window: window, max: max}
 }
 
 func (s *podSet) has(ns, name string) bool {
+	k := ns + "/" + name
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return s.pods[ns+"/"+name]
+	if s.live[k] {
+		return true
+	}
+	at, ok := s.deleted[k]
+	return ok && time.Since(at) <= s.window
+}
+
+func (s *podSet) add(key string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.live[key] = true
+	delete(s.deleted, key)
+}
+
+// remove moves key to the deleted pods, and forgets those deleted more than
+// window before now, and the oldest past max.
+func (s *podSet) remove(key string, now time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.live, key)
+	s.deleted[key] = now
+	s.order = append(s.order, deletedPod{key, now})
+	n := 0
+	for n < len(s.order) && (now.Sub(s.order[n].at) > s.window || len(s.order)-n > s.max) {
+		if d := s.order[n]; s.deleted[d.key].Equal(d.at) {
+			delete(s.deleted, d.key)
+		}
+		n++
+	}
+	s.order = s.order[n:] // the next append that grows it leaves the old array
 }
 
 func (f *identityFlags) selectPods(ns string) (*podSet, error) {
@@ -331,7 +379,11 @@ func (f *identityFlags) selectPods(ns string) (*podSet, error) {
 	if err != nil {
 		return nil, err
 	}
-	set := &podSet{pods: map[string]bool{}}
+	window := f.deletedWindow
+	if window <= 0 {
+		window = 5 * time.Minute // as k8s.Config's default
+	}
+	set := newPodSet(window, podSetMaxDeleted)
 	inf := informers.NewSharedInformerFactoryWithOptions(cs, 0, informers.WithNamespace(ns),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = sel.String() })).Core().V1().Pods().Informer()
 	inf.SetTransform(func(obj any) (any, error) { // keep names only
@@ -342,12 +394,18 @@ func (f *identityFlags) selectPods(ns string) (*podSet, error) {
 	})
 	add := func(obj any) {
 		if p, ok := obj.(*corev1.Pod); ok {
-			set.mu.Lock()
-			set.pods[p.Namespace+"/"+p.Name] = true
-			set.mu.Unlock()
+			set.add(p.Namespace + "/" + p.Name)
 		}
 	}
-	inf.AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: add, UpdateFunc: func(_, o any) { add(o) }})
+	remove := func(obj any) {
+		switch p := obj.(type) {
+		case *corev1.Pod:
+			set.remove(p.Namespace+"/"+p.Name, time.Now())
+		case cache.DeletedFinalStateUnknown: // its key is "ns/name"
+			set.remove(p.Key, time.Now())
+		}
+	}
+	inf.AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: add, UpdateFunc: func(_, o any) { add(o) }, DeleteFunc: remove})
 	go inf.Run(context.Background().Done()) // for the life of the process
 	// A short wait for the first list, so the first events are filtered
 	// right; never longer, the tracer must not wait on the API server.

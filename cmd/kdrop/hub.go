@@ -24,7 +24,16 @@ type hub struct {
 	reasons *tracer.Reasons
 	mu      sync.RWMutex
 	subs    map[*subscriber]struct{}
+	// maxStreams limits clients (kdrop agent --max-streams, default 32),
+	// each holding a subBuffer-line buffer: past it, a new stream is
+	// refused with 503 and Retry-After. 0: no limit.
+	maxStreams int
 }
+
+const (
+	subBuffer       = 4096 // lines queued per client
+	streamRetryWait = 5    // seconds a refused client is asked to wait (Retry-After)
+)
 
 type subscriber struct {
 	filter tracer.Filter
@@ -35,8 +44,8 @@ type subscriber struct {
 	unsent atomic.Uint64 // occurrences in lines this client had no room for (counts short)
 }
 
-func newHub(p *pipeline) *hub {
-	return &hub{node: p.node, res: p.res, reasons: p.t.Reasons, subs: map[*subscriber]struct{}{}}
+func newHub(p *pipeline, maxStreams int) *hub {
+	return &hub{node: p.node, res: p.res, reasons: p.t.Reasons, maxStreams: maxStreams, subs: map[*subscriber]struct{}{}}
 }
 
 // publish offers one event (its JSON line, reused by the caller) to every
@@ -147,8 +156,15 @@ func (h *hub) serve(ctx context.Context, w http.ResponseWriter, r *http.Request)
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	s := &subscriber{filter: filter, match: match, ch: make(chan []byte, 4096)}
+	s := &subscriber{filter: filter, match: match, ch: make(chan []byte, subBuffer)}
 	h.mu.Lock()
+	if h.maxStreams > 0 && len(h.subs) >= h.maxStreams {
+		h.mu.Unlock()
+		w.Header().Set("Retry-After", strconv.Itoa(streamRetryWait))
+		http.Error(w, fmt.Sprintf("kdrop agent on node %s already serves %d /events streams, its limit: retry later, or raise the limit with kdrop agent --max-streams",
+			h.node, h.maxStreams), http.StatusServiceUnavailable)
+		return
+	}
 	h.subs[s] = struct{}{}
 	h.mu.Unlock()
 	defer func() {

@@ -23,11 +23,24 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	kdropBin = filepath.Join(dir, "kdrop")
-	if out, err := exec.Command("go", "build", "-o", kdropBin, ".").CombinedOutput(); err != nil {
+	build := []string{"build", "-o", kdropBin, "."}
+	if raceEnabled {
+		// The kdrop processes the tests start write race reports to
+		// files (this process has read GORACE already), checked below.
+		build = []string{"build", "-race", "-o", kdropBin, "."}
+		os.Setenv("GORACE", "log_path="+filepath.Join(dir, "race"))
+	}
+	if out, err := exec.Command("go", build...).CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "building kdrop: %v\n%s", err, out)
 		os.Exit(1)
 	}
 	code := m.Run()
+	reports, _ := filepath.Glob(filepath.Join(dir, "race.*"))
+	for _, r := range reports {
+		b, _ := os.ReadFile(r)
+		fmt.Fprintf(os.Stderr, "data race in a kdrop process the tests ran (%s):\n%s\n", r, b)
+		code = 1
+	}
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

@@ -299,9 +299,12 @@ func recordTail(parent context.Context, f watchFlags, agents streamFlags, out st
 	for node, since := range t.openGaps() {
 		r.line(noticeJSON(now, node, "no agent stream from node "+node+" since "+since.Format(time.RFC3339)+" until the recording ended", since, now))
 	}
-	if readyErr != nil {
+	t.mu.Lock() // onConnect sets readyErr under it, and streams may still connect
+	err = readyErr
+	t.mu.Unlock()
+	if err != nil {
 		r.discard()
-		return readyErr
+		return err
 	}
 	return r.finish(log)
 }

@@ -5,8 +5,10 @@ import (
 	"container/heap"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"net/url"
 	"os"
 	"os/signal"
@@ -19,6 +21,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -219,6 +222,7 @@ func newTailer(f watchFlags, agents streamFlags) (*tailer, error) {
 		return nil, err
 	}
 	return &tailer{agents: agents, cs: cs, cfg: cfg, token: token, query: q, lines: make(chan tailLine, 4096),
+		maxHeld: tailMaxHeld, stderr: os.Stderr,
 		streams: map[string]context.CancelFunc{}, down: map[string]time.Time{}}, nil
 }
 
@@ -230,7 +234,11 @@ type tailer struct {
 	query  url.Values
 	lines  chan tailLine
 	seq    uint64
-	mu     sync.Mutex
+	// maxHeld bounds the lines merge holds (tailMaxHeld); stderr is where
+	// it says when that bound is hit.
+	maxHeld int
+	stderr  io.Writer
+	mu      sync.Mutex
 	// streams by agent pod name; a pod that goes away has its stream ended
 	streams map[string]context.CancelFunc
 	// down: nodes whose stream was lost, since when. Kept by node, not by
@@ -260,15 +268,20 @@ func noticeJSON(at time.Time, node, msg string, gap ...time.Time) []byte {
 
 // lost marks node's stream as lost (once per outage) and says so.
 func (t *tailer) lost(node, msg string) {
-	t.mu.Lock()
-	_, already := t.down[node]
-	if !already {
-		t.down[node] = time.Now().UTC()
-	}
-	t.mu.Unlock()
-	if !already {
+	if t.markDown(node) {
 		t.notice(node, msg)
 	}
+}
+
+// markDown marks node's stream as lost, and reports whether it was up.
+func (t *tailer) markDown(node string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if _, already := t.down[node]; already {
+		return false
+	}
+	t.down[node] = time.Now().UTC()
+	return true
 }
 
 // connected closes node's gap, if it had one, and says what was missed.
@@ -351,10 +364,12 @@ func (t *tailer) discover(ctx context.Context) {
 // stream follows one agent through the pod proxy, reconnecting.
 func (t *tailer) stream(ctx context.Context, pod, node string) {
 	backoff := 500 * time.Millisecond
+	refused := "" // the agent's refusal last shown, not repeated at each retry
 	for ctx.Err() == nil {
 		req := t.cs.CoreV1().RESTClient().Get().Namespace(t.agents.namespace).Resource("pods").
 			Name(fmt.Sprintf("%s:%d", pod, t.agents.port)).SubResource("proxy").Suffix("events").
-			SetHeader(tokenHeader, "Bearer "+t.token)
+			SetHeader(tokenHeader, "Bearer "+t.token).
+			MaxRetries(0) // a refusal's Retry-After is waited for here, where it is shown
 		for k, v := range t.query {
 			req = req.Param(k, v[0])
 		}
@@ -364,18 +379,47 @@ func (t *tailer) stream(ctx context.Context, pod, node string) {
 			err = t.read(body)
 			body.Close()
 			backoff = 500 * time.Millisecond
+			refused = ""
 		}
 		if ctx.Err() != nil {
 			return
 		}
-		t.lost(node, fmt.Sprintf("stream from agent %s on node %s lost (%v); reconnecting", pod, node, errOrEOF(err)))
+		wait := backoff
+		if s, ok := apierrors.SuggestsClientDelay(err); ok { // Retry-After
+			wait = max(wait, time.Duration(s)*time.Second)
+		}
+		if why := refusal(err); why != "" {
+			if t.markDown(node) || why != refused {
+				t.notice(node, fmt.Sprintf("agent %s on node %s refused the stream: %s (retrying in %v)", pod, node, why, wait))
+			}
+			refused = why
+		} else {
+			t.lost(node, fmt.Sprintf("stream from agent %s on node %s lost (%v); reconnecting", pod, node, errOrEOF(err)))
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(backoff):
+		case <-time.After(wait):
 		}
 		backoff = min(2*backoff, 10*time.Second)
 	}
+}
+
+// refusal is an agent's own words when it refuses a stream for now (503,
+// e.g. too many streams: what limit, which flag raises it), as it sent
+// them; "" for other errors.
+func refusal(err error) string {
+	var se *apierrors.StatusError
+	if !errors.As(err, &se) || se.ErrStatus.Code != http.StatusServiceUnavailable || se.ErrStatus.Details == nil {
+		return ""
+	}
+	for _, c := range se.ErrStatus.Details.Causes {
+		// where client-go puts a body that is not a Status
+		if c.Type == metav1.CauseTypeUnexpectedServerResponse && c.Message != "" && c.Message != "unknown" {
+			return c.Message
+		}
+	}
+	return ""
 }
 
 func errOrEOF(err error) error {
@@ -406,26 +450,41 @@ func (t *tailer) read(body io.Reader) error {
 	return sc.Err()
 }
 
+// tailMaxHeld bounds the lines merge holds: past it, the oldest are let go
+// before their merge delay is up, and the order may then be approximate.
+const tailMaxHeld = 50000
+
 // merge holds lines for the merge delay, so the nodes' streams come out in
-// time order, and passes them to emit.
+// time order, and passes them to emit. It holds at most maxHeld lines: past
+// that, it lets the oldest go early (down to 7/8 of it, in one batch) and
+// says once on stderr that the order may be approximate.
 func (t *tailer) merge(ctx context.Context, emit func([]tailLine)) {
 	var h lineHeap
 	var batch []tailLine
+	warned := false
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
-	push := func(l tailLine) {
-		t.seq++
-		l.seq = t.seq
-		heap.Push(&h, l)
-	}
-	flush := func(all bool) {
-		cut := time.Now().Add(-t.agents.delay)
+	// release passes on, oldest first, the lines older than cut and any
+	// beyond the keep oldest-last.
+	release := func(cut time.Time, keep int) {
 		batch = batch[:0]
-		for h.Len() > 0 && (all || h[0].at.Before(cut)) {
+		for h.Len() > 0 && (h[0].at.Before(cut) || h.Len() > keep) {
 			batch = append(batch, heap.Pop(&h).(tailLine))
 		}
 		if len(batch) > 0 {
 			emit(batch)
+		}
+	}
+	push := func(l tailLine) {
+		t.seq++
+		l.seq = t.seq
+		heap.Push(&h, l)
+		if h.Len() > t.maxHeld {
+			if !warned {
+				fmt.Fprintf(t.stderr, "kdrop: more than %d lines held for --merge-delay %v: letting the oldest go early, so lines may be out of time order from now on\n", t.maxHeld, t.agents.delay)
+				warned = true
+			}
+			release(time.Time{}, t.maxHeld*7/8)
 		}
 	}
 	for {
@@ -434,12 +493,12 @@ func (t *tailer) merge(ctx context.Context, emit func([]tailLine)) {
 			for len(t.lines) > 0 {
 				push(<-t.lines)
 			}
-			flush(true)
+			release(time.Time{}, 0)
 			return
 		case l := <-t.lines:
 			push(l)
 		case <-tick.C:
-			flush(false)
+			release(time.Now().Add(-t.agents.delay), t.maxHeld)
 		}
 	}
 }

@@ -36,10 +36,10 @@ type agentProc struct {
 	done chan error
 }
 
-func startAgent(t *testing.T, kubeconfig, node, addr, netns string) *agentProc {
+func startAgent(t *testing.T, kubeconfig, node, addr, netns string, extra ...string) *agentProc {
 	t.Helper()
-	cmd := exec.Command(kdropBin, "agent", "--kubeconfig", kubeconfig, "--node", node, "--listen", addr,
-		"--netns", "/run/netns/"+netns, "--type", "drop", "--log-format", "console")
+	cmd := exec.Command(kdropBin, append([]string{"agent", "--kubeconfig", kubeconfig, "--node", node, "--listen", addr,
+		"--netns", "/run/netns/" + netns, "--type", "drop", "--log-format", "console"}, extra...)...)
 	var stderr syncBuffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {

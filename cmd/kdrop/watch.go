@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -174,6 +175,10 @@ func newLogger(verbose bool) *zap.Logger {
 // pipeline is what watch, record and agent share: the tracer, identity,
 // and the --namespace/--pod filter.
 type pipeline struct {
+	// loops are the every goroutines, ended by run and close.
+	loops     sync.WaitGroup
+	stopLoops []context.CancelFunc
+
 	t     *tracer.Tracer
 	res   *k8s.Resolver
 	node  string
@@ -233,15 +238,18 @@ func (p *pipeline) ready(ctx context.Context, readyFile string) error {
 	return nil
 }
 
-// run passes every enriched, matching event to sink until ctx is done.
+// run passes every enriched, matching event to sink until ctx is done;
+// then it ends the every loops, so that what follows has the sink to itself.
 func (p *pipeline) run(ctx context.Context, sink func(*record)) error {
 	var rec record
-	return p.t.Run(ctx, func(e *tracer.Event) {
+	err := p.t.Run(ctx, func(e *tracer.Event) {
 		enrich(p.res, p.node, e, &rec)
 		if p.match(&rec) {
 			sink(&rec)
 		}
 	})
+	p.endLoops()
+	return err
 }
 
 // newLoss returns how much the tracer's loss counters grew since the last
@@ -295,12 +303,19 @@ func warnLoss(log *zap.Logger, st tracer.Stats, total bool) {
 	}
 }
 
-func (p *pipeline) close() { p.t.Close() }
+func (p *pipeline) close() {
+	p.endLoops() // they read the tracer's maps, which Close frees
+	p.t.Close()
+}
 
-// every calls fn every d until ctx is done, holding back the emit path
-// meanwhile, so fn may flush a sink that path writes to.
+// every calls fn every d until ctx is done or run returns, holding back the
+// emit path meanwhile, so fn may flush a sink that path writes to.
 func (p *pipeline) every(ctx context.Context, d time.Duration, fn func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	p.stopLoops = append(p.stopLoops, cancel)
+	p.loops.Add(1)
 	go func() {
+		defer p.loops.Done()
 		tick := time.NewTicker(d)
 		defer tick.Stop()
 		for {
@@ -314,6 +329,14 @@ func (p *pipeline) every(ctx context.Context, d time.Duration, fn func()) {
 			p.t.Unlock()
 		}
 	}()
+}
+
+// endLoops ends the every loops and waits for them.
+func (p *pipeline) endLoops() {
+	for _, cancel := range p.stopLoops {
+		cancel()
+	}
+	p.loops.Wait()
 }
 
 // withDuration ends ctx after d (--duration; 0: never), and its cancel ends
