@@ -9,7 +9,7 @@ KDROP_CACHE  ?= $(CURDIR)/.cache
 KERNELS      ?= 5.10 6.1 6.12 7
 # Attach modes forced in one extra VM run, so kprobe and raw_tp are proven
 # on a kernel where fentry and tp_btf would win.
-FALLBACK_KERNEL ?= 6.1
+FALLBACK_KERNEL ?= 5.10
 FALLBACK_ATTACH ?= kprobe,raw_tp,sock_diag
 CLANG        := clang-16
 GO           ?= go
