@@ -236,8 +236,11 @@ func TestNoRouteToHostNeighbourFailed(t *testing.T) {
 	const gone = "198.18.2.9" // on the server's subnet, but no one has it
 	c := startTracer(t, Options{Filter: Filter{Netns: r.Router.Inode, Types: []EventType{Unreachable, Drop}}})
 	before := r.Router.Counters(t)
+	// With the ICMP rate limit on (6 answers at once, then 1 a second, per
+	// client), an answer may be held back: the connect then fails on a
+	// later SYN retransmission, seconds after.
 	for i := 0; i < 3; i++ {
-		if err := r.Client.ConnectErr(t, gone, 80, 5*time.Second); !errors.Is(err, unix.EHOSTUNREACH) {
+		if err := r.Client.ConnectErr(t, gone, 80, 15*time.Second); !errors.Is(err, unix.EHOSTUNREACH) {
 			t.Fatalf("connect to %s: want EHOSTUNREACH (No route to host), got %v", gone, err)
 		}
 	}
@@ -277,7 +280,7 @@ func TestRejectHostUnreachable(t *testing.T) {
 	before := r.Router.Counters(t)
 	const tries = 5
 	for i := 0; i < tries; i++ {
-		if err := r.Client.ConnectErr(t, svc, 443, 5*time.Second); !errors.Is(err, unix.EHOSTUNREACH) {
+		if err := r.Client.ConnectErr(t, svc, 443, 15*time.Second); !errors.Is(err, unix.EHOSTUNREACH) {
 			t.Fatalf("connect to %s: want EHOSTUNREACH, got %v", svc, err)
 		}
 	}
