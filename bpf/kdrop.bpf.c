@@ -118,24 +118,16 @@ static __always_inline void stat_inc(__u32 idx)
 
 /* ---- packet parsing: raw bytes, wire formats never change ---- */
 
-static __always_inline void parse_l4(struct kdrop_event *e, void *l4)
+/* Ports, TCP flags or the ICMP header from l4[0..13]. */
+static __always_inline void parse_l4(struct kdrop_event *e, const __u8 *h)
 {
-	__u8 h[14] = {};
-
 	if (e->proto == IPPROTO_TCP) {
-		if (bpf_probe_read_kernel(h, 14, l4))
-			return;
 		e->tcp_flags = h[13];
-	} else if (e->proto == IPPROTO_UDP) {
-		if (bpf_probe_read_kernel(h, 4, l4))
-			return;
 	} else if (e->proto == IPPROTO_ICMP || e->proto == IPPROTO_ICMPV6) {
-		if (bpf_probe_read_kernel(h, 2, l4))
-			return;
 		e->icmp_type = h[0];
 		e->icmp_code = h[1];
 		return;
-	} else {
+	} else if (e->proto != IPPROTO_UDP) {
 		return;
 	}
 	e->sport = (__u16)h[0] << 8 | h[1];
@@ -143,13 +135,26 @@ static __always_inline void parse_l4(struct kdrop_event *e, void *l4)
 }
 
 /* Fills family, addresses, protocol and ports from an IP header at ip
- * (proto: its ETH_P_*). */
+ * (proto: its ETH_P_*). One read of 54 bytes covers an IPv4 header without
+ * options or an IPv6 header, and what follows up to the TCP flags: each
+ * helper call counts on a path that runs for every drop. */
 static __always_inline void parse_ip(struct kdrop_event *e, unsigned char *ip, __u16 proto)
 {
-	__u8 b[40];
+	__u8 b[54];
+	bool whole = true;
 
+	if (proto != ETH_P_IP && proto != ETH_P_IPV6)
+		return;
+	/* near the end of a page the long read can fault: then header first */
+	if (bpf_probe_read_kernel(b, sizeof(b), ip)) {
+		whole = false;
+		if (bpf_probe_read_kernel(b, proto == ETH_P_IP ? 20 : 40, ip))
+			return;
+	}
 	if (proto == ETH_P_IP) {
-		if (bpf_probe_read_kernel(b, 20, ip) || (b[0] >> 4) != 4)
+		__u8 ihl = (b[0] & 0xf) * 4;
+
+		if ((b[0] >> 4) != 4)
 			return;
 		e->family = 4;
 		e->proto = b[9];
@@ -158,28 +163,44 @@ static __always_inline void parse_ip(struct kdrop_event *e, unsigned char *ip, _
 		/* only the first fragment carries ports */
 		if (((b[6] & 0x1f) << 8 | b[7]) != 0)
 			return;
-		parse_l4(e, ip + (b[0] & 0xf) * 4);
-	} else if (proto == ETH_P_IPV6) {
-		if (bpf_probe_read_kernel(b, 40, ip) || (b[0] >> 4) != 6)
+		if (ihl == 20 && whole) {
+			parse_l4(e, &b[20]);
+		} else {
+			__u8 h[14] = {};
+
+			if (!bpf_probe_read_kernel(h, sizeof(h), ip + ihl))
+				parse_l4(e, h);
+		}
+	} else {
+		if ((b[0] >> 4) != 6)
 			return;
 		e->family = 6;
 		e->proto = b[6];
 		__builtin_memcpy(e->saddr, &b[8], 16);
 		__builtin_memcpy(e->daddr, &b[24], 16);
-		parse_l4(e, ip + 40);
+		if (whole) {
+			parse_l4(e, &b[40]);
+		} else {
+			__u8 h[14] = {};
+
+			if (!bpf_probe_read_kernel(h, sizeof(h), ip + 40))
+				parse_l4(e, h);
+		}
 	}
 }
 
 /* Parses the packet itself: most drops on the receive path have no socket,
- * so skb->sk tells nothing. */
-static __always_inline void parse_skb(struct sk_buff *skb, struct kdrop_event *e)
+ * so skb->sk tells nothing. btf (a constant): skb is a BTF pointer (tp_btf,
+ * fentry), whose fields are plain loads; else each is a probe read. */
+static __always_inline void parse_skb(struct sk_buff *skb, struct kdrop_event *e, bool btf)
 {
-	unsigned char *head = BPF_CORE_READ(skb, head);
-	__u16 nh = BPF_CORE_READ(skb, network_header);
+	unsigned char *head = btf ? skb->head : BPF_CORE_READ(skb, head);
+	__u16 nh = btf ? skb->network_header : BPF_CORE_READ(skb, network_header);
+	__u16 proto = btf ? skb->protocol : BPF_CORE_READ(skb, protocol);
 
 	if (!head || nh == (__u16)~0U)
 		return;
-	parse_ip(e, head + nh, bpf_ntohs(BPF_CORE_READ(skb, protocol)));
+	parse_ip(e, head + nh, bpf_ntohs(proto));
 }
 
 static __always_inline __u32 sk_netns(struct sock *sk)
@@ -187,19 +208,24 @@ static __always_inline __u32 sk_netns(struct sock *sk)
 	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 }
 
-static __always_inline void skb_where(struct sk_buff *skb, struct kdrop_event *e)
+static __always_inline void skb_where(struct sk_buff *skb, struct kdrop_event *e, bool btf)
 {
-	struct net_device *dev = BPF_CORE_READ(skb, dev);
+	struct net_device *dev = btf ? skb->dev : BPF_CORE_READ(skb, dev);
 	struct sock *sk;
 
 	if (dev) {
-		e->ifindex = BPF_CORE_READ(dev, ifindex);
-		e->netns = BPF_CORE_READ(dev, nd_net.net, ns.inum);
+		if (btf) {
+			e->ifindex = dev->ifindex;
+			e->netns = dev->nd_net.net->ns.inum;
+		} else {
+			e->ifindex = BPF_CORE_READ(dev, ifindex);
+			e->netns = BPF_CORE_READ(dev, nd_net.net, ns.inum);
+		}
 		return;
 	}
-	sk = BPF_CORE_READ(skb, sk);
+	sk = btf ? skb->sk : BPF_CORE_READ(skb, sk);
 	if (sk)
-		e->netns = sk_netns(sk);
+		e->netns = btf ? sk->__sk_common.skc_net.net->ns.inum : sk_netns(sk);
 }
 
 /* ---- filters, exact counting, rate limiting, output ---- */
@@ -304,6 +330,7 @@ static __always_inline void emit(struct kdrop_event *e, __u32 key_reason)
 	st = account(e, key_reason);
 	if (!st)
 		return;
+	e->ts_ns = bpf_ktime_get_ns(); /* only events that are sent need it */
 	if (bpf_ringbuf_output(&events, e, sizeof(*e), 0))
 		stat_inc(e->type); /* a lost line, its count in seen - sent */
 	else
@@ -322,18 +349,17 @@ static __always_inline bool skip_reason(__u32 reason)
 	return (cfg_reason_skip[(reason >> 6) & 15] >> (reason & 63)) & 1;
 }
 
-static __always_inline int report_drop(__u64 *ctx, __u32 reason, __u8 mode)
+static __always_inline int report_drop(__u64 *ctx, __u32 reason, bool btf, __u8 mode)
 {
 	struct sk_buff *skb = (struct sk_buff *)ctx[0];
 	struct kdrop_event e = {};
 
 	e.type = KDROP_EV_DROP;
 	e.mode = mode;
-	e.ts_ns = bpf_ktime_get_ns();
 	e.reason = reason;
 	e.location = ctx[1];
-	skb_where(skb, &e);
-	parse_skb(skb, &e);
+	skb_where(skb, &e, btf);
+	parse_skb(skb, &e, btf);
 	emit(&e, reason);
 	return 0;
 }
@@ -341,7 +367,7 @@ static __always_inline int report_drop(__u64 *ctx, __u32 reason, __u8 mode)
 /* The fast path, run for every freed skb: read the reason, test one bit.
  * The event is built only past it (declaring it up front lets the compiler
  * zero it before the test). */
-static __always_inline int on_kfree_skb(__u64 *ctx, __u8 mode)
+static __always_inline int on_kfree_skb(__u64 *ctx, bool btf, __u8 mode)
 {
 	__u32 reason = 0;
 
@@ -351,19 +377,19 @@ static __always_inline int on_kfree_skb(__u64 *ctx, __u8 mode)
 		reason = (__u32)ctx[2];
 	if (skip_reason(reason))
 		return 0;
-	return report_drop(ctx, reason, mode);
+	return report_drop(ctx, reason, btf, mode);
 }
 
 SEC("tp_btf/kfree_skb")
 int tp_btf_kfree_skb(__u64 *ctx)
 {
-	return on_kfree_skb(ctx, KDROP_MODE_TP_BTF);
+	return on_kfree_skb(ctx, true, KDROP_MODE_TP_BTF);
 }
 
 SEC("raw_tp/kfree_skb")
 int raw_tp_kfree_skb(__u64 *ctx)
 {
-	return on_kfree_skb(ctx, KDROP_MODE_RAW_TP);
+	return on_kfree_skb(ctx, false, KDROP_MODE_RAW_TP);
 }
 
 /* ---- listen queue overflow: tcp_conn_request and the final ACK ---- */
@@ -379,7 +405,6 @@ static __always_inline int listen_overflow(struct sock *sk, struct sk_buff *skb,
 
 	e.type = KDROP_EV_LISTEN_OVERFLOW;
 	e.mode = mode;
-	e.ts_ns = bpf_ktime_get_ns();
 	e.qlen = acc;
 	e.qmax = max;
 	e.synq = synq;
@@ -388,9 +413,9 @@ static __always_inline int listen_overflow(struct sock *sk, struct sk_buff *skb,
 	 * are on, but drops the SYN whenever the accept queue is full */
 	if (queue == KDROP_Q_SYN && cookies)
 		e.flags |= KDROP_F_SYNCOOKIE;
-	skb_where(skb, &e);
+	skb_where(skb, &e, false);
 	e.netns = BPF_CORE_READ(net, ns.inum);
-	parse_skb(skb, &e);
+	parse_skb(skb, &e, false);
 	emit(&e, queue);
 	return 0;
 }
@@ -495,7 +520,7 @@ static __always_inline bool icmp_error_type(__u8 type, bool v6)
 }
 
 /* skb is the offending packet: the one the ICMP error answers. */
-static __always_inline int icmp_sent(struct sk_buff *skb, int type, int code, bool v6, __u8 mode)
+static __always_inline int icmp_sent(struct sk_buff *skb, int type, int code, bool v6, bool btf, __u8 mode)
 {
 	struct kdrop_event e = {};
 
@@ -503,9 +528,8 @@ static __always_inline int icmp_sent(struct sk_buff *skb, int type, int code, bo
 		return 0;
 	e.type = KDROP_EV_UNREACH;
 	e.mode = mode;
-	e.ts_ns = bpf_ktime_get_ns();
-	skb_where(skb, &e);
-	parse_skb(skb, &e);
+	skb_where(skb, &e, btf);
+	parse_skb(skb, &e, btf);
 	/* parse_skb put the offending packet's own ICMP header here, if any */
 	e.icmp_type = type;
 	e.icmp_code = code;
@@ -517,13 +541,13 @@ static __always_inline int icmp_sent(struct sk_buff *skb, int type, int code, bo
 SEC("tp_btf/icmp_send")
 int BPF_PROG(tp_btf_icmp_send, const struct sk_buff *skb, int type, int code)
 {
-	return icmp_sent((struct sk_buff *)skb, type, code, false, KDROP_MODE_TP_BTF);
+	return icmp_sent((struct sk_buff *)skb, type, code, false, true, KDROP_MODE_TP_BTF);
 }
 
 SEC("raw_tp/icmp_send")
 int raw_tp_icmp_send(__u64 *ctx)
 {
-	return icmp_sent((struct sk_buff *)ctx[0], (int)ctx[1], (int)ctx[2], false,
+	return icmp_sent((struct sk_buff *)ctx[0], (int)ctx[1], (int)ctx[2], false, false,
 			 KDROP_MODE_RAW_TP);
 }
 
@@ -558,7 +582,6 @@ static __always_inline int icmp_pushed(struct sock *sk, bool v6, __u8 mode)
 		return 0;
 	e.type = KDROP_EV_UNREACH;
 	e.mode = mode;
-	e.ts_ns = bpf_ktime_get_ns();
 	e.netns = sk_netns(sk);
 	/* the error leaves where the offending packet came in */
 	e.ifindex = BPF_CORE_READ((struct inet_sock *)sk, cork.base.dst, dev, ifindex);
