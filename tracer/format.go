@@ -108,13 +108,17 @@ func (e *Event) TableRow() string {
 	if e.Type == ListenOverflow && e.QueueMax != 0 {
 		queue = fmt.Sprintf("%d/%d", e.QueueLen, e.QueueMax)
 	}
+	dst := addrString(e.Dst)
+	if e.Coarse != "" && e.Summary {
+		dst = "* (table full)" // the summary spans destinations
+	}
 	where := e.Location
 	if e.Type != Drop || where == "" {
 		where = e.Source
 	}
 	return fmt.Sprintf("%-13s %-9s %5s  %-23s %-6s %-24s %-24s %-10s %-11d %s",
 		e.Time.Local().Format("15:04:05.000"), e.Type, count, e.What(), ProtoName(e.Proto),
-		addrString(e.Src), addrString(e.Dst), queue, e.Netns, where)
+		addrString(e.Src), dst, queue, e.Netns, where)
 }
 
 func addrString(a netip.AddrPort) string {

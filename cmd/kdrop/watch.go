@@ -48,9 +48,20 @@ func watchCmd() *cobra.Command {
 		Short: "Stream drop, overflow and unreachable events live",
 		Long: `Stream kernel drop events live, as a table (default) or JSON lines (-o json).
 
-Each line is one event, or a summary ("+N" in COUNT) of events of the same
-flow that the per-flow rate limit folded together; COUNT always adds up to the
-kernel's own counters. Filters are applied in the kernel.`,
+Each line is one event, or a summary ("+N" in COUNT) of the occurrences of
+one flow (type, reason, network namespace, destination) that the per-flow rate
+limit folded together in the last second; summaries come every second while a
+flow is busy, so COUNT adds up to the kernel's own counters at any moment,
+within a second. Filters are applied in the kernel.
+
+When one second brings more distinct flows than kdrop's table holds (65,536:
+a port scan, say), further flows are rate-limited per (type, reason, network
+namespace) instead: their lines say "coarse":"netns" and carry no
+destination in summaries; counts stay exact.
+
+Warnings on stderr tell two kinds of loss apart: "lost lines" (the ring
+buffer was full: counts still exact, those events come back in summaries)
+and "missed" (the kernel skipped kdrop's program: counts short).`,
 		Example: `  # everything, as a table
   sudo kdrop watch
 
@@ -81,7 +92,7 @@ func (f *watchFlags) register(fl *pflag.FlagSet) {
 	fl.Uint16VarP(&f.port, "port", "p", 0, "only packets with either port equal to this")
 	fl.StringVar(&f.proto, "proto", "", "only this IP protocol: tcp, udp, icmp, icmpv6, sctp or a number")
 	fl.StringVar(&f.netns, "netns", "", "only this network namespace: an inode number or a path such as /run/netns/NAME or /proc/PID/ns/net")
-	fl.Uint32Var(&f.rateLimit, "rate-limit", 100, "events per second per flow before the rest are folded into a summary line (0: no limit)")
+	fl.Uint32Var(&f.rateLimit, "rate-limit", 100, "events per second per flow before the rest are counted into that flow's summary line, which comes every second (0: no limit, every occurrence a line)")
 	fl.StringVar(&f.attach, "attach", "auto", "attach modes to try, in order: auto, or a list of fentry,kprobe,tp_btf,raw_tp,sock_diag")
 	fl.BoolVarP(&f.verbose, "verbose", "v", false, "log debug details to stderr")
 	f.id.register(fl)
