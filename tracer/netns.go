@@ -82,7 +82,9 @@ type somaxconnValue struct {
 	read time.Time
 }
 
-const somaxconnTTL = 10 * time.Second
+// Short, because a deleted namespace's inode number is soon reused by a new
+// one, whose somaxconn may differ.
+const somaxconnTTL = 2 * time.Second
 
 func newSomaxconns() *somaxconns {
 	return &somaxconns{values: map[uint32]somaxconnValue{}}

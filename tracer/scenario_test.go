@@ -413,6 +413,11 @@ func TestRateLimitKeepsExactCounts(t *testing.T) {
 	if rule != 3000 || n != rule {
 		t.Fatalf("counts: rule %d, events %d (want both 3000)\n%s", rule, n, dump(evs))
 	}
+	for _, e := range evs {
+		if e.Summary && e.Src.IsValid() {
+			t.Fatalf("a summary spans the flow's sources, yet names one:\n%s", dump([]Event{e}))
+		}
+	}
 	if len(evs) > 40 || summaries == 0 {
 		t.Fatalf("rate limit 5/s: want few lines with a summary, got %d lines, summary count %d\n%s", len(evs), summaries, dump(evs))
 	}

@@ -233,6 +233,7 @@ func (t *Tracer) attachAll(spec *ebpf.CollectionSpec) {
 		st := HookStatus{Hook: h.name, Event: h.event}
 		for _, c := range h.cands {
 			if !t.modeAllowed(c.mode) {
+				st.Failed = append(st.Failed, fmt.Sprintf("%s: not tried (attach modes restricted)", c.mode))
 				continue
 			}
 			prog, err := loadProgram(spec, c.prog, t.maps)
@@ -675,6 +676,7 @@ func (t *Tracer) summary(k *kdropFlowKey, n uint64, now time.Time, ev *Event) {
 		r.IcmpType, r.IcmpCode = uint8(k.Reason>>8), uint8(k.Reason)
 	}
 	t.fill(&r, ev)
+	ev.Src = netip.AddrPort{} // a flow is keyed by its destination: sources vary
 	ev.Time, ev.Count, ev.Summary = now, n, true
 	if ev.Type == ListenOverflow {
 		ev.Somaxconn = t.somax.get(ev.Netns)

@@ -42,8 +42,10 @@ func agentCmd() *cobra.Command {
 and serves on --listen:
 
   /metrics  Prometheus counters (by event type, reason, namespace, workload),
-            lost lines (counts still exact) and missed occurrences (counts
-            short), hooks and their attach mode, identity state
+            lost lines (counts still exact), missed occurrences (counts
+            short), occurrences coarsened because the flow table was full
+            (kdrop_coarsened_total: counts exact, destinations not told
+            apart), hooks and their attach mode, identity state
   /healthz  the process is alive
   /readyz   hooks are attached and pod identity has synced once
   /events   a live NDJSON stream of events, with the filters of kdrop watch as

@@ -73,7 +73,11 @@ func TestWatchLossWarnings(t *testing.T) {
 			[]string{"occurrences missed in total: counts may be short by up to this many", "missed=7"}, false},
 		{"both in total", loss(3, 7, 0), true,
 			[]string{"occurrences missed in total", "missed=7", "event lines lost in total", "lost_lines=3"}, false},
-		{"nothing", loss(0, 0, 5), true, nil, false},
+		{"coarsened only: said, not as loss", loss(0, 0, 5), true,
+			[]string{"flow table was full", "coarsened=5"}, false},
+		{"coarsened as it comes", loss(0, 0, 5), false,
+			[]string{"flow table full", "do not tell destinations apart", "coarsened=5"}, false},
+		{"nothing", loss(0, 0, 0), true, nil, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -295,6 +295,16 @@ const (
 // occurrences make them short: "exact" is said only when nothing was missed.
 func warnLoss(log *zap.Logger, st tracer.Stats, total bool) {
 	lines := st.LostLinesTotal()
+	if st.Coarsened > 0 {
+		// Not a loss (every occurrence is counted), but what a summary
+		// covers changed: say so, without claiming more than the loss
+		// warnings below allow.
+		msg := "flow table full: new flows rate-limited per (type, reason, namespace) instead; their summaries do not tell destinations apart"
+		if total {
+			msg = "flow table was full at times: occurrences rate-limited per (type, reason, namespace) in total"
+		}
+		log.Warn(msg, zap.Uint64("coarsened", st.Coarsened))
+	}
 	if st.Missed > 0 {
 		msg := "occurrences missed: counts may be short by up to this many"
 		if total {

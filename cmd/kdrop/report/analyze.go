@@ -762,6 +762,13 @@ func (a *analysis) netfilterFindings() {
 		e := ex[g]
 		f0 := e.sample
 		src, dst := workload(f0.SrcK8s, f0.Src), workload(f0.DstK8s, f0.Dst)
+		if !f0.Src.IsValid() {
+			// summary lines: a flow is keyed by its destination, over sources
+			src = "any source (summaries of rate-limited flows)"
+		}
+		if !f0.Dst.IsValid() {
+			dst = "many destinations (kdrop's flow table was full)"
+		}
 		port := ""
 		if f0.Dport != 0 {
 			port = fmt.Sprintf(" %s port %d", strings.ToUpper(f0.Proto), f0.Dport)
