@@ -124,13 +124,19 @@ func BenchmarkAgentSoak(b *testing.B) {
 	start := time.Now()
 	var rssMax float64
 	lastSummaries := int64(0)
+	lastCPU, lastEvents, lastAt := cpuSeconds(agent.Process.Pid), metricSum(b, base, "kdrop_events_total"), time.Now()
 	for time.Since(start) < d {
 		time.Sleep(30 * time.Second)
 		rss := rssMiB(agent.Process.Pid)
 		rssMax = max(rssMax, rss)
 		sums := summaries.Load()
-		fmt.Printf("SOAK t=%s rss=%.1fMiB summaries=+%d coarsened=%.0f events=%.0f\n", time.Since(start).Round(time.Second), rss,
-			sums-lastSummaries, metricSum(b, base, "kdrop_coarsened_total"), metricSum(b, base, "kdrop_events_total"))
+		cpu, events, now := cpuSeconds(agent.Process.Pid), metricSum(b, base, "kdrop_events_total"), time.Now()
+		secs := now.Sub(lastAt).Seconds()
+		rate := (events - lastEvents) / secs
+		fmt.Printf("SOAK t=%s rss=%.1fMiB summaries=+%d coarsened=%.0f events=%.0f drops/s=%.0f agent-cpu=%.1f%%-of-a-core (%.2f%% per 100k drops/s)\n",
+			time.Since(start).Round(time.Second), rss, sums-lastSummaries, metricSum(b, base, "kdrop_coarsened_total"), events,
+			rate, 100*(cpu-lastCPU)/secs, 100*(cpu-lastCPU)/secs/max(rate/1e5, 1e-9))
+		lastCPU, lastEvents, lastAt = cpu, events, now
 		if sums == lastSummaries {
 			b.Errorf("no summary line in the last 30 s while storms ran")
 		}
