@@ -13,7 +13,6 @@ import (
 	"io"
 	"math/rand"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,10 +23,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kdrop/kdrop/k8s/testenv"
 	"github.com/kdrop/kdrop/tracer/nstest"
@@ -41,34 +38,7 @@ func TestAgentStreamLimitAndTailRetry(t *testing.T) {
 	env := testenv.Start(t)
 	cs := kubernetes.NewForConfigOrDie(env.Config())
 	ctx := context.Background()
-	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kdrop"}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	token := saToken(t, cs, "kdrop", "viewer")
-	if _, err := cs.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "kdrop-viewer"},
-		Rules: []rbacv1.PolicyRule{
-			{APIGroups: []string{"kdrop.dev"}, Resources: []string{"events"}, Verbs: []string{"get"}},
-			{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch"}},
-			{APIGroups: []string{""}, Resources: []string{"pods/proxy"}, Verbs: []string{"get"}},
-		}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := cs.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "kdrop-viewer"},
-		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "kdrop-viewer"},
-		Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Namespace: "kdrop", Name: "viewer"}}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	kc, err := clientcmd.LoadFromFile(env.Kubeconfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, ai := range kc.AuthInfos {
-		ai.ClientCertificateData, ai.ClientKeyData, ai.Token = nil, nil, token
-	}
-	viewerKC := filepath.Join(t.TempDir(), "viewer.kubeconfig")
-	if err := clientcmd.WriteToFile(*kc, viewerKC); err != nil {
-		t.Fatal(err)
-	}
+	token, viewerKC := tailViewer(t, env, cs)
 
 	// The agent's pod IP on a veth (the pod proxy refuses loopback).
 	const ip = "198.18.51.1"

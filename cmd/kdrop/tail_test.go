@@ -80,22 +80,23 @@ func (a *agentProc) stop() {
 	}
 }
 
-func TestTailMergesAgentsAndSurvivesRestart(t *testing.T) {
-	env := testenv.Start(t)
-	cs := kubernetes.NewForConfigOrDie(env.Config())
+// tailViewer creates the namespace kdrop and in it a ServiceAccount
+// "viewer", bound to a ClusterRole kdrop-viewer that grants what kdrop tail
+// needs (the stream, pods, their proxy) plus extra, and writes a kubeconfig
+// that authenticates as it. It returns the token and the kubeconfig's path.
+func tailViewer(t *testing.T, env *testenv.Env, cs kubernetes.Interface, extra ...rbacv1.PolicyRule) (token, kubeconfig string) {
+	t.Helper()
 	ctx := context.Background()
 	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kdrop"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	// A viewer with exactly what tail needs.
-	token := saToken(t, cs, "kdrop", "viewer")
-	if _, err := cs.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "kdrop-viewer"},
-		Rules: []rbacv1.PolicyRule{
-			{APIGroups: []string{"kdrop.dev"}, Resources: []string{"events"}, Verbs: []string{"get"}},
-			{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch"}},
-			{APIGroups: []string{""}, Resources: []string{"pods/proxy"}, Verbs: []string{"get"}},
-			{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get"}},
-		}}, metav1.CreateOptions{}); err != nil {
+	token = saToken(t, cs, "kdrop", "viewer")
+	rules := append([]rbacv1.PolicyRule{
+		{APIGroups: []string{"kdrop.dev"}, Resources: []string{"events"}, Verbs: []string{"get"}},
+		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch"}},
+		{APIGroups: []string{""}, Resources: []string{"pods/proxy"}, Verbs: []string{"get"}},
+	}, extra...)
+	if _, err := cs.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "kdrop-viewer"}, Rules: rules}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := cs.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "kdrop-viewer"},
@@ -110,10 +111,19 @@ func TestTailMergesAgentsAndSurvivesRestart(t *testing.T) {
 	for _, ai := range kc.AuthInfos {
 		ai.ClientCertificateData, ai.ClientKeyData, ai.Token = nil, nil, token
 	}
-	viewerKC := filepath.Join(t.TempDir(), "viewer.kubeconfig")
-	if err := clientcmd.WriteToFile(*kc, viewerKC); err != nil {
+	kubeconfig = filepath.Join(t.TempDir(), "viewer.kubeconfig")
+	if err := clientcmd.WriteToFile(*kc, kubeconfig); err != nil {
 		t.Fatal(err)
 	}
+	return token, kubeconfig
+}
+
+func TestTailMergesAgentsAndSurvivesRestart(t *testing.T) {
+	env := testenv.Start(t)
+	cs := kubernetes.NewForConfigOrDie(env.Config())
+	ctx := context.Background()
+	// A viewer with exactly what tail needs, and nodes for record's header.
+	_, viewerKC := tailViewer(t, env, cs, rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get"}})
 
 	// Two "nodes": pod IPs on the host end of a veth whose other end is in
 	// a namespace of the test; each agent watches its own scenario namespace.
