@@ -519,12 +519,13 @@ static __always_inline bool icmp_error_type(__u8 type, bool v6)
 	return type == 3 || type == 11 || type == 12;
 }
 
-/* skb is the offending packet: the one the ICMP error answers. */
-static __always_inline int icmp_sent(struct sk_buff *skb, int type, int code, bool v6, bool btf, __u8 mode)
+/* The icmp_send tracepoint (IPv4 only): skb is the offending packet, the
+ * one the ICMP error answers. */
+static __always_inline int icmp_sent(struct sk_buff *skb, int type, int code, bool btf, __u8 mode)
 {
 	struct kdrop_event e = {};
 
-	if (!icmp_error_type(type, v6))
+	if (!icmp_error_type(type, false))
 		return 0;
 	e.type = KDROP_EV_UNREACH;
 	e.mode = mode;
@@ -541,13 +542,13 @@ static __always_inline int icmp_sent(struct sk_buff *skb, int type, int code, bo
 SEC("tp_btf/icmp_send")
 int BPF_PROG(tp_btf_icmp_send, const struct sk_buff *skb, int type, int code)
 {
-	return icmp_sent((struct sk_buff *)skb, type, code, false, true, KDROP_MODE_TP_BTF);
+	return icmp_sent((struct sk_buff *)skb, type, code, true, KDROP_MODE_TP_BTF);
 }
 
 SEC("raw_tp/icmp_send")
 int raw_tp_icmp_send(__u64 *ctx)
 {
-	return icmp_sent((struct sk_buff *)ctx[0], (int)ctx[1], (int)ctx[2], false, false,
+	return icmp_sent((struct sk_buff *)ctx[0], (int)ctx[1], (int)ctx[2], false,
 			 KDROP_MODE_RAW_TP);
 }
 

@@ -36,10 +36,10 @@ type Filter struct {
 // Options configure a Tracer.
 type Options struct {
 	Filter Filter
-	// RateLimit caps events per second for each flow (type, reason and
-	// destination); the rest are counted, not lost, and come out as one
-	// summary per flow every SweepInterval. The cap applies per
-	// SweepInterval (RateLimit x interval, at least 1). 0: no limit.
+	// RateLimit caps events for each flow (type, reason and destination)
+	// per SweepInterval, so per second at the default interval; the rest
+	// are counted, not lost, and come out as one summary per flow at the
+	// end of the interval. 0: no limit.
 	RateLimit uint32
 	// Modes restricts attach modes (for tests and odd kernels); nil: all.
 	Modes []Mode
@@ -103,9 +103,9 @@ type Tracer struct {
 	somax    *somaxconns
 
 	emitMu  sync.Mutex
-	rotMu   sync.Mutex // one rotation at a time
-	gen     uint32     // generation the programs count into; under rotMu
-	stopped bool       // Run has ended: programs count nothing; under rotMu
+	rotMu   sync.Mutex     // one rotation at a time
+	gen     uint32         // generation the programs count into; under rotMu
+	stopped bool           // Run has ended: programs count nothing; under rotMu
 	keys    []kdropFlowKey // a drained table's keys; under rotMu, reused
 	sweeps  atomic.Uint64
 }
@@ -601,7 +601,7 @@ func (t *Tracer) rotate(emit func(*Event)) {
 		return
 	}
 	t.anchorClock()
-	now := time.Unix(0, time.Now().UnixNano())
+	now := time.Now().Round(0) // wall clock only, as event times are
 	for level := range t.tables {
 		t.drain(t.tables[level][old], level == 1, now, emit)
 	}
