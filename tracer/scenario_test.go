@@ -49,11 +49,26 @@ func testModes(t testing.TB) []Mode {
 }
 
 type capture struct {
-	tr     *Tracer
-	cancel context.CancelFunc
-	done   chan error
-	mu     sync.Mutex
-	events []Event
+	tr      *Tracer
+	cancel  context.CancelFunc
+	done    chan error
+	waited  sync.Once
+	runErr  error
+	stopped bool // Run returned in time
+	mu      sync.Mutex
+	events  []Event
+}
+
+// wait ends the run and waits up to 10 s for Run to return (once).
+func (c *capture) wait() {
+	c.waited.Do(func() {
+		c.cancel()
+		select {
+		case c.runErr = <-c.done:
+			c.stopped = true
+		case <-time.After(10 * time.Second):
+		}
+	})
 }
 
 // startTracer attaches kdrop with opts and collects its events until stop.
@@ -91,7 +106,9 @@ func startTracer(t *testing.T, opts Options) *capture {
 			c.mu.Unlock()
 		})
 	}()
-	t.Cleanup(cancel)
+	// Cleanups run last-registered first: Run must have returned before
+	// the tracer is closed under it (a test that fails early skips stop).
+	t.Cleanup(c.wait)
 	return c
 }
 
@@ -99,14 +116,12 @@ func startTracer(t *testing.T, opts Options) *capture {
 // events.
 func (c *capture) stop(t *testing.T) []Event {
 	t.Helper()
-	c.cancel()
-	select {
-	case err := <-c.done:
-		if err != nil {
-			t.Fatalf("tracer run: %v", err)
-		}
-	case <-time.After(10 * time.Second):
+	c.wait()
+	if !c.stopped {
 		t.Fatal("tracer did not stop within 10s")
+	}
+	if c.runErr != nil {
+		t.Fatalf("tracer run: %v", c.runErr)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
