@@ -91,7 +91,8 @@ type Endpoint struct {
 	Ready, Terminating         bool
 	HostNetwork                bool
 	// ReadyEndpoints, for a Service: how many ready endpoints its
-	// EndpointSlices list (0: kube-proxy rejects or drops its traffic).
+	// EndpointSlices list (0: kube-proxy rejects or drops its traffic;
+	// -1: unknown, from a line that did not say).
 	ReadyEndpoints int
 	// Unresolved: identity is not (fully) available — the API server is
 	// unreachable, access is forbidden, the informers have not synced, or

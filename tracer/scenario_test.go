@@ -150,8 +150,9 @@ func sum(evs []Event, keep func(*Event) bool) (n uint64, matched []Event) {
 func dump(evs []Event) string {
 	var b strings.Builder
 	for i := range evs {
-		b.Write(evs[i].AppendJSON(nil))
-		b.WriteByte('\n')
+		e := &evs[i]
+		fmt.Fprintf(&b, "%s %s count=%d summary=%v %s -> %s netns=%d %s %s\n",
+			e.Type, e.What(), e.Count, e.Summary, e.Src, e.Dst, e.Netns, e.Source, e.Location)
 		if i > 40 {
 			fmt.Fprintf(&b, "... %d more\n", len(evs)-i-1)
 			break

@@ -9,7 +9,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -21,17 +20,17 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
-	"go.uber.org/zap"
 	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/kdrop/kdrop/cmd/kdrop/line"
+	"github.com/kdrop/kdrop/cmd/kdrop/sinks/stream"
 	"github.com/kdrop/kdrop/k8s/testenv"
 	"github.com/kdrop/kdrop/tracer/nstest"
 )
@@ -171,7 +170,7 @@ func TestAgentStreamAuthAndMetrics(t *testing.T) {
 	}
 
 	// A viewer streams (token in the header kdrop tail uses through the pod proxy).
-	resp := get(t, base+"/events?reason=NETFILTER_DROP&port=9999", map[string]string{tokenHeader: "Bearer " + viewer})
+	resp := get(t, base+"/events?reason=NETFILTER_DROP&port=9999", map[string]string{stream.TokenHeader: "Bearer " + viewer})
 	defer resp.Body.Close()
 	if resp.StatusCode != 200 {
 		b, _ := io.ReadAll(resp.Body)
@@ -184,19 +183,17 @@ func TestAgentStreamAuthAndMetrics(t *testing.T) {
 	const n = 25
 	ns.SendUDP(t, "127.0.0.1", 9999, n)
 	var got uint64
+	var dec line.Decoder
 	for got < n && sc.Scan() {
-		var ev struct {
-			Type, Reason, Node string
-			Count              uint64
-			Dport              int
-		}
-		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+		var l line.Line
+		if err := dec.Decode(sc.Bytes(), &l); err != nil {
 			t.Fatalf("%v: %s", err, sc.Text())
 		}
-		if ev.Type == "heartbeat" || ev.Type == "lost" || ev.Type == "missed" {
-			t.Fatalf("unexpected %s line: %s", ev.Type, sc.Text())
+		ev := &l.Event
+		if l.Type == "heartbeat" || l.Type == "lost" || l.Type == "missed" {
+			t.Fatalf("unexpected %s line: %s", l.Type, sc.Text())
 		}
-		if ev.Type != "drop" || ev.Reason != "NETFILTER_DROP" || ev.Dport != 9999 || ev.Node != "node-a" {
+		if l.Type != "drop" || ev.Reason != "NETFILTER_DROP" || ev.Dst.Port() != 9999 || ev.Node != "node-a" {
 			t.Fatalf("unexpected event: %s", sc.Text())
 		}
 		got += ev.Count
@@ -339,30 +336,4 @@ func (p *prometheusServer) query(q string) (int, error) {
 	v, _ := r.Data.Result[0].Value[1].(string)
 	f, err := strconv.ParseFloat(v, 64)
 	return int(f), err
-}
-
-// A new agent on a hostNetwork pod may start while the old one still holds
-// the port: it waits for it rather than failing.
-func TestListenRetryWaitsForThePort(t *testing.T) {
-	old, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := old.Addr().String()
-	go func() { time.Sleep(500 * time.Millisecond); old.Close() }()
-	start := time.Now()
-	ln, err := listenRetry(context.Background(), addr, 10*time.Second, zap.NewNop())
-	if err != nil {
-		t.Fatalf("listenRetry: %v", err)
-	}
-	ln.Close()
-	if waited := time.Since(start); waited < 400*time.Millisecond {
-		t.Errorf("got the port after %v, while the old listener held it for 500ms", waited)
-	}
-	// Still in use at the deadline: the error says so.
-	busy, _ := net.Listen("tcp", "127.0.0.1:0")
-	defer busy.Close()
-	if _, err := listenRetry(context.Background(), busy.Addr().String(), 300*time.Millisecond, zap.NewNop()); !errors.Is(err, syscall.EADDRINUSE) {
-		t.Errorf("a port held past the deadline: got %v, want EADDRINUSE", err)
-	}
 }

@@ -8,7 +8,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
@@ -23,7 +22,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/kdrop/kdrop/cmd/kdrop/line"
+	"github.com/kdrop/kdrop/k8s"
 	"github.com/kdrop/kdrop/k8s/testenv"
+	"github.com/kdrop/kdrop/tracer"
 	"github.com/kdrop/kdrop/tracer/nstest"
 )
 
@@ -124,20 +126,7 @@ func TestIdentityNoRouteToDeletedPod(t *testing.T) {
 	if !sc.Scan() {
 		t.Fatalf("kdrop watch printed nothing (exit: %v)", cmd.Wait())
 	}
-	var ev struct {
-		Type, ICMP, Dst, Node string
-		SrcK8s                struct{ Kind, Namespace, Name string } `json:"src_k8s"`
-		DstK8s                struct {
-			Kind, Namespace, Name string
-			WorkloadKind          string `json:"workload_kind"`
-			WorkloadName          string `json:"workload_name"`
-			DeletedAgoMs          int64  `json:"deleted_ago_ms"`
-			Unresolved            bool
-		} `json:"dst_k8s"`
-	}
-	if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
-		t.Fatalf("%v: %s", err, sc.Text())
-	}
+	ev := decodeEvent(t, sc.Bytes())
 	t.Logf("event: %s", sc.Text())
 	if ev.Type != "unreach" || ev.ICMP != "host-unreachable" || ev.Dst != gone || ev.Node != "test-node" {
 		t.Errorf("want host-unreachable to %s seen on test-node, got %s", gone, sc.Text())
@@ -210,19 +199,55 @@ func TestIdentityServiceWithoutEndpoints(t *testing.T) {
 	if !sc.Scan() {
 		t.Fatalf("kdrop watch printed nothing (exit: %v)", cmd.Wait())
 	}
-	var ev struct {
-		ICMP, Dst string
-		DstK8s    struct {
-			Kind, Namespace, Name string
-			ReadyEndpoints        *int `json:"ready_endpoints"`
-		} `json:"dst_k8s"`
-	}
-	if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
-		t.Fatalf("%v: %s", err, sc.Text())
-	}
+	ev := decodeEvent(t, sc.Bytes())
 	d := ev.DstK8s
 	if ev.ICMP != "port-unreachable" || ev.Dst != vip || d.Kind != "service" || d.Namespace != "shop" || d.Name != "cart" ||
 		d.ReadyEndpoints == nil || *d.ReadyEndpoints != 0 {
 		t.Fatalf("want port-unreachable for svc shop/cart with 0 ready endpoints, got %s", sc.Text())
 	}
+}
+
+// eventView is what the identity tests check of an event line, read with
+// the one decoder (package line).
+type eventView struct {
+	Type, ICMP, Dst, Node string
+	SrcK8s, DstK8s        endpointView
+}
+
+type endpointView struct {
+	Kind, Namespace, Name      string
+	WorkloadKind, WorkloadName string
+	DeletedAgoMs               int64
+	ReadyEndpoints             *int // nil: not said
+	Unresolved                 bool
+}
+
+func decodeEvent(t *testing.T, b []byte) eventView {
+	t.Helper()
+	var d line.Decoder
+	var l line.Line
+	if err := d.Decode(b, &l); err != nil || l.Kind != line.KindEvent {
+		t.Fatalf("not an event line (%v): %s", err, b)
+	}
+	e := &l.Event
+	v := eventView{Type: l.Type, Node: e.Node}
+	if e.Type == tracer.Unreachable {
+		v.ICMP = e.What()
+	}
+	if e.Dst.Addr().IsValid() {
+		v.Dst = e.Dst.Addr().String()
+	}
+	view := func(k *k8s.Endpoint) endpointView {
+		if k == nil {
+			return endpointView{}
+		}
+		ev := endpointView{Kind: k.Kind, Namespace: k.Namespace, Name: k.Name, WorkloadKind: k.WorkloadKind, WorkloadName: k.WorkloadName,
+			DeletedAgoMs: k.DeletedAgo.Milliseconds(), Unresolved: k.Unresolved}
+		if k.ReadyEndpoints >= 0 && k.Kind == k8s.KindService {
+			ev.ReadyEndpoints = &k.ReadyEndpoints
+		}
+		return ev
+	}
+	v.SrcK8s, v.DstK8s = view(e.SrcK8s), view(e.DstK8s)
+	return v
 }

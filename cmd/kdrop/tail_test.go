@@ -26,7 +26,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/kdrop/kdrop/cmd/kdrop/report"
+	"github.com/kdrop/kdrop/cmd/kdrop/sinks/report"
 	"github.com/kdrop/kdrop/k8s/testenv"
 	"github.com/kdrop/kdrop/tracer/nstest"
 )

@@ -1,4 +1,4 @@
-package main
+package line
 
 import (
 	"strings"
@@ -24,14 +24,14 @@ func TestDescribe(t *testing.T) {
 		{k8s.Endpoint{Unresolved: true}, "?"},
 		{k8s.Endpoint{}, ""},
 	} {
-		if got := describe(&c.e); got != c.want {
-			t.Errorf("describe(%+v) = %q, want %q", c.e, got, c.want)
+		if got := Describe(&c.e); got != c.want {
+			t.Errorf("Describe(%+v) = %q, want %q", c.e, got, c.want)
 		}
 	}
-	ev := &tracer.Event{Type: tracer.Unreachable, Count: 1, Family: 4, ICMPType: 3, ICMPCode: 1}
-	rec := record{Event: ev, identity: true, Src: k8s.Endpoint{Kind: k8s.KindPod, Namespace: "web", Name: "client"},
-		Dst: k8s.Endpoint{Kind: k8s.KindPod, Namespace: "web", Name: "api-5c8", DeletedAgo: 1200 * time.Millisecond}}
-	row := rec.tableRow()
+	ev := &Event{Event: tracer.Event{Type: tracer.Unreachable, Count: 1, Family: 4, ICMPType: 3, ICMPCode: 1},
+		SrcK8s: &k8s.Endpoint{Kind: k8s.KindPod, Namespace: "web", Name: "client"},
+		DstK8s: &k8s.Endpoint{Kind: k8s.KindPod, Namespace: "web", Name: "api-5c8", DeletedAgo: 1200 * time.Millisecond}}
+	row := ev.TableRow()
 	if !strings.Contains(row, "src=web/client dst=deleted web/api-5c8 1.2s ago") || !strings.Contains(row, "host-unreachable") {
 		t.Errorf("table row: %s", row)
 	}

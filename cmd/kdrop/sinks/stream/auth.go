@@ -1,4 +1,7 @@
-package main
+// Package stream is the agent's /events stream: a hub that fans the agent's
+// lines out to clients, each with its own filter, without ever holding up
+// the tracer, and the bearer-token authorization in front of it.
+package stream
 
 import (
 	"context"
@@ -24,13 +27,14 @@ const (
 	streamGroup    = "kdrop.dev"
 	streamResource = "events"
 	streamVerb     = "get"
-	// The API server's pod proxy strips Authorization after authenticating
-	// the caller; kdrop tail repeats the token in this header.
-	tokenHeader = "X-Kdrop-Authorization"
+	// TokenHeader: the API server's pod proxy strips Authorization after
+	// authenticating the caller; kdrop tail repeats the token in this header.
+	TokenHeader = "X-Kdrop-Authorization"
 	authTTL     = 10 * time.Second
 )
 
-type authorizer struct {
+// Authorizer lets through the callers allowed to read kdrop events.
+type Authorizer struct {
 	cs  kubernetes.Interface
 	log *zap.Logger
 	// namespace is the agent's own: the SubjectAccessReview asks for
@@ -50,17 +54,19 @@ type authDecision struct {
 	at     time.Time
 }
 
-func newAuthorizer(cs kubernetes.Interface, namespace string, log *zap.Logger) *authorizer {
-	return &authorizer{cs: cs, namespace: namespace, log: log, cache: map[[32]byte]authDecision{}}
+// NewAuthorizer checks tokens with cs's API server; namespace is where
+// access is asked for ("" cluster-wide; see OwnNamespace).
+func NewAuthorizer(cs kubernetes.Interface, namespace string, log *zap.Logger) *Authorizer {
+	return &Authorizer{cs: cs, namespace: namespace, log: log, cache: map[[32]byte]authDecision{}}
 }
 
 // saNamespaceFile is where a pod finds its own namespace.
 const saNamespaceFile = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
-// ownNamespace is the agent's namespace: $POD_NAMESPACE (the downward API,
+// OwnNamespace is the agent's namespace: $POD_NAMESPACE (the downward API,
 // as deploy/ sets it), else the service account's, else "" (run outside a
 // pod: access is then checked cluster-wide).
-func ownNamespace() string {
+func OwnNamespace() string {
 	if ns := os.Getenv("POD_NAMESPACE"); ns != "" {
 		return ns
 	}
@@ -75,14 +81,15 @@ func bearer(h string) string {
 	return ""
 }
 
-func (a *authorizer) wrap(next http.Handler) http.Handler {
+// Wrap puts the authorization in front of next.
+func (a *Authorizer) Wrap(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		token := bearer(r.Header.Get(tokenHeader))
+		token := bearer(r.Header.Get(TokenHeader))
 		if token == "" {
 			token = bearer(r.Header.Get("Authorization"))
 		}
 		if token == "" {
-			http.Error(w, "no bearer token: send one in Authorization (or "+tokenHeader+" through the API server's pod proxy)", http.StatusUnauthorized)
+			http.Error(w, "no bearer token: send one in Authorization (or "+TokenHeader+" through the API server's pod proxy)", http.StatusUnauthorized)
 			return
 		}
 		d := a.decide(r.Context(), token)
@@ -95,7 +102,7 @@ func (a *authorizer) wrap(next http.Handler) http.Handler {
 	})
 }
 
-func (a *authorizer) decide(ctx context.Context, token string) authDecision {
+func (a *Authorizer) decide(ctx context.Context, token string) authDecision {
 	key := sha256.Sum256([]byte(token))
 	a.mu.Lock()
 	d, ok := a.cache[key]
@@ -117,7 +124,7 @@ const authCacheMax = 1024
 // remember caches d under key, after dropping expired decisions. At most
 // authCacheMax are kept: past that, a new one is not cached, so a flood of
 // distinct tokens costs reviews, not memory.
-func (a *authorizer) remember(key [32]byte, d authDecision) {
+func (a *Authorizer) remember(key [32]byte, d authDecision) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for k, v := range a.cache {
@@ -130,7 +137,7 @@ func (a *authorizer) remember(key [32]byte, d authDecision) {
 	}
 }
 
-func (a *authorizer) review(ctx context.Context, token string) authDecision {
+func (a *Authorizer) review(ctx context.Context, token string) authDecision {
 	tr, err := a.cs.AuthenticationV1().TokenReviews().Create(ctx,
 		&authnv1.TokenReview{Spec: authnv1.TokenReviewSpec{Token: token}}, metav1.CreateOptions{})
 	if err != nil {

@@ -461,7 +461,7 @@ func (a *analysis) staleFindings() {
 	ex := map[*group]*extra{}
 	for _, f := range a.rec.Flows {
 		k := f.DstK8s
-		if k == nil || k.DeletedAgoMs <= 0 || a.used[f] {
+		if k == nil || k.DeletedAgo <= 0 || a.used[f] {
 			continue
 		}
 		if !(f.Type == "unreach" && isHostUnreach(f.ICMP)) && !(f.Type == "drop" && strings.HasPrefix(f.Reason, "NEIGH_")) {
@@ -479,7 +479,7 @@ func (a *analysis) staleFindings() {
 			name = k.Name + " (" + f.Dst.String() + ")"
 		}
 		g.pods.add(name, f.Count)
-		e.ago.add(time.Duration(k.DeletedAgoMs) * time.Millisecond)
+		e.ago.add(k.DeletedAgo)
 		if f.Dport != 0 {
 			e.ports.add(fmt.Sprint(f.Dport), f.Count)
 		}
@@ -553,7 +553,7 @@ func (a *analysis) noEndpointFindings() {
 	var gs groups
 	for _, f := range a.rec.Flows {
 		k := f.DstK8s
-		if a.used[f] || !known(k) || k.Kind != "service" || k.ReadyEndpoints == nil || *k.ReadyEndpoints != 0 {
+		if a.used[f] || !known(k) || k.Kind != "service" || k.ReadyEndpoints != 0 {
 			continue
 		}
 		if !(f.Type == "unreach" && (f.ICMP == "port-unreachable" || isHostUnreach(f.ICMP) || strings.Contains(f.ICMP, "prohibited"))) &&
@@ -657,7 +657,7 @@ func (a *analysis) noSocketFindings() {
 		if f.TCPFlags != "" {
 			e.flags.add(f.TCPFlags, f.Count)
 		}
-		if k := f.DstK8s; k != nil && (k.Terminating || k.DeletedAgoMs > 0) {
+		if k := f.DstK8s; k != nil && (k.Terminating || k.DeletedAgo > 0) {
 			e.gone += f.Count
 		}
 		a.used[f] = true
@@ -1211,8 +1211,8 @@ func (a *analysis) tables() {
 			x.sentBy.add(actor(f), f.Count)
 			x.sources.add(workload(f.SrcK8s, f.Src), f.Count)
 			x.owner.add(owner(f.DstK8s), f.Count)
-			if f.DstK8s != nil && f.DstK8s.DeletedAgoMs > 0 {
-				x.ago.add(time.Duration(f.DstK8s.DeletedAgoMs) * time.Millisecond)
+			if f.DstK8s != nil && f.DstK8s.DeletedAgo > 0 {
+				x.ago.add(f.DstK8s.DeletedAgo)
 			}
 		case "drop":
 			drops += f.Count
@@ -1338,14 +1338,14 @@ func owner(k *K8s) string {
 			s += " of " + workload(k, netip.Addr{})
 		}
 		switch {
-		case k.DeletedAgoMs > 0:
+		case k.DeletedAgo > 0:
 			s += ", deleted"
 		case k.Terminating:
 			s += ", terminating"
 		}
 	}
-	if k.Kind == "service" && k.ReadyEndpoints != nil {
-		s += fmt.Sprintf(", %s", plural(*k.ReadyEndpoints, "ready endpoint", "ready endpoints"))
+	if k.Kind == "service" && k.ReadyEndpoints >= 0 { // < 0: unknown
+		s += fmt.Sprintf(", %s", plural(k.ReadyEndpoints, "ready endpoint", "ready endpoints"))
 	}
 	if len(k.Previous) > 0 {
 		var prev []string

@@ -249,9 +249,9 @@ func TestFindings(t *testing.T) {
 	}, {
 		name: "late packets of closed connections",
 		lines: []string{
-			ev(12, "drop", 9, map[string]any{"dst": "10.244.0.9", "dport": 8080, "tcp_flags": "ACK|FIN", "reason": "NO_SOCKET", "dst_k8s": apiPod}),
+			ev(12, "drop", 9, map[string]any{"dst": "10.244.0.9", "dport": 8080, "tcp_flags": "FIN|ACK", "reason": "NO_SOCKET", "dst_k8s": apiPod}),
 		},
-		checks: []check{{kind: "closed-connection", severity: SevInfo, count: 9, title: []string{"closed TCP connections on port 8080 in pods of Deployment web/api"}, detail: []string{"Only 0 of them opened a connection", "ACK|FIN"}, fix: []string{"harmless"}}},
+		checks: []check{{kind: "closed-connection", severity: SevInfo, count: 9, title: []string{"closed TCP connections on port 8080 in pods of Deployment web/api"}, detail: []string{"Only 0 of them opened a connection", "FIN|ACK"}, fix: []string{"harmless"}}},
 		absent: []string{"no-socket"},
 	}, {
 		name: "firewall or NetworkPolicy",

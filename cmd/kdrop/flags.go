@@ -1,0 +1,217 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich"
+	"github.com/kdrop/kdrop/cmd/kdrop/tail"
+	"github.com/kdrop/kdrop/k8s"
+	"github.com/kdrop/kdrop/tracer"
+)
+
+// traceFlags are what every command that traces this machine shares
+// (watch, record, agent): the filter, the rate limit, attach modes and
+// pod identity.
+type traceFlags struct {
+	filter    enrich.Filter
+	rateLimit uint32
+	attach    string
+	verbose   bool
+	id        identityFlags
+}
+
+func (f *traceFlags) register(fl *pflag.FlagSet) {
+	fl.StringSliceVarP(&f.filter.Types, "type", "t", nil, "event types to show: drop, overflow, unreach (default all)")
+	fl.StringSliceVarP(&f.filter.Reasons, "reason", "r", nil, "drop reasons to show, e.g. NO_SOCKET,NETFILTER_DROP (see kdrop reasons)")
+	fl.BoolVar(&f.filter.IncludeBenign, "include-benign", false, "also show drop reasons that are not faults ("+strings.Join(tracer.DefaultBenignReasons, ", ")+")")
+	fl.StringSliceVar(&f.filter.CIDRs, "cidr", nil, "only packets with either end in this address or CIDR (repeatable)")
+	fl.Uint16VarP(&f.filter.Port, "port", "p", 0, "only packets with either port equal to this")
+	fl.StringVar(&f.filter.Proto, "proto", "", "only this IP protocol: tcp, udp, icmp, icmpv6, sctp or a number")
+	fl.StringVar(&f.filter.Netns, "netns", "", "only this network namespace: an inode number or a path such as /run/netns/NAME or /proc/PID/ns/net")
+	fl.Uint32Var(&f.rateLimit, "rate-limit", 100, "events per second per flow before the rest are counted into that flow's summary line, which comes every second (0: no limit, every occurrence a line)")
+	fl.StringVar(&f.attach, "attach", "auto", "attach modes to try, in order: auto, or a list of fentry,kprobe,tp_btf,raw_tp,sock_diag")
+	fl.BoolVarP(&f.verbose, "verbose", "v", false, "log debug details to stderr")
+	f.id.register(fl)
+	f.registerPodFilters(fl)
+	fl.StringVarP(&f.filter.Selector, "selector", "l", "", "only events with a pod matching this label selector at either end (e.g. app=api)")
+}
+
+// registerPodFilters adds --namespace and --pod, which the stream of
+// tail and record --from tail take too.
+func (f *traceFlags) registerPodFilters(fl *pflag.FlagSet) {
+	fl.StringVarP(&f.filter.Namespace, "namespace", "n", "", "only events with a pod of this namespace at either end (or where the kernel acted)")
+	fl.StringVar(&f.filter.Pod, "pod", "", "only events with this pod (name, or namespace/name) at either end")
+}
+
+// options turns the flags into tracer options, rejecting bad values with
+// a message that says what is accepted.
+func (f *traceFlags) options(log *zap.Logger) (tracer.Options, error) {
+	o := tracer.Options{RateLimit: f.rateLimit, Log: log}
+	var err error
+	if o.Filter, err = f.filter.Trace(); err != nil {
+		return o, err
+	}
+	if o.Modes, err = tracer.ParseModes(f.attach); err != nil {
+		return o, fmt.Errorf("--attach: %w", err)
+	}
+	return o, nil
+}
+
+// newPipeline checks the flags, starts identity (never blocking on the API
+// server) and loads the tracer.
+func newPipeline(ctx context.Context, f *traceFlags, log *zap.Logger) (*enrich.Pipeline, error) {
+	opts, err := f.options(log)
+	if err != nil {
+		return nil, err
+	}
+	res, err := f.id.resolver(f.filter.HasPods(), log)
+	if err != nil {
+		return nil, err
+	}
+	var cfg *rest.Config
+	if f.filter.Selector != "" {
+		if cfg, err = f.id.restConfig(); err != nil {
+			return nil, err
+		}
+	}
+	match, err := f.filter.PodMatcher(cfg, f.id.deletedWindow)
+	if err != nil {
+		return nil, err
+	}
+	return enrich.New(ctx, opts, res, match, log)
+}
+
+// identityFlags select the cluster whose pods name the addresses kdrop
+// sees.
+type identityFlags struct {
+	mode          string
+	kubeconfig    string
+	context       string
+	node          string
+	deletedWindow time.Duration
+	rest          *rest.Config // set by the agent, which also needs it for authorization
+}
+
+func (f *identityFlags) register(fl *pflag.FlagSet) {
+	fl.StringVar(&f.mode, "identity", "auto", "resolve addresses to pods: auto (when a kubeconfig or in-cluster config exists), on, off")
+	f.registerKubeconfig(fl, "kubeconfig file (default $KUBECONFIG, else ~/.kube/config, else in-cluster)", "kubeconfig context (default: its current context)")
+	fl.StringVar(&f.node, "node", "", "this node's name (default $NODE_NAME, else the hostname)")
+	fl.DurationVar(&f.deletedWindow, "deleted-window", 5*time.Minute, "how long a deleted pod's IP still resolves to it (and it still matches --selector)")
+}
+
+func (f *identityFlags) registerKubeconfig(fl *pflag.FlagSet, kubeconfigHelp, contextHelp string) {
+	fl.StringVar(&f.kubeconfig, "kubeconfig", "", kubeconfigHelp)
+	fl.StringVar(&f.context, "context", "", contextHelp)
+}
+
+// clusterConfigured says whether "auto" finds a cluster to ask.
+func (f *identityFlags) clusterConfigured() bool {
+	if f.kubeconfig != "" || f.context != "" || os.Getenv("KUBECONFIG") != "" || os.Getenv("KUBERNETES_SERVICE_HOST") != "" {
+		return true
+	}
+	home, _ := os.UserHomeDir()
+	_, err := os.Stat(filepath.Join(home, ".kube", "config"))
+	return err == nil
+}
+
+// resolver starts identity resolution, or returns nil when it is off.
+// podFilters says --namespace, --pod or --selector were given: they need it.
+func (f *identityFlags) resolver(podFilters bool, log *zap.Logger) (*k8s.Resolver, error) {
+	switch f.mode {
+	case "off":
+		if podFilters {
+			return nil, fmt.Errorf("--namespace, --pod and --selector need pod identity: drop --identity off")
+		}
+		return nil, nil
+	case "auto":
+		if !f.clusterConfigured() {
+			if podFilters {
+				return nil, fmt.Errorf("--namespace, --pod and --selector need a cluster: no kubeconfig found (set --kubeconfig or $KUBECONFIG)")
+			}
+			return nil, nil
+		}
+	case "on":
+	default:
+		return nil, fmt.Errorf("--identity %q: use auto, on or off", f.mode)
+	}
+	return k8s.New(k8s.Config{Kubeconfig: f.kubeconfig, Context: f.context, Node: f.node, DeletedWindow: f.deletedWindow, REST: f.rest}, log)
+}
+
+// restConfig is the cluster config identity, authorization and tail share.
+func (f *identityFlags) restConfig() (*rest.Config, error) {
+	if f.rest != nil {
+		return f.rest, nil
+	}
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = f.kubeconfig
+	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules,
+		&clientcmd.ConfigOverrides{CurrentContext: f.context}).ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("no cluster configuration (in-cluster or --kubeconfig): %w", err)
+	}
+	return cfg, nil
+}
+
+// clusterName is the kubeconfig's name for the cluster, "" if unknown.
+func (f *identityFlags) clusterName() string {
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = f.kubeconfig
+	raw, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules,
+		&clientcmd.ConfigOverrides{CurrentContext: f.context}).RawConfig()
+	if err != nil {
+		return ""
+	}
+	ctx := f.context
+	if ctx == "" {
+		ctx = raw.CurrentContext
+	}
+	if c, ok := raw.Contexts[ctx]; ok {
+		return c.Cluster
+	}
+	return ""
+}
+
+// registerAgents adds the flags that say where the agents are and how to
+// reach them (tail and record --from tail).
+func registerAgents(fl *pflag.FlagSet, a *tail.Agents) {
+	fl.StringVar(&a.Namespace, "agents-namespace", "kdrop", "namespace of the kdrop agents")
+	fl.StringVar(&a.Selector, "agents-selector", "app.kubernetes.io/name=kdrop", "label selector of the agent pods")
+	fl.IntVar(&a.Port, "agent-port", 9965, "the agents' --listen port")
+	fl.StringVar(&a.Token, "token", "", "bearer token for the agents (default: your kubeconfig's)")
+	fl.DurationVar(&a.Delay, "merge-delay", time.Second, "how long to hold events to put the nodes' streams in time order")
+}
+
+func newLogger(verbose bool) *zap.Logger {
+	cfg := zap.NewDevelopmentConfig()
+	cfg.Level = zap.NewAtomicLevelAt(zapcore.InfoLevel)
+	if verbose {
+		cfg.Level = zap.NewAtomicLevelAt(zapcore.DebugLevel)
+	}
+	cfg.DisableStacktrace = true
+	cfg.EncoderConfig.EncodeLevel = zapcore.CapitalColorLevelEncoder
+	log, err := cfg.Build()
+	if err != nil {
+		return zap.NewNop()
+	}
+	return log
+}
+
+// withDuration ends ctx after d (--duration; 0: never), and its cancel ends
+// it sooner (--count).
+func withDuration(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	if d > 0 {
+		return context.WithTimeout(ctx, d)
+	}
+	return context.WithCancel(ctx)
+}

@@ -1,0 +1,408 @@
+package line
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/kdrop/kdrop/k8s"
+	"github.com/kdrop/kdrop/tracer"
+)
+
+// Kind says what a decoded line is.
+type Kind uint8
+
+const (
+	// KindOther is a line of a type this kdrop does not know (written by a
+	// newer one): Line.Type says which. Readers skip it and may say so.
+	KindOther Kind = iota
+	KindEvent
+	KindNotice
+	KindHeader
+	KindTrailer
+)
+
+// Line is any decoded line. Kind says which of Event, Notice, Header and
+// Trailer is filled in.
+type Line struct {
+	Kind    Kind
+	Type    string    // the "type" field ("" for a header or trailer)
+	Time    time.Time // the line's time: event or notice time, header's start, trailer's end
+	Event   Event
+	Notice  Notice
+	Header  Header
+	Trailer Trailer
+}
+
+// Decoder decodes lines. It keeps one copy of each distinct identity it
+// meets, so equal identities decode to the same *k8s.Endpoint (a reader
+// that folds millions of events keeps one per pod, and may compare them
+// by pointer). A Decoder is not safe for concurrent use.
+type Decoder struct {
+	endpoints map[string]*k8s.Endpoint
+}
+
+// maxEndpoints bounds the identities a Decoder keeps; past it, new ones
+// are decoded afresh each time.
+const maxEndpoints = 1 << 16
+
+// wire is any line as written; unknown fields are ignored.
+type wire struct {
+	Format *int `json:"kdrop_record"`
+	End    *int `json:"kdrop_record_end"`
+
+	// header
+	Started   string  `json:"started"`
+	Version   string  `json:"version"`
+	From      string  `json:"from"`
+	Cluster   string  `json:"cluster"`
+	Nodes     []Node  `json:"nodes"`
+	Filters   Filters `json:"filters"`
+	RateLimit uint32  `json:"rate_limit"`
+
+	// trailer
+	Ended  string `json:"ended"`
+	Events uint64 `json:"events"`
+
+	// notices
+	Lost    *uint64 `json:"lost"`
+	Missed  *uint64 `json:"missed"`
+	Cause   string  `json:"cause"`
+	Message string  `json:"message"`
+	GapFrom string  `json:"gap_from"`
+	GapTo   string  `json:"gap_to"`
+
+	// events
+	Time        string          `json:"time"`
+	Type        string          `json:"type"`
+	Count       *uint64         `json:"count"`
+	Summary     bool            `json:"summary"`
+	Source      string          `json:"source"`
+	Coarse      string          `json:"coarse"`
+	Node        string          `json:"node"`
+	Netns       uint32          `json:"netns"`
+	Ifindex     uint32          `json:"ifindex"`
+	Proto       string          `json:"proto"`
+	Src         netip.Addr      `json:"src"`
+	Sport       uint16          `json:"sport"`
+	Dst         netip.Addr      `json:"dst"`
+	Dport       uint16          `json:"dport"`
+	TCPFlags    string          `json:"tcp_flags"`
+	Reason      string          `json:"reason"`
+	ReasonCode  uint32          `json:"reason_code"`
+	Location    string          `json:"location"`
+	ICMPType    uint8           `json:"icmp_type"`
+	ICMPCode    uint8           `json:"icmp_code"`
+	Queue       string          `json:"queue"`
+	QueueLen    uint32          `json:"queue_len"`
+	QueueMax    uint32          `json:"queue_max"`
+	SynQueueLen uint32          `json:"syn_queue_len"`
+	Syncookie   bool            `json:"syncookie"`
+	Somaxconn   uint32          `json:"somaxconn"`
+	SrcK8s      json.RawMessage `json:"src_k8s"`
+	DstK8s      json.RawMessage `json:"dst_k8s"`
+	WhereK8s    json.RawMessage `json:"where_k8s"`
+}
+
+// wireEndpoint is an identity as written.
+type wireEndpoint struct {
+	Kind           string         `json:"kind"`
+	Namespace      string         `json:"namespace"`
+	Name           string         `json:"name"`
+	WorkloadKind   string         `json:"workload_kind"`
+	WorkloadName   string         `json:"workload_name"`
+	Node           string         `json:"node"`
+	Services       []string       `json:"services"`
+	Ready          bool           `json:"ready"`
+	ReadyEndpoints *int           `json:"ready_endpoints"`
+	Terminating    bool           `json:"terminating"`
+	HostNetwork    bool           `json:"host_network"`
+	DeletedAgoMs   int64          `json:"deleted_ago_ms"`
+	Previous       []wireEndpoint `json:"previous"`
+	Unresolved     bool           `json:"unresolved"`
+}
+
+func (w *wireEndpoint) endpoint() k8s.Endpoint {
+	e := k8s.Endpoint{Kind: w.Kind, Namespace: w.Namespace, Name: w.Name, WorkloadKind: w.WorkloadKind,
+		WorkloadName: w.WorkloadName, Node: w.Node, Services: w.Services, Ready: w.Ready,
+		ReadyEndpoints: -1, Terminating: w.Terminating, HostNetwork: w.HostNetwork,
+		DeletedAgo: time.Duration(w.DeletedAgoMs) * time.Millisecond, Unresolved: w.Unresolved}
+	if w.ReadyEndpoints != nil {
+		e.ReadyEndpoints = *w.ReadyEndpoints
+	}
+	for i := range w.Previous {
+		e.Previous = append(e.Previous, w.Previous[i].endpoint())
+	}
+	return e
+}
+
+// ErrNoType: the line is a JSON object without "type" (and not a header
+// or trailer).
+var ErrNoType = errors.New(`no "type" field`)
+
+// Decode decodes one line (without its newline) into l. Errors say, for a
+// person, what is wrong with the line; the caller adds where it is.
+func (d *Decoder) Decode(b []byte, l *Line) error {
+	*l = Line{}
+	b = bytes.TrimSpace(b)
+	var w wire
+	if err := json.Unmarshal(b, &w); err != nil {
+		return errors.New(jsonError(err))
+	}
+	switch {
+	case w.Format != nil:
+		return d.header(&w, l)
+	case w.End != nil:
+		return d.trailer(&w, l)
+	}
+	l.Type = w.Type
+	switch w.Type {
+	case "":
+		return fmt.Errorf(`%w (an event is drop, overflow or unreach; a notice is hello, heartbeat, notice, lost or missed)`, ErrNoType)
+	case "drop", "overflow", "unreach":
+		l.Kind = KindEvent
+		return d.event(&w, l)
+	case NoticeHello, NoticeHeartbeat, NoticeGap, NoticeLost, NoticeMissed:
+		l.Kind = KindNotice
+		return d.notice(&w, l)
+	}
+	l.Kind = KindOther
+	if t, err := time.Parse(time.RFC3339Nano, w.Time); err == nil {
+		l.Time = t
+	}
+	return nil
+}
+
+func (d *Decoder) header(w *wire, l *Line) error {
+	l.Kind = KindHeader
+	if f := *w.Format; f != FormatVersion {
+		if f > FormatVersion {
+			return fmt.Errorf("recording format %d is newer than this kdrop reads (%d): use a newer kdrop to read it", f, FormatVersion)
+		}
+		return fmt.Errorf("unknown recording format %d (this kdrop reads %d)", f, FormatVersion)
+	}
+	started, err := parseTime("started", w.Started)
+	if err != nil {
+		return fmt.Errorf("header: %v", err)
+	}
+	l.Time = started
+	l.Header = Header{Format: *w.Format, Started: started, Version: w.Version, From: w.From, Cluster: w.Cluster,
+		Nodes: w.Nodes, Filters: w.Filters, RateLimit: w.RateLimit}
+	return nil
+}
+
+func (d *Decoder) trailer(w *wire, l *Line) error {
+	l.Kind = KindTrailer
+	if *w.End != FormatVersion {
+		return fmt.Errorf("end-of-recording line of unknown format %d (this kdrop reads %d)", *w.End, FormatVersion)
+	}
+	ended, err := parseTime("ended", w.Ended)
+	if err != nil {
+		return fmt.Errorf("end-of-recording line: %v", err)
+	}
+	l.Time = ended
+	l.Trailer = Trailer{Format: *w.End, Ended: ended, Events: w.Events}
+	if w.Lost != nil {
+		l.Trailer.Lost = *w.Lost
+	}
+	if w.Missed != nil {
+		l.Trailer.Missed = *w.Missed
+	}
+	return nil
+}
+
+func (d *Decoder) notice(w *wire, l *Line) error {
+	t, err := parseTime("time", w.Time)
+	if err != nil {
+		return fmt.Errorf("%s notice: %v", w.Type, err)
+	}
+	l.Time = t
+	n := Notice{Time: t, Type: w.Type, Node: w.Node, Message: w.Message, Cause: w.Cause}
+	switch w.Type {
+	case NoticeLost:
+		if w.Lost == nil {
+			return errors.New(`loss notice without "lost"`)
+		}
+		n.Lost = *w.Lost
+	case NoticeMissed:
+		if w.Missed == nil {
+			return errors.New(`missed notice without "missed"`)
+		}
+		n.Missed = *w.Missed
+	case NoticeGap:
+		if w.GapFrom != "" || w.GapTo != "" {
+			if n.GapFrom, err = parseTime("gap_from", w.GapFrom); err != nil {
+				return fmt.Errorf("gap notice: %v", err)
+			}
+			if n.GapTo, err = parseTime("gap_to", w.GapTo); err != nil {
+				return fmt.Errorf("gap notice: %v", err)
+			}
+		}
+	}
+	l.Notice = n
+	return nil
+}
+
+func (d *Decoder) event(w *wire, l *Line) error {
+	t, err := parseTime("time", w.Time)
+	if err != nil {
+		return fmt.Errorf("%s event: %v", w.Type, err)
+	}
+	if w.Count == nil {
+		return fmt.Errorf(`%s event without "count"`, w.Type)
+	}
+	l.Time = t
+	e := &l.Event
+	e.Type, _ = tracer.ParseEventType(w.Type) // one of the three, checked by the caller
+	e.Time, e.Count, e.Summary, e.Source, e.Coarse = t, *w.Count, w.Summary, w.Source, w.Coarse
+	e.Netns, e.Ifindex, e.Node = w.Netns, w.Ifindex, w.Node
+	if e.Proto, err = parseProto(w.Proto); err != nil {
+		return err
+	}
+	if w.Src.IsValid() {
+		e.Src = netip.AddrPortFrom(w.Src, w.Sport)
+	}
+	if w.Dst.IsValid() {
+		e.Dst = netip.AddrPortFrom(w.Dst, w.Dport)
+	}
+	a := e.Dst.Addr()
+	if !a.IsValid() {
+		a = e.Src.Addr()
+	}
+	if a.Is4() {
+		e.Family = 4
+	} else if a.Is6() {
+		e.Family = 6
+	}
+	e.TCPFlags = parseTCPFlags(w.TCPFlags)
+	switch e.Type {
+	case tracer.Drop:
+		e.Reason, e.ReasonCode, e.Location = w.Reason, w.ReasonCode, w.Location
+	case tracer.Unreachable:
+		e.ICMPType, e.ICMPCode = w.ICMPType, w.ICMPCode
+	case tracer.ListenOverflow:
+		switch w.Queue {
+		case "accept":
+			e.Queue = tracer.QueueAccept
+		case "syn":
+			e.Queue = tracer.QueueSYN
+		}
+		e.QueueLen, e.QueueMax, e.SynQueueLen = w.QueueLen, w.QueueMax, w.SynQueueLen
+		e.Syncookie, e.Somaxconn = w.Syncookie, w.Somaxconn
+	}
+	for _, x := range []struct {
+		field string
+		raw   json.RawMessage
+		to    **k8s.Endpoint
+	}{{"src_k8s", w.SrcK8s, &e.SrcK8s}, {"dst_k8s", w.DstK8s, &e.DstK8s}, {"where_k8s", w.WhereK8s, &e.WhereK8s}} {
+		if *x.to, err = d.endpoint(x.raw); err != nil {
+			return fmt.Errorf("%s: %v", x.field, err)
+		}
+	}
+	return nil
+}
+
+func (d *Decoder) endpoint(raw json.RawMessage) (*k8s.Endpoint, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil, nil
+	}
+	if e, ok := d.endpoints[string(raw)]; ok {
+		return e, nil
+	}
+	var w wireEndpoint
+	if err := json.Unmarshal(raw, &w); err != nil {
+		return nil, errors.New(jsonError(err))
+	}
+	e := w.endpoint()
+	if d.endpoints == nil {
+		d.endpoints = map[string]*k8s.Endpoint{}
+	}
+	if len(d.endpoints) < maxEndpoints {
+		d.endpoints[string(raw)] = &e
+	}
+	return &e, nil
+}
+
+func parseProto(s string) (uint8, error) {
+	if s == "" {
+		return 0, nil
+	}
+	if n, ok := strings.CutPrefix(s, "proto"); ok { // ProtoName of a protocol without a name
+		s = n
+	}
+	p, err := tracer.ParseProto(s)
+	if err != nil {
+		return 0, fmt.Errorf(`field "proto": %v`, err)
+	}
+	return p, nil
+}
+
+// parseTCPFlags reads TCPFlagString's SYN|ACK; names it does not know are
+// ignored.
+func parseTCPFlags(s string) uint8 {
+	var f uint8
+	for _, n := range strings.Split(s, "|") {
+		for bit := 0; bit < 8; bit++ {
+			if n != "" && tracer.TCPFlagString(1<<bit) == n {
+				f |= 1 << bit
+			}
+		}
+	}
+	return f
+}
+
+func parseTime(field, s string) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, fmt.Errorf("no %q time", field)
+	}
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("%q is not an RFC 3339 time: %q", field, s)
+	}
+	return t, nil
+}
+
+// jsonError words a decoding error for a person.
+func jsonError(err error) string {
+	var se *json.SyntaxError
+	if errors.As(err, &se) {
+		if strings.Contains(se.Error(), "unexpected end of JSON input") {
+			return "the line ends in the middle of its JSON object (cut off?)"
+		}
+		return fmt.Sprintf("invalid JSON at byte %d: %s", se.Offset, strings.TrimPrefix(se.Error(), "json: "))
+	}
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		if te.Field == "" {
+			return fmt.Sprintf("the line is a JSON %s, not an object", te.Value)
+		}
+		return fmt.Sprintf("field %q: a JSON %s where %s is expected", te.Field, te.Value, typeWord(te.Type.String()))
+	}
+	s := strings.TrimPrefix(err.Error(), "json: ")
+	if strings.HasPrefix(s, "ParseAddr(") {
+		return "not an IP address: " + s
+	}
+	s = strings.ReplaceAll(s, "Go struct field wire.", "field ")
+	return strings.ReplaceAll(s, "Go struct field wireEndpoint.", "field ")
+}
+
+func typeWord(t string) string {
+	t = strings.TrimPrefix(t, "*")
+	switch {
+	case strings.HasPrefix(t, "uint"):
+		return "a whole number, 0 or more"
+	case strings.HasPrefix(t, "int"):
+		return "a whole number"
+	case t == "string":
+		return "a string"
+	case t == "bool":
+		return "true or false"
+	case strings.HasPrefix(t, "[]"):
+		return "a list"
+	}
+	return t
+}

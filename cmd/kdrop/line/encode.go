@@ -1,0 +1,288 @@
+package line
+
+import (
+	"encoding/json"
+	"strconv"
+	"time"
+	"unicode/utf8"
+
+	"github.com/kdrop/kdrop/k8s"
+	"github.com/kdrop/kdrop/tracer"
+)
+
+// AppendEvent writes e as one JSON object (no newline) and returns the
+// extended buffer. Written by hand, without allocating: encoding/json's
+// reflection would cap the stream far below what the kernel produces in a
+// drop storm. Fields that do not apply, or are empty, are left out; the
+// order is fixed (testdata pins it).
+func AppendEvent(b []byte, e *Event) []byte {
+	b = append(b, `{"time":"`...)
+	b = e.Time.UTC().AppendFormat(b, time.RFC3339Nano)
+	b = append(b, `","type":"`...)
+	b = append(b, e.Type.String()...)
+	b = append(b, `","count":`...)
+	b = strconv.AppendUint(b, e.Count, 10)
+	if e.Summary {
+		b = append(b, `,"summary":true`...)
+	}
+	b = appendField(b, "source", e.Source)
+	b = appendField(b, "coarse", e.Coarse)
+	b = append(b, `,"netns":`...)
+	b = strconv.AppendUint(b, uint64(e.Netns), 10)
+	if e.Ifindex != 0 {
+		b = append(b, `,"ifindex":`...)
+		b = strconv.AppendUint(b, uint64(e.Ifindex), 10)
+	}
+	b = appendField(b, "proto", tracer.ProtoName(e.Proto))
+	if e.Src.Addr().IsValid() {
+		b = append(b, `,"src":"`...)
+		b = e.Src.Addr().AppendTo(b)
+		b = append(b, `","sport":`...)
+		b = strconv.AppendUint(b, uint64(e.Src.Port()), 10)
+	}
+	if e.Dst.Addr().IsValid() {
+		b = append(b, `,"dst":"`...)
+		b = e.Dst.Addr().AppendTo(b)
+		b = append(b, `","dport":`...)
+		b = strconv.AppendUint(b, uint64(e.Dst.Port()), 10)
+	}
+	if e.TCPFlags != 0 {
+		b = appendField(b, "tcp_flags", tracer.TCPFlagString(e.TCPFlags))
+	}
+	switch e.Type {
+	case tracer.Drop:
+		b = appendField(b, "reason", e.Reason)
+		b = append(b, `,"reason_code":`...)
+		b = strconv.AppendUint(b, uint64(e.ReasonCode), 10)
+		b = appendField(b, "location", e.Location)
+	case tracer.Unreachable:
+		b = appendField(b, "icmp", e.What())
+		b = append(b, `,"icmp_type":`...)
+		b = strconv.AppendUint(b, uint64(e.ICMPType), 10)
+		b = append(b, `,"icmp_code":`...)
+		b = strconv.AppendUint(b, uint64(e.ICMPCode), 10)
+	case tracer.ListenOverflow:
+		b = appendField(b, "queue", e.Queue.String())
+		b = append(b, `,"queue_len":`...)
+		b = strconv.AppendUint(b, uint64(e.QueueLen), 10)
+		b = append(b, `,"queue_max":`...)
+		b = strconv.AppendUint(b, uint64(e.QueueMax), 10)
+		b = append(b, `,"syn_queue_len":`...)
+		b = strconv.AppendUint(b, uint64(e.SynQueueLen), 10)
+		if e.Syncookie {
+			b = append(b, `,"syncookie":true`...)
+		}
+		if e.Somaxconn != 0 {
+			b = append(b, `,"somaxconn":`...)
+			b = strconv.AppendUint(b, uint64(e.Somaxconn), 10)
+		}
+	}
+	b = appendField(b, "node", e.Node)
+	b = appendEndpoint(b, "src_k8s", e.SrcK8s)
+	b = appendEndpoint(b, "dst_k8s", e.DstK8s)
+	b = appendEndpoint(b, "where_k8s", e.WhereK8s)
+	return append(b, '}')
+}
+
+// AppendNotice writes n as one JSON object (no newline).
+func AppendNotice(b []byte, n *Notice) []byte {
+	b = append(b, `{"time":"`...)
+	b = n.Time.UTC().AppendFormat(b, time.RFC3339Nano)
+	b = append(b, `","type":`...)
+	b = appendString(b, n.Type)
+	b = append(b, `,"node":`...)
+	b = appendString(b, n.Node) // always there: says which stream, even if ""
+	switch n.Type {
+	case NoticeGap:
+		b = append(b, `,"message":`...)
+		b = appendString(b, n.Message)
+		if !n.GapFrom.IsZero() {
+			b = appendTime(b, "gap_from", n.GapFrom)
+			b = appendTime(b, "gap_to", n.GapTo)
+		}
+	case NoticeLost:
+		b = append(b, `,"lost":`...)
+		b = strconv.AppendUint(b, n.Lost, 10)
+	case NoticeMissed:
+		b = append(b, `,"missed":`...)
+		b = strconv.AppendUint(b, n.Missed, 10)
+		b = appendField(b, "cause", n.Cause)
+	}
+	return append(b, '}')
+}
+
+// AppendHeader writes a recording's header line (no newline). Format is
+// set to FormatVersion.
+func AppendHeader(b []byte, h Header) []byte {
+	h.Format = FormatVersion
+	h.Started = h.Started.UTC()
+	j, err := json.Marshal(h)
+	if err != nil { // a Header holds only strings, numbers and times
+		panic("kdrop: encoding a recording header: " + err.Error())
+	}
+	return append(b, j...)
+}
+
+// AppendTrailer writes a recording's trailer line (no newline). Format is
+// set to FormatVersion.
+func AppendTrailer(b []byte, t Trailer) []byte {
+	b = append(b, `{"kdrop_record_end":`...)
+	b = strconv.AppendInt(b, FormatVersion, 10)
+	b = appendTime(b, "ended", t.Ended)
+	b = append(b, `,"events":`...)
+	b = strconv.AppendUint(b, t.Events, 10)
+	b = append(b, `,"lost":`...)
+	b = strconv.AppendUint(b, t.Lost, 10)
+	b = append(b, `,"missed":`...)
+	b = strconv.AppendUint(b, t.Missed, 10)
+	return append(b, '}')
+}
+
+func appendTime(b []byte, key string, t time.Time) []byte {
+	b = append(b, ',', '"')
+	b = append(b, key...)
+	b = append(b, `":"`...)
+	b = t.UTC().AppendFormat(b, time.RFC3339Nano)
+	return append(b, '"')
+}
+
+// appendField adds ,"key":"value"; empty values are left out.
+func appendField(b []byte, key, v string) []byte {
+	if v == "" {
+		return b
+	}
+	b = append(b, ',', '"')
+	b = append(b, key...)
+	b = append(b, `":`...)
+	return appendString(b, v)
+}
+
+const hexDigits = "0123456789abcdef"
+
+// appendString writes s as a JSON string. Kernel symbols, enum names and
+// Kubernetes names are plain ASCII and copied as they are; anything else
+// is escaped as JSON (RFC 8259) wants; invalid UTF-8 becomes U+FFFD.
+func appendString(b []byte, s string) []byte {
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c >= 0x20 && c < utf8.RuneSelf && c != '"' && c != '\\' {
+			i++
+			continue
+		}
+		if c < utf8.RuneSelf {
+			b = append(b, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				b = append(b, '\\', c)
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, s[start:i]...)
+			b = append(b, "\uFFFD"...)
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	b = append(b, s[start:]...)
+	return append(b, '"')
+}
+
+// appendEndpoint adds ,"key":{...}; an endpoint of which nothing is known
+// is left out. With key "" it writes the bare object (an element of
+// "previous").
+func appendEndpoint(b []byte, key string, e *k8s.Endpoint) []byte {
+	if key != "" && (e == nil || (e.Kind == "" && !e.Unresolved)) {
+		return b
+	}
+	if key != "" {
+		b = append(b, ',', '"')
+		b = append(b, key...)
+		b = append(b, `":`...)
+	}
+	b = append(b, '{')
+	first := true
+	field := func(k string) {
+		if !first {
+			b = append(b, ',')
+		}
+		first = false
+		b = append(b, '"')
+		b = append(b, k...)
+		b = append(b, `":`...)
+	}
+	str := func(k, v string) {
+		if v != "" {
+			field(k)
+			b = appendString(b, v)
+		}
+	}
+	flag := func(k string, v bool) {
+		if v {
+			field(k)
+			b = append(b, "true"...)
+		}
+	}
+	str("kind", e.Kind)
+	str("namespace", e.Namespace)
+	str("name", e.Name)
+	str("workload_kind", e.WorkloadKind)
+	str("workload_name", e.WorkloadName)
+	str("node", e.Node)
+	if len(e.Services) > 0 {
+		field("services")
+		b = append(b, '[')
+		for i, s := range e.Services {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendString(b, s)
+		}
+		b = append(b, ']')
+	}
+	switch e.Kind {
+	case k8s.KindPod:
+		field("ready")
+		b = strconv.AppendBool(b, e.Ready)
+	case k8s.KindService:
+		if e.ReadyEndpoints < 0 { // unknown: a decoded line that did not say
+			break
+		}
+		field("ready_endpoints")
+		b = strconv.AppendInt(b, int64(e.ReadyEndpoints), 10)
+	}
+	flag("terminating", e.Terminating)
+	flag("host_network", e.HostNetwork)
+	if e.DeletedAgo != 0 {
+		field("deleted_ago_ms")
+		b = strconv.AppendInt(b, e.DeletedAgo.Milliseconds(), 10)
+	}
+	if len(e.Previous) > 0 {
+		field("previous")
+		b = append(b, '[')
+		for i := range e.Previous {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendEndpoint(b, "", &e.Previous[i])
+		}
+		b = append(b, ']')
+	}
+	flag("unresolved", e.Unresolved)
+	return append(b, '}')
+}

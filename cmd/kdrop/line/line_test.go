@@ -1,0 +1,299 @@
+package line
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"net/netip"
+	"os"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/santhosh-tekuri/jsonschema/v6"
+
+	"github.com/kdrop/kdrop/k8s"
+	"github.com/kdrop/kdrop/tracer"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/golden.jsonl from the encoder")
+
+var t0 = time.Date(2026, 11, 30, 18, 4, 5, 123456789, time.UTC)
+
+// goldenEvents covers every field the encoder writes.
+func goldenEvents() []Event {
+	pod := &k8s.Endpoint{Kind: k8s.KindPod, Namespace: "shop", Name: "web-7d9f8c-x2x4q", WorkloadKind: "Deployment", WorkloadName: "web",
+		Node: "node-a", Services: []string{"shop/web"}, Ready: true}
+	deleted := &k8s.Endpoint{Kind: k8s.KindPod, Namespace: "shop", Name: "cart-new", Node: "node-b", Terminating: true, DeletedAgo: 1500 * time.Millisecond,
+		Previous: []k8s.Endpoint{{Kind: k8s.KindPod, Namespace: "shop", Name: "cart-old", DeletedAgo: 3 * time.Second}}}
+	svc := &k8s.Endpoint{Kind: k8s.KindService, Namespace: "shop", Name: "cart"}
+	node := &k8s.Endpoint{Kind: k8s.KindNode, Name: "node-a", HostNetwork: true}
+	unresolved := &k8s.Endpoint{Unresolved: true}
+	odd := &k8s.Endpoint{Kind: k8s.KindPod, Namespace: "x", Name: "quote\" back\\ tab\t ctl\x01 é \xff", Ready: false}
+	ap := netip.MustParseAddrPort
+	return []Event{
+		{Event: tracer.Event{Time: t0, Type: tracer.Drop, Count: 1, Source: "tp_btf", Netns: 4026531840, Ifindex: 2, Family: 4, Proto: 6,
+			Src: ap("10.244.0.7:40000"), Dst: ap("10.244.1.9:80"), TCPFlags: 2, Reason: "NO_SOCKET", ReasonCode: 3, Location: "tcp_v4_rcv+0x1a4"},
+			Node: "node-a", SrcK8s: pod, DstK8s: deleted, WhereK8s: node},
+		{Event: tracer.Event{Time: t0.Add(time.Second), Type: tracer.Drop, Count: 4812, Summary: true, Source: "fentry", Coarse: tracer.CoarseNetns,
+			Netns: 4026532000, Family: 6, Proto: 17, Reason: "NETFILTER_DROP", ReasonCode: 6, Location: "nf_hook_slow+0x9c"}},
+		{Event: tracer.Event{Time: t0.Add(2 * time.Second), Type: tracer.ListenOverflow, Count: 1, Source: "sock_diag", Netns: 4026532100, Family: 4, Proto: 6,
+			Dst: ap("0.0.0.0:8080"), Queue: tracer.QueueAccept, QueueLen: 129, QueueMax: 128, SynQueueLen: 3, Somaxconn: 128},
+			Node: "node-b", WhereK8s: pod},
+		{Event: tracer.Event{Time: t0.Add(3 * time.Second), Type: tracer.ListenOverflow, Count: 1, Source: "kprobe", Netns: 4026532100, Family: 6, Proto: 6,
+			Src: ap("[fd00::1]:51000"), Dst: ap("[fd00::2]:443"), TCPFlags: 2, Queue: tracer.QueueSYN, QueueLen: 256, QueueMax: 256, SynQueueLen: 256, Syncookie: true}},
+		{Event: tracer.Event{Time: t0.Add(4 * time.Second), Type: tracer.Unreachable, Count: 1, Source: "raw_tp", Netns: 4026531840, Family: 4, Proto: 17,
+			Src: ap("10.96.0.10:53"), Dst: ap("10.244.0.7:33000"), ICMPType: 3, ICMPCode: 3},
+			Node: "node-a", SrcK8s: svc, DstK8s: unresolved, WhereK8s: odd},
+		{Event: tracer.Event{Time: t0.Add(5 * time.Second), Type: tracer.Unreachable, Count: 2, Summary: true, Netns: 1, Family: 6, Proto: 58,
+			Dst: ap("[2001:db8::1]:0"), ICMPType: 1, ICMPCode: 4}},
+		{Event: tracer.Event{Time: t0.Add(6 * time.Second), Type: tracer.Drop, Count: 1, Netns: 7, Proto: 0, Reason: "unknown", Location: "0xffffffff81000000"}},
+	}
+}
+
+func goldenNotices() []Notice {
+	return []Notice{
+		{Time: t0, Type: NoticeHello, Node: "node-a"},
+		{Time: t0, Type: NoticeHeartbeat, Node: "node-a"},
+		{Time: t0, Type: NoticeLost, Node: "node-a", Lost: 17},
+		{Time: t0, Type: NoticeMissed, Node: "node-a", Missed: 3, Cause: MissedByKernel},
+		{Time: t0, Type: NoticeMissed, Node: "node-b", Missed: 9, Cause: MissedByStream},
+		{Time: t0, Type: NoticeGap, Node: "", Message: `cannot list the agents: "forbidden" ` + "\x00\n"},
+		{Time: t0, Type: NoticeGap, Node: "node-b", Message: "connected to agent kdrop-x: events were not seen", GapFrom: t0.Add(-time.Minute), GapTo: t0},
+	}
+}
+
+func goldenHeader() Header {
+	return Header{Started: t0, Version: "v0.1.0", From: "tail", Cluster: "kind", Nodes: []Node{{Name: "node-a", Kernel: "6.12.0-1-amd64"}},
+		Filters:   Filters{Types: []string{"drop"}, Reasons: []string{"NO_SOCKET"}, CIDRs: []string{"10.0.0.0/8"}, Port: 80, Netns: 4026531840, Namespace: "shop", Pod: "web", Selector: "app=web"},
+		RateLimit: 100}
+}
+
+func goldenTrailer() Trailer {
+	return Trailer{Ended: t0.Add(time.Minute), Events: 7, Lost: 17, Missed: 12}
+}
+
+func encodeGolden() []byte {
+	var b []byte
+	b = append(AppendHeader(b, goldenHeader()), '\n')
+	for _, e := range goldenEvents() {
+		b = append(AppendEvent(b, &e), '\n')
+	}
+	for _, n := range goldenNotices() {
+		b = append(AppendNotice(b, &n), '\n')
+	}
+	return append(AppendTrailer(b, goldenTrailer()), '\n')
+}
+
+// The bytes kdrop writes are pinned: a change to them is a change of the
+// format, to be made on purpose (go test ./cmd/kdrop/line -update) and
+// read by every reader of FormatVersion.
+func TestGolden(t *testing.T) {
+	got := encodeGolden()
+	const path = "testdata/golden.jsonl"
+	if *update {
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		gl, wl := strings.Split(string(got), "\n"), strings.Split(string(want), "\n")
+		for i := range min(len(gl), len(wl)) {
+			if gl[i] != wl[i] {
+				t.Fatalf("line %d differs from %s:\n got %s\nwant %s", i+1, path, gl[i], wl[i])
+			}
+		}
+		t.Fatalf("%s: %d lines, encoder writes %d", path, len(wl), len(gl))
+	}
+}
+
+// Every golden line decodes to what was encoded, and encodes back to the
+// same bytes.
+func TestRoundTrip(t *testing.T) {
+	var d Decoder
+	var l Line
+	lines := strings.Split(strings.TrimSpace(string(encodeGolden())), "\n")
+	events, notices := goldenEvents(), goldenNotices()
+	for i, s := range lines {
+		if err := d.Decode([]byte(s), &l); err != nil {
+			t.Fatalf("line %d: %v\n%s", i+1, err, s)
+		}
+		var again []byte
+		switch l.Kind {
+		case KindHeader:
+			want := goldenHeader()
+			want.Format = FormatVersion
+			if !reflect.DeepEqual(l.Header, want) {
+				t.Errorf("header: got %+v, want %+v", l.Header, want)
+			}
+			again = AppendHeader(nil, l.Header)
+		case KindTrailer:
+			want := goldenTrailer()
+			want.Format = FormatVersion
+			if l.Trailer != want {
+				t.Errorf("trailer: got %+v, want %+v", l.Trailer, want)
+			}
+			again = AppendTrailer(nil, l.Trailer)
+		case KindEvent:
+			e := &events[i-1]
+			if l.Event.Type != e.Type || l.Event.Count != e.Count || l.Event.Src != e.Src || l.Event.Dst != e.Dst || l.Event.Node != e.Node || !l.Time.Equal(e.Time) {
+				t.Errorf("line %d: decoded %+v, want %+v", i+1, l.Event, e)
+			}
+			again = AppendEvent(nil, &l.Event)
+		case KindNotice:
+			n := notices[i-1-len(events)]
+			n.Message = strings.ToValidUTF8(n.Message, "\ufffd")
+			if !reflect.DeepEqual(l.Notice, n) {
+				t.Errorf("line %d: decoded %+v, want %+v", i+1, l.Notice, n)
+			}
+			again = AppendNotice(nil, &l.Notice)
+		default:
+			t.Fatalf("line %d: kind %d", i+1, l.Kind)
+		}
+		if string(again) != s {
+			t.Errorf("line %d re-encoded differs:\n got %s\nwant %s", i+1, again, s)
+		}
+	}
+}
+
+func TestEncodeAllocatesNothing(t *testing.T) {
+	evs := goldenEvents()
+	buf := make([]byte, 0, 4096)
+	for i := range evs {
+		if n := testing.AllocsPerRun(100, func() { buf = AppendEvent(buf[:0], &evs[i]) }); n != 0 {
+			t.Errorf("event %d: %v allocations per AppendEvent", i, n)
+		}
+	}
+}
+
+func TestDecodeErrors(t *testing.T) {
+	var d Decoder
+	var l Line
+	for _, c := range []struct{ line, want string }{
+		{`{"time":"2026-01-01T00:00:00Z","type":"drop"}`, `drop event without "count"`},
+		{`{"type":"drop","count":1}`, `drop event: no "time" time`},
+		{`{"time":"yesterday","type":"drop","count":1}`, `"time" is not an RFC 3339 time`},
+		{`{"time":"2026-01-01T00:00:00Z","type":"drop","count":-1}`, `field "count": a JSON number -1 where a whole number, 0 or more is expected`},
+		{`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1,"src":"10.0.0.300"}`, `not an IP address`},
+		{`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1,"proto":"tcpx"}`, `unknown protocol "tcpx"`},
+		{`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1,"dst_k8s":{"kind":3}}`, `dst_k8s: field "kind": a JSON number where a string is expected`},
+		{`{"time":"2026-01-01T00:00:00Z","type":"lost"}`, `loss notice without "lost"`},
+		{`{"time":"2026-01-01T00:00:00Z","type":"missed"}`, `missed notice without "missed"`},
+		{`{"time":"2026-01-01T00:00:00Z","type":"notice","gap_from":"2026-01-01T00:00:00Z"}`, `gap notice: no "gap_to" time`},
+		{`{"count":1}`, `no "type" field`},
+		{`[1,2]`, `the line is a JSON array, not an object`},
+		{`{"time":`, `cut off?`},
+		{`{"kdrop_record":2,"started":"2026-01-01T00:00:00Z"}`, `recording format 2 is newer than this kdrop reads (1)`},
+		{`{"kdrop_record":1}`, `header: no "started" time`},
+		{`{"kdrop_record_end":7,"ended":"2026-01-01T00:00:00Z"}`, `end-of-recording line of unknown format 7`},
+	} {
+		err := d.Decode([]byte(c.line), &l)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: error %v, want one saying %q", c.line, err, c.want)
+		}
+	}
+	// a type from a newer kdrop is not an error
+	if err := d.Decode([]byte(`{"time":"2026-01-01T00:00:00Z","type":"verdict","x":1}`), &l); err != nil || l.Kind != KindOther || l.Type != "verdict" {
+		t.Errorf("unknown type: %v, %+v", err, l)
+	}
+}
+
+// Equal identities decode to one *k8s.Endpoint.
+func TestDecoderSharesIdentities(t *testing.T) {
+	var d Decoder
+	var a, b Line
+	s := []byte(`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1,"dst_k8s":{"kind":"pod","namespace":"a","name":"b","ready":true}}`)
+	if err := d.Decode(s, &a); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Decode(s, &b); err != nil {
+		t.Fatal(err)
+	}
+	if a.Event.DstK8s == nil || a.Event.DstK8s != b.Event.DstK8s || a.Event.DstK8s.Name != "b" || !a.Event.DstK8s.Ready {
+		t.Errorf("identities: %+v %+v", a.Event.DstK8s, b.Event.DstK8s)
+	}
+}
+
+// FuzzDecode: no input panics the decoder, and an event it accepts encodes
+// to a line it decodes again to the same event.
+func FuzzDecode(f *testing.F) {
+	for _, s := range strings.Split(string(encodeGolden()), "\n") {
+		f.Add([]byte(s))
+	}
+	f.Add([]byte(`{"time":"2026-01-01T00:00:00Z","type":"overflow","count":1,"queue":"syn","tcp_flags":"SYN|ACK|XYZ"}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var d Decoder
+		var l Line
+		if d.Decode(b, &l) != nil || l.Kind != KindEvent {
+			return
+		}
+		out := AppendEvent(nil, &l.Event)
+		var l2 Line
+		if err := d.Decode(out, &l2); err != nil {
+			t.Fatalf("re-decoding %s: %v", out, err)
+		}
+		if again := AppendEvent(nil, &l2.Event); !bytes.Equal(again, out) {
+			t.Fatalf("not stable:\n%s\n%s", out, again)
+		}
+	})
+}
+
+// schema.json, the format written down for users, accepts every line the
+// encoder writes and declares every field it writes: a field added to the
+// encoder without the schema fails here.
+func TestSchema(t *testing.T) {
+	c := jsonschema.NewCompiler()
+	sch, err := c.Compile("schema.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile("schema.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		Defs map[string]struct {
+			Properties map[string]json.RawMessage `json:"properties"`
+		} `json:"$defs"`
+	}
+	if err := json.Unmarshal(raw, &doc); err != nil {
+		t.Fatal(err)
+	}
+	declared := func(def string, obj map[string]any) {
+		for k := range obj {
+			if _, ok := doc.Defs[def].Properties[k]; !ok {
+				t.Errorf("schema.json: %s field %q is written but not declared", def, k)
+			}
+		}
+	}
+	for i, s := range strings.Split(strings.TrimSpace(string(encodeGolden())), "\n") {
+		v, err := jsonschema.UnmarshalJSON(strings.NewReader(s))
+		if err != nil {
+			t.Fatalf("line %d is not JSON: %v", i+1, err)
+		}
+		if err := sch.Validate(v); err != nil {
+			t.Errorf("line %d does not match schema.json: %v\n%s", i+1, err, s)
+		}
+		obj := v.(map[string]any)
+		switch {
+		case obj["kdrop_record"] != nil:
+			declared("header", obj)
+		case obj["kdrop_record_end"] != nil:
+			declared("trailer", obj)
+		case obj["count"] != nil:
+			declared("event", obj)
+			for _, k := range []string{"src_k8s", "dst_k8s", "where_k8s"} {
+				if e, ok := obj[k].(map[string]any); ok {
+					declared("endpoint", e)
+				}
+			}
+		default:
+			declared("notice", obj)
+		}
+	}
+}

@@ -1,0 +1,141 @@
+// Package metrics is the agent's Prometheus metrics: occurrences by type,
+// reason, namespace and workload (label sets bounded), the ways kdrop's
+// output fell short of the kernel, hooks and identity.
+package metrics
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/utils/lru"
+
+	"github.com/kdrop/kdrop/cmd/kdrop/line"
+	"github.com/kdrop/kdrop/k8s"
+	"github.com/kdrop/kdrop/tracer"
+)
+
+// MaxEventSeries bounds the label sets of kdrop_events_total.
+const MaxEventSeries = 2000
+
+// Agent is the agent's metrics. Label sets stay bounded: event type,
+// reason, namespace, workload; never addresses, ports or pod names.
+type Agent struct {
+	counts                       *eventCounter // adds to kdrop_events_total, at most MaxEventSeries label sets
+	lostLines, missed, coarsened prometheus.Counter
+}
+
+// Sources are what the gauges read.
+type Sources struct {
+	Hooks   []tracer.HookStatus
+	Healthy func() bool // pod identity synced and the API server answering
+	Clients func() int  // /events clients connected
+}
+
+// NewAgent registers the agent's metrics, and Go's and the process's, in reg.
+func NewAgent(reg prometheus.Registerer, src Sources) *Agent {
+	events := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "kdrop_events_total",
+		Help: fmt.Sprintf("Occurrences of kernel drops, listen queue overflows and ICMP errors sent, by type, reason (drop reason, ICMP error or queue), and the namespace and workload of the pod concerned. At most %d label sets: past that, the one updated least recently is dropped.", MaxEventSeries),
+	}, []string{"type", "reason", "namespace", "workload"})
+	m := &Agent{
+		counts: newEventCounter(events, MaxEventSeries),
+		lostLines: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kdrop_lost_lines_total",
+			Help: "Events whose line found the ring buffer full: their lines (stdout, /events) are missing, but their occurrences came back in later summary lines, so kdrop_events_total stays exact.",
+		}),
+		missed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kdrop_missed_total",
+			Help: "Occurrences kdrop never saw, because the kernel skipped its program (it was already running on that CPU, e.g. a drop nested in softirq): kdrop_events_total is short by up to this much (the kernel counts them before kdrop's filters).",
+		}),
+		coarsened: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kdrop_coarsened_total",
+			Help: "Occurrences rate-limited under a coarser key than their flow because the in-kernel flow table was full: kdrop_events_total stays exact, but their summary lines do not tell destinations apart.",
+		}),
+	}
+	hooks := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "kdrop_hook_attached",
+		Help: "1 for each hook attached, with its attach mode; 0 with mode \"none\" for a hook this kernel refused.",
+	}, []string{"hook", "mode"})
+	for _, h := range src.Hooks {
+		if h.Mode == "" {
+			hooks.WithLabelValues(h.Hook, "none").Set(0)
+		} else {
+			hooks.WithLabelValues(h.Hook, string(h.Mode)).Set(1)
+		}
+	}
+	reg.MustRegister(events, m.lostLines, m.missed, m.coarsened, hooks,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kdrop_identity_healthy",
+			Help: "1 when pod identity is synced and the API server answers; events are marked unresolved otherwise.",
+		}, func() float64 {
+			if src.Healthy != nil && src.Healthy() {
+				return 1
+			}
+			return 0
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kdrop_stream_clients",
+			Help: "Clients connected to /events.",
+		}, func() float64 {
+			if src.Clients == nil {
+				return 0
+			}
+			return float64(src.Clients())
+		}),
+		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	return m
+}
+
+// AddLoss counts what the tracer's loss counters grew by (see
+// enrich.Pipeline.NewLoss).
+func (m *Agent) AddLoss(d tracer.Stats) {
+	m.lostLines.Add(float64(d.LostLinesTotal()))
+	m.missed.Add(float64(d.Missed))
+	m.coarsened.Add(float64(d.Coarsened))
+}
+
+// Observe counts ev's occurrences under the pod where the kernel acted,
+// else the destination pod.
+func (m *Agent) Observe(ev *line.Event) {
+	who := ev.WhereK8s
+	if who == nil || who.Kind != k8s.KindPod {
+		who = ev.DstK8s
+	}
+	ns, wl := "", ""
+	if who != nil && who.Kind == k8s.KindPod {
+		ns = who.Namespace
+		if who.WorkloadKind != "" {
+			wl = who.WorkloadKind + "/" + who.WorkloadName
+		}
+	}
+	m.counts.add(eventLabels{ev.Type.String(), ev.What(), ns, wl}, float64(ev.Count))
+}
+
+// eventCounter is kdrop_events_total with its label sets bounded:
+// namespaces and workloads come and go (a Job per run, a namespace per CI
+// pipeline) while an agent runs for months. It keeps at most max series;
+// past that, the one updated least recently is deleted. Prometheus keeps
+// what it scraped of it, and a series that comes back starts again from 0,
+// which rate() and increase() read as a counter reset.
+type eventCounter struct {
+	vec    *prometheus.CounterVec
+	series *lru.Cache // eventLabels → prometheus.Counter
+}
+
+type eventLabels struct{ typ, reason, namespace, workload string }
+
+func newEventCounter(vec *prometheus.CounterVec, max int) *eventCounter {
+	return &eventCounter{vec: vec, series: lru.NewWithEvictionFunc(max, func(k lru.Key, _ any) {
+		l := k.(eventLabels)
+		vec.DeleteLabelValues(l.typ, l.reason, l.namespace, l.workload)
+	})}
+}
+
+func (c *eventCounter) add(l eventLabels, n float64) {
+	v, ok := c.series.Get(l)
+	if !ok {
+		v = c.vec.WithLabelValues(l.typ, l.reason, l.namespace, l.workload)
+		c.series.Add(l, v)
+	}
+	v.(prometheus.Counter).Add(n)
+}

@@ -1,0 +1,57 @@
+package metrics
+
+import (
+	"net/http/httptest"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/kdrop/kdrop/tracer"
+)
+
+func TestLossMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := NewAgent(reg, Sources{})
+	var st tracer.Stats
+	st.LostLines[tracer.Drop], st.Missed, st.Coarsened = 3, 7, 2
+	m.AddLoss(st)
+	st = tracer.Stats{}
+	st.LostLines[tracer.Unreachable] = 1
+	m.AddLoss(st)
+	rr := httptest.NewRecorder()
+	promhttp.HandlerFor(reg, promhttp.HandlerOpts{}).ServeHTTP(rr, httptest.NewRequest("GET", "/metrics", nil))
+	text := rr.Body.String()
+	for _, want := range []string{
+		"kdrop_lost_lines_total 4", "kdrop_missed_total 7", "kdrop_coarsened_total 2",
+		"# TYPE kdrop_lost_lines_total counter", "# TYPE kdrop_missed_total counter", "# TYPE kdrop_coarsened_total counter",
+	} {
+		if !strings.Contains(text, want+"\n") {
+			t.Errorf("metrics lack %q:\n%s", want, text)
+		}
+	}
+	help := map[string]string{}
+	for _, l := range strings.Split(text, "\n") {
+		if f := strings.SplitN(l, " ", 4); len(f) == 4 && f[1] == "HELP" {
+			help[f[2]] = f[3]
+		}
+	}
+	if h := help["kdrop_missed_total"]; !strings.Contains(h, "kdrop_events_total is short by up to this much") || strings.Contains(h, "exact") {
+		t.Errorf("kdrop_missed_total's help should say counts are short: %q", h)
+	}
+	for _, name := range []string{"kdrop_lost_lines_total", "kdrop_coarsened_total"} {
+		if h := help[name]; !strings.Contains(h, "kdrop_events_total stays exact") {
+			t.Errorf("%s's help should say counts stay exact: %q", name, h)
+		}
+	}
+	if strings.Contains(text, "kdrop_lost_events_total") {
+		t.Error("the old metric kdrop_lost_events_total is still there")
+	}
+	lint := exec.Command("promtool", "check", "metrics")
+	lint.Stdin = strings.NewReader(text)
+	if out, err := lint.CombinedOutput(); err != nil || len(out) > 0 {
+		t.Errorf("promtool check metrics: %v\n%s", err, out)
+	}
+}

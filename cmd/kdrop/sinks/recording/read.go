@@ -1,0 +1,170 @@
+package recording
+
+import (
+	"bufio"
+	"bytes"
+	"compress/gzip"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/kdrop/kdrop/cmd/kdrop/line"
+)
+
+// MaxLine bounds one line; a longer one means the file is not what it
+// claims to be.
+const MaxLine = 16 << 20
+
+// Scanned is what Scan learned about a file besides its lines.
+type Scanned struct {
+	Lines int // lines read, header and trailer included
+	// CutOff: the gzip stream ends mid-way (the recorder was killed); the
+	// last, partial line was ignored.
+	CutOff bool
+	// Notes are problems met that did not stop the reading, for a person.
+	Notes []string
+}
+
+// Scan reads a recording: it checks that the file is one (gzip, a header
+// first, nothing after the trailer) and passes each decoded line to fn with
+// its number. Lines of types this kdrop does not know are counted in a
+// note, not passed. A file cut off mid-way is read up to its last whole
+// line. Errors name the line and what is wrong with it.
+func Scan(r io.Reader, fn func(n int, l *line.Line) error) (Scanned, error) {
+	var s Scanned
+	br := bufio.NewReaderSize(r, 64<<10)
+	magic, err := br.Peek(2)
+	switch {
+	case len(magic) == 0 && (err == io.EOF || err == nil):
+		return s, errors.New("not a kdrop recording: the file is empty")
+	case err != nil && err != io.EOF:
+		return s, fmt.Errorf("reading the recording: %w", err)
+	case len(magic) < 2 || magic[0] != 0x1f || magic[1] != 0x8b:
+		if bytes.HasPrefix(bytes.TrimLeft(magic, " \t\r\n"), []byte("{")) {
+			return s, errors.New("not a kdrop recording: the file is plain text (JSON?), not gzip-compressed; kdrop record writes gzip, compress it with gzip first if it is a recording")
+		}
+		return s, errors.New("not a kdrop recording: the file is not gzip-compressed")
+	}
+	zr, err := gzip.NewReader(br)
+	if err != nil {
+		return s, fmt.Errorf("not a kdrop recording: bad gzip header: %w", err)
+	}
+	sc := scanner{fn: fn}
+	lr := bufio.NewReaderSize(zr, 256<<10)
+	var buf []byte
+	for n := 1; ; n++ {
+		b, err := readLine(lr, &buf)
+		if err == errLineTooLong {
+			return s, fmt.Errorf("line %d: longer than %d MiB: not a kdrop recording line", n, MaxLine>>20)
+		}
+		if err != nil && err != io.EOF && len(b) > 0 {
+			b = nil // the stream broke inside this line: it is incomplete
+		}
+		if len(b) > 0 {
+			s.Lines = n
+		}
+		if len(bytes.TrimSpace(b)) > 0 {
+			if perr := sc.line(n, b); perr != nil {
+				return s, perr
+			}
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			if errors.Is(err, io.ErrUnexpectedEOF) {
+				s.CutOff = true
+				s.Notes = append(s.Notes, fmt.Sprintf("the compressed data ends abruptly after line %d (the file was cut off while it was written); the last, partial line was ignored", n-1))
+				break
+			}
+			return s, fmt.Errorf("line %d: reading the compressed data: %w (the file is damaged)", n, err)
+		}
+	}
+	if !sc.sawHeader {
+		return s, errors.New("not a kdrop recording: the file holds no header line")
+	}
+	for _, typ := range sc.otherOrder {
+		s.Notes = append(s.Notes, fmt.Sprintf("%d lines of type %q (first on line %d) were skipped: this kdrop does not know that type (recorded by a newer kdrop?)", sc.other[typ], typ, sc.otherAt[typ]))
+	}
+	return s, nil
+}
+
+type scanner struct {
+	fn          func(int, *line.Line) error
+	dec         line.Decoder
+	l           line.Line
+	sawHeader   bool
+	trailerLine int
+	other       map[string]int // lines of unknown types, by type
+	otherAt     map[string]int // first line of each
+	otherOrder  []string
+}
+
+func (sc *scanner) line(n int, b []byte) error {
+	if sc.trailerLine > 0 {
+		return fmt.Errorf("line %d: data after the end-of-recording line (line %d): two recordings joined together?", n, sc.trailerLine)
+	}
+	err := sc.dec.Decode(b, &sc.l)
+	if !sc.sawHeader {
+		switch {
+		case sc.l.Kind == line.KindHeader && err != nil:
+			return fmt.Errorf("line %d: %v", n, err)
+		case sc.l.Kind == line.KindHeader:
+			sc.sawHeader = true
+			return sc.fn(n, &sc.l)
+		case !bytes.HasPrefix(bytes.TrimSpace(b), []byte("{")):
+			return fmt.Errorf("line %d: not a kdrop recording: the first line is not JSON", n)
+		case sc.l.Type != "":
+			return fmt.Errorf("line %d: the header is missing: the file starts with an event; a recording starts with a {\"kdrop_record\":%d,...} line", n, line.FormatVersion)
+		case errors.Is(err, line.ErrNoType):
+			return fmt.Errorf("line %d: not a kdrop recording header: no \"kdrop_record\" field", n)
+		case err != nil:
+			return fmt.Errorf("line %d: not a kdrop recording header: %v", n, err)
+		}
+		return fmt.Errorf("line %d: not a kdrop recording header: no \"kdrop_record\" field", n)
+	}
+	if err != nil {
+		return fmt.Errorf("line %d: %v", n, err)
+	}
+	switch sc.l.Kind {
+	case line.KindHeader:
+		return fmt.Errorf("line %d: a second header: two recordings joined together?", n)
+	case line.KindTrailer:
+		sc.trailerLine = n
+	case line.KindOther: // a type from a newer kdrop: say so, but read the rest
+		if sc.other == nil {
+			sc.other, sc.otherAt = map[string]int{}, map[string]int{}
+		}
+		if sc.other[sc.l.Type] == 0 {
+			sc.otherAt[sc.l.Type] = n
+			sc.otherOrder = append(sc.otherOrder, sc.l.Type)
+		}
+		sc.other[sc.l.Type]++
+		return nil
+	}
+	return sc.fn(n, &sc.l)
+}
+
+var errLineTooLong = errors.New("line too long")
+
+// readLine returns the next line without its newline, using buf as scratch
+// space. At the end of the data it returns the last line (if any) with
+// io.EOF; on a read error, what it had with the error.
+func readLine(r *bufio.Reader, buf *[]byte) ([]byte, error) {
+	*buf = (*buf)[:0]
+	for {
+		chunk, err := r.ReadSlice('\n')
+		if len(*buf)+len(chunk) > MaxLine {
+			return nil, errLineTooLong
+		}
+		if err == bufio.ErrBufferFull {
+			*buf = append(*buf, chunk...)
+			continue
+		}
+		if len(*buf) > 0 {
+			*buf = append(*buf, chunk...)
+			chunk = *buf
+		}
+		return bytes.TrimSuffix(chunk, []byte("\n")), err
+	}
+}

@@ -1,0 +1,127 @@
+package recording
+
+import (
+	"bytes"
+	"compress/gzip"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/kdrop/kdrop/cmd/kdrop/line"
+	"github.com/kdrop/kdrop/tracer"
+)
+
+// What Writer writes, Scan reads back: header, events, notices, trailer
+// with the counts; the file appears under its name only once finished.
+func TestWriteScan(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "rec.jsonl.gz")
+	w, err := Create(path, line.Header{Version: "test", From: "watch", Nodes: []line.Node{{Name: "n1", Kernel: "6.12"}}, RateLimit: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	for i := range 3 {
+		w.Event(&line.Event{Event: tracer.Event{Time: at.Add(time.Duration(i) * time.Second), Type: tracer.Drop, Count: 2, Reason: "NO_SOCKET"}, Node: "n1"})
+	}
+	var st tracer.Stats
+	st.LostLines[tracer.Drop], st.Missed = 5, 3
+	w.LossNotices("n1", st)
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Errorf("the file is in place before Finish: %v", err)
+	}
+	if err := w.Finish(); err != nil {
+		t.Fatal(err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(filepath.Dir(path), ".kdrop-record-*")); len(left) != 0 {
+		t.Errorf("temporary files left: %v", left)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var kinds []line.Kind
+	var events, lost, missed uint64
+	var trailer line.Trailer
+	sc, err := Scan(f, func(n int, l *line.Line) error {
+		kinds = append(kinds, l.Kind)
+		switch l.Kind {
+		case line.KindHeader:
+			if l.Header.Version != "test" || l.Header.From != "watch" || l.Header.RateLimit != 100 || l.Header.Nodes[0].Kernel != "6.12" || l.Header.Started.IsZero() {
+				t.Errorf("header %+v", l.Header)
+			}
+		case line.KindEvent:
+			events += l.Event.Count
+		case line.KindNotice:
+			lost += l.Notice.Lost
+			missed += l.Notice.Missed
+		case line.KindTrailer:
+			trailer = l.Trailer
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(kinds) != 7 || sc.Lines != 7 || sc.CutOff || len(sc.Notes) != 0 {
+		t.Errorf("kinds %v, scanned %+v", kinds, sc)
+	}
+	if events != 6 || lost != 5 || missed != 3 || trailer.Events != 3 || trailer.Lost != 5 || trailer.Missed != 3 {
+		t.Errorf("events %d lost %d missed %d, trailer %+v", events, lost, missed, trailer)
+	}
+}
+
+// Discard leaves nothing behind.
+func TestDiscard(t *testing.T) {
+	dir := t.TempDir()
+	w, err := Create(filepath.Join(dir, "rec.jsonl.gz"), line.Header{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Discard()
+	if left, _ := os.ReadDir(dir); len(left) != 0 {
+		t.Errorf("left %v", left)
+	}
+}
+
+// A recording from kdrop's first release reads.
+func TestScanVersion1(t *testing.T) {
+	f, err := os.Open("../report/testdata/v1-lost-only.jsonl.gz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	n := 0
+	if _, err := Scan(f, func(int, *line.Line) error { n++; return nil }); err != nil || n == 0 {
+		t.Fatalf("%d lines, %v", n, err)
+	}
+}
+
+func gz(s string) []byte {
+	var b bytes.Buffer
+	z := gzip.NewWriter(&b)
+	z.Write([]byte(s))
+	z.Close()
+	return b.Bytes()
+}
+
+// FuzzScan: no file panics the reader or makes it pass a line of another
+// kind than it decoded; a file it accepts starts with a header.
+func FuzzScan(f *testing.F) {
+	f.Add([]byte(`{"kdrop_record":1,"started":"2026-01-01T00:00:00Z"}` + "\n" + `{"time":"2026-01-01T00:00:01Z","type":"drop","count":1}` + "\n" + `{"kdrop_record_end":1,"ended":"2026-01-01T00:00:02Z"}`))
+	f.Add([]byte(`{"kdrop_record":1,"started":"2026-01-01T00:00:00Z"}` + "\n" + `{"time":"x","type":"verdict"}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		first := true
+		Scan(bytes.NewReader(gz(string(b))), func(n int, l *line.Line) error {
+			if first && l.Kind != line.KindHeader {
+				t.Fatalf("line %d passed before a header: kind %d", n, l.Kind)
+			}
+			first = false
+			return nil
+		})
+		if _, err := Scan(bytes.NewReader(b), func(int, *line.Line) error { return nil }); err == nil && !bytes.HasPrefix(b, []byte{0x1f, 0x8b}) {
+			t.Fatal("a file that is not gzip was accepted")
+		}
+	})
+}

@@ -1,0 +1,104 @@
+// Package recording writes and reads kdrop's recordings: a gzip-compressed
+// file of lines (package line), a header first, a trailer last.
+package recording
+
+import (
+	"bufio"
+	"compress/gzip"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/kdrop/kdrop/cmd/kdrop/line"
+	"github.com/kdrop/kdrop/tracer"
+)
+
+// Writer writes one recording. It writes to a temporary name beside the
+// file, renamed when Finish completes, so a file with the final name
+// always has its trailer. Not safe for concurrent use.
+type Writer struct {
+	path string
+	tmp  *os.File
+	gz   *gzip.Writer
+	w    *bufio.Writer
+	buf  []byte
+	// Events, Lost and Missed are the trailer's counts so far: event
+	// lines, lost lines and missed occurrences.
+	Events, Lost, Missed uint64
+}
+
+// Create starts a recording at path with header h (Format and Started are
+// filled in when zero).
+func Create(path string, h line.Header) (*Writer, error) {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".kdrop-record-*")
+	if err != nil {
+		return nil, fmt.Errorf("creating %s: %w", path, err)
+	}
+	r := &Writer{path: path, tmp: tmp, gz: gzip.NewWriter(tmp)}
+	r.w = bufio.NewWriterSize(r.gz, 64<<10)
+	if h.Started.IsZero() {
+		h.Started = time.Now()
+	}
+	r.Raw(line.AppendHeader(nil, h))
+	return r, nil
+}
+
+// Event writes an event line.
+func (r *Writer) Event(ev *line.Event) {
+	r.buf = line.AppendEvent(r.buf[:0], ev)
+	r.Raw(r.buf)
+	r.Events++
+}
+
+// Notice writes a notice line, adding lost and missed notices to the
+// trailer's counts.
+func (r *Writer) Notice(n *line.Notice) {
+	r.Lost += n.Lost
+	r.Missed += n.Missed
+	r.buf = line.AppendNotice(r.buf[:0], n)
+	r.Raw(r.buf)
+}
+
+// Raw writes an encoded line as it is (one from an agent's stream).
+func (r *Writer) Raw(b []byte) {
+	r.w.Write(b)
+	r.w.WriteByte('\n')
+}
+
+// LossNotices records what the tracer's loss counters grew by, on node.
+func (r *Writer) LossNotices(node string, d tracer.Stats) {
+	now := time.Now()
+	if d.Missed > 0 {
+		r.Notice(&line.Notice{Time: now, Type: line.NoticeMissed, Node: node, Missed: d.Missed, Cause: line.MissedByKernel})
+	}
+	if n := d.LostLinesTotal(); n > 0 {
+		r.Notice(&line.Notice{Time: now, Type: line.NoticeLost, Node: node, Lost: n})
+	}
+}
+
+// Discard removes the unfinished recording.
+func (r *Writer) Discard() {
+	r.tmp.Close()
+	os.Remove(r.tmp.Name())
+}
+
+// Finish writes the trailer and puts the file in place.
+func (r *Writer) Finish() error {
+	defer os.Remove(r.tmp.Name()) // a no-op once renamed
+	r.Raw(line.AppendTrailer(nil, line.Trailer{Ended: time.Now(), Events: r.Events, Lost: r.Lost, Missed: r.Missed}))
+	err := r.w.Flush()
+	if err == nil {
+		err = r.gz.Close()
+	}
+	if cerr := r.tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(r.tmp.Name(), r.path)
+	}
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", r.path, err)
+	}
+	return nil
+}

@@ -1,0 +1,324 @@
+// Package report reads a recording made by `kdrop record` and turns it into
+// an incident report: a timeline, the listeners, destinations and drop
+// reasons involved, and findings that say in plain words what went wrong
+// and how to fix it. It writes the report as one self-contained HTML page
+// or as Markdown for an incident ticket.
+package report
+
+import (
+	"fmt"
+	"io"
+	"net/netip"
+	"time"
+
+	"github.com/kdrop/kdrop/cmd/kdrop/line"
+	"github.com/kdrop/kdrop/cmd/kdrop/sinks/recording"
+	"github.com/kdrop/kdrop/k8s"
+	"github.com/kdrop/kdrop/tracer"
+)
+
+// FormatVersion is the recording format this package reads.
+const FormatVersion = line.FormatVersion
+
+// Recording is a recording, read and folded: events with the same identity
+// add up into one Flow, so a long storm costs memory per flow, not per line.
+type Recording struct {
+	Header  Header
+	Trailer *Trailer // nil: the file ends without the end-of-recording line
+	Flows   []*Flow  // in order of first appearance
+	Losses  []Loss   // lost-lines notices, in file order
+	Misses  []Miss   // missed notices, in file order
+	Gaps    []Gap    // windows a node's agent was not streaming (from tail)
+	// Notes are problems met while reading that did not stop it (a gzip
+	// stream cut off, lines of a type this version does not know, ...).
+	Notes []string
+	// Lines counts the file's lines, header and trailer included; EventLines
+	// the event lines among them.
+	Lines, EventLines int
+
+	firstEvent, lastEvent time.Time
+	perSecond             map[slotKey]uint64 // occurrences per series and second
+	cutOff                bool               // the gzip stream ended mid-way
+}
+
+// Header, Node, Filters and Trailer are a recording's first and last
+// lines (package line has the schema).
+type (
+	Header  = line.Header
+	Node    = line.Node
+	Filters = line.Filters
+	Trailer = line.Trailer
+)
+
+// Loss is a "lost" notice: events whose lines found no room in the ring
+// buffer. Their occurrences still arrive in later summary lines, so counts
+// stay exact; only those events' own lines are missing.
+type Loss struct {
+	Time time.Time
+	Node string
+	Lost uint64
+}
+
+// Miss is a "missed" notice: occurrences that are in no line at all, so
+// every count is short by Missed. Cause says why (MissedByKernel,
+// MissedByStream; anything else is a cause this kdrop does not know).
+type Miss struct {
+	Time   time.Time
+	Node   string
+	Missed uint64
+	Cause  string
+}
+
+// Causes of a Miss.
+const (
+	MissedByKernel = line.MissedByKernel
+	MissedByStream = line.MissedByStream
+)
+
+// Gap is a window in which a recording made from the agents (record --from
+// tail) had no stream from one node: an agent restarted or went away.
+// Nothing of that node in that window is in the recording, counts included.
+type Gap struct {
+	Node     string
+	From, To time.Time
+	Message  string
+}
+
+// K8s is the Kubernetes identity of one end of an event, or of the owner of
+// the network namespace where the kernel acted. Equal identities share one
+// value (line.Decoder), so FlowID compares them by pointer.
+type K8s = k8s.Endpoint
+
+// FlowID is what makes events the same flow: everything but the time, the
+// count, the source port and the queue lengths.
+type FlowID struct {
+	Type               string // drop, overflow or unreach
+	Node               string
+	Netns              uint64
+	Ifindex            uint32
+	Proto              string
+	Src, Dst           netip.Addr
+	Dport              uint16
+	TCPFlags           string
+	Reason             string
+	ReasonCode         uint32
+	Location           string
+	ICMP               string
+	ICMPType, ICMPCode uint8
+	Queue              string
+	QueueMax           uint32
+	Somaxconn          uint32
+	SrcK8s, DstK8s     *K8s
+	WhereK8s           *K8s
+}
+
+// Flow is the sum of the events with one FlowID.
+type Flow struct {
+	FlowID
+	Count       uint64 // occurrences: the sum of the lines' count
+	Lines       int    // event lines folded in
+	First, Last time.Time
+	// MaxQueueLen and MaxSynQueueLen are the largest queue lengths seen.
+	MaxQueueLen, MaxSynQueueLen uint32
+	// Syncookies counts the occurrences answered with a SYN cookie.
+	Syncookies uint64
+	// Sources counts the hooks that saw it (fentry, kprobe, ...).
+	Sources map[string]uint64
+
+	series string
+}
+
+type slotKey struct {
+	series string
+	sec    int64
+}
+
+// Window is the time the recording covers: from the header's start to the
+// trailer's end, or to the last event when the trailer is missing.
+func (rec *Recording) Window() (start, end time.Time) {
+	start, end = rec.Header.Started, rec.lastEvent
+	if !rec.firstEvent.IsZero() && (start.IsZero() || rec.firstEvent.Before(start)) {
+		start = rec.firstEvent
+	}
+	if rec.Trailer != nil && rec.Trailer.Ended.After(end) {
+		end = rec.Trailer.Ended
+	}
+	if end.Before(start) {
+		end = start
+	}
+	return start, end
+}
+
+// Truncated says the file ends without the end-of-recording line.
+func (rec *Recording) Truncated() bool { return rec.Trailer == nil }
+
+// Lost is how many events lost their lines (counts still exact): the
+// trailer's total, or the sum of the "lost" notices without a trailer.
+func (rec *Recording) Lost() uint64 {
+	var sum uint64
+	for _, l := range rec.Losses {
+		sum += l.Lost
+	}
+	if rec.Trailer != nil && rec.Trailer.Lost > sum {
+		return rec.Trailer.Lost
+	}
+	return sum
+}
+
+// Missed is how many occurrences no line counts, so that counts are short
+// by that much: the trailer's total, or the sum of the "missed" notices
+// without a trailer.
+func (rec *Recording) Missed() uint64 {
+	var sum uint64
+	for _, m := range rec.Misses {
+		sum += m.Missed
+	}
+	if rec.Trailer != nil && rec.Trailer.Missed > sum {
+		return rec.Trailer.Missed
+	}
+	return sum
+}
+
+// Total is the number of occurrences of every kind.
+func (rec *Recording) Total() uint64 {
+	var n uint64
+	for _, f := range rec.Flows {
+		n += f.Count
+	}
+	return n
+}
+
+// Read reads a recording: the gzip-compressed JSON lines `kdrop record`
+// writes (recording.Scan). Errors name the line and what is wrong with it.
+// A file cut off mid-way (the recorder was killed) is read up to its last
+// whole line.
+func Read(r io.Reader) (*Recording, error) {
+	p := parser{rec: &Recording{perSecond: map[slotKey]uint64{}}, flow: map[FlowID]*Flow{}}
+	sc, err := recording.Scan(r, p.line)
+	if err != nil {
+		return nil, err
+	}
+	p.rec.Lines, p.rec.cutOff = sc.Lines, sc.CutOff
+	p.rec.Notes = append(p.rec.Notes, sc.Notes...)
+	p.finish()
+	return p.rec, nil
+}
+
+type parser struct {
+	rec  *Recording
+	flow map[FlowID]*Flow
+}
+
+func (p *parser) line(n int, l *line.Line) error {
+	switch l.Kind {
+	case line.KindHeader:
+		p.rec.Header = l.Header
+	case line.KindTrailer:
+		t := l.Trailer
+		p.rec.Trailer = &t
+	case line.KindEvent:
+		p.event(&l.Event)
+	case line.KindNotice:
+		nt := &l.Notice
+		switch nt.Type {
+		case line.NoticeLost:
+			p.rec.Losses = append(p.rec.Losses, Loss{Time: nt.Time, Node: nt.Node, Lost: nt.Lost})
+			p.seen(nt.Time)
+		case line.NoticeMissed:
+			p.rec.Misses = append(p.rec.Misses, Miss{Time: nt.Time, Node: nt.Node, Missed: nt.Missed, Cause: nt.Cause})
+			p.seen(nt.Time)
+		case line.NoticeGap: // from kdrop tail; only gaps matter to a report
+			if !nt.GapFrom.IsZero() {
+				p.rec.Gaps = append(p.rec.Gaps, Gap{Node: nt.Node, From: nt.GapFrom, To: nt.GapTo, Message: nt.Message})
+			}
+		}
+	}
+	return nil
+}
+
+func (p *parser) seen(t time.Time) {
+	if p.rec.firstEvent.IsZero() || t.Before(p.rec.firstEvent) {
+		p.rec.firstEvent = t
+	}
+	if t.After(p.rec.lastEvent) {
+		p.rec.lastEvent = t
+	}
+}
+
+func (p *parser) event(e *line.Event) {
+	t := e.Time
+	id := FlowID{
+		Type: e.Type.String(), Node: e.Node, Netns: uint64(e.Netns), Ifindex: e.Ifindex, Proto: tracer.ProtoName(e.Proto),
+		Src: e.Src.Addr(), Dst: e.Dst.Addr(), Dport: e.Dst.Port(), TCPFlags: tracer.TCPFlagString(e.TCPFlags),
+		SrcK8s: e.SrcK8s, DstK8s: e.DstK8s, WhereK8s: e.WhereK8s,
+	}
+	switch e.Type {
+	case tracer.Drop:
+		id.Reason, id.ReasonCode, id.Location = e.Reason, e.ReasonCode, e.Location
+		if id.Reason == "" {
+			id.Reason = "unknown"
+		}
+	case tracer.Unreachable:
+		id.ICMP, id.ICMPType, id.ICMPCode = e.What(), e.ICMPType, e.ICMPCode
+	case tracer.ListenOverflow:
+		id.Queue, id.QueueMax, id.Somaxconn = e.Queue.String(), e.QueueMax, e.Somaxconn
+		if id.Queue == "" {
+			id.Queue = "accept"
+		}
+	}
+	f := p.flow[id]
+	if f == nil {
+		f = &Flow{FlowID: id, First: t, Last: t, series: seriesOf(&id)}
+		p.flow[id] = f
+		p.rec.Flows = append(p.rec.Flows, f)
+	}
+	c := e.Count
+	f.Count += c
+	f.Lines++
+	if t.Before(f.First) {
+		f.First = t
+	}
+	if t.After(f.Last) {
+		f.Last = t
+	}
+	f.MaxQueueLen = max(f.MaxQueueLen, e.QueueLen)
+	f.MaxSynQueueLen = max(f.MaxSynQueueLen, e.SynQueueLen)
+	if e.Syncookie {
+		f.Syncookies += c
+	}
+	if e.Source != "" {
+		if f.Sources == nil {
+			f.Sources = map[string]uint64{}
+		}
+		f.Sources[e.Source] += c
+	}
+	p.rec.EventLines++
+	p.rec.perSecond[slotKey{f.series, t.Unix()}] += c
+	p.seen(t)
+}
+
+func (p *parser) finish() {
+	rec := p.rec
+	if t := rec.Trailer; t != nil && t.Events != 0 {
+		if total := rec.Total(); t.Events != uint64(rec.EventLines) && t.Events != total {
+			rec.Notes = append(rec.Notes, fmt.Sprintf("the end-of-recording line counts %d events, the file holds %d event lines (%d occurrences)", t.Events, rec.EventLines, total))
+		}
+	}
+}
+
+// seriesOf names the timeline series of a flow: the drop reason, the queue
+// that overflowed, or the ICMP error sent.
+func seriesOf(id *FlowID) string {
+	switch id.Type {
+	case "drop":
+		return id.Reason
+	case "overflow":
+		if id.Queue == "syn" {
+			return "SYN queue overflow"
+		}
+		return "accept queue overflow"
+	case "unreach":
+		return "ICMP " + id.ICMP
+	}
+	return id.Type
+}

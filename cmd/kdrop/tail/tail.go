@@ -1,0 +1,381 @@
+// Package tail is the client of the agents' /events streams: it finds the
+// agents (the DaemonSet's pods), follows each one's stream through the API
+// server's pod proxy, reconnecting, merges the nodes' lines in time order,
+// and says which windows of which node it did not see (gap notices).
+package tail
+
+import (
+	"bufio"
+	"container/heap"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"sort"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/kdrop/kdrop/cmd/kdrop/line"
+	"github.com/kdrop/kdrop/cmd/kdrop/sinks/stream"
+)
+
+// Agents say where the agents are and how to reach them.
+type Agents struct {
+	Namespace string        // of the agent pods
+	Selector  string        // label selector of the agent pods
+	Port      int           // their --listen port
+	Token     string        // bearer token the agents check
+	Delay     time.Duration // how long lines are held to put the nodes' streams in time order
+}
+
+// Line is one line of an agent's stream (or of the tail itself), with what
+// ordering needs.
+type Line struct {
+	At     time.Time
+	seq    uint64
+	Kind   line.Kind
+	Lost   uint64 // of a "lost" notice
+	Missed uint64 // of a "missed" notice
+	Raw    []byte // the line as the agent wrote it, without newline
+}
+
+type lineHeap []Line
+
+func (h lineHeap) Len() int { return len(h) }
+func (h lineHeap) Less(i, j int) bool {
+	if !h[i].At.Equal(h[j].At) {
+		return h[i].At.Before(h[j].At)
+	}
+	return h[i].seq < h[j].seq
+}
+func (h lineHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
+func (h *lineHeap) Push(x any)   { *h = append(*h, x.(Line)) }
+func (h *lineHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
+}
+
+// New returns a tailer of the agents cs finds, asking each for query (an
+// /events query, see enrich.Filter.Query). Nothing is contacted yet.
+func New(cs kubernetes.Interface, agents Agents, query url.Values) *Tailer {
+	return &Tailer{agents: agents, cs: cs, query: query, lines: make(chan Line, 4096),
+		maxHeld: MaxHeld, stderr: os.Stderr,
+		streams: map[string]context.CancelFunc{}, down: map[string]time.Time{}}
+}
+
+// Tailer follows every agent.
+type Tailer struct {
+	agents Agents
+	cs     kubernetes.Interface
+	query  url.Values
+	lines  chan Line
+	seq    uint64
+	// maxHeld bounds the lines merge holds (tailMaxHeld); stderr is where
+	// it says when that bound is hit.
+	maxHeld int
+	stderr  io.Writer
+	mu      sync.Mutex
+	// streams by agent pod name; a pod that goes away has its stream ended
+	streams map[string]context.CancelFunc
+	// down: nodes whose stream was lost, since when. Kept by node, not by
+	// pod, so an agent pod replaced by a new one still closes the gap.
+	down map[string]time.Time
+	// OnConnect, if set, is called (under a lock: it must not call the
+	// Tailer) each time a node's stream connects.
+	OnConnect func(node string)
+}
+
+// notice sends a line about the tail itself; gap notices also carry the
+// window whose events were not seen.
+func (t *Tailer) notice(node, msg string, gap ...time.Time) {
+	now := time.Now().UTC()
+	t.lines <- Line{At: now, Kind: line.KindNotice, Raw: GapNotice(now, node, msg, gap...)}
+}
+
+// GapNotice is a notice line; with gap, it carries the window [from, to]
+// whose events on node were not seen.
+func GapNotice(at time.Time, node, msg string, gap ...time.Time) []byte {
+	n := line.Notice{Time: at, Type: line.NoticeGap, Node: node, Message: msg}
+	if len(gap) == 2 {
+		n.GapFrom, n.GapTo = gap[0], gap[1]
+	}
+	return line.AppendNotice(nil, &n)
+}
+
+// lost marks node's stream as lost (once per outage) and says so.
+func (t *Tailer) lost(node, msg string) {
+	if t.markDown(node) {
+		t.notice(node, msg)
+	}
+}
+
+// markDown marks node's stream as lost, and reports whether it was up.
+func (t *Tailer) markDown(node string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if _, already := t.down[node]; already {
+		return false
+	}
+	t.down[node] = time.Now().UTC()
+	return true
+}
+
+// connected closes node's gap, if it had one, and says what was missed.
+func (t *Tailer) connected(node, pod string) {
+	t.mu.Lock()
+	since, was := t.down[node]
+	delete(t.down, node)
+	if t.OnConnect != nil {
+		t.OnConnect(node)
+	}
+	t.mu.Unlock()
+	if was {
+		now := time.Now().UTC()
+		t.notice(node, fmt.Sprintf("connected to agent %s: events on node %s between %s and %s were not seen", pod, node,
+			since.Format(time.RFC3339), now.Format(time.RFC3339)), since, now)
+	}
+}
+
+// Run discovers the agents and streams their lines to emit, in time
+// order, in batches, until ctx is done.
+func (t *Tailer) Run(ctx context.Context, emit func([]Line)) {
+	dctx, stopDiscover := context.WithCancel(ctx)
+	defer stopDiscover()
+	go t.discover(dctx)
+	t.merge(ctx, emit)
+}
+
+// discover keeps one stream per running agent pod, every few seconds.
+func (t *Tailer) discover(ctx context.Context) {
+	nodeOf := map[string]string{}
+	for {
+		pods, err := t.cs.CoreV1().Pods(t.agents.Namespace).List(ctx, metav1.ListOptions{LabelSelector: t.agents.Selector})
+		if err != nil && ctx.Err() == nil {
+			t.notice("", "cannot list the agents: "+err.Error())
+		}
+		if err == nil && len(pods.Items) == 0 && len(nodeOf) == 0 {
+			t.notice("", fmt.Sprintf("no agent pods in namespace %s with labels %s yet (is kdrop deployed? see --agents-namespace, --agents-selector)", t.agents.Namespace, t.agents.Selector))
+		}
+		seen := map[string]bool{}
+		if pods != nil {
+			for i := range pods.Items {
+				p := &pods.Items[i]
+				if p.Status.Phase != corev1.PodRunning || p.Status.PodIP == "" || p.DeletionTimestamp != nil {
+					continue
+				}
+				seen[p.Name] = true
+				t.mu.Lock()
+				if _, ok := t.streams[p.Name]; !ok {
+					sctx, cancel := context.WithCancel(ctx)
+					t.streams[p.Name] = cancel
+					nodeOf[p.Name] = p.Spec.NodeName
+					go t.stream(sctx, p.Name, p.Spec.NodeName)
+				}
+				t.mu.Unlock()
+			}
+		}
+		var gone []string
+		t.mu.Lock()
+		for name, cancel := range t.streams {
+			if !seen[name] {
+				cancel()
+				delete(t.streams, name)
+				gone = append(gone, name)
+			}
+		}
+		t.mu.Unlock()
+		for _, name := range gone {
+			t.lost(nodeOf[name], fmt.Sprintf("agent %s on node %s went away (deleted, or no longer running)", name, nodeOf[name]))
+			delete(nodeOf, name)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+// stream follows one agent through the pod proxy, reconnecting.
+func (t *Tailer) stream(ctx context.Context, pod, node string) {
+	backoff := 500 * time.Millisecond
+	refused := "" // the agent's refusal last shown, not repeated at each retry
+	for ctx.Err() == nil {
+		req := t.cs.CoreV1().RESTClient().Get().Namespace(t.agents.Namespace).Resource("pods").
+			Name(fmt.Sprintf("%s:%d", pod, t.agents.Port)).SubResource("proxy").Suffix("events").
+			SetHeader(stream.TokenHeader, "Bearer "+t.agents.Token).
+			MaxRetries(0) // a refusal's Retry-After is waited for here, where it is shown
+		for k, v := range t.query {
+			req = req.Param(k, v[0])
+		}
+		body, err := req.Stream(ctx)
+		if err == nil {
+			t.connected(node, pod)
+			err = t.read(body)
+			body.Close()
+			backoff = 500 * time.Millisecond
+			refused = ""
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		wait := backoff
+		if s, ok := apierrors.SuggestsClientDelay(err); ok { // Retry-After
+			wait = max(wait, time.Duration(s)*time.Second)
+		}
+		if why := refusal(err); why != "" {
+			if t.markDown(node) || why != refused {
+				t.notice(node, fmt.Sprintf("agent %s on node %s refused the stream: %s (retrying in %v)", pod, node, why, wait))
+			}
+			refused = why
+		} else {
+			t.lost(node, fmt.Sprintf("stream from agent %s on node %s lost (%v); reconnecting", pod, node, errOrEOF(err)))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		backoff = min(2*backoff, 10*time.Second)
+	}
+}
+
+// refusal is an agent's own words when it refuses a stream for now (503,
+// e.g. too many streams: what limit, which flag raises it), as it sent
+// them; "" for other errors.
+func refusal(err error) string {
+	var se *apierrors.StatusError
+	if !errors.As(err, &se) || se.ErrStatus.Code != http.StatusServiceUnavailable || se.ErrStatus.Details == nil {
+		return ""
+	}
+	for _, c := range se.ErrStatus.Details.Causes {
+		// where client-go puts a body that is not a Status
+		if c.Type == metav1.CauseTypeUnexpectedServerResponse && c.Message != "" && c.Message != "unknown" {
+			return c.Message
+		}
+	}
+	return ""
+}
+
+func errOrEOF(err error) error {
+	if err == nil {
+		return io.EOF
+	}
+	return err
+}
+
+func (t *Tailer) read(body io.Reader) error {
+	sc := bufio.NewScanner(body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	var d line.Decoder
+	var l line.Line
+	for sc.Scan() {
+		if d.Decode(sc.Bytes(), &l) != nil {
+			continue
+		}
+		if l.Type == line.NoticeHello || l.Type == line.NoticeHeartbeat {
+			continue
+		}
+		t.lines <- Line{At: l.Time, Kind: l.Kind, Lost: l.Notice.Lost, Missed: l.Notice.Missed, Raw: append([]byte(nil), sc.Bytes()...)}
+	}
+	return sc.Err()
+}
+
+// MaxHeld bounds the lines merge holds: past it, the oldest are let go
+// before their merge delay is up, and the order may then be approximate.
+const MaxHeld = 50000
+
+// merge holds lines for the merge delay, so the nodes' streams come out in
+// time order, and passes them to emit. It holds at most maxHeld lines: past
+// that, it lets the oldest go early (down to 7/8 of it, in one batch) and
+// says once on stderr that the order may be approximate.
+func (t *Tailer) merge(ctx context.Context, emit func([]Line)) {
+	var h lineHeap
+	var batch []Line
+	warned := false
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	// release passes on, oldest first, the lines older than cut and any
+	// beyond the keep oldest-last.
+	release := func(cut time.Time, keep int) {
+		batch = batch[:0]
+		for h.Len() > 0 && (h[0].At.Before(cut) || h.Len() > keep) {
+			batch = append(batch, heap.Pop(&h).(Line))
+		}
+		if len(batch) > 0 {
+			emit(batch)
+		}
+	}
+	push := func(l Line) {
+		t.seq++
+		l.seq = t.seq
+		heap.Push(&h, l)
+		if h.Len() > t.maxHeld {
+			if !warned {
+				fmt.Fprintf(t.stderr, "kdrop: more than %d lines held for --merge-delay %v: letting the oldest go early, so lines may be out of time order from now on\n", t.maxHeld, t.agents.Delay)
+				warned = true
+			}
+			release(time.Time{}, t.maxHeld*7/8)
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			for len(t.lines) > 0 {
+				push(<-t.lines)
+			}
+			release(time.Time{}, 0)
+			return
+		case l := <-t.lines:
+			push(l)
+		case <-tick.C:
+			release(time.Now().Add(-t.agents.Delay), t.maxHeld)
+		}
+	}
+}
+
+// OpenGaps lists the nodes whose stream is down now, and since when.
+func (t *Tailer) OpenGaps() map[string]time.Time {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make(map[string]time.Time, len(t.down))
+	for n, at := range t.down {
+		out[n] = at
+	}
+	return out
+}
+
+// Nodes lists the nodes that run an agent now, with their kernels as the
+// nodes report them (for a recording's header).
+func (t *Tailer) Nodes(ctx context.Context) ([]line.Node, error) {
+	pods, err := t.cs.CoreV1().Pods(t.agents.Namespace).List(ctx, metav1.ListOptions{LabelSelector: t.agents.Selector})
+	if err != nil {
+		return nil, fmt.Errorf("listing the agents in namespace %s: %w", t.agents.Namespace, err)
+	}
+	var nodes []line.Node
+	seen := map[string]bool{}
+	for _, p := range pods.Items {
+		n := p.Spec.NodeName
+		if n == "" || seen[n] {
+			continue
+		}
+		seen[n] = true
+		kernel := ""
+		if node, err := t.cs.CoreV1().Nodes().Get(ctx, n, metav1.GetOptions{}); err == nil {
+			kernel = node.Status.NodeInfo.KernelVersion
+		}
+		nodes = append(nodes, line.Node{Name: n, Kernel: kernel})
+	}
+	sort.Slice(nodes, func(i, j int) bool { return nodes[i].Name < nodes[j].Name })
+	return nodes, nil
+}
