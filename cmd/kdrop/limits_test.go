@@ -7,7 +7,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand"
@@ -95,8 +94,7 @@ func TestAgentStreamLimitAndTailRetry(t *testing.T) {
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
-			var m map[string]any
-			if json.Unmarshal(sc.Bytes(), &m) == nil {
+			if m, err := decodeMap(sc.Bytes()); err == nil {
 				mu.Lock()
 				lines = append(lines, m)
 				mu.Unlock()

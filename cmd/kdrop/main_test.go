@@ -4,7 +4,6 @@ package main
 
 import (
 	"bufio"
-	"encoding/json"
 	"fmt"
 	"math/rand"
 	"os"
@@ -13,6 +12,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/kdrop/kdrop/cmd/kdrop/line"
+	"github.com/kdrop/kdrop/tracer"
 )
 
 var kdropBin string
@@ -154,8 +156,8 @@ func TestWatchJSON(t *testing.T) {
 	sc := bufio.NewScanner(stdout)
 	var lines []map[string]any
 	for sc.Scan() {
-		var m map[string]any
-		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+		m, err := decodeMap(sc.Bytes())
+		if err != nil {
 			t.Fatalf("not a JSON line: %q: %v", sc.Text(), err)
 		}
 		lines = append(lines, m)
@@ -171,4 +173,30 @@ func TestWatchJSON(t *testing.T) {
 			t.Errorf("unexpected event: %v", m)
 		}
 	}
+}
+
+// decodeMap reads a line with kdrop's one decoder (package line) into the
+// fields the tests check, keyed by their JSON names, numbers as float64 as
+// a generic JSON reader has them.
+func decodeMap(b []byte) (map[string]any, error) {
+	var d line.Decoder
+	var l line.Line
+	if err := d.Decode(b, &l); err != nil {
+		return nil, err
+	}
+	m := map[string]any{"type": l.Type, "time": l.Time.Format(time.RFC3339Nano)}
+	switch l.Kind {
+	case line.KindNotice:
+		m["node"], m["message"] = l.Notice.Node, l.Notice.Message
+		if !l.Notice.GapFrom.IsZero() {
+			m["gap_from"], m["gap_to"] = l.Notice.GapFrom.Format(time.RFC3339Nano), l.Notice.GapTo.Format(time.RFC3339Nano)
+		}
+	case line.KindEvent:
+		e := &l.Event
+		m["node"], m["reason"], m["proto"], m["count"] = e.Node, e.Reason, tracer.ProtoName(e.Proto), float64(e.Count)
+		if e.Dst.Addr().IsValid() {
+			m["dst"], m["dport"] = e.Dst.Addr().String(), float64(e.Dst.Port())
+		}
+	}
+	return m, nil
 }

@@ -8,7 +8,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"math/rand"
 	"net/http"
@@ -228,8 +227,8 @@ func TestTailMergesAgentsAndSurvivesRestart(t *testing.T) {
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
-			var m map[string]any
-			if json.Unmarshal(sc.Bytes(), &m) != nil {
+			m, err := decodeMap(sc.Bytes())
+			if err != nil {
 				t.Errorf("tail printed a non-JSON line: %s", sc.Text())
 				continue
 			}

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kdrop/kdrop/cmd/kdrop/report"
+	"github.com/kdrop/kdrop/cmd/kdrop/sinks/report"
 )
 
 // The incidents' workloads, in namespace shop: a server whose pod caps its
@@ -256,7 +256,7 @@ func (in *incident) record(t *testing.T, name string) *recording {
 }
 
 // stop ends the recording as an operator does (Ctrl-C) and reads it back.
-func (r *recording) stop(t *testing.T) *report.Recording {
+func (r *recording) stop(t *testing.T) *report.Incident {
 	t.Helper()
 	r.cmd.Process.Signal(os.Interrupt)
 	if err := r.cmd.Wait(); err != nil {
@@ -275,7 +275,7 @@ func (r *recording) stop(t *testing.T) *report.Recording {
 }
 
 // finding returns the report's finding of that kind, failing if none.
-func finding(t *testing.T, rec *report.Recording, kind string) report.Finding {
+func finding(t *testing.T, rec *report.Incident, kind string) report.Finding {
 	t.Helper()
 	var kinds []string
 	for _, f := range rec.Findings() {
@@ -560,8 +560,7 @@ func (in *incident) serviceWithoutEndpoints(t *testing.T) {
 		logs := kubectl(t, "-n", "kdrop", "logs", "-l", "app.kubernetes.io/name=kdrop", "--since-time="+logsFrom.UTC().Format(time.RFC3339), "--tail=-1")
 		logged = 0
 		for _, l := range strings.Split(logs, "\n") {
-			var e event
-			if json.Unmarshal([]byte(l), &e) == nil && isCart(&e) && e.DstK8s != nil && e.DstK8s.Name == "cart" {
+			if e, err := parseEvent([]byte(l)); err == nil && isCart(&e) && e.DstK8s != nil && e.DstK8s.Name == "cart" {
 				logged += int(e.Count)
 			}
 		}

@@ -6,7 +6,6 @@ package e2e
 import (
 	"bufio"
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -17,18 +16,70 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/kdrop/kdrop/cmd/kdrop/line"
+	"github.com/kdrop/kdrop/k8s"
+	"github.com/kdrop/kdrop/tracer"
 )
 
 // ident is one end of an event as kdrop names it (src_k8s, dst_k8s, where_k8s).
 type ident struct {
-	Kind           string
-	Namespace      string
-	Name           string
-	WorkloadKind   string `json:"workload_kind"`
-	WorkloadName   string `json:"workload_name"`
-	DeletedAgoMs   int64  `json:"deleted_ago_ms"`
-	ReadyEndpoints *int   `json:"ready_endpoints"`
-	Terminating    bool
+	Kind                       string
+	Namespace, Name            string
+	WorkloadKind, WorkloadName string
+	DeletedAgoMs               int64
+	ReadyEndpoints             *int // nil: not said
+	Terminating                bool
+}
+
+// parseEvent reads a line with kdrop's one decoder (package line) into what
+// the tests check.
+func parseEvent(b []byte) (event, error) {
+	var d line.Decoder
+	var l line.Line
+	if err := d.Decode(b, &l); err != nil {
+		return event{}, err
+	}
+	e := event{Time: l.Time, Type: l.Type}
+	switch l.Kind {
+	case line.KindNotice:
+		n := &l.Notice
+		e.Node, e.Message = n.Node, n.Message
+		if !n.GapFrom.IsZero() {
+			e.GapFrom = n.GapFrom.Format(time.RFC3339Nano)
+		}
+	case line.KindEvent:
+		ev := &l.Event
+		e.Node, e.Count, e.Summary, e.Proto = ev.Node, ev.Count, ev.Summary, tracer.ProtoName(ev.Proto)
+		if ev.Src.Addr().IsValid() {
+			e.Src, e.Sport = ev.Src.Addr().String(), int(ev.Src.Port())
+		}
+		if ev.Dst.Addr().IsValid() {
+			e.Dst, e.Dport = ev.Dst.Addr().String(), int(ev.Dst.Port())
+		}
+		switch ev.Type {
+		case tracer.Drop:
+			e.Reason = ev.Reason
+		case tracer.Unreachable:
+			e.ICMP = ev.What()
+		case tracer.ListenOverflow:
+			e.Queue, e.QueueLen, e.QueueMax, e.Somaxconn = ev.Queue.String(), int(ev.QueueLen), int(ev.QueueMax), int(ev.Somaxconn)
+		}
+		e.SrcK8s, e.DstK8s, e.WhereK8s = identOf(ev.SrcK8s), identOf(ev.DstK8s), identOf(ev.WhereK8s)
+	}
+	return e, nil
+}
+
+func identOf(k *k8s.Endpoint) *ident {
+	if k == nil {
+		return nil
+	}
+	i := &ident{Kind: k.Kind, Namespace: k.Namespace, Name: k.Name, WorkloadKind: k.WorkloadKind, WorkloadName: k.WorkloadName,
+		DeletedAgoMs: k.DeletedAgo.Milliseconds(), Terminating: k.Terminating}
+	if k.Kind == k8s.KindService && k.ReadyEndpoints >= 0 {
+		i.ReadyEndpoints = &k.ReadyEndpoints
+	}
+	return i
 }
 
 func (i *ident) String() string {
@@ -52,13 +103,13 @@ type event struct {
 	Reason    string
 	ICMP      string
 	Queue     string
-	QueueLen  int    `json:"queue_len"`
-	QueueMax  int    `json:"queue_max"`
-	Somaxconn int    `json:"somaxconn"`
-	GapFrom   string `json:"gap_from"`
-	SrcK8s    *ident `json:"src_k8s"`
-	DstK8s    *ident `json:"dst_k8s"`
-	WhereK8s  *ident `json:"where_k8s"`
+	QueueLen  int
+	QueueMax  int
+	Somaxconn int
+	GapFrom   string
+	SrcK8s    *ident
+	DstK8s    *ident
+	WhereK8s  *ident
 
 	received time.Time
 	raw      string
@@ -91,8 +142,8 @@ func startTail(t *testing.T, token string, args ...string) *stream {
 		sc := bufio.NewScanner(out)
 		sc.Buffer(make([]byte, 1<<20), 1<<20)
 		for sc.Scan() {
-			var e event
-			if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
+			e, err := parseEvent(sc.Bytes())
+			if err != nil {
 				e = event{Type: "unparsed", Message: err.Error()}
 			}
 			e.received, e.raw = time.Now(), sc.Text()

@@ -112,8 +112,8 @@ func GapNotice(at time.Time, node, msg string, gap ...time.Time) []byte {
 	return line.AppendNotice(nil, &n)
 }
 
-// lost marks node's stream as lost (once per outage) and says so.
-func (t *Tailer) lost(node, msg string) {
+// streamLost marks node's stream as lost (once per outage) and says so.
+func (t *Tailer) streamLost(node, msg string) {
 	if t.markDown(node) {
 		t.notice(node, msg)
 	}
@@ -195,7 +195,7 @@ func (t *Tailer) discover(ctx context.Context) {
 		}
 		t.mu.Unlock()
 		for _, name := range gone {
-			t.lost(nodeOf[name], fmt.Sprintf("agent %s on node %s went away (deleted, or no longer running)", name, nodeOf[name]))
+			t.streamLost(nodeOf[name], fmt.Sprintf("agent %s on node %s went away (deleted, or no longer running)", name, nodeOf[name]))
 			delete(nodeOf, name)
 		}
 		select {
@@ -239,7 +239,7 @@ func (t *Tailer) stream(ctx context.Context, pod, node string) {
 			}
 			refused = why
 		} else {
-			t.lost(node, fmt.Sprintf("stream from agent %s on node %s lost (%v); reconnecting", pod, node, errOrEOF(err)))
+			t.streamLost(node, fmt.Sprintf("stream from agent %s on node %s lost (%v); reconnecting", pod, node, errOrEOF(err)))
 		}
 		select {
 		case <-ctx.Done():

@@ -39,19 +39,17 @@ type Finding struct {
 	// Fix is what to do, one step per line.
 	Fix string
 	// Example is an optional snippet (YAML or shell) that goes with Fix.
-	Example string
-	Count   uint64 // occurrences it covers
-	// Subject is the workload, pod, service or address it is about.
-	Subject     string
+	Example     string
+	Count       uint64 // occurrences it covers
 	First, Last time.Time
 }
 
 // Findings analyses the recording: the most severe and most frequent first.
-func (rec *Recording) Findings() []Finding { return analyze(rec).findings }
+func (rec *Incident) Findings() []Finding { return analyze(rec).findings }
 
 // analysis is everything the writers show, computed once.
 type analysis struct {
-	rec        *Recording
+	rec        *Incident
 	start, end time.Time
 	total      uint64
 	byType     map[string]uint64
@@ -94,7 +92,7 @@ type topRow struct {
 	Count            uint64
 }
 
-func analyze(rec *Recording) *analysis {
+func analyze(rec *Incident) *analysis {
 	a := &analysis{rec: rec, byType: map[string]uint64{}, backing: map[string]counter{}, used: map[*Flow]bool{}}
 	a.start, a.end = rec.Window()
 	for _, f := range rec.Flows {
@@ -309,7 +307,6 @@ func (a *analysis) overflowFindings() {
 		e := ex[g]
 		f0 := e.example
 		class := limitClass(f0)
-		subject := workload(f0.DstK8s, f0.Dst)
 		where := onPort(f0.DstK8s, f0.Dst, f0.Dport)
 		queue := "Accept queue"
 		switch {
@@ -339,7 +336,7 @@ func (a *analysis) overflowFindings() {
 		fd := Finding{
 			Severity: SevCritical,
 			Title:    fmt.Sprintf("%s full on %s: %s (%s)", queue, where, outcome, cause),
-			Count:    g.count, Subject: subject, First: g.first, Last: g.last,
+			Count:    g.count, First: g.first, Last: g.last,
 		}
 		if onlyCookies {
 			fd.Severity = SevWarning
@@ -502,7 +499,7 @@ func (a *analysis) staleFindings() {
 			}
 		}
 		fd := Finding{
-			Severity: SevCritical, Kind: "stale-endpoint", Count: g.count, Subject: subject, First: g.first, Last: g.last,
+			Severity: SevCritical, Kind: "stale-endpoint", Count: g.count, First: g.first, Last: g.last,
 			Title: fmt.Sprintf("Clients kept sending to pods of %s after they were deleted: %s to stale pod IPs", who, plural(g.count, "packet", "packets")),
 		}
 		if known(k) && k.WorkloadName == "" {
@@ -579,7 +576,7 @@ func (a *analysis) noEndpointFindings() {
 		}
 		backers := a.backing[svc]
 		fd := Finding{
-			Severity: SevCritical, Kind: "no-endpoints", Count: g.count, Subject: "Service " + svc, First: g.first, Last: g.last,
+			Severity: SevCritical, Kind: "no-endpoints", Count: g.count, First: g.first, Last: g.last,
 			Title: fmt.Sprintf("Service %s has no ready endpoints: %s%s rejected", svc, plural(g.count, "connection", "connections"), ports),
 		}
 		var d strings.Builder
@@ -671,7 +668,7 @@ func (a *analysis) noSocketFindings() {
 		}
 		in := inside(f0.DstK8s, f0.Dst)
 		fd := Finding{
-			Severity: SevWarning, Kind: "no-socket", Count: g.count, Subject: workload(f0.DstK8s, f0.Dst), First: g.first, Last: g.last,
+			Severity: SevWarning, Kind: "no-socket", Count: g.count, First: g.first, Last: g.last,
 			Title: fmt.Sprintf("Nothing listens on %s port %d %s: %s dropped (NO_SOCKET)", proto, f0.Dport, in, plural(g.count, "packet", "packets")),
 		}
 		lateOnly := f0.Proto == "tcp" && e.syn == 0
@@ -774,7 +771,7 @@ func (a *analysis) netfilterFindings() {
 			port = fmt.Sprintf(" %s port %d", strings.ToUpper(f0.Proto), f0.Dport)
 		}
 		fd := Finding{
-			Severity: SevWarning, Kind: "netfilter", Count: g.count, Subject: dst, First: g.first, Last: g.last,
+			Severity: SevWarning, Kind: "netfilter", Count: g.count, First: g.first, Last: g.last,
 			Title: fmt.Sprintf("Firewall dropped traffic from %s to %s%s: %s (NETFILTER_DROP)", src, dst, port, plural(g.count, "packet", "packets")),
 		}
 		var d strings.Builder
@@ -891,7 +888,7 @@ func (a *analysis) otherDropFindings() {
 			sev = SevInfo
 		}
 		fd := Finding{
-			Severity: sev, Kind: "drop-reason", Count: g.count, Subject: g.key, First: g.first, Last: g.last,
+			Severity: sev, Kind: "drop-reason", Count: g.count, First: g.first, Last: g.last,
 			Title: fmt.Sprintf("%s: %s dropped — %s", g.key, plural(g.count, "packet", "packets"), firstClause(info.meaning)),
 		}
 		var d strings.Builder
@@ -948,7 +945,7 @@ func (a *analysis) otherICMPFindings() {
 			info = reasonInfo{meaning: "the kernel sent this ICMP error", fix: "See the destinations and senders above."}
 		}
 		fd := Finding{
-			Severity: SevWarning, Kind: "icmp", Count: g.count, Subject: "ICMP " + g.key, First: g.first, Last: g.last,
+			Severity: SevWarning, Kind: "icmp", Count: g.count, First: g.first, Last: g.last,
 			Title: fmt.Sprintf("ICMP %s sent %s — %s", g.key, plural(g.count, "time", "times"), firstClause(info.meaning)),
 		}
 		if g.key == "frag-needed" || g.key == "packet-too-big" || g.key == "time-exceeded" {
@@ -988,7 +985,7 @@ func nodeOr(n string) string {
 
 // missedParts sums missed occurrences by cause; what the trailer counts
 // beyond the notices, and causes this kdrop does not know, are unknown.
-func missedParts(rec *Recording) (kernel, stream, unknown uint64) {
+func missedParts(rec *Incident) (kernel, stream, unknown uint64) {
 	var sum uint64
 	for _, m := range rec.Misses {
 		switch m.Cause {
@@ -1006,7 +1003,7 @@ func missedParts(rec *Recording) (kernel, stream, unknown uint64) {
 }
 
 // missedCauses says why occurrences were missed, one clause per cause.
-func missedCauses(rec *Recording) string {
+func missedCauses(rec *Incident) string {
 	kernel, stream, unknown := missedParts(rec)
 	var parts []string
 	if kernel > 0 {
@@ -1040,7 +1037,7 @@ func (a *analysis) recordingFindings() {
 			fix = append(fix, "Record less through the agents: narrow with --type, --reason, --namespace, --pod, --cidr or --port, or record on the node itself with kdrop record --from watch.")
 		}
 		a.add(Finding{
-			Severity: SevWarning, Kind: "missed", Count: missed, Subject: "the recording",
+			Severity: SevWarning, Kind: "missed", Count: missed,
 			Title: fmt.Sprintf("Counts are short: %s never counted", plural(missed, "occurrence was", "occurrences were")),
 			Detail: fmt.Sprintf("%s Those occurrences%s are in no line and no count: every total in this report may be short, by up to %s in all (up to, as the kernel counts its misses before kdrop's filters). Unlike lost lines, they do not come back in summary lines.",
 				missedCauses(rec), perNodeWords(perNode), num(missed)),
@@ -1070,7 +1067,7 @@ func (a *analysis) recordingFindings() {
 			counts = "so they are in the counts of this report (which are short for another reason: see the missed finding)"
 		}
 		a.add(Finding{
-			Severity: SevWarning, Kind: "lost", Count: lost, Subject: "the recording",
+			Severity: SevWarning, Kind: "lost", Count: lost,
 			Title:  title,
 			Detail: fmt.Sprintf("The kernel's ring buffer had no room for %s%s. Their occurrences were added to later summary lines, %s; what is missing are those events' own lines: their individual times, source ports and pod identities. The stream was incomplete in lines, not in counts.", plural(lost, "event", "events"), where, counts),
 			Fix: strings.Join([]string{
@@ -1088,7 +1085,7 @@ func (a *analysis) recordingFindings() {
 		}
 		detail += " The lost-line and missed totals come from the loss notices in the file only."
 		a.add(Finding{
-			Severity: SevWarning, Kind: "truncated", Subject: "the recording", Last: end,
+			Severity: SevWarning, Kind: "truncated", Last: end,
 			Title:  "Recording truncated: it has no end-of-recording line",
 			Detail: detail,
 			Fix:    "Stop kdrop record with Ctrl-C or SIGTERM, or give it --duration, so it finishes the file; make sure the disk has room for it.",
@@ -1111,7 +1108,7 @@ func (a *analysis) recordingFindings() {
 			where = append(where, fmt.Sprintf("%s from %s to %s (%s)", g.Node, stamp(g.From), stamp(g.To), dur(g.To.Sub(g.From))))
 		}
 		a.add(Finding{
-			Severity: SevWarning, Kind: "gap", Subject: "the recording", First: first, Last: last,
+			Severity: SevWarning, Kind: "gap", First: first, Last: last,
 			Title: fmt.Sprintf("%s without an agent stream, %s in all", plural(uint64(len(rec.Gaps)), "gap", "gaps"), dur(total)),
 			Detail: "The recording came from the agents (kdrop record --from tail), and for these windows one node's agent was not streaming: it restarted, was deleted or its node left. " +
 				"Nothing that node's kernel did in those windows is in this report, not even in the counts: " + strings.Join(where, "; ") + ".",
@@ -1129,7 +1126,7 @@ func (a *analysis) recordingFindings() {
 	}
 	if unresolved > 0 && unresolved*20 >= a.total {
 		a.add(Finding{
-			Severity: SevInfo, Kind: "unresolved", Count: unresolved, Subject: "pod identities",
+			Severity: SevInfo, Kind: "unresolved", Count: unresolved,
 			Title:  fmt.Sprintf("Pod names unknown for %s (%s of all)", plural(unresolved, "occurrence", "occurrences"), pct(unresolved, a.total)),
 			Detail: "kdrop could not tell which pod or service some addresses belonged to: the Kubernetes API was unreachable, refused kdrop's service account, or had not synced yet. Those ends are shown by address.",
 			Fix:    "Check kdrop's logs for API errors and that its ClusterRole allows list/watch of pods, services, endpointslices and nodes.",

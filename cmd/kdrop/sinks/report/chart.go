@@ -63,7 +63,7 @@ func pickStep(start, end time.Time) (time.Duration, int) {
 	}
 }
 
-func buildTimeline(rec *Recording, start, end time.Time) *timeline {
+func buildTimeline(rec *Incident, start, end time.Time) *timeline {
 	step, n := pickStep(start, end)
 	t := &timeline{start: start.Truncate(step), step: step, n: n, lost: make([]uint64, n), missed: make([]uint64, n), totals: make([]uint64, n)}
 	idx := func(tm time.Time) int {

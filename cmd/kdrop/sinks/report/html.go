@@ -12,7 +12,7 @@ const rowLimit = 40
 
 // WriteHTML writes the report as one self-contained page: inline CSS and
 // an inline SVG chart, nothing fetched from anywhere, no script needed.
-func WriteHTML(w io.Writer, rec *Recording) error {
+func WriteHTML(w io.Writer, rec *Incident) error {
 	v := newView(rec)
 	a := v.a
 	d := htmlData{

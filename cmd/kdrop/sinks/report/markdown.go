@@ -12,7 +12,7 @@ const mdRows = 10
 
 // WriteMarkdown writes the report as Markdown for an incident ticket: the
 // facts, the findings with their fixes, and the top rows of each table.
-func WriteMarkdown(w io.Writer, rec *Recording) error {
+func WriteMarkdown(w io.Writer, rec *Incident) error {
 	v := newView(rec)
 	a := v.a
 	b := bufio.NewWriter(w)

@@ -88,7 +88,7 @@ func abs(f float64) float64 {
 	return f
 }
 
-func renderHTML(t *testing.T, rec *Recording) string {
+func renderHTML(t *testing.T, rec *Incident) string {
 	t.Helper()
 	var b bytes.Buffer
 	if err := WriteHTML(&b, rec); err != nil {

@@ -74,7 +74,7 @@ func gz(lines ...string) []byte {
 	return b.Bytes()
 }
 
-func read(t *testing.T, lines ...string) *Recording {
+func read(t *testing.T, lines ...string) *Incident {
 	t.Helper()
 	rec, err := Read(bytes.NewReader(gz(lines...)))
 	if err != nil {

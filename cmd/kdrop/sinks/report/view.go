@@ -30,7 +30,7 @@ type kpi struct {
 	Label, Value, Note, Class string
 }
 
-func newView(rec *Recording) *view {
+func newView(rec *Incident) *view {
 	a := analyze(rec)
 	v := &view{a: a, tl: buildTimeline(rec, a.start, a.end)}
 	h := rec.Header

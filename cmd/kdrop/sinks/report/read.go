@@ -20,9 +20,9 @@ import (
 // FormatVersion is the recording format this package reads.
 const FormatVersion = line.FormatVersion
 
-// Recording is a recording, read and folded: events with the same identity
+// Incident is a recording, read and folded: events with the same identity
 // add up into one Flow, so a long storm costs memory per flow, not per line.
-type Recording struct {
+type Incident struct {
 	Header  Header
 	Trailer *Trailer // nil: the file ends without the end-of-recording line
 	Flows   []*Flow  // in order of first appearance
@@ -135,7 +135,7 @@ type slotKey struct {
 
 // Window is the time the recording covers: from the header's start to the
 // trailer's end, or to the last event when the trailer is missing.
-func (rec *Recording) Window() (start, end time.Time) {
+func (rec *Incident) Window() (start, end time.Time) {
 	start, end = rec.Header.Started, rec.lastEvent
 	if !rec.firstEvent.IsZero() && (start.IsZero() || rec.firstEvent.Before(start)) {
 		start = rec.firstEvent
@@ -150,11 +150,11 @@ func (rec *Recording) Window() (start, end time.Time) {
 }
 
 // Truncated says the file ends without the end-of-recording line.
-func (rec *Recording) Truncated() bool { return rec.Trailer == nil }
+func (rec *Incident) Truncated() bool { return rec.Trailer == nil }
 
 // Lost is how many events lost their lines (counts still exact): the
 // trailer's total, or the sum of the "lost" notices without a trailer.
-func (rec *Recording) Lost() uint64 {
+func (rec *Incident) Lost() uint64 {
 	var sum uint64
 	for _, l := range rec.Losses {
 		sum += l.Lost
@@ -168,7 +168,7 @@ func (rec *Recording) Lost() uint64 {
 // Missed is how many occurrences no line counts, so that counts are short
 // by that much: the trailer's total, or the sum of the "missed" notices
 // without a trailer.
-func (rec *Recording) Missed() uint64 {
+func (rec *Incident) Missed() uint64 {
 	var sum uint64
 	for _, m := range rec.Misses {
 		sum += m.Missed
@@ -180,7 +180,7 @@ func (rec *Recording) Missed() uint64 {
 }
 
 // Total is the number of occurrences of every kind.
-func (rec *Recording) Total() uint64 {
+func (rec *Incident) Total() uint64 {
 	var n uint64
 	for _, f := range rec.Flows {
 		n += f.Count
@@ -192,8 +192,8 @@ func (rec *Recording) Total() uint64 {
 // writes (recording.Scan). Errors name the line and what is wrong with it.
 // A file cut off mid-way (the recorder was killed) is read up to its last
 // whole line.
-func Read(r io.Reader) (*Recording, error) {
-	p := parser{rec: &Recording{perSecond: map[slotKey]uint64{}}, flow: map[FlowID]*Flow{}}
+func Read(r io.Reader) (*Incident, error) {
+	p := parser{rec: &Incident{perSecond: map[slotKey]uint64{}}, flow: map[FlowID]*Flow{}}
 	sc, err := recording.Scan(r, p.line)
 	if err != nil {
 		return nil, err
@@ -205,7 +205,7 @@ func Read(r io.Reader) (*Recording, error) {
 }
 
 type parser struct {
-	rec  *Recording
+	rec  *Incident
 	flow map[FlowID]*Flow
 }
 
