@@ -317,7 +317,7 @@ func (t *Tracer) Hooks() []HookStatus { return t.hooks }
 // Stats reads the in-kernel loss counters.
 func (t *Tracer) Stats() (Stats, error) {
 	var s Stats
-	for i := uint32(0); i < uint32(statMax); i++ {
+	for i := uint32(0); i < statMax; i++ {
 		var per []uint64
 		if err := t.maps["stats"].Lookup(i, &per); err != nil {
 			return s, fmt.Errorf("reading stats: %w", err)
@@ -517,9 +517,8 @@ func (t *Tracer) stop(emit func(*Event)) {
 	t.rotate(emit)
 }
 
-// genStopped in the gen map tells the programs to count nothing (mirrors
-// KDROP_GEN_STOPPED in bpf/kdrop.bpf.c).
-const genStopped = 1 << 31
+// genStopped in the gen map tells the programs to count nothing.
+const genStopped = uint32(kdropKdropGenKDROP_GEN_STOPPED)
 
 // Sweeps says how many times the tables changed generation (for tests).
 func (t *Tracer) Sweeps() uint64 { return t.sweeps.Load() }
