@@ -235,10 +235,13 @@ static __always_inline void skb_where(struct sk_buff *skb, struct kdrop_event *e
 
 /* ---- filters, exact counting, rate limiting, output ---- */
 
+/* Userspace mirrors these two in tracer.Filter.Match: change both. */
 static __always_inline bool addr_match(const __u8 *a, __u8 family)
 {
 	struct addr_key k = { .prefixlen = 128 };
 
+	if (family != 4 && family != 6)
+		return false; /* not IP: no address to match (not ::) */
 	if (family == 4) {
 		k.addr[10] = 0xff;
 		k.addr[11] = 0xff;
