@@ -61,7 +61,7 @@ check-generate: check-clang ## fail unless make generate reproduces the committe
 	(cd "$$tmp/tracer" && $(GO) generate ./...) || { echo "check-generate: make generate failed" >&2; exit 1; }; \
 	bad=""; for f in $(BPF_OUTPUTS); do cmp -s "$$f" "$$tmp/$$f" || bad="$$bad $$f"; done; \
 	if [ -n "$$bad" ]; then \
-		echo "check-generate:$$bad differ from what make generate builds from bpf/: run make generate and commit the result." >&2; \
+		echo "check-generate: make generate builds other bytes than are committed for$$bad: run make generate and commit the result." >&2; \
 		exit 1; \
 	fi; \
 	echo "check-generate: $(BPF_OUTPUTS) are reproduced byte for byte"
