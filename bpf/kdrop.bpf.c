@@ -60,8 +60,6 @@ struct {
 	__uint(max_entries, 1);
 } gen SEC(".maps");
 
-#define KDROP_GEN_STOPPED (1U << 31)
-
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
 	__type(key, __u32);
@@ -104,10 +102,17 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } addr_filter SEC(".maps");
 
-/* Make bpf2go emit the Go mirrors (and put the flow key's full type in BTF,
- * which an inner map definition alone leaves as a forward declaration). */
+/* Make bpf2go emit the Go mirrors: put the flow key's full type in BTF
+ * (an inner map definition alone leaves a forward declaration), and the
+ * enums, which the code only uses for their constants. */
 struct kdrop_event *unused_event __attribute__((unused));
 struct flow_key *unused_flow_key __attribute__((unused));
+enum kdrop_event_type *unused_event_type __attribute__((unused));
+enum kdrop_queue *unused_queue __attribute__((unused));
+enum kdrop_flags *unused_flags __attribute__((unused));
+enum kdrop_mode *unused_mode __attribute__((unused));
+enum kdrop_stat *unused_stat __attribute__((unused));
+enum kdrop_gen *unused_gen __attribute__((unused));
 
 static __always_inline void stat_inc(__u32 idx)
 {
@@ -230,10 +235,13 @@ static __always_inline void skb_where(struct sk_buff *skb, struct kdrop_event *e
 
 /* ---- filters, exact counting, rate limiting, output ---- */
 
+/* Userspace mirrors these two in tracer.Filter.Match: change both. */
 static __always_inline bool addr_match(const __u8 *a, __u8 family)
 {
 	struct addr_key k = { .prefixlen = 128 };
 
+	if (family != 4 && family != 6)
+		return false; /* not IP: no address to match (not ::) */
 	if (family == 4) {
 		k.addr[10] = 0xff;
 		k.addr[11] = 0xff;

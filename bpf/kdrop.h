@@ -1,6 +1,9 @@
-/* The one event kdrop's BPF programs send to userspace. tracer/ mirrors it
- * with the Go type bpf2go generates from this struct (kdropEvent), so keep
- * every field naturally aligned and the padding explicit. */
+/* The one event kdrop's BPF programs send to userspace, and every constant
+ * both sides share. tracer/ uses the Go types and constants bpf2go generates
+ * from this file (kdropKdropEvent, kdropFlowKey, kdropKdropEventType...),
+ * never copies: keep every field naturally aligned and the padding
+ * explicit, and give each new enum a -type in tracer/gen.go and a reference
+ * in kdrop.bpf.c (an enum only used for its constants is not in BTF). */
 #ifndef KDROP_H
 #define KDROP_H
 
@@ -17,6 +20,8 @@ enum kdrop_queue {
 	KDROP_Q_ACCEPT_SYN = 1,  /* SYN refused: accept queue full (tcp_conn_request) */
 	KDROP_Q_ACCEPT_ACK = 2,  /* final ACK refused: accept queue full (syn_recv_sock) */
 	KDROP_Q_SYN = 3,         /* SYN queue full */
+	KDROP_Q_ACCEPT = 4,      /* userspace only: accept queue, seen by sock_diag,
+	                          * which can't tell SYN from ACK */
 };
 
 enum kdrop_flags {
@@ -26,7 +31,7 @@ enum kdrop_flags {
 };
 
 /* The program variant that produced an event, so output can say how it was
- * seen. Userspace names them; keep in sync with tracer/hooks.go. */
+ * seen. Userspace names them (tracer/event.go). */
 enum kdrop_mode {
 	KDROP_MODE_FENTRY = 1,
 	KDROP_MODE_KPROBE = 2,
@@ -41,6 +46,11 @@ enum kdrop_stat {
 	KDROP_STAT_LOST_UNREACH = KDROP_EV_UNREACH,
 	KDROP_STAT_COARSENED = 4,                   /* flow table full: coarser key used */
 	KDROP_STAT_MAX = 5,
+};
+
+/* Bits of the gen map's value beside the generation number. */
+enum kdrop_gen {
+	KDROP_GEN_STOPPED = 1U << 31, /* the run is over: count nothing */
 };
 
 struct kdrop_event {

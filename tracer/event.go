@@ -11,12 +11,12 @@ import (
 // EventType says where the kernel gave up on traffic.
 type EventType uint8
 
-// Values mirror enum kdrop_event_type in bpf/kdrop.h.
+// Values of enum kdrop_event_type in bpf/kdrop.h, as bpf2go generates them.
 const (
-	Drop           EventType = 1 // a packet freed with a drop reason (kfree_skb)
-	ListenOverflow EventType = 2 // a listener's accept or SYN queue was full
-	Unreachable    EventType = 3 // the kernel sent an ICMP error ("unreachable")
-	eventTypeMax   EventType = 4
+	Drop           = EventType(kdropKdropEventTypeKDROP_EV_DROP)            // a packet freed with a drop reason (kfree_skb)
+	ListenOverflow = EventType(kdropKdropEventTypeKDROP_EV_LISTEN_OVERFLOW) // a listener's accept or SYN queue was full
+	Unreachable    = EventType(kdropKdropEventTypeKDROP_EV_UNREACH)         // the kernel sent an ICMP error ("unreachable")
+	eventTypeMax   = EventType(kdropKdropEventTypeKDROP_EV_MAX)
 )
 
 var eventTypeNames = [...]string{Drop: "drop", ListenOverflow: "overflow", Unreachable: "unreach"}
@@ -45,11 +45,11 @@ func ParseEventType(s string) (EventType, error) {
 type Queue uint8
 
 const (
-	QueueNone      Queue = 0
-	QueueAcceptSYN Queue = 1 // a SYN was refused because the accept queue was full
-	QueueAcceptACK Queue = 2 // a handshake's final ACK found the accept queue full
-	QueueSYN       Queue = 3 // the SYN queue was full
-	QueueAccept    Queue = 4 // accept queue, seen by sock_diag, which can't tell SYN from ACK
+	QueueNone      = Queue(kdropKdropQueueKDROP_Q_NONE)
+	QueueAcceptSYN = Queue(kdropKdropQueueKDROP_Q_ACCEPT_SYN) // a SYN was refused because the accept queue was full
+	QueueAcceptACK = Queue(kdropKdropQueueKDROP_Q_ACCEPT_ACK) // a handshake's final ACK found the accept queue full
+	QueueSYN       = Queue(kdropKdropQueueKDROP_Q_SYN)        // the SYN queue was full
+	QueueAccept    = Queue(kdropKdropQueueKDROP_Q_ACCEPT)     // accept queue, seen by sock_diag, which can't tell SYN from ACK
 )
 
 func (q Queue) String() string {
@@ -105,7 +105,13 @@ type rawEvent = kdropKdropEvent
 
 const rawEventSize = int(unsafe.Sizeof(rawEvent{}))
 
-var modeNames = [...]string{1: "fentry", 2: "kprobe", 3: "tp_btf", 4: "raw_tp"}
+// modeNames names enum kdrop_mode, the program variant behind an event.
+var modeNames = [...]string{
+	kdropKdropModeKDROP_MODE_FENTRY: string(ModeFentry),
+	kdropKdropModeKDROP_MODE_KPROBE: string(ModeKprobe),
+	kdropKdropModeKDROP_MODE_TP_BTF: string(ModeTPBTF),
+	kdropKdropModeKDROP_MODE_RAW_TP: string(ModeRawTP),
+}
 
 func addrFrom(family uint8, b *[16]byte) netip.Addr {
 	switch family {
@@ -239,12 +245,13 @@ const (
 	CoarseType = "type"
 )
 
-// Mirrors of enum kdrop_flags and enum kdrop_stat in bpf/kdrop.h.
+// enum kdrop_flags (kdrop_event.flags, a byte) and enum kdrop_stat (the
+// stats map's indexes) in bpf/kdrop.h.
 const (
-	flagSyncookie   = 1 << 0
-	flagCoarseNetns = 1 << 1
-	flagCoarseType  = 1 << 2
+	flagSyncookie   = uint8(kdropKdropFlagsKDROP_F_SYNCOOKIE)
+	flagCoarseNetns = uint8(kdropKdropFlagsKDROP_F_COARSE_NETNS)
+	flagCoarseType  = uint8(kdropKdropFlagsKDROP_F_COARSE_TYPE)
 
-	statCoarsened = 4
-	statMax       = 5
+	statCoarsened = uint32(kdropKdropStatKDROP_STAT_COARSENED)
+	statMax       = uint32(kdropKdropStatKDROP_STAT_MAX)
 )

@@ -9,35 +9,167 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-// configure writes the filter and rate limit into the object's read-only
-// data before load.
-func (t *Tracer) configure(spec *ebpf.CollectionSpec) error {
-	f := t.opts.Filter
-	skip, skipSubsys, err := t.reasonSkipMask(f)
-	if err != nil {
-		return err
+// Filter selects events: the one definition of kdrop's filter. The kernel
+// side applies it before any work is done (kernel turns it into the
+// configuration of pass_filters and skip_reason in bpf/kdrop.bpf.c), Match
+// applies the same rules in userspace (the agent's stream clients), and the
+// sock_diag fallback passes its events through Match. Zero fields match
+// everything; the zero Filter reports everything but BenignReasons.
+type Filter struct {
+	// Types are the event types to report; nil: all. The kernel side only
+	// attaches the hooks of these types (and runs the sock_diag poller only
+	// for ListenOverflow).
+	Types []EventType
+	// Reasons are the drop reasons to report, by name as `kdrop reasons`
+	// lists them (with or without SKB_DROP_REASON_, any case); they restrict
+	// drops only, not the other event types. nil: every reason but
+	// BenignReasons. Subsystem reasons (mac80211, openvswitch...) are
+	// reported only when Reasons is nil.
+	Reasons []string
+	// IncludeBenign, with Reasons nil, reports BenignReasons too.
+	IncludeBenign bool
+	// CIDRs: either end's address must be inside one of them. Addresses are
+	// compared as IPv6, IPv4 as IPv4-mapped (::ffff:a.b.c.d), which is how
+	// the kernel's addr_filter trie keys them: an IPv4 prefix also matches
+	// the mapped form of its addresses in IPv6 packets, and an IPv6 prefix
+	// that covers ::ffff:0:0/96 (::/0) matches IPv4 too. An end the event
+	// does not carry (a summary's source, a packet that is not IP) matches
+	// nothing.
+	CIDRs []netip.Prefix
+	// Port: either end's port (TCP and UDP; for an ICMP error, the
+	// offending packet's); 0: any.
+	Port uint16
+	// Proto is the IP protocol (IPPROTO_*); 0: any.
+	Proto uint8
+	// Netns is the network namespace's inode; 0: any.
+	Netns uint32
+}
+
+// Match says whether the filter selects e. It mirrors the kernel side:
+// skip_reason (drops) and pass_filters in bpf/kdrop.bpf.c, configured by
+// Filter.kernel, plus the event types, which the kernel side applies by
+// attaching only their hooks. Summaries carry no source, so a port or
+// address that only the source had no longer matches them.
+func (f *Filter) Match(e *Event) bool {
+	if len(f.Types) > 0 && !slices.Contains(f.Types, e.Type) {
+		return false
 	}
-	set := func(name string, v any) error {
-		vs, ok := spec.Variables[name]
-		if !ok {
-			return fmt.Errorf("BPF object has no variable %s (regenerate it with make generate)", name)
+	if e.Type == Drop && !f.wantsReason(e.ReasonCode, e.Reason) {
+		return false
+	}
+	if f.Netns != 0 && e.Netns != f.Netns {
+		return false
+	}
+	if f.Proto != 0 && e.Proto != f.Proto {
+		return false
+	}
+	if f.Port != 0 && e.Src.Port() != f.Port && e.Dst.Port() != f.Port {
+		return false
+	}
+	if len(f.CIDRs) > 0 && !f.matchAddr(e.Src.Addr()) && !f.matchAddr(e.Dst.Addr()) {
+		return false
+	}
+	return true
+}
+
+// wantsReason says whether a drop with this reason (its value and name) is
+// reported: skip_reason in bpf/kdrop.bpf.c, whose bits kernel sets from it.
+func (f *Filter) wantsReason(code uint32, name string) bool {
+	if code>>subsysShift != 0 {
+		return len(f.Reasons) == 0 // cfg_skip_subsys
+	}
+	if code >= maxCoreReasons {
+		return true // beyond cfg_reason_skip: never skipped
+	}
+	if len(f.Reasons) > 0 {
+		return slices.ContainsFunc(f.Reasons, func(r string) bool { return normReason(r) == name })
+	}
+	return f.IncludeBenign || !IsBenign(name)
+}
+
+// matchAddr: a is inside one of the CIDRs, compared as the kernel's
+// addr_match does (16 bytes, IPv4 mapped).
+func (f *Filter) matchAddr(a netip.Addr) bool {
+	if !a.IsValid() {
+		return false
+	}
+	a16 := netip.AddrFrom16(a.As16())
+	return slices.ContainsFunc(f.CIDRs, func(p netip.Prefix) bool { return lpmPrefix(p).Contains(a16) })
+}
+
+// lpmPrefix is p as the addr_filter trie holds it: 16 bytes, IPv4 as
+// ::ffff:a.b.c.d with 96 more bits of prefix.
+func lpmPrefix(p netip.Prefix) netip.Prefix {
+	p = p.Masked()
+	bits := p.Bits()
+	if p.Addr().Is4() {
+		bits += 96
+	}
+	return netip.PrefixFrom(netip.AddrFrom16(p.Addr().As16()), bits)
+}
+
+// kernelFilter is a Filter as bpf/kdrop.bpf.c applies it: the values of its
+// cfg_* variables and the keys of its addr_filter trie.
+type kernelFilter struct {
+	netns      uint32
+	port       uint16
+	proto      uint8
+	addrFilter uint8
+	skipSubsys uint8
+	reasonSkip [maxCoreReasons / 64]uint64 // bit n: skip drop reason n
+	addrKeys   []kdropAddrKey
+}
+
+// kernel derives the kernel side's configuration from the filter, with
+// the running kernel's reason numbers; an unknown reason name is an error.
+func (f *Filter) kernel(r *Reasons) (kernelFilter, error) {
+	k := kernelFilter{
+		netns: f.Netns, port: f.Port, proto: f.Proto,
+		addrFilter: boolByte(len(f.CIDRs) > 0),
+		skipSubsys: boolByte(!f.wantsReason(1<<subsysShift, "")),
+	}
+	for _, n := range f.Reasons {
+		if _, err := r.LookupOrSuggest(n); err != nil {
+			return k, err
 		}
-		return vs.Set(v)
+	}
+	for v := uint32(0); v < maxCoreReasons; v++ {
+		if !f.wantsReason(v, r.Name(v)) {
+			k.reasonSkip[v/64] |= 1 << (v % 64)
+		}
+	}
+	for _, p := range f.CIDRs {
+		p = lpmPrefix(p)
+		k.addrKeys = append(k.addrKeys, kdropAddrKey{Prefixlen: uint32(p.Bits()), Addr: p.Addr().As16()})
+	}
+	return k, nil
+}
+
+// configure writes the filter and rate limit into the object's read-only
+// data before load, and returns the filter's kernel side.
+func (t *Tracer) configure(spec *ebpf.CollectionSpec) (kernelFilter, error) {
+	k, err := t.opts.Filter.kernel(t.Reasons)
+	if err != nil {
+		return k, err
 	}
 	for name, v := range map[string]any{
-		"cfg_netns":       f.Netns,
-		"cfg_port":        f.Port,
-		"cfg_proto":       f.Proto,
-		"cfg_addr_filter": boolByte(len(f.CIDRs) > 0),
+		"cfg_netns":       k.netns,
+		"cfg_port":        k.port,
+		"cfg_proto":       k.proto,
+		"cfg_addr_filter": k.addrFilter,
 		"cfg_rate_limit":  t.opts.RateLimit,
-		"cfg_skip_subsys": boolByte(skipSubsys),
-		"cfg_reason_skip": skip,
+		"cfg_skip_subsys": k.skipSubsys,
+		"cfg_reason_skip": k.reasonSkip,
 	} {
-		if err := set(name, v); err != nil {
-			return fmt.Errorf("configuring %s: %w", name, err)
+		vs, ok := spec.Variables[name]
+		if !ok {
+			return k, fmt.Errorf("BPF object has no variable %s (regenerate it with make generate)", name)
+		}
+		if err := vs.Set(v); err != nil {
+			return k, fmt.Errorf("configuring %s: %w", name, err)
 		}
 	}
-	return nil
+	return k, nil
 }
 
 func boolByte(b bool) uint8 {
@@ -47,39 +179,14 @@ func boolByte(b bool) uint8 {
 	return 0
 }
 
-// reasonSkipMask computes which drop reasons the kernel side drops before
-// doing any work: all but the asked-for ones, or the benign ones.
-func (t *Tracer) reasonSkipMask(f Filter) (mask [16]uint64, skipSubsys bool, err error) {
-	r := t.Reasons
-	setBit := func(v uint32) {
-		if v < maxCoreReasons {
-			mask[v/64] |= 1 << (v % 64)
+// fillAddrFilter loads the CIDR filter's keys into the LPM trie.
+func (t *Tracer) fillAddrFilter(keys []kdropAddrKey) error {
+	for _, k := range keys {
+		if err := t.maps["addr_filter"].Put(k, uint8(1)); err != nil {
+			return fmt.Errorf("adding %s/%d to the address filter: %w", netip.AddrFrom16(k.Addr), k.Prefixlen, err)
 		}
 	}
-	if len(f.Reasons) > 0 {
-		want := map[uint32]bool{}
-		for _, n := range f.Reasons {
-			v, err := r.LookupOrSuggest(n)
-			if err != nil {
-				return mask, false, err
-			}
-			want[v] = true
-		}
-		for v := uint32(0); v < maxCoreReasons; v++ {
-			if !want[v] {
-				setBit(v)
-			}
-		}
-		return mask, true, nil
-	}
-	if !f.IncludeBenign {
-		for _, n := range DefaultBenignReasons {
-			if v, ok := r.Lookup(n); ok {
-				setBit(v)
-			}
-		}
-	}
-	return mask, false, nil
+	return nil
 }
 
 // LookupOrSuggest resolves a reason name or says what the kernel has.
@@ -95,50 +202,4 @@ func (r *Reasons) LookupOrSuggest(name string) (uint32, error) {
 		msg += "; did you mean " + strings.Join(s, ", ") + "?"
 	}
 	return 0, fmt.Errorf("%s (kdrop reasons lists all %d this kernel knows)", msg, r.Len())
-}
-
-// fillAddrFilter loads the CIDR filter into the LPM trie, IPv4 as
-// IPv4-mapped IPv6 so one trie serves both families.
-func (t *Tracer) fillAddrFilter() error {
-	for _, p := range t.opts.Filter.CIDRs {
-		p = p.Masked()
-		k := kdropAddrKey{Prefixlen: uint32(p.Bits())}
-		if p.Addr().Is4() {
-			k.Prefixlen += 96
-		}
-		k.Addr = p.Addr().As16() // IPv4 comes out as ::ffff:a.b.c.d
-		if err := t.maps["addr_filter"].Put(k, uint8(1)); err != nil {
-			return fmt.Errorf("adding %s to the address filter: %w", p, err)
-		}
-	}
-	return nil
-}
-
-// Match applies the filter in userspace, for consumers that share one
-// tracer but want different views (the agent's stream clients). The
-// benign-reason default is left to the kernel side.
-func (f *Filter) Match(e *Event) bool {
-	if len(f.Types) > 0 && !slices.Contains(f.Types, e.Type) {
-		return false
-	}
-	if len(f.Reasons) > 0 && (e.Type != Drop || !slices.ContainsFunc(f.Reasons, func(r string) bool {
-		return strings.EqualFold(shortReason(strings.ToUpper(r)), e.Reason)
-	})) {
-		return false
-	}
-	if f.Netns != 0 && e.Netns != f.Netns {
-		return false
-	}
-	if f.Proto != 0 && e.Proto != f.Proto {
-		return false
-	}
-	if f.Port != 0 && e.Src.Port() != f.Port && e.Dst.Port() != f.Port {
-		return false
-	}
-	if len(f.CIDRs) > 0 && !slices.ContainsFunc(f.CIDRs, func(p netip.Prefix) bool {
-		return p.Contains(e.Src.Addr()) || p.Contains(e.Dst.Addr())
-	}) {
-		return false
-	}
-	return true
 }

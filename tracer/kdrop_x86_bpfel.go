@@ -63,6 +63,58 @@ type kdropKdropEvent struct {
 	Pad      [3]uint8
 }
 
+type kdropKdropEventType uint32
+
+const (
+	kdropKdropEventTypeKDROP_EV_DROP            kdropKdropEventType = 1
+	kdropKdropEventTypeKDROP_EV_LISTEN_OVERFLOW kdropKdropEventType = 2
+	kdropKdropEventTypeKDROP_EV_UNREACH         kdropKdropEventType = 3
+	kdropKdropEventTypeKDROP_EV_MAX             kdropKdropEventType = 4
+)
+
+type kdropKdropFlags uint32
+
+const (
+	kdropKdropFlagsKDROP_F_SYNCOOKIE    kdropKdropFlags = 1
+	kdropKdropFlagsKDROP_F_COARSE_NETNS kdropKdropFlags = 2
+	kdropKdropFlagsKDROP_F_COARSE_TYPE  kdropKdropFlags = 4
+)
+
+type kdropKdropGen uint32
+
+const (
+	kdropKdropGenKDROP_GEN_STOPPED kdropKdropGen = 2147483648
+)
+
+type kdropKdropMode uint32
+
+const (
+	kdropKdropModeKDROP_MODE_FENTRY kdropKdropMode = 1
+	kdropKdropModeKDROP_MODE_KPROBE kdropKdropMode = 2
+	kdropKdropModeKDROP_MODE_TP_BTF kdropKdropMode = 3
+	kdropKdropModeKDROP_MODE_RAW_TP kdropKdropMode = 4
+)
+
+type kdropKdropQueue uint32
+
+const (
+	kdropKdropQueueKDROP_Q_NONE       kdropKdropQueue = 0
+	kdropKdropQueueKDROP_Q_ACCEPT_SYN kdropKdropQueue = 1
+	kdropKdropQueueKDROP_Q_ACCEPT_ACK kdropKdropQueue = 2
+	kdropKdropQueueKDROP_Q_SYN        kdropKdropQueue = 3
+	kdropKdropQueueKDROP_Q_ACCEPT     kdropKdropQueue = 4
+)
+
+type kdropKdropStat uint32
+
+const (
+	kdropKdropStatKDROP_STAT_LOST_DROP     kdropKdropStat = 1
+	kdropKdropStatKDROP_STAT_LOST_OVERFLOW kdropKdropStat = 2
+	kdropKdropStatKDROP_STAT_LOST_UNREACH  kdropKdropStat = 3
+	kdropKdropStatKDROP_STAT_COARSENED     kdropKdropStat = 4
+	kdropKdropStatKDROP_STAT_MAX           kdropKdropStat = 5
+)
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -100,7 +152,13 @@ const (
 	kdropVarCfgReasonSkip               = "cfg_reason_skip"
 	kdropVarCfgSkipSubsys               = "cfg_skip_subsys"
 	kdropVarUnusedEvent                 = "unused_event"
+	kdropVarUnusedEventType             = "unused_event_type"
+	kdropVarUnusedFlags                 = "unused_flags"
 	kdropVarUnusedFlowKey               = "unused_flow_key"
+	kdropVarUnusedGen                   = "unused_gen"
+	kdropVarUnusedMode                  = "unused_mode"
+	kdropVarUnusedQueue                 = "unused_queue"
+	kdropVarUnusedStat                  = "unused_stat"
 )
 
 // loadKdrop returns the embedded CollectionSpec for kdrop.
@@ -182,15 +240,21 @@ type kdropMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type kdropVariableSpecs struct {
-	CfgAddrFilter *ebpf.VariableSpec `ebpf:"cfg_addr_filter"`
-	CfgNetns      *ebpf.VariableSpec `ebpf:"cfg_netns"`
-	CfgPort       *ebpf.VariableSpec `ebpf:"cfg_port"`
-	CfgProto      *ebpf.VariableSpec `ebpf:"cfg_proto"`
-	CfgRateLimit  *ebpf.VariableSpec `ebpf:"cfg_rate_limit"`
-	CfgReasonSkip *ebpf.VariableSpec `ebpf:"cfg_reason_skip"`
-	CfgSkipSubsys *ebpf.VariableSpec `ebpf:"cfg_skip_subsys"`
-	UnusedEvent   *ebpf.VariableSpec `ebpf:"unused_event"`
-	UnusedFlowKey *ebpf.VariableSpec `ebpf:"unused_flow_key"`
+	CfgAddrFilter   *ebpf.VariableSpec `ebpf:"cfg_addr_filter"`
+	CfgNetns        *ebpf.VariableSpec `ebpf:"cfg_netns"`
+	CfgPort         *ebpf.VariableSpec `ebpf:"cfg_port"`
+	CfgProto        *ebpf.VariableSpec `ebpf:"cfg_proto"`
+	CfgRateLimit    *ebpf.VariableSpec `ebpf:"cfg_rate_limit"`
+	CfgReasonSkip   *ebpf.VariableSpec `ebpf:"cfg_reason_skip"`
+	CfgSkipSubsys   *ebpf.VariableSpec `ebpf:"cfg_skip_subsys"`
+	UnusedEvent     *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedEventType *ebpf.VariableSpec `ebpf:"unused_event_type"`
+	UnusedFlags     *ebpf.VariableSpec `ebpf:"unused_flags"`
+	UnusedFlowKey   *ebpf.VariableSpec `ebpf:"unused_flow_key"`
+	UnusedGen       *ebpf.VariableSpec `ebpf:"unused_gen"`
+	UnusedMode      *ebpf.VariableSpec `ebpf:"unused_mode"`
+	UnusedQueue     *ebpf.VariableSpec `ebpf:"unused_queue"`
+	UnusedStat      *ebpf.VariableSpec `ebpf:"unused_stat"`
 }
 
 // kdropObjects contains all objects after they have been loaded into the kernel.
@@ -238,15 +302,21 @@ func (m *kdropMaps) Close() error {
 //
 // It can be passed to loadKdropObjects or ebpf.CollectionSpec.LoadAndAssign.
 type kdropVariables struct {
-	CfgAddrFilter *ebpf.Variable `ebpf:"cfg_addr_filter"`
-	CfgNetns      *ebpf.Variable `ebpf:"cfg_netns"`
-	CfgPort       *ebpf.Variable `ebpf:"cfg_port"`
-	CfgProto      *ebpf.Variable `ebpf:"cfg_proto"`
-	CfgRateLimit  *ebpf.Variable `ebpf:"cfg_rate_limit"`
-	CfgReasonSkip *ebpf.Variable `ebpf:"cfg_reason_skip"`
-	CfgSkipSubsys *ebpf.Variable `ebpf:"cfg_skip_subsys"`
-	UnusedEvent   *ebpf.Variable `ebpf:"unused_event"`
-	UnusedFlowKey *ebpf.Variable `ebpf:"unused_flow_key"`
+	CfgAddrFilter   *ebpf.Variable `ebpf:"cfg_addr_filter"`
+	CfgNetns        *ebpf.Variable `ebpf:"cfg_netns"`
+	CfgPort         *ebpf.Variable `ebpf:"cfg_port"`
+	CfgProto        *ebpf.Variable `ebpf:"cfg_proto"`
+	CfgRateLimit    *ebpf.Variable `ebpf:"cfg_rate_limit"`
+	CfgReasonSkip   *ebpf.Variable `ebpf:"cfg_reason_skip"`
+	CfgSkipSubsys   *ebpf.Variable `ebpf:"cfg_skip_subsys"`
+	UnusedEvent     *ebpf.Variable `ebpf:"unused_event"`
+	UnusedEventType *ebpf.Variable `ebpf:"unused_event_type"`
+	UnusedFlags     *ebpf.Variable `ebpf:"unused_flags"`
+	UnusedFlowKey   *ebpf.Variable `ebpf:"unused_flow_key"`
+	UnusedGen       *ebpf.Variable `ebpf:"unused_gen"`
+	UnusedMode      *ebpf.Variable `ebpf:"unused_mode"`
+	UnusedQueue     *ebpf.Variable `ebpf:"unused_queue"`
+	UnusedStat      *ebpf.Variable `ebpf:"unused_stat"`
 }
 
 // kdropPrograms contains all programs after they have been loaded into the kernel.

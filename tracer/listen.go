@@ -149,44 +149,39 @@ func (p *listenPoller) poll(emit func(*Event)) {
 			p.log.Warn("sock_diag dump failed", zap.Uint32("netns", w.inode), zap.Error(err))
 			continue
 		}
+		// Each event goes through the same filter as the kernel's: the
+		// listener is its destination, the peer is unknown.
 		var attributed uint64
 		for k, l := range listeners {
 			prev := w.listeners[k].drops
-			if l.drops <= prev || !p.match(k.addr) {
+			if l.drops <= prev {
 				continue
 			}
 			d := l.drops - prev
 			attributed += d
-			emit(&Event{Time: now, Type: ListenOverflow, Count: d, Source: string(ModeSockDiag),
+			p.emitMatching(emit, &Event{Time: now, Type: ListenOverflow, Count: d, Source: string(ModeSockDiag),
 				Netns: w.inode, Family: familyOf(k.addr.Addr()), Proto: unix.IPPROTO_TCP, Dst: k.addr,
-				Queue: QueueAccept, QueueLen: l.rqueue, QueueMax: l.wqueue, Somaxconn: p.somax.get(w.inode)})
+				Queue: QueueAccept, QueueLen: l.rqueue, QueueMax: l.wqueue})
 		}
 		// A listener that closed between two polls took its counter with
-		// it; the namespace counter still has the overflows.
-		if dOverflow > attributed && p.filter.Port == 0 && len(p.filter.CIDRs) == 0 {
-			emit(&Event{Time: now, Type: ListenOverflow, Count: dOverflow - attributed,
-				Source: string(ModeSockDiag), Netns: w.inode, Proto: unix.IPPROTO_TCP, Queue: QueueAccept, Somaxconn: p.somax.get(w.inode)})
+		// it; the namespace counter still has the overflows, without an
+		// address or port (so a port or CIDR filter leaves them out).
+		if dOverflow > attributed {
+			p.emitMatching(emit, &Event{Time: now, Type: ListenOverflow, Count: dOverflow - attributed,
+				Source: string(ModeSockDiag), Netns: w.inode, Proto: unix.IPPROTO_TCP, Queue: QueueAccept})
 		}
 		w.listeners = listeners
 	}
 }
 
-func (p *listenPoller) match(a netip.AddrPort) bool {
-	if p.filter.Port != 0 && a.Port() != p.filter.Port {
-		return false
+// emitMatching emits ev, with its namespace's somaxconn, if the filter
+// selects it.
+func (p *listenPoller) emitMatching(emit func(*Event), ev *Event) {
+	if !p.filter.Match(ev) {
+		return
 	}
-	if p.filter.Proto != 0 && p.filter.Proto != unix.IPPROTO_TCP {
-		return false
-	}
-	if len(p.filter.CIDRs) == 0 {
-		return true
-	}
-	for _, c := range p.filter.CIDRs {
-		if c.Contains(a.Addr().Unmap()) {
-			return true
-		}
-	}
-	return false
+	ev.Somaxconn = p.somax.get(ev.Netns)
+	emit(ev)
 }
 
 func familyOf(a netip.Addr) uint8 {

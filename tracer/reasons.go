@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -29,13 +30,47 @@ const (
 	maxCoreReasons = 16 * 64   // cfg_reason_skip's bits in bpf/kdrop.bpf.c
 )
 
-// DefaultBenignReasons flood every kernel without meaning a packet was lost
-// to a fault: frees on paths that are not drops, and TCP segments that are
-// old or out of window (retransmissions the peer already has). Names the
-// running kernel lacks are ignored.
-var DefaultBenignReasons = []string{
+// BenignReasons are the drop reasons that do not mean traffic was lost to a
+// fault: the one list behind the kernel filter's default (Filter.
+// IncludeBenign), `kdrop reasons` and the report's severities. Names the
+// running kernel lacks are ignored. By the kernel's own words
+// (include/net/dropreason-core.h, and where net/ sets each reason):
+//
+//   - NOT_SPECIFIED: frees on paths that are not drops at all.
+//   - TCP_OLD_DATA, TCP_OLD_ACK, TCP_TOO_OLD_ACK, TCP_OLD_SEQUENCE,
+//     TCP_INVALID_SEQUENCE: segments that are old or out of window, mostly
+//     retransmissions of what the receiver already has.
+//   - QUEUE_PURGE: a queue flushed because its socket or device is closing.
+//   - OTHERHOST: "packet don't belong to current host (interface is in
+//     promisc mode)": a frame for another host's MAC address that a
+//     promiscuous interface (a bridge, a capture) saw; its real destination
+//     got its own copy.
+//   - TCP_CLOSE: "TCP socket in CLOSE state": a segment for a socket that is
+//     already closed (tcp_rcv_state_process); no connection is there to lose
+//     it.
+//   - TCP_RESET: "Invalid RST packet": a reset the kernel refused, out of
+//     window (answered with a challenge ACK, RFC 5961) or sent to a
+//     listener; the connection it aimed at goes on.
+//
+// The last three are the union with the list the report used to keep: each
+// drops a packet no connection of this host was owed, which is what benign
+// means here. --include-benign, or naming a reason in Filter.Reasons, shows
+// them.
+var BenignReasons = []string{
 	"NOT_SPECIFIED", "TCP_OLD_DATA", "TCP_OLD_ACK", "TCP_TOO_OLD_ACK",
 	"TCP_OLD_SEQUENCE", "TCP_INVALID_SEQUENCE", "QUEUE_PURGE",
+	"OTHERHOST", "TCP_CLOSE", "TCP_RESET",
+}
+
+// DefaultBenignReasons is BenignReasons under its former name.
+//
+// Deprecated: use BenignReasons or IsBenign.
+var DefaultBenignReasons = BenignReasons
+
+// IsBenign says whether a drop reason (a name, with or without the
+// SKB_DROP_REASON_ prefix, in any case) is one of BenignReasons.
+func IsBenign(name string) bool {
+	return slices.Contains(BenignReasons, normReason(name))
 }
 
 // LoadReasons reads the drop reasons from kernel BTF (nil: the running
@@ -77,6 +112,11 @@ func shortReason(n string) string {
 	return strings.TrimPrefix(n, "SKB_")
 }
 
+// normReason spells a reason name given by a user as Reasons names it.
+func normReason(name string) string {
+	return shortReason(strings.ToUpper(strings.TrimSpace(name)))
+}
+
 // Len is the number of reasons the kernel defines (0 before 5.17).
 func (r *Reasons) Len() int { return len(r.byName) }
 
@@ -101,7 +141,7 @@ func (r *Reasons) Name(v uint32) string {
 // Lookup finds a reason by name, with or without the SKB_DROP_REASON_
 // prefix, in any case.
 func (r *Reasons) Lookup(name string) (uint32, bool) {
-	v, ok := r.byName[shortReason(strings.ToUpper(strings.TrimSpace(name)))]
+	v, ok := r.byName[normReason(name)]
 	return v, ok
 }
 
@@ -118,7 +158,7 @@ func (r *Reasons) Names() []string {
 
 // Suggest returns up to three known names close to a mistyped one.
 func (r *Reasons) Suggest(name string) []string {
-	want := shortReason(strings.ToUpper(name))
+	want := normReason(name)
 	type cand struct {
 		n string
 		d int

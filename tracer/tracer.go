@@ -21,18 +21,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Filter selects events. Zero fields match everything. Everything but the
-// event types is applied in the kernel, where it saves work.
-type Filter struct {
-	Types         []EventType    // nil: all
-	Reasons       []string       // drop reasons to report (names); nil: all but benign
-	IncludeBenign bool           // also report DefaultBenignReasons
-	CIDRs         []netip.Prefix // either end inside one of them
-	Port          uint16         // either end
-	Proto         uint8
-	Netns         uint32 // network namespace inode
-}
-
 // Options configure a Tracer.
 type Options struct {
 	Filter Filter
@@ -154,7 +142,8 @@ func New(opts Options) (*Tracer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading the embedded BPF object: %w", err)
 	}
-	if err := t.configure(spec); err != nil {
+	kf, err := t.configure(spec)
+	if err != nil {
 		return nil, err
 	}
 	if opts.RingBytes != 0 {
@@ -178,7 +167,7 @@ func New(opts Options) (*Tracer, error) {
 		t.Close()
 		return nil, err
 	}
-	if err := t.fillAddrFilter(); err != nil {
+	if err := t.fillAddrFilter(kf.addrKeys); err != nil {
 		t.Close()
 		return nil, err
 	}
@@ -317,7 +306,7 @@ func (t *Tracer) Hooks() []HookStatus { return t.hooks }
 // Stats reads the in-kernel loss counters.
 func (t *Tracer) Stats() (Stats, error) {
 	var s Stats
-	for i := uint32(0); i < uint32(statMax); i++ {
+	for i := uint32(0); i < statMax; i++ {
 		var per []uint64
 		if err := t.maps["stats"].Lookup(i, &per); err != nil {
 			return s, fmt.Errorf("reading stats: %w", err)
@@ -517,9 +506,8 @@ func (t *Tracer) stop(emit func(*Event)) {
 	t.rotate(emit)
 }
 
-// genStopped in the gen map tells the programs to count nothing (mirrors
-// KDROP_GEN_STOPPED in bpf/kdrop.bpf.c).
-const genStopped = 1 << 31
+// genStopped in the gen map tells the programs to count nothing.
+const genStopped = uint32(kdropKdropGenKDROP_GEN_STOPPED)
 
 // Sweeps says how many times the tables changed generation (for tests).
 func (t *Tracer) Sweeps() uint64 { return t.sweeps.Load() }

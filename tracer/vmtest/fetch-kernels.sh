@@ -13,6 +13,8 @@
 #                      bind-mounted into the guest so modprobe works there
 #   config             the kernel config
 #   version            the full kernel release (uname -r)
+#   packages           the Debian packages it came from, "NAME VERSION" a line
+#                      (what `make vmlinux-h` states in bpf/vmlinux.h)
 #
 # Packages come from a private apt configuration under CACHE_DIR/apt (own
 # sources.list, lists, cache and an empty dpkg status): the host's apt
@@ -314,6 +316,35 @@ build_initramfs() {
 	rm -rf "$stage"
 }
 
+# record_packages DEBS_DIR OUT: "NAME VERSION" of every kernel package
+# downloaded (busybox-static is not part of the kernel).
+record_packages() {
+	local deb
+	for deb in "$1"/*.deb; do
+		dpkg-deb -f "$deb" Package Version | paste -sd' '
+	done | grep -v '^busybox-static ' | LC_ALL=C sort >"$2"
+}
+
+# banner_debian_version VMLINUX: the Debian version in the kernel's own
+# banner ("... #1 SMP PREEMPT_DYNAMIC Debian 6.12.118-1 (2026-11-20)"),
+# which is the version of the packages built from that kernel source.
+banner_debian_version() {
+	LC_ALL=C grep -a -o -m1 'Linux version [^(]*(.*) #[0-9]* [A-Z_ ]*Debian [^ ]* ([0-9-]*)' "$1" |
+		head -n1 | sed 's/.* Debian \([^ ]*\) (.*/\1/'
+}
+
+# backfill_versions DIR: kernels prepared before packages had versions get
+# them from the kernel banner (no download; written aside and renamed).
+backfill_versions() {
+	local dir=$1 v
+	[ -f "$dir/packages" ] && [ -f "$dir/vmlinux" ] || return 0
+	awk 'NF == 1 { found = 1 } END { exit !found }' "$dir/packages" || return 0
+	v=$(banner_debian_version "$dir/vmlinux")
+	[ -n "$v" ] || return 0
+	awk -v v="$v" 'NF == 1 { $0 = $1 " " v } { print }' "$dir/packages" >"$dir/packages.tmp"
+	mv "$dir/packages.tmp" "$dir/packages"
+}
+
 # refresh_cached DIR VERSION: a prepared kernel needs nothing but maybe a
 # new initramfs (guest/init changed). Reads files with builtins: this is the
 # warm path and should cost almost nothing.
@@ -326,6 +357,7 @@ refresh_cached() {
 		build_initramfs "$dir" "$rel"
 		echo "$INIT_SHA" >"$dir/ready"
 	fi
+	backfill_versions "$dir"
 	log "$version: cached ($rel)"
 }
 
@@ -347,7 +379,7 @@ fetch() {
 	rm -rf "$stage"
 	mkdir -p "$stage/debs"
 	download "$suite" "$stage/debs" "${pkgs[@]}" busybox-static
-	printf '%s\n' "${pkgs[@]}" >"$stage/packages"
+	record_packages "$stage/debs" "$stage/packages"
 }
 
 # extract_busybox STAGE: the static busybox for the initramfs, kept apart

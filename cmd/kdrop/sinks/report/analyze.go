@@ -6,6 +6,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/kdrop/kdrop/tracer"
 )
 
 // Severities of a Finding, most urgent first.
@@ -804,7 +806,6 @@ func (a *analysis) netfilterFindings() {
 
 type reasonInfo struct {
 	meaning, fix string
-	benign       bool
 }
 
 var reasonText = map[string]reasonInfo{
@@ -824,7 +825,7 @@ var reasonText = map[string]reasonInfo{
 	"IP_OUTNOROUTES":       {meaning: "there was no route to the destination", fix: "Check `ip route get DST` in the pod and on the node; a missing pod CIDR route usually means the CNI is broken on a node."},
 	"IP_INNOROUTES":        {meaning: "there was no route for an incoming packet", fix: "Check the node's routes to the pod CIDRs (`ip route`) and the CNI's health."},
 	"IP_RPFILTER":          {meaning: "the reverse-path filter dropped it: the route back to the sender uses another interface", fix: "Asymmetric routing (several NICs, policy routing): fix the routes or set net.ipv4.conf.*.rp_filter=2 (loose) on the node."},
-	"OTHERHOST":            {meaning: "the packet was for another host's MAC address (seen by a promiscuous interface)", fix: "Usually harmless.", benign: true},
+	"OTHERHOST":            {meaning: "the packet was for another host's MAC address (seen by a promiscuous interface)", fix: "Usually harmless."},
 	"PKT_TOO_BIG":          {meaning: "the packet was bigger than the path MTU and could not be fragmented", fix: "MTU mismatch: the pod MTU must be the node MTU minus the overlay's overhead (VXLAN 50 bytes); make sure ICMP frag-needed is not filtered."},
 	"TC_INGRESS":           {meaning: "a tc/eBPF program on an interface dropped it: the CNI's datapath (e.g. Cilium) or a policy it enforces", fix: "Ask the CNI why (e.g. `hubble observe --verdict DROPPED`, `cilium monitor --type drop`) and check its policies."},
 	"TC_EGRESS":            {meaning: "a tc/eBPF program on an interface dropped it on the way out: the CNI's datapath or a policy it enforces", fix: "Ask the CNI why (e.g. `hubble observe --verdict DROPPED`) and check its policies."},
@@ -842,17 +843,17 @@ var reasonText = map[string]reasonInfo{
 	"IP_CSUM":              {meaning: "bad IP header checksum", fix: "Corruption on the wire or an offload bug: check the NIC and `ethtool -k` offloads."},
 	"IPV6DISABLED":         {meaning: "IPv6 is disabled on this interface", fix: "Enable IPv6 where it is used, or stop clients preferring IPv6 addresses."},
 	"NOMEM":                {meaning: "the kernel had no memory for the packet", fix: "Check the node's memory pressure."},
-	"TCP_CLOSE":            {meaning: "the segment arrived for a TCP connection being closed", fix: "Usually harmless.", benign: true},
-	"TCP_RESET":            {meaning: "the segment arrived for a connection that was reset", fix: "Usually harmless.", benign: true},
+	"TCP_CLOSE":            {meaning: "the segment arrived for a TCP connection being closed", fix: "Usually harmless."},
+	"TCP_RESET":            {meaning: "the segment arrived for a connection that was reset", fix: "Usually harmless."},
 	"TCP_FLAGS":            {meaning: "invalid TCP flags", fix: "Usually scans or broken middleboxes."},
 	"TCP_INVALID_SYN":      {meaning: "a SYN arrived in an established connection", fix: "Usually harmless; frequent ones point at port reuse by NAT."},
-	"NOT_SPECIFIED":        {meaning: "the kernel freed the packet without a specific reason", fix: "Usually not a fault; see the kernel function in the location column.", benign: true},
-	"TCP_OLD_DATA":         {meaning: "retransmitted data the receiver already had", fix: "Harmless: a retransmission.", benign: true},
-	"TCP_OLD_ACK":          {meaning: "an ACK older than what was already acknowledged", fix: "Harmless.", benign: true},
-	"TCP_TOO_OLD_ACK":      {meaning: "an ACK for data never sent or long acknowledged", fix: "Harmless.", benign: true},
-	"TCP_OLD_SEQUENCE":     {meaning: "a segment from before the current window", fix: "Harmless: a retransmission.", benign: true},
-	"TCP_INVALID_SEQUENCE": {meaning: "a segment outside the receive window", fix: "Harmless in small numbers.", benign: true},
-	"QUEUE_PURGE":          {meaning: "a queue was flushed (a socket or device closing)", fix: "Harmless.", benign: true},
+	"NOT_SPECIFIED":        {meaning: "the kernel freed the packet without a specific reason", fix: "Usually not a fault; see the kernel function in the location column."},
+	"TCP_OLD_DATA":         {meaning: "retransmitted data the receiver already had", fix: "Harmless: a retransmission."},
+	"TCP_OLD_ACK":          {meaning: "an ACK older than what was already acknowledged", fix: "Harmless."},
+	"TCP_TOO_OLD_ACK":      {meaning: "an ACK for data never sent or long acknowledged", fix: "Harmless."},
+	"TCP_OLD_SEQUENCE":     {meaning: "a segment from before the current window", fix: "Harmless: a retransmission."},
+	"TCP_INVALID_SEQUENCE": {meaning: "a segment outside the receive window", fix: "Harmless in small numbers."},
+	"QUEUE_PURGE":          {meaning: "a queue was flushed (a socket or device closing)", fix: "Harmless."},
 	"unknown":              {meaning: "the kernel gave no reason (kernels before 5.17 have none)", fix: "Look at the kernel function in the location column to tell them apart."},
 }
 
@@ -884,7 +885,7 @@ func (a *analysis) otherDropFindings() {
 	for _, g := range gs.order {
 		info := reasonMeaning(g.key)
 		sev := SevWarning
-		if info.benign {
+		if tracer.IsBenign(g.key) {
 			sev = SevInfo
 		}
 		fd := Finding{
