@@ -62,11 +62,6 @@ var BenignReasons = []string{
 	"OTHERHOST", "TCP_CLOSE", "TCP_RESET",
 }
 
-// DefaultBenignReasons is BenignReasons under its former name.
-//
-// Deprecated: use BenignReasons or IsBenign.
-var DefaultBenignReasons = BenignReasons
-
 // IsBenign says whether a drop reason (a name, with or without the
 // SKB_DROP_REASON_ prefix, in any case) is one of BenignReasons.
 func IsBenign(name string) bool {

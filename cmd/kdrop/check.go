@@ -90,14 +90,10 @@ func reasonsCmd() *cobra.Command {
 				fmt.Println("this kernel has no drop reasons (enum skb_drop_reason is new in 5.17)")
 				return nil
 			}
-			benign := map[string]bool{}
-			for _, n := range tracer.DefaultBenignReasons {
-				benign[n] = true
-			}
 			for _, n := range r.Names() {
 				v, _ := r.Lookup(n)
 				note := ""
-				if benign[n] {
+				if tracer.IsBenign(n) {
 					note = "  (hidden unless --include-benign)"
 				}
 				fmt.Printf("%4d  %s%s\n", v, n, note)

@@ -34,7 +34,7 @@ type traceFlags struct {
 func (f *traceFlags) register(fl *pflag.FlagSet) {
 	fl.StringSliceVarP(&f.filter.Types, "type", "t", nil, "event types to show: drop, overflow, unreach (default all)")
 	fl.StringSliceVarP(&f.filter.Reasons, "reason", "r", nil, "drop reasons to show, e.g. NO_SOCKET,NETFILTER_DROP (see kdrop reasons)")
-	fl.BoolVar(&f.filter.IncludeBenign, "include-benign", false, "also show drop reasons that are not faults ("+strings.Join(tracer.DefaultBenignReasons, ", ")+")")
+	fl.BoolVar(&f.filter.IncludeBenign, "include-benign", false, "also show drop reasons that are not faults ("+strings.Join(tracer.BenignReasons, ", ")+")")
 	fl.StringSliceVar(&f.filter.CIDRs, "cidr", nil, "only packets with either end in this address or CIDR (repeatable)")
 	fl.Uint16VarP(&f.filter.Port, "port", "p", 0, "only packets with either port equal to this")
 	fl.StringVar(&f.filter.Proto, "proto", "", "only this IP protocol: tcp, udp, icmp, icmpv6, sctp or a number")

@@ -123,6 +123,9 @@ func (h *Hub) filter(q map[string][]string) (tracer.Filter, func(*line.Event) bo
 	if err != nil {
 		return tracer.Filter{}, nil, err
 	}
+	// Which benign reasons reach the stream is the agent's own setting
+	// (kdrop agent --include-benign), applied in its kernel already.
+	tf.IncludeBenign = true
 	for _, r := range tf.Reasons { // names, checked against this kernel
 		if _, err := h.reasons.LookupOrSuggest(r); err != nil {
 			return tracer.Filter{}, nil, err
