@@ -221,30 +221,58 @@ func newResolver(cfg Config, log *zap.Logger) *Resolver {
 	return r
 }
 
-// restConfig loads the client configuration the way kubectl does.
+// LoadConfig loads the client configuration the way kubectl does: the
+// kubeconfig file (default $KUBECONFIG, else ~/.kube/config), else the
+// in-cluster one; context "" is the file's current context. Errors say
+// which and what to pass.
+func LoadConfig(kubeconfig, context string) (*rest.Config, error) {
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	if kubeconfig != "" {
+		if _, err := os.Stat(kubeconfig); err != nil {
+			return nil, fmt.Errorf("k8s: kubeconfig %q: %w", kubeconfig, err)
+		}
+		rules.ExplicitPath = kubeconfig
+	}
+	rc, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: context}).ClientConfig()
+	switch {
+	case err == nil:
+		return rc, nil
+	case clientcmd.IsEmptyConfig(err):
+		return nil, errors.New("k8s: no kubeconfig ($KUBECONFIG, ~/.kube/config) and not running in a cluster: pass --kubeconfig")
+	case context != "":
+		return nil, fmt.Errorf("k8s: kubeconfig context %q: %w", context, err)
+	}
+	return nil, fmt.Errorf("k8s: kubeconfig: %w", err)
+}
+
+// ClusterName is the kubeconfig's name for the cluster of context ("":
+// the current one); "" when unknown.
+func ClusterName(kubeconfig, context string) string {
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = kubeconfig
+	raw, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: context}).RawConfig()
+	if err != nil {
+		return ""
+	}
+	if context == "" {
+		context = raw.CurrentContext
+	}
+	if c, ok := raw.Contexts[context]; ok {
+		return c.Cluster
+	}
+	return ""
+}
+
+// restConfig is the configuration the resolver uses: cfg.REST or
+// LoadConfig's, tuned for informers.
 func restConfig(cfg Config) (*rest.Config, error) {
 	var rc *rest.Config
 	if cfg.REST != nil {
 		rc = rest.CopyConfig(cfg.REST)
 	} else {
-		rules := clientcmd.NewDefaultClientConfigLoadingRules()
-		if cfg.Kubeconfig != "" {
-			if _, err := os.Stat(cfg.Kubeconfig); err != nil {
-				return nil, fmt.Errorf("k8s: kubeconfig %q: %w", cfg.Kubeconfig, err)
-			}
-			rules.ExplicitPath = cfg.Kubeconfig
-		}
-		overrides := &clientcmd.ConfigOverrides{CurrentContext: cfg.Context}
 		var err error
-		rc, err = clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, overrides).ClientConfig()
-		switch {
-		case err == nil:
-		case clientcmd.IsEmptyConfig(err):
-			return nil, errors.New("k8s: no kubeconfig ($KUBECONFIG, ~/.kube/config) and not running in a cluster: pass --kubeconfig")
-		case cfg.Context != "":
-			return nil, fmt.Errorf("k8s: kubeconfig context %q: %w", cfg.Context, err)
-		default:
-			return nil, fmt.Errorf("k8s: kubeconfig: %w", err)
+		if rc, err = LoadConfig(cfg.Kubeconfig, cfg.Context); err != nil {
+			return nil, err
 		}
 	}
 	// Protobuf is smaller on the wire and cheaper to decode than JSON: it

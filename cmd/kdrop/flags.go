@@ -12,7 +12,6 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kdrop/kdrop/cmd/kdrop/enrich"
 	"github.com/kdrop/kdrop/cmd/kdrop/tail"
@@ -153,33 +152,7 @@ func (f *identityFlags) restConfig() (*rest.Config, error) {
 	if f.rest != nil {
 		return f.rest, nil
 	}
-	rules := clientcmd.NewDefaultClientConfigLoadingRules()
-	rules.ExplicitPath = f.kubeconfig
-	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules,
-		&clientcmd.ConfigOverrides{CurrentContext: f.context}).ClientConfig()
-	if err != nil {
-		return nil, fmt.Errorf("no cluster configuration (in-cluster or --kubeconfig): %w", err)
-	}
-	return cfg, nil
-}
-
-// clusterName is the kubeconfig's name for the cluster, "" if unknown.
-func (f *identityFlags) clusterName() string {
-	rules := clientcmd.NewDefaultClientConfigLoadingRules()
-	rules.ExplicitPath = f.kubeconfig
-	raw, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules,
-		&clientcmd.ConfigOverrides{CurrentContext: f.context}).RawConfig()
-	if err != nil {
-		return ""
-	}
-	ctx := f.context
-	if ctx == "" {
-		ctx = raw.CurrentContext
-	}
-	if c, ok := raw.Contexts[ctx]; ok {
-		return c.Cluster
-	}
-	return ""
+	return k8s.LoadConfig(f.kubeconfig, f.context)
 }
 
 // registerAgents adds the flags that say where the agents are and how to

@@ -17,6 +17,7 @@ import (
 	"github.com/kdrop/kdrop/cmd/kdrop/line"
 	"github.com/kdrop/kdrop/cmd/kdrop/sinks/recording"
 	"github.com/kdrop/kdrop/cmd/kdrop/tail"
+	"github.com/kdrop/kdrop/k8s"
 )
 
 type recordFlags struct {
@@ -145,7 +146,7 @@ func recordTail(parent context.Context, f *recordFlags) error {
 	defer stop()
 	ctx, cancel := withDuration(ctx, f.duration)
 	defer cancel()
-	hdr := line.Header{Version: version, From: "tail", Cluster: f.id.clusterName(), Filters: filter.Header()}
+	hdr := line.Header{Version: version, From: "tail", Cluster: k8s.ClusterName(f.id.kubeconfig, f.id.context), Filters: filter.Header()}
 	if hdr.Nodes, err = t.Nodes(ctx); err != nil {
 		return err
 	}
