@@ -2,7 +2,6 @@ package k8s
 
 import (
 	rbacv1 "k8s.io/api/rbac/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // readVerbs are the verbs the resolver needs: informers list and watch; get
@@ -26,16 +25,7 @@ func ClusterRoleRules() []rbacv1.PolicyRule {
 	}
 }
 
-// ClusterRole returns a ClusterRole named name with ClusterRoleRules.
-func ClusterRole(name string) *rbacv1.ClusterRole {
-	return &rbacv1.ClusterRole{
-		TypeMeta:   metav1.TypeMeta{APIVersion: "rbac.authorization.k8s.io/v1", Kind: "ClusterRole"},
-		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Rules:      ClusterRoleRules(),
-	}
-}
-
-// ClusterRoleYAML is ClusterRole("kdrop") as a manifest, for deploy/. A unit
+// ClusterRoleYAML is ClusterRoleRules as a manifest of ClusterRole kdrop, for deploy/. A unit
 // test checks that it says the same as ClusterRoleRules.
 const ClusterRoleYAML = `apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole

@@ -62,6 +62,18 @@ func (q Queue) String() string {
 	return ""
 }
 
+// ParseQueue is the inverse of Queue.String: "accept" is QueueAccept (the
+// name does not tell SYN from ACK), "syn" QueueSYN, others QueueNone.
+func ParseQueue(s string) Queue {
+	switch s {
+	case "accept":
+		return QueueAccept
+	case "syn":
+		return QueueSYN
+	}
+	return QueueNone
+}
+
 // Event is one decoded kernel event. Fields that do not apply to a type are
 // zero. The sinks (table, JSON) read it; nothing retains it after emit.
 type Event struct {
@@ -123,24 +135,17 @@ func addrFrom(family uint8, b *[16]byte) netip.Addr {
 	return netip.Addr{}
 }
 
-// ProtoName names the IP protocols kdrop meets; others print as numbers.
-func ProtoName(p uint8) string {
-	switch p {
-	case 1:
-		return "icmp"
-	case 6:
-		return "tcp"
-	case 17:
-		return "udp"
-	case 58:
-		return "icmpv6"
-	case 132:
-		return "sctp"
-	case 0:
-		return ""
+// ProtoName names the IP protocols kdrop meets; others print as protoN
+// ("" for 0). From a table: no allocation.
+func ProtoName(p uint8) string { return protoNames[p] }
+
+var protoNames = func() (t [256]string) {
+	for p := 1; p < 256; p++ {
+		t[p] = fmt.Sprintf("proto%d", p)
 	}
-	return fmt.Sprintf("proto%d", p)
-}
+	t[1], t[6], t[17], t[58], t[132] = "icmp", "tcp", "udp", "icmpv6", "sctp"
+	return t
+}()
 
 // ParseProto is the inverse of ProtoName (numbers accepted too).
 func ParseProto(s string) (uint8, error) {
@@ -181,15 +186,39 @@ func tcpFlagString(f uint8) string {
 	return b.String()
 }
 
-// ICMPName describes an ICMP (v4) or ICMPv6 error as operators know it.
+// ICMPName describes an ICMP (v4) or ICMPv6 error as operators know it:
+// ICMPKnownName's name, else unreachable/CODE, icmp6 TYPE/CODE or icmp
+// TYPE/CODE.
 func ICMPName(v6 bool, typ, code uint8) string {
+	if n := ICMPKnownName(v6, typ, code); n != "" {
+		return n
+	}
+	switch {
+	case v6 && typ == 1, !v6 && typ == 3:
+		return fmt.Sprintf("unreachable/%d", code)
+	case v6:
+		return fmt.Sprintf("icmp6 %d/%d", typ, code)
+	}
+	return fmt.Sprintf("icmp %d/%d", typ, code)
+}
+
+var (
+	icmp6Unreach = [...]string{"no-route", "admin-prohibited", "beyond-scope", "addr-unreachable", "port-unreachable", "failed-policy", "reject-route"}
+	icmpUnreach  = [...]string{"net-unreachable", "host-unreachable", "proto-unreachable", "port-unreachable",
+		"frag-needed", "srcroute-failed", "net-unknown", "host-unknown", "host-isolated",
+		"net-prohibited", "host-prohibited", "net-tos-unreachable", "host-tos-unreachable",
+		"admin-prohibited", "precedence-violation", "precedence-cutoff"}
+)
+
+// ICMPKnownName is the name of an ICMP (v4) or ICMPv6 error kdrop knows
+// (RFC 792, 1812, 4443), "" for others.
+func ICMPKnownName(v6 bool, typ, code uint8) string {
 	if v6 {
 		switch typ {
 		case 1:
-			if n := [...]string{"no-route", "admin-prohibited", "beyond-scope", "addr-unreachable", "port-unreachable", "failed-policy", "reject-route"}; int(code) < len(n) {
-				return n[code]
+			if int(code) < len(icmp6Unreach) {
+				return icmp6Unreach[code]
 			}
-			return fmt.Sprintf("unreachable/%d", code)
 		case 2:
 			return "packet-too-big"
 		case 3:
@@ -197,24 +226,19 @@ func ICMPName(v6 bool, typ, code uint8) string {
 		case 4:
 			return "param-problem"
 		}
-		return fmt.Sprintf("icmp6 %d/%d", typ, code)
+		return ""
 	}
 	switch typ {
 	case 3:
-		n := [...]string{"net-unreachable", "host-unreachable", "proto-unreachable", "port-unreachable",
-			"frag-needed", "srcroute-failed", "net-unknown", "host-unknown", "host-isolated",
-			"net-prohibited", "host-prohibited", "net-tos-unreachable", "host-tos-unreachable",
-			"admin-prohibited", "precedence-violation", "precedence-cutoff"}
-		if int(code) < len(n) {
-			return n[code]
+		if int(code) < len(icmpUnreach) {
+			return icmpUnreach[code]
 		}
-		return fmt.Sprintf("unreachable/%d", code)
 	case 11:
 		return "time-exceeded"
 	case 12:
 		return "param-problem"
 	}
-	return fmt.Sprintf("icmp %d/%d", typ, code)
+	return ""
 }
 
 // What returns the event's "why" in one word: the drop reason, the ICMP

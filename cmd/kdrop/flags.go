@@ -31,26 +31,47 @@ type traceFlags struct {
 }
 
 func (f *traceFlags) register(fl *pflag.FlagSet) {
-	fl.StringSliceVarP(&f.filter.Types, "type", "t", nil, "event types to show: drop, overflow, unreach (default all)")
-	fl.StringSliceVarP(&f.filter.Reasons, "reason", "r", nil, "drop reasons to show, e.g. NO_SOCKET,NETFILTER_DROP (see kdrop reasons)")
-	fl.BoolVar(&f.filter.IncludeBenign, "include-benign", false, "also show drop reasons that are not faults ("+strings.Join(tracer.BenignReasons, ", ")+")")
-	fl.StringSliceVar(&f.filter.CIDRs, "cidr", nil, "only packets with either end in this address or CIDR (repeatable)")
-	fl.Uint16VarP(&f.filter.Port, "port", "p", 0, "only packets with either port equal to this")
-	fl.StringVar(&f.filter.Proto, "proto", "", "only this IP protocol: tcp, udp, icmp, icmpv6, sctp or a number")
-	fl.StringVar(&f.filter.Netns, "netns", "", "only this network namespace: an inode number or a path such as /run/netns/NAME or /proc/PID/ns/net")
+	registerFilter(fl, &f.filter, true)
 	fl.Uint32Var(&f.rateLimit, "rate-limit", 100, "events per second per flow before the rest are counted into that flow's summary line, which comes every second (0: no limit, every occurrence a line)")
 	fl.StringVar(&f.attach, "attach", "auto", "attach modes to try, in order: auto, or a list of fentry,kprobe,tp_btf,raw_tp,sock_diag")
 	fl.BoolVarP(&f.verbose, "verbose", "v", false, "log debug details to stderr")
 	f.id.register(fl)
-	f.registerPodFilters(fl)
-	fl.StringVarP(&f.filter.Selector, "selector", "l", "", "only events with a pod matching this label selector at either end (e.g. app=api)")
 }
 
-// registerPodFilters adds --namespace and --pod, which the stream of
-// tail and record --from tail take too.
-func (f *traceFlags) registerPodFilters(fl *pflag.FlagSet) {
-	fl.StringVarP(&f.filter.Namespace, "namespace", "n", "", "only events with a pod of this namespace at either end (or where the kernel acted)")
-	fl.StringVar(&f.filter.Pod, "pod", "", "only events with this pod (name, or namespace/name) at either end")
+// registerFilter adds the filter's flags: with all, every one; without,
+// those an agent's stream applies for its caller (tail, record --from
+// tail), the agent's own settings deciding the rest.
+func registerFilter(fl *pflag.FlagSet, f *enrich.Filter, all bool) {
+	fl.StringSliceVarP(&f.Types, "type", "t", nil, "event types to show: drop, overflow, unreach (default all)")
+	fl.StringSliceVarP(&f.Reasons, "reason", "r", nil, "drop reasons to show, e.g. NO_SOCKET,NETFILTER_DROP (see kdrop reasons)")
+	fl.StringSliceVar(&f.CIDRs, "cidr", nil, "only packets with either end in this address or CIDR (repeatable)")
+	fl.Uint16VarP(&f.Port, "port", "p", 0, "only packets with either port equal to this")
+	fl.StringVar(&f.Proto, "proto", "", "only this IP protocol: tcp, udp, icmp, icmpv6, sctp or a number")
+	fl.StringVarP(&f.Namespace, "namespace", "n", "", "only events with a pod of this namespace at either end (or where the kernel acted)")
+	fl.StringVar(&f.Pod, "pod", "", "only events with this pod (name, or namespace/name) at either end")
+	if !all {
+		return
+	}
+	fl.BoolVar(&f.IncludeBenign, "include-benign", false, "also show drop reasons that are not faults ("+strings.Join(tracer.BenignReasons, ", ")+")")
+	fl.StringVar(&f.Netns, "netns", "", "only this network namespace: an inode number or a path such as /run/netns/NAME or /proc/PID/ns/net")
+	fl.StringVarP(&f.Selector, "selector", "l", "", "only events with a pod matching this label selector at either end (e.g. app=api)")
+}
+
+// traceOnly lists the flags of traceFlags that an agent's stream does not
+// take (record --from tail refuses them).
+func traceOnly() []string {
+	var all traceFlags
+	full, stream := pflag.NewFlagSet("", pflag.ContinueOnError), pflag.NewFlagSet("", pflag.ContinueOnError)
+	all.register(full)
+	registerFilter(stream, &enrich.Filter{}, false)
+	all.id.registerKubeconfig(stream, "", "")
+	var out []string
+	full.VisitAll(func(f *pflag.Flag) {
+		if stream.Lookup(f.Name) == nil && f.Name != "verbose" {
+			out = append(out, f.Name)
+		}
+	})
+	return out
 }
 
 // options turns the flags into tracer options, rejecting bad values with

@@ -4,6 +4,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"math/rand"
 	"os"
@@ -177,12 +178,24 @@ func TestWatchJSON(t *testing.T) {
 
 // decodeMap reads a line with kdrop's one decoder (package line) into the
 // fields the tests check, keyed by their JSON names, numbers as float64 as
-// a generic JSON reader has them.
+// a generic JSON reader has them. The line must be exactly what the encoder
+// writes for what it decodes to (canonical): a field written another way
+// ("UDP", a number as a string, another order) fails here.
 func decodeMap(b []byte) (map[string]any, error) {
 	var d line.Decoder
 	var l line.Line
 	if err := d.Decode(b, &l); err != nil {
 		return nil, err
+	}
+	var again []byte
+	switch l.Kind {
+	case line.KindEvent:
+		again = line.AppendEvent(nil, &l.Event)
+	case line.KindNotice:
+		again = line.AppendNotice(nil, &l.Notice)
+	}
+	if again != nil && !bytes.Equal(again, bytes.TrimSpace(b)) {
+		return nil, fmt.Errorf("not as kdrop's encoder writes it:\n got %s\nwant %s", b, again)
 	}
 	m := map[string]any{"type": l.Type, "time": l.Time.Format(time.RFC3339Nano)}
 	switch l.Kind {

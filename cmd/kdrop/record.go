@@ -57,7 +57,7 @@ rest.`,
 			case "watch":
 				return recordWatch(cmd.Context(), &f)
 			case "tail":
-				for _, name := range []string{"netns", "rate-limit", "attach", "include-benign", "selector", "identity", "node", "deleted-window"} {
+				for _, name := range traceOnly() {
 					if fl := cmd.Flags().Lookup(name); fl != nil && fl.Changed {
 						return fmt.Errorf("--%s applies to --from watch only: with --from tail the agents' own settings decide it", name)
 					}
@@ -157,30 +157,15 @@ func recordTail(parent context.Context, f *recordFlags) error {
 	log.Info("recording the cluster's agents", zap.String("file", f.out), zap.Int("nodes", len(hdr.Nodes)))
 	// Ready once every agent found at the start streams, so a script can
 	// start the incident knowing nothing is missed.
-	var mu sync.Mutex // OnConnect runs on the streams' goroutines
-	pending := map[string]bool{}
-	for _, n := range hdr.Nodes {
-		pending[n.Name] = true
-	}
+	var mu sync.Mutex // fn runs on a stream's goroutine
 	var readyErr error
-	ready := func() {
+	t.WhenStreaming(hdr.Nodes, func() {
+		mu.Lock()
+		defer mu.Unlock()
 		if readyErr = enrich.WriteReadyFile(f.readyFile); readyErr != nil {
 			cancel()
 		}
-	}
-	if len(pending) == 0 {
-		ready()
-	}
-	t.OnConnect = func(node string) {
-		mu.Lock()
-		defer mu.Unlock()
-		if len(pending) > 0 {
-			delete(pending, node)
-			if len(pending) == 0 {
-				ready()
-			}
-		}
-	}
+	})
 	t.Run(ctx, func(lines []tail.Line) {
 		for _, l := range lines {
 			r.Raw(l.Raw)
@@ -196,7 +181,7 @@ func recordTail(parent context.Context, f *recordFlags) error {
 	// A node still unseen at the end is a gap up to now.
 	now := time.Now().UTC()
 	for node, since := range t.OpenGaps() {
-		r.Raw(tail.GapNotice(now, node, "no agent stream from node "+node+" since "+since.Format(time.RFC3339)+" until the recording ended", since, now))
+		r.Raw(tail.NoticeLine(now, node, "no agent stream from node "+node+" since "+since.Format(time.RFC3339)+" until the recording ended", since, now))
 	}
 	mu.Lock()
 	err = readyErr

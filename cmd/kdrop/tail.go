@@ -6,12 +6,10 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/kdrop/kdrop/cmd/kdrop/enrich"
@@ -58,23 +56,10 @@ Installed as kubectl-kdrop on your PATH (make install does it), this is
 	fl.StringVarP(&f.output, "output", "o", "table", "output format: table or json")
 	fl.DurationVarP(&f.duration, "duration", "d", 0, "stop after this long; 0 runs until interrupted")
 	fl.Uint64VarP(&f.count, "count", "c", 0, "stop after this many events; 0 for no limit")
-	registerStreamFilters(fl, &f.filter)
+	registerFilter(fl, &f.filter, false)
 	f.id.registerKubeconfig(fl, "kubeconfig file (default $KUBECONFIG, else ~/.kube/config)", "kubeconfig context")
 	registerAgents(fl, &f.agents)
 	return cmd
-}
-
-// registerStreamFilters adds the filters an agent's stream applies for its
-// caller: a subset of watch's (the agent's attach modes, rate limit and
-// benign reasons are its own).
-func registerStreamFilters(fl *pflag.FlagSet, f *enrich.Filter) {
-	fl.StringSliceVarP(&f.Types, "type", "t", nil, "event types: drop, overflow, unreach (default all)")
-	fl.StringSliceVarP(&f.Reasons, "reason", "r", nil, "drop reasons, e.g. NO_SOCKET,NETFILTER_DROP")
-	fl.StringSliceVar(&f.CIDRs, "cidr", nil, "only packets with either end in this address or CIDR")
-	fl.Uint16VarP(&f.Port, "port", "p", 0, "only packets with either port equal to this")
-	fl.StringVar(&f.Proto, "proto", "", "only this IP protocol")
-	fl.StringVarP(&f.Namespace, "namespace", "n", "", "only events with a pod of this namespace at either end")
-	fl.StringVar(&f.Pod, "pod", "", "only events with this pod (name or namespace/name) at either end")
 }
 
 func runTail(parent context.Context, f *tailFlags) error {
@@ -142,18 +127,8 @@ func newTailer(filter enrich.Filter, id *identityFlags, agents tail.Agents) (*ta
 	if err != nil {
 		return nil, err
 	}
-	if agents.Token == "" {
-		agents.Token = cfg.BearerToken
-	}
-	if agents.Token == "" && cfg.BearerTokenFile != "" {
-		b, err := os.ReadFile(cfg.BearerTokenFile)
-		if err != nil {
-			return nil, err
-		}
-		agents.Token = strings.TrimSpace(string(b))
-	}
-	if agents.Token == "" {
-		return nil, fmt.Errorf("the agents check a bearer token, and your kubeconfig has none (client certificate?): pass --token, e.g. --token $(kubectl create token <serviceaccount>)")
+	if agents.Token, err = tail.Token(cfg, agents.Token); err != nil {
+		return nil, err
 	}
 	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {

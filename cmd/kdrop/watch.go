@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
@@ -12,7 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/kdrop/kdrop/cmd/kdrop/enrich"
-	"github.com/kdrop/kdrop/cmd/kdrop/line"
+	"github.com/kdrop/kdrop/cmd/kdrop/sinks/stdout"
 )
 
 type watchFlags struct {
@@ -86,40 +85,15 @@ func runWatch(parent context.Context, f *watchFlags) error {
 	ctx, cancel := withDuration(ctx, f.duration)
 	defer cancel()
 
-	out := bufio.NewWriterSize(os.Stdout, 64<<10)
+	out := stdout.New(os.Stdout, f.output == "table", f.count, cancel)
 	defer out.Flush()
-	json := f.output == "json"
-	if !json {
-		fmt.Fprintln(out, line.TableHeader)
-	}
-	var lines uint64
-	var buf []byte
-	sink := func(ev *line.Event) {
-		if f.count > 0 && lines >= f.count {
-			return
-		}
-		if json {
-			buf = append(line.AppendEvent(buf[:0], ev), '\n')
-			out.Write(buf)
-		} else {
-			fmt.Fprintln(out, ev.TableRow())
-		}
-		lines++
-		if f.count > 0 && lines >= f.count {
-			cancel()
-		}
-		// summaries come at the end of a sweep: a good moment to flush
-		if ev.Summary || out.Buffered() > 32<<10 {
-			out.Flush()
-		}
-	}
 	// Flush at least every 200ms so a quiet stream still shows promptly,
 	// and report loss as soon as it is known.
 	p.Every(ctx, 200*time.Millisecond, func() {
 		out.Flush()
 		enrich.WarnLoss(log, p.NewLoss(), false)
 	})
-	if err := p.Run(ctx, sink); err != nil {
+	if err := p.Run(ctx, out.Event); err != nil {
 		return err
 	}
 	p.Locked(func() { out.Flush() })

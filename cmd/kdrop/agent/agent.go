@@ -9,7 +9,6 @@
 package agent
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -28,7 +27,9 @@ import (
 	"github.com/kdrop/kdrop/cmd/kdrop/enrich"
 	"github.com/kdrop/kdrop/cmd/kdrop/line"
 	"github.com/kdrop/kdrop/cmd/kdrop/sinks/metrics"
+	"github.com/kdrop/kdrop/cmd/kdrop/sinks/stdout"
 	"github.com/kdrop/kdrop/cmd/kdrop/sinks/stream"
+	"github.com/kdrop/kdrop/tracer"
 )
 
 // Config is what the agent needs besides its pipeline.
@@ -40,40 +41,64 @@ type Config struct {
 	Log        *zap.Logger
 }
 
-// Run serves on ln and runs p until ctx is done. On ctx's end it stops
-// taking connections at once (a tail that reconnects must reach the next
-// agent, not this one on its way out), then drains the tracer.
-func Run(ctx context.Context, p *enrich.Pipeline, ln net.Listener, cfg Config) error {
-	log := cfg.Log
-	reg := prometheus.NewRegistry()
-	hub := stream.NewHub(p.Node, p.T.Reasons, cfg.MaxStreams)
-	m := metrics.NewAgent(reg, metrics.Sources{
-		Hooks:   p.T.Hooks(),
-		Healthy: func() bool { return p.Res != nil && p.Res.Status().Healthy },
-		Clients: hub.Clients,
-	})
-	auth := stream.NewAuthorizer(cfg.Clientset, cfg.Namespace, log)
-	var isReady atomic.Bool
-	go func() {
-		p.Ready(ctx, "")
-		isReady.Store(true)
-		log.Info("ready", zap.String("node", p.Node))
-	}()
+// Server is the agent's HTTP side: metrics, probes and the stream.
+type Server struct {
+	Hub     *stream.Hub
+	Metrics *metrics.Agent
+	mux     *http.ServeMux
+	ready   atomic.Bool
+}
 
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !isReady.Load() {
+// Node is what the server says about the node: its name, the running
+// kernel's drop reasons, the hooks and whether identity is healthy.
+type Node struct {
+	Name    string
+	Reasons *tracer.Reasons
+	Hooks   []tracer.HookStatus
+	Healthy func() bool
+}
+
+// NewServer builds the agent's handlers; /events streams until ctx is done.
+// /readyz answers 503 until SetReady.
+func NewServer(ctx context.Context, n Node, cfg Config) *Server {
+	reg := prometheus.NewRegistry()
+	s := &Server{Hub: stream.NewHub(n.Name, n.Reasons, cfg.MaxStreams), mux: http.NewServeMux()}
+	s.Metrics = metrics.NewAgent(reg, metrics.Sources{Hooks: n.Hooks, Healthy: n.Healthy, Clients: s.Hub.Clients})
+	auth := stream.NewAuthorizer(cfg.Clientset, cfg.Namespace, cfg.Log)
+	s.mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	s.mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	s.mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !s.ready.Load() {
 			http.Error(w, "starting: waiting for pod identity to sync", http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ok")
 	})
-	mux.Handle("/events", auth.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		hub.Serve(ctx, w, r)
+	s.mux.Handle("/events", auth.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.Hub.Serve(ctx, w, r)
 	})))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	return s
+}
+
+// Handler serves /metrics, /healthz, /readyz and /events.
+func (s *Server) Handler() http.Handler { return s.mux }
+
+// SetReady makes /readyz answer ok: hooks attached, identity synced once.
+func (s *Server) SetReady() { s.ready.Store(true) }
+
+// Run serves on ln and runs p until ctx is done. On ctx's end it stops
+// taking connections at once (a tail that reconnects must reach the next
+// agent, not this one on its way out), then drains the tracer.
+func Run(ctx context.Context, p *enrich.Pipeline, ln net.Listener, cfg Config) error {
+	log := cfg.Log
+	s := NewServer(ctx, Node{Name: p.Node, Reasons: p.T.Reasons, Hooks: p.T.Hooks(),
+		Healthy: func() bool { return p.Res != nil && p.Res.Status().Healthy }}, cfg)
+	go func() {
+		p.Ready(ctx, "")
+		s.SetReady()
+		log.Info("ready", zap.String("node", p.Node))
+	}()
+	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("HTTP server stopped", zap.Error(err))
@@ -90,20 +115,20 @@ func Run(ctx context.Context, p *enrich.Pipeline, ln net.Listener, cfg Config) e
 		srv.Shutdown(shutdown)
 	}()
 
-	out := bufio.NewWriterSize(cfg.Stdout, 64<<10)
+	out := stdout.New(cfg.Stdout, false, 0, nil)
 	var buf []byte
 	p.Every(ctx, 200*time.Millisecond, func() { // flush stdout and count losses even when quiet
 		out.Flush()
 		d := p.NewLoss()
-		m.AddLoss(d)
-		hub.Loss(d.LostLinesTotal(), d.Missed)
+		s.Metrics.AddLoss(d)
+		s.Hub.Loss(d.LostLinesTotal(), d.Missed)
 		enrich.WarnLoss(log, d, false)
 	})
 	err := p.Run(ctx, func(ev *line.Event) {
 		buf = line.AppendEvent(buf[:0], ev)
-		hub.Publish(ev, buf)
-		out.Write(append(buf, '\n'))
-		m.Observe(ev)
+		s.Hub.Publish(ev, buf)
+		out.Encoded(ev, buf)
+		s.Metrics.Observe(ev)
 	})
 	p.Locked(func() { out.Flush() })
 	stopServing()

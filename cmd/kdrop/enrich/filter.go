@@ -2,6 +2,7 @@ package enrich
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"net/url"
@@ -43,14 +44,38 @@ type Filter struct {
 	Selector      string   // pods matching this label selector
 }
 
-// Trace checks the kernel part and returns it as the tracer's filter,
-// with errors that name the flag and say what is accepted.
+// FieldError is a bad value of one field of a Filter. Its message names
+// the flag (--type); an /events query names the parameter (Param).
+type FieldError struct {
+	Field string // type, reason, cidr, port, proto, netns, namespace, pod, selector
+	Value string // the value at fault, when the message shows it
+	Err   error  // what is wrong and what is accepted
+}
+
+func (e *FieldError) Error() string { return "--" + e.Field + e.value() + ": " + e.Err.Error() }
+
+// Param words the error for an /events query.
+func (e *FieldError) Param() string {
+	return "query parameter " + e.Field + e.value() + ": " + e.Err.Error()
+}
+
+func (e *FieldError) value() string {
+	if e.Value == "" {
+		return ""
+	}
+	return " " + strconv.Quote(e.Value)
+}
+
+func (e *FieldError) Unwrap() error { return e.Err }
+
+// Trace checks the kernel part and returns it as the tracer's filter.
+// Errors are *FieldError: they name the field and say what is accepted.
 func (f Filter) Trace() (tracer.Filter, error) {
 	var o tracer.Filter
 	for _, s := range f.Types {
 		t, err := tracer.ParseEventType(s)
 		if err != nil {
-			return o, fmt.Errorf("--type: %w", err)
+			return o, &FieldError{Field: "type", Err: err}
 		}
 		o.Types = append(o.Types, t)
 	}
@@ -70,7 +95,7 @@ func (f Filter) Trace() (tracer.Filter, error) {
 	if f.Proto != "" {
 		p, err := tracer.ParseProto(f.Proto)
 		if err != nil {
-			return o, fmt.Errorf("--proto: %w", err)
+			return o, &FieldError{Field: "proto", Err: err}
 		}
 		o.Proto = p
 	}
@@ -122,7 +147,9 @@ func (f Filter) Query() url.Values {
 }
 
 // FilterFromQuery reads an /events query: lists repeated or
-// comma-separated, one value for the others (the last one given).
+// comma-separated, one value for the others (the last one given). netns
+// is an inode number only: the agent opens no path a caller names. Errors
+// are *FieldError.
 func FilterFromQuery(q url.Values) (Filter, error) {
 	list := func(k string) []string {
 		var out []string
@@ -146,9 +173,14 @@ func FilterFromQuery(q url.Values) (Filter, error) {
 	if p := one("port"); p != "" {
 		n, err := strconv.ParseUint(p, 10, 16)
 		if err != nil {
-			return f, fmt.Errorf("port %q: not a port number", p)
+			return f, &FieldError{Field: "port", Value: p, Err: errors.New("not a port number")}
 		}
 		f.Port = uint16(n)
+	}
+	if f.Netns != "" {
+		if _, err := strconv.ParseUint(f.Netns, 10, 32); err != nil {
+			return f, &FieldError{Field: "netns", Value: f.Netns, Err: errors.New("not an inode number (the agent opens no path for a caller: give the number, e.g. from stat -L -c %i /proc/PID/ns/net)")}
+		}
 	}
 	return f, nil
 }
@@ -160,7 +192,7 @@ func parseCIDR(s string) (netip.Prefix, error) {
 	if a, err := netip.ParseAddr(s); err == nil {
 		return netip.PrefixFrom(a, a.BitLen()), nil
 	}
-	return netip.Prefix{}, fmt.Errorf("--cidr %q: not an address or CIDR (examples: 10.0.0.7, 10.244.0.0/16, fd00::/64)", s)
+	return netip.Prefix{}, &FieldError{Field: "cidr", Value: s, Err: errors.New("not an address or CIDR (examples: 10.0.0.7, 10.244.0.0/16, fd00::/64)")}
 }
 
 // ParseNetns reads --netns: an inode number, or a namespace file whose
@@ -171,7 +203,7 @@ func ParseNetns(s string) (uint32, error) {
 	}
 	var st unix.Stat_t
 	if err := unix.Stat(s, &st); err != nil {
-		return 0, fmt.Errorf("--netns %q: neither an inode number nor a readable namespace file: %v", s, err)
+		return 0, &FieldError{Field: "netns", Value: s, Err: fmt.Errorf("neither an inode number nor a readable namespace file: %v", err)}
 	}
 	return uint32(st.Ino), nil
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"strings"
 	"time"
@@ -44,11 +45,16 @@ type Line struct {
 // by pointer). A Decoder is not safe for concurrent use.
 type Decoder struct {
 	endpoints map[string]*k8s.Endpoint
+	kept      int // bytes of JSON kept as keys of endpoints
 }
 
-// maxEndpoints bounds the identities a Decoder keeps; past it, new ones
-// are decoded afresh each time.
-const maxEndpoints = 1 << 16
+// A Decoder keeps at most maxEndpointBytes of identities, none longer than
+// maxEndpointLen (a real one is a few hundred bytes); others are decoded
+// afresh each time.
+const (
+	maxEndpointBytes = 32 << 20
+	maxEndpointLen   = 4 << 10
+)
 
 // wire is any line as written; unknown fields are ignored.
 type wire struct {
@@ -130,7 +136,7 @@ func (w *wireEndpoint) endpoint() k8s.Endpoint {
 	e := k8s.Endpoint{Kind: w.Kind, Namespace: w.Namespace, Name: w.Name, WorkloadKind: w.WorkloadKind,
 		WorkloadName: w.WorkloadName, Node: w.Node, Services: w.Services, Ready: w.Ready,
 		ReadyEndpoints: -1, Terminating: w.Terminating, HostNetwork: w.HostNetwork,
-		DeletedAgo: time.Duration(w.DeletedAgoMs) * time.Millisecond, Unresolved: w.Unresolved}
+		DeletedAgo: msDuration(w.DeletedAgoMs), Unresolved: w.Unresolved}
 	if w.ReadyEndpoints != nil {
 		e.ReadyEndpoints = *w.ReadyEndpoints
 	}
@@ -143,6 +149,12 @@ func (w *wireEndpoint) endpoint() k8s.Endpoint {
 // ErrNoType: the line is a JSON object without "type" (and not a header
 // or trailer).
 var ErrNoType = errors.New(`no "type" field`)
+
+// msDuration is ms milliseconds, clamped to what a Duration holds.
+func msDuration(ms int64) time.Duration {
+	const most = int64(math.MaxInt64 / int64(time.Millisecond))
+	return time.Duration(max(-most, min(ms, most))) * time.Millisecond
+}
 
 // Decode decodes one line (without its newline) into l. Errors say, for a
 // person, what is wrong with the line; the caller adds where it is.
@@ -159,21 +171,25 @@ func (d *Decoder) Decode(b []byte, l *Line) error {
 	case w.End != nil:
 		return d.trailer(&w, l)
 	}
+	// Type, Time and Kind are set even when the rest is wrong, so a
+	// reader that only orders or passes lines on may still do so.
 	l.Type = w.Type
-	switch w.Type {
-	case "":
+	if t, err := time.Parse(time.RFC3339Nano, w.Time); err == nil {
+		l.Time = t
+	}
+	if w.Type == "" {
 		return fmt.Errorf(`%w (an event is drop, overflow or unreach; a notice is hello, heartbeat, notice, lost or missed)`, ErrNoType)
-	case "drop", "overflow", "unreach":
+	}
+	if _, err := tracer.ParseEventType(w.Type); err == nil {
 		l.Kind = KindEvent
 		return d.event(&w, l)
-	case NoticeHello, NoticeHeartbeat, NoticeGap, NoticeLost, NoticeMissed:
+	}
+	switch w.Type {
+	case NoticeHello, NoticeHeartbeat, NoticeMessage, NoticeLost, NoticeMissed:
 		l.Kind = KindNotice
 		return d.notice(&w, l)
 	}
 	l.Kind = KindOther
-	if t, err := time.Parse(time.RFC3339Nano, w.Time); err == nil {
-		l.Time = t
-	}
 	return nil
 }
 
@@ -233,13 +249,16 @@ func (d *Decoder) notice(w *wire, l *Line) error {
 			return errors.New(`missed notice without "missed"`)
 		}
 		n.Missed = *w.Missed
-	case NoticeGap:
+	case NoticeMessage:
 		if w.GapFrom != "" || w.GapTo != "" {
 			if n.GapFrom, err = parseTime("gap_from", w.GapFrom); err != nil {
 				return fmt.Errorf("gap notice: %v", err)
 			}
 			if n.GapTo, err = parseTime("gap_to", w.GapTo); err != nil {
 				return fmt.Errorf("gap notice: %v", err)
+			}
+			if n.GapTo.Before(n.GapFrom) {
+				return fmt.Errorf("gap notice: gap_to %s is before gap_from %s", w.GapTo, w.GapFrom)
 			}
 		}
 	}
@@ -260,9 +279,7 @@ func (d *Decoder) event(w *wire, l *Line) error {
 	e.Type, _ = tracer.ParseEventType(w.Type) // one of the three, checked by the caller
 	e.Time, e.Count, e.Summary, e.Source, e.Coarse = t, *w.Count, w.Summary, w.Source, w.Coarse
 	e.Netns, e.Ifindex, e.Node = w.Netns, w.Ifindex, w.Node
-	if e.Proto, err = parseProto(w.Proto); err != nil {
-		return err
-	}
+	e.Proto = parseProto(w.Proto)
 	if w.Src.IsValid() {
 		e.Src = netip.AddrPortFrom(w.Src, w.Sport)
 	}
@@ -285,12 +302,7 @@ func (d *Decoder) event(w *wire, l *Line) error {
 	case tracer.Unreachable:
 		e.ICMPType, e.ICMPCode = w.ICMPType, w.ICMPCode
 	case tracer.ListenOverflow:
-		switch w.Queue {
-		case "accept":
-			e.Queue = tracer.QueueAccept
-		case "syn":
-			e.Queue = tracer.QueueSYN
-		}
+		e.Queue = tracer.ParseQueue(w.Queue)
 		e.QueueLen, e.QueueMax, e.SynQueueLen = w.QueueLen, w.QueueMax, w.SynQueueLen
 		e.Syncookie, e.Somaxconn = w.Syncookie, w.Somaxconn
 	}
@@ -321,24 +333,24 @@ func (d *Decoder) endpoint(raw json.RawMessage) (*k8s.Endpoint, error) {
 	if d.endpoints == nil {
 		d.endpoints = map[string]*k8s.Endpoint{}
 	}
-	if len(d.endpoints) < maxEndpoints {
+	if len(raw) <= maxEndpointLen && d.kept+len(raw) <= maxEndpointBytes {
 		d.endpoints[string(raw)] = &e
+		d.kept += len(raw)
 	}
 	return &e, nil
 }
 
-func parseProto(s string) (uint8, error) {
+// parseProto reads ProtoName's names and numbers; a name this kdrop does
+// not know (a newer one's) reads as 0, unknown, rather than failing the line.
+func parseProto(s string) uint8 {
 	if s == "" {
-		return 0, nil
-	}
-	if n, ok := strings.CutPrefix(s, "proto"); ok { // ProtoName of a protocol without a name
-		s = n
+		return 0
 	}
 	p, err := tracer.ParseProto(s)
 	if err != nil {
-		return 0, fmt.Errorf(`field "proto": %v`, err)
+		return 0
 	}
-	return p, nil
+	return p
 }
 
 // parseTCPFlags reads TCPFlagString's SYN|ACK; names it does not know are

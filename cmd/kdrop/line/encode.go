@@ -56,7 +56,7 @@ func AppendEvent(b []byte, e *Event) []byte {
 		b = strconv.AppendUint(b, uint64(e.ReasonCode), 10)
 		b = appendField(b, "location", e.Location)
 	case tracer.Unreachable:
-		b = appendField(b, "icmp", e.What())
+		b = appendICMP(b, e.Family == 6, e.ICMPType, e.ICMPCode)
 		b = append(b, `,"icmp_type":`...)
 		b = strconv.AppendUint(b, uint64(e.ICMPType), 10)
 		b = append(b, `,"icmp_code":`...)
@@ -93,7 +93,7 @@ func AppendNotice(b []byte, n *Notice) []byte {
 	b = append(b, `,"node":`...)
 	b = appendString(b, n.Node) // always there: says which stream, even if ""
 	switch n.Type {
-	case NoticeGap:
+	case NoticeMessage:
 		b = append(b, `,"message":`...)
 		b = appendString(b, n.Message)
 		if !n.GapFrom.IsZero() {
@@ -136,6 +136,27 @@ func AppendTrailer(b []byte, t Trailer) []byte {
 	b = append(b, `,"missed":`...)
 	b = strconv.AppendUint(b, t.Missed, 10)
 	return append(b, '}')
+}
+
+// appendICMP adds ,"icmp":NAME as tracer.ICMPName has it, without
+// allocating for errors that have no name.
+func appendICMP(b []byte, v6 bool, typ, code uint8) []byte {
+	if n := tracer.ICMPKnownName(v6, typ, code); n != "" {
+		return appendField(b, "icmp", n)
+	}
+	b = append(b, `,"icmp":"`...)
+	switch {
+	case v6 && typ == 1, !v6 && typ == 3:
+		b = append(b, "unreachable/"...)
+	case v6:
+		b = append(b, "icmp6 "...)
+		b = append(strconv.AppendUint(b, uint64(typ), 10), '/')
+	default:
+		b = append(b, "icmp "...)
+		b = append(strconv.AppendUint(b, uint64(typ), 10), '/')
+	}
+	b = strconv.AppendUint(b, uint64(code), 10)
+	return append(b, '"')
 }
 
 func appendTime(b []byte, key string, t time.Time) []byte {

@@ -50,9 +50,9 @@ const (
 	NoticeHello = "hello"
 	// NoticeHeartbeat: an /events stream is alive but quiet (every 15 s).
 	NoticeHeartbeat = "heartbeat"
-	// NoticeGap ("notice"): a message from kdrop tail about the stream
-	// itself; with GapFrom/GapTo, a window whose events on Node were not seen.
-	NoticeGap = "notice"
+	// NoticeMessage ("notice"): a message from kdrop tail about a stream;
+	// with GapFrom/GapTo, a window whose events on Node were not seen.
+	NoticeMessage = "notice"
 	// NoticeLost: Lost events found the ring buffer full. Their lines are
 	// missing, but their occurrences arrive in later summary lines, so
 	// counts stay exact.
@@ -78,10 +78,10 @@ const (
 // Notice is a line about the stream rather than the kernel.
 type Notice struct {
 	Time    time.Time
-	Type    string // NoticeHello, NoticeHeartbeat, NoticeGap, NoticeLost, NoticeMissed
+	Type    string // NoticeHello, NoticeHeartbeat, NoticeMessage, NoticeLost, NoticeMissed
 	Node    string
-	Message string    // NoticeGap
-	GapFrom time.Time // NoticeGap: the window not seen, when there is one
+	Message string    // NoticeMessage
+	GapFrom time.Time // NoticeMessage: the window not seen, when there is one
 	GapTo   time.Time
 	Lost    uint64 // NoticeLost: event lines lost (counts exact)
 	Missed  uint64 // NoticeMissed: occurrences in no line (counts short)

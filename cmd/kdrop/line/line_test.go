@@ -59,8 +59,8 @@ func goldenNotices() []Notice {
 		{Time: t0, Type: NoticeLost, Node: "node-a", Lost: 17},
 		{Time: t0, Type: NoticeMissed, Node: "node-a", Missed: 3, Cause: MissedByKernel},
 		{Time: t0, Type: NoticeMissed, Node: "node-b", Missed: 9, Cause: MissedByStream},
-		{Time: t0, Type: NoticeGap, Node: "", Message: `cannot list the agents: "forbidden" ` + "\x00\n"},
-		{Time: t0, Type: NoticeGap, Node: "node-b", Message: "connected to agent kdrop-x: events were not seen", GapFrom: t0.Add(-time.Minute), GapTo: t0},
+		{Time: t0, Type: NoticeMessage, Node: "", Message: `cannot list the agents: "forbidden" ` + "\x00\n"},
+		{Time: t0, Type: NoticeMessage, Node: "node-b", Message: "connected to agent kdrop-x: events were not seen", GapFrom: t0.Add(-time.Minute), GapTo: t0},
 	}
 }
 
@@ -163,10 +163,19 @@ func TestRoundTrip(t *testing.T) {
 
 func TestEncodeAllocatesNothing(t *testing.T) {
 	evs := goldenEvents()
+	// protocols and ICMP errors without a name are written as numbers
+	evs = append(evs,
+		Event{Event: tracer.Event{Time: t0, Type: tracer.Drop, Count: 1, Proto: 47, Reason: "NO_SOCKET"}},
+		Event{Event: tracer.Event{Time: t0, Type: tracer.Unreachable, Count: 1, Family: 4, Proto: 1, ICMPType: 200, ICMPCode: 200}},
+		Event{Event: tracer.Event{Time: t0, Type: tracer.Unreachable, Count: 1, Family: 6, Proto: 58, ICMPType: 1, ICMPCode: 99}},
+		Event{Event: tracer.Event{Time: t0, Type: tracer.Unreachable, Count: 1, Family: 6, Proto: 58, ICMPType: 130, ICMPCode: 0}})
 	buf := make([]byte, 0, 4096)
 	for i := range evs {
 		if n := testing.AllocsPerRun(100, func() { buf = AppendEvent(buf[:0], &evs[i]) }); n != 0 {
 			t.Errorf("event %d: %v allocations per AppendEvent", i, n)
+		}
+		if e := &evs[i]; e.Type == tracer.Unreachable && !strings.Contains(string(buf), `"icmp":"`+e.What()+`"`) {
+			t.Errorf("event %d: icmp is not %q: %s", i, e.What(), buf)
 		}
 	}
 }
@@ -180,7 +189,7 @@ func TestDecodeErrors(t *testing.T) {
 		{`{"time":"yesterday","type":"drop","count":1}`, `"time" is not an RFC 3339 time`},
 		{`{"time":"2026-01-01T00:00:00Z","type":"drop","count":-1}`, `field "count": a JSON number -1 where a whole number, 0 or more is expected`},
 		{`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1,"src":"10.0.0.300"}`, `not an IP address`},
-		{`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1,"proto":"tcpx"}`, `unknown protocol "tcpx"`},
+		{`{"time":"2026-01-01T00:00:00Z","type":"notice","gap_from":"2026-01-01T00:00:09Z","gap_to":"2026-01-01T00:00:00Z"}`, `gap_to 2026-01-01T00:00:00Z is before gap_from`},
 		{`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1,"dst_k8s":{"kind":3}}`, `dst_k8s: field "kind": a JSON number where a string is expected`},
 		{`{"time":"2026-01-01T00:00:00Z","type":"lost"}`, `loss notice without "lost"`},
 		{`{"time":"2026-01-01T00:00:00Z","type":"missed"}`, `missed notice without "missed"`},
@@ -197,9 +206,36 @@ func TestDecodeErrors(t *testing.T) {
 			t.Errorf("%s: error %v, want one saying %q", c.line, err, c.want)
 		}
 	}
+	// a protocol name from a newer kdrop reads as unknown
+	if err := d.Decode([]byte(`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1,"proto":"gre"}`), &l); err != nil || l.Event.Proto != 0 {
+		t.Errorf("unknown protocol name: %v, proto %d", err, l.Event.Proto)
+	}
+	// a deleted_ago_ms past what a Duration holds is clamped, still "deleted"
+	if err := d.Decode([]byte(`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1,"dst_k8s":{"kind":"pod","deleted_ago_ms":9223372036854775807}}`), &l); err != nil || l.Event.DstK8s.DeletedAgo <= 0 {
+		t.Errorf("huge deleted_ago_ms: %v, %v", err, l.Event.DstK8s)
+	}
+	// a line that fails still says its time and type, for readers that pass it on
+	if err := d.Decode([]byte(`{"time":"2026-01-01T00:00:00Z","type":"drop"}`), &l); err == nil || l.Kind != KindEvent || l.Time.IsZero() {
+		t.Errorf("a bad event: %v, kind %d, time %v", err, l.Kind, l.Time)
+	}
 	// a type from a newer kdrop is not an error
 	if err := d.Decode([]byte(`{"time":"2026-01-01T00:00:00Z","type":"verdict","x":1}`), &l); err != nil || l.Kind != KindOther || l.Type != "verdict" {
 		t.Errorf("unknown type: %v, %+v", err, l)
+	}
+}
+
+// Identities too long to be real are not kept.
+func TestDecoderKeepsBoundedIdentities(t *testing.T) {
+	var d Decoder
+	var l Line
+	big := `{"time":"2026-01-01T00:00:00Z","type":"drop","count":1,"dst_k8s":{"kind":"pod","name":"` + strings.Repeat("x", maxEndpointLen) + `"}}`
+	for range 3 {
+		if err := d.Decode([]byte(big), &l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(d.endpoints) != 0 || d.kept != 0 {
+		t.Errorf("kept %d identities, %d bytes", len(d.endpoints), d.kept)
 	}
 }
 

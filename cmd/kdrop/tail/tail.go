@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"os"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/kdrop/kdrop/cmd/kdrop/line"
 	"github.com/kdrop/kdrop/cmd/kdrop/sinks/stream"
@@ -68,9 +70,11 @@ func (h *lineHeap) Pop() any {
 // New returns a tailer of the agents cs finds, asking each for query (an
 // /events query, see enrich.Filter.Query). Nothing is contacted yet.
 func New(cs kubernetes.Interface, agents Agents, query url.Values) *Tailer {
-	return &Tailer{agents: agents, cs: cs, query: query, lines: make(chan Line, 4096),
+	t := &Tailer{agents: agents, cs: cs, query: query, lines: make(chan Line, 4096),
 		maxHeld: MaxHeld, stderr: os.Stderr,
 		streams: map[string]context.CancelFunc{}, down: map[string]time.Time{}}
+	t.open = t.openProxied
+	return t
 }
 
 // Tailer follows every agent.
@@ -90,6 +94,9 @@ type Tailer struct {
 	// down: nodes whose stream was lost, since when. Kept by node, not by
 	// pod, so an agent pod replaced by a new one still closes the gap.
 	down map[string]time.Time
+	// open opens an agent pod's stream (openProxied; tests reach agents
+	// directly).
+	open func(ctx context.Context, pod string) (io.ReadCloser, error)
 	// OnConnect, if set, is called (under a lock: it must not call the
 	// Tailer) each time a node's stream connects.
 	OnConnect func(node string)
@@ -99,13 +106,13 @@ type Tailer struct {
 // window whose events were not seen.
 func (t *Tailer) notice(node, msg string, gap ...time.Time) {
 	now := time.Now().UTC()
-	t.lines <- Line{At: now, Kind: line.KindNotice, Raw: GapNotice(now, node, msg, gap...)}
+	t.lines <- Line{At: now, Kind: line.KindNotice, Raw: NoticeLine(now, node, msg, gap...)}
 }
 
-// GapNotice is a notice line; with gap, it carries the window [from, to]
+// NoticeLine is a notice line; with gap, it carries the window [from, to]
 // whose events on node were not seen.
-func GapNotice(at time.Time, node, msg string, gap ...time.Time) []byte {
-	n := line.Notice{Time: at, Type: line.NoticeGap, Node: node, Message: msg}
+func NoticeLine(at time.Time, node, msg string, gap ...time.Time) []byte {
+	n := line.Notice{Time: at, Type: line.NoticeMessage, Node: node, Message: msg}
 	if len(gap) == 2 {
 		n.GapFrom, n.GapTo = gap[0], gap[1]
 	}
@@ -211,14 +218,7 @@ func (t *Tailer) stream(ctx context.Context, pod, node string) {
 	backoff := 500 * time.Millisecond
 	refused := "" // the agent's refusal last shown, not repeated at each retry
 	for ctx.Err() == nil {
-		req := t.cs.CoreV1().RESTClient().Get().Namespace(t.agents.Namespace).Resource("pods").
-			Name(fmt.Sprintf("%s:%d", pod, t.agents.Port)).SubResource("proxy").Suffix("events").
-			SetHeader(stream.TokenHeader, "Bearer "+t.agents.Token).
-			MaxRetries(0) // a refusal's Retry-After is waited for here, where it is shown
-		for k, v := range t.query {
-			req = req.Param(k, v[0])
-		}
-		body, err := req.Stream(ctx)
+		body, err := t.open(ctx, pod)
 		if err == nil {
 			t.connected(node, pod)
 			err = t.read(body)
@@ -248,6 +248,20 @@ func (t *Tailer) stream(ctx context.Context, pod, node string) {
 		}
 		backoff = min(2*backoff, 10*time.Second)
 	}
+}
+
+// openProxied opens pod's /events stream through the API server's pod
+// proxy, with the caller's token in stream.TokenHeader (the proxy strips
+// Authorization).
+func (t *Tailer) openProxied(ctx context.Context, pod string) (io.ReadCloser, error) {
+	req := t.cs.CoreV1().RESTClient().Get().Namespace(t.agents.Namespace).Resource("pods").
+		Name(fmt.Sprintf("%s:%d", pod, t.agents.Port)).SubResource("proxy").Suffix("events").
+		SetHeader(stream.TokenHeader, "Bearer "+t.agents.Token).
+		MaxRetries(0) // a refusal's Retry-After is waited for in stream, where it is shown
+	for k, v := range t.query {
+		req = req.Param(k, v[0])
+	}
+	return req.Stream(ctx)
 }
 
 // refusal is an agent's own words when it refuses a stream for now (503,
@@ -280,7 +294,9 @@ func (t *Tailer) read(body io.Reader) error {
 	var d line.Decoder
 	var l line.Line
 	for sc.Scan() {
-		if d.Decode(sc.Bytes(), &l) != nil {
+		// A line this kdrop cannot read in full (from a newer agent, say)
+		// is still passed on, as it came, if it has a time to order it by.
+		if d.Decode(sc.Bytes(), &l) != nil && l.Time.IsZero() {
 			continue
 		}
 		if l.Type == line.NoticeHello || l.Type == line.NoticeHeartbeat {
@@ -378,4 +394,47 @@ func (t *Tailer) Nodes(ctx context.Context) ([]line.Node, error) {
 	}
 	sort.Slice(nodes, func(i, j int) bool { return nodes[i].Name < nodes[j].Name })
 	return nodes, nil
+}
+
+// Token is the bearer token the agents are shown: token if given, else
+// cfg's (a kubeconfig's token or token file). A kubeconfig that
+// authenticates otherwise (a client certificate) has none: the error says
+// to pass one.
+func Token(cfg *rest.Config, token string) (string, error) {
+	if token == "" {
+		token = cfg.BearerToken
+	}
+	if token == "" && cfg.BearerTokenFile != "" {
+		b, err := os.ReadFile(cfg.BearerTokenFile)
+		if err != nil {
+			return "", err
+		}
+		token = strings.TrimSpace(string(b))
+	}
+	if token == "" {
+		return "", fmt.Errorf("the agents check a bearer token, and your kubeconfig has none (client certificate?): pass --token, e.g. --token $(kubectl create token <serviceaccount>)")
+	}
+	return token, nil
+}
+
+// WhenStreaming calls fn once every node in nodes has had its stream
+// connected (at once if nodes is empty). It sets OnConnect: call it before
+// Run.
+func (t *Tailer) WhenStreaming(nodes []line.Node, fn func()) {
+	pending := map[string]bool{}
+	for _, n := range nodes {
+		pending[n.Name] = true
+	}
+	if len(pending) == 0 {
+		fn()
+		return
+	}
+	t.OnConnect = func(node string) { // under t.mu
+		if len(pending) > 0 {
+			delete(pending, node)
+			if len(pending) == 0 {
+				fn()
+			}
+		}
+	}
 }

@@ -8,6 +8,7 @@ package report
 import (
 	"fmt"
 	"io"
+	"math"
 	"net/netip"
 	"time"
 
@@ -183,7 +184,7 @@ func (rec *Incident) Missed() uint64 {
 func (rec *Incident) Total() uint64 {
 	var n uint64
 	for _, f := range rec.Flows {
-		n += f.Count
+		n = addCount(n, f.Count)
 	}
 	return n
 }
@@ -227,7 +228,7 @@ func (p *parser) line(n int, l *line.Line) error {
 		case line.NoticeMissed:
 			p.rec.Misses = append(p.rec.Misses, Miss{Time: nt.Time, Node: nt.Node, Missed: nt.Missed, Cause: nt.Cause})
 			p.seen(nt.Time)
-		case line.NoticeGap: // from kdrop tail; only gaps matter to a report
+		case line.NoticeMessage: // from kdrop tail; only gaps matter to a report
 			if !nt.GapFrom.IsZero() {
 				p.rec.Gaps = append(p.rec.Gaps, Gap{Node: nt.Node, From: nt.GapFrom, To: nt.GapTo, Message: nt.Message})
 			}
@@ -273,7 +274,7 @@ func (p *parser) event(e *line.Event) {
 		p.rec.Flows = append(p.rec.Flows, f)
 	}
 	c := e.Count
-	f.Count += c
+	f.Count = addCount(f.Count, c)
 	f.Lines++
 	if t.Before(f.First) {
 		f.First = t
@@ -293,7 +294,8 @@ func (p *parser) event(e *line.Event) {
 		f.Sources[e.Source] += c
 	}
 	p.rec.EventLines++
-	p.rec.perSecond[slotKey{f.series, t.Unix()}] += c
+	k := slotKey{f.series, t.Unix()}
+	p.rec.perSecond[k] = addCount(p.rec.perSecond[k], c)
 	p.seen(t)
 }
 
@@ -321,4 +323,13 @@ func seriesOf(id *FlowID) string {
 		return "ICMP " + id.ICMP
 	}
 	return id.Type
+}
+
+// addCount adds occurrences, stopping at the largest count rather than
+// wrapping: a file's counts are not to be trusted to fit.
+func addCount(a, b uint64) uint64 {
+	if s := a + b; s >= a {
+		return s
+	}
+	return math.MaxUint64
 }

@@ -2,6 +2,7 @@ package stream
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -45,7 +46,8 @@ type subscriber struct {
 }
 
 // NewHub serves the lines of node. Drop reasons in queries are checked
-// against reasons (the running kernel's); maxStreams 0 is no limit.
+// against reasons (the running kernel's; nil: not checked); maxStreams 0
+// is no limit.
 func NewHub(node string, reasons *tracer.Reasons, maxStreams int) *Hub {
 	return &Hub{node: node, reasons: reasons, maxStreams: maxStreams, subs: map[*subscriber]struct{}{}}
 }
@@ -117,25 +119,38 @@ func (h *Hub) Clients() int {
 func (h *Hub) filter(q map[string][]string) (tracer.Filter, func(*line.Event) bool, error) {
 	f, err := enrich.FilterFromQuery(q)
 	if err != nil {
-		return tracer.Filter{}, nil, err
+		return tracer.Filter{}, nil, queryError(err)
 	}
 	tf, err := f.Trace()
 	if err != nil {
-		return tracer.Filter{}, nil, err
+		return tracer.Filter{}, nil, queryError(err)
 	}
 	// Which benign reasons reach the stream is the agent's own setting
 	// (kdrop agent --include-benign), applied in its kernel already.
 	tf.IncludeBenign = true
 	for _, r := range tf.Reasons { // names, checked against this kernel
+		if h.reasons == nil {
+			break
+		}
 		if _, err := h.reasons.LookupOrSuggest(r); err != nil {
-			return tracer.Filter{}, nil, err
+			return tracer.Filter{}, nil, queryError(&enrich.FieldError{Field: "reason", Err: err})
 		}
 	}
 	match, err := f.PodMatcher(nil, 0) // no selector in a query: no API calls
 	return tf, match, err
 }
 
-// ServeHTTP streams NDJSON lines (package line) to one client until it or
+// queryError words a filter error for an /events caller: it names the
+// query parameter, not the flag.
+func queryError(err error) error {
+	var fe *enrich.FieldError
+	if errors.As(err, &fe) {
+		return errors.New(fe.Param())
+	}
+	return err
+}
+
+// Serve streams NDJSON lines (package line) to one client until it or
 // ctx goes away: a hello notice, then the events its query selects, loss
 // notices, and a heartbeat after 15 quiet seconds.
 func (h *Hub) Serve(ctx context.Context, w http.ResponseWriter, r *http.Request) {
