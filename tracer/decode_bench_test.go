@@ -14,7 +14,8 @@ import (
 // ≥ 1M events/s. "identity" adds a node and the pods of both ends and of
 // the namespace, as the agent writes them.
 func BenchmarkDecodeEncode(b *testing.B) {
-	decode, recs := tracer.BenchRecords(b, 64)
+	const n = 64 // distinct flows
+	decode, recs := tracer.BenchRecords(b, n)
 	src := &k8s.Endpoint{Kind: k8s.KindPod, Namespace: "shop", Name: "web-7d9f8c-x2x4q", WorkloadKind: "Deployment", WorkloadName: "web", Node: "node-a", Ready: true}
 	dst := &k8s.Endpoint{Kind: k8s.KindPod, Namespace: "shop", Name: "cart-5c8b7-qq9zt", WorkloadKind: "Deployment", WorkloadName: "cart", Node: "node-b", Services: []string{"shop/cart"}, Ready: true, DeletedAgo: 1200 * time.Millisecond}
 	for _, c := range []struct {
@@ -30,7 +31,7 @@ func BenchmarkDecodeEncode(b *testing.B) {
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
-				decode(recs[i%len(recs)], &ev.Event)
+				decode(recs[i%n], &ev.Event)
 				buf = line.AppendEvent(buf[:0], &ev)
 			}
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")

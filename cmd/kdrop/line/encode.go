@@ -78,9 +78,11 @@ func AppendEvent(b []byte, e *Event) []byte {
 		}
 	}
 	b = appendField(b, "node", e.Node)
-	b = appendEndpoint(b, "src_k8s", e.SrcK8s)
-	b = appendEndpoint(b, "dst_k8s", e.DstK8s)
-	b = appendEndpoint(b, "where_k8s", e.WhereK8s)
+	if e.SrcK8s != nil || e.DstK8s != nil || e.WhereK8s != nil { // identity on
+		b = appendEndpoint(b, "src_k8s", e.SrcK8s)
+		b = appendEndpoint(b, "dst_k8s", e.DstK8s)
+		b = appendEndpoint(b, "where_k8s", e.WhereK8s)
+	}
 	return append(b, '}')
 }
 
@@ -167,28 +169,60 @@ func appendTime(b []byte, key string, t time.Time) []byte {
 	return append(b, '"')
 }
 
-// appendField adds ,"key":"value"; empty values are left out.
+// appendField adds ,"key":"value"; empty values are left out. One
+// function for the common case (plain ASCII), as it runs for most fields
+// of every event.
 func appendField(b []byte, key, v string) []byte {
 	if v == "" {
 		return b
 	}
 	b = append(b, ',', '"')
 	b = append(b, key...)
-	b = append(b, `":`...)
-	return appendString(b, v)
+	b = append(b, `":"`...)
+	for i := 0; i < len(v); i++ {
+		if !plain[v[i]] {
+			return appendEscaped(b, v, i)
+		}
+	}
+	b = append(b, v...)
+	return append(b, '"')
 }
 
 const hexDigits = "0123456789abcdef"
+
+// plain marks the bytes a JSON string holds as they are: printable ASCII
+// but the quote and the backslash.
+var plain = func() (t [256]bool) {
+	for c := 0x20; c < utf8.RuneSelf; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
 
 // appendString writes s as a JSON string. Kernel symbols, enum names and
 // Kubernetes names are plain ASCII and copied as they are; anything else
 // is escaped as JSON (RFC 8259) wants; invalid UTF-8 becomes U+FFFD.
 func appendString(b []byte, s string) []byte {
+	i := 0
+	for i < len(s) && plain[s[i]] {
+		i++
+	}
 	b = append(b, '"')
-	start := 0
-	for i := 0; i < len(s); {
+	if i == len(s) { // the common case
+		b = append(b, s...)
+		return append(b, '"')
+	}
+	return appendEscaped(b, s, i)
+}
+
+// appendEscaped writes the rest of s from i, which is not plain, escaped,
+// and the closing quote.
+func appendEscaped(b []byte, s string, i int) []byte {
+	b = append(b, s[:i]...)
+	start := i
+	for i < len(s) {
 		c := s[i]
-		if c >= 0x20 && c < utf8.RuneSelf && c != '"' && c != '\\' {
+		if plain[c] {
 			i++
 			continue
 		}
