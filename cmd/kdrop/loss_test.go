@@ -33,7 +33,7 @@ func TestRecordLossNotices(t *testing.T) {
 	st.LostLines[tracer.ListenOverflow] = 2
 	r.LossNotices("node-a", st)
 	core, logs := observer.New(zapcore.InfoLevel)
-	if err := finish(r, out, zap.New(core)); err != nil {
+	if err := finish(r, "", out, zap.New(core)); err != nil {
 		t.Fatal(err)
 	}
 	var said []string

@@ -77,9 +77,10 @@ rest.`,
 	return cmd
 }
 
-// finish ends a recording and logs what it holds.
-func finish(r *recording.Writer, path string, log *zap.Logger) error {
-	if err := r.Finish(); err != nil {
+// finish ends a recording (early, if why is not "") and logs what it
+// holds.
+func finish(r *recording.Writer, why, path string, log *zap.Logger) error {
+	if err := r.Finish(why); err != nil {
 		return err
 	}
 	log.Info("recorded", zap.String("file", path), zap.Uint64("lines", r.Events), zap.Uint64("lost_lines", r.Lost), zap.Uint64("missed", r.Missed))
@@ -115,21 +116,33 @@ func recordWatch(parent context.Context, f *recordFlags) error {
 		return err
 	}
 	if err := enrich.WriteReadyFile(f.readyFile); err != nil {
-		r.Discard()
+		finish(r, err.Error(), f.out, log)
 		return err
 	}
 	log.Info("recording", zap.String("file", f.out))
 	// counted from now: loading and syncing are not part of the window
 	ctx, cancel := withDuration(ctx, f.duration)
 	defer cancel()
-	lossNotices := func() { r.LossNotices(node, p.NewLoss()) }
-	p.Every(ctx, time.Second, lossNotices)
+	var writeErr error
+	every := func() { // loss notices, and a full disk said at once
+		r.LossNotices(node, p.NewLoss())
+		if err := r.Flush(); err != nil && writeErr == nil {
+			writeErr = err
+			log.Error("the recording cannot be written: stopping, and keeping what reached the disk", zap.Error(err))
+			cancel()
+		}
+	}
+	p.Every(ctx, time.Second, every)
 	if err := p.Run(ctx, r.Event); err != nil {
-		r.Discard()
+		finish(r, "tracing failed: "+err.Error(), f.out, log)
 		return err
 	}
-	p.Locked(lossNotices)
-	return finish(r, f.out, log)
+	p.Locked(every)
+	if writeErr != nil {
+		finish(r, writeErr.Error(), f.out, log)
+		return writeErr
+	}
+	return finish(r, "", f.out, log)
 }
 
 // recordTail records the cluster through its agents.
@@ -166,6 +179,8 @@ func recordTail(parent context.Context, f *recordFlags) error {
 			cancel()
 		}
 	})
+	var writeErr error
+	flushed := time.Now()
 	t.Run(ctx, func(lines []tail.Line) {
 		for _, l := range lines {
 			r.Raw(l.Raw)
@@ -177,6 +192,14 @@ func recordTail(parent context.Context, f *recordFlags) error {
 				r.Events++
 			}
 		}
+		if time.Since(flushed) < time.Second || writeErr != nil {
+			return
+		}
+		flushed = time.Now()
+		if writeErr = r.Flush(); writeErr != nil { // a full disk, said at once
+			log.Error("the recording cannot be written: stopping, and keeping what reached the disk", zap.Error(writeErr))
+			cancel()
+		}
 	})
 	// A node still unseen at the end is a gap up to now.
 	now := time.Now().UTC()
@@ -186,9 +209,15 @@ func recordTail(parent context.Context, f *recordFlags) error {
 	mu.Lock()
 	err = readyErr
 	mu.Unlock()
-	if err != nil {
-		r.Discard()
-		return err
+	var unreached error
+	if !t.Reached() {
+		unreached = errNoAgent(f.agents)
 	}
-	return finish(r, f.out, log)
+	for _, e := range []error{writeErr, err, unreached} {
+		if e != nil {
+			finish(r, e.Error(), f.out, log)
+			return e
+		}
+	}
+	return finish(r, "", f.out, log)
 }

@@ -60,3 +60,54 @@ func TestRecordAndReportSomaxconn(t *testing.T) {
 		t.Errorf("report of a bad file: err %v, %s", err, out)
 	}
 }
+
+// kdrop record onto a filesystem that fills up (a 256 KiB tmpfs): it says
+// so at once, exits non-zero, and leaves under its name a file kdrop report
+// reads, saying the recording was cut off.
+func TestRecordDiskFull(t *testing.T) {
+	ns := nstest.New(t, "full")
+	ns.Sh(t, "iptables -A INPUT -p udp -j DROP")
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=256k", "kdrop-full", dir).CombinedOutput(); err != nil {
+		t.Fatalf("mounting a small tmpfs: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
+	file, ready := filepath.Join(dir, "incident.jsonl.gz"), filepath.Join(t.TempDir(), "ready")
+	rec := exec.Command(kdropBin, "record", "-o", file, "--netns", "/run/netns/"+ns.Name, "--identity", "off", "--rate-limit", "0", "--ready-file", ready)
+	var stderr syncBuffer
+	rec.Stderr = &stderr
+	if err := rec.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rec.Process.Kill(); rec.Wait() })
+	waitFile(t, ready, 30*time.Second)
+	ports := make([]int, 4096)
+	for i := range ports {
+		ports[i] = 10000 + i
+	}
+	stop := ns.Flood(t, "127.0.0.1", ports) // keeps running while the disk fills
+	defer stop()
+	exited := make(chan error, 1)
+	go func() { exited <- rec.Wait() }()
+	var err error
+	select {
+	case err = <-exited:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("kdrop record still running 60 s into a full disk:\n%s", stderr.String())
+	}
+	if err == nil {
+		t.Errorf("kdrop record exited 0 on a full disk:\n%s", stderr.String())
+	}
+	for _, want := range []string{"the recording cannot be written", "no space left on device"} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("stderr lacks %q:\n%s", want, stderr.String())
+		}
+	}
+	out, rerr := exec.Command(kdropBin, "report", file).CombinedOutput()
+	if rerr != nil {
+		t.Fatalf("kdrop report of the file left behind: %v\n%s", rerr, out)
+	}
+	if !strings.Contains(string(out), "cut off") && !strings.Contains(string(out), "ended early") {
+		t.Errorf("the report does not say the recording was cut off:\n%s", out)
+	}
+}

@@ -100,7 +100,16 @@ func runTail(parent context.Context, f *tailFlags) error {
 			cancel()
 		}
 	})
+	if !t.Reached() {
+		return errNoAgent(f.agents)
+	}
 	return nil
+}
+
+// errNoAgent says that no agent's stream ever connected, and where to look.
+func errNoAgent(a tail.Agents) error {
+	return fmt.Errorf("no kdrop agent could be reached (pods in namespace %s with labels %s, port %d): the notices above say why; check that kdrop is deployed and that you may get pods/proxy there",
+		a.Namespace, a.Selector, a.Port)
 }
 
 // clusterRow renders a line of an agent's stream as a table row; a line

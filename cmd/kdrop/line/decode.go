@@ -73,6 +73,7 @@ type wire struct {
 	// trailer
 	Ended  string `json:"ended"`
 	Events uint64 `json:"events"`
+	Error  string `json:"error"`
 
 	// notices
 	Lost    *uint64 `json:"lost"`
@@ -221,7 +222,7 @@ func (d *Decoder) trailer(w *wire, l *Line) error {
 		return fmt.Errorf("end-of-recording line: %v", err)
 	}
 	l.Time = ended
-	l.Trailer = Trailer{Format: *w.End, Ended: ended, Events: w.Events}
+	l.Trailer = Trailer{Format: *w.End, Ended: ended, Events: w.Events, Error: w.Error}
 	if w.Lost != nil {
 		l.Trailer.Lost = *w.Lost
 	}

@@ -137,6 +137,7 @@ func AppendTrailer(b []byte, t Trailer) []byte {
 	b = strconv.AppendUint(b, t.Lost, 10)
 	b = append(b, `,"missed":`...)
 	b = strconv.AppendUint(b, t.Missed, 10)
+	b = appendField(b, "error", t.Error)
 	return append(b, '}')
 }
 

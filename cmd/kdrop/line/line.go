@@ -126,4 +126,5 @@ type Trailer struct {
 	Events uint64    // event lines written
 	Lost   uint64    // event lines lost (see NoticeLost)
 	Missed uint64    // occurrences missed (see NoticeMissed); 0 in files from before kdrop told them apart
+	Error  string    // why the recording ended early ("": it did not)
 }

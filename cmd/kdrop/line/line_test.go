@@ -71,7 +71,7 @@ func goldenHeader() Header {
 }
 
 func goldenTrailer() Trailer {
-	return Trailer{Ended: t0.Add(time.Minute), Events: 7, Lost: 17, Missed: 12}
+	return Trailer{Ended: t0.Add(time.Minute), Events: 7, Lost: 17, Missed: 12, Error: "writing x: no space left on device"}
 }
 
 func encodeGolden() []byte {

@@ -22,8 +22,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
 
 	"github.com/kdrop/kdrop/cmd/kdrop/line"
 	"github.com/kdrop/kdrop/cmd/kdrop/sinks/stream"
@@ -36,6 +38,9 @@ type Agents struct {
 	Port      int           // their --listen port
 	Token     string        // bearer token the agents check
 	Delay     time.Duration // how long lines are held to put the nodes' streams in time order
+	// IdleTimeout is how long a stream may stay silent before it counts as
+	// lost (0: DefaultIdleTimeout).
+	IdleTimeout time.Duration
 }
 
 // Line is one line of an agent's stream (or of the tail itself), with what
@@ -96,7 +101,8 @@ type Tailer struct {
 	down map[string]time.Time
 	// open opens an agent pod's stream (openProxied; tests reach agents
 	// directly).
-	open func(ctx context.Context, pod string) (io.ReadCloser, error)
+	open    func(ctx context.Context, pod string) (io.ReadCloser, error)
+	reached bool // some stream connected
 	// OnConnect, if set, is called (under a lock: it must not call the
 	// Tailer) each time a node's stream connects.
 	OnConnect func(node string)
@@ -137,9 +143,17 @@ func (t *Tailer) markDown(node string) bool {
 	return true
 }
 
+// Reached says whether any agent's stream connected.
+func (t *Tailer) Reached() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.reached
+}
+
 // connected closes node's gap, if it had one, and says what was missed.
 func (t *Tailer) connected(node, pod string) {
 	t.mu.Lock()
+	t.reached = true
 	since, was := t.down[node]
 	delete(t.down, node)
 	if t.OnConnect != nil {
@@ -162,54 +176,65 @@ func (t *Tailer) Run(ctx context.Context, emit func([]Line)) {
 	t.merge(ctx, emit)
 }
 
-// discover keeps one stream per running agent pod, every few seconds.
+// discover keeps one stream per running agent pod, following the agent
+// pods with a watch (an informer on their label selector).
 func (t *Tailer) discover(ctx context.Context) {
-	nodeOf := map[string]string{}
-	for {
-		pods, err := t.cs.CoreV1().Pods(t.agents.Namespace).List(ctx, metav1.ListOptions{LabelSelector: t.agents.Selector})
-		if err != nil && ctx.Err() == nil {
-			t.notice("", "cannot list the agents: "+err.Error())
+	inf := informers.NewSharedInformerFactoryWithOptions(t.cs, 0, informers.WithNamespace(t.agents.Namespace),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = t.agents.Selector })).Core().V1().Pods().Informer()
+	inf.SetWatchErrorHandler(func(_ *cache.Reflector, err error) {
+		if ctx.Err() == nil {
+			t.notice("", "cannot list or watch the agents: "+err.Error())
 		}
-		if err == nil && len(pods.Items) == 0 && len(nodeOf) == 0 {
-			t.notice("", fmt.Sprintf("no agent pods in namespace %s with labels %s yet (is kdrop deployed? see --agents-namespace, --agents-selector)", t.agents.Namespace, t.agents.Selector))
-		}
-		seen := map[string]bool{}
-		if pods != nil {
-			for i := range pods.Items {
-				p := &pods.Items[i]
-				if p.Status.Phase != corev1.PodRunning || p.Status.PodIP == "" || p.DeletionTimestamp != nil {
-					continue
-				}
-				seen[p.Name] = true
-				t.mu.Lock()
-				if _, ok := t.streams[p.Name]; !ok {
-					sctx, cancel := context.WithCancel(ctx)
-					t.streams[p.Name] = cancel
-					nodeOf[p.Name] = p.Spec.NodeName
-					go t.stream(sctx, p.Name, p.Spec.NodeName)
-				}
-				t.mu.Unlock()
-			}
-		}
-		var gone []string
-		t.mu.Lock()
-		for name, cancel := range t.streams {
-			if !seen[name] {
-				cancel()
-				delete(t.streams, name)
-				gone = append(gone, name)
-			}
-		}
-		t.mu.Unlock()
-		for _, name := range gone {
-			t.streamLost(nodeOf[name], fmt.Sprintf("agent %s on node %s went away (deleted, or no longer running)", name, nodeOf[name]))
-			delete(nodeOf, name)
-		}
-		select {
-		case <-ctx.Done():
+	})
+	nodeOf := map[string]string{} // agent pod → node, of the streams started; under t.mu
+	update := func(obj any) {
+		p, ok := obj.(*corev1.Pod)
+		if !ok {
 			return
-		case <-time.After(2 * time.Second):
 		}
+		if p.Status.Phase != corev1.PodRunning || p.Status.PodIP == "" || p.DeletionTimestamp != nil {
+			t.gone(p.Name, nodeOf)
+			return
+		}
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		if _, ok := t.streams[p.Name]; !ok {
+			sctx, cancel := context.WithCancel(ctx)
+			t.streams[p.Name] = cancel
+			nodeOf[p.Name] = p.Spec.NodeName
+			go t.stream(sctx, p.Name, p.Spec.NodeName)
+		}
+	}
+	remove := func(obj any) {
+		switch p := obj.(type) {
+		case *corev1.Pod:
+			t.gone(p.Name, nodeOf)
+		case cache.DeletedFinalStateUnknown: // its key is "namespace/name"
+			t.gone(p.Key[strings.IndexByte(p.Key, '/')+1:], nodeOf)
+		}
+	}
+	inf.AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: update, UpdateFunc: func(_, o any) { update(o) }, DeleteFunc: remove})
+	go inf.Run(ctx.Done())
+	if cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) && len(inf.GetStore().List()) == 0 {
+		t.notice("", fmt.Sprintf("no agent pods in namespace %s with labels %s yet (is kdrop deployed? see --agents-namespace, --agents-selector)", t.agents.Namespace, t.agents.Selector))
+	}
+	<-ctx.Done()
+}
+
+// gone ends the stream of an agent pod that was deleted or stopped running,
+// and says so.
+func (t *Tailer) gone(pod string, nodeOf map[string]string) {
+	t.mu.Lock()
+	cancel, ok := t.streams[pod]
+	node := nodeOf[pod]
+	if ok {
+		cancel()
+		delete(t.streams, pod)
+		delete(nodeOf, pod)
+	}
+	t.mu.Unlock()
+	if ok {
+		t.streamLost(node, fmt.Sprintf("agent %s on node %s went away (deleted, or no longer running)", pod, node))
 	}
 }
 
@@ -221,7 +246,7 @@ func (t *Tailer) stream(ctx context.Context, pod, node string) {
 		body, err := t.open(ctx, pod)
 		if err == nil {
 			t.connected(node, pod)
-			err = t.read(body)
+			err = t.readLive(body)
 			body.Close()
 			backoff = 500 * time.Millisecond
 			refused = ""
@@ -286,6 +311,54 @@ func errOrEOF(err error) error {
 		return io.EOF
 	}
 	return err
+}
+
+// readLive reads body until it ends or stays silent for the idle timeout
+// (a few heartbeats): a half-open connection is a lost stream, not a quiet
+// node.
+func (t *Tailer) readLive(body io.ReadCloser) error {
+	idle := t.agents.IdleTimeout
+	if idle <= 0 {
+		idle = DefaultIdleTimeout
+	}
+	silent := &silence{}
+	timer := time.AfterFunc(idle, func() { silent.set(); body.Close() })
+	defer timer.Stop()
+	err := t.read(&resetReader{r: body, reset: func() { timer.Reset(idle) }})
+	if silent.get() {
+		return fmt.Errorf("no line, not even a heartbeat, for %v", idle)
+	}
+	return err
+}
+
+// DefaultIdleTimeout is how long a stream may stay silent: three of the
+// agent's 15 s heartbeats.
+const DefaultIdleTimeout = 45 * time.Second
+
+type silence struct {
+	mu sync.Mutex
+	on bool
+}
+
+func (s *silence) set() { s.mu.Lock(); s.on = true; s.mu.Unlock() }
+func (s *silence) get() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.on
+}
+
+// resetReader calls reset whenever data arrives.
+type resetReader struct {
+	r     io.Reader
+	reset func()
+}
+
+func (r *resetReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if n > 0 {
+		r.reset()
+	}
+	return n, err
 }
 
 func (t *Tailer) read(body io.Reader) error {

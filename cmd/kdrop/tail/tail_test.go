@@ -213,3 +213,98 @@ func TestTailPassesLinesItCannotRead(t *testing.T) {
 		t.Errorf("passed on kinds %v, want event, event, other", kinds)
 	}
 }
+
+// An agent whose connection goes silent (no line, no heartbeat) is a lost
+// stream within the idle timeout, then a gap once it speaks again; a tail
+// that never reached an agent says so.
+func TestTailSilentAgent(t *testing.T) {
+	cs := fake.NewSimpleClientset(agentPod("kdrop-a", "node-a"))
+	var mu sync.Mutex
+	silent := true
+	hub := stream.NewHub("node-a", nil, 0)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		quiet := silent
+		mu.Unlock()
+		if quiet { // hello, then nothing at all, as a stopped or cut-off agent
+			w.Write([]byte(`{"time":"2026-11-30T12:00:00Z","type":"hello","node":"node-a"}` + "\n"))
+			w.(http.Flusher).Flush()
+			<-r.Context().Done()
+			return
+		}
+		hub.Serve(ctx, w, r)
+	}))
+	defer srv.Close()
+	tl := New(cs, Agents{Namespace: "kdrop", Selector: "app.kubernetes.io/name=kdrop", Delay: 100 * time.Millisecond, IdleTimeout: time.Second}, nil)
+	tl.open = func(ctx context.Context, pod string) (io.ReadCloser, error) {
+		req, _ := http.NewRequestWithContext(ctx, "GET", srv.URL, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return nil, err
+		}
+		return resp.Body, nil
+	}
+	var lmu sync.Mutex
+	var msgs []string
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tl.Run(ctx, func(ls []Line) {
+			var d line.Decoder
+			var l line.Line
+			lmu.Lock()
+			defer lmu.Unlock()
+			for _, x := range ls {
+				if d.Decode(x.Raw, &l) == nil && l.Kind == line.KindNotice {
+					msgs = append(msgs, l.Notice.Message)
+				}
+			}
+		})
+	}()
+	said := func(what string) bool {
+		lmu.Lock()
+		defer lmu.Unlock()
+		for _, m := range msgs {
+			if strings.Contains(m, what) {
+				return true
+			}
+		}
+		return false
+	}
+	start := time.Now()
+	for !said("no line, not even a heartbeat, for 1s") {
+		if time.Since(start) > 10*time.Second {
+			t.Fatalf("a silent stream was never called lost; notices: %q", msgs)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if lost := time.Since(start); lost > 5*time.Second {
+		t.Errorf("a silent stream was called lost after %v, want within a few idle timeouts", lost)
+	}
+	mu.Lock()
+	silent = false
+	mu.Unlock()
+	for !said("connected to agent kdrop-a: events on node node-a between") {
+		if time.Since(start) > 20*time.Second {
+			t.Fatalf("no gap notice once the agent spoke again; notices: %q", msgs)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !tl.Reached() {
+		t.Error("Reached is false after streams connected")
+	}
+	cancel()
+	<-done
+
+	// nothing reachable: Reached stays false
+	none := New(fake.NewSimpleClientset(agentPod("kdrop-b", "node-b")), Agents{Namespace: "kdrop", Selector: "app.kubernetes.io/name=kdrop", Delay: 50 * time.Millisecond}, nil)
+	none.open = func(context.Context, string) (io.ReadCloser, error) { return nil, io.ErrUnexpectedEOF }
+	ctx2, cancel2 := context.WithTimeout(context.Background(), time.Second)
+	defer cancel2()
+	none.Run(ctx2, func([]Line) {})
+	if none.Reached() {
+		t.Error("Reached is true though no stream ever connected")
+	}
+}

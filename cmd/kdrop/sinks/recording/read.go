@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/kdrop/kdrop/cmd/kdrop/line"
 )
@@ -21,15 +22,24 @@ type Scanned struct {
 	// CutOff: the gzip stream ends mid-way (the recorder was killed); the
 	// last, partial line was ignored.
 	CutOff bool
+	// Skipped counts the lines that could not be read and were left out
+	// (a note names the first few).
+	Skipped int
 	// Notes are problems met that did not stop the reading, for a person.
 	Notes []string
 }
 
+// maxSkipsNamed is how many unreadable lines a note names one by one.
+const maxSkipsNamed = 5
+
 // Scan reads a recording: it checks that the file is one (gzip, a header
-// first, nothing after the trailer) and passes each decoded line to fn with
-// its number. Lines of types this kdrop does not know are counted in a
-// note, not passed. A file cut off mid-way is read up to its last whole
-// line. Errors name the line and what is wrong with it.
+// first) and passes each decoded line to fn with its number. A line that
+// cannot be read (bad JSON, a field of the wrong type, a second header,
+// data after the trailer) is skipped, counted and named in a note, never
+// fatal: a recording moves between people and tools, and one bad line must
+// not cost the rest. Lines of types this kdrop does not know are counted in
+// a note, not passed. A file cut off mid-way is read up to its last whole
+// line. Errors (not a recording at all) name the line and what is wrong.
 func Scan(r io.Reader, fn func(n int, l *line.Line) error) (Scanned, error) {
 	var s Scanned
 	br := bufio.NewReaderSize(r, 64<<10)
@@ -65,7 +75,12 @@ func Scan(r io.Reader, fn func(n int, l *line.Line) error) (Scanned, error) {
 		}
 		if len(bytes.TrimSpace(b)) > 0 {
 			if perr := sc.line(n, b); perr != nil {
-				return s, perr
+				if !sc.sawHeader {
+					return s, perr
+				}
+				if s.Skipped++; s.Skipped <= maxSkipsNamed {
+					sc.skips = append(sc.skips, perr.Error())
+				}
 			}
 		}
 		if err == io.EOF {
@@ -83,6 +98,13 @@ func Scan(r io.Reader, fn func(n int, l *line.Line) error) (Scanned, error) {
 	if !sc.sawHeader {
 		return s, errors.New("not a kdrop recording: the file holds no header line")
 	}
+	if s.Skipped > 0 {
+		note := fmt.Sprintf("%d lines could not be read and were left out: %s", s.Skipped, strings.Join(sc.skips, "; "))
+		if s.Skipped > len(sc.skips) {
+			note += fmt.Sprintf("; and %d more", s.Skipped-len(sc.skips))
+		}
+		s.Notes = append(s.Notes, note)
+	}
 	for _, typ := range sc.otherOrder {
 		s.Notes = append(s.Notes, fmt.Sprintf("%d lines of type %q (first on line %d) were skipped: this kdrop does not know that type (recorded by a newer kdrop?)", sc.other[typ], typ, sc.otherAt[typ]))
 	}
@@ -98,11 +120,12 @@ type scanner struct {
 	other       map[string]int // lines of unknown types, by type
 	otherAt     map[string]int // first line of each
 	otherOrder  []string
+	skips       []string // the first unreadable lines, named
 }
 
 func (sc *scanner) line(n int, b []byte) error {
 	if sc.trailerLine > 0 {
-		return fmt.Errorf("line %d: data after the end-of-recording line (line %d): two recordings joined together?", n, sc.trailerLine)
+		return fmt.Errorf("line %d: data after the end-of-recording line (line %d), two recordings joined together?", n, sc.trailerLine)
 	}
 	err := sc.dec.Decode(b, &sc.l)
 	if !sc.sawHeader {
@@ -128,7 +151,7 @@ func (sc *scanner) line(n int, b []byte) error {
 	}
 	switch sc.l.Kind {
 	case line.KindHeader:
-		return fmt.Errorf("line %d: a second header: two recordings joined together?", n)
+		return fmt.Errorf("line %d: a second header, two recordings joined together?", n)
 	case line.KindTrailer:
 		sc.trailerLine = n
 	case line.KindOther: // a type from a newer kdrop: say so, but read the rest

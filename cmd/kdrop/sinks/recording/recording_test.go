@@ -30,7 +30,7 @@ func TestWriteScan(t *testing.T) {
 	if _, err := os.Stat(path); !os.IsNotExist(err) {
 		t.Errorf("the file is in place before Finish: %v", err)
 	}
-	if err := w.Finish(); err != nil {
+	if err := w.Finish(""); err != nil {
 		t.Fatal(err)
 	}
 	if left, _ := filepath.Glob(filepath.Join(filepath.Dir(path), ".kdrop-record-*")); len(left) != 0 {
@@ -69,19 +69,6 @@ func TestWriteScan(t *testing.T) {
 	}
 	if events != 6 || lost != 5 || missed != 3 || trailer.Events != 3 || trailer.Lost != 5 || trailer.Missed != 3 {
 		t.Errorf("events %d lost %d missed %d, trailer %+v", events, lost, missed, trailer)
-	}
-}
-
-// Discard leaves nothing behind.
-func TestDiscard(t *testing.T) {
-	dir := t.TempDir()
-	w, err := Create(filepath.Join(dir, "rec.jsonl.gz"), line.Header{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.Discard()
-	if left, _ := os.ReadDir(dir); len(left) != 0 {
-		t.Errorf("left %v", left)
 	}
 }
 

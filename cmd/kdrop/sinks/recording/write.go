@@ -15,8 +15,10 @@ import (
 )
 
 // Writer writes one recording. It writes to a temporary name beside the
-// file, renamed when Finish completes, so a file with the final name
-// always has its trailer. Not safe for concurrent use.
+// file and renames it when Finish completes. Nothing it wrote is ever
+// deleted: a recording that fails (a full disk) is put in place with what
+// made it to disk, its trailer saying why it ended, if there was room for
+// it. Not safe for concurrent use.
 type Writer struct {
 	path string
 	tmp  *os.File
@@ -77,28 +79,38 @@ func (r *Writer) LossNotices(node string, d tracer.Stats) {
 	}
 }
 
-// Discard removes the unfinished recording.
-func (r *Writer) Discard() {
-	r.tmp.Close()
-	os.Remove(r.tmp.Name())
+// Flush pushes what is buffered to the file, as a complete gzip block, so
+// that what was recorded so far reads even if the recorder is killed. It
+// returns the first write error met so far: call it often (every second)
+// to learn of a full disk while it can still be fixed.
+func (r *Writer) Flush() error {
+	if err := r.w.Flush(); err != nil {
+		return fmt.Errorf("writing %s: %w", r.tmp.Name(), err)
+	}
+	if err := r.gz.Flush(); err != nil {
+		return fmt.Errorf("writing %s: %w", r.tmp.Name(), err)
+	}
+	return nil
 }
 
-// Finish writes the trailer and puts the file in place.
-func (r *Writer) Finish() error {
-	defer os.Remove(r.tmp.Name()) // a no-op once renamed
-	r.Raw(line.AppendTrailer(nil, line.Trailer{Ended: time.Now(), Events: r.Events, Lost: r.Lost, Missed: r.Missed}))
+// Finish writes the trailer and puts the file in place. why, if not "",
+// says why the recording ended early; it goes into the trailer. On a write
+// error the file is still put in place with what reached the disk (kdrop
+// report reads a file cut off mid-way), and the error says so.
+func (r *Writer) Finish(why string) error {
+	r.Raw(line.AppendTrailer(nil, line.Trailer{Ended: time.Now(), Events: r.Events, Lost: r.Lost, Missed: r.Missed, Error: why}))
 	err := r.w.Flush()
-	if err == nil {
-		err = r.gz.Close()
+	if cerr := r.gz.Close(); err == nil {
+		err = cerr
 	}
 	if cerr := r.tmp.Close(); err == nil {
 		err = cerr
 	}
-	if err == nil {
-		err = os.Rename(r.tmp.Name(), r.path)
+	if rerr := os.Rename(r.tmp.Name(), r.path); rerr != nil {
+		return fmt.Errorf("putting the recording in place: %w (it is in %s)", rerr, r.tmp.Name())
 	}
 	if err != nil {
-		return fmt.Errorf("writing %s: %w", r.path, err)
+		return fmt.Errorf("writing %s: %w; what reached the disk was kept there", r.path, err)
 	}
 	return nil
 }

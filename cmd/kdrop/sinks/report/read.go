@@ -194,7 +194,7 @@ func (rec *Incident) Total() uint64 {
 // A file cut off mid-way (the recorder was killed) is read up to its last
 // whole line.
 func Read(r io.Reader) (*Incident, error) {
-	p := parser{rec: &Incident{perSecond: map[slotKey]uint64{}}, flow: map[FlowID]*Flow{}}
+	p := parser{rec: &Incident{perSecond: map[slotKey]uint64{}}, flow: map[FlowID]*Flow{}, clean: map[*K8s]*K8s{}}
 	sc, err := recording.Scan(r, p.line)
 	if err != nil {
 		return nil, err
@@ -206,14 +206,28 @@ func Read(r io.Reader) (*Incident, error) {
 }
 
 type parser struct {
-	rec  *Incident
-	flow map[FlowID]*Flow
+	rec   *Incident
+	flow  map[FlowID]*Flow
+	clean map[*K8s]*K8s // decoded identity → checked one (untrusted.go)
+}
+
+// k8s is the checked copy of a decoded identity, one per distinct identity.
+func (p *parser) k8s(k *K8s) *K8s {
+	if k == nil {
+		return nil
+	}
+	c, ok := p.clean[k]
+	if !ok {
+		c = cleanK8s(k)
+		p.clean[k] = c
+	}
+	return c
 }
 
 func (p *parser) line(n int, l *line.Line) error {
 	switch l.Kind {
 	case line.KindHeader:
-		p.rec.Header = l.Header
+		p.rec.Header = cleanHeader(l.Header)
 	case line.KindTrailer:
 		t := l.Trailer
 		p.rec.Trailer = &t
@@ -223,14 +237,14 @@ func (p *parser) line(n int, l *line.Line) error {
 		nt := &l.Notice
 		switch nt.Type {
 		case line.NoticeLost:
-			p.rec.Losses = append(p.rec.Losses, Loss{Time: nt.Time, Node: nt.Node, Lost: nt.Lost})
+			p.rec.Losses = append(p.rec.Losses, Loss{Time: nt.Time, Node: checked(nt.Node, isObjectName), Lost: nt.Lost})
 			p.seen(nt.Time)
 		case line.NoticeMissed:
-			p.rec.Misses = append(p.rec.Misses, Miss{Time: nt.Time, Node: nt.Node, Missed: nt.Missed, Cause: nt.Cause})
+			p.rec.Misses = append(p.rec.Misses, Miss{Time: nt.Time, Node: checked(nt.Node, isObjectName), Missed: nt.Missed, Cause: checked(nt.Cause, wordRE.MatchString)})
 			p.seen(nt.Time)
 		case line.NoticeMessage: // from kdrop tail; only gaps matter to a report
 			if !nt.GapFrom.IsZero() {
-				p.rec.Gaps = append(p.rec.Gaps, Gap{Node: nt.Node, From: nt.GapFrom, To: nt.GapTo, Message: nt.Message})
+				p.rec.Gaps = append(p.rec.Gaps, Gap{Node: checked(nt.Node, isObjectName), From: nt.GapFrom, To: nt.GapTo, Message: text(nt.Message)})
 			}
 		}
 	}
@@ -249,13 +263,13 @@ func (p *parser) seen(t time.Time) {
 func (p *parser) event(e *line.Event) {
 	t := e.Time
 	id := FlowID{
-		Type: e.Type.String(), Node: e.Node, Netns: uint64(e.Netns), Ifindex: e.Ifindex, Proto: tracer.ProtoName(e.Proto),
+		Type: e.Type.String(), Node: checked(e.Node, isObjectName), Netns: uint64(e.Netns), Ifindex: e.Ifindex, Proto: tracer.ProtoName(e.Proto),
 		Src: e.Src.Addr(), Dst: e.Dst.Addr(), Dport: e.Dst.Port(), TCPFlags: tracer.TCPFlagString(e.TCPFlags),
-		SrcK8s: e.SrcK8s, DstK8s: e.DstK8s, WhereK8s: e.WhereK8s,
+		SrcK8s: p.k8s(e.SrcK8s), DstK8s: p.k8s(e.DstK8s), WhereK8s: p.k8s(e.WhereK8s),
 	}
 	switch e.Type {
 	case tracer.Drop:
-		id.Reason, id.ReasonCode, id.Location = e.Reason, e.ReasonCode, e.Location
+		id.Reason, id.ReasonCode, id.Location = checked(e.Reason, reasonRE.MatchString), e.ReasonCode, checked(e.Location, symbolRE.MatchString)
 		if id.Reason == "" {
 			id.Reason = "unknown"
 		}
@@ -291,7 +305,7 @@ func (p *parser) event(e *line.Event) {
 		if f.Sources == nil {
 			f.Sources = map[string]uint64{}
 		}
-		f.Sources[e.Source] += c
+		f.Sources[checked(e.Source, wordRE.MatchString)] += c
 	}
 	p.rec.EventLines++
 	k := slotKey{f.series, t.Unix()}
@@ -301,6 +315,9 @@ func (p *parser) event(e *line.Event) {
 
 func (p *parser) finish() {
 	rec := p.rec
+	if t := rec.Trailer; t != nil && t.Error != "" {
+		rec.Notes = append(rec.Notes, "the recording ended early: "+t.Error)
+	}
 	if t := rec.Trailer; t != nil && t.Events != 0 {
 		if total := rec.Total(); t.Events != uint64(rec.EventLines) && t.Events != total {
 			rec.Notes = append(rec.Notes, fmt.Sprintf("the end-of-recording line counts %d events, the file holds %d event lines (%d occurrences)", t.Events, rec.EventLines, total))

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"encoding/json"
+	"fmt"
 	"html"
 	"strings"
 	"testing"
@@ -441,6 +442,28 @@ func TestReadErrors(t *testing.T) {
 		{"newer format", gz(`{"kdrop_record":2,"started":"2026-11-27T11:50:00Z"}`, good), []string{"line 1", "format 2 is newer", "reads (1)"}},
 		{"format zero", gz(`{"kdrop_record":0,"started":"2026-11-27T11:50:00Z"}`), []string{"line 1", "unknown recording format 0"}},
 		{"header without start", gz(`{"kdrop_record":1}`), []string{"line 1", `no "started" time`}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			rec, err := Read(bytes.NewReader(tc.data))
+			if err == nil {
+				t.Fatalf("no error; read %d flows", len(rec.Flows))
+			}
+			wantAll(t, "error", err.Error(), tc.want...)
+		})
+	}
+}
+
+// A recording's bad lines are left out, counted and named in a note; the
+// rest reads (a recording moves between people and tools: one bad line
+// must not cost the others).
+func TestReadSkipsBadLines(t *testing.T) {
+	good := ev(1, "drop", 1, map[string]any{"reason": "NO_SOCKET"})
+	tests := []struct {
+		name string
+		data []byte
+		want []string
+	}{
 		{"broken JSON", gz(header, good, `{"time":"2026-11-27T11:50:01Z","type":"drop",,"count":1}`), []string{"line 3", "invalid JSON at byte 46", "invalid character ','"}},
 		{"truncated line", gz(header, good, good[:40]), []string{"line 3", "cut off"}},
 		{"no count", gz(header, `{"time":"2026-11-27T11:50:01Z","type":"drop","reason":"X"}`), []string{"line 2", `without "count"`}},
@@ -462,12 +485,26 @@ func TestReadErrors(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			rec, err := Read(bytes.NewReader(tc.data))
-			if err == nil {
-				t.Fatalf("no error; read %d flows", len(rec.Flows))
+			if err != nil {
+				t.Fatalf("a bad line made the recording unreadable: %v", err)
 			}
-			wantAll(t, "error", err.Error(), tc.want...)
+			notes := strings.Join(rec.Notes, "\n")
+			wantAll(t, "notes", notes, append([]string{"1 lines could not be read and were left out"}, tc.want...)...)
 		})
 	}
+	// the lines around bad ones count; past five, the rest are counted only
+	lines := []string{header, good}
+	for i := range 7 {
+		lines = append(lines, fmt.Sprintf(`{"time":"2026-11-27T11:50:0%dZ","type":"drop","count":"x"}`, i), good)
+	}
+	rec, err := Read(bytes.NewReader(gz(lines...)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Total() != 8 || rec.EventLines != 8 {
+		t.Errorf("%d occurrences in %d lines kept, want 8 in 8", rec.Total(), rec.EventLines)
+	}
+	wantAll(t, "notes", strings.Join(rec.Notes, "\n"), "7 lines could not be read and were left out: line 3:", "line 11:", "; and 2 more")
 }
 
 func TestTimelineBuckets(t *testing.T) {

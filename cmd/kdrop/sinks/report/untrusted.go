@@ -1,0 +1,118 @@
+package report
+
+import (
+	"regexp"
+	"strconv"
+	"strings"
+
+	"k8s.io/apimachinery/pkg/util/validation"
+)
+
+// A recording is a file from someone else: every string in it is
+// untrusted. Before a string reaches a table, a YAML snippet or a kubectl
+// command line, it must look like what kdrop writes there: Kubernetes
+// names pass Kubernetes' own validation, kernel names their own shape.
+// Anything else is shown quoted (Go syntax, ASCII only, no backtick) and
+// marked, so it can neither break out of Markdown nor pass for a name.
+
+// invalidMark follows a value that failed its check.
+const invalidMark = " (invalid in this recording)"
+
+// marked quotes s so it cannot carry structure, in Markdown, code spans
+// or HTML: no newline, no control byte, no backtick, no angle bracket or
+// pipe, ASCII only.
+func marked(s string) string {
+	return structural.Replace(strconv.QuoteToASCII(s)) + invalidMark
+}
+
+var structural = strings.NewReplacer("`", `\x60`, "<", `\x3c`, ">", `\x3e`, "|", `\x7c`, "&", `\x26`)
+
+// checked returns s if ok says it is valid (or it is empty), else marked(s).
+func checked(s string, ok func(string) bool) string {
+	if s == "" || ok(s) {
+		return s
+	}
+	return marked(s)
+}
+
+var (
+	reasonRE = regexp.MustCompile(`^[A-Za-z0-9_]{1,128}$`)                   // NO_SOCKET, unknown
+	symbolRE = regexp.MustCompile(`^[A-Za-z0-9_.$]{1,256}(\+0x[0-9a-f]+)?$`) // tcp_v4_rcv+0x1a4, 0xffffffff81000000
+	wordRE   = regexp.MustCompile(`^[A-Za-z0-9_]{1,64}$`)                    // tp_btf, Deployment
+	// kernel releases, kdrop versions, kubeconfig cluster names
+	tokenRE = regexp.MustCompile(`^[A-Za-z0-9._:/@+~-]{1,256}$`)
+)
+
+func isDNSLabel(s string) bool     { return len(validation.IsDNS1123Label(s)) == 0 }
+func isDNSSubdomain(s string) bool { return len(validation.IsDNS1123Subdomain(s)) == 0 }
+
+// isObjectName accepts the names of pods, workloads, Services and nodes:
+// DNS subdomains, and for nodes and a few workloads, what Kubernetes'
+// path-segment rule allows for any object name.
+func isObjectName(s string) bool {
+	return isDNSSubdomain(s) || (len(s) <= 253 && len(validation.IsValidLabelValue(s)) == 0 && !strings.ContainsAny(s, "/%"))
+}
+
+// isNsName is "namespace/name", as Services are listed.
+func isNsName(s string) bool {
+	ns, name, ok := strings.Cut(s, "/")
+	return ok && isDNSLabel(ns) && isObjectName(name)
+}
+
+// text is free text (a notice's message): kept as it is when it is one
+// line of printable text without backticks, else marked.
+func text(s string) string {
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f || r == '`' || r == 0xfffd || (r >= 0x80 && r < 0xa0) || r == 0x2028 || r == 0x2029 {
+			return marked(s)
+		}
+	}
+	return s
+}
+
+// cleanK8s returns the identity with every field checked.
+func cleanK8s(k *K8s) *K8s {
+	c := *k
+	c.Kind = checked(k.Kind, wordRE.MatchString)
+	c.Namespace = checked(k.Namespace, isDNSLabel)
+	c.Name = checked(k.Name, isObjectName)
+	c.WorkloadKind = checked(k.WorkloadKind, wordRE.MatchString)
+	c.WorkloadName = checked(k.WorkloadName, isObjectName)
+	c.Node = checked(k.Node, isObjectName)
+	c.Services = nil
+	for _, s := range k.Services {
+		c.Services = append(c.Services, checked(s, isNsName))
+	}
+	c.Previous = nil
+	for i := range k.Previous {
+		c.Previous = append(c.Previous, *cleanK8s(&k.Previous[i]))
+	}
+	return &c
+}
+
+// cleanHeader checks the header's strings.
+func cleanHeader(h Header) Header {
+	h.Version = checked(h.Version, tokenRE.MatchString)
+	h.Cluster = checked(h.Cluster, tokenRE.MatchString)
+	h.From = checked(h.From, wordRE.MatchString)
+	nodes := make([]Node, len(h.Nodes))
+	for i, n := range h.Nodes {
+		nodes[i] = Node{Name: checked(n.Name, isObjectName), Kernel: checked(n.Kernel, tokenRE.MatchString)}
+	}
+	h.Nodes = nodes
+	f := h.Filters
+	f.Types, f.Reasons, f.CIDRs = cleanList(f.Types, wordRE.MatchString), cleanList(f.Reasons, reasonRE.MatchString), cleanList(f.CIDRs, tokenRE.MatchString)
+	f.Namespace = checked(f.Namespace, isDNSLabel)
+	f.Pod = checked(f.Pod, func(s string) bool { return isObjectName(s) || isNsName(s) })
+	f.Selector = checked(f.Selector, func(s string) bool { return !strings.ContainsAny(s, "`\n\r|<>") && len(s) < 1024 })
+	h.Filters = f
+	return h
+}
+
+func cleanList(l []string, ok func(string) bool) []string {
+	var out []string
+	for _, s := range l {
+		out = append(out, checked(s, ok))
+	}
+	return out
+}
