@@ -29,7 +29,7 @@ VERSION      ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 APT_PACKAGES := clang-16 llvm-16 libbpf-dev bpftool iproute2 iptables qemu-system-x86 busybox-static kmod cpio zstd xz-utils etcd-server prometheus chromium util-linux \
                 containerd runc containernetworking-plugins conntrack
 
-.PHONY: help deps check-clang generate check-generate vmlinux-h build install run check test test-host test-kernels test-k8s bench kube-bins kernels helm image clean \
+.PHONY: help deps check-clang generate check-generate vmlinux-h build install run check test test-fuzz fuzz test-host test-kernels test-k8s bench kube-bins kernels helm image clean \
         cluster-images cluster-up cluster-down test-cluster
 
 help: ## show this help
@@ -86,11 +86,26 @@ run: deps build ## run `kdrop watch` on this machine (needs root)
 check: deps build ## print what this kernel supports
 	./bin/kdrop check
 
-test: check-generate test-host test-kernels test-k8s test-cluster ## all tests: the BPF object reproduced, host kernel, VM kernels, Kubernetes API, a real cluster (what CI runs)
+test: check-generate test-fuzz test-host test-kernels test-k8s test-cluster ## all tests: the BPF object reproduced, host kernel, VM kernels, Kubernetes API, a real cluster (what CI runs)
 
 test-host: deps ## tracer tests on this machine's kernel, with the race detector
 	$(GO) vet ./...
 	$(GO) test -race -count=1 ./tracer/...
+
+# Go fuzz targets of everything that parses input: package:target.
+FUZZ_TARGETS := ./cmd/kdrop/line:FuzzDecode ./cmd/kdrop/sinks/recording:FuzzScan \
+                ./cmd/kdrop/enrich:FuzzFilterFromQuery ./cmd/kdrop/enrich:FuzzFilterTrace
+FUZZTIME     ?= 10s
+
+test-fuzz: ## each fuzz target for FUZZTIME (10s) past its seed corpus; crashes land in the package's testdata/fuzz
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		echo "=== fuzz $${t#*:} ($${t%%:*}, $(FUZZTIME))"; \
+		$(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) "$${t%%:*}" 2>&1 | grep -vE '^fuzz: elapsed' ; \
+		test $${PIPESTATUS[0]} -eq 0; \
+	done
+
+fuzz: ## the fuzz targets for as long as asked: make fuzz FUZZTIME=10m
+	$(MAKE) test-fuzz FUZZTIME=$(FUZZTIME)
 
 kernels: deps ## fetch and prepare the VM kernels (KERNELS="5.10 6.1 6.12 7")
 	tracer/vmtest/fetch-kernels.sh $(KDROP_CACHE) $(KERNELS)

@@ -41,6 +41,9 @@ type Config struct {
 	Log        *zap.Logger
 }
 
+// handlerTimeout bounds /metrics and the probes.
+const handlerTimeout = 30 * time.Second
+
 // Server is the agent's HTTP side: metrics, probes and the stream.
 type Server struct {
 	Hub     *stream.Hub
@@ -65,15 +68,18 @@ func NewServer(ctx context.Context, n Node, cfg Config) *Server {
 	s := &Server{Hub: stream.NewHub(n.Name, n.Reasons, cfg.MaxStreams), mux: http.NewServeMux()}
 	s.Metrics = metrics.NewAgent(reg, metrics.Sources{Hooks: n.Hooks, Healthy: n.Healthy, Clients: s.Hub.Clients})
 	auth := stream.NewAuthorizer(cfg.Clientset, cfg.Namespace, cfg.Log)
-	s.mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	s.mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-	s.mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+	// The server has no write timeout (streams last); the other handlers
+	// get one of their own.
+	bounded := func(h http.Handler) http.Handler { return http.TimeoutHandler(h, handlerTimeout, "timed out") }
+	s.mux.Handle("/metrics", bounded(promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})))
+	s.mux.Handle("/healthz", bounded(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })))
+	s.mux.Handle("/readyz", bounded(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		if !s.ready.Load() {
 			http.Error(w, "starting: waiting for pod identity to sync", http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ok")
-	})
+	})))
 	s.mux.Handle("/events", auth.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.Hub.Serve(ctx, w, r)
 	})))
@@ -98,7 +104,8 @@ func Run(ctx context.Context, p *enrich.Pipeline, ln net.Listener, cfg Config) e
 		s.SetReady()
 		log.Info("ready", zap.String("node", p.Node))
 	}()
-	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+		IdleTimeout: 60 * time.Second, MaxHeaderBytes: 16 << 10}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("HTTP server stopped", zap.Error(err))

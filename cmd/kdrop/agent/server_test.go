@@ -3,11 +3,13 @@ package agent
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -26,9 +28,10 @@ import (
 // would: token "viewer-token" is a viewer allowed to read kdrop events in
 // namespace kdrop, "nobody-token" is a user without that right, others
 // are not accepted.
-func reviewer() *fake.Clientset {
+func reviewer(reviews *atomic.Int64) *fake.Clientset {
 	cs := fake.NewSimpleClientset()
 	cs.PrependReactor("create", "tokenreviews", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		reviews.Add(1)
 		tr := a.(k8stesting.CreateAction).GetObject().(*authnv1.TokenReview)
 		switch tr.Spec.Token {
 		case "viewer-token":
@@ -56,8 +59,9 @@ func TestServer(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	hooks := []tracer.HookStatus{{Hook: "kfree_skb", Mode: "tp_btf"}, {Hook: "icmp_send"}}
+	var reviews atomic.Int64
 	s := NewServer(ctx, Node{Name: "node-a", Hooks: hooks, Healthy: func() bool { return true }},
-		Config{MaxStreams: 2, Clientset: reviewer(), Namespace: "kdrop", Log: zap.NewNop()})
+		Config{MaxStreams: 2, Clientset: reviewer(&reviews), Namespace: "kdrop", Log: zap.NewNop()})
 	srv := httptest.NewServer(s.Handler())
 	defer srv.Close()
 
@@ -110,6 +114,26 @@ func TestServer(t *testing.T) {
 		if c.code == 200 {
 			resp.Body.Close()
 		}
+	}
+
+	// 1,000 callers with random tokens: the agent reviews at most what its
+	// own limiter allows, refuses the rest with 429, and real users, whose
+	// decisions are cached, still get through.
+	before, start := reviews.Load(), time.Now()
+	limited := 0
+	for i := range 1000 {
+		if resp, _ := get("/events", fmt.Sprintf("random-%d", i)); resp.StatusCode == http.StatusTooManyRequests {
+			limited++
+		}
+	}
+	budget := 10 + 5*time.Since(start).Seconds() + 1
+	if n := reviews.Load() - before; float64(n) > budget || limited < 900 {
+		t.Errorf("1,000 random tokens cost %d TokenReviews (budget %.0f), %d refused with 429", n, budget, limited)
+	}
+	if resp, _ := get("/events?type=drop", "viewer-token"); resp.StatusCode != 200 {
+		t.Errorf("a viewer during the flood: %d", resp.StatusCode)
+	} else {
+		resp.Body.Close()
 	}
 
 	// A viewer's stream gets what its filter selects, and the metrics count

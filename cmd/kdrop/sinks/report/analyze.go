@@ -51,20 +51,22 @@ func (rec *Incident) Findings() []Finding { return analyze(rec).findings }
 
 // analysis is everything the writers show, computed once.
 type analysis struct {
-	rec        *Incident
-	start, end time.Time
-	total      uint64
-	byType     map[string]uint64
-	findings   []Finding
-	listeners  []listenerRow
-	unreach    []unreachRow
-	reasons    []reasonRow
-	locations  []locationRow
-	dstWork    []topRow
-	dstPods    []topRow
-	sources    []topRow
-	backing    map[string]counter // "ns/service" → workloads whose pods back it
-	used       map[*Flow]bool     // flows a specific finding explained
+	rec *Incident
+	// findingsLeft counts the findings past MaxFindings, not shown.
+	findingsLeft int
+	start, end   time.Time
+	total        uint64
+	byType       map[string]uint64
+	findings     []Finding
+	listeners    []listenerRow
+	unreach      []unreachRow
+	reasons      []reasonRow
+	locations    []locationRow
+	dstWork      []topRow
+	dstPods      []topRow
+	sources      []topRow
+	backing      map[string]counter // "ns/service" → workloads whose pods back it
+	used         map[*Flow]bool     // flows a specific finding explained
 }
 
 type listenerRow struct {
@@ -93,6 +95,10 @@ type topRow struct {
 	Pods             int
 	Count            uint64
 }
+
+// MaxFindings is how many findings a report shows, the most severe and
+// largest first.
+const MaxFindings = 30
 
 func analyze(rec *Incident) *analysis {
 	a := &analysis{rec: rec, byType: map[string]uint64{}, backing: map[string]counter{}, used: map[*Flow]bool{}}
@@ -127,6 +133,12 @@ func analyze(rec *Incident) *analysis {
 		}
 		return fi.Title < fj.Title
 	})
+	if n := len(a.findings); n > MaxFindings {
+		// A report is read by a person: the rest are smaller ones of the
+		// same kinds, counted in the tables.
+		a.findings = a.findings[:MaxFindings]
+		a.findingsLeft = n - MaxFindings
+	}
 	return a
 }
 

@@ -58,6 +58,9 @@ func WriteMarkdown(w io.Writer, rec *Incident) error {
 		}
 	}
 
+	if a.findingsLeft > 0 {
+		p("_%d smaller findings are not shown: the tables below count them._\n\n", a.findingsLeft)
+	}
 	p("## Timeline\n\nOccurrences per %s, by kind:\n\n", v.tl.stepWord())
 	p("| Kind | Count |\n|---|---:|\n")
 	for _, s := range v.tl.series {

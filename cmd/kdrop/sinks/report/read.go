@@ -39,7 +39,12 @@ type Incident struct {
 
 	firstEvent, lastEvent time.Time
 	perSecond             map[slotKey]uint64 // occurrences per series and second
-	cutOff                bool               // the gzip stream ended mid-way
+	unslotted             uint64             // occurrences past maxSlots, in no timeline slot
+	droppedIDs            int                // identities past maxIdentities, left out
+	// Folded counts the event lines whose flow came past MaxFlows and was
+	// kept by kind only (type, node, reason or ICMP error or queue).
+	Folded int
+	cutOff bool // the gzip stream ended mid-way
 }
 
 // Header, Node, Filters and Trailer are a recording's first and last
@@ -194,7 +199,7 @@ func (rec *Incident) Total() uint64 {
 // A file cut off mid-way (the recorder was killed) is read up to its last
 // whole line.
 func Read(r io.Reader) (*Incident, error) {
-	p := parser{rec: &Incident{perSecond: map[slotKey]uint64{}}, flow: map[FlowID]*Flow{}, clean: map[*K8s]*K8s{}}
+	p := parser{rec: &Incident{perSecond: map[slotKey]uint64{}}, flow: map[FlowID]*Flow{}, clean: map[*K8s]*K8s{}, series: map[string]struct{}{}}
 	sc, err := recording.Scan(r, p.line)
 	if err != nil {
 		return nil, err
@@ -206,10 +211,28 @@ func Read(r io.Reader) (*Incident, error) {
 }
 
 type parser struct {
-	rec   *Incident
-	flow  map[FlowID]*Flow
-	clean map[*K8s]*K8s // decoded identity → checked one (untrusted.go)
+	rec    *Incident
+	flow   map[FlowID]*Flow
+	clean  map[*K8s]*K8s // decoded identity → checked one (untrusted.go)
+	series map[string]struct{}
 }
+
+// Bounds on what a report keeps of a recording, so that any file reads in
+// bounded memory: a recording is untrusted, and a port scan is millions of
+// distinct flows.
+const (
+	// MaxFlows is how many distinct flows are kept in detail; further
+	// flows are folded by kind (Incident.Folded).
+	MaxFlows = 20_000
+	// maxIdentities bounds the distinct identities kept; further ones are
+	// left out of the flows they come with.
+	maxIdentities = 20_000
+	// maxKeptSeries bounds the timeline's series (drop reasons, queues, ICMP
+	// errors); the rest are one "other" series.
+	maxKeptSeries = 200
+	// maxSlots bounds the timeline's (series, second) counts.
+	maxSlots = 1_000_000
+)
 
 // k8s is the checked copy of a decoded identity, one per distinct identity.
 func (p *parser) k8s(k *K8s) *K8s {
@@ -218,6 +241,10 @@ func (p *parser) k8s(k *K8s) *K8s {
 	}
 	c, ok := p.clean[k]
 	if !ok {
+		if len(p.clean) >= maxIdentities {
+			p.rec.droppedIDs++
+			return nil
+		}
 		c = cleanK8s(k)
 		p.clean[k] = c
 	}
@@ -282,8 +309,22 @@ func (p *parser) event(e *line.Event) {
 		}
 	}
 	f := p.flow[id]
+	if f == nil && len(p.flow) >= MaxFlows {
+		// Past the bound, a new flow is kept by kind only: no addresses,
+		// ports, namespaces or pods (see Folded).
+		id = FlowID{Type: id.Type, Node: id.Node, Proto: id.Proto, Reason: id.Reason, ICMP: id.ICMP, ICMPType: id.ICMPType, ICMPCode: id.ICMPCode, Queue: id.Queue}
+		p.rec.Folded++
+		f = p.flow[id]
+	}
 	if f == nil {
-		f = &Flow{FlowID: id, First: t, Last: t, series: seriesOf(&id)}
+		series := seriesOf(&id)
+		if _, known := p.series[series]; !known {
+			if len(p.series) >= maxKeptSeries {
+				series = "other"
+			}
+			p.series[series] = struct{}{}
+		}
+		f = &Flow{FlowID: id, First: t, Last: t, series: series}
 		p.flow[id] = f
 		p.rec.Flows = append(p.rec.Flows, f)
 	}
@@ -309,12 +350,25 @@ func (p *parser) event(e *line.Event) {
 	}
 	p.rec.EventLines++
 	k := slotKey{f.series, t.Unix()}
-	p.rec.perSecond[k] = addCount(p.rec.perSecond[k], c)
+	if _, ok := p.rec.perSecond[k]; ok || len(p.rec.perSecond) < maxSlots {
+		p.rec.perSecond[k] = addCount(p.rec.perSecond[k], c)
+	} else {
+		p.rec.unslotted = addCount(p.rec.unslotted, c)
+	}
 	p.seen(t)
 }
 
 func (p *parser) finish() {
 	rec := p.rec
+	if rec.Folded > 0 {
+		rec.Notes = append(rec.Notes, fmt.Sprintf("the recording holds more than %d distinct flows: %d event lines past that were counted by kind only, without addresses, ports or pods", MaxFlows, rec.Folded))
+	}
+	if rec.droppedIDs > 0 {
+		rec.Notes = append(rec.Notes, fmt.Sprintf("the recording names more than %d distinct pods, Services or nodes: %d events past that are shown without their names", maxIdentities, rec.droppedIDs))
+	}
+	if rec.unslotted > 0 {
+		rec.Notes = append(rec.Notes, fmt.Sprintf("%d occurrences are in the counts but not in the timeline (it keeps at most %d series-seconds)", rec.unslotted, maxSlots))
+	}
 	if t := rec.Trailer; t != nil && t.Error != "" {
 		rec.Notes = append(rec.Notes, "the recording ended early: "+t.Error)
 	}

@@ -2,6 +2,7 @@ package report
 
 import (
 	"bytes"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -65,5 +66,35 @@ func TestHostileNames(t *testing.T) {
 		if strings.Contains(html, bad) {
 			t.Errorf("the HTML carries %q", bad)
 		}
+	}
+}
+
+// A port scan in a recording: more distinct flows than MaxFlows. The flows
+// past the bound fold by kind, the report says so, and its Markdown stays
+// a page: at most MaxFindings findings.
+func TestManyFlowsBounded(t *testing.T) {
+	lines := []string{header}
+	const n = 3 * MaxFlows
+	for i := range n {
+		lines = append(lines, fmt.Sprintf(`{"time":"2026-11-27T11:50:%02dZ","type":"drop","count":1,"netns":1,"proto":"tcp","dst":"10.%d.%d.%d","dport":%d,"reason":"NO_SOCKET","node":"n1"}`,
+			i%60, i>>16&255, i>>8&255, i&255, 1+i%60000))
+	}
+	rec := read(t, lines...)
+	if len(rec.Flows) > MaxFlows+1 || rec.Folded != n-MaxFlows {
+		t.Errorf("%d flows kept, %d lines folded; want at most %d kept, %d folded", len(rec.Flows), rec.Folded, MaxFlows+1, n-MaxFlows)
+	}
+	if rec.Total() != n {
+		t.Errorf("total %d, want %d: folding must not lose counts", rec.Total(), n)
+	}
+	wantAll(t, "notes", strings.Join(rec.Notes, "\n"), "more than 20000 distinct flows", "counted by kind only")
+	var md bytes.Buffer
+	if err := WriteMarkdown(&md, rec); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Count(md.String(), "\n### "); got > MaxFindings || md.Len() > 200<<10 {
+		t.Errorf("Markdown of %d bytes with %d findings; want at most %d findings, a page", md.Len(), got, MaxFindings)
+	}
+	if !strings.Contains(md.String(), "smaller findings are not shown") {
+		t.Error("the Markdown does not say findings were left out")
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/time/rate"
 	authnv1 "k8s.io/api/authentication/v1"
 	authzv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -45,6 +46,7 @@ type Authorizer struct {
 	// decisions are cached briefly per token so a reconnecting tail does
 	// not cost two API calls each time.
 	cache map[[32]byte]authDecision
+	limit *rate.Limiter
 }
 
 type authDecision struct {
@@ -57,7 +59,8 @@ type authDecision struct {
 // NewAuthorizer checks tokens with cs's API server; namespace is where
 // access is asked for ("" cluster-wide; see OwnNamespace).
 func NewAuthorizer(cs kubernetes.Interface, namespace string, log *zap.Logger) *Authorizer {
-	return &Authorizer{cs: cs, namespace: namespace, log: log, cache: map[[32]byte]authDecision{}}
+	return &Authorizer{cs: cs, namespace: namespace, log: log, cache: map[[32]byte]authDecision{},
+		limit: rate.NewLimiter(reviewRate, reviewBurst)}
 }
 
 // saNamespaceFile is where a pod finds its own namespace.
@@ -93,6 +96,9 @@ func (a *Authorizer) Wrap(next http.Handler) http.Handler {
 			return
 		}
 		d := a.decide(r.Context(), token)
+		if d.status == http.StatusTooManyRequests {
+			w.Header().Set("Retry-After", "1")
+		}
 		if d.status != http.StatusOK {
 			http.Error(w, d.msg, d.status)
 			return
@@ -110,13 +116,29 @@ func (a *Authorizer) decide(ctx context.Context, token string) authDecision {
 	if ok && time.Since(d.at) < authTTL {
 		return d
 	}
-	d = a.review(ctx, token)
+	// Reviews of tokens not seen lately are rate-limited by the agent
+	// itself: random tokens must not flood the API server, nor wait in
+	// front of real users' reviews for long.
+	if !a.limit.Allow() {
+		return authDecision{status: http.StatusTooManyRequests, msg: "too many new bearer tokens to check with the API server just now: retry in a second"}
+	}
+	rctx, cancel := context.WithTimeout(ctx, reviewTimeout)
+	defer cancel()
+	d = a.review(rctx, token)
 	d.at = time.Now()
-	if d.status != http.StatusServiceUnavailable {
+	if d.status != http.StatusServiceUnavailable { // refusals cached too: a negative cache
 		a.remember(key, d)
 	}
 	return d
 }
+
+// Reviews: at most reviewRate a second (burst reviewBurst) for tokens not
+// cached, each bounded by reviewTimeout.
+const (
+	reviewRate    = 5
+	reviewBurst   = 10
+	reviewTimeout = 5 * time.Second
+)
 
 // authCacheMax bounds the decisions cached.
 const authCacheMax = 1024
