@@ -44,7 +44,11 @@ turns the file into an HTML page and a Markdown summary with hints.
 
 With --from tail, only the stream filters apply (--type, --reason, --cidr,
 --port, --proto, --namespace, --pod); the agents' own settings decide the
-rest.`,
+rest.
+
+The file is flushed every second. A write error (a full disk) stops the
+recording at once with a non-zero exit; what reached the disk stays under
+the file's name, and kdrop report reads it. Nothing written is deleted.`,
 		Example: `  sudo kdrop record -o incident.jsonl.gz --duration 5m
   kdrop record --from tail -o incident.jsonl.gz -n shop      # every node, until Ctrl-C
   kdrop report incident.jsonl.gz --html incident.html --markdown incident.md`,
