@@ -22,6 +22,7 @@ type agentFlags struct {
 	listen     string
 	logFormat  string
 	maxStreams int
+	heartbeat  time.Duration
 }
 
 func agentCmd() *cobra.Command {
@@ -59,6 +60,7 @@ with no client at all.`,
 	fl.StringVar(&f.listen, "listen", ":9965", "address for /metrics, /healthz, /readyz and /events")
 	fl.StringVar(&f.logFormat, "log-format", "json", "log format on stderr: json or console")
 	fl.IntVar(&f.maxStreams, "max-streams", 32, fmt.Sprintf("most /events streams served at once (each buffers up to %d lines); more are refused with 503 and Retry-After", stream.SubBuffer))
+	fl.DurationVar(&f.heartbeat, "heartbeat", 15*time.Second, "how long an /events stream may be quiet before it gets a heartbeat line (kdrop tail calls a stream silent past --idle-timeout lost)")
 	f.register(fl)
 	fl.Lookup("identity").DefValue = "on"
 	f.id.mode = "on"
@@ -87,6 +89,9 @@ func agentLogger(format string, verbose bool) (*zap.Logger, error) {
 }
 
 func runAgent(parent context.Context, f *agentFlags) error {
+	if f.heartbeat < time.Second {
+		return fmt.Errorf("--heartbeat %v: must be at least 1s", f.heartbeat)
+	}
 	if f.maxStreams < 1 {
 		return fmt.Errorf("--max-streams %d: must be at least 1 (the limit of /events streams served at once)", f.maxStreams)
 	}
@@ -117,5 +122,5 @@ func runAgent(parent context.Context, f *agentFlags) error {
 		return err
 	}
 	defer p.Close()
-	return agent.Run(ctx, p, ln, agent.Config{MaxStreams: f.maxStreams, Clientset: cs, Namespace: stream.OwnNamespace(), Stdout: os.Stdout, Log: log})
+	return agent.Run(ctx, p, ln, agent.Config{MaxStreams: f.maxStreams, Heartbeat: f.heartbeat, Clientset: cs, Namespace: stream.OwnNamespace(), Stdout: os.Stdout, Log: log})
 }

@@ -184,6 +184,7 @@ func registerAgents(fl *pflag.FlagSet, a *tail.Agents) {
 	fl.IntVar(&a.Port, "agent-port", 9965, "the agents' --listen port")
 	fl.StringVar(&a.Token, "token", "", "bearer token for the agents (default: your kubeconfig's)")
 	fl.DurationVar(&a.Delay, "merge-delay", time.Second, "how long to hold events to put the nodes' streams in time order")
+	fl.DurationVar(&a.IdleTimeout, "idle-timeout", tail.DefaultIdleTimeout, "how long an agent's stream may stay silent (no event, no heartbeat) before it counts as lost and its node as a gap")
 }
 
 func newLogger(verbose bool) *zap.Logger {

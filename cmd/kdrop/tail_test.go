@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -152,7 +153,7 @@ func TestTailMergesAgentsAndSurvivesRestart(t *testing.T) {
 		}
 		n.ns = nstest.New(t, n.name)
 		n.ns.Sh(t, "iptables -A INPUT -p udp --dport 9999 -j DROP")
-		n.agent = startAgent(t, env.Kubeconfig(), n.name, n.ip+":9965", n.ns.Name)
+		n.agent = startAgent(t, env.Kubeconfig(), n.name, n.ip+":9965", n.ns.Name, "--heartbeat", "1s")
 		p, err := cs.CoreV1().Pods("kdrop").Create(ctx, &corev1.Pod{
 			ObjectMeta: metav1.ObjectMeta{Name: n.pod, Labels: map[string]string{"app.kubernetes.io/name": "kdrop"}},
 			Spec:       corev1.PodSpec{NodeName: n.name, Containers: []corev1.Container{{Name: "agent", Image: "kdrop"}}},
@@ -181,7 +182,7 @@ func TestTailMergesAgentsAndSurvivesRestart(t *testing.T) {
 	if err != nil || !strings.Contains(string(help), "kubectl kdrop tail [flags]") {
 		t.Fatalf("kubectl kdrop tail --help: %v\n%s", err, help)
 	}
-	tail := exec.Command(kubectl, "kdrop", "tail", "--kubeconfig", viewerKC, "-o", "json", "--type", "drop", "--duration", "90s", "--merge-delay", "300ms")
+	tail := exec.Command(kubectl, "kdrop", "tail", "--kubeconfig", viewerKC, "-o", "json", "--type", "drop", "--duration", "120s", "--merge-delay", "300ms", "--idle-timeout", "3s")
 	tail.Env = append(os.Environ(), "PATH="+plugins+":"+os.Getenv("PATH"))
 	stdout, _ := tail.StdoutPipe()
 	var tailErr syncBuffer
@@ -267,14 +268,17 @@ func TestTailMergesAgentsAndSurvivesRestart(t *testing.T) {
 	mark := len(lines)
 	mu.Unlock()
 	time.Sleep(time.Second)
-	nodes[0].agent = startAgent(t, env.Kubeconfig(), "node-a", nodes[0].ip+":9965", nodes[0].ns.Name)
-	// notice waits for tail to say msg about node-a after line index from.
-	notice := func(msg string, from int) int {
+	nodes[0].agent = startAgent(t, env.Kubeconfig(), "node-a", nodes[0].ip+":9965", nodes[0].ns.Name, "--heartbeat", "1s")
+	// noticeOn waits for tail to say msg about node after line index from;
+	// notice, about node-a.
+	var noticeOn func(node, msg string, from int) int
+	notice := func(msg string, from int) int { return noticeOn("node-a", msg, from) }
+	noticeOn = func(node, msg string, from int) int {
 		t.Helper()
 		for deadline := time.Now().Add(45 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
 			mu.Lock()
 			for i := from; i < len(lines); i++ {
-				if m, _ := lines[i]["message"].(string); lines[i]["type"] == "notice" && lines[i]["node"] == "node-a" && strings.Contains(m, msg) {
+				if m, _ := lines[i]["message"].(string); lines[i]["type"] == "notice" && lines[i]["node"] == node && strings.Contains(m, msg) {
 					mu.Unlock()
 					return i
 				}
@@ -297,6 +301,20 @@ func TestTailMergesAgentsAndSurvivesRestart(t *testing.T) {
 	}
 	waitFor(nodes[0], back) // node-a's events flow again
 	waitFor(nodes[1], mark)
+
+	// node-b's agent goes silent without closing its connection (SIGSTOP,
+	// as a hung or cut-off node): tail calls it lost within its
+	// --idle-timeout, and once it runs again (SIGCONT) a gap notice closes
+	// the window and its events flow.
+	mu.Lock()
+	mark = len(lines)
+	mu.Unlock()
+	b := nodes[1].agent.cmd.Process
+	b.Signal(syscall.SIGSTOP)
+	t.Cleanup(func() { b.Signal(syscall.SIGCONT) })
+	silentAt := noticeOn("node-b", "stream from agent kdrop-b on node node-b lost (no line, not even a heartbeat, for 3s)", mark)
+	b.Signal(syscall.SIGCONT)
+	waitFor(nodes[1], noticeOn("node-b", "connected to agent kdrop-b: events on node node-b between", silentAt))
 
 	// Stop the recording as an operator does (Ctrl-C); its report shows
 	// both nodes with their kernels, events from both, and node-a's gap.

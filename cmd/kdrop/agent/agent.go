@@ -35,6 +35,7 @@ import (
 // Config is what the agent needs besides its pipeline.
 type Config struct {
 	MaxStreams int                  // most /events streams at once (kdrop agent --max-streams)
+	Heartbeat  time.Duration        // a quiet stream's heartbeat interval (0: 15 s)
 	Clientset  kubernetes.Interface // for TokenReviews and SubjectAccessReviews
 	Namespace  string               // where stream access is asked for (stream.OwnNamespace)
 	Stdout     io.Writer            // every line, for kubectl logs
@@ -66,6 +67,7 @@ type Node struct {
 func NewServer(ctx context.Context, n Node, cfg Config) *Server {
 	reg := prometheus.NewRegistry()
 	s := &Server{Hub: stream.NewHub(n.Name, n.Reasons, cfg.MaxStreams), mux: http.NewServeMux()}
+	s.Hub.Heartbeat = cfg.Heartbeat
 	s.Metrics = metrics.NewAgent(reg, metrics.Sources{Hooks: n.Hooks, Healthy: n.Healthy, Clients: s.Hub.Clients})
 	auth := stream.NewAuthorizer(cfg.Clientset, cfg.Namespace, cfg.Log)
 	// The server has no write timeout (streams last); the other handlers

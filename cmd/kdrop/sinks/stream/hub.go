@@ -27,6 +27,9 @@ type Hub struct {
 	// each holding a SubBuffer-line buffer: past it, a new stream is
 	// refused with 503 and Retry-After. 0: no limit.
 	maxStreams int
+	// Heartbeat is how long a stream may be quiet before it gets a
+	// heartbeat notice (default 15 s; whole seconds). Set before serving.
+	Heartbeat time.Duration
 }
 
 const (
@@ -105,6 +108,13 @@ func (s *subscriber) lossNotices(b []byte, at time.Time, node string) []byte {
 		add()
 	}
 	return b
+}
+
+func (h *Hub) heartbeat() time.Duration {
+	if h.Heartbeat > 0 {
+		return h.Heartbeat
+	}
+	return heartbeatEvery
 }
 
 // Clients is how many clients are connected.
@@ -208,7 +218,7 @@ func (h *Hub) Serve(ctx context.Context, w http.ResponseWriter, r *http.Request)
 		case <-tick.C:
 			if buf = s.lossNotices(buf[:0], time.Now(), h.node); len(buf) > 0 {
 				w.Write(buf)
-			} else if idle += time.Second; idle >= heartbeatEvery {
+			} else if idle += time.Second; idle >= h.heartbeat() {
 				notice(line.NoticeHeartbeat) // lets a client tell a quiet node from a dead connection
 				idle = 0
 			} else {
