@@ -94,6 +94,26 @@ func finish(r *recording.Writer, why, path string, log *zap.Logger) error {
 	return nil
 }
 
+// flushing flushes a recording while it is written (every second), so a
+// write error (a full disk) is said at once: the first one is logged, stops
+// the recording (stop) and is kept in err.
+type flushing struct {
+	r    *recording.Writer
+	log  *zap.Logger
+	stop func()
+	err  error
+}
+
+func (w *flushing) flush() {
+	if w.err != nil {
+		return
+	}
+	if w.err = w.r.Flush(); w.err != nil {
+		w.log.Error("the recording cannot be written: stopping, and keeping what reached the disk", zap.Error(w.err))
+		w.stop()
+	}
+}
+
 // recordWatch records what this machine's kernel does.
 func recordWatch(parent context.Context, f *recordFlags) error {
 	log := newLogger(f.verbose)
@@ -127,14 +147,10 @@ func recordWatch(parent context.Context, f *recordFlags) error {
 	// counted from now: loading and syncing are not part of the window
 	ctx, cancel := withDuration(ctx, f.duration)
 	defer cancel()
-	var writeErr error
+	w := &flushing{r: r, log: log, stop: cancel}
 	every := func() { // loss notices, and a full disk said at once
 		r.LossNotices(node, p.NewLoss())
-		if err := r.Flush(); err != nil && writeErr == nil {
-			writeErr = err
-			log.Error("the recording cannot be written: stopping, and keeping what reached the disk", zap.Error(err))
-			cancel()
-		}
+		w.flush()
 	}
 	p.Every(ctx, time.Second, every)
 	if err := p.Run(ctx, r.Event); err != nil {
@@ -142,9 +158,9 @@ func recordWatch(parent context.Context, f *recordFlags) error {
 		return err
 	}
 	p.Locked(every)
-	if writeErr != nil {
-		finish(r, writeErr.Error(), f.out, log)
-		return writeErr
+	if w.err != nil {
+		finish(r, w.err.Error(), f.out, log)
+		return w.err
 	}
 	return finish(r, "", f.out, log)
 }
@@ -183,7 +199,7 @@ func recordTail(parent context.Context, f *recordFlags) error {
 			cancel()
 		}
 	})
-	var writeErr error
+	w := &flushing{r: r, log: log, stop: cancel}
 	flushed := time.Now()
 	t.Run(ctx, func(lines []tail.Line) {
 		for _, l := range lines {
@@ -196,13 +212,9 @@ func recordTail(parent context.Context, f *recordFlags) error {
 				r.Events++
 			}
 		}
-		if time.Since(flushed) < time.Second || writeErr != nil {
-			return
-		}
-		flushed = time.Now()
-		if writeErr = r.Flush(); writeErr != nil { // a full disk, said at once
-			log.Error("the recording cannot be written: stopping, and keeping what reached the disk", zap.Error(writeErr))
-			cancel()
+		if time.Since(flushed) >= time.Second {
+			flushed = time.Now()
+			w.flush()
 		}
 	})
 	// A node still unseen at the end is a gap up to now.
@@ -217,7 +229,7 @@ func recordTail(parent context.Context, f *recordFlags) error {
 	if !t.Reached() {
 		unreached = errNoAgent(f.agents)
 	}
-	for _, e := range []error{writeErr, err, unreached} {
+	for _, e := range []error{w.err, err, unreached} {
 		if e != nil {
 			finish(r, e.Error(), f.out, log)
 			return e

@@ -344,13 +344,7 @@ func (d *Decoder) endpoint(raw json.RawMessage) (*k8s.Endpoint, error) {
 // parseProto reads ProtoName's names and numbers; a name this kdrop does
 // not know (a newer one's) reads as 0, unknown, rather than failing the line.
 func parseProto(s string) uint8 {
-	if s == "" {
-		return 0
-	}
-	p, err := tracer.ParseProto(s)
-	if err != nil {
-		return 0
-	}
+	p, _ := tracer.ParseProto(s) // 0 for "" and unknown names
 	return p
 }
 

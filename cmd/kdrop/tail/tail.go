@@ -17,6 +17,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -321,11 +322,11 @@ func (t *Tailer) readLive(body io.ReadCloser) error {
 	if idle <= 0 {
 		idle = DefaultIdleTimeout
 	}
-	silent := &silence{}
-	timer := time.AfterFunc(idle, func() { silent.set(); body.Close() })
+	var silent atomic.Bool
+	timer := time.AfterFunc(idle, func() { silent.Store(true); body.Close() })
 	defer timer.Stop()
 	err := t.read(&resetReader{r: body, reset: func() { timer.Reset(idle) }})
-	if silent.get() {
+	if silent.Load() {
 		return fmt.Errorf("no line, not even a heartbeat, for %v", idle)
 	}
 	return err
@@ -334,18 +335,6 @@ func (t *Tailer) readLive(body io.ReadCloser) error {
 // DefaultIdleTimeout is how long a stream may stay silent: three of the
 // agent's 15 s heartbeats.
 const DefaultIdleTimeout = 45 * time.Second
-
-type silence struct {
-	mu sync.Mutex
-	on bool
-}
-
-func (s *silence) set() { s.mu.Lock(); s.on = true; s.mu.Unlock() }
-func (s *silence) get() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.on
-}
 
 // resetReader calls reset whenever data arrives.
 type resetReader struct {
