@@ -19,10 +19,12 @@ import (
 
 type agentFlags struct {
 	traceFlags
-	listen     string
-	logFormat  string
-	maxStreams int
-	heartbeat  time.Duration
+	listen       string
+	streamListen string
+	streamAcct   string
+	logFormat    string
+	maxStreams   int
+	heartbeat    time.Duration
 }
 
 func agentCmd() *cobra.Command {
@@ -31,7 +33,7 @@ func agentCmd() *cobra.Command {
 		Use:   "agent",
 		Short: "Run on a node as the DaemonSet's process: events to stdout, metrics and a stream over HTTP",
 		Long: `The agent traces like "kdrop watch -o json", names pods through the API server,
-and serves on --listen:
+and serves on --listen (plain HTTP, for Prometheus and the kubelet):
 
   /metrics  Prometheus counters (by event type, reason, namespace, workload),
             lost lines (counts still exact), missed occurrences (counts
@@ -40,14 +42,21 @@ and serves on --listen:
             apart), hooks and their attach mode, identity state
   /healthz  the process is alive
   /readyz   hooks are attached and pod identity has synced once
+
+and on --stream-listen (HTTPS, a certificate made at start):
+
   /events   a live NDJSON stream of events, with the filters of kdrop watch as
             query parameters (type, reason, cidr, port, proto, netns,
-            namespace, pod). Callers must present a bearer token (Authorization,
-            or X-Kdrop-Authorization through the API server's pod proxy, which
-            strips Authorization); it is checked with a TokenReview and the
-            caller must be allowed "get" on "events" in API group kdrop.dev
-            in the agent's namespace ($POD_NAMESPACE), a SubjectAccessReview:
-            a RoleBinding there or a ClusterRoleBinding to kdrop-viewer.
+            namespace, pod). Callers show a stream token, never their own
+            credentials: a token of service account --stream-account in the
+            agent's namespace ($POD_NAMESPACE), for audience kdrop.dev/stream
+            only, bound to this node ($NODE_NAME or --node). kdrop tail asks
+            the API server for one (a TokenRequest: "create" on
+            serviceaccounts/token for that account, which ClusterRole
+            kdrop-viewer grants) and sends it in X-Kdrop-Authorization through
+            the API server's pod proxy. The API server refuses such a token,
+            and so does any other node's agent. The agent checks it with a
+            TokenReview, at most 5 new tokens a second.
             At most --max-streams streams at once; more get 503 and
             Retry-After.
 
@@ -57,7 +66,9 @@ with no client at all.`,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runAgent(cmd.Context(), &f) },
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&f.listen, "listen", ":9965", "address for /metrics, /healthz, /readyz and /events")
+	fl.StringVar(&f.listen, "listen", ":9965", "address for /metrics, /healthz and /readyz (plain HTTP)")
+	fl.StringVar(&f.streamListen, "stream-listen", ":9966", "address for /events (HTTPS); kdrop tail's --agent-port")
+	fl.StringVar(&f.streamAcct, "stream-account", stream.DefaultAccount, "service account, in the agent's namespace, whose stream tokens open /events (kdrop tail's --stream-account)")
 	fl.StringVar(&f.logFormat, "log-format", "json", "log format on stderr: json or console")
 	fl.IntVar(&f.maxStreams, "max-streams", 32, fmt.Sprintf("most /events streams served at once (each buffers up to %d lines); more are refused with 503 and Retry-After", stream.SubBuffer))
 	fl.DurationVar(&f.heartbeat, "heartbeat", 15*time.Second, "how long an /events stream may be quiet before it gets a heartbeat line (kdrop tail calls a stream silent past --idle-timeout lost)")
@@ -112,15 +123,24 @@ func runAgent(parent context.Context, f *agentFlags) error {
 	if err != nil {
 		return err
 	}
+	acct := stream.Account{Namespace: stream.OwnNamespace(), Name: f.streamAcct}
+	if acct.Namespace == "" {
+		log.Warn("the agent's namespace is unknown (no $POD_NAMESPACE, no service account namespace file): /events will refuse every caller")
+	}
 	ln, err := agent.Listen(ctx, f.listen, 30*time.Second, log)
 	if err != nil {
 		return fmt.Errorf("--listen %s: %w", f.listen, err)
 	}
+	defer ln.Close()
+	sln, err := agent.Listen(ctx, f.streamListen, 30*time.Second, log)
+	if err != nil {
+		return fmt.Errorf("--stream-listen %s: %w", f.streamListen, err)
+	}
+	defer sln.Close()
 	p, err := newPipeline(ctx, &f.traceFlags, log)
 	if err != nil {
-		ln.Close()
 		return err
 	}
 	defer p.Close()
-	return agent.Run(ctx, p, ln, agent.Config{MaxStreams: f.maxStreams, Heartbeat: f.heartbeat, Clientset: cs, Namespace: stream.OwnNamespace(), Stdout: os.Stdout, Log: log})
+	return agent.Run(ctx, p, ln, sln, agent.Config{MaxStreams: f.maxStreams, Heartbeat: f.heartbeat, Clientset: cs, Account: acct, Stdout: os.Stdout, Log: log})
 }

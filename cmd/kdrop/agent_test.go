@@ -1,13 +1,15 @@
 package main
 
 // The agent against a real API server: its stream refuses callers without a
-// token or without RBAC rights and serves those with them; its metrics count
+// stream token of its node and serves those with one, which only viewers
+// get from the API server; its metrics count
 // what the kernel counted; stdout carries the same events.
 
 import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -26,8 +28,10 @@ import (
 	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/kdrop/kdrop/cmd/kdrop/line"
 	"github.com/kdrop/kdrop/cmd/kdrop/sinks/stream"
@@ -58,13 +62,18 @@ func saToken(t *testing.T, cs kubernetes.Interface, ns, name string) string {
 	return tr.Status.Token
 }
 
+// agentClient talks to agents' streams, whose certificates are made at
+// their start and trusted by nobody (the API server's pod proxy does not
+// check them).
+var agentClient = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+
 func get(t *testing.T, url string, hdr map[string]string) *http.Response {
 	t.Helper()
 	req, _ := http.NewRequest("GET", url, nil)
 	for k, v := range hdr {
 		req.Header.Set(k, v)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := agentClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,35 +84,46 @@ func TestAgentStreamAuthAndMetrics(t *testing.T) {
 	env := testenv.Start(t)
 	cs := kubernetes.NewForConfigOrDie(env.Config())
 	ctx := context.Background()
-	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kdrop"}}, metav1.CreateOptions{}); err != nil {
+	// A viewer bound with a ClusterRoleBinding (tailViewer), one bound with
+	// a RoleBinding in the agents' namespace only, and one bound to nothing.
+	viewerToken, _ := tailViewer(t, env, cs)
+	if _, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	viewer := saToken(t, cs, "kdrop", "viewer")
-	nobody := saToken(t, cs, "kdrop", "nobody")
-	if _, err := cs.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "kdrop-viewer"},
-		Rules: []rbacv1.PolicyRule{{APIGroups: []string{"kdrop.dev"}, Resources: []string{"events"}, Verbs: []string{"get"}}}}, metav1.CreateOptions{}); err != nil {
+	if _, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-b"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cs.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "kdrop-viewer"},
+	if _, err := cs.RbacV1().RoleBindings("kdrop").Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "kdrop-viewer-carol"},
 		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "kdrop-viewer"},
-		Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Namespace: "kdrop", Name: "viewer"}}}, metav1.CreateOptions{}); err != nil {
+		Subjects: []rbacv1.Subject{{Kind: "User", Name: "carol"}}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-
-	// Bound only in the agents' namespace: the agent asks its review there.
-	roleViewer := saToken(t, cs, "kdrop", "role-viewer")
-	if _, err := cs.RbacV1().RoleBindings("kdrop").Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "kdrop-viewer"},
-		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "kdrop-viewer"},
-		Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Namespace: "kdrop", Name: "role-viewer"}}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
+	carol := kubernetes.NewForConfigOrDie(env.UserConfig("carol"))
+	viewer := streamToken(t, carol, "node-a")
+	otherNode := streamToken(t, carol, "node-b")
+	_, _, err := stream.RequestToken(ctx, kubernetes.NewForConfigOrDie(env.UserConfig("mallory")), stream.Account{Namespace: "kdrop", Name: stream.DefaultAccount}, "node-a")
+	if !apierrors.IsForbidden(err) {
+		t.Errorf("a user bound to nothing asked for a stream token: got %v, want 403", err)
+	}
+	// kdrop tail as a user bound to nothing: a clear refusal, at once.
+	out, err := exec.Command(kdropBin, "tail", "--kubeconfig", env.UserKubeconfig("mallory"), "--duration", "30s").CombinedOutput()
+	const refused = `you may not read kdrop's stream: the API server says you may not list pods, watch pods, create serviceaccounts/token kdrop-stream, get pods/proxy in namespace kdrop; bind ClusterRole kdrop-viewer in namespace kdrop: kubectl create rolebinding`
+	if err == nil || !strings.Contains(string(out), refused) {
+		t.Errorf("kdrop tail without rights: %v\n%s\nwant it to fail with %q", err, out, refused)
+	}
+	// A stream token is good for nothing at the API server.
+	cfg := rest.AnonymousClientConfig(env.Config())
+	cfg.BearerToken = viewer
+	if _, err := kubernetes.NewForConfigOrDie(cfg).CoreV1().Pods("kdrop").List(ctx, metav1.ListOptions{}); !apierrors.IsUnauthorized(err) {
+		t.Errorf("the API server should refuse a stream token with 401, got %v", err)
 	}
 
 	ns := nstest.New(t, "agent")
 	ns.Sh(t, "iptables -A INPUT -p udp --dport 9999 -j DROP")
-	addr := freeAddr(t)
+	addr, streamAddr := freeAddr(t), freeAddr(t)
 	agent := exec.Command(kdropBin, "agent", "--kubeconfig", env.Kubeconfig(), "--node", "node-a", "--listen", addr,
-		"--netns", "/run/netns/"+ns.Name, "--type", "drop", "--log-format", "console")
-	agent.Env = append(os.Environ(), "POD_NAMESPACE=kdrop")
+		"--stream-listen", streamAddr, "--netns", "/run/netns/"+ns.Name, "--type", "drop", "--log-format", "console")
+	agent.Env = append(os.Environ(), "POD_NAMESPACE=kdrop") // as deploy/ sets it
 	var stdout, stderr syncBuffer
 	agent.Stdout, agent.Stderr = &stdout, &stderr
 	if err := agent.Start(); err != nil {
@@ -146,13 +166,14 @@ func TestAgentStreamAuthAndMetrics(t *testing.T) {
 		code int
 		body string
 	}{
-		{"no token", nil, 401, "no bearer token"},
-		{"bad token", map[string]string{"Authorization": "Bearer not-a-token"}, 401, "token not accepted"},
-		{"no RBAC rights", map[string]string{"Authorization": "Bearer " + nobody}, 403, "system:serviceaccount:kdrop:nobody may not read kdrop events: grant \"get\" on \"events\" in API group kdrop.dev in namespace kdrop"},
+		{"no token", nil, 401, "no stream token"},
+		{"bad token", map[string]string{"Authorization": "Bearer not-a-token"}, 401, "not a stream token"},
+		{"a viewer's own token", map[string]string{"Authorization": "Bearer " + viewerToken}, 401, "not a stream token (the API server does not accept it for audience kdrop.dev/stream)"},
+		{"another node's stream token", map[string]string{stream.TokenHeader: "Bearer " + otherNode}, 403, `the token is bound to node "node-b", this agent runs on node "node-a"`},
 		{"bad filter", map[string]string{"Authorization": "Bearer " + viewer}, 400, "unknown drop reason"},
-		{"RoleBinding in the agents' namespace", map[string]string{"Authorization": "Bearer " + roleViewer}, 200, `"type":"hello"`},
+		{"stream token of a RoleBinding's viewer", map[string]string{stream.TokenHeader: "Bearer " + viewer}, 200, `"type":"hello"`},
 	} {
-		url := base + "/events"
+		url := "https://" + streamAddr + "/events"
 		if c.name == "bad filter" {
 			url += "?reason=NO_SOKET"
 		}
@@ -170,7 +191,7 @@ func TestAgentStreamAuthAndMetrics(t *testing.T) {
 	}
 
 	// A viewer streams (token in the header kdrop tail uses through the pod proxy).
-	resp := get(t, base+"/events?reason=NETFILTER_DROP&port=9999", map[string]string{stream.TokenHeader: "Bearer " + viewer})
+	resp := get(t, "https://"+streamAddr+"/events?reason=NETFILTER_DROP&port=9999", map[string]string{stream.TokenHeader: "Bearer " + viewer})
 	defer resp.Body.Close()
 	if resp.StatusCode != 200 {
 		b, _ := io.ReadAll(resp.Body)

@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/kdrop/kdrop/cmd/kdrop/enrich"
+	"github.com/kdrop/kdrop/cmd/kdrop/sinks/stream"
 	"github.com/kdrop/kdrop/cmd/kdrop/tail"
 	"github.com/kdrop/kdrop/k8s"
 	"github.com/kdrop/kdrop/tracer"
@@ -181,8 +182,8 @@ func (f *identityFlags) restConfig() (*rest.Config, error) {
 func registerAgents(fl *pflag.FlagSet, a *tail.Agents) {
 	fl.StringVar(&a.Namespace, "agents-namespace", "kdrop", "namespace of the kdrop agents")
 	fl.StringVar(&a.Selector, "agents-selector", "app.kubernetes.io/name=kdrop", "label selector of the agent pods")
-	fl.IntVar(&a.Port, "agent-port", 9965, "the agents' --listen port")
-	fl.StringVar(&a.Token, "token", "", "bearer token for the agents (default: your kubeconfig's)")
+	fl.IntVar(&a.Port, "agent-port", 9966, "the agents' --stream-listen port")
+	fl.StringVar(&a.Account, "stream-account", stream.DefaultAccount, "service account in --agents-namespace whose stream tokens the agents take (their --stream-account)")
 	fl.DurationVar(&a.Delay, "merge-delay", time.Second, "how long to hold events to put the nodes' streams in time order")
 	fl.DurationVar(&a.IdleTimeout, "idle-timeout", tail.DefaultIdleTimeout, "how long an agent's stream may stay silent (no event, no heartbeat) before it counts as lost and its node as a gap")
 }

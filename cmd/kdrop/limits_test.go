@@ -7,19 +7,29 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"math/rand"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/kdrop/kdrop/cmd/kdrop/sinks/stream"
 	"github.com/kdrop/kdrop/k8s/testenv"
 	"github.com/kdrop/kdrop/tracer/nstest"
 )
@@ -27,12 +37,23 @@ import (
 // An agent at its --max-streams refuses one more stream with 503, a message
 // that names the limit and the flag, and Retry-After; kdrop tail, reaching
 // it through the real API server's pod proxy, shows that message once and
-// connects when a slot frees.
+// connects when a slot frees. What reaches the agent is recorded on the
+// way (a TLS proxy at the pod IP): never the viewer's own token, only a
+// stream token that the API server refuses.
 func TestAgentStreamLimitAndTailRetry(t *testing.T) {
 	env := testenv.Start(t)
 	cs := kubernetes.NewForConfigOrDie(env.Config())
 	ctx := context.Background()
-	token, viewerKC := tailViewer(t, env, cs)
+	viewerToken, viewerKC := tailViewer(t, env, cs)
+	viewerCfg, err := clientcmd.BuildConfigFromFlags("", viewerKC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	viewer := kubernetes.NewForConfigOrDie(viewerCfg)
+	if _, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	token := streamToken(t, viewer, "node-a")
 
 	// The agent's pod IP on a veth (the pod proxy refuses loopback).
 	const ip = "198.18.51.1"
@@ -45,7 +66,9 @@ func TestAgentStreamLimitAndTailRetry(t *testing.T) {
 	nstest.Run(t, "ip", "link", "set", dev, "up")
 	ns := nstest.New(t, "node-a")
 	ns.Sh(t, "iptables -A INPUT -p udp --dport 9999 -j DROP")
-	startAgent(t, env.Kubeconfig(), "node-a", ip+":9965", ns.Name, "--max-streams", "1")
+	agentStream := freeAddr(t)
+	startAgent(t, env.Kubeconfig(), "node-a", ip+":9965", agentStream, ns.Name, "--max-streams", "1")
+	seen := recordingProxy(t, ip+":9966", agentStream)
 	p, err := cs.CoreV1().Pods("kdrop").Create(ctx, &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "kdrop-a", Labels: map[string]string{"app.kubernetes.io/name": "kdrop"}},
 		Spec:       corev1.PodSpec{NodeName: "node-a", Containers: []corev1.Container{{Name: "agent", Image: "kdrop"}}},
@@ -59,7 +82,7 @@ func TestAgentStreamLimitAndTailRetry(t *testing.T) {
 	}
 
 	// One stream takes the only slot; the next is refused.
-	base := "http://" + ip + ":9965/events"
+	base := "https://" + agentStream + "/events"
 	held := get(t, base, map[string]string{"Authorization": "Bearer " + token})
 	if held.StatusCode != 200 {
 		b, _ := io.ReadAll(held.Body)
@@ -140,4 +163,74 @@ func TestAgentStreamLimitAndTailRetry(t *testing.T) {
 		ns.SendUDP(t, "127.0.0.1", 9999, 1)
 		return count("") > 0
 	})
+
+	// What reached the agent: stream tokens only, none of which the API
+	// server takes; never the viewer's token.
+	reqs := seen.all()
+	if len(reqs) < 2 {
+		t.Fatalf("%d requests reached the agent through the pod proxy, want tail's", len(reqs))
+	}
+	for _, h := range reqs {
+		for k, vs := range h {
+			for _, v := range vs {
+				if strings.Contains(v, viewerToken) {
+					t.Errorf("the viewer's own token reached the agent in %s", k)
+				}
+			}
+		}
+		tok, ok := strings.CutPrefix(h.Get(stream.TokenHeader), "Bearer ")
+		if !ok {
+			t.Errorf("a request reached the agent without a stream token: %v", h)
+			continue
+		}
+		cfg := rest.AnonymousClientConfig(env.Config())
+		cfg.BearerToken = tok
+		if _, err := kubernetes.NewForConfigOrDie(cfg).CoreV1().Namespaces().List(ctx, metav1.ListOptions{}); !apierrors.IsUnauthorized(err) {
+			t.Errorf("the API server should refuse the stream token that reached the agent (401), got %v", err)
+		}
+		tr, err := cs.AuthenticationV1().TokenReviews().Create(ctx, &authnv1.TokenReview{Spec: authnv1.TokenReviewSpec{Token: tok, Audiences: []string{stream.Audience}}}, metav1.CreateOptions{})
+		if err != nil || !tr.Status.Authenticated || tr.Status.User.Username != "system:serviceaccount:kdrop:kdrop-stream" ||
+			!slices.Equal(tr.Status.User.Extra["authentication.kubernetes.io/node-name"], []string{"node-a"}) {
+			t.Errorf("the token that reached the agent: %v %+v, want kdrop-stream's bound to node-a", err, tr.Status)
+		}
+	}
+}
+
+// headersSeen are the request headers a recordingProxy passed on.
+type headersSeen struct {
+	mu   sync.Mutex
+	reqs []http.Header
+}
+
+func (h *headersSeen) all() []http.Header {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.reqs)
+}
+
+// recordingProxy serves TLS on listen, records each request's headers and
+// passes it on to the agent's stream at target, as the agent would see it.
+func recordingProxy(t *testing.T, listen, target string) *headersSeen {
+	t.Helper()
+	seen := &headersSeen{}
+	tlsConf, err := stream.ServingTLS("proxy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := tls.Listen("tcp", listen, tlsConf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "https", Host: target})
+	rp.Transport = &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}
+	rp.FlushInterval = -1
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen.mu.Lock()
+		seen.reqs = append(seen.reqs, r.Header.Clone())
+		seen.mu.Unlock()
+		rp.ServeHTTP(w, r)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return seen
 }

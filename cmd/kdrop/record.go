@@ -171,7 +171,7 @@ func recordTail(parent context.Context, f *recordFlags) error {
 	defer log.Sync()
 	filter := f.filter
 	filter.Netns, filter.Selector = "", "" // --from watch only
-	t, err := newTailer(filter, &f.id, f.agents)
+	t, err := newTailer(parent, filter, &f.id, f.agents)
 	if err != nil {
 		return err
 	}

@@ -32,16 +32,21 @@ func tailCmd() *cobra.Command {
 		Use:   "tail",
 		Short: "Follow the events of every kdrop agent in the cluster, merged in time order",
 		Long: `Tail finds the kdrop agents (the DaemonSet's pods), connects to each one's
-/events stream through the API server's pod proxy with your own credentials,
-and prints one stream for the whole cluster in time order, with the node and
-pod identity of every event. It keeps going when an agent restarts or a node
-joins or leaves, and says what it could not see meanwhile.
+/events stream through the API server's pod proxy, and prints one stream
+for the whole cluster in time order, with the node and pod identity of
+every event. It keeps going when an agent restarts or a node joins or
+leaves, and says what it could not see meanwhile.
 
-You need "get" on pods/proxy and "list,watch" on pods in the agents'
-namespace, and "get" on events in API group kdrop.dev there (ClusterRole
-kdrop-viewer, bound with a RoleBinding in the agents' namespace or a
-ClusterRoleBinding). The agents check a bearer token: the one of your
-kubeconfig, or --token (e.g. from "kubectl create token").
+Your own credentials never leave the API server: for each node, tail asks
+the API server for a short-lived stream token (service account
+--stream-account, audience kdrop.dev/stream, bound to that node; the API
+server itself refuses it) and shows the agent only that.
+
+You need, in the agents' namespace: "list,watch" on pods, "get" on
+pods/proxy and "create" on serviceaccounts/token for kdrop-stream. ClusterRole
+kdrop-viewer has them; bind it there:
+  kubectl create rolebinding kdrop-viewer-$USER -n kdrop --clusterrole=kdrop-viewer --user=<you>
+tail checks this first and says what is missing.
 
 Installed as kubectl-kdrop on your PATH (make install does it), this is
 "kubectl kdrop tail".`,
@@ -66,7 +71,7 @@ func runTail(parent context.Context, f *tailFlags) error {
 	if f.output != "table" && f.output != "json" {
 		return fmt.Errorf("--output %q: use table or json", f.output)
 	}
-	t, err := newTailer(f.filter, &f.id, f.agents)
+	t, err := newTailer(parent, f.filter, &f.id, f.agents)
 	if err != nil {
 		return err
 	}
@@ -108,7 +113,7 @@ func runTail(parent context.Context, f *tailFlags) error {
 
 // errNoAgent says that no agent's stream ever connected, and where to look.
 func errNoAgent(a tail.Agents) error {
-	return fmt.Errorf("no kdrop agent could be reached (pods in namespace %s with labels %s, port %d): the notices above say why; check that kdrop is deployed and that you may get pods/proxy there",
+	return fmt.Errorf("no kdrop agent could be reached (pods in namespace %s with labels %s, port %d): the notices above say why; check that kdrop is deployed there and that the agents' --stream-listen port is --agent-port",
 		a.Namespace, a.Selector, a.Port)
 }
 
@@ -127,8 +132,9 @@ func clusterRow(d *line.Decoder, l *line.Line, raw []byte) string {
 	return string(raw)
 }
 
-// newTailer checks the filters and credentials; nothing is contacted yet.
-func newTailer(filter enrich.Filter, id *identityFlags, agents tail.Agents) (*tail.Tailer, error) {
+// newTailer checks the filters, and asks the API server whether the caller
+// may tail; no agent is contacted yet.
+func newTailer(ctx context.Context, filter enrich.Filter, id *identityFlags, agents tail.Agents) (*tail.Tailer, error) {
 	if _, err := filter.Trace(); err != nil { // here, rather than once per agent
 		return nil, err
 	}
@@ -136,12 +142,15 @@ func newTailer(filter enrich.Filter, id *identityFlags, agents tail.Agents) (*ta
 	if err != nil {
 		return nil, err
 	}
-	if agents.Token, err = tail.Token(cfg, agents.Token); err != nil {
-		return nil, err
-	}
 	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, err
 	}
-	return tail.New(cs, agents, filter.Query()), nil
+	t := tail.New(cs, agents, filter.Query())
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if err := t.CheckAccess(ctx); err != nil {
+		return nil, err
+	}
+	return t, nil
 }

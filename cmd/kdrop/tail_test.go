@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -27,6 +28,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kdrop/kdrop/cmd/kdrop/sinks/report"
+	"github.com/kdrop/kdrop/cmd/kdrop/sinks/stream"
 	"github.com/kdrop/kdrop/k8s/testenv"
 	"github.com/kdrop/kdrop/tracer/nstest"
 )
@@ -36,10 +38,14 @@ type agentProc struct {
 	done chan error
 }
 
-func startAgent(t *testing.T, kubeconfig, node, addr, netns string, extra ...string) *agentProc {
+// startAgent runs kdrop agent for node with metrics and probes on listen,
+// the stream on streamListen, in namespace kdrop (as deploy/ sets
+// POD_NAMESPACE), and waits until it is ready.
+func startAgent(t *testing.T, kubeconfig, node, listen, streamListen, netns string, extra ...string) *agentProc {
 	t.Helper()
-	cmd := exec.Command(kdropBin, append([]string{"agent", "--kubeconfig", kubeconfig, "--node", node, "--listen", addr,
-		"--netns", "/run/netns/" + netns, "--type", "drop", "--log-format", "console"}, extra...)...)
+	cmd := exec.Command(kdropBin, append([]string{"agent", "--kubeconfig", kubeconfig, "--node", node, "--listen", listen,
+		"--stream-listen", streamListen, "--netns", "/run/netns/" + netns, "--type", "drop", "--log-format", "console"}, extra...)...)
+	cmd.Env = append(os.Environ(), "POD_NAMESPACE=kdrop")
 	var stderr syncBuffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
@@ -54,7 +60,7 @@ func startAgent(t *testing.T, kubeconfig, node, addr, netns string, extra ...str
 		}
 	})
 	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		if resp, err := http.Get("http://" + addr + "/readyz"); err == nil {
+		if resp, err := http.Get("http://" + listen + "/readyz"); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
 				return a
@@ -80,22 +86,31 @@ func (a *agentProc) stop() {
 	}
 }
 
-// tailViewer creates the namespace kdrop and in it a ServiceAccount
-// "viewer", bound to a ClusterRole kdrop-viewer that grants what kdrop tail
-// needs (the stream, pods, their proxy) plus extra, and writes a kubeconfig
-// that authenticates as it. It returns the token and the kubeconfig's path.
+// viewerRules are ClusterRole kdrop-viewer's rules in deploy/ (less the
+// optional nodes): find the agents, reach them through the pod proxy, ask
+// for stream tokens of kdrop-stream.
+var viewerRules = []rbacv1.PolicyRule{
+	{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch"}},
+	{APIGroups: []string{""}, Resources: []string{"pods/proxy"}, Verbs: []string{"get"}},
+	{APIGroups: []string{""}, Resources: []string{"serviceaccounts/token"}, Verbs: []string{"create"}, ResourceNames: []string{stream.DefaultAccount}},
+}
+
+// tailViewer creates the namespace kdrop with the stream's service account
+// kdrop-stream (bound to nothing, as deploy/ has it), a ClusterRole
+// kdrop-viewer with viewerRules plus extra, and a ServiceAccount "viewer"
+// bound to it, and writes a kubeconfig that authenticates as the viewer
+// with its own token. It returns that token and the kubeconfig's path.
 func tailViewer(t *testing.T, env *testenv.Env, cs kubernetes.Interface, extra ...rbacv1.PolicyRule) (token, kubeconfig string) {
 	t.Helper()
 	ctx := context.Background()
 	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kdrop"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := cs.CoreV1().ServiceAccounts("kdrop").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: stream.DefaultAccount}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	token = saToken(t, cs, "kdrop", "viewer")
-	rules := append([]rbacv1.PolicyRule{
-		{APIGroups: []string{"kdrop.dev"}, Resources: []string{"events"}, Verbs: []string{"get"}},
-		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch"}},
-		{APIGroups: []string{""}, Resources: []string{"pods/proxy"}, Verbs: []string{"get"}},
-	}, extra...)
+	rules := append(slices.Clone(viewerRules), extra...)
 	if _, err := cs.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "kdrop-viewer"}, Rules: rules}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -116,6 +131,16 @@ func tailViewer(t *testing.T, env *testenv.Env, cs kubernetes.Interface, extra .
 		t.Fatal(err)
 	}
 	return token, kubeconfig
+}
+
+// streamToken is a stream token for node, asked for as cs.
+func streamToken(t *testing.T, cs kubernetes.Interface, node string) string {
+	t.Helper()
+	tok, _, err := stream.RequestToken(context.Background(), cs, stream.Account{Namespace: "kdrop", Name: stream.DefaultAccount}, node)
+	if err != nil {
+		t.Fatalf("a stream token for %s: %v", node, err)
+	}
+	return tok
 }
 
 func TestTailMergesAgentsAndSurvivesRestart(t *testing.T) {
@@ -153,7 +178,7 @@ func TestTailMergesAgentsAndSurvivesRestart(t *testing.T) {
 		}
 		n.ns = nstest.New(t, n.name)
 		n.ns.Sh(t, "iptables -A INPUT -p udp --dport 9999 -j DROP")
-		n.agent = startAgent(t, env.Kubeconfig(), n.name, n.ip+":9965", n.ns.Name, "--heartbeat", "1s")
+		n.agent = startAgent(t, env.Kubeconfig(), n.name, n.ip+":9965", n.ip+":9966", n.ns.Name, "--heartbeat", "1s")
 		p, err := cs.CoreV1().Pods("kdrop").Create(ctx, &corev1.Pod{
 			ObjectMeta: metav1.ObjectMeta{Name: n.pod, Labels: map[string]string{"app.kubernetes.io/name": "kdrop"}},
 			Spec:       corev1.PodSpec{NodeName: n.name, Containers: []corev1.Container{{Name: "agent", Image: "kdrop"}}},
@@ -268,7 +293,7 @@ func TestTailMergesAgentsAndSurvivesRestart(t *testing.T) {
 	mark := len(lines)
 	mu.Unlock()
 	time.Sleep(time.Second)
-	nodes[0].agent = startAgent(t, env.Kubeconfig(), "node-a", nodes[0].ip+":9965", nodes[0].ns.Name, "--heartbeat", "1s")
+	nodes[0].agent = startAgent(t, env.Kubeconfig(), "node-a", nodes[0].ip+":9965", nodes[0].ip+":9966", nodes[0].ns.Name, "--heartbeat", "1s")
 	// noticeOn waits for tail to say msg about node after line index from;
 	// notice, about node-a.
 	var noticeOn func(node, msg string, from int) int

@@ -1,15 +1,19 @@
 // Package agent is kdrop's node agent: it runs the pipeline (package
 // enrich) and writes every line to stdout, counts them in Prometheus
-// metrics and fans them out to /events clients, serving on one address:
+// metrics and fans them out to /events clients, serving on two addresses:
 //
-//	/metrics  Prometheus (package sinks/metrics)
-//	/healthz  the process is alive
-//	/readyz   hooks attached and pod identity synced once
-//	/events   the NDJSON stream, behind bearer-token authorization (package sinks/stream)
+//	/metrics  Prometheus (package sinks/metrics)      plain HTTP, --listen
+//	/healthz  the process is alive                     plain HTTP, --listen
+//	/readyz   hooks attached, pod identity synced once plain HTTP, --listen
+//	/events   the NDJSON stream, behind stream tokens  HTTPS, --stream-listen
+//
+// The stream has its own listener so that scrapes and probes never queue
+// behind streams, and streams never behind them.
 package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -36,8 +40,8 @@ import (
 type Config struct {
 	MaxStreams int                  // most /events streams at once (kdrop agent --max-streams)
 	Heartbeat  time.Duration        // a quiet stream's heartbeat interval (0: 15 s)
-	Clientset  kubernetes.Interface // for TokenReviews and SubjectAccessReviews
-	Namespace  string               // where stream access is asked for (stream.OwnNamespace)
+	Clientset  kubernetes.Interface // for TokenReviews
+	Account    stream.Account       // whose stream tokens are taken (kdrop agent --stream-account)
 	Stdout     io.Writer            // every line, for kubectl logs
 	Log        *zap.Logger
 }
@@ -45,11 +49,12 @@ type Config struct {
 // handlerTimeout bounds /metrics and the probes.
 const handlerTimeout = 30 * time.Second
 
-// Server is the agent's HTTP side: metrics, probes and the stream.
+// Server is the agent's HTTP side: metrics and probes, and the stream.
 type Server struct {
 	Hub     *stream.Hub
 	Metrics *metrics.Agent
 	mux     *http.ServeMux
+	events  http.Handler
 	ready   atomic.Bool
 }
 
@@ -69,7 +74,7 @@ func NewServer(ctx context.Context, n Node, cfg Config) *Server {
 	s := &Server{Hub: stream.NewHub(n.Name, n.Reasons, cfg.MaxStreams), mux: http.NewServeMux()}
 	s.Hub.Heartbeat = cfg.Heartbeat
 	s.Metrics = metrics.NewAgent(reg, metrics.Sources{Hooks: n.Hooks, Healthy: n.Healthy, Clients: s.Hub.Clients})
-	auth := stream.NewAuthorizer(cfg.Clientset, cfg.Namespace, cfg.Log)
+	auth := stream.NewAuthorizer(cfg.Clientset, cfg.Account, n.Name, cfg.Log)
 	// The server has no write timeout (streams last); the other handlers
 	// get one of their own.
 	bounded := func(h http.Handler) http.Handler { return http.TimeoutHandler(h, handlerTimeout, "timed out") }
@@ -82,22 +87,28 @@ func NewServer(ctx context.Context, n Node, cfg Config) *Server {
 		}
 		fmt.Fprintln(w, "ok")
 	})))
-	s.mux.Handle("/events", auth.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	events := http.NewServeMux()
+	events.Handle("/events", auth.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.Hub.Serve(ctx, w, r)
 	})))
+	s.events = events
 	return s
 }
 
-// Handler serves /metrics, /healthz, /readyz and /events.
+// Handler serves /metrics, /healthz and /readyz.
 func (s *Server) Handler() http.Handler { return s.mux }
+
+// StreamHandler serves /events.
+func (s *Server) StreamHandler() http.Handler { return s.events }
 
 // SetReady makes /readyz answer ok: hooks attached, identity synced once.
 func (s *Server) SetReady() { s.ready.Store(true) }
 
-// Run serves on ln and runs p until ctx is done. On ctx's end it stops
-// taking connections at once (a tail that reconnects must reach the next
-// agent, not this one on its way out), then drains the tracer.
-func Run(ctx context.Context, p *enrich.Pipeline, ln net.Listener, cfg Config) error {
+// Run serves metrics and probes on ln, the stream over TLS on sln, and
+// runs p until ctx is done. On ctx's end it stops taking connections at
+// once (a tail that reconnects must reach the next agent, not this one on
+// its way out), then drains the tracer.
+func Run(ctx context.Context, p *enrich.Pipeline, ln, sln net.Listener, cfg Config) error {
 	log := cfg.Log
 	s := NewServer(ctx, Node{Name: p.Node, Reasons: p.T.Reasons, Hooks: p.T.Hooks(),
 		Healthy: func() bool { return p.Res != nil && p.Res.Status().Healthy }}, cfg)
@@ -106,14 +117,19 @@ func Run(ctx context.Context, p *enrich.Pipeline, ln net.Listener, cfg Config) e
 		s.SetReady()
 		log.Info("ready", zap.String("node", p.Node))
 	}()
-	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
-		IdleTimeout: 60 * time.Second, MaxHeaderBytes: 16 << 10}
-	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("HTTP server stopped", zap.Error(err))
-		}
-	}()
-	log.Info("serving", zap.String("listen", ln.Addr().String()))
+	tlsConf, err := stream.ServingTLS(p.Node)
+	if err != nil {
+		return fmt.Errorf("making the stream's TLS certificate: %w", err)
+	}
+	servers := []*http.Server{newHTTPServer(s.Handler()), newHTTPServer(s.StreamHandler())}
+	for i, l := range []net.Listener{ln, tls.NewListener(sln, tlsConf)} {
+		go func() {
+			if err := servers[i].Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("HTTP server stopped", zap.String("listen", l.Addr().String()), zap.Error(err))
+			}
+		}()
+	}
+	log.Info("serving", zap.String("listen", ln.Addr().String()), zap.String("stream-listen", sln.Addr().String()))
 	serving, stopServing := context.WithCancel(ctx)
 	stopped := make(chan struct{})
 	go func() {
@@ -121,7 +137,9 @@ func Run(ctx context.Context, p *enrich.Pipeline, ln net.Listener, cfg Config) e
 		<-serving.Done()
 		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		srv.Shutdown(shutdown)
+		for _, srv := range servers {
+			srv.Shutdown(shutdown)
+		}
 	}()
 
 	out := stdout.New(cfg.Stdout, false, 0, nil)
@@ -133,7 +151,7 @@ func Run(ctx context.Context, p *enrich.Pipeline, ln net.Listener, cfg Config) e
 		s.Hub.Loss(d.LostLinesTotal(), d.Missed)
 		enrich.WarnLoss(log, d, false)
 	})
-	err := p.Run(ctx, func(ev *line.Event) {
+	err = p.Run(ctx, func(ev *line.Event) {
 		buf = line.AppendEvent(buf[:0], ev)
 		s.Hub.Publish(ev, buf)
 		out.Encoded(ev, buf)
@@ -143,6 +161,13 @@ func Run(ctx context.Context, p *enrich.Pipeline, ln net.Listener, cfg Config) e
 	stopServing()
 	<-stopped
 	return err
+}
+
+// newHTTPServer has no write timeout (streams last); the handlers that
+// must not last have their own.
+func newHTTPServer(h http.Handler) *http.Server {
+	return &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+		IdleTimeout: 60 * time.Second, MaxHeaderBytes: 16 << 10}
 }
 
 // Listen listens on addr, waiting up to wait while it is in use: with

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -15,40 +16,46 @@ import (
 
 	"go.uber.org/zap"
 	authnv1 "k8s.io/api/authentication/v1"
-	authzv1 "k8s.io/api/authorization/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/kdrop/kdrop/cmd/kdrop/line"
+	"github.com/kdrop/kdrop/cmd/kdrop/sinks/stream"
 	"github.com/kdrop/kdrop/tracer"
 )
 
-// reviewer answers TokenReviews and SubjectAccessReviews as an API server
-// would: token "viewer-token" is a viewer allowed to read kdrop events in
-// namespace kdrop, "nobody-token" is a user without that right, others
-// are not accepted.
+// reviewer answers TokenReviews as an API server would for tokens minted
+// by stream.RequestToken: "stream-token" is kdrop/kdrop-stream's for
+// audience kdrop.dev/stream bound to node-a; "node-b-token" the same bound
+// to node-b; "other-sa-token" another account's for that audience;
+// "api-token" a token valid at the API server but not for that audience
+// (a user's own); others are not accepted.
 func reviewer(reviews *atomic.Int64) *fake.Clientset {
 	cs := fake.NewSimpleClientset()
 	cs.PrependReactor("create", "tokenreviews", func(a k8stesting.Action) (bool, runtime.Object, error) {
 		reviews.Add(1)
 		tr := a.(k8stesting.CreateAction).GetObject().(*authnv1.TokenReview)
+		if !slices.Equal(tr.Spec.Audiences, []string{stream.Audience}) {
+			return true, nil, fmt.Errorf("review for audiences %v, want only %s", tr.Spec.Audiences, stream.Audience)
+		}
+		bound := func(user, node string) authnv1.TokenReviewStatus {
+			return authnv1.TokenReviewStatus{Authenticated: true, Audiences: []string{stream.Audience},
+				User: authnv1.UserInfo{Username: user, Extra: map[string]authnv1.ExtraValue{"authentication.kubernetes.io/node-name": {node}}}}
+		}
 		switch tr.Spec.Token {
-		case "viewer-token":
-			tr.Status = authnv1.TokenReviewStatus{Authenticated: true, User: authnv1.UserInfo{Username: "viewer"}}
-		case "nobody-token":
-			tr.Status = authnv1.TokenReviewStatus{Authenticated: true, User: authnv1.UserInfo{Username: "nobody"}}
+		case "stream-token":
+			tr.Status = bound("system:serviceaccount:kdrop:kdrop-stream", "node-a")
+		case "node-b-token":
+			tr.Status = bound("system:serviceaccount:kdrop:kdrop-stream", "node-b")
+		case "other-sa-token":
+			tr.Status = bound("system:serviceaccount:kdrop:kdrop", "node-a")
+		case "api-token":
+			tr.Status = authnv1.TokenReviewStatus{Error: "token audiences [\"https://kubernetes.default.svc\"] is invalid for the target audiences [\"kdrop.dev/stream\"]"}
 		default:
 			tr.Status = authnv1.TokenReviewStatus{Error: "invalid bearer token"}
 		}
 		return true, tr, nil
-	})
-	cs.PrependReactor("create", "subjectaccessreviews", func(a k8stesting.Action) (bool, runtime.Object, error) {
-		sar := a.(k8stesting.CreateAction).GetObject().(*authzv1.SubjectAccessReview)
-		ra := sar.Spec.ResourceAttributes
-		sar.Status.Allowed = sar.Spec.User == "viewer" && ra != nil && ra.Namespace == "kdrop" &&
-			ra.Group == "kdrop.dev" && ra.Resource == "events" && ra.Verb == "get"
-		return true, sar, nil
 	})
 	return cs
 }
@@ -61,17 +68,23 @@ func TestServer(t *testing.T) {
 	hooks := []tracer.HookStatus{{Hook: "kfree_skb", Mode: "tp_btf"}, {Hook: "icmp_send"}}
 	var reviews atomic.Int64
 	s := NewServer(ctx, Node{Name: "node-a", Hooks: hooks, Healthy: func() bool { return true }},
-		Config{MaxStreams: 2, Clientset: reviewer(&reviews), Namespace: "kdrop", Log: zap.NewNop()})
+		Config{MaxStreams: 2, Clientset: reviewer(&reviews), Account: stream.Account{Namespace: "kdrop", Name: "kdrop-stream"}, Log: zap.NewNop()})
 	srv := httptest.NewServer(s.Handler())
 	defer srv.Close()
+	events := httptest.NewTLSServer(s.StreamHandler())
+	defer events.Close()
 
 	get := func(path, token string) (*http.Response, string) {
 		t.Helper()
-		req, _ := http.NewRequestWithContext(ctx, "GET", srv.URL+path, nil)
+		base, client := srv.URL, http.DefaultClient
+		if strings.HasPrefix(path, "/events") {
+			base, client = events.URL, events.Client()
+		}
+		req, _ := http.NewRequestWithContext(ctx, "GET", base+path, nil)
 		if token != "" {
 			req.Header.Set("Authorization", "Bearer "+token)
 		}
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := client.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -98,14 +111,16 @@ func TestServer(t *testing.T) {
 		code        int
 		body        string
 	}{
-		{"/events", "", 401, "no bearer token"},
-		{"/events", "forged", 401, "token not accepted by the API server: invalid bearer token"},
-		{"/events", "nobody-token", 403, `nobody may not read kdrop events: grant "get" on "events" in API group kdrop.dev in namespace kdrop`},
-		{"/events?type=drops", "viewer-token", 400, `query parameter type: unknown event type "drops"`},
-		{"/events?cidr=10.0.0.0/33", "viewer-token", 400, `query parameter cidr "10.0.0.0/33": not an address or CIDR`},
-		{"/events?port=http", "viewer-token", 400, `query parameter port "http": not a port number`},
-		{"/events?netns=/etc/shadow", "viewer-token", 400, `query parameter netns "/etc/shadow": not an inode number`},
-		{"/events?type=drop&port=80", "viewer-token", 200, `"type":"hello","node":"node-a"`},
+		{"/events", "", 401, "no stream token: kdrop tail gets one from the API server (a TokenRequest for service account kdrop/kdrop-stream, audience kdrop.dev/stream, bound to node node-a)"},
+		{"/events", "forged", 401, "not a stream token (the API server does not accept it for audience kdrop.dev/stream): invalid bearer token"},
+		{"/events", "api-token", 401, "not a stream token (the API server does not accept it for audience kdrop.dev/stream): token audiences"},
+		{"/events", "other-sa-token", 403, "a token of system:serviceaccount:kdrop:kdrop: streams take tokens of service account kdrop/kdrop-stream only"},
+		{"/events", "node-b-token", 403, `the token is bound to node "node-b", this agent runs on node "node-a"`},
+		{"/events?type=drops", "stream-token", 400, `query parameter type: unknown event type "drops"`},
+		{"/events?cidr=10.0.0.0/33", "stream-token", 400, `query parameter cidr "10.0.0.0/33": not an address or CIDR`},
+		{"/events?port=http", "stream-token", 400, `query parameter port "http": not a port number`},
+		{"/events?netns=/etc/shadow", "stream-token", 400, `query parameter netns "/etc/shadow": not an inode number`},
+		{"/events?type=drop&port=80", "stream-token", 200, `"type":"hello","node":"node-a"`},
 	} {
 		resp, body := get(c.path, c.token)
 		if resp.StatusCode != c.code || !strings.Contains(body, c.body) {
@@ -113,6 +128,21 @@ func TestServer(t *testing.T) {
 		}
 		if c.code == 200 {
 			resp.Body.Close()
+		}
+	}
+
+	// Metrics and probes, and the stream, each on its own listener only.
+	for _, c := range []struct {
+		url    string
+		client *http.Client
+	}{{srv.URL + "/events", http.DefaultClient}, {events.URL + "/metrics", events.Client()}, {events.URL + "/readyz", events.Client()}} {
+		resp, err := c.client.Get(c.url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 404 {
+			t.Errorf("%s: %d, want 404", c.url, resp.StatusCode)
 		}
 	}
 
@@ -130,7 +160,7 @@ func TestServer(t *testing.T) {
 	if n := reviews.Load() - before; float64(n) > budget || limited < 900 {
 		t.Errorf("1,000 random tokens cost %d TokenReviews (budget %.0f), %d refused with 429", n, budget, limited)
 	}
-	if resp, _ := get("/events?type=drop", "viewer-token"); resp.StatusCode != 200 {
+	if resp, _ := get("/events?type=drop", "stream-token"); resp.StatusCode != 200 {
 		t.Errorf("a viewer during the flood: %d", resp.StatusCode)
 	} else {
 		resp.Body.Close()
@@ -138,9 +168,9 @@ func TestServer(t *testing.T) {
 
 	// A viewer's stream gets what its filter selects, and the metrics count
 	// every event.
-	req, _ := http.NewRequestWithContext(ctx, "GET", srv.URL+"/events?type=drop&port=80", nil)
-	req.Header.Set("X-Kdrop-Authorization", "Bearer viewer-token")
-	resp, err := http.DefaultClient.Do(req)
+	req, _ := http.NewRequestWithContext(ctx, "GET", events.URL+"/events?type=drop&port=80", nil)
+	req.Header.Set(stream.TokenHeader, "Bearer stream-token")
+	resp, err := events.Client().Do(req)
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("stream: %v %v", err, resp)
 	}

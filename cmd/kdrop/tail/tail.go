@@ -1,7 +1,8 @@
 // Package tail is the client of the agents' /events streams: it finds the
 // agents (the DaemonSet's pods), follows each one's stream through the API
-// server's pod proxy, reconnecting, merges the nodes' lines in time order,
-// and says which windows of which node it did not see (gap notices).
+// server's pod proxy with a stream token of that node (never the user's own
+// credentials), reconnecting, merges the nodes' lines in time order, and
+// says which windows of which node it did not see (gap notices).
 package tail
 
 import (
@@ -20,12 +21,12 @@ import (
 	"sync/atomic"
 	"time"
 
+	authzv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/kdrop/kdrop/cmd/kdrop/line"
@@ -34,11 +35,13 @@ import (
 
 // Agents say where the agents are and how to reach them.
 type Agents struct {
-	Namespace string        // of the agent pods
-	Selector  string        // label selector of the agent pods
-	Port      int           // their --listen port
-	Token     string        // bearer token the agents check
-	Delay     time.Duration // how long lines are held to put the nodes' streams in time order
+	Namespace string // of the agent pods
+	Selector  string // label selector of the agent pods
+	Port      int    // their --stream-listen port
+	// Account names the service account whose stream tokens the agents
+	// take (in Namespace; their --stream-account).
+	Account string
+	Delay   time.Duration // how long lines are held to put the nodes' streams in time order
 	// IdleTimeout is how long a stream may stay silent before it counts as
 	// lost (0: DefaultIdleTimeout).
 	IdleTimeout time.Duration
@@ -78,7 +81,7 @@ func (h *lineHeap) Pop() any {
 func New(cs kubernetes.Interface, agents Agents, query url.Values) *Tailer {
 	t := &Tailer{agents: agents, cs: cs, query: query, lines: make(chan Line, 4096),
 		maxHeld: MaxHeld, stderr: os.Stderr,
-		streams: map[string]context.CancelFunc{}, down: map[string]time.Time{}}
+		streams: map[string]context.CancelFunc{}, down: map[string]time.Time{}, tokens: map[string]streamToken{}}
 	t.open = t.openProxied
 	return t
 }
@@ -100,9 +103,11 @@ type Tailer struct {
 	// down: nodes whose stream was lost, since when. Kept by node, not by
 	// pod, so an agent pod replaced by a new one still closes the gap.
 	down map[string]time.Time
-	// open opens an agent pod's stream (openProxied; tests reach agents
-	// directly).
-	open    func(ctx context.Context, pod string) (io.ReadCloser, error)
+	// open opens the stream of an agent pod on node (openProxied; tests
+	// reach agents directly).
+	open func(ctx context.Context, pod, node string) (io.ReadCloser, error)
+	// tokens: the stream token of each node, reused until near its expiry
+	tokens  map[string]streamToken
 	reached bool // some stream connected
 	// OnConnect, if set, is called (under a lock: it must not call the
 	// Tailer) each time a node's stream connects.
@@ -244,7 +249,7 @@ func (t *Tailer) stream(ctx context.Context, pod, node string) {
 	backoff := 500 * time.Millisecond
 	refused := "" // the agent's refusal last shown, not repeated at each retry
 	for ctx.Err() == nil {
-		body, err := t.open(ctx, pod)
+		body, err := t.open(ctx, pod, node)
 		if err == nil {
 			t.connected(node, pod)
 			err = t.readLive(body)
@@ -276,18 +281,54 @@ func (t *Tailer) stream(ctx context.Context, pod, node string) {
 	}
 }
 
-// openProxied opens pod's /events stream through the API server's pod
-// proxy, with the caller's token in stream.TokenHeader (the proxy strips
-// Authorization).
-func (t *Tailer) openProxied(ctx context.Context, pod string) (io.ReadCloser, error) {
+// openProxied opens pod's /events stream (HTTPS) through the API server's
+// pod proxy, with a stream token of node in stream.TokenHeader.
+func (t *Tailer) openProxied(ctx context.Context, pod, node string) (io.ReadCloser, error) {
+	token, err := t.token(ctx, node)
+	if err != nil {
+		return nil, err
+	}
 	req := t.cs.CoreV1().RESTClient().Get().Namespace(t.agents.Namespace).Resource("pods").
-		Name(fmt.Sprintf("%s:%d", pod, t.agents.Port)).SubResource("proxy").Suffix("events").
-		SetHeader(stream.TokenHeader, "Bearer "+t.agents.Token).
+		Name(fmt.Sprintf("https:%s:%d", pod, t.agents.Port)).SubResource("proxy").Suffix("events").
+		SetHeader(stream.TokenHeader, "Bearer "+token).
 		MaxRetries(0) // a refusal's Retry-After is waited for in stream, where it is shown
 	for k, v := range t.query {
 		req = req.Param(k, v[0])
 	}
 	return req.Stream(ctx)
+}
+
+type streamToken struct {
+	token   string
+	expires time.Time
+}
+
+// token is a stream token for node, from the cache while it has more than
+// a third of its life left, else a new one from the API server.
+func (t *Tailer) token(ctx context.Context, node string) (string, error) {
+	t.mu.Lock()
+	c, ok := t.tokens[node]
+	t.mu.Unlock()
+	if ok && time.Until(c.expires) > stream.TokenLifetime/3 {
+		return c.token, nil
+	}
+	acct := stream.Account{Namespace: t.agents.Namespace, Name: t.agents.Account}
+	tok, exp, err := stream.RequestToken(ctx, t.cs, acct, node)
+	if err != nil {
+		if apierrors.IsForbidden(err) {
+			return "", fmt.Errorf("you may not open kdrop streams: %w (%s)", err, ViewerHint(t.agents.Namespace))
+		}
+		return "", fmt.Errorf("asking the API server for a stream token of %s bound to node %s: %w", acct, node, err)
+	}
+	t.mu.Lock()
+	t.tokens[node] = streamToken{tok, exp}
+	t.mu.Unlock()
+	return tok, nil
+}
+
+// ViewerHint says how to grant the stream in namespace ns.
+func ViewerHint(ns string) string {
+	return fmt.Sprintf("bind ClusterRole kdrop-viewer in namespace %s: kubectl create rolebinding kdrop-viewer-$USER -n %s --clusterrole=kdrop-viewer --user=<you>", ns, ns)
 }
 
 // refusal is an agent's own words when it refuses a stream for now (503,
@@ -458,27 +499,6 @@ func (t *Tailer) Nodes(ctx context.Context) ([]line.Node, error) {
 	return nodes, nil
 }
 
-// Token is the bearer token the agents are shown: token if given, else
-// cfg's (a kubeconfig's token or token file). A kubeconfig that
-// authenticates otherwise (a client certificate) has none: the error says
-// to pass one.
-func Token(cfg *rest.Config, token string) (string, error) {
-	if token == "" {
-		token = cfg.BearerToken
-	}
-	if token == "" && cfg.BearerTokenFile != "" {
-		b, err := os.ReadFile(cfg.BearerTokenFile)
-		if err != nil {
-			return "", err
-		}
-		token = strings.TrimSpace(string(b))
-	}
-	if token == "" {
-		return "", fmt.Errorf("the agents check a bearer token, and your kubeconfig has none (client certificate?): pass --token, e.g. --token $(kubectl create token <serviceaccount>)")
-	}
-	return token, nil
-}
-
 // WhenStreaming calls fn once every node in nodes has had its stream
 // connected (at once if nodes is empty). It sets OnConnect: call it before
 // Run.
@@ -499,4 +519,41 @@ func (t *Tailer) WhenStreaming(nodes []line.Node, fn func()) {
 			}
 		}
 	}
+}
+
+// CheckAccess asks the API server (SelfSubjectAccessReviews) whether the
+// caller may do what tail does in the agents' namespace: find the agents,
+// ask for stream tokens, reach the agents through the pod proxy. It
+// returns an error naming what is missing, with the fix; nil if all is
+// allowed or the API server could not say (the streams then tell).
+func (t *Tailer) CheckAccess(ctx context.Context) error {
+	ns := t.agents.Namespace
+	var missing []string
+	for _, ra := range []authzv1.ResourceAttributes{
+		{Namespace: ns, Verb: "list", Resource: "pods"},
+		{Namespace: ns, Verb: "watch", Resource: "pods"},
+		{Namespace: ns, Verb: "create", Resource: "serviceaccounts", Subresource: "token", Name: t.agents.Account},
+		{Namespace: ns, Verb: "get", Resource: "pods", Subresource: "proxy"},
+	} {
+		r, err := t.cs.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx,
+			&authzv1.SelfSubjectAccessReview{Spec: authzv1.SelfSubjectAccessReviewSpec{ResourceAttributes: &ra}}, metav1.CreateOptions{})
+		if err != nil {
+			return nil
+		}
+		if !r.Status.Allowed {
+			what := ra.Verb + " " + ra.Resource
+			if ra.Subresource != "" {
+				what += "/" + ra.Subresource
+			}
+			if ra.Name != "" {
+				what += " " + ra.Name
+			}
+			missing = append(missing, what)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("you may not read kdrop's stream: the API server says you may not %s in namespace %s; %s",
+			strings.Join(missing, ", "), ns, ViewerHint(ns))
+	}
+	return nil
 }

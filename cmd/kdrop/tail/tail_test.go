@@ -78,7 +78,7 @@ func TestTailFollowsAgents(t *testing.T) {
 	tl := New(cs, Agents{Namespace: "kdrop", Selector: "app.kubernetes.io/name=kdrop", Delay: 200 * time.Millisecond}, url.Values{"type": {"drop"}})
 	var queries []string
 	var qmu sync.Mutex
-	tl.open = func(ctx context.Context, pod string) (io.ReadCloser, error) {
+	tl.open = func(ctx context.Context, pod, _ string) (io.ReadCloser, error) {
 		req, _ := http.NewRequestWithContext(ctx, "GET", agents[pod].url()+"/events?"+tl.query.Encode(), nil)
 		qmu.Lock()
 		queries = append(queries, req.URL.RawQuery)
@@ -238,7 +238,7 @@ func TestTailSilentAgent(t *testing.T) {
 	}))
 	defer srv.Close()
 	tl := New(cs, Agents{Namespace: "kdrop", Selector: "app.kubernetes.io/name=kdrop", Delay: 100 * time.Millisecond, IdleTimeout: time.Second}, nil)
-	tl.open = func(ctx context.Context, pod string) (io.ReadCloser, error) {
+	tl.open = func(ctx context.Context, pod, _ string) (io.ReadCloser, error) {
 		req, _ := http.NewRequestWithContext(ctx, "GET", srv.URL, nil)
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
@@ -300,7 +300,7 @@ func TestTailSilentAgent(t *testing.T) {
 
 	// nothing reachable: Reached stays false
 	none := New(fake.NewSimpleClientset(agentPod("kdrop-b", "node-b")), Agents{Namespace: "kdrop", Selector: "app.kubernetes.io/name=kdrop", Delay: 50 * time.Millisecond}, nil)
-	none.open = func(context.Context, string) (io.ReadCloser, error) { return nil, io.ErrUnexpectedEOF }
+	none.open = func(context.Context, string, string) (io.ReadCloser, error) { return nil, io.ErrUnexpectedEOF }
 	ctx2, cancel2 := context.WithTimeout(context.Background(), time.Second)
 	defer cancel2()
 	none.Run(ctx2, func([]Line) {})

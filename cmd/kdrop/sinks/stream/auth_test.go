@@ -10,7 +10,7 @@ import (
 // The stream's authorization cache keeps at most authCacheMax decisions,
 // expired ones dropped first.
 func TestAuthCacheBounded(t *testing.T) {
-	a := NewAuthorizer(nil, "", nil)
+	a := NewAuthorizer(nil, Account{}, "", nil)
 	fresh := authDecision{status: 200, at: time.Now()}
 	for i := range authCacheMax + 10 {
 		a.remember(sha256.Sum256([]byte(strconv.Itoa(i))), fresh)
