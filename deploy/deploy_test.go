@@ -45,6 +45,7 @@ const (
 	namespace       = "kdrop"
 	version         = "v0.1.0"
 	listenPort      = 9965
+	streamPort      = 9966
 )
 
 // helmOnlyLabels are the labels Helm charts conventionally add that a
@@ -316,17 +317,16 @@ func lineDiff(a, b string) string {
 // RBAC drift
 
 // agentRules is what the agent's ClusterRole must say: identity's rules from
-// k8s/rbac.go, then the two that /events needs.
+// k8s/rbac.go, then the one /events needs to check stream tokens.
 func agentRules() []rbacv1.PolicyRule {
 	return append(k8s.ClusterRoleRules(),
 		rbacv1.PolicyRule{APIGroups: []string{"authentication.k8s.io"}, Resources: []string{"tokenreviews"}, Verbs: []string{"create"}},
-		rbacv1.PolicyRule{APIGroups: []string{"authorization.k8s.io"}, Resources: []string{"subjectaccessreviews"}, Verbs: []string{"create"}},
 	)
 }
 
 func viewerRules() []rbacv1.PolicyRule {
 	return []rbacv1.PolicyRule{
-		{APIGroups: []string{"kdrop.dev"}, Resources: []string{"events"}, Verbs: []string{"get"}},
+		{APIGroups: []string{""}, Resources: []string{"serviceaccounts/token"}, ResourceNames: []string{"kdrop-stream"}, Verbs: []string{"create"}},
 		{APIGroups: []string{""}, Resources: []string{"pods/proxy"}, Verbs: []string{"get"}},
 		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch"}},
 		{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get"}},
@@ -351,7 +351,7 @@ func TestRBACMatchesK8sPackage(t *testing.T) {
 	find(t, objs, "ClusterRole", "kdrop-agent").into(t, &agent)
 	find(t, objs, "ClusterRole", "kdrop-viewer").into(t, &viewer)
 	if !reflect.DeepEqual(agent.Rules, agentRules()) {
-		t.Errorf("ClusterRole kdrop-agent rules:\n%s\nwant k8s.ClusterRoleRules() + tokenreviews + subjectaccessreviews:\n%s", rulesYAML(agent.Rules), rulesYAML(agentRules()))
+		t.Errorf("ClusterRole kdrop-agent rules:\n%s\nwant k8s.ClusterRoleRules() + tokenreviews:\n%s", rulesYAML(agent.Rules), rulesYAML(agentRules()))
 	}
 	if !reflect.DeepEqual(viewer.Rules, viewerRules()) {
 		t.Errorf("ClusterRole kdrop-viewer rules:\n%s\nwant:\n%s", rulesYAML(viewer.Rules), rulesYAML(viewerRules()))
@@ -395,6 +395,7 @@ func TestManifests(t *testing.T) {
 	want := []string{
 		"Namespace /kdrop",
 		"ServiceAccount kdrop/kdrop",
+		"ServiceAccount kdrop/kdrop-stream",
 		"ClusterRole /kdrop-agent",
 		"ClusterRoleBinding /kdrop-agent",
 		"ClusterRole /kdrop-viewer",
@@ -515,8 +516,9 @@ func checkAgentObjects(t *testing.T, objs map[string]object, capabilities bool) 
 	if c.Image != "kdrop:"+version || c.ImagePullPolicy != corev1.PullIfNotPresent {
 		errorf("image %q (%s), want kdrop:%s, IfNotPresent", c.Image, c.ImagePullPolicy, version)
 	}
-	if len(c.Command) != 0 || len(c.Args) == 0 || c.Args[0] != "agent" || !slices.Contains(c.Args, fmt.Sprintf("--listen=:%d", listenPort)) {
-		errorf("command %q args %q: want the image's entrypoint, then agent --listen=:%d", c.Command, c.Args, listenPort)
+	if len(c.Command) != 0 || len(c.Args) == 0 || c.Args[0] != "agent" || !slices.Contains(c.Args, fmt.Sprintf("--listen=:%d", listenPort)) ||
+		!slices.Contains(c.Args, fmt.Sprintf("--stream-listen=:%d", streamPort)) || !slices.Contains(c.Args, "--stream-account=kdrop-stream") {
+		errorf("command %q args %q: want the image's entrypoint, then agent --listen=:%d --stream-listen=:%d --stream-account=kdrop-stream", c.Command, c.Args, listenPort, streamPort)
 	}
 	var nodeName *corev1.EnvVar
 	for i := range c.Env {
@@ -527,8 +529,8 @@ func checkAgentObjects(t *testing.T, objs map[string]object, capabilities bool) 
 	if nodeName == nil || nodeName.ValueFrom == nil || nodeName.ValueFrom.FieldRef == nil || nodeName.ValueFrom.FieldRef.FieldPath != "spec.nodeName" {
 		errorf("NODE_NAME does not come from spec.nodeName: %+v", nodeName)
 	}
-	if len(c.Ports) != 1 || c.Ports[0].ContainerPort != listenPort || c.Ports[0].Name != "http" {
-		errorf("ports %+v, want http %d", c.Ports, listenPort)
+	if len(c.Ports) != 2 || c.Ports[0].ContainerPort != listenPort || c.Ports[0].Name != "http" || c.Ports[1].ContainerPort != streamPort || c.Ports[1].Name != "stream" {
+		errorf("ports %+v, want http %d and stream %d", c.Ports, listenPort, streamPort)
 	}
 	for name, p := range map[string]*corev1.Probe{"/readyz": c.ReadinessProbe, "/healthz": c.LivenessProbe} {
 		if p == nil || p.HTTPGet == nil || p.HTTPGet.Path != name || p.HTTPGet.Port.String() != "http" {
@@ -711,7 +713,7 @@ func TestHelmValues(t *testing.T) {
 		"--set", "namespace.name=,namespace.create=false",
 		"--set", "image.repository=registry.example.com/kdrop,image.tag=v9.9.9,image.pullPolicy=Always",
 		"--set", "priorityClassName=system-node-critical",
-		"--set", "listenPort=9100,logFormat=console",
+		"--set", "listenPort=9100,streamPort=9101,logFormat=console",
 		"--set", "extraArgs={--ifindex=3,--reason=NO_SOCKET}",
 		"--set", "nodeSelector.role=edge",
 		"--set", "tolerations=null",
@@ -740,13 +742,28 @@ func TestHelmValues(t *testing.T) {
 	if ps.PriorityClassName != "system-node-critical" {
 		t.Errorf("priorityClassName %q", ps.PriorityClassName)
 	}
-	wantArgs := []string{"agent", "--listen=:9100", "--log-format=console", "--ifindex=3", "--reason=NO_SOCKET"}
+	wantArgs := []string{"agent", "--listen=:9100", "--stream-listen=:9101", "--stream-account=kdrop-stream", "--log-format=console", "--ifindex=3", "--reason=NO_SOCKET"}
 	if !reflect.DeepEqual(c.Args, wantArgs) {
 		t.Errorf("args %q, want %q", c.Args, wantArgs)
 	}
-	if c.Ports[0].ContainerPort != 9100 {
-		t.Errorf("containerPort %d", c.Ports[0].ContainerPort)
+	if c.Ports[0].ContainerPort != 9100 || c.Ports[1].ContainerPort != 9101 {
+		t.Errorf("containerPorts %d, %d", c.Ports[0].ContainerPort, c.Ports[1].ContainerPort)
 	}
+
+	// The stream's service account follows the release's name, in the
+	// agent's flag and in the viewer role that grants its tokens.
+	named := parse(t, helmTemplate(t, "--set", "fullnameOverride=drops"))
+	var drops appsv1.DaemonSet
+	find(t, named, "DaemonSet", "drops").into(t, &drops)
+	if args := drops.Spec.Template.Spec.Containers[0].Args; !slices.Contains(args, "--stream-account=drops-stream") {
+		t.Errorf("fullnameOverride=drops: args %q, want --stream-account=drops-stream", args)
+	}
+	var viewer rbacv1.ClusterRole
+	find(t, named, "ClusterRole", "drops-viewer").into(t, &viewer)
+	if !slices.Equal(viewer.Rules[0].ResourceNames, []string{"drops-stream"}) || viewer.Rules[0].Resources[0] != "serviceaccounts/token" {
+		t.Errorf("fullnameOverride=drops: viewer rule %+v, want tokens of drops-stream", viewer.Rules[0])
+	}
+	find(t, named, "ServiceAccount", "drops-stream")
 	if !reflect.DeepEqual(ps.NodeSelector, map[string]string{"kubernetes.io/os": "linux", "role": "edge"}) {
 		t.Errorf("nodeSelector %v", ps.NodeSelector)
 	}

@@ -126,20 +126,20 @@ func TestServerSideDryRun(t *testing.T) {
 		} else {
 			env.Kubectl(t, "apply", "-f", writeObjects(t, filepath.Join(dir, "apply.yaml"), sortedObjects(withoutPrivileged(objs))...))
 		}
-		// SubjectAccessReviews, as the agent's /events makes them.
+		// SubjectAccessReviews: what may each identity do?
 		cs, err := kubernetes.NewForConfig(env.Config())
 		if err != nil {
 			t.Fatal(err)
 		}
 		type access struct {
-			verb, group, resource, subresource, namespace string
+			verb, group, resource, subresource, namespace, name string
 		}
 		canI := func(user string, groups []string, a access) bool {
 			t.Helper()
 			sar := &authzv1.SubjectAccessReview{Spec: authzv1.SubjectAccessReviewSpec{
 				User: user, Groups: groups,
 				ResourceAttributes: &authzv1.ResourceAttributes{
-					Verb: a.verb, Group: a.group, Resource: a.resource, Subresource: a.subresource, Namespace: a.namespace,
+					Verb: a.verb, Group: a.group, Resource: a.resource, Subresource: a.subresource, Namespace: a.namespace, Name: a.name,
 				},
 			}}
 			res, err := cs.AuthorizationV1().SubjectAccessReviews().Create(context.Background(), sar, metav1.CreateOptions{})
@@ -155,18 +155,18 @@ func TestServerSideDryRun(t *testing.T) {
 			access
 			want bool
 		}{
-			{access{"list", "", "pods", "", ""}, true},
-			{access{"watch", "", "services", "", ""}, true},
-			{access{"list", "discovery.k8s.io", "endpointslices", "", ""}, true},
-			{access{"watch", "apps", "replicasets", "", ""}, true},
-			{access{"list", "batch", "jobs", "", ""}, true},
-			{access{"create", "authentication.k8s.io", "tokenreviews", "", ""}, true},
-			{access{"create", "authorization.k8s.io", "subjectaccessreviews", "", ""}, true},
-			{access{"get", "", "secrets", "", ""}, false},
-			{access{"list", "", "nodes", "", ""}, false},
-			{access{"update", "", "pods", "", ""}, false},
-			{access{"get", "", "pods", "proxy", namespace}, false},
-			{access{"get", "kdrop.dev", "events", "", ""}, false},
+			{access{"list", "", "pods", "", "", ""}, true},
+			{access{"watch", "", "services", "", "", ""}, true},
+			{access{"list", "discovery.k8s.io", "endpointslices", "", "", ""}, true},
+			{access{"watch", "apps", "replicasets", "", "", ""}, true},
+			{access{"list", "batch", "jobs", "", "", ""}, true},
+			{access{"create", "authentication.k8s.io", "tokenreviews", "", "", ""}, true},
+			{access{"create", "authorization.k8s.io", "subjectaccessreviews", "", "", ""}, false},
+			{access{"get", "", "secrets", "", "", ""}, false},
+			{access{"list", "", "nodes", "", "", ""}, false},
+			{access{"update", "", "pods", "", "", ""}, false},
+			{access{"get", "", "pods", "proxy", namespace, ""}, false},
+			{access{"create", "", "serviceaccounts", "token", namespace, "kdrop-stream"}, false},
 		} {
 			if got := canI(agent, agentGroups, c.access); got != c.want {
 				t.Errorf("agent may %+v: %v, want %v", c.access, got, c.want)
@@ -174,10 +174,10 @@ func TestServerSideDryRun(t *testing.T) {
 		}
 
 		// alice is bound with a ClusterRoleBinding, bob with a RoleBinding
-		// in kdrop, carol not at all. The second row is the review the agent
-		// makes (cmd/kdrop/auth.go: in its own namespace), so both alice and
-		// bob read the stream; a review without a namespace is answered by
-		// ClusterRoleBindings alone.
+		// in kdrop, carol not at all. Both alice and bob may ask for stream
+		// tokens of kdrop-stream and reach the agents; only alice (the
+		// ClusterRoleBinding) reaches other pods; nobody gets tokens of
+		// another account, the agent's included.
 		env.Kubectl(t, "create", "clusterrolebinding", "kdrop-viewer-alice", "--clusterrole=kdrop-viewer", "--user=alice")
 		env.Kubectl(t, "-n", namespace, "create", "rolebinding", "kdrop-viewer-bob", "--clusterrole=kdrop-viewer", "--user=bob")
 		users := []string{"alice", "bob", "carol"}
@@ -185,13 +185,14 @@ func TestServerSideDryRun(t *testing.T) {
 			access
 			want []bool // alice, bob, carol
 		}{
-			{access{"get", "kdrop.dev", "events", "", ""}, []bool{true, false, false}},
-			{access{"get", "kdrop.dev", "events", "", namespace}, []bool{true, true, false}},
-			{access{"get", "", "pods", "proxy", namespace}, []bool{true, true, false}},
-			{access{"get", "", "pods", "proxy", "default"}, []bool{true, false, false}},
-			{access{"list", "", "pods", "", namespace}, []bool{true, true, false}},
-			{access{"list", "kdrop.dev", "events", "", ""}, []bool{false, false, false}},
-			{access{"create", "", "pods", "proxy", namespace}, []bool{false, false, false}},
+			{access{"create", "", "serviceaccounts", "token", namespace, "kdrop-stream"}, []bool{true, true, false}},
+			{access{"create", "", "serviceaccounts", "token", namespace, "kdrop"}, []bool{false, false, false}},
+			{access{"create", "", "serviceaccounts", "token", namespace, ""}, []bool{false, false, false}},
+			{access{"get", "", "serviceaccounts", "token", namespace, "kdrop-stream"}, []bool{false, false, false}},
+			{access{"get", "", "pods", "proxy", namespace, ""}, []bool{true, true, false}},
+			{access{"get", "", "pods", "proxy", "default", ""}, []bool{true, false, false}},
+			{access{"list", "", "pods", "", namespace, ""}, []bool{true, true, false}},
+			{access{"create", "", "pods", "proxy", namespace, ""}, []bool{false, false, false}},
 		} {
 			for i, u := range users {
 				if got := canI(u, []string{"system:authenticated"}, c.access); got != c.want[i] {

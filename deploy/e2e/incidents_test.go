@@ -99,9 +99,11 @@ spec:
 
 // incident is what the test knows of the cluster while the scenarios run.
 type incident struct {
-	tail   *stream
-	token  string
-	figure func(format string, args ...any)
+	tail *stream
+	// operator is the kubeconfig of an operator bound to kdrop-viewer, who
+	// runs tail and record.
+	operator string
+	figure   func(format string, args ...any)
 }
 
 func TestIncidents(t *testing.T) {
@@ -121,6 +123,7 @@ func TestIncidents(t *testing.T) {
 		kubectlErr("delete", "namespace", "shop", "--wait=false")
 		kubectlErr("delete", "-k", "deploy/kustomize", "--ignore-not-found", "--wait=false")
 		kubectlErr("delete", "clusterrolebinding", "e2e-operator", "--ignore-not-found")
+		kubectlErr("-n", "default", "delete", "serviceaccount", "operator", "stranger", "--ignore-not-found")
 	})
 	dumpOnFailure(t)
 
@@ -131,7 +134,7 @@ func TestIncidents(t *testing.T) {
 	// An operator's account, bound to the viewer role deploy/ ships.
 	kubectl(t, "create", "serviceaccount", "operator", "-n", "default")
 	kubectl(t, "create", "clusterrolebinding", "e2e-operator", "--clusterrole=kdrop-viewer", "--serviceaccount=default:operator")
-	token := strings.TrimSpace(kubectl(t, "create", "token", "operator", "-n", "default", "--duration=2h"))
+	operator := operatorKubeconfig(t, strings.TrimSpace(kubectl(t, "create", "token", "operator", "-n", "default", "--duration=2h")))
 
 	// Traffic that makes drops all the time (connects to a closed port of
 	// an api pod: NO_SOCKET), so the first event shows when kdrop is ready.
@@ -146,7 +149,15 @@ func TestIncidents(t *testing.T) {
 	// Deploy kdrop the way the README says.
 	applied := time.Now()
 	kubectl(t, "apply", "-k", "deploy/kustomize")
-	tail := startTail(t, token)
+	tail := startTail(t, operator)
+	// Someone not bound to kdrop-viewer is refused at once, and told what
+	// to bind.
+	kubectl(t, "create", "serviceaccount", "stranger", "-n", "default")
+	stranger := operatorKubeconfig(t, strings.TrimSpace(kubectl(t, "create", "token", "stranger", "-n", "default", "--duration=1h")))
+	if out, err := exec.Command(kdropBin, "tail", "--kubeconfig", stranger, "--duration", "20s").CombinedOutput(); err == nil ||
+		!strings.Contains(string(out), "you may not read kdrop's stream") || !strings.Contains(string(out), "--clusterrole=kdrop-viewer") {
+		t.Errorf("kdrop tail by a user without kdrop-viewer: %v\n%s", err, out)
+	}
 	kubectl(t, "-n", "kdrop", "rollout", "status", "daemonset/kdrop", "--timeout=180s")
 	figure("apply -k -> agent Ready: %.1f s", time.Since(applied).Seconds())
 	first := tail.waitFor(t, 0, 90*time.Second, "a first drop", func(evs []event) bool {
@@ -167,7 +178,7 @@ func TestIncidents(t *testing.T) {
 	noise.Wait()
 	kubectl(t, "-n", "shop", "exec", "client", "--", "/testapp", "pkill", "probe")
 
-	in := &incident{tail: tail, token: token, figure: figure}
+	in := &incident{tail: tail, operator: operator, figure: figure}
 	t.Run("images fail to load: listen queue overflow", in.listenOverflow)
 	t.Run("no route to host in a rolling update", in.rollingUpdate)
 	t.Run("service without endpoints", in.serviceWithoutEndpoints)
@@ -230,7 +241,7 @@ func (in *incident) record(t *testing.T, name string) *recording {
 	dir := t.TempDir()
 	r := &recording{file: filepath.Join(dir, name+".jsonl.gz")}
 	ready := filepath.Join(dir, "ready")
-	r.cmd = exec.Command(kdropBin, "record", "--from", "tail", "--kubeconfig", kubeconfig, "--token", in.token,
+	r.cmd = exec.Command(kdropBin, "record", "--from", "tail", "--kubeconfig", in.operator,
 		"-n", "shop", "-o", r.file, "--ready-file", ready)
 	var stderr bytes.Buffer
 	r.cmd.Stderr = &lockedWriter{mu: &r.mu, w: &stderr}
@@ -733,7 +744,7 @@ func (in *incident) helm(t *testing.T) {
 	})
 	in.figure("helm install --wait: %.1f s", time.Since(installed).Seconds())
 	// The e2e-operator binding names kdrop-viewer, which the chart creates anew.
-	tail := startTail(t, in.token)
+	tail := startTail(t, in.operator)
 	svcIP := strings.TrimSpace(kubectl(t, "-n", "shop", "get", "service", "cart", "-o", "jsonpath={.spec.clusterIP}"))
 	tail.waitFor(t, 0, 90*time.Second, "Service cart's port-unreachable through the Helm-installed agent", func(evs []event) bool {
 		kubectlErr("-n", "shop", "exec", "client", "--", "/testapp", "dial", "-n", "1", svcIP+":80")

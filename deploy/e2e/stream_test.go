@@ -17,6 +17,9 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
 	"github.com/kdrop/kdrop/cmd/kdrop/line"
 	"github.com/kdrop/kdrop/k8s"
 	"github.com/kdrop/kdrop/tracer"
@@ -124,10 +127,28 @@ type stream struct {
 	done   chan struct{}
 }
 
-// startTail runs kdrop tail as an operator would, with their token.
-func startTail(t *testing.T, token string, args ...string) *stream {
+// operatorKubeconfig writes a kubeconfig of the test cluster that
+// authenticates with token (an operator's own credentials).
+func operatorKubeconfig(t *testing.T, token string) string {
 	t.Helper()
-	cmd := exec.Command(kdropBin, append([]string{"tail", "--kubeconfig", kubeconfig, "--token", token, "-o", "json"}, args...)...)
+	kc, err := clientcmd.LoadFromFile(kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ai := range kc.AuthInfos {
+		*ai = clientcmdapi.AuthInfo{Token: token}
+	}
+	path := filepath.Join(t.TempDir(), "operator.kubeconfig")
+	if err := clientcmd.WriteToFile(*kc, path); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// startTail runs kdrop tail as an operator would, with their kubeconfig.
+func startTail(t *testing.T, operator string, args ...string) *stream {
+	t.Helper()
+	cmd := exec.Command(kdropBin, append([]string{"tail", "--kubeconfig", operator, "-o", "json"}, args...)...)
 	s := &stream{cmd: cmd, done: make(chan struct{})}
 	out, err := cmd.StdoutPipe()
 	if err != nil {

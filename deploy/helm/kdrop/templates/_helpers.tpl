@@ -61,3 +61,8 @@ app.kubernetes.io/version: {{ include "kdrop.version" $ | quote }}
 app.kubernetes.io/managed-by: {{ $.Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" $.Chart.Name $.Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end -}}
+
+{{/* The service account whose stream tokens open /events: bound to no role. */}}
+{{- define "kdrop.streamAccountName" -}}
+{{ include "kdrop.fullname" . }}-stream
+{{- end -}}
