@@ -223,6 +223,39 @@ func TestAgentStreamAuthAndMetrics(t *testing.T) {
 		t.Fatalf("stream counted %d drops, sent %d", got, n)
 	}
 
+	// 1,000 callers with random tokens cost the real API server at most the
+	// agent's own review budget (5 a second, burst 10), counted by the API
+	// server itself.
+	reviews := func() float64 {
+		b, err := cs.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0.0
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "apiserver_request_total{") && strings.Contains(l, `resource="tokenreviews"`) && strings.Contains(l, `verb="POST"`) {
+				v, _ := strconv.ParseFloat(l[strings.LastIndexByte(l, ' ')+1:], 64)
+				n += v
+			}
+		}
+		return n
+	}
+	before, start, limited := reviews(), time.Now(), 0
+	for i := range 1000 {
+		r := get(t, "https://"+streamAddr+"/events", map[string]string{stream.TokenHeader: fmt.Sprintf("Bearer random-%d", i)})
+		io.Copy(io.Discard, r.Body)
+		r.Body.Close()
+		if r.StatusCode == http.StatusTooManyRequests {
+			limited++
+		}
+	}
+	budget := 10 + 5*time.Since(start).Seconds() + 1
+	reviewed := reviews() - before
+	t.Logf("1,000 random tokens: %.0f TokenReviews at the API server (budget %.0f), %d refused with 429", reviewed, budget, limited)
+	if reviewed > budget || reviewed < 1 || limited < 500 {
+		t.Errorf("1,000 random tokens cost the API server %.0f TokenReviews (budget %.0f, and some must be made); %d refused with 429", reviewed, budget, limited)
+	}
+
 	// Metrics count the same, with bounded labels.
 	mresp := get(t, base+"/metrics", nil)
 	metrics, _ := io.ReadAll(mresp.Body)
