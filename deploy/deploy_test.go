@@ -317,10 +317,12 @@ func lineDiff(a, b string) string {
 // RBAC drift
 
 // agentRules is what the agent's ClusterRole must say: identity's rules from
-// k8s/rbac.go, then the one /events needs to check stream tokens.
+// k8s/rbac.go, then the one /events needs to check stream tokens and the
+// one Kubernetes Events need (sinks/k8sevents).
 func agentRules() []rbacv1.PolicyRule {
 	return append(k8s.ClusterRoleRules(),
 		rbacv1.PolicyRule{APIGroups: []string{"authentication.k8s.io"}, Resources: []string{"tokenreviews"}, Verbs: []string{"create"}},
+		rbacv1.PolicyRule{APIGroups: []string{"events.k8s.io"}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
 	)
 }
 
@@ -351,7 +353,7 @@ func TestRBACMatchesK8sPackage(t *testing.T) {
 	find(t, objs, "ClusterRole", "kdrop-agent").into(t, &agent)
 	find(t, objs, "ClusterRole", "kdrop-viewer").into(t, &viewer)
 	if !reflect.DeepEqual(agent.Rules, agentRules()) {
-		t.Errorf("ClusterRole kdrop-agent rules:\n%s\nwant k8s.ClusterRoleRules() + tokenreviews:\n%s", rulesYAML(agent.Rules), rulesYAML(agentRules()))
+		t.Errorf("ClusterRole kdrop-agent rules:\n%s\nwant k8s.ClusterRoleRules() + tokenreviews + events:\n%s", rulesYAML(agent.Rules), rulesYAML(agentRules()))
 	}
 	if !reflect.DeepEqual(viewer.Rules, viewerRules()) {
 		t.Errorf("ClusterRole kdrop-viewer rules:\n%s\nwant:\n%s", rulesYAML(viewer.Rules), rulesYAML(viewerRules()))

@@ -293,7 +293,7 @@ func buildSnapshot(in buildInput, now time.Time) *snapshot {
 			if _, taken := s.ips[ip]; taken {
 				continue
 			}
-			s.ips[ip] = newEntry(Endpoint{Kind: KindService, Namespace: svc.Namespace, Name: svc.Name,
+			s.ips[ip] = newEntry(Endpoint{Kind: KindService, Namespace: svc.Namespace, Name: svc.Name, UID: string(svc.UID),
 				ReadyEndpoints: svcIdx.ready[nsName{svc.Namespace, svc.Name}]})
 		}
 	}

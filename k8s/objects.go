@@ -177,6 +177,7 @@ func transformService(obj any) (any, error) {
 		return obj, nil
 	}
 	info := &svcInfo{ObjectMeta: compactMeta(&s.ObjectMeta)}
+	info.UID = s.UID // Events about the Service (sinks/k8sevents) name it by UID
 	for _, ip := range s.Spec.ClusterIPs {
 		info.ips = appendAddr(info.ips, ip) // "None" (headless) does not parse
 	}

@@ -81,7 +81,7 @@ type Config struct {
 type Endpoint struct {
 	Kind            string // KindPod, KindService, KindNode, or "" (unresolved/unknown)
 	Namespace, Name string
-	UID             string // a pod's UID
+	UID             string // a pod's or Service's UID
 	// WorkloadKind and WorkloadName name what runs the pod: Deployment
 	// (through its ReplicaSet), CronJob (through its Job), StatefulSet,
 	// DaemonSet, or whatever else controls it; empty for a bare pod.

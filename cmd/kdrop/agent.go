@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/kdrop/kdrop/cmd/kdrop/agent"
+	"github.com/kdrop/kdrop/cmd/kdrop/sinks/k8sevents"
 	"github.com/kdrop/kdrop/cmd/kdrop/sinks/stream"
 )
 
@@ -24,6 +25,8 @@ type agentFlags struct {
 	streamAcct   string
 	logFormat    string
 	maxStreams   int
+	k8sEvents    bool
+	eventsRate   int
 	heartbeat    time.Duration
 }
 
@@ -61,7 +64,26 @@ and on --stream-listen (HTTPS, a certificate made at start):
             Retry-After.
 
 Every event also goes to stdout as a JSON line, so "kubectl logs" works
-with no client at all.`,
+with no client at all.
+
+Findings also become Kubernetes Events (events.k8s.io/v1, type Warning) on
+the object they are about, one series per object and reason whose count is
+the number of occurrences ("kubectl describe pod", "kubectl events --for
+pod/NAME", "kubectl get events --field-selector reason=ListenQueueOverflow"):
+
+  ListenQueueOverflow  on the listener's pod: connections dropped at a full
+                       accept or SYN queue, with the queue and somaxconn
+  SentToDeletedPod     on the client pod: packets to the IP of a deleted pod
+                       that the kernel answered host-unreachable
+  NoReadyEndpoints     on the Service: connections rejected while it had no
+                       ready endpoints
+  NothingListening     on the pod: packets to a port of its IP where nothing
+                       listens
+
+A series is written at most every 10 s and the node writes at most
+--k8s-events-per-minute Events a minute: occurrences meanwhile are added to
+the next write's count, never dropped from it. --k8s-events=false turns
+them off.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runAgent(cmd.Context(), &f) },
 	}
@@ -71,6 +93,8 @@ with no client at all.`,
 	fl.StringVar(&f.streamAcct, "stream-account", stream.DefaultAccount, "service account, in the agent's namespace, whose stream tokens open /events (kdrop tail's --stream-account)")
 	fl.StringVar(&f.logFormat, "log-format", "json", "log format on stderr: json or console")
 	fl.IntVar(&f.maxStreams, "max-streams", 32, fmt.Sprintf("most /events streams served at once (each buffers up to %d lines); more are refused with 503 and Retry-After", stream.SubBuffer))
+	fl.BoolVar(&f.k8sEvents, "k8s-events", true, "post findings as Kubernetes Events on the pods and Services they are about (needs create and patch on events.k8s.io events)")
+	fl.IntVar(&f.eventsRate, "k8s-events-per-minute", k8sevents.DefaultPerMinute, "most Kubernetes Events this node writes (creates or updates) a minute; occurrences past it are folded into the next write's count")
 	fl.DurationVar(&f.heartbeat, "heartbeat", 15*time.Second, "how long an /events stream may be quiet before it gets a heartbeat line (kdrop tail calls a stream silent past --idle-timeout lost)")
 	f.register(fl)
 	fl.Lookup("identity").DefValue = "on"
@@ -102,6 +126,9 @@ func agentLogger(format string, verbose bool) (*zap.Logger, error) {
 func runAgent(parent context.Context, f *agentFlags) error {
 	if f.heartbeat < time.Second {
 		return fmt.Errorf("--heartbeat %v: must be at least 1s", f.heartbeat)
+	}
+	if f.eventsRate < 1 {
+		return fmt.Errorf("--k8s-events-per-minute %d: must be at least 1 (turn Events off with --k8s-events=false)", f.eventsRate)
 	}
 	if f.maxStreams < 1 {
 		return fmt.Errorf("--max-streams %d: must be at least 1 (the limit of /events streams served at once)", f.maxStreams)
@@ -142,5 +169,9 @@ func runAgent(parent context.Context, f *agentFlags) error {
 		return err
 	}
 	defer p.Close()
-	return agent.Run(ctx, p, ln, sln, agent.Config{MaxStreams: f.maxStreams, Heartbeat: f.heartbeat, Clientset: cs, Account: acct, Stdout: os.Stdout, Log: log})
+	ac := agent.Config{MaxStreams: f.maxStreams, Heartbeat: f.heartbeat, Clientset: cs, Account: acct, Stdout: os.Stdout, Log: log}
+	if f.k8sEvents {
+		ac.Events = k8sevents.New(cs, k8sevents.Config{Node: p.Node, PerMinute: f.eventsRate, Log: log})
+	}
+	return agent.Run(ctx, p, ln, sln, ac)
 }

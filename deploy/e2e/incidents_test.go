@@ -346,6 +346,7 @@ func (in *incident) listenOverflow(t *testing.T) {
 		}
 	}
 	in.figure("listen overflow: %d overflows, kdrop tail == TcpExtListenOverflows in the pod's netns", seen)
+	waitK8sEvent(t, "Pod", server, "ListenQueueOverflow", seen)
 
 	for _, e := range in.tail.since(mark) {
 		if !isServer(&e) {
@@ -459,6 +460,7 @@ func (in *incident) rollingUpdate(t *testing.T) {
 		}
 	}
 	in.figure("rolling update: %d ICMP host-unreachable, kdrop tail == IcmpOutDestUnreachs in the client pod", seen)
+	waitK8sEvent(t, "Pod", "client", "SentToDeletedPod", seen)
 	var ago []string
 	for _, e := range in.tail.since(mark) {
 		if !unreach(&e) {
@@ -539,6 +541,7 @@ func (in *incident) serviceWithoutEndpoints(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	evs = in.tail.since(mark)
 	drops, unreach := sum(evs, isReject), sum(evs, isCart)
+	waitK8sEvent(t, "Service", "cart", "NoReadyEndpoints", drops)
 	refused := map[int]bool{}
 	for _, e := range evs {
 		if isCart(&e) {
@@ -752,4 +755,45 @@ func (in *incident) helm(t *testing.T) {
 			return e.Type == "unreach" && e.Dst == svcIP && e.DstK8s != nil && e.DstK8s.Name == "cart"
 		}) > 0
 	})
+}
+
+// waitK8sEvent waits until kdrop's Kubernetes Events of reason on the
+// object (kind, namespace shop, name) count want (series.count, or 1), as
+// "kubectl get events" reads them; a series is written at most every 10 s.
+func waitK8sEvent(t *testing.T, kind, name, reason string, want uint64) {
+	t.Helper()
+	var got uint64
+	var notes []string
+	for deadline := time.Now().Add(45 * time.Second); time.Now().Before(deadline); time.Sleep(time.Second) {
+		out := kubectl(t, "-n", "shop", "get", "events.events.k8s.io", "--field-selector", "reason="+reason, "-o", "json")
+		var list struct {
+			Items []struct {
+				Note                string `json:"note"`
+				ReportingController string `json:"reportingController"`
+				Regarding           struct{ Kind, Name string }
+				Series              *struct{ Count uint64 }
+			}
+		}
+		if err := json.Unmarshal([]byte(out), &list); err != nil {
+			t.Fatalf("kubectl get events: %v", err)
+		}
+		got, notes = 0, nil
+		for _, e := range list.Items {
+			if e.ReportingController != "kdrop.dev/agent" || e.Regarding.Kind != kind || e.Regarding.Name != name {
+				continue
+			}
+			n := uint64(1)
+			if e.Series != nil {
+				n = e.Series.Count
+			}
+			got += n
+			notes = append(notes, e.Note)
+		}
+		if got == want {
+			in := fmt.Sprintf("%s Event on %s shop/%s counts %d, as kdrop tail: %s", reason, kind, name, got, strings.Join(notes, " | "))
+			fmt.Println("KDROP-E2E " + in)
+			return
+		}
+	}
+	t.Errorf("Kubernetes Events %s on %s shop/%s count %d, kdrop tail %d (notes: %q)", reason, kind, name, got, want, notes)
 }

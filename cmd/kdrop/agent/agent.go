@@ -30,6 +30,7 @@ import (
 
 	"github.com/kdrop/kdrop/cmd/kdrop/enrich"
 	"github.com/kdrop/kdrop/cmd/kdrop/line"
+	"github.com/kdrop/kdrop/cmd/kdrop/sinks/k8sevents"
 	"github.com/kdrop/kdrop/cmd/kdrop/sinks/metrics"
 	"github.com/kdrop/kdrop/cmd/kdrop/sinks/stdout"
 	"github.com/kdrop/kdrop/cmd/kdrop/sinks/stream"
@@ -43,6 +44,7 @@ type Config struct {
 	Clientset  kubernetes.Interface // for TokenReviews
 	Account    stream.Account       // whose stream tokens are taken (kdrop agent --stream-account)
 	Stdout     io.Writer            // every line, for kubectl logs
+	Events     *k8sevents.Recorder  // Kubernetes Events of findings; nil: none
 	Log        *zap.Logger
 }
 
@@ -151,13 +153,24 @@ func Run(ctx context.Context, p *enrich.Pipeline, ln, sln net.Listener, cfg Conf
 		s.Hub.Loss(d.LostLinesTotal(), d.Missed)
 		enrich.WarnLoss(log, d, false)
 	})
+	if cfg.Events != nil {
+		go cfg.Events.Run(ctx)
+	}
 	err = p.Run(ctx, func(ev *line.Event) {
 		buf = line.AppendEvent(buf[:0], ev)
 		s.Hub.Publish(ev, buf)
 		out.Encoded(ev, buf)
 		s.Metrics.Observe(ev)
+		if cfg.Events != nil {
+			cfg.Events.Observe(ev)
+		}
 	})
 	p.Locked(func() { out.Flush() })
+	if cfg.Events != nil { // what came last, within the node's budget
+		flush, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		cfg.Events.Flush(flush)
+		cancel()
+	}
 	stopServing()
 	<-stopped
 	return err

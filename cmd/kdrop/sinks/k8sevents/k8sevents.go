@@ -1,0 +1,306 @@
+// Package k8sevents posts what the agent sees as Kubernetes Events
+// (events.k8s.io/v1) on the object each finding is about, so that
+// `kubectl describe pod`, `kubectl events --for pod/NAME` and
+// `kubectl get events --field-selector reason=...` show it:
+//
+//	ListenQueueOverflow  the listener's pod: connections dropped at a full accept or SYN queue
+//	SentToDeletedPod     the client pod: packets to the IP of a pod deleted before, answered host-unreachable
+//	NoReadyEndpoints     the Service: connections rejected (NETFILTER_DROP) while it has no ready endpoints
+//	NothingListening     the destination pod: packets to a port of its IP where no socket listens (NO_SOCKET)
+//
+// One Event series per object and reason: its count (series.count, or 1
+// without a series) is the number of occurrences the stream showed for it;
+// its note describes the first.
+// Writes are bounded: one series is written at most every MinInterval, and
+// the node writes at most PerMinute Events a minute; occurrences that come
+// meanwhile are folded into the series' next write, never lost from its
+// count.
+//
+// client-go's recorders are not used: the events.k8s.io one counts calls,
+// not occurrences, and writes a series' count only every 30 minutes; the
+// core/v1 one's spam filter discards occurrences. Neither can say "513
+// connections refused" with the count to match.
+package k8sevents
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/time/rate"
+	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/kdrop/kdrop/cmd/kdrop/line"
+	"github.com/kdrop/kdrop/k8s"
+	"github.com/kdrop/kdrop/tracer"
+)
+
+// The Events' reasons.
+const (
+	ReasonListenOverflow   = "ListenQueueOverflow"
+	ReasonDeletedPod       = "SentToDeletedPod"
+	ReasonNoEndpoints      = "NoReadyEndpoints"
+	ReasonNothingListening = "NothingListening"
+)
+
+// Controller is the Events' reportingController.
+const Controller = "kdrop.dev/agent"
+
+// Defaults of Config.
+const (
+	DefaultPerMinute   = 60
+	DefaultMinInterval = 10 * time.Second
+	// idle: a series with no occurrence for this long is forgotten; a new
+	// occurrence starts a new Event.
+	idle = 10 * time.Minute
+	// maxSeries bounds the series held; past it, new ones are not started
+	// (counted in Unrecorded) until idle ones are forgotten.
+	maxSeries = 10000
+	noteMax   = 1024 // the API's limit on note
+)
+
+// Config is how the recorder writes.
+type Config struct {
+	Node        string        // the agent's node: reportingInstance
+	PerMinute   int           // most Event writes (create or patch) a minute for this node
+	MinInterval time.Duration // least time between two writes of one series
+	Log         *zap.Logger
+}
+
+// Recorder aggregates findings into Event series and writes them.
+type Recorder struct {
+	cs    kubernetes.Interface
+	cfg   Config
+	limit *rate.Limiter
+	mu    sync.Mutex
+	// series by object and reason
+	series map[key]*series
+	// Writes counts Events created or patched; Unrecorded, occurrences not
+	// in any series because maxSeries were held.
+	Writes, Unrecorded atomic.Uint64
+}
+
+type key struct {
+	uid    types.UID
+	reason string
+}
+
+type series struct {
+	ref         corev1.ObjectReference
+	reason      string
+	count       uint64    // occurrences so far
+	written     uint64    // count as last written
+	first, last time.Time // of the occurrences
+	detail      string    // of the first occurrence, for the note
+	name        string    // of the Event, once created
+	wrote       time.Time
+}
+
+// New returns a recorder writing with cs.
+func New(cs kubernetes.Interface, cfg Config) *Recorder {
+	if cfg.PerMinute <= 0 {
+		cfg.PerMinute = DefaultPerMinute
+	}
+	if cfg.MinInterval <= 0 {
+		cfg.MinInterval = DefaultMinInterval
+	}
+	if cfg.Log == nil {
+		cfg.Log = zap.NewNop()
+	}
+	perSec := rate.Limit(float64(cfg.PerMinute) / 60)
+	return &Recorder{cs: cs, cfg: cfg, series: map[key]*series{},
+		limit: rate.NewLimiter(perSec, max(1, cfg.PerMinute/6))}
+}
+
+// Observe counts ev in its series, if it is a finding. It is cheap and
+// never blocks on the API server.
+func (r *Recorder) Observe(ev *line.Event) {
+	ref, reason, detail, ok := classify(ev)
+	if !ok {
+		return
+	}
+	n := max(ev.Count, 1)
+	k := key{ref.UID, reason}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.series[k]
+	if s == nil {
+		if len(r.series) >= maxSeries {
+			r.Unrecorded.Add(n)
+			return
+		}
+		s = &series{ref: ref, reason: reason, first: ev.Time}
+		r.series[k] = s
+	}
+	if s.count == 0 {
+		s.detail = detail
+	}
+	s.count += n
+	s.last = ev.Time
+}
+
+// Run writes the series that have new occurrences, once a second, until
+// ctx is done.
+func (r *Recorder) Run(ctx context.Context) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			r.Flush(ctx)
+		}
+	}
+}
+
+// Flush writes every series due: new occurrences, its MinInterval passed,
+// and the node's budget allowing. The others wait for a later Flush.
+func (r *Recorder) Flush(ctx context.Context) {
+	now := time.Now()
+	var due []series
+	r.mu.Lock()
+	for k, s := range r.series {
+		if s.count == s.written {
+			if now.Sub(s.last) > idle && now.Sub(s.wrote) > idle {
+				delete(r.series, k)
+			}
+			continue
+		}
+		if !s.wrote.IsZero() && now.Sub(s.wrote) < r.cfg.MinInterval {
+			continue
+		}
+		if !r.limit.Allow() {
+			break
+		}
+		s.wrote = now
+		due = append(due, *s)
+	}
+	r.mu.Unlock()
+	for i := range due {
+		name, err := r.write(ctx, &due[i])
+		r.mu.Lock()
+		if s := r.series[key{due[i].ref.UID, due[i].reason}]; s != nil {
+			if err == nil {
+				s.name, s.written = name, due[i].count
+			} else if apierrors.IsNotFound(err) || apierrors.IsGone(err) {
+				s.name = "" // expired (the API server's event TTL): create anew
+			}
+		}
+		r.mu.Unlock()
+		if err != nil {
+			r.cfg.Log.Warn("cannot write a Kubernetes Event", zap.String("reason", due[i].reason),
+				zap.String("object", due[i].ref.Namespace+"/"+due[i].ref.Name), zap.Error(err))
+			continue
+		}
+		r.Writes.Add(1)
+	}
+}
+
+// write creates s's Event, or patches its count and note; it returns the
+// Event's name.
+func (r *Recorder) write(ctx context.Context, s *series) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	note := s.note()
+	var ser *eventsv1.EventSeries
+	if s.count >= 2 { // the API's rule: a series counts 2 or more
+		ser = &eventsv1.EventSeries{Count: int32(min(s.count, 1<<31-1)), LastObservedTime: metav1.NewMicroTime(s.last)}
+	}
+	evs := r.cs.EventsV1().Events(s.ref.Namespace)
+	if s.name != "" {
+		// Only the series may change: the API server keeps the note as
+		// created.
+		patch, _ := json.Marshal(map[string]any{"series": ser})
+		_, err := evs.Patch(ctx, s.name, types.MergePatchType, patch, metav1.PatchOptions{})
+		return s.name, err
+	}
+	e := &eventsv1.Event{
+		ObjectMeta:          metav1.ObjectMeta{Name: fmt.Sprintf("%s.%x", s.ref.Name, time.Now().UnixNano()), Namespace: s.ref.Namespace},
+		EventTime:           metav1.NewMicroTime(s.first),
+		Series:              ser,
+		ReportingController: Controller,
+		ReportingInstance:   Controller + "-" + r.cfg.Node,
+		Action:              "Observed",
+		Reason:              s.reason,
+		Regarding:           s.ref,
+		Note:                note,
+		Type:                corev1.EventTypeWarning,
+	}
+	if len(e.ReportingInstance) > 128 {
+		e.ReportingInstance = e.ReportingInstance[:128]
+	}
+	created, err := evs.Create(ctx, e, metav1.CreateOptions{})
+	if err != nil {
+		return "", err
+	}
+	return created.Name, nil
+}
+
+// note says what the series counts and its first occurrence's detail. It
+// has no count: the API server does not let a note change, the series'
+// count does.
+func (s *series) note() string {
+	n := what[s.reason] + ": " + s.detail + " (seen by kdrop)"
+	if len(n) > noteMax {
+		n = strings.ToValidUTF8(n[:noteMax-3], "") + "..."
+	}
+	return n
+}
+
+// what each reason's occurrences are.
+var what = map[string]string{
+	ReasonListenOverflow:   "connections refused",
+	ReasonDeletedPod:       "packets to a deleted pod",
+	ReasonNoEndpoints:      "connections rejected",
+	ReasonNothingListening: "packets dropped",
+}
+
+// classify says whether ev is a finding: the object it is about, the
+// reason, and the detail of this occurrence.
+func classify(ev *line.Event) (ref corev1.ObjectReference, reason, detail string, ok bool) {
+	pod := func(e *k8s.Endpoint) bool {
+		return e != nil && e.Kind == k8s.KindPod && e.UID != "" && !e.Unresolved && e.DeletedAgo == 0
+	}
+	switch {
+	case ev.Type == tracer.ListenOverflow:
+		at := ev.WhereK8s
+		if !pod(at) {
+			at = ev.DstK8s
+		}
+		if !pod(at) || at.HostNetwork {
+			return ref, "", "", false
+		}
+		detail = fmt.Sprintf("%s queue of :%d full (%d/%d", ev.Queue, ev.Dst.Port(), ev.QueueLen, ev.QueueMax)
+		if ev.Somaxconn > 0 {
+			detail += fmt.Sprintf(", net.core.somaxconn=%d", ev.Somaxconn)
+		}
+		return podRef(at), ReasonListenOverflow, detail + ")", true
+	case ev.Type == tracer.Unreachable && ev.DstK8s != nil && ev.DstK8s.Kind == k8s.KindPod && ev.DstK8s.DeletedAgo > 0 && pod(ev.SrcK8s):
+		d := ev.DstK8s
+		return podRef(ev.SrcK8s), ReasonDeletedPod, fmt.Sprintf("to %s, which was pod %s/%s, deleted %v before; the kernel answered %s",
+			ev.Dst, d.Namespace, d.Name, d.DeletedAgo.Round(time.Second), ev.What()), true
+	case ev.Type == tracer.Drop && ev.Reason == "NETFILTER_DROP" && ev.DstK8s != nil && ev.DstK8s.Kind == k8s.KindService &&
+		ev.DstK8s.ReadyEndpoints == 0 && ev.DstK8s.UID != "":
+		d := ev.DstK8s
+		return corev1.ObjectReference{APIVersion: "v1", Kind: "Service", Namespace: d.Namespace, Name: d.Name, UID: types.UID(d.UID)},
+			ReasonNoEndpoints, fmt.Sprintf("to %s %s, dropped by a firewall rule while the Service has no ready endpoints (kube-proxy rejects them)", tracer.ProtoName(ev.Proto), ev.Dst), true
+	case ev.Type == tracer.Drop && ev.Reason == "NO_SOCKET" && pod(ev.DstK8s) && !ev.DstK8s.HostNetwork:
+		return podRef(ev.DstK8s), ReasonNothingListening, fmt.Sprintf("nothing listens on %s port %d of %s (NO_SOCKET)", tracer.ProtoName(ev.Proto), ev.Dst.Port(), ev.Dst.Addr()), true
+	}
+	return ref, "", "", false
+}
+
+func podRef(e *k8s.Endpoint) corev1.ObjectReference {
+	return corev1.ObjectReference{APIVersion: "v1", Kind: "Pod", Namespace: e.Namespace, Name: e.Name, UID: types.UID(e.UID)}
+}
