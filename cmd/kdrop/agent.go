@@ -171,7 +171,14 @@ func runAgent(parent context.Context, f *agentFlags) error {
 	defer p.Close()
 	ac := agent.Config{MaxStreams: f.maxStreams, Heartbeat: f.heartbeat, Clientset: cs, Account: acct, Stdout: os.Stdout, Log: log}
 	if f.k8sEvents {
-		ac.Events = k8sevents.New(cs, k8sevents.Config{Node: p.Node, PerMinute: f.eventsRate, Log: log})
+		// A clientset of its own: client-go's rate limiter is per clientset,
+		// and Events must not wait behind stream token reviews, nor these
+		// behind Events.
+		ecs, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			return err
+		}
+		ac.Events = k8sevents.New(ecs, k8sevents.Config{Node: p.Node, PerMinute: f.eventsRate, Log: log})
 	}
 	return agent.Run(ctx, p, ln, sln, ac)
 }
