@@ -132,6 +132,9 @@ func TestAgentKubernetesEvents(t *testing.T) {
 	if !strings.Contains(out, "NothingListening") || !strings.Contains(out, "x25 over") || !strings.Contains(out, k8sevents.Controller) {
 		t.Errorf("kubectl describe pod api does not show kdrop's Event:\n%s", out)
 	}
+	if out := env.Kubectl(t, "-n", "shop", "events", "--for", "pod/images"); !strings.Contains(out, "ListenQueueOverflow") || !strings.Contains(out, "accept queue of :8080 full") {
+		t.Errorf("kubectl events --for pod/images does not show kdrop's Event:\n%s", out)
+	}
 	if out := env.Kubectl(t, "-n", "shop", "get", "events", "--field-selector", "reason=ListenQueueOverflow", "-o", "name"); strings.Count(out, "\n") != 1 {
 		t.Errorf("kubectl get events --field-selector reason=ListenQueueOverflow: want one Event series, got:\n%s", out)
 	}

@@ -736,8 +736,11 @@ func (in *incident) helm(t *testing.T) {
 		}
 	}
 	installed := time.Now()
-	// As deploy/README.md says: the chart creates namespace kdrop.
-	helm := exec.Command(helmBin, "install", "kdrop", "deploy/helm/kdrop", "--kubeconfig", kubeconfig, "--wait", "--timeout", "3m")
+	// As deploy/README.md says: the chart creates namespace kdrop. This
+	// agent posts no Kubernetes Events (extraArgs: --k8s-events=false).
+	eventsBefore := kdropK8sEvents(t)
+	helm := exec.Command(helmBin, "install", "kdrop", "deploy/helm/kdrop", "--kubeconfig", kubeconfig, "--wait", "--timeout", "3m",
+		"--set", "extraArgs={--k8s-events=false}")
 	helm.Dir = repo
 	if out, err := helm.CombinedOutput(); err != nil {
 		t.Fatalf("helm install: %v\n%s", err, out)
@@ -755,6 +758,18 @@ func (in *incident) helm(t *testing.T) {
 			return e.Type == "unreach" && e.Dst == svcIP && e.DstK8s != nil && e.DstK8s.Name == "cart"
 		}) > 0
 	})
+	time.Sleep(12 * time.Second) // past a series' interval, were the Events on
+	if after := kdropK8sEvents(t); after != eventsBefore {
+		t.Errorf("with --k8s-events=false, kdrop's Kubernetes Events changed:\nbefore %s\nafter  %s", eventsBefore, after)
+	}
+}
+
+// kdropK8sEvents is every Event kdrop wrote in namespace shop, with its
+// count, as one string.
+func kdropK8sEvents(t *testing.T) string {
+	t.Helper()
+	return kubectl(t, "-n", "shop", "get", "events.events.k8s.io", "-o",
+		`jsonpath={range .items[?(@.reportingController=="kdrop.dev/agent")]}{.metadata.name} {.reason} {.series.count}{"\n"}{end}`)
 }
 
 // waitK8sEvent waits until kdrop's Kubernetes Events of reason on the
