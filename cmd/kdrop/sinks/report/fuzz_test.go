@@ -107,8 +107,8 @@ var (
 // a fence other than its YAML examples, one left open, a heading (ATX or
 // setext) or thematic break it did not write, a raw tag, a table row with
 // more or fewer cells than its header, a stray backtick (a code span that
-// does not close on its line), or an input string with a backtick, tag or
-// pipe as it was.
+// does not close on its line), a code span of the input's, or an input
+// string with a backtick, angle bracket or newline as it was.
 func checkMarkdown(t testing.TB, md string, inputs []string) {
 	t.Helper()
 	fail := func(format string, args ...any) {
@@ -161,7 +161,8 @@ func checkMarkdown(t testing.TB, md string, inputs []string) {
 		fail("a fence left open")
 	}
 	for _, in := range inputs {
-		if len(in) >= 3 && strings.ContainsAny(in, "`<|\n") && strings.Contains(md, in) {
+		// (a pipe is harmless out of a table: the rows are checked above)
+		if len(in) >= 3 && strings.ContainsAny(in, "`<\n") && strings.Contains(md, in) {
 			fail("an input string is in the Markdown as it was: %q", in)
 		}
 		// a code span of the input's, unless kdrop writes it too
