@@ -5,8 +5,9 @@ import (
 	"unicode/utf8"
 )
 
-// The fast path of Decode. encoding/json costs ~4 µs per event line
-// (reflection, a validating pre-scan, a string per field); a report reads
+// The fast path of Decode. encoding/json costs 4-10 µs an event line
+// (reflection, a validating pre-scan, a string per field; BenchmarkDecode:
+// 9.9 µs for the golden lines, the fast path 1.2 µs); a report reads
 // millions. fastWire reads the event lines kdrop writes — one flat object
 // of known fields, plain strings, whole numbers, booleans and identity
 // objects — straight into a wire, as json.Unmarshal would. Anything else
