@@ -3,6 +3,8 @@ package report
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"regexp"
 	"strings"
@@ -250,22 +252,37 @@ func set(s ...string) map[string]bool {
 // checkHTML fails unless every tag of the page is one its template or
 // chart writes, with attributes they write, every attribute value quoted
 // and closed, no comment or processing instruction, and no input string
-// with a character HTML escapes as it was.
+// with a character HTML escapes as it was in the page's text or an
+// attribute value.
 func checkHTML(t testing.TB, page string, inputs []string) {
 	t.Helper()
-	fail := func(format string, args ...any) {
-		t.Helper()
-		t.Fatalf(format, args...)
+	text, err := htmlText(page)
+	if err != nil {
+		t.Fatal(err)
 	}
+	for _, in := range inputs {
+		if len(in) >= 3 && strings.ContainsAny(in, `<>&"'`) && strings.Contains(text, in) && !strings.Contains(skeletonText(), in) {
+			t.Fatalf("an input string is in the HTML as it was: %q", in)
+		}
+	}
+}
+
+// htmlText checks the page's tags and returns its text and attribute
+// values, each piece on a line of its own.
+func htmlText(page string) (string, error) {
 	if !strings.HasPrefix(page, "<!DOCTYPE html>") {
-		fail("the page does not start with its doctype")
+		return "", errors.New("the page does not start with its doctype")
 	}
+	var text strings.Builder
 	rest := page[len("<!DOCTYPE html>"):]
 	for {
 		i := strings.IndexByte(rest, '<')
 		if i < 0 {
+			text.WriteString(rest)
 			break
 		}
+		text.WriteString(rest[:i])
+		text.WriteByte('\n')
 		rest = rest[i+1:]
 		closing := strings.HasPrefix(rest, "/")
 		if closing {
@@ -277,13 +294,13 @@ func checkHTML(t testing.TB, page string, inputs []string) {
 		}
 		name := strings.ToLower(rest[:n])
 		if !htmlTags[name] {
-			fail("a tag the page does not write: <%.80q", rest)
+			return "", fmt.Errorf("a tag the page does not write: <%.80q", rest)
 		}
 		rest = rest[n:]
 		if name == "style" && !closing { // CSS up to </style>
 			end := strings.Index(rest, "</style>")
 			if end < 0 || strings.Contains(rest[:end], "<") {
-				fail("the style element holds a tag or does not end")
+				return "", errors.New("the style element holds a tag or does not end")
 			}
 			rest = rest[end:]
 			continue
@@ -292,47 +309,50 @@ func checkHTML(t testing.TB, page string, inputs []string) {
 		for {
 			rest = strings.TrimLeft(rest, " \t\n")
 			if strings.HasPrefix(rest, ">") || strings.HasPrefix(rest, "/>") {
+				rest = rest[strings.IndexByte(rest, '>')+1:]
 				break
 			}
 			eq := strings.IndexAny(rest, "= >")
 			if eq <= 0 {
-				fail("a tag that does not end: %.80q", rest)
+				return "", fmt.Errorf("a tag that does not end: %.80q", rest)
 			}
 			attr := strings.ToLower(rest[:eq])
 			if !htmlAttrs[attr] {
-				fail("an attribute the page does not write: %q in %.80q", attr, rest)
+				return "", fmt.Errorf("an attribute the page does not write: %q in %.80q", attr, rest)
 			}
 			rest = rest[eq:]
 			if rest[0] != '=' {
 				continue
 			}
 			if len(rest) < 2 || rest[1] != '"' {
-				fail("an unquoted attribute value: %.80q", rest)
+				return "", fmt.Errorf("an unquoted attribute value: %.80q", rest)
 			}
 			end := strings.IndexByte(rest[2:], '"')
 			if end < 0 {
-				fail("an attribute value that does not close: %.80q", rest)
+				return "", fmt.Errorf("an attribute value that does not close: %.80q", rest)
 			}
-			if v := rest[2 : 2+end]; strings.ContainsAny(v, "<>") {
-				fail("an attribute value with a raw angle bracket: %q", v)
+			v := rest[2 : 2+end]
+			if strings.ContainsAny(v, "<>") {
+				return "", fmt.Errorf("an attribute value with a raw angle bracket: %q", v)
 			}
+			text.WriteString(v)
+			text.WriteByte('\n')
 			rest = rest[2+end+1:]
 		}
 	}
-	// An input with a character HTML escapes is in the page as it was: not
-	// escaped. (Unless it is a piece of the page's own markup, as "<td>"
-	// is: the checks above are what catch such a piece as a tag.)
-	for _, in := range inputs {
-		if len(in) >= 3 && strings.ContainsAny(in, `<>&"'`) && strings.Contains(page, in) && !strings.Contains(skeleton(), in) {
-			fail("an input string is in the HTML as it was: %q", in)
-		}
-	}
+	return text.String(), nil
 }
 
-// skeleton and skeletonMD are kdrop's own markup: the HTML and Markdown
-// of a benign recording.
+// skeletonText and skeletonMD are kdrop's own words: the HTML's text and
+// the Markdown of a benign recording.
 var (
-	skeleton   = sync.OnceValue(func() string { return benign(WriteHTML) })
+	skeletonText = sync.OnceValue(func() string {
+		s, err := htmlText(benign(WriteHTML))
+		if err != nil {
+			panic(err)
+		}
+		return s
+	})
 	skeletonMD = sync.OnceValue(func() string { return benign(WriteMarkdown) })
 )
 
