@@ -93,7 +93,7 @@ test-host: deps ## tracer tests on this machine's kernel, with the race detector
 	$(GO) test -race -count=1 ./tracer/...
 
 # Go fuzz targets of everything that parses input: package:target.
-FUZZ_TARGETS := ./cmd/kdrop/line:FuzzDecode ./cmd/kdrop/sinks/recording:FuzzScan \
+FUZZ_TARGETS := ./cmd/kdrop/line:FuzzDecode ./cmd/kdrop/sinks/recording:FuzzScan ./cmd/kdrop/sinks/report:FuzzReport \
                 ./cmd/kdrop/enrich:FuzzFilterFromQuery ./cmd/kdrop/enrich:FuzzFilterTrace
 FUZZTIME     ?= 10s
 

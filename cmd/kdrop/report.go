@@ -17,11 +17,12 @@ func reportCmd() *cobra.Command {
 		Long: `Report reads a recording (kdrop record) and writes a self-contained HTML page
 and a Markdown summary, with findings that say what to fix.
 
-Any file is read: a line that cannot be read is left out and named in a
-note; a file cut off mid-way is read up to its last whole line; names that
-are not valid Kubernetes names are shown quoted and marked. Memory is
-bounded: 20,000 flows are kept in detail and the rest folded by kind, and
-at most 30 findings are shown, the most severe and largest first.`,
+Any file is read: a line that cannot be read (or is longer than 16 MiB)
+is left out and named in a note; a file cut off mid-way is read up to its
+last whole line; names that are not valid Kubernetes names are shown quoted
+and marked. The file is read streaming, to its end, in bounded memory:
+20,000 flows are kept in detail and the rest folded by kind, and at most 30
+findings are shown, the most severe and largest first.`,
 		Example: `  kdrop report incident.jsonl.gz                       # Markdown summary on stdout
   kdrop report incident.jsonl.gz --html incident.html --markdown incident.md`,
 		Args: cobra.ExactArgs(1),

@@ -1,6 +1,7 @@
 package line
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -19,5 +20,31 @@ func BenchmarkEncodeIdentity(b *testing.B) {
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
 		buf = AppendEvent(buf[:0], ev)
+	}
+}
+
+// BenchmarkDecode is Decoder.Decode of the golden event lines (a report
+// reads millions), through the fast path and through encoding/json.
+func BenchmarkDecode(b *testing.B) {
+	var lines [][]byte
+	for _, s := range strings.Split(strings.TrimSpace(string(encodeGolden())), "\n") {
+		if strings.Contains(s, `"type":"drop"`) || strings.Contains(s, `"type":"overflow"`) || strings.Contains(s, `"type":"unreach"`) {
+			lines = append(lines, []byte(s))
+		}
+	}
+	for _, c := range []struct {
+		name string
+		slow bool
+	}{{"fast", false}, {"json", true}} {
+		b.Run(c.name, func(b *testing.B) {
+			d := Decoder{slowOnly: c.slow}
+			var l Line
+			b.ReportAllocs()
+			for i := 0; b.Loop(); i++ {
+				if err := d.Decode(lines[i%len(lines)], &l); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

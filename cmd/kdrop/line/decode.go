@@ -45,7 +45,12 @@ type Line struct {
 // by pointer). A Decoder is not safe for concurrent use.
 type Decoder struct {
 	endpoints map[string]*k8s.Endpoint
-	kept      int // bytes of JSON kept as keys of endpoints
+	kept      int               // bytes of JSON kept as keys of endpoints
+	interned  map[string]string // fast.go
+	protos    map[string]uint8  // parseProto's answers
+	flags     map[string]uint8  // parseTCPFlags' answers
+	slowOnly  bool              // tests: encoding/json only
+	scratch   *scratch
 }
 
 // A Decoder keeps at most maxEndpointBytes of identities, none longer than
@@ -160,17 +165,42 @@ func msDuration(ms int64) time.Duration {
 // Decode decodes one line (without its newline) into l. Errors say, for a
 // person, what is wrong with the line; the caller adds where it is.
 func (d *Decoder) Decode(b []byte, l *Line) error {
-	*l = Line{}
 	b = bytes.TrimSpace(b)
-	var w wire
-	if err := json.Unmarshal(b, &w); err != nil {
+	if d.scratch == nil {
+		d.scratch = new(scratch)
+	}
+	w := &d.scratch.w
+	if !d.slowOnly {
+		*w = wire{}
+		if d.fastWire(b, w, &d.scratch.r) {
+			*l = Line{}
+			if err := d.fromWire(w, l); err == nil {
+				return nil
+			}
+			// encoding/json words the error
+		}
+	}
+	*w = wire{}
+	*l = Line{}
+	if err := json.Unmarshal(b, w); err != nil {
 		return errors.New(jsonError(err))
 	}
+	return d.fromWire(w, l)
+}
+
+// scratch is what Decode reads a line into, kept from line to line.
+type scratch struct {
+	w wire
+	r fastReader
+}
+
+// fromWire decodes a line read into w.
+func (d *Decoder) fromWire(w *wire, l *Line) error {
 	switch {
 	case w.Format != nil:
-		return d.header(&w, l)
+		return d.header(w, l)
 	case w.End != nil:
-		return d.trailer(&w, l)
+		return d.trailer(w, l)
 	}
 	// Type, Time and Kind are set even when the rest is wrong, so a
 	// reader that only orders or passes lines on may still do so.
@@ -183,12 +213,12 @@ func (d *Decoder) Decode(b []byte, l *Line) error {
 	}
 	if _, err := tracer.ParseEventType(w.Type); err == nil {
 		l.Kind = KindEvent
-		return d.event(&w, l)
+		return d.event(w, l)
 	}
 	switch w.Type {
 	case NoticeHello, NoticeHeartbeat, NoticeMessage, NoticeLost, NoticeMissed:
 		l.Kind = KindNotice
-		return d.notice(&w, l)
+		return d.notice(w, l)
 	}
 	l.Kind = KindOther
 	return nil
@@ -280,7 +310,7 @@ func (d *Decoder) event(w *wire, l *Line) error {
 	e.Type, _ = tracer.ParseEventType(w.Type) // one of the three, checked by the caller
 	e.Time, e.Count, e.Summary, e.Source, e.Coarse = t, *w.Count, w.Summary, w.Source, w.Coarse
 	e.Netns, e.Ifindex, e.Node = w.Netns, w.Ifindex, w.Node
-	e.Proto = parseProto(w.Proto)
+	e.Proto = d.parseProto(w.Proto)
 	if w.Src.IsValid() {
 		e.Src = netip.AddrPortFrom(w.Src, w.Sport)
 	}
@@ -296,7 +326,7 @@ func (d *Decoder) event(w *wire, l *Line) error {
 	} else if a.Is6() {
 		e.Family = 6
 	}
-	e.TCPFlags = parseTCPFlags(w.TCPFlags)
+	e.TCPFlags = d.parseTCPFlags(w.TCPFlags)
 	switch e.Type {
 	case tracer.Drop:
 		e.Reason, e.ReasonCode, e.Location = w.Reason, w.ReasonCode, w.Location
@@ -343,13 +373,36 @@ func (d *Decoder) endpoint(raw json.RawMessage) (*k8s.Endpoint, error) {
 
 // parseProto reads ProtoName's names and numbers; a name this kdrop does
 // not know (a newer one's) reads as 0, unknown, rather than failing the line.
-func parseProto(s string) uint8 {
-	p, _ := tracer.ParseProto(s) // 0 for "" and unknown names
-	return p
+func (d *Decoder) parseProto(s string) uint8 {
+	return remember(&d.protos, s, func(s string) uint8 {
+		p, _ := tracer.ParseProto(s) // 0 for "" and unknown names
+		return p
+	})
 }
 
 // parseTCPFlags reads TCPFlagString's SYN|ACK; names it does not know are
 // ignored.
+func (d *Decoder) parseTCPFlags(s string) uint8 {
+	return remember(&d.flags, s, parseTCPFlags)
+}
+
+// remember returns fn(s), keeping the answers for the first few distinct
+// strings: a recording repeats a handful of protocols and flag sets on
+// every line, and parsing them is a loop over every name.
+func remember(m *map[string]uint8, s string, fn func(string) uint8) uint8 {
+	if v, ok := (*m)[s]; ok {
+		return v
+	}
+	v := fn(s)
+	if len(s) <= maxInternedLen && len(*m) < 256 {
+		if *m == nil {
+			*m = map[string]uint8{}
+		}
+		(*m)[s] = v
+	}
+	return v
+}
+
 func parseTCPFlags(s string) uint8 {
 	var f uint8
 	for _, n := range strings.Split(s, "|") {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"flag"
+	"fmt"
 	"net/netip"
 	"os"
 	"reflect"
@@ -255,17 +256,23 @@ func TestDecoderSharesIdentities(t *testing.T) {
 	}
 }
 
-// FuzzDecode: no input panics the decoder, and an event it accepts encodes
+// FuzzDecode: no input panics the decoder; the fast path and encoding/json
+// decode it alike (same line, same error); and an event it accepts encodes
 // to a line it decodes again to the same event.
 func FuzzDecode(f *testing.F) {
 	for _, s := range strings.Split(string(encodeGolden()), "\n") {
 		f.Add([]byte(s))
 	}
 	f.Add([]byte(`{"time":"2026-01-01T00:00:00Z","type":"overflow","count":1,"queue":"syn","tcp_flags":"SYN|ACK|XYZ"}`))
+	for _, s := range fastCases {
+		f.Add([]byte(s))
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var d Decoder
 		var l Line
-		if d.Decode(b, &l) != nil || l.Kind != KindEvent {
+		err := d.Decode(b, &l)
+		sameAsSlow(t, b, &l, err)
+		if err != nil || l.Kind != KindEvent {
 			return
 		}
 		out := AppendEvent(nil, &l.Event)
@@ -330,6 +337,88 @@ func TestSchema(t *testing.T) {
 			}
 		default:
 			declared("notice", obj)
+		}
+	}
+}
+
+// sameAsSlow fails unless encoding/json decodes b to l and err too.
+func sameAsSlow(t *testing.T, b []byte, l *Line, err error) {
+	t.Helper()
+	slow := Decoder{slowOnly: true}
+	var sl Line
+	serr := slow.Decode(b, &sl)
+	if fmt.Sprint(err) != fmt.Sprint(serr) {
+		t.Fatalf("%s\nfast path: error %v\nencoding/json: error %v", b, err, serr)
+	}
+	if !reflect.DeepEqual(*l, sl) {
+		t.Fatalf("%s\nfast path:     %+v\nencoding/json: %+v", b, *l, sl)
+	}
+}
+
+// Lines at the edges of what the fast path reads: each decodes as
+// encoding/json decodes it.
+var fastCases = []string{
+	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1}`,
+	` { "time" : "2026-01-01T00:00:00Z" , "type" : "drop" , "count" : 18446744073709551615 } `,
+	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":18446744073709551616}`,
+	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":01}`,
+	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1.0}`,
+	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1e2}`,
+	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":-1}`,
+	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1,"dport":65536}`,
+	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1,"icmp_type":256}`,
+	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1,"Count":2}`,
+	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1,"count":2}`,
+	`{"time":"2026-01-01T00:00:00Z","type":"DROP","count":1}`,
+	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1,"node":"n\u00e9"}`,
+	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1,"node":"né"}`,
+	"{\"time\":\"2026-01-01T00:00:00Z\",\"type\":\"drop\",\"count\":1,\"node\":\"n\xff\"}",
+	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1,"node":null}`,
+	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1,"src":""}`,
+	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1,"src":"fe80::1%eth0","sport":1}`,
+	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1,"src":"1.2.3"}`,
+	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1,"summary":true,"syncookie":false}`,
+	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1,"summary":1}`,
+	`{"time":"2026-01-01T00:00:00Z","type":"unreach","count":1,"icmp":"port-unreachable","x":12,"y":"z"}`,
+	`{"time":"2026-01-01T00:00:00Z","type":"unreach","count":1,"x":[1]}`,
+	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1,"dst_k8s":{"kind":"pod","name":"a\"}{"}}`,
+	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1,"dst_k8s":{"kind":"pod","name":"a"} }`,
+	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1,"dst_k8s":{"kind":"pod","name":"a",}}`,
+	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1,"dst_k8s":{"kind":"pod","previous":[{"kind":"pod"}]}}`,
+	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1,"dst_k8s":{"kind":"pod"]}`,
+	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1,"dst_k8s":[]}`,
+	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1,}`,
+	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1}x`,
+	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1`,
+	`{"time":"2026-01-01T00:00:00Z","type":"drop"}`,
+	`{"time":"yesterday","type":"drop","count":1}`,
+	`{"time":"2026-01-01T00:00:00Z","type":"lost","lost":3,"node":"n"}`,
+	`{}`,
+	`{"type":"0","dst_k8s":{""}}`,
+	`{"time":"2026-01-01T00:00:00Z","type":"drop","dst_k8s":{""}}`,
+	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1,"proto":"TCP","tcp_flags":"SYN|ACK"}`,
+	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1,"proto":"47"}`,
+}
+
+// The fast path reads every event line kdrop writes (the golden file has
+// every event field), and reads them as encoding/json does.
+func TestFastPath(t *testing.T) {
+	for _, name := range eventNames {
+		if !strings.Contains(string(encodeGolden()), `"`+name+`":`) {
+			t.Errorf("no golden line has %q: the fast path's reading of it is not checked", name)
+		}
+	}
+	var d Decoder
+	for _, s := range append(strings.Split(strings.TrimSpace(string(encodeGolden())), "\n"), fastCases...) {
+		var l Line
+		err := d.Decode([]byte(s), &l)
+		sameAsSlow(t, []byte(s), &l, err)
+		if l.Kind == KindEvent && err == nil {
+			var w wire
+			var r fastReader
+			if !d.fastWire([]byte(s), &w, &r) && strings.Contains(string(encodeGolden()), s) {
+				t.Errorf("the fast path does not read a line kdrop writes: %s", s)
+			}
 		}
 	}
 }

@@ -12,8 +12,8 @@ import (
 	"github.com/kdrop/kdrop/cmd/kdrop/line"
 )
 
-// MaxLine bounds one line; a longer one means the file is not what it
-// claims to be.
+// MaxLine bounds one line; a longer one is skipped and named in a note
+// (before the header: the file is not a recording).
 const MaxLine = 16 << 20
 
 // Scanned is what Scan learned about a file besides its lines.
@@ -35,14 +35,17 @@ const maxSkipsNamed = 5
 // Scan reads a recording: it checks that the file is one (gzip, a header
 // first) and passes each decoded line to fn with its number. A line that
 // cannot be read (bad JSON, a field of the wrong type, a second header,
-// data after the trailer) is skipped, counted and named in a note, never
-// fatal: a recording moves between people and tools, and one bad line must
-// not cost the rest. Lines of types this kdrop does not know are counted in
+// data after the trailer, a line over MaxLine) is skipped, counted and
+// named in a note, never fatal: a recording moves between people and
+// tools, and one bad line must not cost the rest. Lines of types this kdrop does not know are counted in
 // a note, not passed. A file cut off mid-way is read up to its last whole
 // line. Errors (not a recording at all) name the line and what is wrong.
 func Scan(r io.Reader, fn func(n int, l *line.Line) error) (Scanned, error) {
 	var s Scanned
-	br := bufio.NewReaderSize(r, 64<<10)
+	// Buffers sized for throughput on big files without costing small
+	// ones (a report, a test, a fuzz run) a large allocation: the gzip
+	// reader keeps its own 32 KiB window.
+	br := bufio.NewReaderSize(r, 16<<10)
 	magic, err := br.Peek(2)
 	switch {
 	case len(magic) == 0 && (err == io.EOF || err == nil):
@@ -60,12 +63,25 @@ func Scan(r io.Reader, fn func(n int, l *line.Line) error) (Scanned, error) {
 		return s, fmt.Errorf("not a kdrop recording: bad gzip header: %w", err)
 	}
 	sc := scanner{fn: fn}
-	lr := bufio.NewReaderSize(zr, 256<<10)
+	lr := bufio.NewReaderSize(zr, 64<<10)
 	var buf []byte
+	skip := func(perr error) {
+		if s.Skipped++; s.Skipped <= maxSkipsNamed {
+			sc.skips = append(sc.skips, perr.Error())
+		}
+	}
 	for n := 1; ; n++ {
-		b, err := readLine(lr, &buf)
-		if err == errLineTooLong {
-			return s, fmt.Errorf("line %d: longer than %d MiB: not a kdrop recording line", n, MaxLine>>20)
+		b, long, err := readLine(lr, &buf)
+		if long {
+			// Read past, not kept: a line kdrop writes is a few hundred
+			// bytes, so this one is damage or a crafted file.
+			if !sc.sawHeader {
+				return s, fmt.Errorf("line %d: longer than %d MiB: not a kdrop recording line", n, MaxLine>>20)
+			}
+			if err == nil || err == io.EOF {
+				s.Lines = n
+				skip(fmt.Errorf("line %d: longer than %d MiB, not a kdrop line", n, MaxLine>>20))
+			}
 		}
 		if err != nil && err != io.EOF && len(b) > 0 {
 			b = nil // the stream broke inside this line: it is incomplete
@@ -78,9 +94,7 @@ func Scan(r io.Reader, fn func(n int, l *line.Line) error) (Scanned, error) {
 				if !sc.sawHeader {
 					return s, perr
 				}
-				if s.Skipped++; s.Skipped <= maxSkipsNamed {
-					sc.skips = append(sc.skips, perr.Error())
-				}
+				skip(perr)
 			}
 		}
 		if err == io.EOF {
@@ -168,26 +182,30 @@ func (sc *scanner) line(n int, b []byte) error {
 	return sc.fn(n, &sc.l)
 }
 
-var errLineTooLong = errors.New("line too long")
-
 // readLine returns the next line without its newline, using buf as scratch
 // space. At the end of the data it returns the last line (if any) with
-// io.EOF; on a read error, what it had with the error.
-func readLine(r *bufio.Reader, buf *[]byte) ([]byte, error) {
+// io.EOF; on a read error, what it had with the error. A line longer than
+// MaxLine is read to its end but not returned: long says so.
+func readLine(r *bufio.Reader, buf *[]byte) (line []byte, long bool, err error) {
 	*buf = (*buf)[:0]
 	for {
 		chunk, err := r.ReadSlice('\n')
-		if len(*buf)+len(chunk) > MaxLine {
-			return nil, errLineTooLong
+		if !long && len(*buf)+len(chunk) > MaxLine {
+			long, *buf = true, nil // let the 16 MiB go
 		}
 		if err == bufio.ErrBufferFull {
-			*buf = append(*buf, chunk...)
+			if !long {
+				*buf = append(*buf, chunk...)
+			}
 			continue
+		}
+		if long {
+			return nil, true, err
 		}
 		if len(*buf) > 0 {
 			*buf = append(*buf, chunk...)
 			chunk = *buf
 		}
-		return bytes.TrimSuffix(chunk, []byte("\n")), err
+		return bytes.TrimSuffix(chunk, []byte("\n")), false, err
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"compress/gzip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -111,4 +112,40 @@ func FuzzScan(f *testing.F) {
 			t.Fatal("a file that is not gzip was accepted")
 		}
 	})
+}
+
+// A line over MaxLine is read past and named in a note, wherever it is
+// after the header, the last line included; as the first line, the file is
+// not a recording.
+func TestScanLongLines(t *testing.T) {
+	const head = `{"kdrop_record":1,"started":"2026-01-01T00:00:00Z"}`
+	const ev = `{"time":"2026-01-01T00:00:01Z","type":"drop","count":1}`
+	long := `{"time":"2026-01-01T00:00:01Z","type":"drop","count":1,"node":"` + strings.Repeat("x", MaxLine) + `"}`
+	for _, c := range []struct {
+		name, data string
+		events     int
+		err        string
+	}{
+		{"middle", head + "\n" + ev + "\n" + long + "\n" + ev + "\n", 2, ""},
+		{"last, no newline", head + "\n" + ev + "\n" + long, 1, ""},
+		{"first", long + "\n" + head + "\n", 0, "line 1: longer than 16 MiB"},
+	} {
+		events := 0
+		sc, err := Scan(bytes.NewReader(gz(c.data)), func(n int, l *line.Line) error {
+			if l.Kind == line.KindEvent {
+				events++
+			}
+			return nil
+		})
+		switch {
+		case c.err != "":
+			if err == nil || !strings.Contains(err.Error(), c.err) {
+				t.Errorf("%s: error %v, want %q", c.name, err, c.err)
+			}
+		case err != nil:
+			t.Errorf("%s: %v", c.name, err)
+		case events != c.events || sc.Skipped != 1 || len(sc.Notes) != 1 || !strings.Contains(sc.Notes[0], "longer than 16 MiB"):
+			t.Errorf("%s: %d events, scanned %+v", c.name, events, sc)
+		}
+	}
 }

@@ -1177,9 +1177,8 @@ func (a *analysis) tables() {
 	locs := map[string]*locationRow{}
 	lreasons := map[string]counter{}
 	type top struct {
-		row  topRow
-		pods map[string]bool
-		what counter
+		row        topRow
+		pods, what few
 	}
 	tops := [3]map[string]*top{{}, {}, {}}
 	var drops uint64
@@ -1257,11 +1256,11 @@ func (a *analysis) tables() {
 		for i, k := range keys {
 			t := tops[i][k.name+"|"+k.port]
 			if t == nil {
-				t = &top{row: topRow{Name: k.name, Port: k.port}, pods: map[string]bool{}, what: counter{}}
+				t = &top{row: topRow{Name: k.name, Port: k.port}}
 				tops[i][k.name+"|"+k.port] = t
 			}
 			t.row.Count += f.Count
-			t.pods[k.pod] = true
+			t.pods.add(k.pod, 0)
 			t.what.add(f.series, f.Count)
 		}
 	}
@@ -1313,12 +1312,12 @@ func (a *analysis) tables() {
 	out := [3]*[]topRow{&a.dstWork, &a.dstPods, &a.sources}
 	for i, m := range tops {
 		for _, t := range m {
-			t.row.Pods = len(t.pods)
+			t.row.Pods = t.pods.len()
 			var parts []string
-			for _, w := range t.what.top(3) {
+			for _, w := range t.what.counter().top(3) {
 				parts = append(parts, fmt.Sprintf("%s %s", w.Name, num(w.Count)))
 			}
-			if len(t.what) > 3 {
+			if t.what.len() > 3 {
 				parts = append(parts, "…")
 			}
 			t.row.What = strings.Join(parts, " · ")

@@ -199,13 +199,15 @@ func (rec *Incident) Total() uint64 {
 // A file cut off mid-way (the recorder was killed) is read up to its last
 // whole line.
 func Read(r io.Reader) (*Incident, error) {
-	p := parser{rec: &Incident{perSecond: map[slotKey]uint64{}}, flow: map[FlowID]*Flow{}, clean: map[*K8s]*K8s{}, series: map[string]struct{}{}}
+	p := parser{rec: &Incident{perSecond: map[slotKey]uint64{}}, flow: map[FlowID]*Flow{}, clean: map[*K8s]*K8s{}, series: map[string]struct{}{}, checks: map[checkKey]string{}}
 	sc, err := recording.Scan(r, p.line)
 	if err != nil {
 		return nil, err
 	}
 	p.rec.Lines, p.rec.cutOff = sc.Lines, sc.CutOff
-	p.rec.Notes = append(p.rec.Notes, sc.Notes...)
+	for _, n := range sc.Notes {
+		p.rec.Notes = append(p.rec.Notes, sentence(n))
+	}
 	p.finish()
 	return p.rec, nil
 }
@@ -215,6 +217,46 @@ type parser struct {
 	flow   map[FlowID]*Flow
 	clean  map[*K8s]*K8s // decoded identity → checked one (untrusted.go)
 	series map[string]struct{}
+	checks map[checkKey]string // check's answers
+}
+
+// What an event line's strings are checked as.
+const (
+	asNode = iota
+	asReason
+	asLocation
+	asSource
+)
+
+type checkKey struct {
+	as int
+	s  string
+}
+
+// check is checked(s, ...) for an event's node, reason, location or
+// source, remembered for the first few thousand distinct strings: a
+// recording repeats a handful of them on millions of lines, and the checks
+// are regular expressions.
+func (p *parser) check(as int, s string) string {
+	k := checkKey{as, s}
+	if c, ok := p.checks[k]; ok {
+		return c
+	}
+	var c string
+	switch as {
+	case asNode:
+		c = checked(s, isObjectName)
+	case asReason:
+		c = checked(s, reasonRE.MatchString)
+	case asLocation:
+		c = checked(s, symbolRE.MatchString)
+	default:
+		c = checked(s, wordRE.MatchString)
+	}
+	if len(p.checks) < maxChecks {
+		p.checks[k] = c
+	}
+	return c
 }
 
 // Bounds on what a report keeps of a recording, so that any file reads in
@@ -232,6 +274,8 @@ const (
 	maxKeptSeries = 200
 	// maxSlots bounds the timeline's (series, second) counts.
 	maxSlots = 1_000_000
+	// maxChecks bounds the strings whose check is remembered.
+	maxChecks = 4096
 )
 
 // k8s is the checked copy of a decoded identity, one per distinct identity.
@@ -290,13 +334,13 @@ func (p *parser) seen(t time.Time) {
 func (p *parser) event(e *line.Event) {
 	t := e.Time
 	id := FlowID{
-		Type: e.Type.String(), Node: checked(e.Node, isObjectName), Netns: uint64(e.Netns), Ifindex: e.Ifindex, Proto: tracer.ProtoName(e.Proto),
+		Type: e.Type.String(), Node: p.check(asNode, e.Node), Netns: uint64(e.Netns), Ifindex: e.Ifindex, Proto: tracer.ProtoName(e.Proto),
 		Src: e.Src.Addr(), Dst: e.Dst.Addr(), Dport: e.Dst.Port(), TCPFlags: tracer.TCPFlagString(e.TCPFlags),
 		SrcK8s: p.k8s(e.SrcK8s), DstK8s: p.k8s(e.DstK8s), WhereK8s: p.k8s(e.WhereK8s),
 	}
 	switch e.Type {
 	case tracer.Drop:
-		id.Reason, id.ReasonCode, id.Location = checked(e.Reason, reasonRE.MatchString), e.ReasonCode, checked(e.Location, symbolRE.MatchString)
+		id.Reason, id.ReasonCode, id.Location = p.check(asReason, e.Reason), e.ReasonCode, p.check(asLocation, e.Location)
 		if id.Reason == "" {
 			id.Reason = "unknown"
 		}
@@ -346,7 +390,7 @@ func (p *parser) event(e *line.Event) {
 		if f.Sources == nil {
 			f.Sources = map[string]uint64{}
 		}
-		f.Sources[checked(e.Source, wordRE.MatchString)] += c
+		f.Sources[p.check(asSource, e.Source)] += c
 	}
 	p.rec.EventLines++
 	k := slotKey{f.series, t.Unix()}
@@ -370,7 +414,7 @@ func (p *parser) finish() {
 		rec.Notes = append(rec.Notes, fmt.Sprintf("%d occurrences are in the counts but not in the timeline (it keeps at most %d series-seconds)", rec.unslotted, maxSlots))
 	}
 	if t := rec.Trailer; t != nil && t.Error != "" {
-		rec.Notes = append(rec.Notes, "the recording ended early: "+t.Error)
+		rec.Notes = append(rec.Notes, "the recording ended early: "+text(t.Error))
 	}
 	if t := rec.Trailer; t != nil && t.Events != 0 {
 		if total := rec.Total(); t.Events != uint64(rec.EventLines) && t.Events != total {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"html"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -65,15 +66,28 @@ func podID(ns, name, kind, wl string, extra ...any) map[string]any {
 	return m
 }
 
+// gz is a gzip recording of the lines. One writer serves every call (a
+// gzip.Writer is a megabyte to allocate and clear; FuzzReport calls this
+// thousands of times a second).
 func gz(lines ...string) []byte {
+	gzMu.Lock()
+	defer gzMu.Unlock()
 	var b bytes.Buffer
-	zw := gzip.NewWriter(&b)
-	for _, l := range lines {
-		zw.Write([]byte(l + "\n"))
+	if gzw == nil {
+		gzw, _ = gzip.NewWriterLevel(&b, gzip.BestSpeed)
 	}
-	zw.Close()
+	gzw.Reset(&b)
+	for _, l := range lines {
+		gzw.Write([]byte(l + "\n"))
+	}
+	gzw.Close()
 	return b.Bytes()
 }
+
+var (
+	gzMu sync.Mutex
+	gzw  *gzip.Writer
+)
 
 func read(t *testing.T, lines ...string) *Incident {
 	t.Helper()

@@ -70,6 +70,19 @@ func text(s string) string {
 	return s
 }
 
+// sentence is a note kdrop wrote that may quote a file's strings (a line
+// that could not be read, a type this kdrop does not know): Go quoting
+// leaves backticks, angle brackets, pipes and ampersands as they are, so
+// they are escaped the same way, as are control bytes.
+func sentence(s string) string {
+	s = structural.Replace(s)
+	if strings.IndexFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f }) < 0 {
+		return s
+	}
+	q := strconv.QuoteToASCII(s)
+	return q[1 : len(q)-1]
+}
+
 // cleanK8s returns the identity with every field checked.
 func cleanK8s(k *K8s) *K8s {
 	c := *k
