@@ -83,14 +83,14 @@ func TestAgentStreamLimitAndTailRetry(t *testing.T) {
 
 	// One stream takes the only slot; the next is refused.
 	base := "https://" + agentStream + "/events"
-	held := get(t, base, map[string]string{"Authorization": "Bearer " + token})
+	held := get(t, base, map[string]string{stream.TokenHeader: "Bearer " + token})
 	if held.StatusCode != 200 {
 		b, _ := io.ReadAll(held.Body)
 		t.Fatalf("first stream: %d %s", held.StatusCode, b)
 	}
 	bufio.NewReader(held.Body).ReadBytes('\n') // its hello: it is registered
 	const refusal = "kdrop agent on node node-a already serves 1 /events streams, its limit: retry later, or raise the limit with kdrop agent --max-streams"
-	resp := get(t, base, map[string]string{"Authorization": "Bearer " + token})
+	resp := get(t, base, map[string]string{stream.TokenHeader: "Bearer " + token})
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if resp.StatusCode != 503 || strings.TrimSpace(string(body)) != refusal || resp.Header.Get("Retry-After") != "5" {

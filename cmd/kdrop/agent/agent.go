@@ -75,8 +75,8 @@ func NewServer(ctx context.Context, n Node, cfg Config) *Server {
 	reg := prometheus.NewRegistry()
 	s := &Server{Hub: stream.NewHub(n.Name, n.Reasons, cfg.MaxStreams), mux: http.NewServeMux()}
 	s.Hub.Heartbeat = cfg.Heartbeat
-	s.Metrics = metrics.NewAgent(reg, metrics.Sources{Hooks: n.Hooks, Healthy: n.Healthy, Clients: s.Hub.Clients})
 	auth := stream.NewAuthorizer(cfg.Clientset, cfg.Account, n.Name, cfg.Log)
+	s.Metrics = metrics.NewAgent(reg, metrics.Sources{Hooks: n.Hooks, Healthy: n.Healthy, Clients: s.Hub.Clients, Refused: auth.Refused})
 	// The server has no write timeout (streams last); the other handlers
 	// get one of their own.
 	bounded := func(h http.Handler) http.Handler { return http.TimeoutHandler(h, handlerTimeout, "timed out") }

@@ -5,6 +5,10 @@ package metrics
 
 import (
 	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/utils/lru"
@@ -29,6 +33,9 @@ type Sources struct {
 	Hooks   []tracer.HookStatus
 	Healthy func() bool // pod identity synced and the API server answering
 	Clients func() int  // /events clients connected
+	// Refused counts /events callers refused, by HTTP status
+	// (stream.Authorizer.Refused).
+	Refused map[int]*atomic.Uint64
 }
 
 // NewAgent registers the agent's metrics, and Go's and the process's, in reg.
@@ -83,6 +90,15 @@ func NewAgent(reg prometheus.Registerer, src Sources) *Agent {
 			return float64(src.Clients())
 		}),
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	codes := slices.Sorted(maps.Keys(src.Refused))
+	for _, code := range codes {
+		n := src.Refused[code]
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name:        "kdrop_stream_refused_total",
+			Help:        "Callers of /events refused, by HTTP status: 401 not a stream token for this node, 403 the API server disowns it, 429 too many new tokens to review or streams for one token, 503 the API server could not say.",
+			ConstLabels: prometheus.Labels{"code": strconv.Itoa(code)},
+		}, func() float64 { return float64(n.Load()) }))
+	}
 	return m
 }
 

@@ -6,12 +6,17 @@ package stream
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -30,8 +35,12 @@ import (
 // Node object and valid for TokenLifetime. The API server refuses such a
 // token (its audience is not the API server's), and so does every other
 // agent (bound to another node): whoever reads it at the agent, a proxy or
-// a compromised node, can open a stream on that node only, for minutes.
-// The agent checks it with a TokenReview for Audience.
+// a compromised node, can open a stream on that node only, until it
+// expires. The agent reads the token's claims first (no API call for
+// anything that is not such a token, or lives longer than
+// MaxTokenLifetime), then checks it with a TokenReview for Audience, and
+// ends the stream when the token expires: a viewer whose binding is
+// removed loses the stream within MaxTokenLifetime.
 const (
 	// Audience is the one audience of stream tokens.
 	Audience = "kdrop.dev/stream"
@@ -39,9 +48,16 @@ const (
 	// the agents' namespace. It is bound to no role: its tokens carry no
 	// rights at the API server, whatever their audience.
 	DefaultAccount = "kdrop-stream"
-	// TokenLifetime is how long a stream token is valid: the API server's
-	// minimum for a TokenRequest.
-	TokenLifetime = 10 * time.Minute
+	// TokenLifetime is how long the stream tokens kdrop tail asks for are
+	// valid. A stream ends when its token expires, and tail reconnects with
+	// a new one (a gap of milliseconds, said as any gap is).
+	TokenLifetime = time.Hour
+	// MaxTokenLifetime is the longest lifetime (exp - iat) the agent takes:
+	// a token asked for by hand for a year is refused.
+	MaxTokenLifetime = TokenLifetime + time.Minute
+	// MaxStreamsPerToken bounds the streams one token holds at once, so
+	// one caller cannot take every slot of --max-streams.
+	MaxStreamsPerToken = 4
 	// TokenHeader carries the token: the API server's pod proxy strips
 	// Authorization after authenticating the caller.
 	TokenHeader = "X-Kdrop-Authorization"
@@ -86,20 +102,37 @@ type Authorizer struct {
 	// decisions are cached briefly per token so a reconnecting tail does
 	// not cost an API call each time.
 	cache map[[32]byte]authDecision
-	limit *rate.Limiter
+	// Reviews of new tokens are rate-limited: trusted for callers from an
+	// address that showed a good token before (the API server's pod
+	// proxy), limit for the others, so a flood from elsewhere never holds
+	// up a viewer's reconnect through the API server.
+	limit, trusted *rate.Limiter
+	good           map[string]time.Time // addresses that showed a good token, when last
+	streams        map[[32]byte]int     // open streams per token
+	// Refused counts refusals by HTTP status (401, 403, 429, 503).
+	Refused map[int]*atomic.Uint64
 }
 
 type authDecision struct {
 	status int
 	msg    string
 	at     time.Time
+	exp    time.Time // the token's expiry, when accepted
 }
+
+// RefusalCodes are the statuses Refused counts.
+var RefusalCodes = []int{http.StatusUnauthorized, http.StatusForbidden, http.StatusTooManyRequests, http.StatusServiceUnavailable}
 
 // NewAuthorizer checks tokens with cs's API server: they must be acct's,
 // for Audience, bound to node.
 func NewAuthorizer(cs kubernetes.Interface, acct Account, node string, log *zap.Logger) *Authorizer {
-	return &Authorizer{cs: cs, acct: acct, node: node, log: log, cache: map[[32]byte]authDecision{},
-		limit: rate.NewLimiter(reviewRate, reviewBurst)}
+	a := &Authorizer{cs: cs, acct: acct, node: node, log: log, cache: map[[32]byte]authDecision{},
+		limit: rate.NewLimiter(reviewRate, reviewBurst), trusted: rate.NewLimiter(reviewRate, reviewBurst),
+		good: map[string]time.Time{}, streams: map[[32]byte]int{}, Refused: map[int]*atomic.Uint64{}}
+	for _, c := range RefusalCodes {
+		a.Refused[c] = new(atomic.Uint64)
+	}
+	return a
 }
 
 // saNamespaceFile is where a pod finds its own namespace.
@@ -122,52 +155,157 @@ func bearer(h string) string {
 	return ""
 }
 
-// Wrap puts the authorization in front of next.
+// Wrap puts the authorization in front of next. The request next serves
+// ends when the token expires.
 func (a *Authorizer) Wrap(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		refuse := func(status int, msg string) {
+			a.Refused[status].Add(1)
+			if status == http.StatusTooManyRequests {
+				w.Header().Set("Retry-After", "1")
+			}
+			http.Error(w, msg, status)
+		}
 		token := bearer(r.Header.Get(TokenHeader))
 		if token == "" {
-			token = bearer(r.Header.Get("Authorization"))
-		}
-		if token == "" {
-			http.Error(w, "no stream token: kdrop tail gets one from the API server (a TokenRequest for service account "+a.acct.String()+", audience "+Audience+", bound to node "+a.node+") and sends it in "+TokenHeader, http.StatusUnauthorized)
+			refuse(http.StatusUnauthorized, "no stream token in "+TokenHeader+": kdrop tail gets one from the API server (a TokenRequest for service account "+a.acct.String()+", audience "+Audience+", bound to node "+a.node+"); never send your own credentials")
 			return
 		}
-		d := a.decide(r.Context(), token)
-		if d.status == http.StatusTooManyRequests {
-			w.Header().Set("Retry-After", "1")
-		}
+		remote, _, _ := net.SplitHostPort(r.RemoteAddr)
+		d := a.decide(r.Context(), token, remote)
 		if d.status != http.StatusOK {
-			http.Error(w, d.msg, d.status)
+			refuse(d.status, d.msg)
 			return
 		}
-		a.log.Debug("stream client authorized", zap.String("remote", r.RemoteAddr))
-		next.ServeHTTP(w, r)
+		key := sha256.Sum256([]byte(token))
+		a.mu.Lock()
+		if a.streams[key] >= MaxStreamsPerToken {
+			a.mu.Unlock()
+			refuse(http.StatusTooManyRequests, fmt.Sprintf("this stream token already holds %d streams, the most one token may", MaxStreamsPerToken))
+			return
+		}
+		a.streams[key]++
+		a.mu.Unlock()
+		defer func() {
+			a.mu.Lock()
+			if a.streams[key]--; a.streams[key] <= 0 {
+				delete(a.streams, key)
+			}
+			a.mu.Unlock()
+		}()
+		a.log.Debug("stream client authorized", zap.String("remote", r.RemoteAddr), zap.Time("until", d.exp))
+		ctx, cancel := context.WithDeadline(r.Context(), d.exp)
+		defer cancel()
+		next.ServeHTTP(w, r.WithContext(ctx))
 	})
 }
 
-func (a *Authorizer) decide(ctx context.Context, token string) authDecision {
+func (a *Authorizer) decide(ctx context.Context, token, remote string) authDecision {
+	if a.acct.Namespace == "" || a.node == "" {
+		return authDecision{status: http.StatusServiceUnavailable, msg: "this agent does not know its namespace or node, so it cannot check stream tokens: set POD_NAMESPACE and NODE_NAME (deploy/ does, with the downward API)"}
+	}
+	// What the token says of itself, checked before any API call: most
+	// of what is not a stream token for this node costs nothing.
+	exp, err := a.claims(token)
+	if err != nil {
+		return authDecision{status: http.StatusUnauthorized, msg: "not a stream token for this agent: " + err.Error()}
+	}
 	key := sha256.Sum256([]byte(token))
 	a.mu.Lock()
 	d, ok := a.cache[key]
+	lim := a.limit
+	if _, trusted := a.good[remote]; trusted {
+		lim = a.trusted
+	}
 	a.mu.Unlock()
 	if ok && time.Since(d.at) < authTTL {
 		return d
 	}
 	// Reviews of tokens not seen lately are rate-limited by the agent
-	// itself: random tokens must not flood the API server, nor wait in
-	// front of real users' reviews for long.
-	if !a.limit.Allow() {
+	// itself: forged tokens must not flood the API server, nor hold up
+	// real users' reviews.
+	if !lim.Allow() {
 		return authDecision{status: http.StatusTooManyRequests, msg: "too many new stream tokens to check with the API server just now: retry in a second"}
 	}
 	rctx, cancel := context.WithTimeout(ctx, reviewTimeout)
 	defer cancel()
 	d = a.review(rctx, token)
-	d.at = time.Now()
+	d.at, d.exp = time.Now(), exp
 	if d.status != http.StatusServiceUnavailable { // refusals cached too: a negative cache
 		a.remember(key, d)
 	}
+	if d.status == http.StatusOK {
+		a.trust(remote)
+	}
 	return d
+}
+
+// trust remembers that remote showed a good token (at most maxTrusted
+// addresses, the oldest forgotten first).
+func (a *Authorizer) trust(remote string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.good[remote] = time.Now()
+	for len(a.good) > maxTrusted {
+		oldest := ""
+		for k, at := range a.good {
+			if oldest == "" || at.Before(a.good[oldest]) {
+				oldest = k
+			}
+		}
+		delete(a.good, oldest)
+	}
+}
+
+// maxTrusted bounds the addresses remembered as having shown good tokens.
+const maxTrusted = 16
+
+// claims checks what a stream token says of itself (a JWT's payload; its
+// signature is the TokenReview's business): audience, subject, the node
+// it is bound to, and its lifetime. It returns the token's expiry.
+func (a *Authorizer) claims(token string) (time.Time, error) {
+	parts := strings.Split(token, ".")
+	if len(parts) != 3 || len(parts[1]) > 8<<10 {
+		return time.Time{}, errors.New("not a JWT")
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(parts[1], "="))
+	if err != nil {
+		return time.Time{}, errors.New("not a JWT")
+	}
+	var c struct {
+		Aud  json.RawMessage `json:"aud"`
+		Sub  string          `json:"sub"`
+		Exp  int64           `json:"exp"`
+		Iat  int64           `json:"iat"`
+		Kube struct {
+			Node struct {
+				Name string `json:"name"`
+			} `json:"node"`
+		} `json:"kubernetes.io"`
+	}
+	if err := json.Unmarshal(payload, &c); err != nil {
+		return time.Time{}, errors.New("not a JWT")
+	}
+	var auds []string
+	if json.Unmarshal(c.Aud, &auds) != nil {
+		var one string
+		json.Unmarshal(c.Aud, &one)
+		auds = []string{one}
+	}
+	exp, iat := time.Unix(c.Exp, 0), time.Unix(c.Iat, 0)
+	switch {
+	case !slices.Contains(auds, Audience):
+		return time.Time{}, fmt.Errorf("its audience is not %s", Audience)
+	case c.Sub != a.acct.Username():
+		return time.Time{}, fmt.Errorf("it is not a token of service account %s", a.acct)
+	case c.Kube.Node.Name != a.node:
+		return time.Time{}, fmt.Errorf("it is bound to node %q, this agent runs on node %q: ask for a token bound to this node", c.Kube.Node.Name, a.node)
+	case c.Exp == 0 || !time.Now().Before(exp):
+		return time.Time{}, errors.New("it has expired")
+	case c.Iat == 0 || exp.Sub(iat) > MaxTokenLifetime:
+		return time.Time{}, fmt.Errorf("it lives %v, longer than the %v a stream token may", exp.Sub(iat), MaxTokenLifetime)
+	}
+	return exp, nil
 }
 
 // Reviews: at most reviewRate a second (burst reviewBurst) for tokens not
@@ -198,9 +336,6 @@ func (a *Authorizer) remember(key [32]byte, d authDecision) {
 }
 
 func (a *Authorizer) review(ctx context.Context, token string) authDecision {
-	if a.acct.Namespace == "" || a.node == "" {
-		return authDecision{status: http.StatusServiceUnavailable, msg: "this agent does not know its namespace or node, so it cannot check stream tokens: set POD_NAMESPACE and NODE_NAME (deploy/ does, with the downward API)"}
-	}
 	tr, err := a.cs.AuthenticationV1().TokenReviews().Create(ctx,
 		&authnv1.TokenReview{Spec: authnv1.TokenReviewSpec{Token: token, Audiences: []string{Audience}}}, metav1.CreateOptions{})
 	if err != nil {
@@ -211,6 +346,7 @@ func (a *Authorizer) review(ctx context.Context, token string) authDecision {
 	if !st.Authenticated || !slices.Contains(st.Audiences, Audience) {
 		return authDecision{status: http.StatusUnauthorized, msg: "not a stream token (the API server does not accept it for audience " + Audience + "): " + st.Error}
 	}
+	// The API server's word on what the claims said.
 	if st.User.Username != a.acct.Username() {
 		return authDecision{status: http.StatusForbidden, msg: fmt.Sprintf("a token of %s: streams take tokens of service account %s only", st.User.Username, a.acct)}
 	}
