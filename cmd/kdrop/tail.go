@@ -118,18 +118,19 @@ func errNoAgent(a tail.Agents) error {
 }
 
 // clusterRow renders a line of an agent's stream as a table row; a line
-// this kdrop cannot read is shown as it is.
+// this kdrop cannot read is shown as it is. Either is made safe for a
+// terminal (line.Printable): an agent's words are not trusted with it.
 func clusterRow(d *line.Decoder, l *line.Line, raw []byte) string {
-	if d.Decode(raw, l) != nil {
-		return string(raw)
+	row := string(raw)
+	if d.Decode(raw, l) == nil {
+		switch l.Kind {
+		case line.KindEvent:
+			row = l.Event.ClusterRow()
+		case line.KindNotice:
+			row = l.Notice.ClusterRow()
+		}
 	}
-	switch l.Kind {
-	case line.KindEvent:
-		return l.Event.ClusterRow()
-	case line.KindNotice:
-		return l.Notice.ClusterRow()
-	}
-	return string(raw)
+	return line.Printable(row)
 }
 
 // newTailer checks the filters, and asks the API server whether the caller

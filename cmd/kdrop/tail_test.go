@@ -335,11 +335,21 @@ func TestTailMergesAgentsAndSurvivesRestart(t *testing.T) {
 	mark = len(lines)
 	mu.Unlock()
 	b := nodes[1].agent.cmd.Process
+	stopped := time.Now()
 	b.Signal(syscall.SIGSTOP)
 	t.Cleanup(func() { b.Signal(syscall.SIGCONT) })
 	silentAt := noticeOn("node-b", "stream from agent kdrop-b on node node-b lost (no line, not even a heartbeat, for 3s)", mark)
 	b.Signal(syscall.SIGCONT)
-	waitFor(nodes[1], noticeOn("node-b", "connected to agent kdrop-b: events on node node-b between", silentAt))
+	backB := noticeOn("node-b", "connected to agent kdrop-b: events on node node-b between", silentAt)
+	// The gap starts when the stream last delivered anything (a heartbeat
+	// a second at most before the stop), not when tail noticed the silence.
+	mu.Lock()
+	gapB, _ := time.Parse(time.RFC3339Nano, fmt.Sprint(lines[backB]["gap_from"]))
+	mu.Unlock()
+	if gapB.IsZero() || gapB.After(stopped.Add(500*time.Millisecond)) || gapB.Before(stopped.Add(-2*time.Second)) {
+		t.Errorf("node-b's gap starts at %v; the agent stopped at %v and its last heartbeat came at most 1 s before", gapB, stopped)
+	}
+	waitFor(nodes[1], backB)
 
 	// Stop the recording as an operator does (Ctrl-C); its report shows
 	// both nodes with their kernels, events from both, and node-a's gap.

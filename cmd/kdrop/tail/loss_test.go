@@ -112,7 +112,7 @@ func TestStreamLossNotices(t *testing.T) {
 
 	// tail's words for each notice, and the numbers it carries on
 	tl := &Tailer{lines: make(chan Line, 16)}
-	if err := tl.read(bytes.NewReader(lines)); err != nil {
+	if err := tl.read(bytes.NewReader(lines), "kdrop-a", "node-a"); err != nil {
 		t.Fatal(err)
 	}
 	close(tl.lines)

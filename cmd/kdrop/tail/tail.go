@@ -139,13 +139,20 @@ func (t *Tailer) streamLost(node, msg string) {
 }
 
 // markDown marks node's stream as lost, and reports whether it was up.
-func (t *Tailer) markDown(node string) bool {
+func (t *Tailer) markDown(node string) bool { return t.markDownSince(node, time.Time{}) }
+
+// markDownSince is markDown with the time the stream last delivered
+// anything (zero: now): what came after it was not seen.
+func (t *Tailer) markDownSince(node string, since time.Time) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if _, already := t.down[node]; already {
 		return false
 	}
-	t.down[node] = time.Now().UTC()
+	if since.IsZero() {
+		since = time.Now()
+	}
+	t.down[node] = since.UTC()
 	return true
 }
 
@@ -250,15 +257,23 @@ func (t *Tailer) stream(ctx context.Context, pod, node string) {
 	refused := "" // the agent's refusal last shown, not repeated at each retry
 	for ctx.Err() == nil {
 		body, err := t.open(ctx, pod, node)
+		var last time.Time // when the stream last delivered anything
 		if err == nil {
 			t.connected(node, pod)
-			err = t.readLive(body)
+			last, err = t.readLive(body, pod, node)
 			body.Close()
 			backoff = 500 * time.Millisecond
 			refused = ""
 		}
 		if ctx.Err() != nil {
 			return
+		}
+		if err == nil && t.tokenExpired(node) {
+			// The agent ends a stream when its token expires: at once
+			// again, with a new token, the gap said as any other.
+			t.markDownSince(node, last)
+			t.notice(node, fmt.Sprintf("stream from agent %s on node %s ended as its token expired; reconnecting with a new one", pod, node))
+			continue
 		}
 		wait := backoff
 		if s, ok := apierrors.SuggestsClientDelay(err); ok { // Retry-After
@@ -270,7 +285,9 @@ func (t *Tailer) stream(ctx context.Context, pod, node string) {
 			}
 			refused = why
 		} else {
-			t.streamLost(node, fmt.Sprintf("stream from agent %s on node %s lost (%v); reconnecting", pod, node, errOrEOF(err)))
+			if t.markDownSince(node, last) {
+				t.notice(node, fmt.Sprintf("stream from agent %s on node %s lost (%v); reconnecting", pod, node, errOrEOF(err)))
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -326,6 +343,14 @@ func (t *Tailer) token(ctx context.Context, node string) (string, error) {
 	return tok, nil
 }
 
+// tokenExpired says whether node's stream token has (about) expired.
+func (t *Tailer) tokenExpired(node string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	c, ok := t.tokens[node]
+	return ok && time.Until(c.expires) < 2*time.Second
+}
+
 // ViewerHint says how to grant the stream in namespace ns.
 func ViewerHint(ns string) string {
 	return fmt.Sprintf("bind ClusterRole kdrop-viewer in namespace %s: kubectl create rolebinding kdrop-viewer-$USER -n %s --clusterrole=kdrop-viewer --user=<you>", ns, ns)
@@ -357,8 +382,8 @@ func errOrEOF(err error) error {
 
 // readLive reads body until it ends or stays silent for the idle timeout
 // (a few heartbeats): a half-open connection is a lost stream, not a quiet
-// node.
-func (t *Tailer) readLive(body io.ReadCloser) error {
+// node. It returns when the stream last delivered anything.
+func (t *Tailer) readLive(body io.ReadCloser, pod, node string) (time.Time, error) {
 	idle := t.agents.IdleTimeout
 	if idle <= 0 {
 		idle = DefaultIdleTimeout
@@ -366,11 +391,12 @@ func (t *Tailer) readLive(body io.ReadCloser) error {
 	var silent atomic.Bool
 	timer := time.AfterFunc(idle, func() { silent.Store(true); body.Close() })
 	defer timer.Stop()
-	err := t.read(&resetReader{r: body, reset: func() { timer.Reset(idle) }})
+	last := time.Now()
+	err := t.read(&resetReader{r: body, reset: func() { last = time.Now(); timer.Reset(idle) }}, pod, node)
 	if silent.Load() {
-		return fmt.Errorf("no line, not even a heartbeat, for %v", idle)
+		return last, fmt.Errorf("no line, not even a heartbeat, for %v", idle)
 	}
-	return err
+	return last, err
 }
 
 // DefaultIdleTimeout is how long a stream may stay silent: three of the
@@ -391,11 +417,14 @@ func (r *resetReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (t *Tailer) read(body io.Reader) error {
+// read passes body's lines on. A line naming another node than the
+// agent's is left out (said once): an agent speaks for its own node only.
+func (t *Tailer) read(body io.Reader, pod, node string) error {
 	sc := bufio.NewScanner(body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	var d line.Decoder
 	var l line.Line
+	foreign := false
 	for sc.Scan() {
 		// A line this kdrop cannot read in full (from a newer agent, say)
 		// is still passed on, as it came, if it has a time to order it by.
@@ -405,9 +434,27 @@ func (t *Tailer) read(body io.Reader) error {
 		if l.Type == line.NoticeHello || l.Type == line.NoticeHeartbeat {
 			continue
 		}
+		if n := lineNode(&l); n != "" && n != node {
+			if !foreign {
+				foreign = true
+				t.notice(node, fmt.Sprintf("agent %s on node %s sent lines naming node %q: lines naming another node are left out", pod, node, n))
+			}
+			continue
+		}
 		t.lines <- Line{At: l.Time, Kind: l.Kind, Lost: l.Notice.Lost, Missed: l.Notice.Missed, Raw: append([]byte(nil), sc.Bytes()...)}
 	}
 	return sc.Err()
+}
+
+// lineNode is the node a line says it is from.
+func lineNode(l *line.Line) string {
+	switch l.Kind {
+	case line.KindEvent:
+		return l.Event.Node
+	case line.KindNotice:
+		return l.Notice.Node
+	}
+	return ""
 }
 
 // MaxHeld bounds the lines merge holds: past it, the oldest are let go

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -190,7 +191,8 @@ func TestTailFollowsAgents(t *testing.T) {
 }
 
 // A line this kdrop cannot read in full is still passed on, as it came;
-// one without a time to order it by is not.
+// one without a time to order it by is not; one naming another node than
+// the agent's is left out, and that said once.
 func TestTailPassesLinesItCannotRead(t *testing.T) {
 	tl := &Tailer{lines: make(chan Line, 16)}
 	in := strings.Join([]string{
@@ -200,8 +202,11 @@ func TestTailPassesLinesItCannotRead(t *testing.T) {
 		`{"time":"2026-11-30T12:00:03Z","type":"heartbeat","node":"n"}`,
 		`{"type":"drop","count":1}`,
 		`not json`,
+		`{"time":"2026-11-30T12:00:04Z","type":"drop","count":1,"node":"node-z"}`,
+		`{"time":"2026-11-30T12:00:05Z","type":"notice","node":"node-y","message":"forged"}`,
+		`{"time":"2026-11-30T12:00:06Z","type":"drop","count":1,"node":"n"}`,
 	}, "\n")
-	if err := tl.read(strings.NewReader(in)); err != nil {
+	if err := tl.read(strings.NewReader(in), "kdrop-n", "n"); err != nil {
 		t.Fatal(err)
 	}
 	close(tl.lines)
@@ -209,8 +214,8 @@ func TestTailPassesLinesItCannotRead(t *testing.T) {
 	for l := range tl.lines {
 		kinds = append(kinds, l.Kind)
 	}
-	if len(kinds) != 3 || kinds[0] != line.KindEvent || kinds[1] != line.KindEvent || kinds[2] != line.KindOther {
-		t.Errorf("passed on kinds %v, want event, event, other", kinds)
+	if want := []line.Kind{line.KindEvent, line.KindEvent, line.KindOther, line.KindNotice, line.KindEvent}; !slices.Equal(kinds, want) {
+		t.Errorf("passed on kinds %v, want %v (the notice: lines naming another node left out)", kinds, want)
 	}
 }
 

@@ -40,7 +40,7 @@ func (s *Writer) Event(ev *line.Event) {
 		return
 	}
 	if s.table {
-		fmt.Fprintln(s.w, ev.TableRow())
+		fmt.Fprintln(s.w, line.Printable(ev.TableRow()))
 	} else {
 		s.buf = append(line.AppendEvent(s.buf[:0], ev), '\n')
 		s.w.Write(s.buf)
