@@ -57,6 +57,7 @@ type harness struct {
 	others int // events the attributor was not asked about
 	cancel context.CancelFunc
 	done   chan error
+	tr     *tracer.Tracer
 }
 
 func (h *harness) add(ev *tracer.Event, r *Rule) {
@@ -85,6 +86,7 @@ func startHarness(t *testing.T, cfg Config, opts tracer.Options) *harness {
 	if err != nil {
 		t.Fatalf("tracer: %v", err)
 	}
+	h.tr = tr
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
 	go func() {
@@ -391,6 +393,14 @@ func TestRulesNamedAndCounted(t *testing.T) {
 	stop()
 	time.Sleep(300 * time.Millisecond)
 	out := h.stop(t)
+	// Occurrences the kernel skipped kdrop's program for (a drop nested in
+	// another of its programs on that CPU: rare, more so under -race) are
+	// in no line: counts may be short by that many, never more.
+	st, err := h.tr.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	missed := st.Missed
 	summaries := 0
 	for _, x := range out {
 		if x.ev.Summary && x.rule.Known() {
@@ -427,18 +437,17 @@ func TestRulesNamedAndCounted(t *testing.T) {
 				ambiguousWant += n
 				continue
 			}
-			if got[k] != n {
-				t.Errorf("netns %s rule %s: kdrop counted %d packets, the rule's counter %d", ns.Name, k, got[k], n)
+			if got[k] > n || got[k]+missed < n {
+				t.Errorf("netns %s rule %s: kdrop counted %d packets, the rule's counter %d (missed by the kernel: %d)", ns.Name, k, got[k], n, missed)
 			}
 		}
-		if ambiguous != ambiguousWant {
+		if ambiguous > ambiguousWant || ambiguous+missed < ambiguousWant {
 			t.Errorf("netns %s: %d packets attributed to both rules of port 9005, their counters sum to %d", ns.Name, ambiguous, ambiguousWant)
 		}
 	}
-	st := h.a.Stats()
-	t.Logf("attributor: %+v, %d events, %d summaries", st, len(out), summaries)
-	if st.Held != 0 {
-		t.Errorf("%d events still held after Close", st.Held)
+	t.Logf("attributor: %+v, %d events, %d summaries, %d occurrences missed by the kernel", h.a.Stats(), len(out), summaries, missed)
+	if held := h.a.Stats().Held; held != 0 {
+		t.Errorf("%d events still held after Close", held)
 	}
 }
 

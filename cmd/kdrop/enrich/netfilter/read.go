@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -154,10 +155,26 @@ func (r *netnsReader) readOnce(conn *nftables.Conn, nl *netlink.Conn) (*ruleset,
 		return nil, err
 	}
 	if gen2 != gen {
-		return nil, errChanged
+		return nil, r.whatChanged(conn)
 	}
 	r.gen, r.known = gen, true
 	return rs, nil
+}
+
+// whatChanged tells a table deleted while reading from other changes.
+func (r *netnsReader) whatChanged(conn *nftables.Conn) error {
+	tables, err := conn.ListTables()
+	if err != nil {
+		return errChanged
+	}
+	for _, c := range r.chains {
+		if !slices.ContainsFunc(tables, func(t *nftables.Table) bool {
+			return t.Name == c.table.Name && t.Family == c.table.Family
+		}) {
+			return errDeleted
+		}
+	}
+	return errChanged
 }
 
 func (rs *ruleset) add(ri *ruleInfo) {
