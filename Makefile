@@ -88,9 +88,9 @@ check: deps build ## print what this kernel supports
 
 test: check-generate test-fuzz test-host test-kernels test-k8s test-cluster ## all tests: the BPF object reproduced, host kernel, VM kernels, Kubernetes API, a real cluster (what CI runs)
 
-test-host: deps ## tracer tests on this machine's kernel, with the race detector
+test-host: deps ## tracer and netfilter-rule tests on this machine's kernel, with the race detector
 	$(GO) vet ./...
-	$(GO) test -race -count=1 ./tracer/...
+	$(GO) test -race -count=1 ./tracer/... ./cmd/kdrop/enrich/netfilter/
 
 # Go fuzz targets of everything that parses input: package:target.
 FUZZ_TARGETS := ./cmd/kdrop/line:FuzzDecode ./cmd/kdrop/sinks/recording:FuzzScan \
