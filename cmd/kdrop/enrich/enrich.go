@@ -52,9 +52,9 @@ type Scratch struct {
 // Pipeline is what watch, record and the agent share: the tracer, pod
 // identity and the pod filter, ending in a sink of lines.
 type Pipeline struct {
-	T     *tracer.Tracer
-	Res   *k8s.Resolver // nil: identity off
-	Node  string        // this node's name ("" outside a cluster)
+	T    *tracer.Tracer
+	Res  *k8s.Resolver // nil: identity off
+	Node string        // this node's name ("" outside a cluster)
 	// Rules configures naming the netfilter rule of NETFILTER_DROP drops
 	// (package netfilter): such a drop is held, at most Rules.MaxWait,
 	// until its namespace's rules are read, then goes to the sink with
