@@ -162,12 +162,13 @@ image: build ## build the agent's OCI image kdrop:$(IMAGE_TAG) as a tarball (out
 BENCH_KERNEL ?= 6.12
 SOAK         ?= 30m
 # `make bench SOAK=2m` for a short agent soak
-bench: kernels kube-bins ## benchmarks: BPF cost per run vs empty programs (host + a VM for fentry/kprobe), drop rate without loss, decode+encode
+bench: kernels kube-bins ## benchmarks: BPF cost per run vs empty programs (host + a VM for fentry/kprobe), drop rate without loss, decode+encode, naming netfilter rules under a 10k/s storm
 	$(GO) test -run '^$$' -bench . -benchtime 20000x -count 1 ./tracer/ | grep -E 'BPFCOST|^Benchmark|^ok'
 	$(GO) test -run '^$$' -bench DecodeEncode -benchtime 2s -count 1 ./tracer/ | grep -E '^Benchmark'
 	$(GO) test -run '^$$' -bench WatchDropRate -benchtime 1x -count 1 ./cmd/kdrop/ | grep -E 'DROPRATE|^Benchmark'
 	@command -v bpftrace >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bpftrace >/dev/null
 	$(GO) test -run '^$$' -bench DropStorm -benchtime 1x -count 1 -timeout 20m ./cmd/kdrop/ | grep -E 'STORM|^Benchmark|FAIL|storm_bench'
+	$(GO) test -run '^$$' -bench 'RuleStorm|Read500' -benchtime 1x -count 1 -timeout 10m ./cmd/kdrop/enrich/netfilter/ | grep -E 'RULESTORM|^Benchmark|FAIL|bench_test'
 	KDROP_KUBE_BIN=$(KDROP_CACHE)/kube/bin KDROP_SOAK=$(SOAK) $(GO) test -run '^$$' -bench AgentSoak -benchtime 1x -count 1 -timeout 90m ./cmd/kdrop/ | grep -E 'SOAK|^Benchmark|FAIL|soak_bench'
 	KDROP_KUBE_BIN=$(KDROP_CACHE)/kube/bin $(GO) test -run '^$$' -bench 'LookupIP|LookupNetns|Cluster10k' -benchmem -timeout 30m ./k8s/ | grep -E '^Benchmark|KDROP-SCALE'
 	$(GO) test -c -o $(KDROP_CACHE)/tracer.test ./tracer/

@@ -20,7 +20,8 @@ type Config struct {
 	// past it, it goes out with Unknown "rules not read in time". Default 2 s.
 	MaxWait time.Duration
 	// MaxHeld bounds the events held at once, all namespaces together; one
-	// more goes out at once with Unknown "too many drops waiting". Default 4096.
+	// more goes out at once with Unknown "too many drops waiting". Default
+	// 16384: a 10k/s storm of lines without a rate limit holds about 3000.
 	MaxHeld int
 	// SummarySpan is how far back the occurrences of a summary event go: two
 	// of the tracer's sweep intervals. Default 2 s.
@@ -51,7 +52,7 @@ func (c *Config) defaults() {
 	def(&c.ReadTimeout, time.Second)
 	def(&c.Keep, time.Minute)
 	if c.MaxHeld <= 0 {
-		c.MaxHeld = 4096
+		c.MaxHeld = 16384
 	}
 	if c.NetnsPaths == nil {
 		c.NetnsPaths = tracer.NetnsPaths
@@ -104,6 +105,8 @@ type nsState[T any] struct {
 	err      error     // the last read's error, if it failed
 	errAt    time.Time // when that read started
 	seen     time.Time // the last drop's arrival
+	reads    uint64    // reads attempted
+	walked   uint64    // reads when pending was last walked
 }
 
 // window is what moved between two reads: (from, to]. The first read of a
@@ -168,13 +171,16 @@ func (a *Attributor[T]) Submit(ev *tracer.Event, item T) *Rule {
 		}
 		a.ns[ev.Netns] = s
 	}
+	first := len(s.pending) == 0
 	s.pending = append(s.pending, r)
 	s.seen = now
 	a.held++
 	a.mu.Unlock()
-	select {
-	case a.wake <- struct{}{}:
-	default:
+	if first { // a namespace starts waiting: its read may be due now
+		select {
+		case a.wake <- struct{}{}:
+		default:
+		}
 	}
 	return nil
 }
@@ -212,7 +218,7 @@ func (a *Attributor[T]) Stats() Stats {
 
 func (a *Attributor[T]) loop() {
 	defer close(a.done)
-	tick := time.NewTicker(a.cfg.Interval / 4)
+	tick := time.NewTicker(a.cfg.Interval / 10)
 	defer tick.Stop()
 	for {
 		select {
@@ -255,6 +261,12 @@ func (a *Attributor[T]) step(final bool) {
 	now = time.Now()
 	a.mu.Lock()
 	for _, s := range a.ns {
+		// Only a new read, or the oldest event's deadline (events are in
+		// arrival order), can give events out.
+		if s.reads == s.walked && !final && (len(s.pending) == 0 || now.Before(s.pending[0].deadline)) {
+			continue
+		}
+		s.walked = s.reads
 		keep := s.pending[:0]
 		for i := range s.pending {
 			p := &s.pending[i]
@@ -315,6 +327,7 @@ func (a *Attributor[T]) read(ino uint32) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	s.lastRead = start
+	s.reads++
 	if err != nil {
 		a.readErrors.Add(1)
 		s.err, s.errAt = err, start
