@@ -29,6 +29,10 @@ type Config struct {
 	// ReadTimeout bounds one read of a namespace (netlink socket
 	// deadline). Default 1 s.
 	ReadTimeout time.Duration
+	// KeepWindows is how long what moved between reads is kept, for
+	// events that reach userspace late (a slow ring buffer reader): at
+	// least SummarySpan+MaxWait. Default 10 s.
+	KeepWindows time.Duration
 	// Keep is how long a namespace's last read is kept after its last drop,
 	// as the baseline of the next one. Default 60 s.
 	Keep time.Duration
@@ -51,6 +55,7 @@ func (c *Config) defaults() {
 	def(&c.SummarySpan, 2*time.Second)
 	def(&c.ReadTimeout, time.Second)
 	def(&c.Keep, time.Minute)
+	def(&c.KeepWindows, max(10*time.Second, c.SummarySpan+c.MaxWait))
 	if c.MaxHeld <= 0 {
 		c.MaxHeld = 16384
 	}
@@ -66,6 +71,7 @@ const (
 	whyStopping = "kdrop stopped before the rules were read"
 	whyNoRule   = "no drop rule's counter moved and none matches"
 	whyNoNetns  = "no network namespace"
+	whyTooOld   = "event older than the counters kept"
 )
 
 // Attributor names the rule of NETFILTER_DROP events, asynchronously: an
@@ -109,9 +115,12 @@ type nsState[T any] struct {
 	walked   uint64    // reads when pending was last walked
 }
 
-// window is what moved between two reads: (from, to]. The first read of a
-// namespace has no predecessor: its window starts at the zero time and its
-// moves are the counters since each rule was made.
+// window is what moved between two reads: the packets counted by the
+// second but not the first happened after the first began and before the
+// second ended, in (from, to]; successive windows overlap by a read's
+// length. The first read of a namespace has no predecessor: its window
+// starts at the zero time and its moves are the counters since each rule
+// was made.
 type window struct {
 	from, to time.Time
 	moved    []moved
@@ -302,6 +311,10 @@ func (a *Attributor[T]) step(final bool) {
 	}
 }
 
+// maxWindows bounds the windows kept per namespace (10 s of reads every
+// 200 ms is 50).
+const maxWindows = 128
+
 // slack widens an event's span on both sides: its time comes from the
 // kernel's clock anchored to the wall clock, reads are timed by the wall
 // clock, and the two may disagree by this much.
@@ -337,7 +350,7 @@ func (a *Attributor[T]) read(ino uint32) {
 		return
 	}
 	s.err = nil
-	w := window{to: rs.at}
+	w := window{to: rs.end}
 	var prev map[ruleKey]*ruleInfo
 	if s.last != nil {
 		w.from, prev = s.last.at, s.last.rules
@@ -371,11 +384,12 @@ func (a *Attributor[T]) path(ino uint32) (string, bool) {
 	return p, ok
 }
 
-// prune forgets windows no held or future event can cover.
+// prune forgets windows older than cfg.KeepWindows, and all but the
+// last maxWindows.
 func (s *nsState[T]) prune(now time.Time, cfg Config) {
-	horizon := now.Add(-(cfg.SummarySpan + cfg.MaxWait + 2*cfg.Interval))
+	horizon := now.Add(-cfg.KeepWindows)
 	i := 0
-	for i < len(s.windows)-1 && s.windows[i].to.Before(horizon) {
+	for i < len(s.windows)-1 && (s.windows[i].to.Before(horizon) || len(s.windows)-i > maxWindows) {
 		i++
 	}
 	if i > 0 {
@@ -441,6 +455,9 @@ func (s *nsState[T]) attribute(p *req[T]) *Rule {
 	}
 	if len(maybe)+len(policies) > 0 {
 		return pick(HowMatch, nil, append(maybe, policies...))
+	}
+	if w := s.windows; len(w) > 0 && !w[0].from.IsZero() && from.Before(w[0].from) {
+		return &Rule{Backend: BackendNftables, Unknown: whyTooOld}
 	}
 	return &Rule{Backend: BackendNftables, Unknown: whyNoRule}
 }

@@ -28,10 +28,11 @@ var (
 // ruleset is one read of a namespace's drop-capable nftables rules.
 type ruleset struct {
 	// at is when the read started: every counter increment before it is
-	// in the counters read.
-	at    time.Time
-	gen   uint32 // the nf_tables ruleset generation (NFT_MSG_GETGEN) read
-	rules map[ruleKey]*ruleInfo
+	// in the counters read. end is when it ended: no increment after it
+	// is. (Counters are read while the dump runs, in between.)
+	at, end time.Time
+	gen     uint32 // the nf_tables ruleset generation (NFT_MSG_GETGEN) read
+	rules   map[ruleKey]*ruleInfo
 }
 
 // ruleKey identifies a rule across reads. Handles are unique within a
@@ -158,6 +159,7 @@ func (r *netnsReader) readOnce(conn *nftables.Conn, nl *netlink.Conn) (*ruleset,
 		return nil, r.whatChanged(conn)
 	}
 	r.gen, r.known = gen, true
+	rs.end = time.Now()
 	return rs, nil
 }
 
