@@ -110,13 +110,18 @@ fuzz: ## the fuzz targets for as long as asked: make fuzz FUZZTIME=10m
 kernels: deps ## fetch and prepare the VM kernels (KERNELS="5.10 6.1 6.12 7")
 	tracer/vmtest/fetch-kernels.sh $(KDROP_CACHE) $(KERNELS)
 
-test-kernels: kernels ## the tracer tests inside QEMU VMs, one per kernel (KERNELS="6.1")
+test-kernels: kernels ## the tracer and netfilter-rule tests inside QEMU VMs, one per kernel (KERNELS="6.1")
 	$(GO) test -c -o $(KDROP_CACHE)/tracer.test ./tracer/
+	$(GO) test -c -o $(KDROP_CACHE)/netfilter.test ./cmd/kdrop/enrich/netfilter/
 	@set -e; for k in $(KERNELS); do \
 		echo "=== kernel $$k"; \
 		tracer/vmtest/run.sh $(KDROP_CACHE) $$k -- $(KDROP_CACHE)/tracer.test -test.count=1 -test.v 2>&1 \
 			| tee $(KDROP_CACHE)/kernel-$$k.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|hook |scenario_test' ; \
 		test $${PIPESTATUS[0]} -eq 0 || { echo "FAIL on kernel $$k: full log in $(KDROP_CACHE)/kernel-$$k.log"; exit 1; }; \
+		echo "=== kernel $$k, netfilter rules"; \
+		tracer/vmtest/run.sh $(KDROP_CACHE) $$k -- $(KDROP_CACHE)/netfilter.test -test.count=1 -test.v 2>&1 \
+			| tee $(KDROP_CACHE)/kernel-$$k-netfilter.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|_test.go' ; \
+		test $${PIPESTATUS[0]} -eq 0 || { echo "FAIL on kernel $$k: full log in $(KDROP_CACHE)/kernel-$$k-netfilter.log"; exit 1; }; \
 	done
 	@if echo " $(KERNELS) " | grep -q " $(FALLBACK_KERNEL) "; then \
 		echo "=== kernel $(FALLBACK_KERNEL), attach modes forced to $(FALLBACK_ATTACH)"; \
