@@ -410,7 +410,7 @@ func (s *nsState[T]) attribute(p *req[T]) *Rule {
 			continue
 		}
 		for _, m := range w.moved {
-			k := ruleKey{m.ri.family, m.ri.Table, m.ri.Chain, m.ri.Handle}
+			k := m.ri.key()
 			ri := byKey[k]
 			if ri == nil {
 				ri, byKey[k] = m.ri, m.ri
@@ -459,7 +459,11 @@ func (s *nsState[T]) attribute(p *req[T]) *Rule {
 	if w := s.windows; len(w) > 0 && !w[0].from.IsZero() && from.Before(w[0].from) {
 		return &Rule{Backend: BackendNftables, Unknown: whyTooOld}
 	}
-	return &Rule{Backend: BackendNftables, Unknown: whyNoRule}
+	why := whyNoRule
+	if s.last.noLegacy {
+		why += " (" + errNoLegacy.Error() + ")"
+	}
+	return &Rule{Backend: BackendNftables, Unknown: why}
 }
 
 // pick makes the Rule: one candidate is the rule; more are all shown as
@@ -475,6 +479,12 @@ func pick(how string, yes, maybe []Ref) *Rule {
 		return int(x.Handle) - int(y.Handle)
 	})
 	r := &Rule{Backend: BackendNftables, How: how}
+	if slices.ContainsFunc(all, func(x Ref) bool { return x.Position > 0 }) {
+		r.Backend = BackendLegacy // only legacy rules have positions
+		if slices.ContainsFunc(all, func(x Ref) bool { return x.Position == 0 }) {
+			r.Backend = BackendNftables + "," + BackendLegacy
+		}
+	}
 	if len(all) == 1 {
 		r.Ref = all[0]
 	} else {

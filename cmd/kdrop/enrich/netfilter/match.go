@@ -28,6 +28,9 @@ const (
 // interfaces, xt matches but comment) makes the answer matchMaybe unless an
 // understood test already failed.
 func matches(ri *ruleInfo, ev *tracer.Event) matchResult {
+	if ri.legacy != nil {
+		return ri.legacy.match(ev)
+	}
 	switch nftables.TableFamily(ri.family) {
 	case nftables.TableFamilyIPv4:
 		if ev.Family != 4 {

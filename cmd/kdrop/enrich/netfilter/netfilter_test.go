@@ -126,6 +126,23 @@ func (h *harness) stop(t *testing.T) []attributed {
 	return h.snapshot()
 }
 
+// finish stops the load, lets the last drops arrive, stops the harness and
+// returns what came out and how many occurrences the kernel skipped kdrop's
+// program for (a drop nested in another of its programs on that CPU: rare,
+// more so under -race): those are in no line, so counts may be short by
+// that many, never more.
+func (h *harness) finish(t *testing.T, stopLoad func()) ([]attributed, uint64) {
+	t.Helper()
+	stopLoad()
+	time.Sleep(300 * time.Millisecond)
+	out := h.stop(t)
+	st, err := h.tr.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out, st.Missed
+}
+
 // counters reads every rule counter in the namespace with nft -j: handle
 // (by family/table/chain) to packets.
 func counters(t testing.TB, ns *nstest.NS) map[string]uint64 {
@@ -392,17 +409,7 @@ func TestRulesNamedAndCounted(t *testing.T) {
 	t.Logf("while the load ran: every rule named, the two rules of port 9005 both shown")
 
 	time.Sleep(time.Until(loadStarted.Add(3 * time.Second))) // several windows and summaries
-	stop()
-	time.Sleep(300 * time.Millisecond)
-	out := h.stop(t)
-	// Occurrences the kernel skipped kdrop's program for (a drop nested in
-	// another of its programs on that CPU: rare, more so under -race) are
-	// in no line: counts may be short by that many, never more.
-	st, err := h.tr.Stats()
-	if err != nil {
-		t.Fatal(err)
-	}
-	missed := st.Missed
+	out, missed := h.finish(t, stop)
 	summaries := 0
 	for _, x := range out {
 		if x.ev.Summary && x.rule.Known() {
@@ -472,4 +479,74 @@ func dump(out []attributed) string {
 		fmt.Fprintf(&b, "netns %d %v→%v count %d summary %v: %+v\n", x.ev.Netns, x.ev.Src, x.ev.Dst, x.ev.Count, x.ev.Summary, *x.rule)
 	}
 	return b.String()
+}
+
+// iptables-legacy, where the kernel has it: rules named by table, chain
+// and position (a user chain included), counts equal to their counters.
+func TestLegacyRulesNamedAndCounted(t *testing.T) {
+	needNft(t)
+	if _, err := os.Stat("/proc/net/ip_tables_names"); err != nil {
+		t.Skip("this kernel has no iptables-legacy (ip_tables): kdrop says so in rule.unknown")
+	}
+	for _, b := range []string{"iptables-legacy", "ip6tables-legacy", "iptables-legacy-save", "ip6tables-legacy-save"} {
+		if _, err := exec.LookPath(b); err != nil {
+			t.Skipf("%s not installed", b)
+		}
+	}
+	client, nsL := nstest.New(t, "nflc"), nstest.New(t, "nfl")
+	devL, _ := nstest.Veth(t, client, "198.18.12.1/24", "fd00:18:12::1/64", nsL, "198.18.12.2/24", "fd00:18:12::2/64")
+	guard(t, client, devL)
+	in := func(args ...string) {
+		t.Helper()
+		nstest.Run(t, "ip", append([]string{"netns", "exec", nsL.Name}, args...)...)
+	}
+	in("iptables-legacy", "-A", "INPUT", "-p", "udp", "--dport", "9201", "-m", "comment", "--comment", "L udp drop", "-j", "DROP")
+	in("iptables-legacy", "-N", "KDROP")
+	in("iptables-legacy", "-A", "INPUT", "-j", "KDROP")
+	in("iptables-legacy", "-A", "KDROP", "-p", "tcp", "--dport", "9202", "-m", "comment", "--comment", "L tcp reject", "-j", "REJECT", "--reject-with", "tcp-reset")
+	in("ip6tables-legacy", "-A", "INPUT", "-p", "udp", "--dport", "9203", "-m", "comment", "--comment", "L udp6 reject", "-j", "REJECT")
+
+	h := startHarness(t, Config{Interval: 100 * time.Millisecond, SummarySpan: 400 * time.Millisecond},
+		tracer.Options{Filter: tracer.Filter{Types: []tracer.EventType{tracer.Drop}}, RateLimit: 5, SweepInterval: 200 * time.Millisecond})
+	stop := load(t, client, []target{{"udp", ap("198.18.12.2", 9201)}, {"tcp", ap("198.18.12.2", 9202)}, {"udp", ap("fd00:18:12::2", 9203)}}, 10*time.Millisecond)
+	want := map[string]Ref{
+		"L udp drop":    {Family: "ip", Table: "filter", Chain: "INPUT", Position: 1, Comment: "L udp drop", Verdict: "DROP"},
+		"L tcp reject":  {Family: "ip", Table: "filter", Chain: "KDROP", Position: 1, Comment: "L tcp reject", Verdict: "REJECT tcp-reset"},
+		"L udp6 reject": {Family: "ip6", Table: "filter", Chain: "INPUT", Position: 1, Comment: "L udp6 reject", Verdict: "REJECT icmp6-port-unreachable"},
+	}
+	time.Sleep(2 * time.Second) // the load runs meanwhile
+	out, missed := h.finish(t, stop)
+	got := map[string]uint64{}
+	for _, x := range out {
+		if x.ev.Netns != nsL.Inode {
+			continue
+		}
+		r := x.rule
+		w, ok := want[r.Comment]
+		if !r.Known() || !ok || r.Backend != BackendLegacy || r.How != HowCounter {
+			t.Errorf("event to %v: rule %+v", x.ev.Dst, *r)
+			continue
+		}
+		w.Packets = r.Packets
+		if r.Ref != w {
+			t.Errorf("event to %v: got %+v, want %+v", x.ev.Dst, r.Ref, w)
+		}
+		got[r.Comment] += x.ev.Count
+	}
+	// the rules' own counters: [packets:bytes] ... --comment "..."
+	for _, save := range []string{"iptables-legacy-save", "ip6tables-legacy-save"} {
+		for _, l := range strings.Split(nstest.Run(t, "ip", "netns", "exec", nsL.Name, save, "-c"), "\n") {
+			_, c, ok := strings.Cut(l, `--comment "`)
+			if !ok || !strings.HasPrefix(l, "[") {
+				continue
+			}
+			c, _, _ = strings.Cut(c, `"`)
+			var n uint64
+			fmt.Sscanf(l, "[%d:", &n)
+			t.Logf("%s: counter %d, kdrop %d", c, n, got[c])
+			if got[c] > n || got[c]+missed < n || n == 0 {
+				t.Errorf("%s: kdrop counted %d, the rule's counter %d (missed by the kernel: %d)", c, got[c], n, missed)
+			}
+		}
+	}
 }

@@ -15,6 +15,8 @@ import (
 	"github.com/google/nftables/xt"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/kdrop/kdrop/tracer"
 )
 
 // Why a read of a namespace's rules failed: the Unknown of its events.
@@ -33,16 +35,23 @@ type ruleset struct {
 	at, end time.Time
 	gen     uint32 // the nf_tables ruleset generation (NFT_MSG_GETGEN) read
 	rules   map[ruleKey]*ruleInfo
+	// noLegacy: the kernel has no iptables-legacy (ip_tables) to read.
+	noLegacy bool
 }
 
 // ruleKey identifies a rule across reads. Handles are unique within a
 // table; a table deleted and created again starts over, which shows as a
 // counter going backwards.
 type ruleKey struct {
-	family byte
-	table  string
-	chain  string
-	handle uint64
+	family   byte
+	table    string
+	chain    string
+	handle   uint64
+	position int // iptables-legacy
+}
+
+func (ri *ruleInfo) key() ruleKey {
+	return ruleKey{ri.family, ri.Table, ri.Chain, ri.Handle, ri.Position}
 }
 
 // ruleInfo is one drop-capable rule as read.
@@ -52,6 +61,7 @@ type ruleInfo struct {
 	hasCounter bool
 	packets    uint64 // the counter's packets (cumulative, as read)
 	exprs      []expr.Any
+	legacy     *legacyMatch // iptables-legacy: what its ipt_entry matches
 }
 
 // chainRef is a chain found to hold drop-capable rules (or a drop policy).
@@ -110,7 +120,16 @@ func (r *netnsReader) read(path string) (*ruleset, error) {
 	}
 	for attempt := 0; ; attempt++ {
 		rs, err := r.readOnce(conn, nl)
+		if err == nil {
+			err = tracer.InNetns(path, func() error { return readLegacy(rs) })
+			if errors.Is(err, errNoLegacy) {
+				rs.noLegacy, err = true, nil
+			}
+		}
 		if err == nil || attempt == 1 || !(errors.Is(err, errChanged) || errors.Is(err, errDeleted)) {
+			if err == nil {
+				rs.end = time.Now()
+			}
 			return rs, err
 		}
 		r.known = false // discover again
@@ -159,7 +178,6 @@ func (r *netnsReader) readOnce(conn *nftables.Conn, nl *netlink.Conn) (*ruleset,
 		return nil, r.whatChanged(conn)
 	}
 	r.gen, r.known = gen, true
-	rs.end = time.Now()
 	return rs, nil
 }
 
@@ -180,7 +198,7 @@ func (r *netnsReader) whatChanged(conn *nftables.Conn) error {
 }
 
 func (rs *ruleset) add(ri *ruleInfo) {
-	rs.rules[ruleKey{ri.family, ri.Table, ri.Chain, ri.Handle}] = ri
+	rs.rules[ri.key()] = ri
 }
 
 // discover lists every table and chain and keeps the chains with a rule

@@ -11,8 +11,9 @@
 // and then always goes out, with Rule.Unknown saying why when no rule can
 // be named.
 //
-// iptables-legacy (the ip_tables getsockopt interface) is not read yet:
-// drops by legacy rules come out with Rule.Unknown set.
+// iptables-legacy (ip_tables, ip6_tables) is read too where the kernel has
+// it, with getsockopt(IPT_SO_GET_ENTRIES) inside the namespace: its rules
+// are named by position, and a built-in chain's policy has a counter.
 package netfilter
 
 import (
@@ -28,7 +29,8 @@ const (
 	// native nft tables and iptables-nft (whose tables are nf_tables
 	// tables with xt compat expressions).
 	BackendNftables = "nftables"
-	// BackendLegacy: ip_tables/ip6_tables (iptables-legacy). Not read yet.
+	// BackendLegacy: ip_tables/ip6_tables (iptables-legacy), read with
+	// getsockopt. Candidates from both backends: "nftables,iptables-legacy".
 	BackendLegacy = "iptables-legacy"
 )
 
@@ -55,7 +57,7 @@ const (
 // NetworkPolicy and its direction) is meant to be added to this type as
 // fields of its own; it is not filled in here.
 type Rule struct {
-	Backend string // BackendNftables or BackendLegacy
+	Backend string // BackendNftables, BackendLegacy, or both comma-separated
 	Ref            // the rule, when one is named
 	How     string // HowCounter, HowMatch, HowTrace ("" when Unknown)
 	// Candidates: every rule that may have dropped the packet, when more
@@ -69,7 +71,7 @@ type Rule struct {
 // Ref names one rule.
 type Ref struct {
 	// Family is the nftables table family: "ip", "ip6", "inet", "arp",
-	// "bridge", "netdev".
+	// "bridge", "netdev"; for iptables-legacy "ip" (ip_tables) or "ip6".
 	Family string
 	Table  string
 	Chain  string
