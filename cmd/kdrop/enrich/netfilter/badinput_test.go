@@ -6,6 +6,7 @@ package netfilter
 // test's namespaces); the events are made here, as the tracer would.
 
 import (
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -25,8 +26,9 @@ type collector struct {
 
 func newCollector(t *testing.T) *collector {
 	c := &collector{}
-	// reads run nft(8) from the hook: slow under -race on a busy machine
-	c.a = New(Config{Interval: 50 * time.Millisecond, ReadTimeout: 10 * time.Second, MaxWait: 15 * time.Second, readHook: func(ino uint32, stage string) {
+	// reads run nft(8) from the hook: slow under -race on a busy machine,
+	// slower under emulation
+	c.a = New(Config{Interval: 50 * time.Millisecond, ReadTimeout: 10 * time.Second, MaxWait: slow(15 * time.Second), readHook: func(ino uint32, stage string) {
 		c.mu.Lock()
 		h := c.hook
 		c.mu.Unlock()
@@ -49,7 +51,7 @@ func (c *collector) setHook(h func(ino uint32, stage string)) {
 }
 
 // submit hands over a NETFILTER_DROP event of the namespace and waits
-// (up to 20 s) for it to come out; it fails unless it comes out once.
+// (up to 20 s, more in a VM) for it to come out; it fails unless it comes out once.
 func (c *collector) submit(t *testing.T, ino uint32, port uint16) *Rule {
 	t.Helper()
 	ev := tracer.Event{Time: time.Now(), Type: tracer.Drop, Count: 1, Netns: ino, Family: 4, Proto: 17,
@@ -57,7 +59,7 @@ func (c *collector) submit(t *testing.T, ino uint32, port uint16) *Rule {
 	if r := c.a.Submit(&ev, ev); r != nil {
 		return r
 	}
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(slow(20 * time.Second))
 	for time.Now().Before(deadline) {
 		c.mu.Lock()
 		var got []*Rule
@@ -76,8 +78,16 @@ func (c *collector) submit(t *testing.T, ino uint32, port uint16) *Rule {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	t.Fatalf("event to port %d not given out within 20 s (held: %d)", port, c.a.Stats().Held)
+	t.Fatalf("event to port %d not given out within %v (held: %d)", port, slow(20*time.Second), c.a.Stats().Held)
 	return nil
+}
+
+// slow scales a wait for QEMU's emulation (KDROP_VM_KERNEL is set there).
+func slow(d time.Duration) time.Duration {
+	if os.Getenv("KDROP_VM_KERNEL") != "" {
+		return 5 * d
+	}
+	return d
 }
 
 func nftIn(t *testing.T, ns *nstest.NS, args ...string) {

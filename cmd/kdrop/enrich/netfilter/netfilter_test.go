@@ -58,6 +58,8 @@ type harness struct {
 	cancel context.CancelFunc
 	done   chan error
 	tr     *tracer.Tracer
+	// noReasons: the kernel names no drop reasons (before 5.17)
+	noReasons bool
 }
 
 func (h *harness) add(ev *tracer.Event, r *Rule) {
@@ -85,6 +87,18 @@ func startHarness(t *testing.T, cfg Config, opts tracer.Options) *harness {
 	tr, err := tracer.New(opts)
 	if err != nil {
 		t.Fatalf("tracer: %v", err)
+	}
+	if _, ok := tr.Reasons.Lookup("NETFILTER_DROP"); !ok && opts.RateLimit != 0 {
+		// Before 5.17 drops have no reason: a netfilter drop is told by its
+		// location, which summaries (keyed by flow) do not carry, so only
+		// events of their own can be named. Every occurrence gets one here.
+		t.Logf("this kernel names no drop reasons: rate limit off, summaries could not be named")
+		tr.Close()
+		opts.RateLimit = 0
+		if tr, err = tracer.New(opts); err != nil {
+			t.Fatalf("tracer: %v", err)
+		}
+		h.noReasons = true
 	}
 	h.tr = tr
 	ctx, cancel := context.WithCancel(context.Background())
@@ -416,7 +430,7 @@ func TestRulesNamedAndCounted(t *testing.T) {
 			summaries++
 		}
 	}
-	if summaries == 0 {
+	if summaries == 0 && !h.noReasons {
 		t.Errorf("no summary event was attributed (rate limit 5 per 200 ms, 100 packets/s a flow)")
 	}
 	// Counts per rule equal the rules' own counters.

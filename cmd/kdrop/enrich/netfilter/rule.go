@@ -146,7 +146,9 @@ func quoteShort(s string) string {
 // Wants says whether kdrop attributes ev to a netfilter rule: a drop whose
 // reason is NETFILTER_DROP (a REJECT is such a drop plus an ICMP error or
 // a TCP reset, which come as their own events), or, on kernels without
-// drop reasons (before 5.17), a drop in nf_hook_slow.
+// drop reasons (before 5.17), a drop in nf_hook_slow. There a summary
+// event (keyed by flow, without a location) cannot be told to be
+// netfilter's: only events of their own are attributed.
 func Wants(ev *tracer.Event) bool {
 	if ev.Type != tracer.Drop {
 		return false
