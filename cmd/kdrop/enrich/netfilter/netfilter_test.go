@@ -456,8 +456,15 @@ func TestRulesNamedAndCounted(t *testing.T) {
 				continue
 			}
 			t.Logf("netns %s rule %s: counter %d, kdrop %d", ns.Name, k, n, got[k])
-			if nth, rest := lastTwo(rules); ns == nsA && (k == nth || k == rest) { // port 9005's two rules
+			if nth, rest := lastTwo(rules); ns == nsA && (k == nth || k == rest) {
+				// Port 9005's two rules: a window where only one of them
+				// moved names it (the flow's first packet: "every 2nd"),
+				// the others show both.
 				ambiguousWant += n
+				ambiguous += got[k]
+				if got[k] > n {
+					t.Errorf("netns %s rule %s: kdrop named it for %d packets, its counter %d", ns.Name, k, got[k], n)
+				}
 				continue
 			}
 			if got[k] > n || got[k]+missed < n {
@@ -465,7 +472,7 @@ func TestRulesNamedAndCounted(t *testing.T) {
 			}
 		}
 		if ambiguous > ambiguousWant || ambiguous+missed < ambiguousWant {
-			t.Errorf("netns %s: %d packets attributed to both rules of port 9005, their counters sum to %d", ns.Name, ambiguous, ambiguousWant)
+			t.Errorf("netns %s: %d packets attributed to either or both rules of port 9005, their counters sum to %d", ns.Name, ambiguous, ambiguousWant)
 		}
 	}
 	t.Logf("attributor: %+v, %d events, %d summaries, %d occurrences missed by the kernel", h.a.Stats(), len(out), summaries, missed)
