@@ -6,7 +6,10 @@ package netfilter
 // test's namespaces); the events are made here, as the tracer would.
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -185,4 +188,42 @@ func TestTooManyWaiting(t *testing.T) {
 	if n != 3 {
 		t.Errorf("Close gave out %d held events, want 3", n)
 	}
+}
+
+// Without the capabilities to enter the namespace or read its rules (a
+// child of this test as nobody, without capabilities), the event goes out
+// unknown: permission denied.
+func TestNoPermission(t *testing.T) {
+	needNft(t)
+	if _, err := exec.LookPath("setpriv"); err != nil {
+		t.Skip("setpriv not installed")
+	}
+	ns := nstest.New(t, "nfperm")
+	tableWithDrop(t, ns)
+	self, _ := os.Executable()
+	cmd := exec.Command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all",
+		self, "-test.run=^TestNoPermissionChild$")
+	cmd.Env = append(os.Environ(), "KDROP_NF_PERM_NETNS="+strconv.FormatUint(uint64(ns.Inode), 10)+":/run/netns/"+ns.Name)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "UNKNOWN="+errPermission.Error()) {
+		t.Errorf("without capabilities: want unknown %q, got\n%s", errPermission, out)
+	}
+}
+
+// TestNoPermissionChild runs as TestNoPermission's child.
+func TestNoPermissionChild(t *testing.T) {
+	ino, path, ok := strings.Cut(os.Getenv("KDROP_NF_PERM_NETNS"), ":")
+	if !ok {
+		t.Skip("run by TestNoPermission")
+	}
+	n, _ := strconv.ParseUint(ino, 10, 32)
+	c := &collector{}
+	c.a = New(Config{Interval: 50 * time.Millisecond, NetnsPaths: func() map[uint32]string { return map[uint32]string{uint32(n): path} }},
+		func(ev *tracer.Event, r *Rule) { c.mu.Lock(); c.out = append(c.out, attributed{*ev, r}); c.mu.Unlock() })
+	defer c.a.Close()
+	r := c.submit(t, uint32(n), 9001)
+	fmt.Printf("UNKNOWN=%s\n", r.Unknown)
 }

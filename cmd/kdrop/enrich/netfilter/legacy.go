@@ -60,8 +60,9 @@ func nameAt(names []string, i uint32) string {
 
 var hookChains = [...]string{"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"}
 
-// errNoLegacy: the kernel has no ip_tables (CONFIG_IP_NF_IPTABLES unset).
-var errNoLegacy = errors.New("this kernel has no iptables-legacy (ip_tables)")
+// errNoLegacy: the kernel has no ip_tables (CONFIG_IP_NF_IPTABLES unset,
+// or a module not loaded, so no legacy rule exists).
+var errNoLegacy = errors.New("no iptables-legacy in this kernel: ip_tables not built or not loaded")
 
 // readLegacy adds the namespace's drop-capable iptables-legacy rules to rs.
 // It must run on a thread inside the namespace. errNoLegacy when the
