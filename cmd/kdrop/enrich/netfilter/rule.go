@@ -146,7 +146,8 @@ func quoteShort(s string) string {
 // Wants says whether kdrop attributes ev to a netfilter rule: a drop whose
 // reason is NETFILTER_DROP (a REJECT is such a drop plus an ICMP error or
 // a TCP reset, which come as their own events), or, on kernels without
-// drop reasons (before 5.17), a drop in nf_hook_slow. There a summary
+// drop reasons (before 5.17), a drop freed by netfilter (netfilterFrees).
+// There a summary
 // event (keyed by flow, without a location) cannot be told to be
 // netfilter's: only events of their own are attributed.
 func Wants(ev *tracer.Event) bool {
@@ -156,9 +157,20 @@ func Wants(ev *tracer.Event) bool {
 	if ev.Reason == "NETFILTER_DROP" {
 		return true
 	}
-	return (ev.Reason == "" || ev.Reason == "unknown" || ev.Reason == "NOT_SPECIFIED") &&
-		strings.HasPrefix(ev.Location, "nf_hook_slow")
+	if ev.Reason != "" && ev.Reason != "unknown" && ev.Reason != "NOT_SPECIFIED" {
+		return false
+	}
+	for _, f := range netfilterFrees {
+		if strings.HasPrefix(ev.Location, f) {
+			return true
+		}
+	}
+	return false
 }
+
+// netfilterFrees are the functions that free a packet a netfilter verdict
+// dropped (kfree_skb's caller, the event's location).
+var netfilterFrees = []string{"nf_hook_slow+", "nft_do_chain+", "ipt_do_table+", "ip6t_do_table+"}
 
 // cleanComment makes a comment read from the kernel printable: at most
 // maxComment bytes up to the first NUL, invalid UTF-8 and control

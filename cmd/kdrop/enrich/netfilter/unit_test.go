@@ -112,3 +112,21 @@ func TestClassify(t *testing.T) {
 		}
 	}
 }
+
+func TestWants(t *testing.T) {
+	for _, c := range []struct {
+		ev   tracer.Event
+		want bool
+	}{
+		{tracer.Event{Type: tracer.Drop, Reason: "NETFILTER_DROP", Location: "nft_do_chain+0x3e8"}, true},
+		{tracer.Event{Type: tracer.Drop, Reason: "NETFILTER_DROP", Summary: true}, true},
+		{tracer.Event{Type: tracer.Drop, Reason: "unknown", Location: "nf_hook_slow+0x9a"}, true}, // before 5.17
+		{tracer.Event{Type: tracer.Drop, Reason: "unknown", Summary: true}, false},                // no location: cannot tell
+		{tracer.Event{Type: tracer.Drop, Reason: "NO_SOCKET", Location: "nf_hook_slow+0x9a"}, false},
+		{tracer.Event{Type: tracer.Unreachable, Reason: "NETFILTER_DROP"}, false},
+	} {
+		if got := Wants(&c.ev); got != c.want {
+			t.Errorf("Wants(%+v) = %v", c.ev, got)
+		}
+	}
+}
