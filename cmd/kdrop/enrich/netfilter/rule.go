@@ -17,6 +17,7 @@
 package netfilter
 
 import (
+	"strconv"
 	"strings"
 	"unicode/utf8"
 
@@ -105,33 +106,19 @@ func (r *Rule) Short() string {
 	case r.Unknown != "":
 		return "unknown: " + r.Unknown
 	case r.Table == "" && len(r.Candidates) > 0:
-		return itoa(len(r.Candidates)) + " rules?"
+		return strconv.Itoa(len(r.Candidates)) + " rules?"
 	}
 	s := r.Table + "/" + r.Chain
 	if r.Position > 0 {
-		s += ":" + itoa(r.Position)
+		s += ":" + strconv.Itoa(r.Position)
 	} else if r.Handle > 0 {
-		s += "#" + itoa(int(r.Handle))
+		s += "#" + strconv.FormatUint(r.Handle, 10)
 	}
 	s += " " + r.Verdict
 	if r.Comment != "" {
 		s += " " + quoteShort(r.Comment)
 	}
 	return s
-}
-
-func itoa(n int) string {
-	if n == 0 {
-		return "0"
-	}
-	var b [20]byte
-	i := len(b)
-	for n > 0 {
-		i--
-		b[i] = byte('0' + n%10)
-		n /= 10
-	}
-	return string(b[i:])
 }
 
 // quoteShort quotes a comment for the table, at most 32 runes.
@@ -145,7 +132,8 @@ func quoteShort(s string) string {
 
 // Wants says whether kdrop attributes ev to a netfilter rule: a drop whose
 // reason is NETFILTER_DROP (a REJECT is such a drop plus an ICMP error or
-// a TCP reset, which come as their own events), or, on kernels without
+// a TCP reset: an ICMP error is kdrop's unreach event, a reset is no
+// event), or, on kernels without
 // drop reasons (before 5.17), a drop freed by netfilter (netfilterFrees).
 // There a summary
 // event (keyed by flow, without a location) cannot be told to be
