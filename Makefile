@@ -88,9 +88,9 @@ check: deps build ## print what this kernel supports
 
 test: check-generate test-fuzz test-host test-kernels test-k8s test-cluster ## all tests: the BPF object reproduced, host kernel, VM kernels, Kubernetes API, a real cluster (what CI runs)
 
-test-host: deps ## tracer tests on this machine's kernel, with the race detector
+test-host: deps ## tracer and netfilter-rule tests on this machine's kernel, with the race detector
 	$(GO) vet ./...
-	$(GO) test -race -count=1 ./tracer/...
+	$(GO) test -race -count=1 ./tracer/... ./cmd/kdrop/enrich/netfilter/
 
 # Go fuzz targets of everything that parses input: package:target.
 FUZZ_TARGETS := ./cmd/kdrop/line:FuzzDecode ./cmd/kdrop/sinks/recording:FuzzScan ./cmd/kdrop/sinks/report:FuzzReport \
@@ -110,13 +110,18 @@ fuzz: ## the fuzz targets for as long as asked: make fuzz FUZZTIME=10m
 kernels: deps ## fetch and prepare the VM kernels (KERNELS="5.10 6.1 6.12 7")
 	tracer/vmtest/fetch-kernels.sh $(KDROP_CACHE) $(KERNELS)
 
-test-kernels: kernels ## the tracer tests inside QEMU VMs, one per kernel (KERNELS="6.1")
+test-kernels: kernels ## the tracer and netfilter-rule tests inside QEMU VMs, one per kernel (KERNELS="6.1")
 	$(GO) test -c -o $(KDROP_CACHE)/tracer.test ./tracer/
+	$(GO) test -c -o $(KDROP_CACHE)/netfilter.test ./cmd/kdrop/enrich/netfilter/
 	@set -e; for k in $(KERNELS); do \
 		echo "=== kernel $$k"; \
 		tracer/vmtest/run.sh $(KDROP_CACHE) $$k -- $(KDROP_CACHE)/tracer.test -test.count=1 -test.v 2>&1 \
 			| tee $(KDROP_CACHE)/kernel-$$k.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|hook |scenario_test' ; \
 		test $${PIPESTATUS[0]} -eq 0 || { echo "FAIL on kernel $$k: full log in $(KDROP_CACHE)/kernel-$$k.log"; exit 1; }; \
+		echo "=== kernel $$k, netfilter rules"; \
+		tracer/vmtest/run.sh $(KDROP_CACHE) $$k -- $(KDROP_CACHE)/netfilter.test -test.count=1 -test.v 2>&1 \
+			| tee $(KDROP_CACHE)/kernel-$$k-netfilter.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|_test.go' ; \
+		test $${PIPESTATUS[0]} -eq 0 || { echo "FAIL on kernel $$k: full log in $(KDROP_CACHE)/kernel-$$k-netfilter.log"; exit 1; }; \
 	done
 	@if echo " $(KERNELS) " | grep -q " $(FALLBACK_KERNEL) "; then \
 		echo "=== kernel $(FALLBACK_KERNEL), attach modes forced to $(FALLBACK_ATTACH)"; \
@@ -162,12 +167,13 @@ image: build ## build the agent's OCI image kdrop:$(IMAGE_TAG) as a tarball (out
 BENCH_KERNEL ?= 6.12
 SOAK         ?= 30m
 # `make bench SOAK=2m` for a short agent soak
-bench: kernels kube-bins ## benchmarks: BPF cost per run vs empty programs (host + a VM for fentry/kprobe), drop rate without loss, decode+encode
+bench: kernels kube-bins ## benchmarks: BPF cost per run vs empty programs (host + a VM for fentry/kprobe), drop rate without loss, decode+encode, naming netfilter rules under a 10k/s storm
 	$(GO) test -run '^$$' -bench . -benchtime 20000x -count 1 ./tracer/ | grep -E 'BPFCOST|^Benchmark|^ok'
 	$(GO) test -run '^$$' -bench DecodeEncode -benchtime 2s -count 1 ./tracer/ | grep -E '^Benchmark'
 	$(GO) test -run '^$$' -bench WatchDropRate -benchtime 1x -count 1 ./cmd/kdrop/ | grep -E 'DROPRATE|^Benchmark'
 	@command -v bpftrace >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bpftrace >/dev/null
 	$(GO) test -run '^$$' -bench DropStorm -benchtime 1x -count 1 -timeout 20m ./cmd/kdrop/ | grep -E 'STORM|^Benchmark|FAIL|storm_bench'
+	$(GO) test -run '^$$' -bench 'RuleStorm|Read500' -benchtime 1x -count 1 -timeout 10m ./cmd/kdrop/enrich/netfilter/ | grep -E 'RULESTORM|^Benchmark|FAIL|bench_test'
 	KDROP_KUBE_BIN=$(KDROP_CACHE)/kube/bin KDROP_SOAK=$(SOAK) $(GO) test -run '^$$' -bench AgentSoak -benchtime 1x -count 1 -timeout 90m ./cmd/kdrop/ | grep -E 'SOAK|^Benchmark|FAIL|soak_bench'
 	KDROP_KUBE_BIN=$(KDROP_CACHE)/kube/bin $(GO) test -run '^$$' -bench 'LookupIP|LookupNetns|Cluster10k' -benchmem -timeout 30m ./k8s/ | grep -E '^Benchmark|KDROP-SCALE'
 	$(GO) test -c -o $(KDROP_CACHE)/tracer.test ./tracer/

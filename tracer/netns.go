@@ -36,6 +36,15 @@ func listNetns() map[uint32]string {
 	return out
 }
 
+// NetnsPaths maps every network namespace inode kdrop can find to a path
+// that opens it (/run/netns/*, /proc/PID/ns/net). A path may be stale by
+// the time it is opened: check the inode of what it opens.
+func NetnsPaths() map[uint32]string { return listNetns() }
+
+// InNetns runs fn on a thread inside the network namespace at path (a
+// socket fn opens stays in it), and moves the thread back.
+func InNetns(path string, fn func() error) error { return inNetns(path, fn) }
+
 // inNetns runs fn on a thread inside the namespace at path. Files and
 // sockets fn opens stay bound to that namespace.
 func inNetns(path string, fn func() error) error {

@@ -132,7 +132,7 @@ func TestWatchJSON(t *testing.T) {
 	sh(t, "ip netns add "+ns)
 	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
 	sh(t, "ip netns exec "+ns+" ip link set lo up")
-	sh(t, "ip netns exec "+ns+" iptables -A INPUT -p udp --dport 9999 -j DROP")
+	sh(t, "ip netns exec "+ns+" iptables -A INPUT -p udp --dport 9999 -m comment --comment 'kdrop test' -j DROP")
 
 	ready := filepath.Join(t.TempDir(), "ready")
 	cmd := exec.Command(kdropBin, "watch", "-o", "json", "--netns", "/run/netns/"+ns, "--type", "drop",
@@ -173,6 +173,10 @@ func TestWatchJSON(t *testing.T) {
 		if m["type"] != "drop" || m["reason"] != "NETFILTER_DROP" || m["dst"] != "127.0.0.1" || m["dport"] != 9999.0 || m["proto"] != "udp" {
 			t.Errorf("unexpected event: %v", m)
 		}
+		// the rule, named by its counter (--rules is on by default)
+		if m["rule"] != `ip filter INPUT "kdrop test" DROP counter` {
+			t.Errorf("rule: got %q, want the iptables rule with its comment", m["rule"])
+		}
 	}
 }
 
@@ -209,6 +213,9 @@ func decodeMap(b []byte) (map[string]any, error) {
 		m["node"], m["reason"], m["proto"], m["count"] = e.Node, e.Reason, tracer.ProtoName(e.Proto), float64(e.Count)
 		if e.Dst.Addr().IsValid() {
 			m["dst"], m["dport"] = e.Dst.Addr().String(), float64(e.Dst.Port())
+		}
+		if r := e.Rule; r != nil {
+			m["rule"] = fmt.Sprintf("%s %s %s %q %s %s%s", r.Family, r.Table, r.Chain, r.Comment, r.Verdict, r.How, r.Unknown)
 		}
 	}
 	return m, nil

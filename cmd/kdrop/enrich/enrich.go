@@ -14,6 +14,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netfilter"
 	"github.com/kdrop/kdrop/cmd/kdrop/line"
 	"github.com/kdrop/kdrop/k8s"
 	"github.com/kdrop/kdrop/tracer"
@@ -51,9 +52,14 @@ type Scratch struct {
 // Pipeline is what watch, record and the agent share: the tracer, pod
 // identity and the pod filter, ending in a sink of lines.
 type Pipeline struct {
-	T     *tracer.Tracer
-	Res   *k8s.Resolver // nil: identity off
-	Node  string        // this node's name ("" outside a cluster)
+	T    *tracer.Tracer
+	Res  *k8s.Resolver // nil: identity off
+	Node string        // this node's name ("" outside a cluster)
+	// Rules configures naming the netfilter rule of NETFILTER_DROP drops
+	// (package netfilter): such a drop is held, at most Rules.MaxWait,
+	// until its namespace's rules are read, then goes to the sink with
+	// line.Event.Rule set. nil: off, drops go out at once without a rule.
+	Rules *netfilter.Config
 	match func(*line.Event) bool
 	log   *zap.Logger
 
@@ -70,7 +76,7 @@ func New(ctx context.Context, opts tracer.Options, res *k8s.Resolver, match func
 	if match == nil {
 		match = func(*line.Event) bool { return true }
 	}
-	p := &Pipeline{Res: res, match: match, log: log}
+	p := &Pipeline{Res: res, match: match, log: log, Rules: &netfilter.Config{}}
 	if res != nil {
 		res.Start(ctx) // tracing starts at once, names follow
 		p.Node = res.Node()
@@ -119,13 +125,47 @@ func WriteReadyFile(path string) error {
 // itself. The event is reused by the next call.
 func (p *Pipeline) Run(ctx context.Context, sink func(*line.Event)) error {
 	var s Scratch
-	err := p.T.Run(ctx, func(e *tracer.Event) {
-		if ev := Enrich(p.Res, p.Node, e, &s); p.match(ev) {
+	var rules *netfilter.Attributor[line.Event]
+	if p.Rules != nil {
+		// Held drops come back on the attributor's goroutine: the emit
+		// path is held back for them as for the tracer's own.
+		rules = netfilter.New(*p.Rules, func(ev *line.Event, r *netfilter.Rule) {
+			ev.Rule = r
+			p.T.Lock()
 			sink(ev)
+			p.T.Unlock()
+		})
+	}
+	err := p.T.Run(ctx, func(e *tracer.Event) {
+		ev := Enrich(p.Res, p.Node, e, &s)
+		if !p.match(ev) {
+			return
 		}
+		if rules != nil && netfilter.Wants(e) {
+			if ev.Rule = rules.Submit(e, detach(ev)); ev.Rule == nil {
+				return // held: it comes out with its rule
+			}
+		}
+		sink(ev)
 	})
+	if rules != nil {
+		rules.Close() // what is held goes out now, before the loops end
+	}
 	p.endLoops()
 	return err
+}
+
+// detach copies ev with its own endpoints (Enrich's point into Scratch,
+// which the next event reuses), so it can be held.
+func detach(ev *line.Event) line.Event {
+	c := *ev
+	for _, e := range []**k8s.Endpoint{&c.SrcK8s, &c.DstK8s, &c.WhereK8s} {
+		if *e != nil {
+			v := **e
+			*e = &v
+		}
+	}
+	return c
 }
 
 // NewLoss returns how much the tracer's loss counters grew since the last

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netfilter"
 	"github.com/kdrop/kdrop/k8s"
 	"github.com/kdrop/kdrop/tracer"
 )
@@ -118,6 +119,40 @@ type wire struct {
 	SrcK8s      json.RawMessage `json:"src_k8s"`
 	DstK8s      json.RawMessage `json:"dst_k8s"`
 	WhereK8s    json.RawMessage `json:"where_k8s"`
+	Rule        *wireRule       `json:"rule"`
+}
+
+// wireRule is a netfilter rule as written (appendRule).
+type wireRule struct {
+	Backend    string    `json:"backend"`
+	How        string    `json:"how"`
+	Candidates []wireRef `json:"candidates"`
+	Unknown    string    `json:"unknown"`
+	wireRef
+}
+
+type wireRef struct {
+	Family   string `json:"family"`
+	Table    string `json:"table"`
+	Chain    string `json:"chain"`
+	Handle   uint64 `json:"handle"`
+	Position int    `json:"position"`
+	Comment  string `json:"comment"`
+	Verdict  string `json:"verdict"`
+	Packets  uint64 `json:"packets"`
+}
+
+func (w *wireRef) ref() netfilter.Ref {
+	return netfilter.Ref{Family: w.Family, Table: w.Table, Chain: w.Chain, Handle: w.Handle, Position: w.Position,
+		Comment: w.Comment, Verdict: w.Verdict, Packets: w.Packets}
+}
+
+func (w *wireRule) rule() *netfilter.Rule {
+	r := &netfilter.Rule{Backend: w.Backend, Ref: w.ref(), How: w.How, Unknown: w.Unknown}
+	for i := range w.Candidates {
+		r.Candidates = append(r.Candidates, w.Candidates[i].ref())
+	}
+	return r
 }
 
 // wireEndpoint is an identity as written.
@@ -330,6 +365,9 @@ func (d *Decoder) event(w *wire, l *Line) error {
 	switch e.Type {
 	case tracer.Drop:
 		e.Reason, e.ReasonCode, e.Location = w.Reason, w.ReasonCode, w.Location
+		if w.Rule != nil {
+			e.Rule = w.Rule.rule()
+		}
 	case tracer.Unreachable:
 		e.ICMPType, e.ICMPCode = w.ICMPType, w.ICMPCode
 	case tracer.ListenOverflow:

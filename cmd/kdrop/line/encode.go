@@ -6,6 +6,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netfilter"
 	"github.com/kdrop/kdrop/k8s"
 	"github.com/kdrop/kdrop/tracer"
 )
@@ -55,6 +56,10 @@ func AppendEvent(b []byte, e *Event) []byte {
 		b = append(b, `,"reason_code":`...)
 		b = strconv.AppendUint(b, uint64(e.ReasonCode), 10)
 		b = appendField(b, "location", e.Location)
+		if e.Rule != nil {
+			b = append(b, `,"rule":`...)
+			b = appendRule(b, e.Rule)
+		}
 	case tracer.Unreachable:
 		b = appendICMP(b, e.Family == 6, e.ICMPType, e.ICMPCode)
 		b = append(b, `,"icmp_type":`...)
@@ -341,4 +346,62 @@ func appendEndpoint(b []byte, key string, e *k8s.Endpoint) []byte {
 	}
 	flag("unresolved", e.Unresolved)
 	return append(b, '}')
+}
+
+// appendRule writes a netfilter rule object: backend, the rule's fields
+// (appendRef), how, candidates, unknown; empty fields are left out.
+func appendRule(b []byte, r *netfilter.Rule) []byte {
+	b = append(b, `{"backend":`...)
+	b = appendString(b, r.Backend)
+	b = appendRef(b, &r.Ref)
+	b = appendField(b, "how", r.How)
+	if len(r.Candidates) > 0 {
+		b = append(b, `,"candidates":[`...)
+		for i := range r.Candidates {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			open := len(b)
+			b = appendRef(append(b, '{'), &r.Candidates[i])
+			if len(b) > open+1 { // drop the first field's comma
+				b = append(b[:open+1], b[open+2:]...)
+			}
+			b = append(b, '}')
+		}
+		b = append(b, ']')
+	}
+	if r.Unknown != "" {
+		b = append(b, `,"unknown":`...)
+		b = appendString(b, r.Unknown)
+	}
+	return append(b, '}')
+}
+
+// appendRef writes a rule's fields, each with a leading comma.
+func appendRef(b []byte, r *netfilter.Ref) []byte {
+	b = appendField(b, "family", r.Family)
+	if r.Table != "" {
+		b = append(b, `,"table":`...)
+		b = appendString(b, r.Table)
+		b = append(b, `,"chain":`...)
+		b = appendString(b, r.Chain)
+	}
+	if r.Handle != 0 {
+		b = append(b, `,"handle":`...)
+		b = strconv.AppendUint(b, r.Handle, 10)
+	}
+	if r.Position != 0 {
+		b = append(b, `,"position":`...)
+		b = strconv.AppendInt(b, int64(r.Position), 10)
+	}
+	if r.Comment != "" {
+		b = append(b, `,"comment":`...)
+		b = appendString(b, r.Comment)
+	}
+	b = appendField(b, "verdict", r.Verdict)
+	if r.Packets != 0 {
+		b = append(b, `,"packets":`...)
+		b = strconv.AppendUint(b, r.Packets, 10)
+	}
+	return b
 }

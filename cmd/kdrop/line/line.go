@@ -23,6 +23,7 @@ package line
 import (
 	"time"
 
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netfilter"
 	"github.com/kdrop/kdrop/k8s"
 	"github.com/kdrop/kdrop/tracer"
 )
@@ -42,6 +43,10 @@ type Event struct {
 	// event's time; WhereK8s: whose network namespace the kernel acted in.
 	// nil when identity is off or nothing is known.
 	SrcK8s, DstK8s, WhereK8s *k8s.Endpoint
+	// Rule is the netfilter rule behind a NETFILTER_DROP drop ("rule"):
+	// nil for other events, when attribution is off, and in lines written
+	// before kdrop named rules.
+	Rule *netfilter.Rule
 }
 
 // Types of notice line.

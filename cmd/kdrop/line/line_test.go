@@ -14,6 +14,7 @@ import (
 
 	"github.com/santhosh-tekuri/jsonschema/v6"
 
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netfilter"
 	"github.com/kdrop/kdrop/k8s"
 	"github.com/kdrop/kdrop/tracer"
 )
@@ -50,6 +51,24 @@ func goldenEvents() []Event {
 		{Event: tracer.Event{Time: t0.Add(5 * time.Second), Type: tracer.Unreachable, Count: 2, Summary: true, Netns: 1, Family: 6, Proto: 58,
 			Dst: ap("[2001:db8::1]:0"), ICMPType: 1, ICMPCode: 4}},
 		{Event: tracer.Event{Time: t0.Add(6 * time.Second), Type: tracer.Drop, Count: 1, Netns: 7, Proto: 0, Reason: "unknown", Location: "0xffffffff81000000"}},
+		// netfilter rules: one named by its counter, candidates, a rule
+		// without a counter named by match, unknown
+		{Event: tracer.Event{Time: t0.Add(7 * time.Second), Type: tracer.Drop, Count: 1, Source: "tp_btf", Netns: 4026532301, Family: 4, Proto: 6,
+			Src: ap("198.18.1.2:40322"), Dst: ap("198.18.2.2:81"), TCPFlags: 2, Reason: "NETFILTER_DROP", ReasonCode: 12, Location: "nf_hook_slow+0x9a"},
+			Rule: &netfilter.Rule{Backend: netfilter.BackendNftables, How: netfilter.HowCounter, Ref: netfilter.Ref{Family: "ip", Table: "filter",
+				Chain: "INPUT", Handle: 3, Comment: "block \"web\" é", Verdict: "REJECT tcp-reset", Packets: 12}}},
+		{Event: tracer.Event{Time: t0.Add(8 * time.Second), Type: tracer.Drop, Count: 40, Summary: true, Source: "tp_btf", Netns: 4026532301, Family: 6, Proto: 17,
+			Dst: ap("[fd00:18:2::2]:9005"), Reason: "NETFILTER_DROP", ReasonCode: 12, Location: "nf_hook_slow+0x9a"},
+			Rule: &netfilter.Rule{Backend: netfilter.BackendNftables, How: netfilter.HowCounter, Candidates: []netfilter.Ref{
+				{Family: "ip6", Table: "filter", Chain: "INPUT", Handle: 5, Comment: "every 2nd", Verdict: "DROP", Packets: 20},
+				{Family: "ip6", Table: "filter", Chain: "INPUT", Handle: 6, Verdict: "REJECT icmp6-port-unreachable", Packets: 20}}}},
+		{Event: tracer.Event{Time: t0.Add(9 * time.Second), Type: tracer.Drop, Count: 1, Source: "tp_btf", Netns: 4026532301, Family: 4, Proto: 6,
+			Src: ap("198.18.1.2:40324"), Dst: ap("198.18.2.2:9103"), TCPFlags: 2, Reason: "NETFILTER_DROP", ReasonCode: 12, Location: "nft_do_chain+0x46f"},
+			Rule: &netfilter.Rule{Backend: netfilter.BackendNftables, How: netfilter.HowMatch, Ref: netfilter.Ref{Family: "inet", Table: "kube-proxy",
+				Chain: "filter-input", Handle: 41, Verdict: "DROP"}}},
+		{Event: tracer.Event{Time: t0.Add(10 * time.Second), Type: tracer.Drop, Count: 1, Source: "tp_btf", Netns: 4026532302, Family: 4, Proto: 17,
+			Dst: ap("198.18.2.3:53"), Reason: "NETFILTER_DROP", ReasonCode: 12, Location: "nf_hook_slow+0x9a"},
+			Rule: &netfilter.Rule{Backend: netfilter.BackendNftables, Unknown: "network namespace gone"}},
 	}
 }
 
@@ -142,7 +161,8 @@ func TestRoundTrip(t *testing.T) {
 			again = AppendTrailer(nil, l.Trailer)
 		case KindEvent:
 			e := &events[i-1]
-			if l.Event.Type != e.Type || l.Event.Count != e.Count || l.Event.Src != e.Src || l.Event.Dst != e.Dst || l.Event.Node != e.Node || !l.Time.Equal(e.Time) {
+			if l.Event.Type != e.Type || l.Event.Count != e.Count || l.Event.Src != e.Src || l.Event.Dst != e.Dst || l.Event.Node != e.Node || !l.Time.Equal(e.Time) ||
+				!reflect.DeepEqual(l.Event.Rule, e.Rule) {
 				t.Errorf("line %d: decoded %+v, want %+v", i+1, l.Event, e)
 			}
 			again = AppendEvent(nil, &l.Event)
@@ -333,6 +353,13 @@ func TestSchema(t *testing.T) {
 			for _, k := range []string{"src_k8s", "dst_k8s", "where_k8s"} {
 				if e, ok := obj[k].(map[string]any); ok {
 					declared("endpoint", e)
+				}
+			}
+			if r, ok := obj["rule"].(map[string]any); ok {
+				declared("rule", r)
+				cs, _ := r["candidates"].([]any)
+				for _, c := range cs {
+					declared("rule_candidate", c.(map[string]any))
 				}
 			}
 		default:

@@ -15,7 +15,7 @@ import (
 // ClusterTableHeader over Event.ClusterRow and Notice.ClusterRow (`kdrop
 // tail`, one node column instead of the queue, netns and kernel location).
 const (
-	TableHeader        = "TIME          EVENT     COUNT  WHAT                    PROTO  SOURCE                   DESTINATION              QUEUE      NETNS       WHERE"
+	TableHeader        = "TIME          EVENT     COUNT  WHAT                    PROTO  SOURCE                   DESTINATION              QUEUE      NETNS       WHERE                    RULE"
 	ClusterTableHeader = "NODE        TIME          EVENT     COUNT  WHAT                    PROTO  SOURCE                   DESTINATION"
 )
 
@@ -35,10 +35,10 @@ func (e *Event) TableRow() string {
 	if e.Type != tracer.Drop || where == "" {
 		where = e.Source
 	}
-	row := fmt.Sprintf("%-13s %-9s %5s  %-23s %-6s %-24s %-24s %-10s %-11d %s",
+	row := fmt.Sprintf("%-13s %-9s %5s  %-23s %-6s %-24s %-24s %-10s %-11d %-24s %s",
 		e.Time.Local().Format("15:04:05.000"), e.Type, count, e.What(), tracer.ProtoName(e.Proto),
-		addrString(e.Src), dst, queue, e.Netns, where)
-	return row + e.identities()
+		addrString(e.Src), dst, queue, e.Netns, where, e.Rule.Short())
+	return strings.TrimRight(row, " ") + e.identities()
 }
 
 // ClusterRow renders e under ClusterTableHeader.

@@ -36,3 +36,17 @@ func TestDescribe(t *testing.T) {
 		t.Errorf("table row: %s", row)
 	}
 }
+
+// The RULE column: a named rule, candidates, unknown.
+func TestRuleColumn(t *testing.T) {
+	for i, want := range []string{`filter/INPUT#3 REJECT tcp-reset "block "web" é"`, "2 rules?", "kube-proxy/filter-input#41 DROP", "unknown: network namespace gone"} {
+		e := goldenEvents()[7+i]
+		row := e.TableRow()
+		if !strings.HasSuffix(row, " "+want) {
+			t.Errorf("row %d: want it to end with %q:\n%s\n%s", i, want, TableHeader, row)
+		}
+		if got, col := strings.Index(row, want), strings.Index(TableHeader, "RULE"); got != col {
+			t.Errorf("row %d: rule at column %d, header's RULE at %d", i, got, col)
+		}
+	}
+}

@@ -1,0 +1,494 @@
+package netfilter
+
+import (
+	"errors"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/kdrop/kdrop/tracer"
+)
+
+// Config tunes an Attributor; zero fields take the defaults.
+type Config struct {
+	// Interval is the shortest time between two reads of one namespace's
+	// rules: drops arriving meanwhile share the next read. Default 200 ms.
+	Interval time.Duration
+	// MaxWait is the longest an event is held for a read of its namespace;
+	// past it, it goes out with Unknown "rules not read in time". Default 2 s.
+	MaxWait time.Duration
+	// MaxHeld bounds the events held at once, all namespaces together; one
+	// more goes out at once with Unknown "too many drops waiting". Default
+	// 16384: a 10k/s storm of lines without a rate limit holds about 3000.
+	MaxHeld int
+	// SummarySpan is how far back the occurrences of a summary event go: two
+	// of the tracer's sweep intervals. Default 2 s.
+	SummarySpan time.Duration
+	// ReadTimeout bounds one read of a namespace (netlink socket
+	// deadline). Default 1 s.
+	ReadTimeout time.Duration
+	// KeepWindows is how long what moved between reads is kept, for
+	// events that reach userspace late (a slow ring buffer reader): at
+	// least SummarySpan+MaxWait. Default 10 s.
+	KeepWindows time.Duration
+	// Keep is how long a namespace's last read is kept after its last drop,
+	// as the baseline of the next one. Default 60 s.
+	Keep time.Duration
+	// NetnsPaths lists namespaces by inode; default tracer.NetnsPaths.
+	NetnsPaths func() map[uint32]string
+
+	// readHook, for tests: called with the namespace and the stage of a
+	// read ("start", "listed").
+	readHook func(ino uint32, stage string)
+}
+
+func (c *Config) defaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&c.Interval, 200*time.Millisecond)
+	def(&c.MaxWait, 2*time.Second)
+	def(&c.SummarySpan, 2*time.Second)
+	def(&c.ReadTimeout, time.Second)
+	def(&c.Keep, time.Minute)
+	def(&c.KeepWindows, max(10*time.Second, c.SummarySpan+c.MaxWait))
+	if c.MaxHeld <= 0 {
+		c.MaxHeld = 16384
+	}
+	if c.NetnsPaths == nil {
+		c.NetnsPaths = tracer.NetnsPaths
+	}
+}
+
+// Why an event goes out without a rule, besides a failed read.
+const (
+	whyTooMany  = "too many drops waiting"
+	whyTimeout  = "rules not read in time"
+	whyStopping = "kdrop stopped before the rules were read"
+	whyNoRule   = "no drop rule's counter moved and none matches"
+	whyNoNetns  = "no network namespace"
+	whyTooOld   = "event older than the counters kept"
+)
+
+// Attributor names the rule of NETFILTER_DROP events, asynchronously: an
+// event handed to Submit is held (a copy, item) until a read of its
+// namespace's rules taken after it, then given back to emit with its Rule,
+// on the Attributor's goroutine. Reads are coalesced: at most one per
+// namespace per Config.Interval, only of namespaces with drops waiting,
+// only of chains that can drop. No event is lost: each one reaches emit
+// exactly once, by Close at the latest.
+type Attributor[T any] struct {
+	cfg  Config
+	emit func(item *T, r *Rule)
+
+	mu     sync.Mutex
+	ns     map[uint32]*nsState[T]
+	held   int
+	closed bool
+
+	wake chan struct{}
+	stop chan struct{}
+	done chan struct{}
+
+	// owned by the loop
+	paths   map[uint32]string
+	scanned time.Time
+
+	reads, readErrors, unknown atomic.Uint64
+}
+
+// nsState is what the Attributor knows of one namespace.
+type nsState[T any] struct {
+	reader   netnsReader
+	last     *ruleset  // the last successful read
+	windows  []window  // deltas between successive reads, oldest first
+	pending  []req[T]  // events waiting for a read after them
+	lastRead time.Time // when the last read (successful or not) started
+	err      error     // the last read's error, if it failed
+	errAt    time.Time // when that read started
+	seen     time.Time // the last drop's arrival
+	reads    uint64    // reads attempted
+	walked   uint64    // reads when pending was last walked
+}
+
+// window is what moved between two reads: the packets counted by the
+// second but not the first happened after the first began and before the
+// second ended, in (from, to]; successive windows overlap by a read's
+// length. The first read of a namespace has no predecessor: its window
+// starts at the zero time and its moves are the counters since each rule
+// was made.
+type window struct {
+	from, to time.Time
+	moved    []moved
+}
+
+type moved struct {
+	ri    *ruleInfo
+	delta uint64 // packets
+}
+
+type req[T any] struct {
+	item     T
+	ev       tracer.Event
+	from, to time.Time // the occurrences' span
+	deadline time.Time
+}
+
+// New starts an Attributor; emit receives each held event with its rule.
+func New[T any](cfg Config, emit func(item *T, r *Rule)) *Attributor[T] {
+	cfg.defaults()
+	a := &Attributor[T]{cfg: cfg, emit: emit, ns: map[uint32]*nsState[T]{},
+		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	go a.loop()
+	return a
+}
+
+// Submit hands over a NETFILTER_DROP event (Wants) and its item, a copy the
+// Attributor keeps. It never blocks on a read: it returns nil when the
+// event is held (emit gets it later), or the rule to attach now when it
+// cannot be held (too many waiting, no namespace, stopped).
+func (a *Attributor[T]) Submit(ev *tracer.Event, item T) *Rule {
+	if ev.Netns == 0 {
+		a.unknown.Add(1)
+		return &Rule{Backend: BackendNftables, Unknown: whyNoNetns}
+	}
+	now := time.Now()
+	r := req[T]{item: item, ev: *ev, from: ev.Time, to: ev.Time, deadline: now.Add(a.cfg.MaxWait)}
+	if ev.Summary {
+		r.from = ev.Time.Add(-a.cfg.SummarySpan)
+	}
+	a.mu.Lock()
+	if a.closed || a.held >= a.cfg.MaxHeld {
+		why := whyTooMany
+		if a.closed {
+			why = whyStopping
+		}
+		a.mu.Unlock()
+		a.unknown.Add(1)
+		return &Rule{Backend: BackendNftables, Unknown: why}
+	}
+	s := a.ns[ev.Netns]
+	if s == nil {
+		s = &nsState[T]{reader: netnsReader{ino: ev.Netns}}
+		if h := a.cfg.readHook; h != nil {
+			ino := ev.Netns
+			s.reader.hook = func(stage string) { h(ino, stage) }
+		}
+		a.ns[ev.Netns] = s
+	}
+	first := len(s.pending) == 0
+	s.pending = append(s.pending, r)
+	s.seen = now
+	a.held++
+	a.mu.Unlock()
+	if first { // a namespace starts waiting: its read may be due now
+		select {
+		case a.wake <- struct{}{}:
+		default:
+		}
+	}
+	return nil
+}
+
+// Close attributes what is held (reading each namespace once more), gives
+// every held event to emit, and stops. Submit after Close returns a rule
+// at once.
+func (a *Attributor[T]) Close() {
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		<-a.done
+		return
+	}
+	a.closed = true
+	a.mu.Unlock()
+	close(a.stop)
+	<-a.done
+}
+
+// Stats are an Attributor's counters: reads of namespaces' rules, reads
+// that failed, events that went out with Unknown set, events held now.
+type Stats struct {
+	Reads, ReadErrors, Unknown uint64
+	Held                       int
+}
+
+// Stats returns the counters so far.
+func (a *Attributor[T]) Stats() Stats {
+	a.mu.Lock()
+	held := a.held
+	a.mu.Unlock()
+	return Stats{Reads: a.reads.Load(), ReadErrors: a.readErrors.Load(), Unknown: a.unknown.Load(), Held: held}
+}
+
+func (a *Attributor[T]) loop() {
+	defer close(a.done)
+	tick := time.NewTicker(a.cfg.Interval / 10)
+	defer tick.Stop()
+	for {
+		select {
+		case <-a.stop:
+			a.step(true)
+			return
+		case <-a.wake:
+		case <-tick.C:
+		}
+		a.step(false)
+	}
+}
+
+// step reads the namespaces that are due, then gives out the events that
+// can be attributed, or waited too long.
+func (a *Attributor[T]) step(final bool) {
+	now := time.Now()
+	var due []uint32
+	a.mu.Lock()
+	for ino, s := range a.ns {
+		if len(s.pending) == 0 {
+			if now.Sub(s.seen) > a.cfg.Keep {
+				delete(a.ns, ino)
+			}
+			continue
+		}
+		if final || now.Sub(s.lastRead) >= a.cfg.Interval {
+			due = append(due, ino)
+		}
+	}
+	a.mu.Unlock()
+	for _, ino := range due {
+		a.read(ino)
+	}
+	type out struct {
+		item *T
+		r    *Rule
+	}
+	var outs []out
+	now = time.Now()
+	a.mu.Lock()
+	for _, s := range a.ns {
+		// Only a new read, or the oldest event's deadline (events are in
+		// arrival order), can give events out.
+		if s.reads == s.walked && !final && (len(s.pending) == 0 || now.Before(s.pending[0].deadline)) {
+			continue
+		}
+		s.walked = s.reads
+		keep := s.pending[:0]
+		for i := range s.pending {
+			p := &s.pending[i]
+			var r *Rule
+			switch {
+			case s.last != nil && s.last.at.After(p.to.Add(slack)):
+				r = s.attribute(p)
+			case s.err != nil && s.errAt.After(p.to):
+				r = &Rule{Backend: BackendNftables, Unknown: s.err.Error()}
+			case final:
+				r = &Rule{Backend: BackendNftables, Unknown: whyStopping}
+			case now.After(p.deadline):
+				r = &Rule{Backend: BackendNftables, Unknown: whyTimeout}
+			}
+			if r == nil {
+				keep = append(keep, *p)
+				continue
+			}
+			item := p.item
+			outs = append(outs, out{&item, r})
+		}
+		clear(s.pending[len(keep):])
+		s.pending = keep
+		s.prune(now, a.cfg)
+	}
+	a.held -= len(outs)
+	a.mu.Unlock()
+	for _, o := range outs {
+		if !o.r.Known() {
+			a.unknown.Add(1)
+		}
+		a.emit(o.item, o.r)
+	}
+}
+
+// maxWindows bounds the windows kept per namespace (10 s of reads every
+// 200 ms is 50).
+const maxWindows = 128
+
+// slack widens an event's span on both sides: its time comes from the
+// kernel's clock anchored to the wall clock, reads are timed by the wall
+// clock, and the two may disagree by this much.
+const slack = 5 * time.Millisecond
+
+// read reads one namespace's rules and records what moved.
+func (a *Attributor[T]) read(ino uint32) {
+	a.mu.Lock()
+	s := a.ns[ino]
+	a.mu.Unlock()
+	if s == nil {
+		return
+	}
+	start := time.Now()
+	path, ok := a.path(ino)
+	var rs *ruleset
+	err := errNetnsGone
+	if ok {
+		s.reader.timeout = a.cfg.ReadTimeout
+		rs, err = s.reader.read(path) // the reader is the loop's alone
+	}
+	a.reads.Add(1)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	s.lastRead = start
+	s.reads++
+	if err != nil {
+		a.readErrors.Add(1)
+		s.err, s.errAt = err, start
+		if errors.Is(err, errNetnsGone) {
+			delete(a.paths, ino)
+		}
+		return
+	}
+	s.err = nil
+	w := window{to: rs.end}
+	var prev map[ruleKey]*ruleInfo
+	if s.last != nil {
+		w.from, prev = s.last.at, s.last.rules
+	}
+	for k, ri := range rs.rules {
+		if !ri.hasCounter {
+			continue
+		}
+		var before uint64
+		if p := prev[k]; p != nil && p.hasCounter && p.packets <= ri.packets {
+			before = p.packets
+		}
+		if d := ri.packets - before; d > 0 {
+			w.moved = append(w.moved, moved{ri, d})
+		}
+	}
+	s.windows = append(s.windows, w)
+	s.last = rs
+}
+
+// path finds the namespace, scanning for it again at most once an Interval.
+func (a *Attributor[T]) path(ino uint32) (string, bool) {
+	if p, ok := a.paths[ino]; ok {
+		return p, true
+	}
+	if time.Since(a.scanned) < a.cfg.Interval {
+		return "", false
+	}
+	a.paths, a.scanned = a.cfg.NetnsPaths(), time.Now()
+	p, ok := a.paths[ino]
+	return p, ok
+}
+
+// prune forgets windows older than cfg.KeepWindows, and all but the
+// last maxWindows.
+func (s *nsState[T]) prune(now time.Time, cfg Config) {
+	horizon := now.Add(-cfg.KeepWindows)
+	i := 0
+	for i < len(s.windows)-1 && (s.windows[i].to.Before(horizon) || len(s.windows)-i > maxWindows) {
+		i++
+	}
+	if i > 0 {
+		s.windows = slices.Delete(s.windows, 0, i)
+	}
+}
+
+// attribute names the rule of one held event from the windows covering
+// its span: the counted rules that moved (and whose expressions do not
+// rule the packet out); else the rules without a counter that match it;
+// else a base chain's drop policy.
+func (s *nsState[T]) attribute(p *req[T]) *Rule {
+	from, to := p.from.Add(-slack), p.to.Add(slack)
+	sum := map[*ruleInfo]uint64{}
+	byKey := map[ruleKey]*ruleInfo{}
+	for _, w := range s.windows {
+		if !w.from.Before(to) || w.to.Before(from) {
+			continue
+		}
+		for _, m := range w.moved {
+			k := m.ri.key()
+			ri := byKey[k]
+			if ri == nil {
+				ri, byKey[k] = m.ri, m.ri
+			}
+			sum[ri] += m.delta
+		}
+	}
+	var yes, maybe []Ref
+	for ri, d := range sum {
+		ref := ri.Ref
+		ref.Packets = d
+		switch matches(ri, &p.ev) {
+		case matchYes:
+			yes = append(yes, ref)
+		case matchMaybe:
+			maybe = append(maybe, ref)
+		}
+	}
+	if len(yes)+len(maybe) > 0 {
+		return pick(HowCounter, yes, maybe)
+	}
+	var policies []Ref
+	for _, ri := range s.last.rules {
+		if ri.hasCounter {
+			continue
+		}
+		if strings.HasSuffix(ri.Verdict, "(policy)") {
+			if matches(ri, &p.ev) != matchNo {
+				policies = append(policies, ri.Ref)
+			}
+			continue
+		}
+		switch matches(ri, &p.ev) {
+		case matchYes:
+			yes = append(yes, ri.Ref)
+		case matchMaybe:
+			maybe = append(maybe, ri.Ref)
+		}
+	}
+	if len(yes) > 0 {
+		return pick(HowMatch, yes, nil)
+	}
+	if len(maybe)+len(policies) > 0 {
+		return pick(HowMatch, nil, append(maybe, policies...))
+	}
+	if w := s.windows; len(w) > 0 && !w[0].from.IsZero() && from.Before(w[0].from) {
+		return &Rule{Backend: BackendNftables, Unknown: whyTooOld}
+	}
+	why := whyNoRule
+	if s.last.noLegacy {
+		why += " (" + errNoLegacy.Error() + ")"
+	}
+	return &Rule{Backend: BackendNftables, Unknown: why}
+}
+
+// pick makes the Rule: one candidate is the rule; more are all shown as
+// candidates and none is named (a rule whose expressions kdrop cannot
+// evaluate may come first in its chain, so "the one that surely matches"
+// would be a guess).
+func pick(how string, yes, maybe []Ref) *Rule {
+	all := append(append([]Ref(nil), yes...), maybe...)
+	slices.SortFunc(all, func(x, y Ref) int {
+		if c := strings.Compare(x.Family+" "+x.Table+" "+x.Chain, y.Family+" "+y.Table+" "+y.Chain); c != 0 {
+			return c
+		}
+		return int(x.Handle) - int(y.Handle)
+	})
+	r := &Rule{Backend: BackendNftables, How: how}
+	if slices.ContainsFunc(all, func(x Ref) bool { return x.Position > 0 }) {
+		r.Backend = BackendLegacy // only legacy rules have positions
+		if slices.ContainsFunc(all, func(x Ref) bool { return x.Position == 0 }) {
+			r.Backend = BackendNftables + "," + BackendLegacy
+		}
+	}
+	if len(all) == 1 {
+		r.Ref = all[0]
+	} else {
+		r.Candidates = all
+	}
+	return r
+}

@@ -1,0 +1,425 @@
+package netfilter
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
+	"github.com/google/nftables/xt"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/kdrop/kdrop/tracer"
+)
+
+// Why a read of a namespace's rules failed: the Unknown of its events.
+var (
+	errNetnsGone  = errors.New("network namespace gone")
+	errChanged    = errors.New("rules changed while reading")
+	errDeleted    = errors.New("table or chain deleted while reading")
+	errPermission = errors.New("permission denied reading rules (needs CAP_NET_ADMIN in the namespace)")
+)
+
+// ruleset is one read of a namespace's drop-capable nftables rules.
+type ruleset struct {
+	// at is when the read started: every counter increment before it is
+	// in the counters read. end is when it ended: no increment after it
+	// is. (Counters are read while the dump runs, in between.)
+	at, end time.Time
+	gen     uint32 // the nf_tables ruleset generation (NFT_MSG_GETGEN) read
+	rules   map[ruleKey]*ruleInfo
+	// noLegacy: the kernel has no iptables-legacy (ip_tables) to read.
+	noLegacy bool
+}
+
+// ruleKey identifies a rule across reads. Handles are unique within a
+// table; a table deleted and created again starts over, which shows as a
+// counter going backwards.
+type ruleKey struct {
+	family   byte
+	table    string
+	chain    string
+	handle   uint64
+	position int // iptables-legacy
+}
+
+func (ri *ruleInfo) key() ruleKey {
+	return ruleKey{ri.family, ri.Table, ri.Chain, ri.Handle, ri.Position}
+}
+
+// ruleInfo is one drop-capable rule as read.
+type ruleInfo struct {
+	Ref
+	family     byte
+	hasCounter bool
+	packets    uint64 // the counter's packets (cumulative, as read)
+	exprs      []expr.Any
+	legacy     *legacyMatch // iptables-legacy: what its ipt_entry matches
+}
+
+// chainRef is a chain found to hold drop-capable rules (or a drop policy).
+type chainRef struct {
+	table  *nftables.Table
+	chain  *nftables.Chain
+	policy bool // base chain with policy drop
+}
+
+// netnsReader reads one namespace. It remembers which chains can drop, so
+// that while the ruleset generation stays the same only those are read.
+type netnsReader struct {
+	ino    uint32
+	chains []chainRef
+	gen    uint32
+	known  bool // chains and gen are from a discovery
+	// timeout bounds a whole read (0: none): netlink socket deadlines.
+	timeout time.Duration
+	// hook, for tests: called at "start" and when the chains are "listed",
+	// so a test can change rules mid-read.
+	hook func(stage string)
+}
+
+// read reads the namespace at path (checked to be inode r.ino), retrying
+// once when the rules change under it.
+func (r *netnsReader) read(path string) (*ruleset, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, errNetnsGone
+	}
+	defer f.Close()
+	var st unix.Stat_t
+	if unix.Fstat(int(f.Fd()), &st) != nil || uint32(st.Ino) != r.ino {
+		return nil, errNetnsGone
+	}
+	fd := int(f.Fd())
+	var deadline time.Time
+	if r.timeout > 0 {
+		deadline = time.Now().Add(r.timeout)
+	}
+	setDeadline := func(c *netlink.Conn) error { return c.SetDeadline(deadline) }
+	// Both sockets are opened inside the namespace (netlink.Config.NetNS:
+	// the library switches a locked thread there and back).
+	conn, err := nftables.New(nftables.WithNetNSFd(fd), nftables.AsLasting(), nftables.WithSockOptions(setDeadline))
+	if err != nil {
+		return nil, classify(err)
+	}
+	defer conn.CloseLasting()
+	nl, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: fd})
+	if err != nil {
+		return nil, classify(err)
+	}
+	defer nl.Close()
+	if err := setDeadline(nl); err != nil {
+		return nil, classify(err)
+	}
+	for attempt := 0; ; attempt++ {
+		rs, err := r.readOnce(conn, nl)
+		if err == nil {
+			err = tracer.InNetns(path, func() error { return readLegacy(rs) })
+			if errors.Is(err, errNoLegacy) {
+				rs.noLegacy, err = true, nil
+			}
+		}
+		if err == nil || attempt == 1 || !(errors.Is(err, errChanged) || errors.Is(err, errDeleted)) {
+			if err == nil {
+				rs.end = time.Now()
+			}
+			return rs, err
+		}
+		r.known = false // discover again
+	}
+}
+
+func (r *netnsReader) readOnce(conn *nftables.Conn, nl *netlink.Conn) (*ruleset, error) {
+	rs := &ruleset{at: time.Now(), rules: map[ruleKey]*ruleInfo{}}
+	if r.hook != nil {
+		r.hook("start")
+	}
+	gen, err := getGen(nl)
+	if err != nil {
+		return nil, err
+	}
+	rs.gen = gen
+	if !r.known || gen != r.gen {
+		if err := r.discover(conn); err != nil {
+			return nil, err
+		}
+	}
+	if r.hook != nil {
+		r.hook("listed")
+	}
+	for _, c := range r.chains {
+		if c.policy {
+			rs.add(&ruleInfo{Ref: Ref{Family: familyName(c.table.Family), Table: c.table.Name, Chain: c.chain.Name,
+				Verdict: "DROP (policy)"}, family: byte(c.table.Family)})
+			continue
+		}
+		rules, err := conn.GetRules(c.table, c.chain)
+		if err != nil {
+			return nil, classify(err)
+		}
+		for _, nr := range rules {
+			if ri := parseRule(c.table, c.chain, nr); ri != nil {
+				rs.add(ri)
+			}
+		}
+	}
+	gen2, err := getGen(nl)
+	if err != nil {
+		return nil, err
+	}
+	if gen2 != gen {
+		return nil, r.whatChanged(conn)
+	}
+	r.gen, r.known = gen, true
+	return rs, nil
+}
+
+// whatChanged tells a table deleted while reading from other changes.
+func (r *netnsReader) whatChanged(conn *nftables.Conn) error {
+	tables, err := conn.ListTables()
+	if err != nil {
+		return errChanged
+	}
+	for _, c := range r.chains {
+		if !slices.ContainsFunc(tables, func(t *nftables.Table) bool {
+			return t.Name == c.table.Name && t.Family == c.table.Family
+		}) {
+			return errDeleted
+		}
+	}
+	return errChanged
+}
+
+func (rs *ruleset) add(ri *ruleInfo) {
+	rs.rules[ri.key()] = ri
+}
+
+// discover lists every table and chain and keeps the chains with a rule
+// whose verdict is drop or reject, or a drop policy.
+func (r *netnsReader) discover(conn *nftables.Conn) error {
+	chains, err := conn.ListChains()
+	if err != nil {
+		return classify(err)
+	}
+	r.chains = r.chains[:0]
+	for _, c := range chains {
+		if c.Table == nil {
+			continue
+		}
+		t := &nftables.Table{Name: c.Table.Name, Family: c.Table.Family}
+		ref := chainRef{table: t, chain: c}
+		if c.Policy != nil && *c.Policy == nftables.ChainPolicyDrop && c.Hooknum != nil {
+			r.chains = append(r.chains, chainRef{table: t, chain: c, policy: true})
+		}
+		rules, err := conn.GetRules(t, c)
+		if err != nil {
+			return classify(err)
+		}
+		for _, nr := range rules {
+			if verdictOf(nr.Exprs) != "" {
+				r.chains = append(r.chains, ref)
+				break
+			}
+		}
+	}
+	return nil
+}
+
+// parseRule returns the rule if it can drop (verdict drop or reject), else nil.
+func parseRule(t *nftables.Table, c *nftables.Chain, nr *nftables.Rule) *ruleInfo {
+	v := fixRejectFamily(verdictOf(nr.Exprs), t.Family)
+	if v == "" {
+		return nil
+	}
+	ri := &ruleInfo{Ref: Ref{Family: familyName(t.Family), Table: t.Name, Chain: c.Name, Handle: nr.Handle, Verdict: v},
+		family: byte(t.Family), exprs: nr.Exprs}
+	if b, ok := userdata.GetString(nr.UserData, userdata.TypeComment); ok {
+		ri.Comment = cleanComment([]byte(b))
+	}
+	for _, e := range nr.Exprs {
+		switch e := e.(type) {
+		case *expr.Counter:
+			ri.hasCounter, ri.packets = true, e.Packets
+		case *expr.Match:
+			if e.Name == "comment" && ri.Comment == "" {
+				ri.Comment = xtComment(e.Info)
+			}
+		}
+	}
+	return ri
+}
+
+// xtComment decodes iptables' `-m comment` (struct xt_comment_info: char
+// comment[256]), which the library gives as xt.Comment or, for a size it
+// does not expect, raw bytes.
+func xtComment(info xt.InfoAny) string {
+	switch c := info.(type) {
+	case *xt.Comment:
+		return cleanComment([]byte(*c))
+	case *xt.Unknown:
+		return cleanComment(*c)
+	}
+	return ""
+}
+
+// verdictOf is the rule's verdict if it drops: "DROP", "REJECT <with>",
+// else "".
+func verdictOf(exprs []expr.Any) string {
+	for _, e := range exprs {
+		switch e := e.(type) {
+		case *expr.Verdict:
+			if e.Kind == expr.VerdictDrop {
+				return "DROP"
+			}
+		case *expr.Reject:
+			return "REJECT " + nftRejectWith(e)
+		case *expr.Target:
+			switch e.Name {
+			case "REJECT":
+				return "REJECT " + xtRejectWith(e.Info)
+			case "DROP":
+				return "DROP"
+			}
+		}
+	}
+	return ""
+}
+
+// nftRejectWith names a native reject (enum nft_reject_types; codes of
+// enum nft_reject_inet_code for icmpx, else the ICMP code of the family).
+func nftRejectWith(e *expr.Reject) string {
+	switch e.Type {
+	case unix.NFT_REJECT_TCP_RST:
+		return "tcp-reset"
+	case unix.NFT_REJECT_ICMPX_UNREACH:
+		switch e.Code {
+		case unix.NFT_REJECT_ICMPX_NO_ROUTE:
+			return "icmpx-no-route"
+		case unix.NFT_REJECT_ICMPX_PORT_UNREACH:
+			return "icmpx-port-unreachable"
+		case unix.NFT_REJECT_ICMPX_HOST_UNREACH:
+			return "icmpx-host-unreachable"
+		case unix.NFT_REJECT_ICMPX_ADMIN_PROHIBITED:
+			return "icmpx-admin-prohibited"
+		}
+		return fmt.Sprintf("icmpx-code-%d", e.Code)
+	}
+	return fmt.Sprintf("icmp-code-%d", e.Code)
+}
+
+// xtRejectNames are iptables' --reject-with names by enum ipt_reject_with
+// (struct ipt_reject_info { u32 with; }); xt6RejectNames by enum
+// ip6t_reject_with. The two cannot be told apart by size: a rule's table
+// family picks (see verdictOf's caller); here both are tried by value.
+var xtRejectNames = [...]string{"icmp-net-unreachable", "icmp-host-unreachable", "icmp-proto-unreachable",
+	"icmp-port-unreachable", "icmp-echo-reply", "icmp-net-prohibited", "icmp-host-prohibited", "tcp-reset",
+	"icmp-admin-prohibited"}
+
+var xt6RejectNames = [...]string{"icmp6-no-route", "icmp6-adm-prohibited", "icmp6-not-neighbour",
+	"icmp6-addr-unreachable", "icmp6-port-unreachable", "icmp6-echo-reply", "tcp-reset", "icmp6-policy-fail",
+	"icmp6-reject-route"}
+
+// xtRejectWith decodes REJECT's info (4 bytes, host order); the family is
+// fixed up by fixRejectFamily once the table's is known.
+func xtRejectWith(info xt.InfoAny) string {
+	u, ok := info.(*xt.Unknown)
+	if !ok || len(*u) < 4 {
+		return "?"
+	}
+	return fmt.Sprintf("with-%d", binary.NativeEndian.Uint32((*u)[:4]))
+}
+
+// fixRejectFamily turns "REJECT with-N" into its name for the family.
+func fixRejectFamily(v string, fam nftables.TableFamily) string {
+	n, ok := strings.CutPrefix(v, "REJECT with-")
+	if !ok {
+		return v
+	}
+	var i int
+	fmt.Sscanf(n, "%d", &i)
+	if fam == nftables.TableFamilyIPv6 {
+		if i >= 0 && i < len(xt6RejectNames) {
+			return "REJECT " + xt6RejectNames[i]
+		}
+	} else if i >= 0 && i < len(xtRejectNames) {
+		return "REJECT " + xtRejectNames[i]
+	}
+	return v
+}
+
+func familyName(f nftables.TableFamily) string {
+	switch f {
+	case nftables.TableFamilyIPv4:
+		return "ip"
+	case nftables.TableFamilyIPv6:
+		return "ip6"
+	case nftables.TableFamilyINet:
+		return "inet"
+	case nftables.TableFamilyARP:
+		return "arp"
+	case nftables.TableFamilyBridge:
+		return "bridge"
+	case nftables.TableFamilyNetdev:
+		return "netdev"
+	}
+	return fmt.Sprintf("family%d", f)
+}
+
+// getGen asks for the ruleset generation (NFT_MSG_GETGEN; the reply's
+// NFTA_GEN_ID, big endian). It changes with every committed change.
+func getGen(nl *netlink.Conn) (uint32, error) {
+	req := netlink.Message{
+		Header: netlink.Header{
+			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETGEN),
+			Flags: netlink.Request,
+		},
+		Data: []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0}, // struct nfgenmsg
+	}
+	msgs, err := nl.Execute(req)
+	if err != nil {
+		return 0, classify(err)
+	}
+	for _, m := range msgs {
+		if len(m.Data) < 4 {
+			continue
+		}
+		ad, err := netlink.NewAttributeDecoder(m.Data[4:])
+		if err != nil {
+			return 0, err
+		}
+		ad.ByteOrder = binary.BigEndian
+		for ad.Next() {
+			if ad.Type() == unix.NFTA_GEN_ID {
+				return ad.Uint32(), nil
+			}
+		}
+	}
+	return 0, errors.New("no generation id in the kernel's answer")
+}
+
+// classify maps a netlink error to why events go out unknown. The library
+// wraps errors with %v, so errno values are recognised by their text too.
+func classify(err error) error {
+	s := err.Error()
+	switch {
+	case errors.Is(err, unix.EPERM), errors.Is(err, unix.EACCES),
+		strings.Contains(s, "operation not permitted"), strings.Contains(s, "permission denied"):
+		return errPermission
+	case errors.Is(err, unix.ENOENT), strings.Contains(s, "no such file or directory"):
+		return errDeleted
+	case errors.Is(err, os.ErrDeadlineExceeded), strings.Contains(s, "i/o timeout"):
+		return errors.New("reading rules timed out")
+	case errors.Is(err, unix.EINTR), strings.Contains(s, "interrupted system call"),
+		errors.Is(err, unix.EBUSY), strings.Contains(s, "device or resource busy"):
+		// a dump interrupted by a ruleset change (NLM_F_DUMP_INTR)
+		return errChanged
+	}
+	return fmt.Errorf("reading rules: %w", err)
+}

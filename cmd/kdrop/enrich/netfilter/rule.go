@@ -1,0 +1,191 @@
+// Package netfilter names the netfilter rule behind a NETFILTER_DROP event
+// without function tracing: it reads the rules of the event's network
+// namespace over netlink (nftables, which iptables-nft also uses: tables,
+// chains, rules, their counters and comments) when such events arrive, and
+// attributes each event to the rules whose counters moved around its time
+// in that namespace. A rule without a counter is attributed by what its
+// expressions match against the event's packet.
+//
+// Attribution is asynchronous and bounded (Attributor): an event is held
+// until a read of its namespace taken after it, at most Config.MaxWait,
+// and then always goes out, with Rule.Unknown saying why when no rule can
+// be named.
+//
+// iptables-legacy (ip_tables, ip6_tables) is read too where the kernel has
+// it, with getsockopt(IPT_SO_GET_ENTRIES) inside the namespace: its rules
+// are named by position, and a built-in chain's policy has a counter.
+package netfilter
+
+import (
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/kdrop/kdrop/tracer"
+)
+
+// Backends a rule is read from.
+const (
+	// BackendNftables: nf_tables, read over NETLINK_NETFILTER. Covers
+	// native nft tables and iptables-nft (whose tables are nf_tables
+	// tables with xt compat expressions).
+	BackendNftables = "nftables"
+	// BackendLegacy: ip_tables/ip6_tables (iptables-legacy), read with
+	// getsockopt. Candidates from both backends: "nftables,iptables-legacy".
+	BackendLegacy = "iptables-legacy"
+)
+
+// How a rule was attributed (Rule.How).
+const (
+	// HowCounter: the rule's counter moved in the namespace over the
+	// interval(s) covering the event.
+	HowCounter = "counter"
+	// HowMatch: the rule has no counter; its expressions match the
+	// event's packet (protocol, addresses, ports) and no counted rule
+	// moved that matches it.
+	HowMatch = "match"
+	// HowTrace: per-packet tracing named the rule (not done yet: it needs
+	// function tracing or nftrace).
+	HowTrace = "trace"
+)
+
+// Rule is the netfilter rule kdrop names for one drop: the `rule` object
+// of a JSON line. When Unknown is set, nothing else but Backend may be.
+// When Candidates is set the attribution is ambiguous: the top-level rule
+// fields (Ref) are then empty and every candidate is listed.
+//
+// Kubernetes meaning (the Service behind a kube-proxy rule, the
+// NetworkPolicy and its direction) is meant to be added to this type as
+// fields of its own; it is not filled in here.
+type Rule struct {
+	Backend string // BackendNftables, BackendLegacy, or both comma-separated
+	Ref            // the rule, when one is named
+	How     string // HowCounter, HowMatch, HowTrace ("" when Unknown)
+	// Candidates: every rule that may have dropped the packet, when more
+	// than one may have (ambiguity shown, not hidden); nil otherwise.
+	Candidates []Ref
+	// Unknown says why no rule is named ("" when one is), in a few words:
+	// "network namespace gone", "rules changed while reading", …
+	Unknown string
+}
+
+// Ref names one rule.
+type Ref struct {
+	// Family is the nftables table family: "ip", "ip6", "inet", "arp",
+	// "bridge", "netdev"; for iptables-legacy "ip" (ip_tables) or "ip6".
+	Family string
+	Table  string
+	Chain  string
+	// Handle is the nftables rule handle (`nft -a list ruleset`); 0 for
+	// a chain's policy.
+	Handle uint64
+	// Position is an iptables-legacy rule's 1-based position in its chain
+	// (0 for nftables).
+	Position int
+	// Comment is the rule's comment: nftables' userdata comment or
+	// iptables-nft's `-m comment` (xt comment match), at most 255 bytes,
+	// made valid UTF-8.
+	Comment string
+	// Verdict is "DROP", "REJECT <with>" (e.g. "REJECT tcp-reset",
+	// "REJECT icmp-port-unreachable") or "DROP (policy)".
+	Verdict string
+	// Packets is how many packets the rule's counter moved by over the
+	// interval(s) the event covers: packets, 0 without a counter.
+	Packets uint64
+}
+
+// Known says whether r names a rule (or candidates).
+func (r *Rule) Known() bool { return r != nil && r.Unknown == "" }
+
+// Short is the table column: "filter/INPUT#3 DROP", "2 rules?",
+// "unknown: why".
+func (r *Rule) Short() string {
+	switch {
+	case r == nil:
+		return ""
+	case r.Unknown != "":
+		return "unknown: " + r.Unknown
+	case r.Table == "" && len(r.Candidates) > 0:
+		return strconv.Itoa(len(r.Candidates)) + " rules?"
+	}
+	s := r.Table + "/" + r.Chain
+	if r.Position > 0 {
+		s += ":" + strconv.Itoa(r.Position)
+	} else if r.Handle > 0 {
+		s += "#" + strconv.FormatUint(r.Handle, 10)
+	}
+	s += " " + r.Verdict
+	if r.Comment != "" {
+		s += " " + quoteShort(r.Comment)
+	}
+	return s
+}
+
+// quoteShort quotes a comment for the table, at most 32 runes.
+func quoteShort(s string) string {
+	if utf8.RuneCountInString(s) > 32 {
+		r := []rune(s)
+		s = string(r[:31]) + "…"
+	}
+	return `"` + s + `"`
+}
+
+// Wants says whether kdrop attributes ev to a netfilter rule: a drop whose
+// reason is NETFILTER_DROP (a REJECT is such a drop plus an ICMP error or
+// a TCP reset: an ICMP error is kdrop's unreach event, a reset is no
+// event), or, on kernels without
+// drop reasons (before 5.17), a drop freed by netfilter (netfilterFrees).
+// There a summary
+// event (keyed by flow, without a location) cannot be told to be
+// netfilter's: only events of their own are attributed.
+func Wants(ev *tracer.Event) bool {
+	if ev.Type != tracer.Drop {
+		return false
+	}
+	if ev.Reason == "NETFILTER_DROP" {
+		return true
+	}
+	if ev.Reason != "" && ev.Reason != "unknown" && ev.Reason != "NOT_SPECIFIED" {
+		return false
+	}
+	for _, f := range netfilterFrees {
+		if strings.HasPrefix(ev.Location, f) {
+			return true
+		}
+	}
+	return false
+}
+
+// netfilterFrees are the functions that free a packet a netfilter verdict
+// dropped (kfree_skb's caller, the event's location).
+var netfilterFrees = []string{"nf_hook_slow+", "nft_do_chain+", "ipt_do_table+", "ip6t_do_table+"}
+
+// cleanComment makes a comment read from the kernel printable: at most
+// maxComment bytes up to the first NUL, invalid UTF-8 and control
+// characters replaced.
+func cleanComment(b []byte) string {
+	if i := strings.IndexByte(string(b), 0); i >= 0 {
+		b = b[:i]
+	}
+	if len(b) > maxComment {
+		b = b[:maxComment]
+	}
+	var sb strings.Builder
+	for len(b) > 0 {
+		r, n := utf8.DecodeRune(b)
+		b = b[n:]
+		switch {
+		case r == utf8.RuneError && n <= 1:
+			sb.WriteRune('\uFFFD')
+		case r < 0x20 || r == 0x7f:
+			sb.WriteByte('?')
+		default:
+			sb.WriteRune(r)
+		}
+	}
+	return sb.String()
+}
+
+// maxComment bounds a comment: xt_comment's is char[256] with its NUL,
+// nftables' userdata comment is at most 128 bytes by nft's own rule.
+const maxComment = 255
