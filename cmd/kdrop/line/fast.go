@@ -1,6 +1,7 @@
 package line
 
 import (
+	"encoding/json"
 	"net/netip"
 	"unicode/utf8"
 )
@@ -30,7 +31,7 @@ var wireNames = map[string]bool{
 // by TestFastPath).
 var eventNames = []string{"time", "type", "count", "summary", "source", "coarse", "node", "netns", "ifindex", "proto",
 	"src", "sport", "dst", "dport", "tcp_flags", "reason", "reason_code", "location", "icmp_type", "icmp_code",
-	"queue", "queue_len", "queue_max", "syn_queue_len", "syncookie", "somaxconn", "src_k8s", "dst_k8s", "where_k8s"}
+	"queue", "queue_len", "queue_max", "syn_queue_len", "syncookie", "somaxconn", "src_k8s", "dst_k8s", "where_k8s", "rule"}
 
 func init() {
 	for _, k := range eventNames {
@@ -283,6 +284,12 @@ func (d *Decoder) fastWire(b []byte, w *wire, r *fastReader) bool {
 			w.DstK8s, ok = r.object()
 		case "where_k8s":
 			w.WhereK8s, ok = r.object()
+		case "rule": // NETFILTER_DROP lines only: encoding/json for its object
+			var raw []byte
+			if raw, ok = r.object(); ok {
+				w.Rule = new(wireRule)
+				ok = json.Unmarshal(raw, w.Rule) == nil
+			}
 		default:
 			ok = unknownField(key, r)
 		}
