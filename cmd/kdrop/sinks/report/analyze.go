@@ -119,6 +119,16 @@ func analyze(rec *Incident) *analysis {
 	a.otherDropFindings()
 	a.otherICMPFindings()
 	a.recordingFindings()
+	a.keepBest()
+	return a
+}
+
+// keepBest sorts the findings, the most severe and largest first, and
+// keeps the first MaxFindings: a report is read by a person, and the rest
+// are smaller ones of the same kinds, counted in the tables. add calls it
+// as findings pile up, so that a port scan's 20,000 findings do not all
+// stay in memory; the sort is stable, so the findings kept are the same.
+func (a *analysis) keepBest() {
 	sort.SliceStable(a.findings, func(i, j int) bool {
 		fi, fj := a.findings[i], a.findings[j]
 		if sevRank(fi.Severity) != sevRank(fj.Severity) {
@@ -134,12 +144,10 @@ func analyze(rec *Incident) *analysis {
 		return fi.Title < fj.Title
 	})
 	if n := len(a.findings); n > MaxFindings {
-		// A report is read by a person: the rest are smaller ones of the
-		// same kinds, counted in the tables.
+		clear(a.findings[MaxFindings:])
 		a.findings = a.findings[:MaxFindings]
-		a.findingsLeft = n - MaxFindings
+		a.findingsLeft += n - MaxFindings
 	}
-	return a
 }
 
 func (a *analysis) noteBacking(k *K8s) {
@@ -230,7 +238,12 @@ func onPort(k *K8s, ip netip.Addr, port uint16) string {
 	return addr(ip, port)
 }
 
-func (a *analysis) add(f Finding) { a.findings = append(a.findings, f) }
+func (a *analysis) add(f Finding) {
+	a.findings = append(a.findings, f)
+	if len(a.findings) >= 4*MaxFindings {
+		a.keepBest()
+	}
+}
 
 // ---------------------------------------------------------------------------
 // Listen queue overflows
