@@ -227,7 +227,7 @@ func recordTail(parent context.Context, f *recordFlags) error {
 	mu.Unlock()
 	var unreached error
 	if !t.Reached() {
-		unreached = errNoAgent(f.agents)
+		unreached = errNoAgent(f.agents, "in "+f.out)
 	}
 	for _, e := range []error{w.err, err, unreached} {
 		if e != nil {

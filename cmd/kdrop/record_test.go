@@ -1,6 +1,8 @@
 package main
 
 import (
+	"errors"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -109,5 +111,23 @@ func TestRecordDiskFull(t *testing.T) {
 	}
 	if !strings.Contains(string(out), "cut off") && !strings.Contains(string(out), "ended early") {
 		t.Errorf("the report does not say the recording was cut off:\n%s", out)
+	}
+
+	// The recording is not replaced by another kdrop record.
+	again, err := exec.Command(kdropBin, "record", "-o", file, "--netns", "/run/netns/"+ns.Name, "--identity", "off", "--duration", "1s").CombinedOutput()
+	if err == nil || !strings.Contains(string(again), "exists: kdrop record never replaces a file") {
+		t.Errorf("kdrop record onto an existing recording: %v\n%s", err, again)
+	}
+	// A disk full from the start: told, non-zero, and no empty file left.
+	if out, err := exec.Command("sh", "-c", "cat /dev/zero > "+filepath.Join(dir, "filler")).CombinedOutput(); err == nil {
+		t.Fatalf("filling the tmpfs: %s", out)
+	}
+	empty := filepath.Join(dir, "second.jsonl.gz")
+	full, err := exec.Command(kdropBin, "record", "-o", empty, "--netns", "/run/netns/"+ns.Name, "--identity", "off", "--duration", "3s").CombinedOutput()
+	if err == nil || !strings.Contains(string(full), "no space left on device") {
+		t.Errorf("kdrop record onto a full disk: %v\n%s", err, full)
+	}
+	if _, serr := os.Stat(empty); !errors.Is(serr, fs.ErrNotExist) {
+		t.Errorf("kdrop record onto a full disk left %s (%v)", empty, serr)
 	}
 }

@@ -106,15 +106,16 @@ func runTail(parent context.Context, f *tailFlags) error {
 		}
 	})
 	if !t.Reached() {
-		return errNoAgent(f.agents)
+		return errNoAgent(f.agents, "above")
 	}
 	return nil
 }
 
-// errNoAgent says that no agent's stream ever connected, and where to look.
-func errNoAgent(a tail.Agents) error {
-	return fmt.Errorf("no kdrop agent could be reached (pods in namespace %s with labels %s, port %d): the notices above say why; check that kdrop is deployed there and that the agents' --stream-listen port is --agent-port",
-		a.Namespace, a.Selector, a.Port)
+// errNoAgent says that no agent's stream ever connected, and where to look:
+// the notices, which went to where (the terminal, or a recording).
+func errNoAgent(a tail.Agents, where string) error {
+	return fmt.Errorf("no kdrop agent could be reached (pods in namespace %s with labels %s, port %d): the notices %s say why; check that kdrop is deployed there and that the agents' --stream-listen port is --agent-port",
+		a.Namespace, a.Selector, a.Port, where)
 }
 
 // clusterRow renders a line of an agent's stream as a table row; a line

@@ -138,6 +138,8 @@ func TestServer(t *testing.T) {
 		{"/events?cidr=10.0.0.0/33", streamToken, 400, `query parameter cidr "10.0.0.0/33": not an address or CIDR`},
 		{"/events?port=http", streamToken, 400, `query parameter port "http": not a port number`},
 		{"/events?netns=/etc/shadow", streamToken, 400, `query parameter netns "/etc/shadow": not an inode number`},
+		{"/events?pod=a/b/c", streamToken, 400, `query parameter pod "a/b/c": not a pod name (NAME or NAMESPACE/NAME)`},
+		{"/events?namespace=Shop", streamToken, 400, `query parameter namespace "Shop": not a namespace name`},
 		{"/events?type=drop&port=80", streamToken, 200, `"type":"hello","node":"node-a"`},
 	} {
 		resp, body := get(c.path, c.token)

@@ -15,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -219,6 +220,17 @@ func (f Filter) PodMatcher(cfg *rest.Config, deletedWindow time.Duration) (func(
 	ns, pod := f.Namespace, f.Pod
 	if i := strings.IndexByte(pod, '/'); i >= 0 {
 		ns, pod = pod[:i], pod[i+1:]
+	}
+	// Names as Kubernetes allows them, or no pod could ever match.
+	if ns != "" && len(validation.IsDNS1123Label(ns)) > 0 {
+		field := "namespace"
+		if f.Namespace == "" {
+			field = "pod"
+		}
+		return nil, &FieldError{Field: field, Value: ns, Err: fmt.Errorf("not a namespace name: %s", strings.Join(validation.IsDNS1123Label(ns), "; "))}
+	}
+	if pod != "" && len(validation.IsDNS1123Subdomain(pod)) > 0 {
+		return nil, &FieldError{Field: "pod", Value: f.Pod, Err: fmt.Errorf("not a pod name (NAME or NAMESPACE/NAME): %s", strings.Join(validation.IsDNS1123Subdomain(pod), "; "))}
 	}
 	var selected *podSet
 	if f.Selector != "" {

@@ -106,7 +106,14 @@ func Scan(r io.Reader, fn func(n int, l *line.Line) error) (Scanned, error) {
 				s.Notes = append(s.Notes, fmt.Sprintf("the compressed data ends abruptly after line %d (the file was cut off while it was written); the last, partial line was ignored", n-1))
 				break
 			}
-			return s, fmt.Errorf("line %d: reading the compressed data: %w (the file is damaged)", n, err)
+			if !sc.sawHeader {
+				return s, fmt.Errorf("line %d: reading the compressed data: %w (the file is damaged)", n, err)
+			}
+			// Damage (a bad checksum, a corrupt block): keep what came
+			// before it, and say so; what follows cannot be read.
+			s.CutOff = true
+			s.Notes = append(s.Notes, fmt.Sprintf("the compressed data is damaged after line %d (%v): the lines before were kept, the rest of the file could not be read", n-1, err))
+			break
 		}
 	}
 	if !sc.sawHeader {

@@ -3,6 +3,7 @@ package recording
 import (
 	"bytes"
 	"compress/gzip"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -146,6 +147,41 @@ func TestScanLongLines(t *testing.T) {
 			t.Errorf("%s: %v", c.name, err)
 		case events != c.events || sc.Skipped != 1 || len(sc.Notes) != 1 || !strings.Contains(sc.Notes[0], "longer than 16 MiB"):
 			t.Errorf("%s: %d events, scanned %+v", c.name, events, sc)
+		}
+	}
+}
+
+// A damaged file (a bad checksum at its end, a corrupt block inside) keeps
+// the lines before the damage, with a note; it is not refused whole.
+func TestScanDamaged(t *testing.T) {
+	var sb strings.Builder
+	sb.WriteString(`{"kdrop_record":1,"started":"2026-01-01T00:00:00Z"}` + "\n")
+	for i := range 5000 {
+		fmt.Fprintf(&sb, `{"time":"2026-01-01T00:00:01Z","type":"drop","count":1,"dport":%d,"reason":"NO_SOCKET"}`+"\n", i)
+	}
+	good := gz(sb.String())
+	badCRC := bytes.Clone(good)
+	badCRC[len(badCRC)-8] ^= 0xff // the CRC-32 of the gzip trailer
+	flipped := bytes.Clone(good)
+	flipped[len(flipped)/2] ^= 0x55
+	for _, c := range []struct {
+		name      string
+		data      []byte
+		allEvents bool
+	}{{"bad checksum", badCRC, true}, {"a flipped byte mid-file", flipped, false}} {
+		events := 0
+		sc, err := Scan(bytes.NewReader(c.data), func(n int, l *line.Line) error {
+			if l.Kind == line.KindEvent {
+				events++
+			}
+			return nil
+		})
+		if err != nil {
+			t.Errorf("%s: refused whole: %v", c.name, err)
+			continue
+		}
+		if events == 0 || (c.allEvents && events != 5000) || events > 5000 || !sc.CutOff || !strings.Contains(strings.Join(sc.Notes, "\n"), "the compressed data is damaged after line") {
+			t.Errorf("%s: %d events kept, %+v", c.name, events, sc)
 		}
 	}
 }

@@ -5,7 +5,9 @@ package recording
 import (
 	"bufio"
 	"compress/gzip"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"time"
@@ -33,6 +35,9 @@ type Writer struct {
 // Create starts a recording at path with header h (Format and Started are
 // filled in when zero).
 func Create(path string, h line.Header) (*Writer, error) {
+	if _, err := os.Lstat(path); err == nil {
+		return nil, fmt.Errorf("%s exists: kdrop record never replaces a file (a recording is evidence); choose another name, or remove it first", path)
+	}
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".kdrop-record-*")
 	if err != nil {
 		return nil, fmt.Errorf("creating %s: %w", path, err)
@@ -106,8 +111,21 @@ func (r *Writer) Finish(why string) error {
 	if cerr := r.tmp.Close(); err == nil {
 		err = cerr
 	}
-	if rerr := os.Rename(r.tmp.Name(), r.path); rerr != nil {
-		return fmt.Errorf("putting the recording in place: %w (it is in %s)", rerr, r.tmp.Name())
+	if fi, serr := os.Stat(r.tmp.Name()); serr == nil && fi.Size() == 0 && err != nil {
+		// Nothing reached the disk: an empty file would only puzzle.
+		os.Remove(r.tmp.Name())
+		return fmt.Errorf("writing %s: %w; nothing could be written, so no file was left", r.path, err)
+	}
+	// A link does not replace a file made under that name meanwhile; the
+	// temporary name goes once the recording has its own.
+	if lerr := os.Link(r.tmp.Name(), r.path); errors.Is(lerr, fs.ErrExist) {
+		return fmt.Errorf("putting the recording in place: %s was made meanwhile and is kept; the recording is in %s", r.path, r.tmp.Name())
+	} else if lerr != nil { // a filesystem without hard links
+		if rerr := os.Rename(r.tmp.Name(), r.path); rerr != nil {
+			return fmt.Errorf("putting the recording in place: %w (it is in %s)", rerr, r.tmp.Name())
+		}
+	} else {
+		os.Remove(r.tmp.Name())
 	}
 	if err != nil {
 		return fmt.Errorf("writing %s: %w; what reached the disk was kept there", r.path, err)

@@ -147,7 +147,10 @@ func (h *Hub) filter(q map[string][]string) (tracer.Filter, func(*line.Event) bo
 		}
 	}
 	match, err := f.PodMatcher(nil, 0) // no selector in a query: no API calls
-	return tf, match, err
+	if err != nil {
+		return tracer.Filter{}, nil, queryError(err)
+	}
+	return tf, match, nil
 }
 
 // queryError words a filter error for an /events caller: it names the
