@@ -641,6 +641,9 @@ func isSYN(flags string) bool {
 
 // inside names a destination for "in X" phrases.
 func inside(k *K8s, ip netip.Addr) string {
+	if !known(k) && !ip.IsValid() { // a flow kept by kind only (past MaxFlows)
+		return "at addresses not kept (flows past the first " + num(MaxFlows) + ", counted by kind only)"
+	}
 	if !known(k) {
 		return "at " + ip.String()
 	}
@@ -653,6 +656,15 @@ func inside(k *K8s, ip netip.Addr) string {
 		return "in pods of " + workload(k, ip)
 	}
 	return "in " + pod(k, ip)
+}
+
+// portWords names a destination port, or says it was not kept (0: a flow
+// kept by kind only; NO_SOCKET is always to a port).
+func portWords(proto string, port uint16) string {
+	if port == 0 {
+		return proto + " ports"
+	}
+	return fmt.Sprintf("%s port %d", proto, port)
 }
 
 func (a *analysis) noSocketFindings() {
@@ -696,7 +708,7 @@ func (a *analysis) noSocketFindings() {
 		in := inside(f0.DstK8s, f0.Dst)
 		fd := Finding{
 			Severity: SevWarning, Kind: "no-socket", Count: g.count, First: g.first, Last: g.last,
-			Title: fmt.Sprintf("Nothing listens on %s port %d %s: %s dropped (NO_SOCKET)", proto, f0.Dport, in, plural(g.count, "packet", "packets")),
+			Title: fmt.Sprintf("Nothing listens on %s %s: %s dropped (NO_SOCKET)", portWords(proto, f0.Dport), in, plural(g.count, "packet", "packets")),
 		}
 		lateOnly := f0.Proto == "tcp" && e.syn == 0
 		if lateOnly {
@@ -1044,6 +1056,9 @@ func missedCauses(rec *Incident) string {
 	return capital(strings.Join(parts, "; ")) + "."
 }
 
+// maxGapsNamed bounds the gaps a finding names one by one.
+const maxGapsNamed = 20
+
 func (a *analysis) recordingFindings() {
 	rec := a.rec
 	missed := rec.Missed()
@@ -1118,8 +1133,16 @@ func (a *analysis) recordingFindings() {
 		})
 	}
 	if len(rec.Gaps) > 0 {
-		var total time.Duration
+		total := rec.foldedGapTime
 		first, last := rec.Gaps[0].From, rec.Gaps[0].To
+		if rec.foldedGaps > 0 {
+			if rec.foldedFrom.Before(first) {
+				first = rec.foldedFrom
+			}
+			if rec.foldedTo.After(last) {
+				last = rec.foldedTo
+			}
+		}
 		for _, g := range rec.Gaps {
 			total += g.To.Sub(g.From)
 			if g.From.Before(first) {
@@ -1130,12 +1153,16 @@ func (a *analysis) recordingFindings() {
 			}
 		}
 		var where []string
-		for _, g := range rec.Gaps {
+		for i, g := range rec.Gaps {
+			if i == maxGapsNamed {
+				where = append(where, fmt.Sprintf("and %d more", len(rec.Gaps)+rec.foldedGaps-maxGapsNamed))
+				break
+			}
 			where = append(where, fmt.Sprintf("%s from %s to %s (%s)", g.Node, stamp(g.From), stamp(g.To), dur(g.To.Sub(g.From))))
 		}
 		a.add(Finding{
 			Severity: SevWarning, Kind: "gap", First: first, Last: last,
-			Title: fmt.Sprintf("%s without an agent stream, %s in all", plural(uint64(len(rec.Gaps)), "gap", "gaps"), dur(total)),
+			Title: fmt.Sprintf("%s without an agent stream, %s in all", plural(uint64(len(rec.Gaps)+rec.foldedGaps), "gap", "gaps"), dur(total)),
 			Detail: "The recording came from the agents (kdrop record --from tail), and for these windows one node's agent was not streaming: it restarted, was deleted or its node left. " +
 				"Nothing that node's kernel did in those windows is in this report, not even in the counts: " + strings.Join(where, "; ") + ".",
 			Fix: strings.Join([]string{

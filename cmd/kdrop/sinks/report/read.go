@@ -8,8 +8,10 @@ package report
 import (
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/kdrop/kdrop/cmd/kdrop/line"
@@ -45,7 +47,20 @@ type Incident struct {
 	// kept by kind only (type, node, reason or ICMP error or queue).
 	Folded int
 	cutOff bool // the gzip stream ended mid-way
+	// Notices past maxNotices (loss, missed) and gaps past maxGaps are
+	// kept as sums: exact in totals, in no timeline slot and by no node.
+	foldedNotices        int
+	foldedGaps           int
+	foldedGapTime        time.Duration
+	foldedFrom, foldedTo time.Time // of the folded gaps
 }
+
+// Bounds on what a report keeps of notices and the header, in detail.
+const (
+	maxNotices     = 10000 // loss and missed notices each
+	maxGaps        = 1000
+	maxHeaderNodes = 500
+)
 
 // Header, Node, Filters and Trailer are a recording's first and last
 // lines (package line has the schema).
@@ -213,11 +228,14 @@ func Read(r io.Reader) (*Incident, error) {
 }
 
 type parser struct {
-	rec    *Incident
-	flow   map[FlowID]*Flow
-	clean  map[*K8s]*K8s // decoded identity → checked one (untrusted.go)
-	series map[string]struct{}
-	checks map[checkKey]string // check's answers
+	rec *Incident
+	// sums of the notices past maxNotices: lost lines, missed by cause
+	lostFold   uint64
+	missedFold map[string]uint64
+	flow       map[FlowID]*Flow
+	clean      map[*K8s]*K8s // decoded identity → checked one (untrusted.go)
+	series     map[string]struct{}
+	checks     map[checkKey]string // check's answers
 }
 
 // What an event line's strings are checked as.
@@ -298,6 +316,10 @@ func (p *parser) k8s(k *K8s) *K8s {
 func (p *parser) line(n int, l *line.Line) error {
 	switch l.Kind {
 	case line.KindHeader:
+		if n := len(l.Header.Nodes); n > maxHeaderNodes {
+			l.Header.Nodes = l.Header.Nodes[:maxHeaderNodes]
+			p.rec.Notes = append(p.rec.Notes, fmt.Sprintf("the header names %d nodes: the first %d are listed", n, maxHeaderNodes))
+		}
 		p.rec.Header = cleanHeader(l.Header)
 	case line.KindTrailer:
 		t := l.Trailer
@@ -308,14 +330,45 @@ func (p *parser) line(n int, l *line.Line) error {
 		nt := &l.Notice
 		switch nt.Type {
 		case line.NoticeLost:
-			p.rec.Losses = append(p.rec.Losses, Loss{Time: nt.Time, Node: checked(nt.Node, isObjectName), Lost: nt.Lost})
+			if len(p.rec.Losses) < maxNotices {
+				p.rec.Losses = append(p.rec.Losses, Loss{Time: nt.Time, Node: checked(nt.Node, isObjectName), Lost: nt.Lost})
+			} else {
+				p.rec.foldedNotices++
+				p.lostFold += nt.Lost
+			}
 			p.seen(nt.Time)
 		case line.NoticeMissed:
-			p.rec.Misses = append(p.rec.Misses, Miss{Time: nt.Time, Node: checked(nt.Node, isObjectName), Missed: nt.Missed, Cause: checked(nt.Cause, wordRE.MatchString)})
+			cause := checked(nt.Cause, wordRE.MatchString)
+			if len(p.rec.Misses) < maxNotices {
+				p.rec.Misses = append(p.rec.Misses, Miss{Time: nt.Time, Node: checked(nt.Node, isObjectName), Missed: nt.Missed, Cause: cause})
+			} else {
+				p.rec.foldedNotices++
+				if p.missedFold == nil {
+					p.missedFold = map[string]uint64{}
+				}
+				if _, known := p.missedFold[cause]; known || len(p.missedFold) < 8 {
+					p.missedFold[cause] += nt.Missed
+				} else {
+					p.missedFold[""] += nt.Missed
+				}
+			}
 			p.seen(nt.Time)
 		case line.NoticeMessage: // from kdrop tail; only gaps matter to a report
-			if !nt.GapFrom.IsZero() {
+			if nt.GapFrom.IsZero() {
+				break
+			}
+			if len(p.rec.Gaps) < maxGaps {
 				p.rec.Gaps = append(p.rec.Gaps, Gap{Node: checked(nt.Node, isObjectName), From: nt.GapFrom, To: nt.GapTo, Message: text(nt.Message)})
+				break
+			}
+			r := p.rec
+			r.foldedGaps++
+			r.foldedGapTime += nt.GapTo.Sub(nt.GapFrom)
+			if r.foldedFrom.IsZero() || nt.GapFrom.Before(r.foldedFrom) {
+				r.foldedFrom = nt.GapFrom
+			}
+			if nt.GapTo.After(r.foldedTo) {
+				r.foldedTo = nt.GapTo
 			}
 		}
 	}
@@ -403,6 +456,19 @@ func (p *parser) event(e *line.Event) {
 }
 
 func (p *parser) finish() {
+	if rec := p.rec; rec.foldedNotices > 0 {
+		// Kept as one sum each, so totals stay exact.
+		if p.lostFold > 0 {
+			rec.Losses = append(rec.Losses, Loss{Time: rec.lastEvent, Lost: p.lostFold})
+		}
+		for _, cause := range slices.Sorted(maps.Keys(p.missedFold)) {
+			rec.Misses = append(rec.Misses, Miss{Time: rec.lastEvent, Missed: p.missedFold[cause], Cause: cause})
+		}
+		rec.Notes = append(rec.Notes, fmt.Sprintf("the recording holds more than %d loss or missed notices of a kind: %d past that are in the totals, not by node or second", maxNotices, rec.foldedNotices))
+	}
+	if rec := p.rec; rec.foldedGaps > 0 {
+		rec.Notes = append(rec.Notes, fmt.Sprintf("the recording holds more than %d gaps: %d more (%s in all) are counted, not listed", maxGaps, rec.foldedGaps, dur(rec.foldedGapTime)))
+	}
 	rec := p.rec
 	if rec.Folded > 0 {
 		rec.Notes = append(rec.Notes, fmt.Sprintf("the recording holds more than %d distinct flows: %d event lines past that were counted by kind only, without addresses, ports or pods", MaxFlows, rec.Folded))
