@@ -45,7 +45,7 @@ define apt_need
 	fi
 endef
 
-.PHONY: help deps deps-generate deps-host deps-vm deps-k8s deps-cluster tracefs check-clang generate check-generate vmlinux-h build install run check test test-fuzz fuzz test-host test-kernels test-k8s bench kube-bins kernels helm image clean \
+.PHONY: help deps deps-generate deps-host deps-vm deps-k8s deps-cluster tracefs check-clang generate check-generate monitoring check-monitoring vmlinux-h build install run check test test-fuzz fuzz test-host test-kernels test-k8s bench kube-bins kernels helm image clean \
         cluster-images cluster-up cluster-down test-cluster
 
 help: ## show this help
@@ -91,6 +91,15 @@ check-generate: check-clang ## fail unless make generate reproduces the committe
 	fi; \
 	echo "check-generate: $(BPF_OUTPUTS) are reproduced byte for byte"
 
+# kdrop's alerts (a Prometheus rules file, a PrometheusRule) and Grafana
+# dashboard are written from Go (deploy/monitoring) into deploy/, the
+# kustomize components and the chart's files/.
+monitoring: ## write the alerts, PrometheusRule and Grafana dashboard (and their ConfigMaps) from deploy/monitoring
+	$(GO) run ./deploy/monitoring/gen
+
+check-monitoring: ## fail unless make monitoring reproduces the committed alerts and dashboard files
+	$(GO) run ./deploy/monitoring/gen -check
+
 vmlinux-h: deps-generate deps-vm ## regenerate bpf/vmlinux.h from the BTF of the pinned Debian kernel (VMLINUX_RELEASE), fetched like the VM kernels
 	tracer/vmtest/fetch-kernels.sh $(KDROP_CACHE) $(VMLINUX_KERNEL)
 	bpf/vmlinux-h.sh $(KDROP_CACHE)/kernels/$(VMLINUX_KERNEL) $(VMLINUX_RELEASE) $(VMLINUX_DEBIAN) > bpf/vmlinux.h.tmp \
@@ -111,7 +120,7 @@ run: tracefs build ## run `kdrop watch` on this machine (needs root)
 check: tracefs build ## print what this kernel supports
 	./bin/kdrop check
 
-test: check-generate test-fuzz test-host test-kernels test-k8s test-cluster ## all tests: the BPF object reproduced, host kernel, VM kernels, Kubernetes API, a real cluster (what CI runs)
+test: check-generate check-monitoring test-fuzz test-host test-kernels test-k8s test-cluster ## all tests: the BPF object reproduced, host kernel, VM kernels, Kubernetes API, a real cluster (what CI runs)
 
 test-host: deps-host ## tracer tests on this machine's kernel, with the race detector
 	$(GO) vet ./...
@@ -176,7 +185,7 @@ helm: ## build a pinned helm from the Go module proxy into the cache (for the ch
 
 test-k8s: deps-k8s kube-bins helm ## identity, CLI, agent and deploy/ tests against a real kube-apiserver + etcd, with the race detector
 	KDROP_KUBE_BIN=$(KDROP_CACHE)/kube/bin KDROP_HELM=$(KDROP_CACHE)/bin/helm \
-		$(GO) test -race -count=1 -timeout 30m ./k8s/... ./cmd/... ./deploy/ ./deploy/cluster/...
+		$(GO) test -race -count=1 -timeout 30m ./k8s/... ./cmd/... ./deploy/ ./deploy/monitoring/... ./deploy/cluster/...
 
 # The tag deploy/ names, so `kubectl apply -k deploy/kustomize` runs this
 # build once the tarball is imported; the version label says which build.

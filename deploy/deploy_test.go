@@ -40,6 +40,7 @@ import (
 const (
 	kustomizeDir    = "kustomize"
 	capabilitiesDir = "kustomize/overlays/capabilities"
+	monitoringDir   = "kustomize/overlays/monitoring"
 	chartDir        = "helm/kdrop"
 	releaseName     = "kdrop"
 	namespace       = "kdrop"
@@ -680,8 +681,11 @@ func TestHelmLint(t *testing.T) {
 }
 
 // TestHelmMatchesKustomize: the chart with default values renders the objects
-// of the kustomize build (ignoring Helm's own labels), and with
-// securityContext.mode=capabilities those of the capabilities overlay.
+// of the kustomize build (ignoring Helm's own labels), with
+// securityContext.mode=capabilities those of the capabilities overlay, and
+// with the monitoring values on those of the monitoring overlay (the
+// PrometheusRule, the rules and dashboard ConfigMaps of
+// kustomize/components).
 func TestHelmMatchesKustomize(t *testing.T) {
 	for _, c := range []struct {
 		name, dir string
@@ -689,6 +693,8 @@ func TestHelmMatchesKustomize(t *testing.T) {
 	}{
 		{"defaults", kustomizeDir, nil},
 		{"capabilities", capabilitiesDir, []string{"--set", "securityContext.mode=capabilities"}},
+		{"monitoring", monitoringDir, []string{"--set", "monitoring.prometheusRule.enabled=true",
+			"--set", "monitoring.rulesConfigMap.enabled=true", "--set", "monitoring.dashboard.enabled=true"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			k := parse(t, kustomize(t, c.dir))

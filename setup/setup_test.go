@@ -62,7 +62,7 @@ func aptPackages(t *testing.T, dir, target string) []string {
 // What each target may install, from make's own dry run.
 func TestTargetsInstallWhatTheyNeed(t *testing.T) {
 	dir := clone(t)
-	for _, target := range []string{"build", "install", "run", "check", "image", "helm", "kube-bins"} {
+	for _, target := range []string{"build", "install", "run", "check", "image", "helm", "kube-bins", "monitoring", "check-monitoring"} {
 		if got := aptPackages(t, dir, target); len(got) > 0 {
 			t.Errorf("make %s installs %v: it needs only Go", target, got)
 		}
