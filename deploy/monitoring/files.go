@@ -92,7 +92,7 @@ type meta struct {
 	Labels    map[string]string `yaml:"labels"`
 }
 
-func labels(version string, extra ...string) map[string]string {
+func objectLabels(version string, extra ...string) map[string]string {
 	l := map[string]string{
 		"app.kubernetes.io/name":      "kdrop",
 		"app.kubernetes.io/instance":  "kdrop",
@@ -119,7 +119,7 @@ func Files(version string) (map[string][]byte, error) {
 	}
 	pr, err := marshal(generated+"# kdrop's alerts for the prometheus-operator (needs its CRDs).\n", object{
 		APIVersion: "monitoring.coreos.com/v1", Kind: "PrometheusRule",
-		Metadata: meta{Name: RuleName, Namespace: namespace, Labels: labels(version)},
+		Metadata: meta{Name: RuleName, Namespace: namespace, Labels: objectLabels(version)},
 		Spec:     rules(),
 	})
 	if err != nil {
@@ -129,7 +129,7 @@ func Files(version string) (map[string][]byte, error) {
 	// both render the same bytes.
 	rcm, err := marshal(generated+"# kdrop's alerts as a rules file, for a Prometheus without the operator to mount.\n", object{
 		APIVersion: "v1", Kind: "ConfigMap",
-		Metadata: meta{Name: RulesConfigMap, Namespace: namespace, Labels: labels(version)},
+		Metadata: meta{Name: RulesConfigMap, Namespace: namespace, Labels: objectLabels(version)},
 		Data:     map[string]any{RulesKey: string(r)},
 	})
 	if err != nil {
@@ -137,7 +137,7 @@ func Files(version string) (map[string][]byte, error) {
 	}
 	dcm, err := marshal(generated+"# kdrop's Grafana dashboard, labelled for Grafana's dashboard sidecar.\n", object{
 		APIVersion: "v1", Kind: "ConfigMap",
-		Metadata: meta{Name: DashboardConfigMap, Namespace: namespace, Labels: labels(version, "grafana_dashboard", "1")},
+		Metadata: meta{Name: DashboardConfigMap, Namespace: namespace, Labels: objectLabels(version, "grafana_dashboard", "1")},
 		Data:     map[string]any{DashboardKey: string(d)},
 	})
 	if err != nil {
