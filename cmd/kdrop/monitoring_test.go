@@ -16,7 +16,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -91,32 +90,7 @@ func TestAgentMonitoring(t *testing.T) {
 	r.Router.Sh(t, "iptables -A FORWARD -d "+vip+" -p tcp --dport 80 -j REJECT --reject-with icmp-port-unreachable")
 
 	addr := freeAddr(t)
-	agent := exec.Command(kdropBin, "agent", "--kubeconfig", env.Kubeconfig(), "--node", "test-node", "--listen", addr,
-		"--stream-listen", freeAddr(t), "--netns", "/run/netns/"+r.Router.Name, "--log-format", "console")
-	agent.Env = append(os.Environ(), "POD_NAMESPACE=kdrop")
-	var stderr syncBuffer
-	agent.Stdout, agent.Stderr = nil, &stderr
-	if err := agent.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		agent.Process.Kill()
-		agent.Wait()
-		if t.Failed() {
-			t.Logf("agent stderr:\n%s", stderr.String())
-		}
-	})
-	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		if resp, err := http.Get("http://" + addr + "/readyz"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("agent not ready in 60s")
-		}
-	}
+	startAgent(t, env.Kubeconfig(), "test-node", addr, freeAddr(t), r.Router.Name, "--type", "overflow,unreach") // and drop
 	rules, err := filepath.Abs("../../" + monitoring.RulesFile)
 	if err != nil {
 		t.Fatal(err)
