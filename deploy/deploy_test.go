@@ -49,6 +49,11 @@ const (
 	streamPort      = 9966
 )
 
+// monitoringValues turn on all of the chart's monitoring objects: those of
+// kustomize/overlays/monitoring.
+var monitoringValues = []string{"--set", "monitoring.prometheusRule.enabled=true",
+	"--set", "monitoring.rulesConfigMap.enabled=true", "--set", "monitoring.dashboard.enabled=true"}
+
 // helmOnlyLabels are the labels Helm charts conventionally add that a
 // kustomize build has no counterpart for; the comparison ignores them.
 var helmOnlyLabels = []string{"helm.sh/chart", "app.kubernetes.io/managed-by"}
@@ -693,8 +698,7 @@ func TestHelmMatchesKustomize(t *testing.T) {
 	}{
 		{"defaults", kustomizeDir, nil},
 		{"capabilities", capabilitiesDir, []string{"--set", "securityContext.mode=capabilities"}},
-		{"monitoring", monitoringDir, []string{"--set", "monitoring.prometheusRule.enabled=true",
-			"--set", "monitoring.rulesConfigMap.enabled=true", "--set", "monitoring.dashboard.enabled=true"}},
+		{"monitoring", monitoringDir, monitoringValues},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			k := parse(t, kustomize(t, c.dir))
