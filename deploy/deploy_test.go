@@ -683,6 +683,7 @@ func TestImageDefinitions(t *testing.T) {
 
 func TestHelmLint(t *testing.T) {
 	run(t, helmBin(t), "lint", "--strict", chartDir)
+	run(t, helmBin(t), append([]string{"lint", "--strict", chartDir}, monitoringValues...)...)
 }
 
 // TestHelmMatchesKustomize: the chart with default values renders the objects

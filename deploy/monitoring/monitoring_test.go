@@ -7,6 +7,7 @@ package monitoring
 
 import (
 	"bytes"
+	"encoding/json"
 	"maps"
 	"os"
 	"os/exec"
@@ -16,6 +17,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/grafana/grafana-foundation-sdk/go/cog/plugins"
+	"github.com/grafana/grafana-foundation-sdk/go/dashboard"
 	"github.com/prometheus/prometheus/model/labels"
 	"go.yaml.in/yaml/v3"
 
@@ -55,6 +58,30 @@ func TestFilesUpToDate(t *testing.T) {
 		if got, err := os.ReadFile(root + p); err != nil || !bytes.Equal(got, want) {
 			t.Errorf("%s is not what deploy/monitoring writes (%v): run make monitoring", p, err)
 		}
+	}
+}
+
+// The dashboard JSON reads back into the SDK's types (with Grafana's panel
+// and query plugins registered) and writes out the same.
+func TestDashboardRoundTrip(t *testing.T) {
+	b, err := os.ReadFile(root + DashboardFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plugins.RegisterDefaultPlugins()
+	var d dashboard.Dashboard
+	if err := json.Unmarshal(b, &d); err != nil {
+		t.Fatal(err)
+	}
+	out, err := json.MarshalIndent(d, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(out)+"\n" != string(b) {
+		t.Errorf("%s does not read back into the SDK's types as it is", DashboardFile)
+	}
+	if d.Uid == nil || *d.Uid != UID || len(d.Panels) == 0 {
+		t.Errorf("dashboard uid %v, %d panels", d.Uid, len(d.Panels))
 	}
 }
 
