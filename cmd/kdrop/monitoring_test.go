@@ -102,12 +102,14 @@ func TestAgentMonitoring(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(500 * time.Millisecond)
-	// Several seconds of each incident, so that Prometheus sees the
-	// counters grow (increase() needs two samples of a series).
+	// The incidents go on, a round a second, until Prometheus has seen
+	// each counter grow (increase() needs two samples of a series, and a
+	// busy agent may hand a few seconds' events over at once).
 	ln := r.Router.ListenNoAccept(t, listenIP, 8080, 2)
 	defer ln.Close()
-	for range 6 {
+	incidents := func() {
 		conns := r.Client.ConnectMany(t, listenIP, 8080, 20)
+		defer conns.Close()
 		if err := r.Client.ConnectErr(t, gone, 8080, 10*time.Second); !errors.Is(err, unix.EHOSTUNREACH) {
 			t.Fatalf("connect to %s: want EHOSTUNREACH, got %v", gone, err)
 		}
@@ -115,7 +117,9 @@ func TestAgentMonitoring(t *testing.T) {
 			t.Fatalf("connect to %s:80: want ECONNREFUSED, got %v", vip, err)
 		}
 		time.Sleep(time.Second)
-		conns.Close()
+	}
+	for range 4 {
+		incidents()
 	}
 
 	// Prometheus evaluates the shipped rules: the incident alerts are
@@ -131,13 +135,19 @@ func TestAgentMonitoring(t *testing.T) {
 		want = append(want, "KdropHookNotAttached "+addr)
 	}
 	var got []string
-	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(time.Second) {
+	for deadline := time.Now().Add(90 * time.Second); ; incidents() {
 		got = prom.alerts(t)
 		if !slices.ContainsFunc(want, func(w string) bool { return !slices.Contains(got, w) }) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("alerts pending or firing: %q, want %q", got, want)
+			var counts []string
+			for _, q := range []string{`kdrop_events_total`, `increase(kdrop_events_total[5m])`} {
+				for _, m := range prom.series(t, q) {
+					counts = append(counts, fmt.Sprint(q, " ", m))
+				}
+			}
+			t.Fatalf("alerts pending or firing: %q, want %q; Prometheus has:\n%s", got, want, strings.Join(counts, "\n"))
 		}
 	}
 	for _, a := range got {
@@ -182,6 +192,7 @@ func TestAgentMonitoring(t *testing.T) {
 		s := monitoring.Series{Labels: map[string]string{}}
 		for k, v := range m {
 			switch k {
+			case "=":
 			case "__name__":
 				s.Name = v
 			case "instance":
@@ -268,13 +279,16 @@ func (p *prometheusServer) alerts(t *testing.T) []string {
 }
 
 // series returns the label sets of the series an instant query (or a
-// series selector) returns.
+// series selector) returns, each with its value under the key "=".
 func (p *prometheusServer) series(t *testing.T, q string) []map[string]string {
 	t.Helper()
 	var r struct {
 		Status, Error string
 		Data          struct {
-			Result []struct{ Metric map[string]string }
+			Result []struct {
+				Metric map[string]string
+				Value  []any
+			}
 		}
 	}
 	p.get(t, "/api/v1/query?query="+url.QueryEscape(q), &r)
@@ -283,6 +297,9 @@ func (p *prometheusServer) series(t *testing.T, q string) []map[string]string {
 	}
 	out := make([]map[string]string, 0, len(r.Data.Result))
 	for _, s := range r.Data.Result {
+		if len(s.Value) == 2 { // the value too, for messages
+			s.Metric["="], _ = s.Value[1].(string)
+		}
 		out = append(out, s.Metric)
 	}
 	return out
