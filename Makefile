@@ -26,24 +26,49 @@ VMLINUX_DEBIAN  := 6.12.118-1
 BPF_OUTPUTS  := tracer/kdrop_x86_bpfel.o tracer/kdrop_x86_bpfel.go
 GO           ?= go
 VERSION      ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
-APT_PACKAGES := clang-16 llvm-16 libbpf-dev bpftool iproute2 iptables qemu-system-x86 busybox-static kmod cpio zstd xz-utils etcd-server prometheus chromium util-linux \
-                containerd runc containernetworking-plugins conntrack
+# Debian packages, by what needs them. Building and running kdrop needs only
+# Go (the BPF object and its bindings are committed); each test target
+# installs what it uses, and nothing else does (setup_test.go checks it).
+PKGS_GENERATE := clang-16 llvm-16 libbpf-dev
+PKGS_HOST     := iproute2 iptables nftables bpftool kmod util-linux
+PKGS_VM       := $(PKGS_HOST) qemu-system-x86 busybox-static cpio zstd xz-utils
+PKGS_K8S      := $(PKGS_HOST) etcd-server prometheus chromium
+PKGS_CLUSTER  := $(PKGS_HOST) containerd runc containernetworking-plugins conntrack
+APT_PACKAGES  := $(sort $(PKGS_GENERATE) $(PKGS_VM) $(PKGS_K8S) $(PKGS_CLUSTER))
 
-.PHONY: help deps check-clang generate check-generate vmlinux-h build install run check test test-fuzz fuzz test-host test-kernels test-k8s bench kube-bins kernels helm image clean \
+# $(call apt_need,PACKAGES): install those of PACKAGES that are missing.
+define apt_need
+@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+endef
+
+.PHONY: help deps deps-generate deps-host deps-vm deps-k8s deps-cluster tracefs check-clang generate check-generate monitoring check-monitoring vmlinux-h build install run check test test-fuzz fuzz test-host test-kernels test-k8s bench kube-bins kernels helm image clean \
         cluster-images cluster-up cluster-down test-cluster
 
 help: ## show this help
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-deps: ## install the Debian packages kdrop's build and tests need (root)
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-		echo "installing:$$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	fi
+deps: ## install every Debian package any target uses (root); each target installs its own anyway
+	$(call apt_need,$(APT_PACKAGES))
+
+deps-generate:
+	$(call apt_need,$(PKGS_GENERATE))
+deps-host: tracefs
+	$(call apt_need,$(PKGS_HOST))
+deps-vm:
+	$(call apt_need,$(PKGS_VM))
+deps-k8s: tracefs
+	$(call apt_need,$(PKGS_K8S))
+deps-cluster: tracefs
+	$(call apt_need,$(PKGS_CLUSTER))
+
+tracefs:
 	@mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null || true
 
-check-clang: deps
+check-clang: deps-generate
 	@v=$$($(CLANG) --version 2>/dev/null | head -n1); \
 	if [ "$$v" != "$(CLANG_PIN)" ]; then \
 		echo "$(CLANG) is '$${v:-missing}', but the BPF object is pinned to '$(CLANG_PIN)' (Debian 12's clang-16): another compiler builds other bytes." >&2; \
@@ -66,7 +91,16 @@ check-generate: check-clang ## fail unless make generate reproduces the committe
 	fi; \
 	echo "check-generate: $(BPF_OUTPUTS) are reproduced byte for byte"
 
-vmlinux-h: deps ## regenerate bpf/vmlinux.h from the BTF of the pinned Debian kernel (VMLINUX_RELEASE), fetched like the VM kernels
+# kdrop's alerts (a Prometheus rules file, a PrometheusRule) and Grafana
+# dashboard are written from Go (deploy/monitoring) into deploy/, the
+# kustomize components and the chart's files/.
+monitoring: ## write the alerts, PrometheusRule and Grafana dashboard (and their ConfigMaps) from deploy/monitoring
+	$(GO) run ./deploy/monitoring/gen
+
+check-monitoring: ## fail unless make monitoring reproduces the committed alerts and dashboard files
+	$(GO) run ./deploy/monitoring/gen -check
+
+vmlinux-h: deps-generate deps-vm ## regenerate bpf/vmlinux.h from the BTF of the pinned Debian kernel (VMLINUX_RELEASE), fetched like the VM kernels
 	tracer/vmtest/fetch-kernels.sh $(KDROP_CACHE) $(VMLINUX_KERNEL)
 	bpf/vmlinux-h.sh $(KDROP_CACHE)/kernels/$(VMLINUX_KERNEL) $(VMLINUX_RELEASE) $(VMLINUX_DEBIAN) > bpf/vmlinux.h.tmp \
 		|| { rm -f bpf/vmlinux.h.tmp; exit 1; }
@@ -80,17 +114,17 @@ install: build ## install kdrop, and kubectl-kdrop for "kubectl kdrop tail", int
 	install -D -m 0755 bin/kdrop $(DESTDIR)$(PREFIX)/bin/kdrop
 	ln -sf kdrop $(DESTDIR)$(PREFIX)/bin/kubectl-kdrop
 
-run: deps build ## run `kdrop watch` on this machine (needs root)
+run: tracefs build ## run `kdrop watch` on this machine (needs root)
 	./bin/kdrop watch
 
-check: deps build ## print what this kernel supports
+check: tracefs build ## print what this kernel supports
 	./bin/kdrop check
 
-test: check-generate test-fuzz test-host test-kernels test-k8s test-cluster ## all tests: the BPF object reproduced, host kernel, VM kernels, Kubernetes API, a real cluster (what CI runs)
+test: check-generate check-monitoring test-fuzz test-host test-kernels test-k8s test-cluster ## all tests: the BPF object reproduced, host kernel, VM kernels, Kubernetes API, a real cluster (what CI runs)
 
-test-host: deps ## tracer and netfilter-rule tests on this machine's kernel, with the race detector
+test-host: deps-host ## tracer and netfilter-rule tests on this machine's kernel, and the setup's, with the race detector
 	$(GO) vet ./...
-	$(GO) test -race -count=1 ./tracer/... ./cmd/kdrop/enrich/netfilter/
+	$(GO) test -race -count=1 ./tracer/... ./cmd/kdrop/enrich/netfilter/ ./setup/
 
 # Go fuzz targets of everything that parses input: package:target.
 FUZZ_TARGETS := ./cmd/kdrop/line:FuzzDecode ./cmd/kdrop/sinks/recording:FuzzScan ./cmd/kdrop/sinks/report:FuzzReport \
@@ -107,7 +141,7 @@ test-fuzz: ## each fuzz target for FUZZTIME (10s) past its seed corpus; crashes 
 fuzz: ## the fuzz targets for as long as asked: make fuzz FUZZTIME=10m
 	$(MAKE) test-fuzz FUZZTIME=$(FUZZTIME)
 
-kernels: deps ## fetch and prepare the VM kernels (KERNELS="5.10 6.1 6.12 7")
+kernels: deps-vm ## fetch and prepare the VM kernels (KERNELS="5.10 6.1 6.12 7")
 	tracer/vmtest/fetch-kernels.sh $(KDROP_CACHE) $(KERNELS)
 
 test-kernels: kernels ## the tracer and netfilter-rule tests inside QEMU VMs, one per kernel (KERNELS="6.1")
@@ -130,7 +164,7 @@ test-kernels: kernels ## the tracer and netfilter-rule tests inside QEMU VMs, on
 		test $${PIPESTATUS[0]} -eq 0 || { echo "FAIL with forced modes: log in $(KDROP_CACHE)/kernel-$(FALLBACK_KERNEL)-fallback.log"; exit 1; }; \
 	fi
 
-kube-bins: deps ## build kube-apiserver, kubectl & co. from the Go module proxy (cached)
+kube-bins: ## build kube-apiserver, kubectl & co. from the Go module proxy (cached)
 	deploy/kube/build.sh $(KDROP_CACHE)/kube/bin
 
 # A real single-node cluster (containerd, kubelet, kube-proxy, ...) on this
@@ -140,13 +174,13 @@ CLUSTER_ENV := KDROP_CLUSTER_HOME=$(KDROP_CACHE)/cluster KDROP_KUBE_BIN=$(KDROP_
 cluster-images: ## build the test cluster's pause and busybox images into .cache/cluster/images
 	$(CLUSTER_ENV) deploy/cluster/cluster.sh images
 
-cluster-up: deps kube-bins cluster-images ## start a real single-node Kubernetes cluster here (root); then `deploy/cluster/cluster.sh env`
+cluster-up: deps-cluster kube-bins cluster-images ## start a real single-node Kubernetes cluster here (root); then `deploy/cluster/cluster.sh env`
 	$(CLUSTER_ENV) deploy/cluster/cluster.sh up
 
 cluster-down: ## stop the test cluster and undo its changes to the host
 	$(CLUSTER_ENV) deploy/cluster/cluster.sh down
 
-test-cluster: deps kube-bins helm cluster-images ## kdrop deployed from deploy/ in a real local cluster, diagnosing the incidents end to end (brings the cluster up and down)
+test-cluster: deps-cluster kube-bins helm cluster-images ## kdrop deployed from deploy/ in a real local cluster, diagnosing the incidents end to end (brings the cluster up and down)
 	$(CLUSTER_ENV) KDROP_HELM=$(KDROP_CACHE)/bin/helm $(GO) test -count=1 -v -timeout 30m ./deploy/e2e/ 2>&1 \
 		| tee $(KDROP_CACHE)/e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|KDROP-E2E|_test.go'; \
 		test $${PIPESTATUS[0]} -eq 0 || { echo "FAIL: full log in $(KDROP_CACHE)/e2e.log"; exit 1; }
@@ -154,9 +188,9 @@ test-cluster: deps kube-bins helm cluster-images ## kdrop deployed from deploy/ 
 helm: ## build a pinned helm from the Go module proxy into the cache (for the chart's tests)
 	deploy/helm/install-helm.sh $(KDROP_CACHE)/bin
 
-test-k8s: kube-bins helm ## identity, CLI, agent and deploy/ tests against a real kube-apiserver + etcd, with the race detector
+test-k8s: deps-k8s kube-bins helm ## identity, CLI, agent and deploy/ tests against a real kube-apiserver + etcd, with the race detector
 	KDROP_KUBE_BIN=$(KDROP_CACHE)/kube/bin KDROP_HELM=$(KDROP_CACHE)/bin/helm \
-		$(GO) test -race -count=1 -timeout 30m ./k8s/... ./cmd/... ./deploy/ ./deploy/cluster/...
+		$(GO) test -race -count=1 -timeout 30m ./k8s/... ./cmd/... ./deploy/ ./deploy/monitoring/... ./deploy/cluster/...
 
 # The tag deploy/ names, so `kubectl apply -k deploy/kustomize` runs this
 # build once the tarball is imported; the version label says which build.
@@ -167,11 +201,11 @@ image: build ## build the agent's OCI image kdrop:$(IMAGE_TAG) as a tarball (out
 BENCH_KERNEL ?= 6.12
 SOAK         ?= 30m
 # `make bench SOAK=2m` for a short agent soak
-bench: kernels kube-bins ## benchmarks: BPF cost per run vs empty programs (host + a VM for fentry/kprobe), drop rate without loss, decode+encode, naming netfilter rules under a 10k/s storm
+bench: deps-k8s kernels kube-bins ## benchmarks: BPF cost per run vs empty programs (host + a VM for fentry/kprobe), drop rate without loss, decode+encode, naming netfilter rules under a 10k/s storm
 	$(GO) test -run '^$$' -bench . -benchtime 20000x -count 1 ./tracer/ | grep -E 'BPFCOST|^Benchmark|^ok'
 	$(GO) test -run '^$$' -bench DecodeEncode -benchtime 2s -count 1 ./tracer/ | grep -E '^Benchmark'
 	$(GO) test -run '^$$' -bench WatchDropRate -benchtime 1x -count 1 ./cmd/kdrop/ | grep -E 'DROPRATE|^Benchmark'
-	@command -v bpftrace >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bpftrace >/dev/null
+	$(call apt_need,bpftrace)
 	$(GO) test -run '^$$' -bench DropStorm -benchtime 1x -count 1 -timeout 20m ./cmd/kdrop/ | grep -E 'STORM|^Benchmark|FAIL|storm_bench'
 	$(GO) test -run '^$$' -bench 'RuleStorm|Read500' -benchtime 1x -count 1 -timeout 10m ./cmd/kdrop/enrich/netfilter/ | grep -E 'RULESTORM|^Benchmark|FAIL|bench_test'
 	KDROP_KUBE_BIN=$(KDROP_CACHE)/kube/bin KDROP_SOAK=$(SOAK) $(GO) test -run '^$$' -bench AgentSoak -benchtime 1x -count 1 -timeout 90m ./cmd/kdrop/ | grep -E 'SOAK|^Benchmark|FAIL|soak_bench'

@@ -40,6 +40,7 @@ import (
 const (
 	kustomizeDir    = "kustomize"
 	capabilitiesDir = "kustomize/overlays/capabilities"
+	monitoringDir   = "kustomize/overlays/monitoring"
 	chartDir        = "helm/kdrop"
 	releaseName     = "kdrop"
 	namespace       = "kdrop"
@@ -47,6 +48,11 @@ const (
 	listenPort      = 9965
 	streamPort      = 9966
 )
+
+// monitoringValues turn on all of the chart's monitoring objects: those of
+// kustomize/overlays/monitoring.
+var monitoringValues = []string{"--set", "monitoring.prometheusRule.enabled=true",
+	"--set", "monitoring.rulesConfigMap.enabled=true", "--set", "monitoring.dashboard.enabled=true"}
 
 // helmOnlyLabels are the labels Helm charts conventionally add that a
 // kustomize build has no counterpart for; the comparison ignores them.
@@ -679,11 +685,15 @@ func TestImageDefinitions(t *testing.T) {
 
 func TestHelmLint(t *testing.T) {
 	run(t, helmBin(t), "lint", "--strict", chartDir)
+	run(t, helmBin(t), append([]string{"lint", "--strict", chartDir}, monitoringValues...)...)
 }
 
 // TestHelmMatchesKustomize: the chart with default values renders the objects
-// of the kustomize build (ignoring Helm's own labels), and with
-// securityContext.mode=capabilities those of the capabilities overlay.
+// of the kustomize build (ignoring Helm's own labels), with
+// securityContext.mode=capabilities those of the capabilities overlay, and
+// with the monitoring values on those of the monitoring overlay (the
+// PrometheusRule, the rules and dashboard ConfigMaps of
+// kustomize/components).
 func TestHelmMatchesKustomize(t *testing.T) {
 	for _, c := range []struct {
 		name, dir string
@@ -691,6 +701,7 @@ func TestHelmMatchesKustomize(t *testing.T) {
 	}{
 		{"defaults", kustomizeDir, nil},
 		{"capabilities", capabilitiesDir, []string{"--set", "securityContext.mode=capabilities"}},
+		{"monitoring", monitoringDir, monitoringValues},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			k := parse(t, kustomize(t, c.dir))

@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -113,6 +114,20 @@ func TestServerSideDryRun(t *testing.T) {
 			dryRun(t, c.name, parse(t, rendered), "-f", f)
 		})
 	}
+
+	// The monitoring objects, the PrometheusRule against the operator's
+	// own CRD (its schema rejects unknown or mistyped fields).
+	t.Run("monitoring", func(t *testing.T) {
+		env.Kubectl(t, "apply", "--server-side", "-f", prometheusRuleCRD(t))
+		env.Kubectl(t, "wait", "--for=condition=Established", "--timeout=60s", "crd/prometheusrules.monitoring.coreos.com")
+		dryRun(t, "kustomize-monitoring", parse(t, kustomize(t, monitoringDir)), "-k", monitoringDir)
+		rendered := helmTemplate(t, monitoringValues...)
+		f := filepath.Join(dir, "helm-monitoring.yaml")
+		if err := os.WriteFile(f, rendered, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		dryRun(t, "helm-monitoring", parse(t, rendered), "-f", f)
+	})
 
 	// Dry runs leave nothing behind.
 	if out := env.Kubectl(t, "get", "daemonsets,serviceaccounts,services,clusterroles,clusterrolebindings", "-A", "-o", "name"); strings.Contains(out, "kdrop") {
@@ -395,4 +410,23 @@ func TestHelmInstall(t *testing.T) {
 			check(t, c.objectsNS, false)
 		})
 	}
+}
+
+// prometheusOperator is the prometheus-operator release whose PrometheusRule
+// CRD the tests validate against, from the Go module proxy.
+const prometheusOperator = "github.com/prometheus-operator/prometheus-operator@v0.85.0"
+
+// prometheusRuleCRD returns the path of the PrometheusRule CRD in the
+// module cache (downloaded, checksum verified, on first use).
+func prometheusRuleCRD(t *testing.T) string {
+	t.Helper()
+	out, err := exec.Command("go", "mod", "download", "-json", prometheusOperator).Output()
+	if err != nil {
+		t.Fatalf("go mod download %s: %v\n%s", prometheusOperator, err, out)
+	}
+	var mod struct{ Dir, Error string }
+	if err := json.Unmarshal(out, &mod); err != nil || mod.Dir == "" {
+		t.Fatalf("go mod download %s: %v %s", prometheusOperator, err, mod.Error)
+	}
+	return filepath.Join(mod.Dir, "example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml")
 }

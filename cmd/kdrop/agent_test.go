@@ -345,8 +345,9 @@ func grepLines(s, substr string) string {
 
 type prometheusServer struct{ url string }
 
-// startPrometheus runs Debian's prometheus scraping target every second.
-func startPrometheus(t *testing.T, target string) *prometheusServer {
+// startPrometheus runs Debian's prometheus scraping target every second,
+// evaluating the rule files given every second too.
+func startPrometheus(t *testing.T, target string, ruleFiles ...string) *prometheusServer {
 	t.Helper()
 	if _, err := exec.LookPath("prometheus"); err != nil {
 		if out, err := exec.Command("sh", "-c", "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus").CombinedOutput(); err != nil {
@@ -355,7 +356,8 @@ func startPrometheus(t *testing.T, target string) *prometheusServer {
 	}
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "prometheus.yml")
-	os.WriteFile(cfg, []byte(fmt.Sprintf("global: {scrape_interval: 1s}\nscrape_configs:\n- job_name: kdrop\n  static_configs: [{targets: [%q]}]\n", target)), 0o644)
+	rules, _ := json.Marshal(append([]string{}, ruleFiles...)) // a YAML flow sequence
+	os.WriteFile(cfg, []byte(fmt.Sprintf("global: {scrape_interval: 1s, evaluation_interval: 1s}\nrule_files: %s\nscrape_configs:\n- job_name: kdrop\n  static_configs: [{targets: [%q]}]\n", rules, target)), 0o644)
 	listen := freeAddr(t)
 	cmd := exec.Command("prometheus", "--config.file="+cfg, "--storage.tsdb.path="+filepath.Join(dir, "data"),
 		"--web.listen-address="+listen, "--log.level=warn")

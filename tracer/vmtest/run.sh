@@ -24,8 +24,9 @@
 #   KDROP_VMTEST_APPEND   extra kernel command line, e.g. vmtest.p9cache=mmap
 #   KDROP_VMTEST_DEBUG    non-empty: print the guest's boot timeline
 #
-# Limitation: the guest mounts fresh tmpfs on /tmp and /run, so COMMAND and
-# the current directory must not live under the host's /tmp or /run.
+# The guest mounts fresh tmpfs on /tmp and /run; a current directory or a
+# COMMAND argument under the host's /tmp or /run (a clone in /tmp) is bound
+# back into it from the host's tree, writable through the overlay.
 set -euo pipefail
 
 here=$(cd -- "$(dirname -- "$0")" && pwd)
@@ -71,12 +72,31 @@ write_cmd() {
 	{
 		echo 'export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 		echo 'export HOME=/root TERM=dumb LANG=C.UTF-8'
+		cat <<-'EOF'
+			vmtest_unhide() {
+				mountpoint -q /run/vmtest/root || { mkdir -p /run/vmtest/root && mount --bind / /run/vmtest/root; } || return
+				mountpoint -q "$1" && return
+				mkdir -p -- "$1" && mount --bind -- "/run/vmtest/root$1" "$1"
+			}
+		EOF
 		printf 'export KDROP_VM_KERNEL=%q\n' "$version"
 		while [ "$1" != -- ]; do
 			printf 'export %s=%q\n' "${1%%=*}" "${1#*=}"
 			shift
 		done
 		shift
+		# Host paths the guest's fresh /tmp and /run hide: bind them back
+		# from the root overlay (a bind of / without its submounts).
+		local p
+		for p in "$cwd" "$@"; do
+			case "$p" in
+			/tmp/* | /run/*) ;;
+			*) continue ;;
+			esac
+			[ -e "$p" ] || continue
+			[ -d "$p" ] || p=$(dirname -- "$p")
+			printf 'vmtest_unhide %q || exit 126\n' "$p"
+		done
 		printf 'cd -- %q || exit 126\n' "$cwd"
 		printf 'exec'
 		printf ' %q' "$@"

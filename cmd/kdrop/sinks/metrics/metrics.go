@@ -42,7 +42,7 @@ type Sources struct {
 func NewAgent(reg prometheus.Registerer, src Sources) *Agent {
 	events := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "kdrop_events_total",
-		Help: fmt.Sprintf("Occurrences of kernel drops, listen queue overflows and ICMP errors sent, by type, reason (drop reason, ICMP error or queue), and the namespace and workload of the pod concerned. At most %d label sets: past that, the one updated least recently is dropped.", MaxEventSeries),
+		Help: fmt.Sprintf("Occurrences of kernel drops, listen queue overflows and ICMP errors sent, by type, reason (drop reason, ICMP error or queue), and the namespace and workload (KIND/NAME) of the pod concerned, or Service/NAME for traffic to a Service address. At most %d label sets: past that, the one updated least recently is dropped.", MaxEventSeries),
 	}, []string{"type", "reason", "namespace", "workload"})
 	m := &Agent{
 		counts: newEventCounter(events, MaxEventSeries),
@@ -111,18 +111,23 @@ func (m *Agent) AddLoss(d tracer.Stats) {
 }
 
 // Observe counts ev's occurrences under the pod where the kernel acted,
-// else the destination pod.
+// else the destination pod, else the destination Service (workload
+// "Service/NAME": kube-proxy's REJECT of a Service without endpoints).
 func (m *Agent) Observe(ev *line.Event) {
 	who := ev.WhereK8s
 	if who == nil || who.Kind != k8s.KindPod {
 		who = ev.DstK8s
 	}
 	ns, wl := "", ""
-	if who != nil && who.Kind == k8s.KindPod {
+	switch {
+	case who == nil:
+	case who.Kind == k8s.KindPod:
 		ns = who.Namespace
 		if who.WorkloadKind != "" {
 			wl = who.WorkloadKind + "/" + who.WorkloadName
 		}
+	case who.Kind == k8s.KindService:
+		ns, wl = who.Namespace, "Service/"+who.Name
 	}
 	m.counts.add(eventLabels{ev.Type.String(), ev.What(), ns, wl}, float64(ev.Count))
 }

@@ -5,10 +5,13 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/kdrop/kdrop/cmd/kdrop/line"
+	"github.com/kdrop/kdrop/k8s"
 	"github.com/kdrop/kdrop/tracer"
 )
 
@@ -53,5 +56,47 @@ func TestLossMetrics(t *testing.T) {
 	lint.Stdin = strings.NewReader(text)
 	if out, err := lint.CombinedOutput(); err != nil || len(out) > 0 {
 		t.Errorf("promtool check metrics: %v\n%s", err, out)
+	}
+}
+
+// kdrop_events_total's namespace and workload: the pod where the kernel
+// acted, else the destination pod, else the destination Service.
+func TestObserveLabels(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := NewAgent(reg, Sources{})
+	node := &k8s.Endpoint{Kind: k8s.KindNode, Name: "node-a"}
+	listener := &k8s.Endpoint{Kind: k8s.KindPod, Namespace: "shop", Name: "api-1", WorkloadKind: "Deployment", WorkloadName: "api"}
+	deleted := &k8s.Endpoint{Kind: k8s.KindPod, Namespace: "web", Name: "api-5c8-x7k2p", WorkloadKind: "Deployment", WorkloadName: "api", DeletedAgo: time.Second}
+	svc := &k8s.Endpoint{Kind: k8s.KindService, Namespace: "shop", Name: "cart"}
+	ev := func(typ tracer.EventType, where, dst *k8s.Endpoint) *line.Event {
+		e := &line.Event{WhereK8s: where, DstK8s: dst}
+		e.Type, e.Count = typ, 2
+		switch typ {
+		case tracer.ListenOverflow:
+			e.Queue = tracer.QueueAccept
+		case tracer.Unreachable:
+			e.Family, e.ICMPType, e.ICMPCode = 4, 3, 1
+		case tracer.Drop:
+			e.Reason = "NETFILTER_DROP"
+		}
+		return e
+	}
+	m.Observe(ev(tracer.ListenOverflow, listener, nil))
+	m.Observe(ev(tracer.Unreachable, node, deleted))
+	m.Observe(ev(tracer.Drop, node, svc))
+	m.Observe(ev(tracer.Drop, nil, &k8s.Endpoint{Kind: k8s.KindPod, Namespace: "ns", Name: "bare"}))
+	m.Observe(ev(tracer.Drop, node, nil))
+	rr := httptest.NewRecorder()
+	promhttp.HandlerFor(reg, promhttp.HandlerOpts{}).ServeHTTP(rr, httptest.NewRequest("GET", "/metrics", nil))
+	for _, want := range []string{
+		`kdrop_events_total{namespace="shop",reason="accept-queue",type="overflow",workload="Deployment/api"} 2`,
+		`kdrop_events_total{namespace="web",reason="host-unreachable",type="unreach",workload="Deployment/api"} 2`,
+		`kdrop_events_total{namespace="shop",reason="NETFILTER_DROP",type="drop",workload="Service/cart"} 2`,
+		`kdrop_events_total{namespace="ns",reason="NETFILTER_DROP",type="drop",workload=""} 2`,
+		`kdrop_events_total{namespace="",reason="NETFILTER_DROP",type="drop",workload=""} 2`,
+	} {
+		if !strings.Contains(rr.Body.String(), want+"\n") {
+			t.Errorf("metrics lack %s:\n%s", want, rr.Body.String())
+		}
 	}
 }
