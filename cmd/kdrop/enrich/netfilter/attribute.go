@@ -283,12 +283,16 @@ func (a *Attributor[T]) step(final bool) {
 			switch {
 			case s.last != nil && s.last.at.After(p.to.Add(slack)):
 				r = s.attribute(p)
-			case s.err != nil && s.errAt.After(p.to):
+			case s.err != nil && s.errAt.After(p.to) && !errors.Is(s.err, errReadTimeout):
 				r = &Rule{Backend: BackendNftables, Unknown: s.err.Error()}
 			case final:
 				r = &Rule{Backend: BackendNftables, Unknown: whyStopping}
 			case now.After(p.deadline):
-				r = &Rule{Backend: BackendNftables, Unknown: whyTimeout}
+				why := whyTimeout
+				if s.err != nil { // a read that timed out, retried until the deadline
+					why = s.err.Error()
+				}
+				r = &Rule{Backend: BackendNftables, Unknown: why}
 			}
 			if r == nil {
 				keep = append(keep, *p)

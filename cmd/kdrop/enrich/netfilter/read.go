@@ -21,10 +21,13 @@ import (
 
 // Why a read of a namespace's rules failed: the Unknown of its events.
 var (
-	errNetnsGone  = errors.New("network namespace gone")
-	errChanged    = errors.New("rules changed while reading")
-	errDeleted    = errors.New("table or chain deleted while reading")
-	errPermission = errors.New("permission denied reading rules (needs CAP_NET_ADMIN in the namespace)")
+	errNetnsGone = errors.New("network namespace gone")
+	errChanged   = errors.New("rules changed while reading")
+	// errReadTimeout: a read took longer than ReadTimeout. It is not the
+	// events' last word: they wait for the next read, up to MaxWait.
+	errReadTimeout = errors.New("reading rules timed out")
+	errDeleted     = errors.New("table or chain deleted while reading")
+	errPermission  = errors.New("permission denied reading rules (needs CAP_NET_ADMIN in the namespace)")
 )
 
 // ruleset is one read of a namespace's drop-capable nftables rules.
@@ -415,7 +418,7 @@ func classify(err error) error {
 	case errors.Is(err, unix.ENOENT), strings.Contains(s, "no such file or directory"):
 		return errDeleted
 	case errors.Is(err, os.ErrDeadlineExceeded), strings.Contains(s, "i/o timeout"):
-		return errors.New("reading rules timed out")
+		return errReadTimeout
 	case errors.Is(err, unix.EINTR), strings.Contains(s, "interrupted system call"),
 		errors.Is(err, unix.EBUSY), strings.Contains(s, "device or resource busy"):
 		// a dump interrupted by a ruleset change (NLM_F_DUMP_INTR)
