@@ -236,20 +236,7 @@ func TestAgentStreamAuthAndMetrics(t *testing.T) {
 	// and 1,000 with forged tokens (a real stream token's claims, another
 	// signature) at most the agent's own review budget (5 a second, burst
 	// 10), counted by the API server itself.
-	reviews := func() float64 {
-		b, err := cs.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		n := 0.0
-		for _, l := range strings.Split(string(b), "\n") {
-			if strings.HasPrefix(l, "apiserver_request_total{") && strings.Contains(l, `resource="tokenreviews"`) && strings.Contains(l, `verb="POST"`) {
-				v, _ := strconv.ParseFloat(l[strings.LastIndexByte(l, ' ')+1:], 64)
-				n += v
-			}
-		}
-		return n
-	}
+	reviews := func() float64 { return apiserverRequests(t, cs, `resource="tokenreviews"`, `verb="POST"`) }
 	before := reviews()
 	for i := range 1000 {
 		r := get(t, "https://"+streamAddr+"/events", map[string]string{stream.TokenHeader: fmt.Sprintf("Bearer random-%d", i)})

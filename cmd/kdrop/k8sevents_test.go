@@ -46,22 +46,34 @@ func kdropEvents(t *testing.T, cs kubernetes.Interface, ns string) (map[string]i
 	return counts, objects
 }
 
-// eventWrites is how many Events the API server has created and patched.
-func eventWrites(t *testing.T, cs kubernetes.Interface) float64 {
+// apiserverRequests sums the API server's apiserver_request_total over the
+// series whose labels include every one of labels (e.g. `verb="POST"`).
+func apiserverRequests(t *testing.T, cs kubernetes.Interface, labels ...string) float64 {
 	t.Helper()
 	b, err := cs.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
 	n := 0.0
+lines:
 	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, "apiserver_request_total{") && strings.Contains(l, `group="events.k8s.io"`) &&
-			(strings.Contains(l, `verb="POST"`) || strings.Contains(l, `verb="PATCH"`)) {
-			v, _ := strconv.ParseFloat(l[strings.LastIndexByte(l, ' ')+1:], 64)
-			n += v
+		if !strings.HasPrefix(l, "apiserver_request_total{") {
+			continue
 		}
+		for _, want := range labels {
+			if !strings.Contains(l, want) {
+				continue lines
+			}
+		}
+		v, _ := strconv.ParseFloat(l[strings.LastIndexByte(l, ' ')+1:], 64)
+		n += v
 	}
 	return n
+}
+
+// eventWrites is how many Events the API server has created and patched.
+func eventWrites(t *testing.T, cs kubernetes.Interface) float64 {
+	return apiserverRequests(t, cs, `group="events.k8s.io"`, `verb="POST"`) + apiserverRequests(t, cs, `group="events.k8s.io"`, `verb="PATCH"`)
 }
 
 func TestAgentKubernetesEvents(t *testing.T) {

@@ -222,15 +222,15 @@ func (f Filter) PodMatcher(cfg *rest.Config, deletedWindow time.Duration) (func(
 		ns, pod = pod[:i], pod[i+1:]
 	}
 	// Names as Kubernetes allows them, or no pod could ever match.
-	if ns != "" && len(validation.IsDNS1123Label(ns)) > 0 {
+	if bad := validation.IsDNS1123Label(ns); ns != "" && len(bad) > 0 {
 		field := "namespace"
 		if f.Namespace == "" {
 			field = "pod"
 		}
-		return nil, &FieldError{Field: field, Value: ns, Err: fmt.Errorf("not a namespace name: %s", strings.Join(validation.IsDNS1123Label(ns), "; "))}
+		return nil, &FieldError{Field: field, Value: ns, Err: fmt.Errorf("not a namespace name: %s", strings.Join(bad, "; "))}
 	}
-	if pod != "" && len(validation.IsDNS1123Subdomain(pod)) > 0 {
-		return nil, &FieldError{Field: "pod", Value: f.Pod, Err: fmt.Errorf("not a pod name (NAME or NAMESPACE/NAME): %s", strings.Join(validation.IsDNS1123Subdomain(pod), "; "))}
+	if bad := validation.IsDNS1123Subdomain(pod); pod != "" && len(bad) > 0 {
+		return nil, &FieldError{Field: "pod", Value: f.Pod, Err: fmt.Errorf("not a pod name (NAME or NAMESPACE/NAME): %s", strings.Join(bad, "; "))}
 	}
 	var selected *podSet
 	if f.Selector != "" {

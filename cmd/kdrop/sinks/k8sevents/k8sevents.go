@@ -38,6 +38,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/kdrop/kdrop/cmd/kdrop/line"
@@ -151,18 +152,7 @@ func (r *Recorder) Observe(ev *line.Event) {
 
 // Run writes the series that have new occurrences, once a second, until
 // ctx is done.
-func (r *Recorder) Run(ctx context.Context) {
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-			r.Flush(ctx)
-		}
-	}
-}
+func (r *Recorder) Run(ctx context.Context) { wait.UntilWithContext(ctx, r.Flush, time.Second) }
 
 // Flush writes every series due: new occurrences, its MinInterval passed,
 // and the node's budget allowing. The others wait for a later Flush.

@@ -24,6 +24,7 @@ import (
 	authnv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/lru"
 )
 
 // The stream's credentials (deploy/README.md, "Threat model").
@@ -107,8 +108,8 @@ type Authorizer struct {
 	// proxy), limit for the others, so a flood from elsewhere never holds
 	// up a viewer's reconnect through the API server.
 	limit, trusted *rate.Limiter
-	good           map[string]time.Time // addresses that showed a good token, when last
-	streams        map[[32]byte]int     // open streams per token
+	good           *lru.Cache       // addresses that showed a good token (at most maxTrusted)
+	streams        map[[32]byte]int // open streams per token
 	// Refused counts refusals by HTTP status (401, 403, 429, 503).
 	Refused map[int]*atomic.Uint64
 }
@@ -128,7 +129,7 @@ var RefusalCodes = []int{http.StatusUnauthorized, http.StatusForbidden, http.Sta
 func NewAuthorizer(cs kubernetes.Interface, acct Account, node string, log *zap.Logger) *Authorizer {
 	a := &Authorizer{cs: cs, acct: acct, node: node, log: log, cache: map[[32]byte]authDecision{},
 		limit: rate.NewLimiter(reviewRate, reviewBurst), trusted: rate.NewLimiter(reviewRate, reviewBurst),
-		good: map[string]time.Time{}, streams: map[[32]byte]int{}, Refused: map[int]*atomic.Uint64{}}
+		good: lru.New(maxTrusted), streams: map[[32]byte]int{}, Refused: map[int]*atomic.Uint64{}}
 	for _, c := range RefusalCodes {
 		a.Refused[c] = new(atomic.Uint64)
 	}
@@ -172,12 +173,12 @@ func (a *Authorizer) Wrap(next http.Handler) http.Handler {
 			return
 		}
 		remote, _, _ := net.SplitHostPort(r.RemoteAddr)
-		d := a.decide(r.Context(), token, remote)
+		key := sha256.Sum256([]byte(token))
+		d := a.decide(r.Context(), token, key, remote)
 		if d.status != http.StatusOK {
 			refuse(d.status, d.msg)
 			return
 		}
-		key := sha256.Sum256([]byte(token))
 		a.mu.Lock()
 		if a.streams[key] >= MaxStreamsPerToken {
 			a.mu.Unlock()
@@ -200,7 +201,8 @@ func (a *Authorizer) Wrap(next http.Handler) http.Handler {
 	})
 }
 
-func (a *Authorizer) decide(ctx context.Context, token, remote string) authDecision {
+// decide is the answer for token (whose hash is key) from remote.
+func (a *Authorizer) decide(ctx context.Context, token string, key [32]byte, remote string) authDecision {
 	if a.acct.Namespace == "" || a.node == "" {
 		return authDecision{status: http.StatusServiceUnavailable, msg: "this agent does not know its namespace or node, so it cannot check stream tokens: set POD_NAMESPACE and NODE_NAME (deploy/ does, with the downward API)"}
 	}
@@ -210,14 +212,13 @@ func (a *Authorizer) decide(ctx context.Context, token, remote string) authDecis
 	if err != nil {
 		return authDecision{status: http.StatusUnauthorized, msg: "not a stream token for this agent: " + err.Error()}
 	}
-	key := sha256.Sum256([]byte(token))
 	a.mu.Lock()
 	d, ok := a.cache[key]
+	a.mu.Unlock()
 	lim := a.limit
-	if _, trusted := a.good[remote]; trusted {
+	if _, trusted := a.good.Get(remote); trusted {
 		lim = a.trusted
 	}
-	a.mu.Unlock()
 	if ok && time.Since(d.at) < authTTL {
 		return d
 	}
@@ -235,29 +236,13 @@ func (a *Authorizer) decide(ctx context.Context, token, remote string) authDecis
 		a.remember(key, d)
 	}
 	if d.status == http.StatusOK {
-		a.trust(remote)
+		a.good.Add(remote, nil)
 	}
 	return d
 }
 
-// trust remembers that remote showed a good token (at most maxTrusted
-// addresses, the oldest forgotten first).
-func (a *Authorizer) trust(remote string) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.good[remote] = time.Now()
-	for len(a.good) > maxTrusted {
-		oldest := ""
-		for k, at := range a.good {
-			if oldest == "" || at.Before(a.good[oldest]) {
-				oldest = k
-			}
-		}
-		delete(a.good, oldest)
-	}
-}
-
-// maxTrusted bounds the addresses remembered as having shown good tokens.
+// maxTrusted bounds the addresses remembered as having shown good tokens
+// (the least recently used forgotten first).
 const maxTrusted = 16
 
 // claims checks what a stream token says of itself (a JWT's payload; its
