@@ -354,6 +354,7 @@ func TestRulesNamedAndCounted(t *testing.T) {
 	ipt(nsA, "iptables", `-A INPUT -p tcp --dport 9002 -m comment --comment "A tcp reject" -j REJECT --reject-with tcp-reset`)
 	ipt(nsA, "ip6tables", `-A INPUT -p udp --dport 9003 -m comment --comment "A udp6 reject" -j REJECT`)
 	ipt(nsA, "ip6tables", `-A INPUT -p tcp --dport 9004 -m comment --comment "A tcp6 drop" -j DROP`)
+	ipt(nsA, "iptables", `-A INPUT -p tcp --dport 9006 -m comment --comment "A tcp4 drop" -j DROP`)
 	ipt(nsA, "iptables", `-A INPUT -p udp --dport 9005 -m statistic --mode nth --every 2 --packet 0 -m comment --comment "A every 2nd" -j DROP`)
 	ipt(nsA, "iptables", `-A INPUT -p udp --dport 9005 -m comment --comment "A the rest" -j DROP`)
 	// namespace B: iptables-nft REJECT, and a native table with a counted
@@ -376,7 +377,7 @@ func TestRulesNamedAndCounted(t *testing.T) {
 
 	targets := []target{
 		{"udp", ap(aIP, 9001)}, {"tcp", ap(aIP, 9002)}, {"udp", ap(aIP6, 9003)}, {"tcp", ap(aIP6, 9004)},
-		{"udp", ap(aIP, 9005)},
+		{"udp", ap(aIP, 9005)}, {"tcp", ap(aIP, 9006)},
 		{"udp", ap(bIP, 9101)}, {"udp", ap(bIP6, 9102)}, {"tcp", ap(bIP, 9103)},
 	}
 	stop := load(t, client, targets, 10*time.Millisecond)
@@ -467,8 +468,13 @@ func TestRulesNamedAndCounted(t *testing.T) {
 				}
 				continue
 			}
-			if got[k] > n || got[k]+missed < n {
+			switch short := int64(n) - int64(got[k]) - int64(missed); {
+			case got[k] > n:
+				t.Errorf("netns %s rule %s: kdrop counted %d packets, the rule's counter %d", ns.Name, k, got[k], n)
+			case short > int64(unreported(n)):
 				t.Errorf("netns %s rule %s: kdrop counted %d packets, the rule's counter %d (missed by the kernel: %d)", ns.Name, k, got[k], n, missed)
+			case short > 0:
+				t.Logf("netns %s rule %s: %d packets counted by the rule were never reported by the kfree_skb tracepoint (see unreported)", ns.Name, k, short)
 			}
 		}
 		if ambiguous > ambiguousWant || ambiguous+missed < ambiguousWant {
@@ -480,6 +486,16 @@ func TestRulesNamedAndCounted(t *testing.T) {
 		t.Errorf("%d events still held after Close", held)
 	}
 }
+
+// unreported is how many of a rule's n counted packets the kernel may
+// leave out of the kfree_skb tracepoint. Measured on 6.18 with both cores
+// saturated: about once in 30 runs, 1 to 4 TCP SYNs (IPv4 and IPv6 alike,
+// never UDP) were counted by their DROP rule while neither kdrop nor a
+// bpftrace witness on skb:kfree_skb, skb:consume_skb and
+// net:netif_receive_skb saw them, with no recursion misses in any program.
+// kdrop cannot report a drop the tracepoint never shows; the README's
+// limits say so. Anything beyond 1% is kdrop's fault.
+func unreported(n uint64) uint64 { return n / 100 }
 
 func keys(m map[uint16]bool) []uint16 {
 	var k []uint16
