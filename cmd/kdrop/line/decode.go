@@ -128,6 +128,17 @@ type wireRule struct {
 	How        string    `json:"how"`
 	Candidates []wireRef `json:"candidates"`
 	Unknown    string    `json:"unknown"`
+	K8s        *struct {
+		Meaning       string `json:"meaning"`
+		Engine        string `json:"engine"`
+		Service       string `json:"service"`
+		NetworkPolicy []struct {
+			Namespace string `json:"namespace"`
+			Name      string `json:"name"`
+		} `json:"network_policy"`
+		Direction string `json:"direction"`
+		Text      string `json:"text"`
+	} `json:"k8s"`
 	wireRef
 }
 
@@ -151,6 +162,12 @@ func (w *wireRule) rule() *netfilter.Rule {
 	r := &netfilter.Rule{Backend: w.Backend, Ref: w.ref(), How: w.How, Unknown: w.Unknown}
 	for i := range w.Candidates {
 		r.Candidates = append(r.Candidates, w.Candidates[i].ref())
+	}
+	if k := w.K8s; k != nil {
+		r.K8s = &netfilter.Meaning{Kind: k.Meaning, Engine: k.Engine, Service: k.Service, Direction: k.Direction, Text: k.Text}
+		for _, p := range k.NetworkPolicy {
+			r.K8s.NetworkPolicies = append(r.K8s.NetworkPolicies, netfilter.PolicyRef{Namespace: p.Namespace, Name: p.Name})
+		}
 	}
 	return r
 }

@@ -374,6 +374,29 @@ func appendRule(b []byte, r *netfilter.Rule) []byte {
 		b = append(b, `,"unknown":`...)
 		b = appendString(b, r.Unknown)
 	}
+	if m := r.K8s; m != nil {
+		b = append(b, `,"k8s":{"meaning":`...)
+		b = appendString(b, m.Kind)
+		b = appendField(b, "engine", m.Engine)
+		b = appendField(b, "service", m.Service)
+		if len(m.NetworkPolicies) > 0 {
+			b = append(b, `,"network_policy":[`...)
+			for i, p := range m.NetworkPolicies {
+				if i > 0 {
+					b = append(b, ',')
+				}
+				b = append(b, `{"namespace":`...)
+				b = appendString(b, p.Namespace)
+				b = append(b, `,"name":`...)
+				b = appendString(b, p.Name)
+				b = append(b, '}')
+			}
+			b = append(b, ']')
+		}
+		b = appendField(b, "direction", m.Direction)
+		b = appendField(b, "text", m.Text)
+		b = append(b, '}')
+	}
 	return append(b, '}')
 }
 

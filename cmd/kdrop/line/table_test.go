@@ -39,7 +39,10 @@ func TestDescribe(t *testing.T) {
 
 // The RULE column: a named rule, candidates, unknown.
 func TestRuleColumn(t *testing.T) {
-	for i, want := range []string{`filter/INPUT#3 REJECT tcp-reset "block "web" é"`, "2 rules?", "kube-proxy/filter-input#41 DROP", "unknown: network namespace gone"} {
+	for i, want := range []string{`filter/INPUT#3 REJECT tcp-reset "block "web" é"`, "2 rules?",
+		"kube-proxy/filter-input#41 DROP: Service shop/web:http has no local endpoints (externalTrafficPolicy: Local)",
+		`filter/KUBE-NWPLCY-DEFAULT#88 REJECT icmp-port-unreachable "rule to REJECT traffic destined…": NetworkPolicies shop/db-ingress, shop/default-deny isolate shop/db-0 for ingress; none allows TCP 5432 from shop/api-1`,
+		"unknown: network namespace gone"} {
 		e := goldenEvents()[7+i]
 		row := e.TableRow()
 		if !strings.HasSuffix(row, " "+want) {

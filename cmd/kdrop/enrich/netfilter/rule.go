@@ -53,10 +53,7 @@ const (
 // of a JSON line. When Unknown is set, nothing else but Backend may be.
 // When Candidates is set the attribution is ambiguous: the top-level rule
 // fields (Ref) are then empty and every candidate is listed.
-//
-// Kubernetes meaning (the Service behind a kube-proxy rule, the
-// NetworkPolicy and its direction) is meant to be added to this type as
-// fields of its own; it is not filled in here.
+// K8s, when set, is what the drop means in Kubernetes terms.
 type Rule struct {
 	Backend string // BackendNftables, BackendLegacy, or both comma-separated
 	Ref            // the rule, when one is named
@@ -67,7 +64,62 @@ type Rule struct {
 	// Unknown says why no rule is named ("" when one is), in a few words:
 	// "network namespace gone", "rules changed while reading", …
 	Unknown string
+	// K8s is the drop's Kubernetes meaning (the `k8s` object): the
+	// Service a kube-proxy rule is for, or the NetworkPolicies that
+	// isolate a pod; nil when kdrop knows none. It may be set even when
+	// Unknown is (a NetworkPolicy is evaluated from the API server).
+	K8s *Meaning
 }
+
+// Kinds of Kubernetes meaning (Meaning.Kind).
+const (
+	// MeaningNoEndpoints: kube-proxy REJECTs traffic to a Service with no
+	// ready endpoints.
+	MeaningNoEndpoints = "no-endpoints"
+	// MeaningNoLocalEndpoints: kube-proxy DROPs NodePort/LoadBalancer
+	// traffic of a Service with externalTrafficPolicy: Local on a node
+	// without a ready endpoint of it.
+	MeaningNoLocalEndpoints = "no-local-endpoints"
+	// MeaningInvalidConntrack: kube-proxy DROPs packets conntrack calls
+	// INVALID (KUBE-FORWARD, KUBE-FIREWALL; nftables mode's filter chains).
+	MeaningInvalidConntrack = "invalid-conntrack"
+	// MeaningMartianLocalhost: kube-proxy DROPs packets from outside to a
+	// 127.0.0.0/8 NodePort (route_localnet's martians).
+	MeaningMartianLocalhost = "martian-localhost"
+	// MeaningSourceRange: kube-proxy DROPs LoadBalancer traffic from a
+	// source outside loadBalancerSourceRanges.
+	MeaningSourceRange = "source-range"
+	// MeaningNetworkPolicy: NetworkPolicies isolate the destination
+	// (ingress) or the source (egress) and none of their rules allows
+	// the connection.
+	MeaningNetworkPolicy = "network-policy"
+)
+
+// Meaning is a drop's Kubernetes meaning.
+type Meaning struct {
+	Kind string // one of the Meaning* constants
+	// Engine is who enforces the rule: "kube-proxy", "kube-router", …;
+	// "" when kdrop evaluated NetworkPolicies itself without an engine's
+	// rule naming them.
+	Engine string
+	// Service is "namespace/name:port" (the port's name, or its number
+	// when unnamed) for kube-proxy's meanings.
+	Service string
+	// NetworkPolicies are the policies that isolate the pod in Direction
+	// and allow nothing matching the packet, sorted.
+	NetworkPolicies []PolicyRef
+	// Direction is "ingress" (the destination is isolated) or "egress"
+	// (the source is); "" for kube-proxy's meanings.
+	Direction string
+	// Text says it in one sentence: "Service shop/cart:http has no
+	// endpoints".
+	Text string
+}
+
+// PolicyRef names a NetworkPolicy.
+type PolicyRef struct{ Namespace, Name string }
+
+func (p PolicyRef) String() string { return p.Namespace + "/" + p.Name }
 
 // Ref names one rule.
 type Ref struct {
@@ -98,15 +150,16 @@ type Ref struct {
 func (r *Rule) Known() bool { return r != nil && r.Unknown == "" }
 
 // Short is the table column: "filter/INPUT#3 DROP", "2 rules?",
-// "unknown: why".
+// "unknown: why", followed by the Kubernetes meaning's sentence when
+// there is one ("…: Service shop/cart:http has no endpoints").
 func (r *Rule) Short() string {
 	switch {
 	case r == nil:
 		return ""
 	case r.Unknown != "":
-		return "unknown: " + r.Unknown
+		return "unknown: " + r.Unknown + r.K8s.suffix()
 	case r.Table == "" && len(r.Candidates) > 0:
-		return strconv.Itoa(len(r.Candidates)) + " rules?"
+		return strconv.Itoa(len(r.Candidates)) + " rules?" + r.K8s.suffix()
 	}
 	s := r.Table + "/" + r.Chain
 	if r.Position > 0 {
@@ -118,7 +171,14 @@ func (r *Rule) Short() string {
 	if r.Comment != "" {
 		s += " " + quoteShort(r.Comment)
 	}
-	return s
+	return s + r.K8s.suffix()
+}
+
+func (m *Meaning) suffix() string {
+	if m == nil || m.Text == "" {
+		return ""
+	}
+	return ": " + m.Text
 }
 
 // quoteShort quotes a comment for the table, at most 32 runes.
