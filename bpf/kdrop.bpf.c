@@ -139,6 +139,51 @@ static __always_inline void parse_l4(struct kdrop_event *e, const __u8 *h)
 	e->dport = (__u16)h[2] << 8 | h[3];
 }
 
+/* IPv6 extension headers kdrop walks past (RFC 8200 4.1; ipv6_ext_hdr in
+ * include/net/ipv6.h): hop-by-hop, routing, fragment, destination options,
+ * authentication. */
+static __always_inline bool ipv6_ext_hdr(__u8 nh)
+{
+	return nh == 0 || nh == 43 || nh == 44 || nh == 60 || nh == 51;
+}
+
+#define KDROP_IPV6_MAX_EXT 8 /* more than any real packet carries */
+
+/* Walks the extension headers after the fixed IPv6 header at ip, as
+ * ipv6_skip_exthdr does: sets e->proto to the upper-layer protocol and
+ * returns the offset of its header from ip, or 0 when it has no ports to
+ * read (a fragment other than the first, too many headers, a read fault). */
+static __always_inline __u32 ipv6_skip_ext(struct kdrop_event *e, unsigned char *ip)
+{
+	__u32 off = 40;
+	__u8 nh = e->proto;
+
+	for (int i = 0; i < KDROP_IPV6_MAX_EXT; i++) {
+		__u8 x[4];
+
+		if (!ipv6_ext_hdr(nh)) {
+			e->proto = nh;
+			return off;
+		}
+		if (bpf_probe_read_kernel(x, sizeof(x), ip + off))
+			return 0;
+		if (nh == 44) { /* fragment: 8 bytes; only offset 0 has ports */
+			e->proto = x[0];
+			if (((__u16)x[2] << 8 | x[3]) & 0xfff8)
+				return 0;
+			off += 8;
+		} else if (nh == 51) { /* AH: length in 4-byte units, minus 2 */
+			off += ((__u32)x[1] + 2) * 4;
+		} else { /* length in 8-byte units, not counting the first 8 */
+			off += ((__u32)x[1] + 1) * 8;
+		}
+		nh = x[0];
+		off &= 0xffff; /* bounded for the verifier; headers end below 64k */
+	}
+	e->proto = nh;
+	return 0;
+}
+
 /* Fills family, addresses, protocol and ports from an IP header at ip
  * (proto: its ETH_P_*). One read of 54 bytes covers an IPv4 header without
  * options or an IPv6 header, and what follows up to the TCP flags: each
@@ -177,20 +222,26 @@ static __always_inline void parse_ip(struct kdrop_event *e, unsigned char *ip, _
 				parse_l4(e, h);
 		}
 	} else {
+		__u8 h[14] = {};
+		__u32 off;
+
 		if ((b[0] >> 4) != 6)
 			return;
 		e->family = 6;
 		e->proto = b[6];
 		__builtin_memcpy(e->saddr, &b[8], 16);
 		__builtin_memcpy(e->daddr, &b[24], 16);
-		if (whole) {
-			parse_l4(e, &b[40]);
-		} else {
-			__u8 h[14] = {};
-
-			if (!bpf_probe_read_kernel(h, sizeof(h), ip + 40))
+		if (!ipv6_ext_hdr(e->proto)) {
+			if (whole) {
+				parse_l4(e, &b[40]);
+			} else if (!bpf_probe_read_kernel(h, sizeof(h), ip + 40)) {
 				parse_l4(e, h);
+			}
+			return;
 		}
+		off = ipv6_skip_ext(e, ip);
+		if (off && !bpf_probe_read_kernel(h, sizeof(h), ip + off))
+			parse_l4(e, h);
 	}
 }
 

@@ -1,0 +1,185 @@
+package tracer
+
+import (
+	"encoding/binary"
+	"errors"
+	"net/netip"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/kdrop/kdrop/tracer/nstest"
+)
+
+// padOpts is an 8-byte hop-by-hop or destination options header holding
+// only a PadN option (RFC 8200 4.2); the kernel fills in its next header.
+var padOpts = []byte{0, 0, 1, 4, 0, 0, 0, 0}
+
+// IPv6 behind extension headers: UDP and TCP to closed ports carried behind
+// hop-by-hop and destination options headers, and UDP behind an atomic
+// fragment header (offset 0, no more fragments: RFC 8200 4.5, processed as
+// a whole packet). Every drop is NO_SOCKET with its protocol and ports, so
+// the tracer's port filter finds them, and the counts equal the packets
+// that arrived (ip6tables counters, which match past extension headers).
+func TestIPv6ExtensionHeaders(t *testing.T) {
+	r := nstest.NewRouted(t)
+	r.Server.Sh(t, "ip6tables -A INPUT -p udp --dport 9 -j ACCEPT")
+	r.Server.Sh(t, "ip6tables -A INPUT -p tcp --dport 81 --syn -j ACCEPT")
+
+	const each = 5
+	dst := netip.MustParseAddr(nstest.ServerIP6)
+
+	// UDP, with the tracer's port filter on: the kernel-side filter reads
+	// the port the parser found behind the headers.
+	c := startTracer(t, Options{Filter: Filter{Netns: r.Server.Inode, Types: []EventType{Drop}, Port: 9}})
+	r.Client.In(t, func() {
+		for _, opt := range []int{unix.IPV6_HOPOPTS, unix.IPV6_DSTOPTS} {
+			fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := unix.SetsockoptString(fd, unix.IPPROTO_IPV6, opt, string(padOpts)); err != nil {
+				t.Fatalf("setsockopt IPv6 option header %d: %v", opt, err)
+			}
+			for i := 0; i < each; i++ {
+				if err := unix.Sendto(fd, []byte("kdrop"), 0, &unix.SockaddrInet6{Addr: dst.As16(), Port: 9}); err != nil && !errors.Is(err, unix.ECONNREFUSED) {
+					t.Fatalf("send to [%s]:9: %v", dst, err)
+				}
+			}
+			unix.Close(fd)
+		}
+		sendAtomicFragments(t, netip.MustParseAddr(nstest.ClientIP6), dst, 9, each)
+	})
+	udpEvs := c.stop(t)
+
+	// TCP behind a destination options header.
+	c = startTracer(t, Options{Filter: Filter{Netns: r.Server.Inode, Types: []EventType{Drop}, Port: 81}})
+	for i := 0; i < each; i++ {
+		var err error
+		r.Client.In(t, func() { err = connectWithDstOpts(dst, 81) })
+		if !errors.Is(err, unix.ECONNREFUSED) {
+			t.Fatalf("connect to [%s]:81 behind a destination options header: want ECONNREFUSED, got %v", dst, err)
+		}
+	}
+	tcpEvs := c.stop(t)
+
+	arrived := ip6tablesByPort(t, r.Server)
+	for _, tc := range []struct {
+		proto uint8
+		port  uint16
+		evs   []Event
+		loc   string
+	}{{unix.IPPROTO_UDP, 9, udpEvs, "__udp6_lib_rcv"}, {unix.IPPROTO_TCP, 81, tcpEvs, "tcp_v6_rcv"}} {
+		match := isDrop("NO_SOCKET", tc.loc, c.tr.Reasons)
+		n, got := sum(tc.evs, func(e *Event) bool {
+			return match(e) && e.Proto == tc.proto && e.Dst.Port() == tc.port && e.Dst.Addr() == dst
+		})
+		want := arrived[tc.port]
+		if n != want || n < each {
+			t.Errorf("proto %d port %d: want %d NO_SOCKET drops with protocol and port (packets that arrived), got %d\n%s", tc.proto, tc.port, want, n, dump(tc.evs))
+		}
+		for _, e := range got {
+			if !e.Summary && (e.Src.Port() == 0 || e.Netns != r.Server.Inode) {
+				t.Errorf("fields wrong:\n%s", dump([]Event{e}))
+			}
+		}
+	}
+}
+
+// ip6tablesByPort reads the packet counters of the INPUT rules that name a
+// destination port ("dpt:N"), by port.
+func ip6tablesByPort(t *testing.T, n *nstest.NS) map[uint16]uint64 {
+	out := n.Sh(t, "ip6tables -L INPUT -v -x -n")
+	got := map[uint16]uint64{}
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		for _, w := range f {
+			if p, ok := strings.CutPrefix(w, "dpt:"); ok && len(f) > 0 {
+				port, _ := strconv.ParseUint(p, 10, 16)
+				v, _ := strconv.ParseUint(f[0], 10, 64)
+				got[uint16(port)] += v
+			}
+		}
+	}
+	return got
+}
+
+// connectWithDstOpts connects over TCP with a destination options header
+// on every packet (a sticky option set before connect).
+func connectWithDstOpts(dst netip.Addr, port int) error {
+	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	if err := unix.SetsockoptString(fd, unix.IPPROTO_IPV6, unix.IPV6_DSTOPTS, string(padOpts)); err != nil {
+		return err
+	}
+	tv := unix.NsecToTimeval((5 * time.Second).Nanoseconds())
+	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv)
+	return unix.Connect(fd, &unix.SockaddrInet6{Addr: dst.As16(), Port: port})
+}
+
+// sendAtomicFragments sends n UDP datagrams to dst:port, each behind a
+// fragment header with offset 0 and no more fragments, through a raw
+// socket that writes the whole IPv6 packet (IPPROTO_RAW implies
+// IPV6_HDRINCL).
+func sendAtomicFragments(t *testing.T, src, dst netip.Addr, port uint16, n int) {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
+	if err != nil {
+		t.Fatalf("raw IPv6 socket: %v", err)
+	}
+	defer unix.Close(fd)
+	payload := []byte("kdrop")
+	for i := 0; i < n; i++ {
+		udp := make([]byte, 8+len(payload))
+		binary.BigEndian.PutUint16(udp[0:], 40000+uint16(i))
+		binary.BigEndian.PutUint16(udp[2:], port)
+		binary.BigEndian.PutUint16(udp[4:], uint16(len(udp)))
+		copy(udp[8:], payload)
+		binary.BigEndian.PutUint16(udp[6:], udp6Checksum(src, dst, udp))
+		frag := []byte{unix.IPPROTO_UDP, 0, 0, 0, 0, 0, 0, byte(i + 1)} // offset 0, M=0, id i+1
+		pkt := make([]byte, 40, 40+len(frag)+len(udp))
+		pkt[0] = 6 << 4
+		binary.BigEndian.PutUint16(pkt[4:], uint16(len(frag)+len(udp)))
+		pkt[6] = 44 // fragment header
+		pkt[7] = 64
+		s, d := src.As16(), dst.As16()
+		copy(pkt[8:], s[:])
+		copy(pkt[24:], d[:])
+		pkt = append(append(pkt, frag...), udp...)
+		if err := unix.Sendto(fd, pkt, 0, &unix.SockaddrInet6{Addr: d}); err != nil {
+			t.Fatalf("raw send of an atomic fragment: %v", err)
+		}
+	}
+}
+
+// udp6Checksum is UDP's checksum over the IPv6 pseudo-header (RFC 8200 8.1).
+func udp6Checksum(src, dst netip.Addr, udp []byte) uint16 {
+	var sum uint32
+	add := func(b []byte) {
+		for i := 0; i+1 < len(b); i += 2 {
+			sum += uint32(b[i])<<8 | uint32(b[i+1])
+		}
+		if len(b)%2 == 1 {
+			sum += uint32(b[len(b)-1]) << 8
+		}
+	}
+	s, d := src.As16(), dst.As16()
+	add(s[:])
+	add(d[:])
+	sum += uint32(len(udp)) + unix.IPPROTO_UDP
+	add(udp)
+	for sum>>16 != 0 {
+		sum = sum&0xffff + sum>>16
+	}
+	c := ^uint16(sum)
+	if c == 0 {
+		c = 0xffff
+	}
+	return c
+}
