@@ -33,6 +33,13 @@ volatile const __u32 cfg_rate_limit = 0;  /* events per flow per generation; 0: 
 volatile const __u8 cfg_skip_subsys = 0;  /* 1: skip subsystem drop reasons */
 /* Bit n set: do not report drop reason n (benign ones, or not asked for). */
 volatile const __u64 cfg_reason_skip[16] = {};
+/* Benign by place: frees with reason cfg_place_reason (NOT_SPECIFIED; 0
+ * before 5.17) whose location lies in one of cfg_benign_n text ranges
+ * [start, end), resolved from kallsyms (tracer.BenignPlaces). */
+#define KDROP_BENIGN_PLACES 8
+volatile const __u64 cfg_benign_pc[2 * KDROP_BENIGN_PLACES] = {};
+volatile const __u32 cfg_benign_n = 0;
+volatile const __u32 cfg_place_reason = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -423,6 +430,17 @@ static __always_inline int report_drop(__u64 *ctx, __u32 reason, bool btf, __u8 
 	return 0;
 }
 
+static __always_inline bool benign_place(__u64 pc)
+{
+	for (int i = 0; i < KDROP_BENIGN_PLACES; i++) {
+		if (i >= cfg_benign_n)
+			break;
+		if (pc >= cfg_benign_pc[2 * i] && pc < cfg_benign_pc[2 * i + 1])
+			return true;
+	}
+	return false;
+}
+
 /* The fast path, run for every freed skb: read the reason, test one bit.
  * The event is built only past it (declaring it up front lets the compiler
  * zero it before the test). */
@@ -435,6 +453,8 @@ static __always_inline int on_kfree_skb(__u64 *ctx, bool btf, __u8 mode)
 	if (bpf_core_enum_value_exists(enum skb_drop_reason, SKB_DROP_REASON_NOT_SPECIFIED))
 		reason = (__u32)ctx[2];
 	if (skip_reason(reason))
+		return 0;
+	if (reason == cfg_place_reason && cfg_benign_n && benign_place(ctx[1]))
 		return 0;
 	return report_drop(ctx, reason, btf, mode);
 }

@@ -54,7 +54,7 @@ func (f *Filter) Match(e *Event) bool {
 	if len(f.Types) > 0 && !slices.Contains(f.Types, e.Type) {
 		return false
 	}
-	if e.Type == Drop && !f.wantsReason(e.ReasonCode, e.Reason) {
+	if e.Type == Drop && (!f.wantsReason(e.ReasonCode, e.Reason) || (f.hidesBenign() && IsBenignPlace(e.Reason, e.Location))) {
 		return false
 	}
 	if f.Netns != 0 && e.Netns != f.Netns {
@@ -87,6 +87,10 @@ func (f *Filter) wantsReason(code uint32, name string) bool {
 	return f.IncludeBenign || !IsBenign(name)
 }
 
+// hidesBenign: the filter leaves out benign frees (BenignReasons, and
+// NOT_SPECIFIED at BenignPlaces): no reasons named, IncludeBenign off.
+func (f *Filter) hidesBenign() bool { return len(f.Reasons) == 0 && !f.IncludeBenign }
+
 // matchAddr: a is inside one of the CIDRs, compared as the kernel's
 // addr_match does (16 bytes, IPv4 mapped).
 func (f *Filter) matchAddr(a netip.Addr) bool {
@@ -118,6 +122,31 @@ type kernelFilter struct {
 	skipSubsys uint8
 	reasonSkip [maxCoreReasons / 64]uint64 // bit n: skip drop reason n
 	addrKeys   []kdropAddrKey
+	// benignPC holds [start, end) text ranges of BenignPlaces, benignN of
+	// them; a free with reason placeReason inside one is skipped.
+	benignPC    [2 * benignPlaceMax]uint64
+	benignN     uint32
+	placeReason uint32
+}
+
+// benignPlaces resolves BenignPlaces into the kernel filter's text
+// ranges, when the filter hides benign frees. A function this kernel lacks
+// is left out (its frees, if any, are shown).
+func (k *kernelFilter) benignPlaces(f *Filter, r *Reasons, syms *Symbolizer) {
+	if !f.hidesBenign() {
+		return
+	}
+	if v, ok := r.Lookup("NOT_SPECIFIED"); ok {
+		k.placeReason = v
+	} else if r.Len() > 0 {
+		return
+	} // before 5.17 every free has reason 0
+	for _, name := range BenignPlaces[:min(len(BenignPlaces), benignPlaceMax)] {
+		if start, end, ok := syms.Range(name); ok {
+			k.benignPC[2*k.benignN], k.benignPC[2*k.benignN+1] = start, end
+			k.benignN++
+		}
+	}
 }
 
 // kernel derives the kernel side's configuration from the filter, with
@@ -152,14 +181,18 @@ func (t *Tracer) configure(spec *ebpf.CollectionSpec) (kernelFilter, error) {
 	if err != nil {
 		return k, err
 	}
+	k.benignPlaces(&t.opts.Filter, t.Reasons, t.Symbols)
 	for name, v := range map[string]any{
-		"cfg_netns":       k.netns,
-		"cfg_port":        k.port,
-		"cfg_proto":       k.proto,
-		"cfg_addr_filter": k.addrFilter,
-		"cfg_rate_limit":  t.opts.RateLimit,
-		"cfg_skip_subsys": k.skipSubsys,
-		"cfg_reason_skip": k.reasonSkip,
+		"cfg_netns":        k.netns,
+		"cfg_port":         k.port,
+		"cfg_proto":        k.proto,
+		"cfg_addr_filter":  k.addrFilter,
+		"cfg_rate_limit":   t.opts.RateLimit,
+		"cfg_skip_subsys":  k.skipSubsys,
+		"cfg_reason_skip":  k.reasonSkip,
+		"cfg_benign_pc":    k.benignPC,
+		"cfg_benign_n":     k.benignN,
+		"cfg_place_reason": k.placeReason,
 	} {
 		vs, ok := spec.Variables[name]
 		if !ok {

@@ -2,6 +2,8 @@ package tracer
 
 import (
 	"net/netip"
+	"os"
+	"path/filepath"
 	"testing"
 )
 
@@ -28,6 +30,13 @@ func kernelPasses(k kernelFilter, r *rawEvent) bool {
 		case r.Reason >= 16*64:
 		case (k.reasonSkip[(r.Reason>>6)&15]>>(r.Reason&63))&1 != 0:
 			return false
+		}
+		if r.Reason == k.placeReason {
+			for i := uint32(0); i < k.benignN; i++ {
+				if r.Location >= k.benignPC[2*i] && r.Location < k.benignPC[2*i+1] {
+					return false
+				}
+			}
 		}
 	}
 	if k.netns != 0 && r.Netns != k.netns {
@@ -81,7 +90,10 @@ func rawAddr(s string) (b [16]byte) {
 func TestFilterMatchMirrorsKernel(t *testing.T) {
 	r := testReasons("NOT_DROPPED_YET", "CONSUMED", "NOT_SPECIFIED", "NO_SOCKET", "",
 		"OTHERHOST", "TCP_CLOSE", "TCP_RESET", "NETFILTER_DROP", "TCP_OLD_DATA", "QUEUE_PURGE")
-	tr := &Tracer{Reasons: r, Symbols: NewSymbolizer("/nonexistent")}
+	// a kallsyms with one benign place between two other functions
+	syms := filepath.Join(t.TempDir(), "kallsyms")
+	os.WriteFile(syms, []byte("ffffffff81000000 T ip_error\nffffffff81000100 t ip6_mc_input\nffffffff81000200 T ip6_input\n"), 0o644)
+	tr := &Tracer{Reasons: r, Symbols: NewSymbolizer(syms)}
 	r.subsysOnce.Do(func() {}) // no module BTF: subsystem reasons print as numbers
 	prefixes := func(ss ...string) (out []netip.Prefix) {
 		for _, s := range ss {
@@ -127,9 +139,12 @@ func TestFilterMatchMirrorsKernel(t *testing.T) {
 			base.Saddr, base.Daddr = rawAddr(p.src), rawAddr(p.dst)
 		}
 		for _, reason := range []uint32{0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 3<<16 | 1} {
-			e := base
-			e.Type, e.Reason = uint8(Drop), reason
-			raws = append(raws, e)
+			// at a benign place, before, at its end, after
+			for _, pc := range []uint64{0xffffffff81000104, 0xffffffff810000f0, 0xffffffff81000200, 0} {
+				e := base
+				e.Type, e.Reason, e.Location = uint8(Drop), reason, pc
+				raws = append(raws, e)
+			}
 		}
 		e := base
 		e.Type, e.Queue = uint8(ListenOverflow), uint8(QueueSYN)
@@ -142,6 +157,10 @@ func TestFilterMatchMirrorsKernel(t *testing.T) {
 		k, err := f.kernel(r)
 		if err != nil {
 			t.Fatalf("filter %d %+v: %v", i, f, err)
+		}
+		k.benignPlaces(&f, r, tr.Symbols)
+		if f.hidesBenign() != (k.benignN == 1) {
+			t.Fatalf("filter %d %+v: %d benign places resolved", i, f, k.benignN)
 		}
 		tr.opts.Filter = f
 		for j := range raws {
@@ -177,6 +196,11 @@ func TestFilterMatch(t *testing.T) {
 		{"no address matches no CIDR", Filter{CIDRs: []netip.Prefix{netip.MustParsePrefix("::/0")}}, Event{Type: Drop, Reason: "NO_SOCKET"}, false},
 		{"sock_diag remainder has no port", Filter{Port: 80}, Event{Type: ListenOverflow, Proto: 6}, false},
 		{"sock_diag remainder is TCP", Filter{Proto: 17}, Event{Type: ListenOverflow, Proto: 6}, false},
+		{"NOT_SPECIFIED is shown", Filter{}, Event{Type: Drop, Reason: "NOT_SPECIFIED", Location: "ip_error+0x4c"}, true},
+		{"NOT_SPECIFIED at a benign place is not", Filter{}, Event{Type: Drop, Reason: "NOT_SPECIFIED", Location: "ip6_mc_input+0x1c5"}, false},
+		{"benign place with IncludeBenign", Filter{IncludeBenign: true}, Event{Type: Drop, Reason: "NOT_SPECIFIED", Location: "ip6_mc_input+0x1c5"}, true},
+		{"benign place before 5.17", Filter{}, Event{Type: Drop, Reason: "unknown", Location: "ip6_mc_input+0x1c5"}, false},
+		{"another reason at a benign place", Filter{}, Event{Type: Drop, Reason: "NO_SOCKET", Location: "ip6_mc_input+0x1c5"}, true},
 		{"listener on a mapped address", Filter{CIDRs: cidr, Port: 80}, Event{Type: ListenOverflow, Proto: 6, Dst: netip.MustParseAddrPort("[::ffff:10.1.1.1]:80")}, true},
 	} {
 		if got := c.f.Match(&c.ev); got != c.want {
@@ -188,7 +212,7 @@ func TestFilterMatch(t *testing.T) {
 func TestIsBenign(t *testing.T) {
 	for n, want := range map[string]bool{
 		"TCP_OLD_DATA": true, "skb_drop_reason_tcp_reset": true, " OTHERHOST": true, "TCP_CLOSE": true,
-		"NO_SOCKET": false, "NETFILTER_DROP": false, "unknown": false,
+		"NO_SOCKET": false, "NETFILTER_DROP": false, "unknown": false, "NOT_SPECIFIED": false,
 	} {
 		if got := IsBenign(n); got != want {
 			t.Errorf("IsBenign(%q) = %v, want %v", n, got, want)

@@ -98,6 +98,23 @@ func (s *Symbolizer) Resolve(pc uint64) string {
 	return n
 }
 
+// Range returns the text addresses [start, end) of the kernel function
+// name (end: the next text symbol's address). ok is false when kallsyms
+// has no such function (not in this kernel, or inlined everywhere). A
+// name that appears more than once (static functions of several files)
+// gives the first.
+func (s *Symbolizer) Range(name string) (start, end uint64, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.once.Do(s.load)
+	for i, n := range s.names {
+		if n == name && i+1 < len(s.addrs) {
+			return s.addrs[i], s.addrs[i+1], true
+		}
+	}
+	return 0, 0, false
+}
+
 // Err reports why symbols could not be loaded, if they could not.
 func (s *Symbolizer) Err() error {
 	s.once.Do(s.load)

@@ -145,7 +145,10 @@ const (
 	kdropProgTpBtfIcmpSend              = "tp_btf_icmp_send"
 	kdropProgTpBtfKfreeSkb              = "tp_btf_kfree_skb"
 	kdropVarCfgAddrFilter               = "cfg_addr_filter"
+	kdropVarCfgBenignN                  = "cfg_benign_n"
+	kdropVarCfgBenignPc                 = "cfg_benign_pc"
 	kdropVarCfgNetns                    = "cfg_netns"
+	kdropVarCfgPlaceReason              = "cfg_place_reason"
 	kdropVarCfgPort                     = "cfg_port"
 	kdropVarCfgProto                    = "cfg_proto"
 	kdropVarCfgRateLimit                = "cfg_rate_limit"
@@ -241,7 +244,10 @@ type kdropMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type kdropVariableSpecs struct {
 	CfgAddrFilter   *ebpf.VariableSpec `ebpf:"cfg_addr_filter"`
+	CfgBenignN      *ebpf.VariableSpec `ebpf:"cfg_benign_n"`
+	CfgBenignPc     *ebpf.VariableSpec `ebpf:"cfg_benign_pc"`
 	CfgNetns        *ebpf.VariableSpec `ebpf:"cfg_netns"`
+	CfgPlaceReason  *ebpf.VariableSpec `ebpf:"cfg_place_reason"`
 	CfgPort         *ebpf.VariableSpec `ebpf:"cfg_port"`
 	CfgProto        *ebpf.VariableSpec `ebpf:"cfg_proto"`
 	CfgRateLimit    *ebpf.VariableSpec `ebpf:"cfg_rate_limit"`
@@ -303,7 +309,10 @@ func (m *kdropMaps) Close() error {
 // It can be passed to loadKdropObjects or ebpf.CollectionSpec.LoadAndAssign.
 type kdropVariables struct {
 	CfgAddrFilter   *ebpf.Variable `ebpf:"cfg_addr_filter"`
+	CfgBenignN      *ebpf.Variable `ebpf:"cfg_benign_n"`
+	CfgBenignPc     *ebpf.Variable `ebpf:"cfg_benign_pc"`
 	CfgNetns        *ebpf.Variable `ebpf:"cfg_netns"`
+	CfgPlaceReason  *ebpf.Variable `ebpf:"cfg_place_reason"`
 	CfgPort         *ebpf.Variable `ebpf:"cfg_port"`
 	CfgProto        *ebpf.Variable `ebpf:"cfg_proto"`
 	CfgRateLimit    *ebpf.Variable `ebpf:"cfg_rate_limit"`

@@ -93,8 +93,11 @@ func reasonsCmd() *cobra.Command {
 			for _, n := range r.Names() {
 				v, _ := r.Lookup(n)
 				note := ""
-				if tracer.IsBenign(n) {
+				switch {
+				case tracer.IsBenign(n):
 					note = "  (hidden unless --include-benign)"
+				case n == "NOT_SPECIFIED":
+					note = "  (hidden at " + strings.Join(tracer.BenignPlaces, ", ") + " unless --include-benign)"
 				}
 				fmt.Printf("%4d  %s%s\n", v, n, note)
 			}
