@@ -62,6 +62,9 @@ struct kdrop_event {
 	__u32 qlen;       /* listener: accept queue length (sk_ack_backlog) */
 	__u32 qmax;       /* listener: its limit (sk_max_ack_backlog) */
 	__u32 synq;       /* listener: SYN queue length */
+	__u32 icmp_info;  /* unreach: the ICMP header's second word, host order
+	                   * (next-hop MTU, parameter-problem pointer); 0 where
+	                   * the hook cannot see it (the icmp_send tracepoint) */
 	__u8 saddr[16];   /* IPv4 in the first 4 bytes */
 	__u8 daddr[16];
 	__u16 sport;      /* host byte order */
@@ -75,7 +78,7 @@ struct kdrop_event {
 	__u8 queue;       /* enum kdrop_queue */
 	__u8 flags;       /* enum kdrop_flags */
 	__u8 mode;        /* enum kdrop_mode */
-	__u8 _pad[3];
+	__u8 _pad[7];
 };
 
 /* Rate limiting groups events by what they hit: type, reason, netns and the

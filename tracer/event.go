@@ -3,6 +3,7 @@ package tracer
 import (
 	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 	"unsafe"
@@ -103,6 +104,10 @@ type Event struct {
 	LocationPC uint64
 
 	ICMPType, ICMPCode uint8 // unreach: the error the kernel sent
+	// ICMPInfo is, for unreach, the ICMP header's second word (RFC 792,
+	// 1191, 4443): use ICMPMTU and ICMPPointer. 0 where the hook cannot
+	// see it (the icmp_send tracepoint has no such argument).
+	ICMPInfo uint32
 
 	Queue       Queue // overflow
 	QueueLen    uint32
@@ -189,6 +194,56 @@ func tcpFlagString(f uint8) string {
 // ICMPName describes an ICMP (v4) or ICMPv6 error as operators know it:
 // ICMPKnownName's name, else unreachable/CODE, icmp6 TYPE/CODE or icmp
 // TYPE/CODE.
+func (e *Event) icmpIs(v6 bool, typ uint8, code int) bool {
+	return e.Type == Unreachable && (e.Family == 6) == v6 && e.ICMPType == typ && (code < 0 || int(e.ICMPCode) == code)
+}
+
+// ICMPMTU is the next-hop MTU an unreach event told the sender, in bytes:
+// of an IPv4 frag-needed (RFC 1191: the low 16 bits) or an ICMPv6
+// packet-too-big (RFC 4443 3.2); 0 for other events or when unseen.
+func (e *Event) ICMPMTU() uint32 {
+	switch {
+	case e.icmpIs(false, 3, 4):
+		return e.ICMPInfo & 0xffff
+	case e.icmpIs(true, 2, -1):
+		return e.ICMPInfo
+	}
+	return 0
+}
+
+// ICMPPointer is the offset of the offending byte in the quoted packet of
+// a parameter problem (IPv4 type 12: the first byte; ICMPv6 type 4: the
+// whole word); 0 for other events or when unseen.
+func (e *Event) ICMPPointer() uint32 {
+	switch {
+	case e.icmpIs(false, 12, -1):
+		return e.ICMPInfo >> 24
+	case e.icmpIs(true, 4, -1):
+		return e.ICMPInfo
+	}
+	return 0
+}
+
+// ICMPInfoOf is the ICMP header's second word that ICMPMTU and
+// ICMPPointer read mtu and pointer from: their inverse, for decoders.
+func ICMPInfoOf(v6 bool, typ, code uint8, mtu, pointer uint32) uint32 {
+	e := Event{Type: Unreachable, ICMPType: typ, ICMPCode: code}
+	if v6 {
+		e.Family = 6
+	}
+	switch {
+	case e.icmpIs(false, 3, 4):
+		return mtu & 0xffff
+	case e.icmpIs(true, 2, -1):
+		return mtu
+	case e.icmpIs(false, 12, -1):
+		return pointer << 24
+	case e.icmpIs(true, 4, -1):
+		return pointer
+	}
+	return 0
+}
+
 func ICMPName(v6 bool, typ, code uint8) string {
 	if n := ICMPKnownName(v6, typ, code); n != "" {
 		return n
@@ -248,7 +303,11 @@ func (e *Event) What() string {
 	case Drop:
 		return e.Reason
 	case Unreachable:
-		return ICMPName(e.Family == 6, e.ICMPType, e.ICMPCode)
+		s := ICMPName(e.Family == 6, e.ICMPType, e.ICMPCode)
+		if mtu := e.ICMPMTU(); mtu != 0 {
+			s += " mtu " + strconv.FormatUint(uint64(mtu), 10)
+		}
+		return s
 	case ListenOverflow:
 		s := e.Queue.String() + "-queue"
 		if e.Syncookie {

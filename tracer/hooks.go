@@ -77,20 +77,27 @@ var hookDefs = []hookDef{
 		{ModeFentry, "fentry_tcp_v6_syn_recv_sock", "tcp_v6_syn_recv_sock"},
 		{ModeKprobe, "kprobe_tcp_v6_syn_recv_sock", "tcp_v6_syn_recv_sock"},
 	}},
-	// ICMP errors counted as sent, after the kernel's rate limits: the
-	// icmp_send tracepoint (6.9+) fires past them; elsewhere the error is
-	// seen as ip{,6}_push_pending_frames sends it (where the kernel counts
-	// Icmp{,6}OutDestUnreachs). __icmp_send and icmp6_send themselves run
-	// before the limits, so they would count errors never sent.
+	// ICMP errors counted as sent, after the kernel's rate limits, best
+	// first: seen as ip{,6}_push_pending_frames sends them (where the
+	// kernel counts Icmp{,6}OutDestUnreachs), with the whole ICMP header
+	// (the MTU of frag-needed); else as a device queues them (the
+	// net_dev_queue tracepoint: every packet sent runs a short test);
+	// else the icmp_send tracepoint (6.9+, IPv4 only), which has no MTU.
+	// __icmp_send and icmp6_send themselves run before the limits, so they
+	// would count errors never sent.
 	{"icmp_send", Unreachable, []candidate{
-		{ModeTPBTF, "tp_btf_icmp_send", "icmp_send"},
-		{ModeRawTP, "raw_tp_icmp_send", "icmp_send"},
 		{ModeFentry, "fentry_ip_push_pending_frames", "ip_push_pending_frames"},
 		{ModeKprobe, "kprobe_ip_push_pending_frames", "ip_push_pending_frames"},
+		{ModeTPBTF, "tp_btf_net_dev_queue_icmp", "net_dev_queue"},
+		{ModeRawTP, "raw_tp_net_dev_queue_icmp", "net_dev_queue"},
+		{ModeTPBTF, "tp_btf_icmp_send", "icmp_send"},
+		{ModeRawTP, "raw_tp_icmp_send", "icmp_send"},
 	}},
 	{"icmp6_send", Unreachable, []candidate{
 		{ModeFentry, "fentry_ip6_push_pending_frames", "ip6_push_pending_frames"},
 		{ModeKprobe, "kprobe_ip6_push_pending_frames", "ip6_push_pending_frames"},
+		{ModeTPBTF, "tp_btf_net_dev_queue_icmp6", "net_dev_queue"},
+		{ModeRawTP, "raw_tp_net_dev_queue_icmp6", "net_dev_queue"},
 	}},
 }
 

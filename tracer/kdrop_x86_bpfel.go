@@ -47,6 +47,7 @@ type kdropKdropEvent struct {
 	Qlen     uint32
 	Qmax     uint32
 	Synq     uint32
+	IcmpInfo uint32
 	Saddr    [16]uint8
 	Daddr    [16]uint8
 	Sport    uint16
@@ -60,7 +61,7 @@ type kdropKdropEvent struct {
 	Queue    uint8
 	Flags    uint8
 	Mode     uint8
-	Pad      [3]uint8
+	Pad      [7]uint8
 }
 
 type kdropKdropEventType uint32
@@ -142,8 +143,12 @@ const (
 	kdropProgKprobeTcpV6SynRecvSock     = "kprobe_tcp_v6_syn_recv_sock"
 	kdropProgRawTpIcmpSend              = "raw_tp_icmp_send"
 	kdropProgRawTpKfreeSkb              = "raw_tp_kfree_skb"
+	kdropProgRawTpNetDevQueueIcmp       = "raw_tp_net_dev_queue_icmp"
+	kdropProgRawTpNetDevQueueIcmp6      = "raw_tp_net_dev_queue_icmp6"
 	kdropProgTpBtfIcmpSend              = "tp_btf_icmp_send"
 	kdropProgTpBtfKfreeSkb              = "tp_btf_kfree_skb"
+	kdropProgTpBtfNetDevQueueIcmp       = "tp_btf_net_dev_queue_icmp"
+	kdropProgTpBtfNetDevQueueIcmp6      = "tp_btf_net_dev_queue_icmp6"
 	kdropVarCfgAddrFilter               = "cfg_addr_filter"
 	kdropVarCfgBenignN                  = "cfg_benign_n"
 	kdropVarCfgBenignPc                 = "cfg_benign_pc"
@@ -222,8 +227,12 @@ type kdropProgramSpecs struct {
 	KprobeTcpV6SynRecvSock     *ebpf.ProgramSpec `ebpf:"kprobe_tcp_v6_syn_recv_sock"`
 	RawTpIcmpSend              *ebpf.ProgramSpec `ebpf:"raw_tp_icmp_send"`
 	RawTpKfreeSkb              *ebpf.ProgramSpec `ebpf:"raw_tp_kfree_skb"`
+	RawTpNetDevQueueIcmp       *ebpf.ProgramSpec `ebpf:"raw_tp_net_dev_queue_icmp"`
+	RawTpNetDevQueueIcmp6      *ebpf.ProgramSpec `ebpf:"raw_tp_net_dev_queue_icmp6"`
 	TpBtfIcmpSend              *ebpf.ProgramSpec `ebpf:"tp_btf_icmp_send"`
 	TpBtfKfreeSkb              *ebpf.ProgramSpec `ebpf:"tp_btf_kfree_skb"`
+	TpBtfNetDevQueueIcmp       *ebpf.ProgramSpec `ebpf:"tp_btf_net_dev_queue_icmp"`
+	TpBtfNetDevQueueIcmp6      *ebpf.ProgramSpec `ebpf:"tp_btf_net_dev_queue_icmp6"`
 }
 
 // kdropMapSpecs contains maps before they are loaded into the kernel.
@@ -348,8 +357,12 @@ type kdropPrograms struct {
 	KprobeTcpV6SynRecvSock     *ebpf.Program `ebpf:"kprobe_tcp_v6_syn_recv_sock"`
 	RawTpIcmpSend              *ebpf.Program `ebpf:"raw_tp_icmp_send"`
 	RawTpKfreeSkb              *ebpf.Program `ebpf:"raw_tp_kfree_skb"`
+	RawTpNetDevQueueIcmp       *ebpf.Program `ebpf:"raw_tp_net_dev_queue_icmp"`
+	RawTpNetDevQueueIcmp6      *ebpf.Program `ebpf:"raw_tp_net_dev_queue_icmp6"`
 	TpBtfIcmpSend              *ebpf.Program `ebpf:"tp_btf_icmp_send"`
 	TpBtfKfreeSkb              *ebpf.Program `ebpf:"tp_btf_kfree_skb"`
+	TpBtfNetDevQueueIcmp       *ebpf.Program `ebpf:"tp_btf_net_dev_queue_icmp"`
+	TpBtfNetDevQueueIcmp6      *ebpf.Program `ebpf:"tp_btf_net_dev_queue_icmp6"`
 }
 
 func (p *kdropPrograms) Close() error {
@@ -370,8 +383,12 @@ func (p *kdropPrograms) Close() error {
 		p.KprobeTcpV6SynRecvSock,
 		p.RawTpIcmpSend,
 		p.RawTpKfreeSkb,
+		p.RawTpNetDevQueueIcmp,
+		p.RawTpNetDevQueueIcmp6,
 		p.TpBtfIcmpSend,
 		p.TpBtfKfreeSkb,
+		p.TpBtfNetDevQueueIcmp,
+		p.TpBtfNetDevQueueIcmp6,
 	)
 }
 

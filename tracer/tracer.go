@@ -538,6 +538,7 @@ func (t *Tracer) fill(r *rawEvent, ev *Event) {
 		TCPFlags:    r.TcpFlags,
 		ICMPType:    r.IcmpType,
 		ICMPCode:    r.IcmpCode,
+		ICMPInfo:    r.IcmpInfo,
 		Queue:       Queue(r.Queue),
 		QueueLen:    r.Qlen,
 		QueueMax:    r.Qmax,

@@ -110,6 +110,8 @@ type wire struct {
 	Location    string          `json:"location"`
 	ICMPType    uint8           `json:"icmp_type"`
 	ICMPCode    uint8           `json:"icmp_code"`
+	ICMPMTU     uint32          `json:"icmp_mtu"`
+	ICMPPointer uint32          `json:"icmp_pointer"`
 	Queue       string          `json:"queue"`
 	QueueLen    uint32          `json:"queue_len"`
 	QueueMax    uint32          `json:"queue_max"`
@@ -387,6 +389,7 @@ func (d *Decoder) event(w *wire, l *Line) error {
 		}
 	case tracer.Unreachable:
 		e.ICMPType, e.ICMPCode = w.ICMPType, w.ICMPCode
+		e.ICMPInfo = tracer.ICMPInfoOf(e.Family == 6, e.ICMPType, e.ICMPCode, w.ICMPMTU, w.ICMPPointer)
 	case tracer.ListenOverflow:
 		e.Queue = tracer.ParseQueue(w.Queue)
 		e.QueueLen, e.QueueMax, e.SynQueueLen = w.QueueLen, w.QueueMax, w.SynQueueLen

@@ -66,6 +66,14 @@ func AppendEvent(b []byte, e *Event) []byte {
 		b = strconv.AppendUint(b, uint64(e.ICMPType), 10)
 		b = append(b, `,"icmp_code":`...)
 		b = strconv.AppendUint(b, uint64(e.ICMPCode), 10)
+		if mtu := e.ICMPMTU(); mtu != 0 {
+			b = append(b, `,"icmp_mtu":`...)
+			b = strconv.AppendUint(b, uint64(mtu), 10)
+		}
+		if p := e.ICMPPointer(); p != 0 {
+			b = append(b, `,"icmp_pointer":`...)
+			b = strconv.AppendUint(b, uint64(p), 10)
+		}
 	case tracer.ListenOverflow:
 		b = appendField(b, "queue", e.Queue.String())
 		b = append(b, `,"queue_len":`...)

@@ -50,6 +50,13 @@ func goldenEvents() []Event {
 			Node: "node-a", SrcK8s: svc, DstK8s: unresolved, WhereK8s: odd},
 		{Event: tracer.Event{Time: t0.Add(5 * time.Second), Type: tracer.Unreachable, Count: 2, Summary: true, Netns: 1, Family: 6, Proto: 58,
 			Dst: ap("[2001:db8::1]:0"), ICMPType: 1, ICMPCode: 4}},
+		// the MTU of a frag-needed and of a packet-too-big, a pointer
+		{Event: tracer.Event{Time: t0.Add(5100 * time.Millisecond), Type: tracer.Unreachable, Count: 1, Netns: 1, Family: 4, Proto: 17,
+			Src: ap("198.18.1.2:40000"), Dst: ap("198.18.2.2:9"), ICMPType: 3, ICMPCode: 4, ICMPInfo: 1280}},
+		{Event: tracer.Event{Time: t0.Add(5200 * time.Millisecond), Type: tracer.Unreachable, Count: 1, Netns: 1, Family: 6, Proto: 17,
+			Src: ap("[fd00:18:1::2]:40000"), Dst: ap("[fd00:18:2::2]:9"), ICMPType: 2, ICMPInfo: 1280}},
+		{Event: tracer.Event{Time: t0.Add(5300 * time.Millisecond), Type: tracer.Unreachable, Count: 1, Netns: 1, Family: 4, Proto: 6,
+			Src: ap("198.18.1.2:40000"), Dst: ap("198.18.2.2:80"), ICMPType: 12, ICMPInfo: 20 << 24}},
 		{Event: tracer.Event{Time: t0.Add(6 * time.Second), Type: tracer.Drop, Count: 1, Netns: 7, Proto: 0, Reason: "unknown", Location: "0xffffffff81000000"}},
 		// netfilter rules: one named by its counter, candidates, a rule
 		// without a counter named by match, unknown
@@ -203,8 +210,10 @@ func TestEncodeAllocatesNothing(t *testing.T) {
 		if n := testing.AllocsPerRun(100, func() { buf = AppendEvent(buf[:0], &evs[i]) }); n != 0 {
 			t.Errorf("event %d: %v allocations per AppendEvent", i, n)
 		}
-		if e := &evs[i]; e.Type == tracer.Unreachable && !strings.Contains(string(buf), `"icmp":"`+e.What()+`"`) {
-			t.Errorf("event %d: icmp is not %q: %s", i, e.What(), buf)
+		if e := &evs[i]; e.Type == tracer.Unreachable {
+			if name := tracer.ICMPName(e.Family == 6, e.ICMPType, e.ICMPCode); !strings.Contains(string(buf), `"icmp":"`+name+`"`) {
+				t.Errorf("event %d: icmp is not %q: %s", i, name, buf)
+			}
 		}
 	}
 }

@@ -1,0 +1,115 @@
+package tracer
+
+import (
+	"errors"
+	"net/netip"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/kdrop/kdrop/tracer/nstest"
+)
+
+// A path MTU black hole's first half: a router whose link toward the server
+// has MTU 1280 answers 1400-byte packets that may not be fragmented (IPv4
+// DF, and every IPv6 packet) with frag-needed / packet-too-big. Each error
+// the router sent (its own counters, under the default ICMP rate limits) is
+// one unreach event that carries the MTU it advertised, where the hook
+// sees the ICMP header (not the icmp_send tracepoint).
+func TestPMTUErrorsCarryTheMTU(t *testing.T) {
+	r := nstest.NewRouted(t)
+	r.Router.IP(t, "link set dev "+r.RouterToServer+" mtu 1280")
+	c := startTracer(t, Options{Filter: Filter{Netns: r.Router.Inode, Types: []EventType{Unreachable}}})
+	before := r.Router.Counters(t)
+	const n = 20
+	payload := make([]byte, 1400-28)
+	for _, tc := range []struct {
+		dst          string
+		fam, lvl, op int
+	}{
+		{nstest.ServerIP, unix.AF_INET, unix.IPPROTO_IP, unix.IP_MTU_DISCOVER},
+		{nstest.ServerIP6, unix.AF_INET6, unix.IPPROTO_IPV6, unix.IPV6_MTU_DISCOVER},
+	} {
+		r.Client.In(t, func() {
+			fd, err := unix.Socket(tc.fam, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(fd)
+			// DF on every packet, whatever the path MTU learned meanwhile
+			if err := unix.SetsockoptInt(fd, tc.lvl, tc.op, unix.IP_PMTUDISC_PROBE); err != nil {
+				t.Fatal(err)
+			}
+			a := netip.MustParseAddr(tc.dst)
+			var sa unix.Sockaddr = &unix.SockaddrInet6{Addr: a.As16(), Port: 9}
+			if a.Is4() {
+				sa = &unix.SockaddrInet4{Addr: a.As4(), Port: 9}
+			}
+			for i := 0; i < n; i++ {
+				if err := unix.Sendto(fd, payload, 0, sa); err != nil && !errors.Is(err, unix.EMSGSIZE) && !errors.Is(err, unix.ECONNREFUSED) {
+					t.Fatalf("send to %s: %v", tc.dst, err)
+				}
+			}
+		})
+	}
+	evs := c.stop(t)
+	after := r.Router.Counters(t)
+	for _, tc := range []struct {
+		counter, name, dst string
+		v6                 bool
+	}{
+		{"IcmpOutDestUnreachs", "frag-needed", nstest.ServerIP, false},
+		{"Icmp6OutPktTooBigs", "packet-too-big", nstest.ServerIP6, true},
+	} {
+		h := c.hook("icmp_send")
+		if tc.v6 {
+			h = c.hook("icmp6_send")
+		}
+		if h.Mode == "" {
+			t.Logf("%s not hookable here: %v", tc.name, h.Failed)
+			continue
+		}
+		sent := after[tc.counter] - before[tc.counter]
+		got, evs := sum(evs, func(e *Event) bool {
+			return e.Type == Unreachable && ICMPName(e.Family == 6, e.ICMPType, e.ICMPCode) == tc.name && e.Dst.Addr().String() == tc.dst
+		})
+		if got != sent || sent == 0 {
+			t.Errorf("%s: %s rose by %d, %d events\n%s", tc.name, tc.counter, sent, got, dump(evs))
+		}
+		for _, e := range evs {
+			want := uint32(1280)
+			if h.Target == "icmp_send" { // the tracepoint has no MTU
+				want = 0
+			}
+			if e.ICMPMTU() != want || e.Src.Addr().String() != nstest.ClientIP && e.Src.Addr().String() != nstest.ClientIP6 {
+				t.Errorf("%s via %s: MTU %d, want %d; source %v\n%s", tc.name, h, e.ICMPMTU(), want, e.Src, dump([]Event{e}))
+			}
+		}
+		t.Logf("%s: %d sent, %d events, MTU %d (hook %s)", tc.name, sent, got, evs[0].ICMPMTU(), h)
+	}
+}
+
+// An error the kernel sends through a bridge (a node answering a pod on
+// a CNI bridge) is queued twice, on the bridge and then on its port: it
+// is one event, counted where it leaves (the port), as the kernel counts
+// it once.
+func TestICMPErrorThroughBridgeOnce(t *testing.T) {
+	node, pod := nstest.New(t, "nod"), nstest.New(t, "pod")
+	nodeDev, _ := nstest.Veth(t, node, "198.18.9.9/32", "", pod, "198.18.7.2/24", "")
+	node.IP(t, "addr del 198.18.9.9/32 dev "+nodeDev)
+	node.IP(t, "link add kdbr0 type bridge")
+	node.IP(t, "link set "+nodeDev+" master kdbr0")
+	node.IP(t, "addr add 198.18.7.1/24 dev kdbr0")
+	node.IP(t, "link set kdbr0 up")
+	c := startTracer(t, Options{Filter: Filter{Netns: node.Inode, Types: []EventType{Unreachable}}})
+	h := c.hook("icmp_send")
+	before := node.Counters(t)
+	pod.SendUDP(t, "198.18.7.1", 9, 5)
+	evs := c.stop(t)
+	sent := node.Counters(t)["IcmpOutDestUnreachs"] - before["IcmpOutDestUnreachs"]
+	got, _ := sum(evs, func(e *Event) bool { return e.Type == Unreachable && e.Dst.Port() == 9 })
+	if got != sent || sent == 0 {
+		t.Fatalf("hook %s: IcmpOutDestUnreachs rose by %d, %d events\n%s", h, sent, got, dump(evs))
+	}
+	t.Logf("%d errors through the bridge, %d events (hook %s)", sent, got, h)
+}
