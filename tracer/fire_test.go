@@ -289,7 +289,7 @@ func TestAcceptOverflowWithFullSynQueue(t *testing.T) {
 	}
 	t.Logf("mode %s: TcpExtListenOverflows +%d, accept-queue overflows %d (SYN queue up to %d), SYN-queue cookies %d, SyncookiesSent +%d",
 		mode, overflows, got, synqMax, cookies, after["TcpExtSyncookiesSent"]-before["TcpExtSyncookiesSent"])
-	if overflows == 0 || got != overflows {
+	if overflows == 0 || !countAgrees(t, mode, got, overflows) {
 		t.Fatalf("accept-queue overflows: kdrop %d, TcpExtListenOverflows +%d\n%s", got, overflows, dump(evs))
 	}
 	if mode != ModeSockDiag && synqMax < backlog {

@@ -214,7 +214,7 @@ func listenQueueOverflow(t *testing.T, cookies string) {
 	got, acc := sum(evs, func(e *Event) bool {
 		return e.Type == ListenOverflow && e.Queue != QueueSYN
 	})
-	if got != overflows {
+	if !countAgrees(t, mode, got, overflows) {
 		t.Errorf("accept-queue overflow events count %d, TcpExtListenOverflows rose by %d\n%s", got, overflows, dump(evs))
 	}
 	want := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)
@@ -240,6 +240,22 @@ func listenQueueOverflow(t *testing.T, cookies string) {
 		}
 	}
 	t.Logf("SYN queue length up to %d (its limit %d) during accept-queue overflows", synqMax, backlog)
+}
+
+// countAgrees says whether kdrop's count got agrees with the kernel's
+// counter want: equal, except in kprobe mode, where the kernel skips a
+// kprobe program while any kprobe or tracepoint program, or any BPF map
+// syscall (kdrop's own sweeps: bpf_disable_instrumentation), runs on that
+// CPU (bpf_prog_active), and older kernels count none of those skips: then
+// short by at most a tenth, never over, and the shortfall is logged.
+func countAgrees(t *testing.T, mode Mode, got, want uint64) bool {
+	if mode != ModeKprobe || got == want {
+		return got == want
+	}
+	if got < want {
+		t.Logf("kprobe mode: %d of %d counted; the kernel skipped the program %d times without counting it", got, want, want-got)
+	}
+	return got <= want && got >= want-want/10
 }
 
 // "No route to host" in a rolling update: the client still sends to a pod IP
