@@ -479,8 +479,10 @@ static __always_inline int listen_overflow(struct sock *sk, struct sk_buff *skb,
 {
 	struct kdrop_event e = {};
 	struct net *net = BPF_CORE_READ(sk, __sk_common.skc_net.net);
+	/* where netns_ipv4 lies in struct net, relocated explicitly */
+	struct netns_ipv4 *ipv4 = (void *)net + bpf_core_field_offset(struct net, ipv4);
 	/* an int on older kernels, a u8 on newer: read whatever size it is */
-	int cookies = BPF_CORE_READ_BITFIELD_PROBED(&net->ipv4, sysctl_tcp_syncookies);
+	int cookies = BPF_CORE_READ_BITFIELD_PROBED(ipv4, sysctl_tcp_syncookies);
 
 	e.type = KDROP_EV_LISTEN_OVERFLOW;
 	e.mode = mode;
@@ -489,14 +491,14 @@ static __always_inline int listen_overflow(struct sock *sk, struct sk_buff *skb,
 	e.synq = synq;
 	e.queue = queue;
 	/* tcp_conn_request answers a full SYN queue with a cookie when cookies
-	 * are on, but drops the SYN whenever the accept queue is full */
+	 * are on (TCPReqQFullDoCookies), else drops the SYN (TCPReqQFullDrop) */
 	if (queue == KDROP_Q_SYN && cookies)
 		e.flags |= KDROP_F_SYNCOOKIE;
 	skb_where(skb, &e, false);
 	e.netns = BPF_CORE_READ(net, ns.inum);
 	parse_skb(skb, &e, false);
 	emit(&e, queue);
-	return 0;
+	return cookies != 0;
 }
 
 /* Since 6.2 a BTF pointer can be retyped (inet_connection_sock lies beyond
@@ -514,18 +516,23 @@ static __always_inline __u32 syn_queue_len(struct sock *sk, bool btf)
 	return BPF_CORE_READ((struct inet_connection_sock *)sk, icsk_accept_queue.qlen.counter);
 }
 
-/* A SYN reached a listener. Mirrors tcp_conn_request's own checks: SYN
- * queue full (cookie or drop), then accept queue full (drop, counted as
- * TcpExtListenOverflows). The fast path is three loads and two compares. */
+/* A SYN reached a listener. Mirrors tcp_conn_request's own checks, in its
+ * order (include/net/inet_connection_sock.h, net/ipv4/tcp_input.c): SYN queue full (a cookie, or the SYN dropped there: each counted
+ * as the kernel does), then accept queue full (drop, counted as
+ * TcpExtListenOverflows, even after a cookie was counted). The fast path
+ * is three loads and two compares. */
 static __always_inline int conn_request(struct sock *sk, struct sk_buff *skb,
 					__u32 acc, __u32 max, bool btf, __u8 mode)
 {
 	__u32 synq = syn_queue_len(sk, btf);
 
+	/* inet_csk_reqsk_queue_is_full: "> max" since 2025 (backported to the
+	 * stable kernels), ">= max" before, where the SYN that fills the
+	 * queue's last place shows here as refused though it was taken */
+	if (synq > max && !listen_overflow(sk, skb, acc, max, synq, KDROP_Q_SYN, mode))
+		return 0; /* no cookie: dropped for the full SYN queue */
 	if (acc > max)
-		return listen_overflow(sk, skb, acc, max, synq, KDROP_Q_ACCEPT_SYN, mode);
-	if (synq >= max)
-		return listen_overflow(sk, skb, acc, max, synq, KDROP_Q_SYN, mode);
+		listen_overflow(sk, skb, acc, max, synq, KDROP_Q_ACCEPT_SYN, mode);
 	return 0;
 }
 

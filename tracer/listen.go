@@ -17,11 +17,16 @@ import (
 
 // listenPoller is the fallback for kernels where tcp_conn_request can't be
 // hooked (function tracing forbidden). A SYN refused for a full accept
-// queue is consume_skb'd, so kfree_skb never sees it; but every network
-// namespace counts it in TcpExtListenOverflows, and every listener counts
-// its own drops (sock_diag SK_MEMINFO_DROPS, the `d` of `ss -ltnm`). When the
-// namespace counter rises, the listeners whose drop counters rose get an
-// event carrying the exact delta, their queue length and its limit.
+// queue, or for a full SYN queue with syncookies off, is consume_skb'd, so
+// kfree_skb never sees it; but every network namespace counts them
+// (TcpExtListenOverflows, TcpExtTCPReqQFullDrop; a cookie sent instead:
+// TcpExtTCPReqQFullDoCookies), and every listener counts its own drops
+// (sock_diag SK_MEMINFO_DROPS, the `d` of `ss -ltnm`). When a namespace
+// counter rises, the listeners whose drop counters rose get events carrying
+// the exact deltas, their queue length and its limit; what no listener can
+// be told for (several listeners dropped for both queues, a listener that
+// closed, cookies, which no listener counts, in a namespace with several
+// listeners) comes as an event of the namespace without an address.
 type listenPoller struct {
 	somax    *somaxconns
 	interval time.Duration
@@ -40,9 +45,16 @@ type nsWatch struct {
 	inode     uint32
 	netstat   *os.File // /proc/net/netstat opened inside the namespace
 	diag      int      // NETLINK_SOCK_DIAG socket created inside it
-	overflows uint64
-	drops     uint64
+	last      listenCounters
 	listeners map[listenerKey]listenerState // per listener, at the last poll
+}
+
+// listenCounters are a namespace's TcpExt counters of refused SYNs.
+type listenCounters struct {
+	overflows uint64 // ListenOverflows: accept queue full
+	drops     uint64 // ListenDrops: every SYN or ACK a listener dropped
+	synDrops  uint64 // TCPReqQFullDrop: SYN queue full, no cookie
+	cookies   uint64 // TCPReqQFullDoCookies: SYN queue full, cookie sent
 }
 
 func newListenPoller(interval time.Duration, f Filter, somax *somaxconns, log *zap.Logger) *listenPoller {
@@ -108,7 +120,7 @@ func (p *listenPoller) discover() {
 		p.ns[ino] = w
 		w.listeners = map[listenerKey]listenerState{}
 		if initial {
-			w.overflows, w.drops, _ = w.counters()
+			w.last, _ = w.counters()
 			w.listeners, _ = w.dumpListeners()
 		}
 	}
@@ -137,38 +149,81 @@ func openNsWatch(path string, ino uint32) (*nsWatch, error) {
 
 func (p *listenPoller) poll(emit func(*Event)) {
 	for _, w := range p.ns {
-		ov, dr, err := w.counters()
-		if err != nil || (ov == w.overflows && dr == w.drops) {
+		c, err := w.counters()
+		if err != nil || c == w.last {
 			continue
 		}
-		dOverflow := ov - w.overflows
-		w.overflows, w.drops = ov, dr
+		dOverflow, dSyn, dCookies := c.overflows-w.last.overflows, c.synDrops-w.last.synDrops, c.cookies-w.last.cookies
+		w.last = c
 		now := time.Now()
 		listeners, err := w.dumpListeners()
 		if err != nil {
 			p.log.Warn("sock_diag dump failed", zap.Uint32("netns", w.inode), zap.Error(err))
 			continue
 		}
-		// Each event goes through the same filter as the kernel's: the
-		// listener is its destination, the peer is unknown.
-		var attributed uint64
-		for k, l := range listeners {
-			prev := w.listeners[k].drops
-			if l.drops <= prev {
-				continue
+		ev := func(count uint64, k *listenerKey, l listenerState, q Queue, cookie bool) {
+			e := Event{Time: now, Type: ListenOverflow, Count: count, Source: string(ModeSockDiag), Netns: w.inode,
+				Proto: unix.IPPROTO_TCP, Queue: q, Syncookie: cookie}
+			if k != nil { // the listener is its destination, the peer is unknown
+				e.Family, e.Dst, e.QueueLen, e.QueueMax = familyOf(k.addr.Addr()), k.addr, l.rqueue, l.wqueue
 			}
-			d := l.drops - prev
-			attributed += d
-			p.emitMatching(emit, &Event{Time: now, Type: ListenOverflow, Count: d, Source: string(ModeSockDiag),
-				Netns: w.inode, Family: familyOf(k.addr.Addr()), Proto: unix.IPPROTO_TCP, Dst: k.addr,
-				Queue: QueueAccept, QueueLen: l.rqueue, QueueMax: l.wqueue})
+			// each event goes through the same filter as the kernel's
+			p.emitMatching(emit, &e)
 		}
-		// A listener that closed between two polls took its counter with
-		// it; the namespace counter still has the overflows, without an
-		// address or port (so a port or CIDR filter leaves them out).
-		if dOverflow > attributed {
-			p.emitMatching(emit, &Event{Time: now, Type: ListenOverflow, Count: dOverflow - attributed,
-				Source: string(ModeSockDiag), Netns: w.inode, Proto: unix.IPPROTO_TCP, Queue: QueueAccept})
+		var rose []listenerKey
+		for k, l := range listeners {
+			if l.drops > w.listeners[k].drops {
+				rose = append(rose, k)
+			}
+		}
+		// A listener's drops are its accept-queue overflows plus its
+		// SYN-queue drops: told apart when one kind happened, or one
+		// listener dropped.
+		var attOverflow, attSyn uint64
+		for _, k := range rose {
+			l := listeners[k]
+			d := l.drops - w.listeners[k].drops
+			// (never more than the namespace counted: ListenDrops has
+			// other causes too)
+			switch {
+			case dSyn == 0:
+				if n := min(d, dOverflow-attOverflow); n > 0 {
+					ev(n, &k, l, QueueAccept, false)
+					attOverflow += n
+				}
+			case dOverflow == 0:
+				if n := min(d, dSyn-attSyn); n > 0 {
+					ev(n, &k, l, QueueSYN, false)
+					attSyn += n
+				}
+			case len(rose) == 1:
+				attOverflow, attSyn = min(d, dOverflow), min(d-min(d, dOverflow), dSyn)
+				if attOverflow > 0 {
+					ev(attOverflow, &k, l, QueueAccept, false)
+				}
+				if attSyn > 0 {
+					ev(attSyn, &k, l, QueueSYN, false)
+				}
+			}
+		}
+		// What no listener could be told for: a listener that closed
+		// between two polls took its counter with it.
+		if dOverflow > attOverflow {
+			ev(dOverflow-attOverflow, nil, listenerState{}, QueueAccept, false)
+		}
+		if dSyn > attSyn {
+			ev(dSyn-attSyn, nil, listenerState{}, QueueSYN, false)
+		}
+		if dCookies > 0 {
+			// no listener counts the cookies it sent: named only when it
+			// is the namespace's one listener
+			if len(listeners) == 1 {
+				for k, l := range listeners {
+					ev(dCookies, &k, l, QueueSYN, true)
+				}
+			} else {
+				ev(dCookies, nil, listenerState{}, QueueSYN, true)
+			}
 		}
 		w.listeners = listeners
 	}
@@ -191,12 +246,13 @@ func familyOf(a netip.Addr) uint8 {
 	return 6
 }
 
-// counters reads TcpExtListenOverflows and TcpExtListenDrops.
-func (w *nsWatch) counters() (overflows, drops uint64, err error) {
+// counters reads the namespace's TcpExt counters of refused SYNs.
+func (w *nsWatch) counters() (listenCounters, error) {
+	var c listenCounters
 	buf := make([]byte, 16<<10)
 	n, err := w.netstat.ReadAt(buf, 0)
 	if n == 0 && err != nil {
-		return 0, 0, err
+		return c, err
 	}
 	lines := strings.Split(string(buf[:n]), "\n")
 	for i := 0; i+1 < len(lines); i++ {
@@ -208,14 +264,18 @@ func (w *nsWatch) counters() (overflows, drops uint64, err error) {
 			v, _ := strconv.ParseUint(vals[j], 10, 64)
 			switch names[j] {
 			case "ListenOverflows":
-				overflows = v
+				c.overflows = v
 			case "ListenDrops":
-				drops = v
+				c.drops = v
+			case "TCPReqQFullDrop":
+				c.synDrops = v
+			case "TCPReqQFullDoCookies":
+				c.cookies = v
 			}
 		}
-		return overflows, drops, nil
+		return c, nil
 	}
-	return 0, 0, fmt.Errorf("no TcpExt counters in netstat")
+	return c, fmt.Errorf("no TcpExt counters in netstat")
 }
 
 type listenerState struct {
