@@ -66,7 +66,9 @@ func TestSynQueueFullEveryMode(t *testing.T) {
 			after := srv.Counters(t)
 			want := after[tc.counter] - before[tc.counter]
 			mode := c.hook("tcp_conn_request").Mode
-			got, syn := sum(evs, func(e *Event) bool { return e.Type == ListenOverflow && e.Queue == QueueSYN && e.Syncookie == tc.cookie })
+			got, syn := sum(evs, func(e *Event) bool {
+				return e.Type == ListenOverflow && e.Queue == QueueSYN && e.Syncookie == tc.cookie
+			})
 			t.Logf("mode %s: %s +%d, %d SYN-queue events (cookie %v)", mode, tc.counter, want, got, tc.cookie)
 			if want == 0 || !countAgrees(t, mode, got, want) {
 				t.Fatalf("mode %s: %s rose by %d, kdrop counted %d\n%s", mode, tc.counter, want, got, dump(evs))
