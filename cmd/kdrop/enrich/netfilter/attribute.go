@@ -283,6 +283,7 @@ func (a *Attributor[T]) step(final bool) {
 			switch {
 			case s.last != nil && s.last.at.After(p.to.Add(slack)):
 				r = s.attribute(p)
+				r.K8s = kubeProxyMeaning(r, &p.ev, s.last)
 			case s.err != nil && s.errAt.After(p.to) && !errors.Is(s.err, errReadTimeout):
 				r = &Rule{Backend: BackendNftables, Unknown: s.err.Error()}
 			case final:
@@ -447,15 +448,22 @@ func (s *nsState[T]) attribute(p *req[T]) *Rule {
 			}
 			continue
 		}
+		if !kubeProxyReached(s.last, ri, &p.ev) {
+			continue
+		}
+		ref := ri.Ref
+		if strings.HasPrefix(ref.Verdict, "vmap @") {
+			ref.Verdict = "DROP" // a matching vmap rule's element says drop
+		}
 		switch matches(ri, &p.ev) {
 		case matchYes:
-			yes = append(yes, ri.Ref)
+			yes = append(yes, ref)
 		case matchMaybe:
-			maybe = append(maybe, ri.Ref)
+			maybe = append(maybe, ref)
 		}
 	}
 	if len(yes) > 0 {
-		return pick(HowMatch, yes, nil)
+		return pick(HowMatch, kubeProxyFirst(yes), nil)
 	}
 	if len(maybe)+len(policies) > 0 {
 		return pick(HowMatch, nil, append(maybe, policies...))
