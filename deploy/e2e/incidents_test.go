@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netfilter"
 	"github.com/kdrop/kdrop/cmd/kdrop/sinks/report"
 )
 
@@ -566,6 +567,13 @@ func (in *incident) serviceWithoutEndpoints(t *testing.T) {
 		if e.SrcK8s == nil || e.SrcK8s.Name != "client" {
 			t.Errorf("the source should be the client pod: %s", e.raw)
 		}
+		// kdrop names kube-proxy's rule and what it means (its port is
+		// unnamed, so kube-proxy's comment names the Service alone).
+		if r := e.Rule; isReject(&e) && (r == nil || r.Table != "filter" || r.Chain != "KUBE-SERVICES" || !strings.HasPrefix(r.Verdict, "REJECT") ||
+			r.K8s == nil || r.K8s.Kind != netfilter.MeaningNoEndpoints || r.K8s.Engine != "kube-proxy" || r.K8s.Service != "shop/cart" ||
+			r.K8s.Text != "Service shop/cart has no endpoints") {
+			t.Errorf("the drop should name kube-proxy's REJECT rule in filter/KUBE-SERVICES, meaning no-endpoints for Service shop/cart: %s", e.raw)
+		}
 	}
 
 	// The same events in the agent's log, for an operator with kubectl only.
@@ -582,11 +590,11 @@ func (in *incident) serviceWithoutEndpoints(t *testing.T) {
 	if uint64(logged) != unreach {
 		t.Errorf("kubectl logs of the agent: %d port-unreachable for Service cart, kdrop tail %d", logged, unreach)
 	}
-	in.figure("service without endpoints: 5 refused dials; REJECT counter %d == NETFILTER_DROP in kdrop tail; %d port-unreachable in kdrop tail and in kubectl logs, naming svc shop/cart (0 ready endpoints)", rejects, unreach)
+	in.figure("service without endpoints: 5 refused dials; REJECT counter %d == NETFILTER_DROP in kdrop tail, each naming kube-proxy's rule (rule.k8s.meaning no-endpoints, service shop/cart); %d port-unreachable in kdrop tail and in kubectl logs, naming svc shop/cart (0 ready endpoints)", rejects, unreach)
 
 	r := rec.stop(t)
 	f := finding(t, r, "no-endpoints")
-	mustContain(t, "the no-endpoints hint", f.Title+"\n"+f.Detail+"\n"+f.Fix, "cart", "endpoints")
+	mustContain(t, "the no-endpoints hint", f.Title+"\n"+f.Detail+"\n"+f.Fix, "cart", "endpoints", "kube-proxy's own rule for this Service")
 }
 
 // rejected sums the packet counters of kube-proxy's REJECT rules for a
