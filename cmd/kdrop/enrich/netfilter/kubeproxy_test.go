@@ -151,6 +151,9 @@ func kubeProxyScenario(t *testing.T, env *testenv.Env, mode string) {
 			if r.Known() && r.K8s != nil && r.Table == w.table && r.Chain == w.chain && r.Verdict == w.verdict &&
 				r.How == w.how && reflect.DeepEqual(*r.K8s, w.meaning) {
 				last[a.ev.Dst.Port()] = nil
+				if _, first := wants[a.ev.Dst.Port()]; first {
+					t.Logf("%s → %s (how %s)", a.ev.Dst, r.Short(), r.How)
+				}
 				delete(wants, a.ev.Dst.Port())
 			}
 		}
