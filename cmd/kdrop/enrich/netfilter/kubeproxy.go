@@ -84,7 +84,7 @@ func nftMeaning(r *Rule, ev *tracer.Event, rs *ruleset) *Meaning {
 	m := &Meaning{Engine: engineKubeProxy}
 	switch {
 	case r.Chain == nftRejectChain:
-		_, el := kubeProxyVia(rs, r.Family, ev)
+		_, el := kubeProxyVia(rs, r.Family, nftRejectChain, ev)
 		if el == nil {
 			return nil
 		}
@@ -104,7 +104,7 @@ func nftMeaning(r *Rule, ev *tracer.Event, rs *ruleset) *Meaning {
 		if r.Chain == nftEndpointsCheck && isClusterIP(rs, r.Family, ev) {
 			m.Text = "Service " + m.Service + " has no local endpoints (internalTrafficPolicy: Local)"
 		}
-	case strings.HasPrefix(r.Chain, nftFirewallPrefix) && r.Chain != nftFirewallCheck && r.Verdict == "DROP":
+	case isFirewallChain(r.Chain) && r.Verdict == "DROP":
 		// firewall-<hash>-<namespace>/<name>/<protocol>/<port name>
 		_, rest, _ := strings.Cut(strings.TrimPrefix(r.Chain, nftFirewallPrefix), "-")
 		p := strings.Split(rest, "/")
@@ -143,14 +143,15 @@ func withText(m *Meaning) *Meaning {
 }
 
 // kubeProxyVia finds the kube-proxy vmap rule of the family and the
-// element ev hits that sends it to reject-chain (`goto reject-chain`):
-// kube-proxy's reject-chain is reached only that way.
-func kubeProxyVia(rs *ruleset, family string, ev *tracer.Event) (*ruleInfo, *element) {
+// element ev hits that sends it to chain (`goto reject-chain`, `goto
+// firewall-…`): kube-proxy reaches reject-chain and its per-Service
+// firewall chains only that way.
+func kubeProxyVia(rs *ruleset, family, chain string, ev *tracer.Event) (*ruleInfo, *element) {
 	for _, ri := range rs.rules {
 		if ri.Table != nftTable || ri.Family != family || !strings.HasPrefix(ri.Verdict, "vmap @") {
 			continue
 		}
-		if _, el := eval(ri, ev); el != nil && el.verdict == "goto "+nftRejectChain {
+		if _, el := eval(ri, ev); el != nil && (el.verdict == "goto "+chain || el.verdict == "jump "+chain) {
 			return ri, el
 		}
 	}
@@ -163,7 +164,7 @@ func isClusterIP(rs *ruleset, family string, ev *tracer.Event) bool {
 	for _, ri := range rs.rules {
 		if ri.Table == nftTable && ri.Family == family && ri.Chain == nftClusterIPs {
 			if s := ri.sets["cluster-ips"]; s != nil && ev.Dst.IsValid() {
-				_, ok := s.elems[string(ev.Dst.Addr().AsSlice())]
+				_, ok := s.find(ev.Dst.Addr().AsSlice())
 				return ok
 			}
 		}
@@ -172,14 +173,19 @@ func isClusterIP(rs *ruleset, family string, ev *tracer.Event) bool {
 }
 
 // kubeProxyReached says whether an uncounted rule can have dropped ev as
-// far as kube-proxy's nftables chains tell: a rule of its reject-chain
-// only when a vmap element ev hits goes there.
+// far as kube-proxy's nftables chains tell: a rule of its reject-chain or
+// of a Service's firewall chain only when a vmap element ev hits goes
+// there.
 func kubeProxyReached(rs *ruleset, ri *ruleInfo, ev *tracer.Event) bool {
-	if ri.Table != nftTable || ri.Chain != nftRejectChain {
+	if ri.Table != nftTable || !(ri.Chain == nftRejectChain || isFirewallChain(ri.Chain)) {
 		return true
 	}
-	via, _ := kubeProxyVia(rs, ri.Family, ev)
+	via, _ := kubeProxyVia(rs, ri.Family, ri.Chain, ev)
 	return via != nil
+}
+
+func isFirewallChain(c string) bool {
+	return strings.HasPrefix(c, nftFirewallPrefix) && c != nftFirewallCheck
 }
 
 // kubeProxyFirst keeps, of rules that all match ev, those kube-proxy's

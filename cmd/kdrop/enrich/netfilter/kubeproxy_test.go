@@ -29,6 +29,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/kdrop/kdrop/k8s/testenv"
 	"github.com/kdrop/kdrop/tracer"
 	"github.com/kdrop/kdrop/tracer/nstest"
@@ -41,6 +43,8 @@ const (
 	kpCartIP    = "10.96.0.50"
 	kpNodePort  = 30080
 	kpCartPort  = 80
+	kpLBIP      = "192.0.2.100"
+	kpLBPort    = 443
 	kpNamespace = "shop"
 )
 
@@ -88,14 +92,32 @@ func kubeProxyObjects(t *testing.T, cs kubernetes.Interface) {
 		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeNodePort, Ports: []corev1.ServicePort{port},
 			ExternalTrafficPolicy: corev1.ServiceExternalTrafficPolicyLocal}, // no selector: the slice below is its
 	}, metav1.CreateOptions{}))
-	ready, other, proto, name, p := true, "kp-other", corev1.ProtocolUDP, "http", int32(8080)
-	must(cs.DiscoveryV1().EndpointSlices(kpNamespace).Create(ctx, &discoveryv1.EndpointSlice{
-		ObjectMeta:  metav1.ObjectMeta{Name: "web-1", Labels: map[string]string{discoveryv1.LabelServiceName: "web"}},
-		AddressType: discoveryv1.AddressTypeIPv4,
-		Endpoints: []discoveryv1.Endpoint{{Addresses: []string{"10.244.1.5"},
-			Conditions: discoveryv1.EndpointConditions{Ready: &ready}, NodeName: &other}},
-		Ports: []discoveryv1.EndpointPort{{Name: &name, Protocol: &proto, Port: &p}},
-	}, metav1.CreateOptions{}))
+	slice := func(svc, portName, addr, node string) {
+		t.Helper()
+		ready, proto, p := true, corev1.ProtocolUDP, int32(8080)
+		must(cs.DiscoveryV1().EndpointSlices(kpNamespace).Create(ctx, &discoveryv1.EndpointSlice{
+			ObjectMeta:  metav1.ObjectMeta{Name: svc + "-1", Labels: map[string]string{discoveryv1.LabelServiceName: svc}},
+			AddressType: discoveryv1.AddressTypeIPv4,
+			Endpoints: []discoveryv1.Endpoint{{Addresses: []string{addr},
+				Conditions: discoveryv1.EndpointConditions{Ready: &ready}, NodeName: &node}},
+			Ports: []discoveryv1.EndpointPort{{Name: &portName, Protocol: &proto, Port: &p}},
+		}, metav1.CreateOptions{}))
+	}
+	slice("web", "http", "10.244.1.5", "kp-other")
+	// A LoadBalancer Service open to 203.0.113.0/24 only, with an endpoint
+	// on this node: the client (outside the range) is dropped.
+	lbPort := corev1.ServicePort{Name: "https", Protocol: corev1.ProtocolUDP, Port: kpLBPort, TargetPort: intstr.FromInt32(8080)}
+	lb, err := cs.CoreV1().Services(kpNamespace).Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "lb"},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, Ports: []corev1.ServicePort{lbPort},
+			LoadBalancerSourceRanges: []string{"203.0.113.0/24"}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lb.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: kpLBIP}}
+	must(cs.CoreV1().Services(kpNamespace).UpdateStatus(ctx, lb, metav1.UpdateOptions{}))
+	slice("lb", "https", "10.244.0.5", kpNode)
 }
 
 func kubeProxyScenario(t *testing.T, env *testenv.Env, mode string) {
@@ -109,13 +131,15 @@ func kubeProxyScenario(t *testing.T, env *testenv.Env, mode string) {
 	node.IP(t, "link add kpd0 type veth peer name kpd1")
 	node.IP(t, "link set kpd0 up")
 	node.IP(t, "route add 10.96.0.0/16 dev kpd0")
+	client.IP(t, "route add "+kpLBIP+" via "+kpNodeIP)
+	node.IP(t, "route add "+kpLBIP+" dev kpd0")
 	node.Sysctl(t, "net/ipv4/ip_forward", "1")
 	forwardAPIServer(t, node, env.URL())
 	startKubeProxy(t, env, node, mode)
 
 	h := startHarness(t, Config{Interval: 100 * time.Millisecond, SummarySpan: 400 * time.Millisecond},
 		tracer.Options{Filter: tracer.Filter{Types: []tracer.EventType{tracer.Drop}}, RateLimit: 5, SweepInterval: 200 * time.Millisecond})
-	stop := load(t, client, []target{{"udp", ap(kpCartIP, kpCartPort)}, {"udp", ap(kpNodeIP, kpNodePort)}}, 10*time.Millisecond)
+	stop := load(t, client, []target{{"udp", ap(kpCartIP, kpCartPort)}, {"udp", ap(kpNodeIP, kpNodePort)}, {"udp", ap(kpLBIP, kpLBPort)}}, 10*time.Millisecond)
 	defer stop()
 
 	type want struct {
@@ -127,6 +151,8 @@ func kubeProxyScenario(t *testing.T, env *testenv.Env, mode string) {
 			Engine: "kube-proxy", Service: "shop/cart:http", Text: "Service shop/cart:http has no endpoints"}},
 		kpNodePort: {"filter", "KUBE-EXTERNAL-SERVICES", "DROP", HowCounter, Meaning{Kind: MeaningNoLocalEndpoints,
 			Engine: "kube-proxy", Service: "shop/web:http", Text: "Service shop/web:http has no local endpoints (externalTrafficPolicy: Local)"}},
+		kpLBPort: {"filter", "KUBE-PROXY-FIREWALL", "DROP", HowCounter, Meaning{Kind: MeaningSourceRange,
+			Engine: "kube-proxy", Service: "shop/lb:https", Text: "Service shop/lb:https: source not in loadBalancerSourceRanges"}},
 	}
 	if mode == "nftables" {
 		w := wants[kpCartPort]
@@ -135,6 +161,9 @@ func kubeProxyScenario(t *testing.T, env *testenv.Env, mode string) {
 		w = wants[kpNodePort]
 		w.table, w.chain, w.verdict, w.how = "kube-proxy", "nodeport-endpoints-check", "DROP", HowMatch
 		wants[kpNodePort] = w
+		w = wants[kpLBPort]
+		w.table, w.chain, w.verdict, w.how = "kube-proxy", "", "DROP", HowMatch // chain: firewall-<hash>-shop/lb/udp/https
+		wants[kpLBPort] = w
 	}
 	// kube-proxy needs a few seconds to sync; the load runs all along.
 	deadline := time.Now().Add(90 * time.Second)
@@ -148,7 +177,8 @@ func kubeProxyScenario(t *testing.T, env *testenv.Env, mode string) {
 			}
 			last[a.ev.Dst.Port()] = a.rule
 			r := a.rule
-			if r.Known() && r.K8s != nil && r.Table == w.table && r.Chain == w.chain && r.Verdict == w.verdict &&
+			chainOK := r.Chain == w.chain || (w.chain == "" && strings.HasPrefix(r.Chain, "firewall-") && strings.HasSuffix(r.Chain, "-shop/lb/udp/https"))
+			if r.Known() && r.K8s != nil && r.Table == w.table && chainOK && r.Verdict == w.verdict &&
 				r.How == w.how && reflect.DeepEqual(*r.K8s, w.meaning) {
 				last[a.ev.Dst.Port()] = nil
 				if _, first := wants[a.ev.Dst.Port()]; first {
@@ -175,7 +205,41 @@ func kubeProxyScenario(t *testing.T, env *testenv.Env, mode string) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	t.Logf("%s mode: both drops named with their Service while the load runs", mode)
+	t.Logf("%s mode: the three drops named with their Service while the load runs", mode)
+	if mode == "iptables" {
+		decodeRealRules(t, node)
+	}
+}
+
+// decodeRealRules reads the rules the real kube-proxy wrote in ns and
+// checks the meaning of the one no traffic here hits: KUBE-FORWARD's drop
+// of conntrack state INVALID. (KUBE-FIREWALL's martian rule is written
+// only where kube-proxy serves node ports on localhost, not with the
+// nodePortAddresses here.)
+func decodeRealRules(t *testing.T, ns *nstest.NS) {
+	var st unix.Stat_t
+	if err := unix.Stat("/run/netns/"+ns.Name, &st); err != nil {
+		t.Fatal(err)
+	}
+	r := netnsReader{ino: uint32(st.Ino), timeout: 5 * time.Second}
+	rs, err := r.read("/run/netns/" + ns.Name)
+	if err != nil {
+		t.Fatalf("reading kube-proxy's rules: %v", err)
+	}
+	want := map[string]string{"KUBE-FORWARD": MeaningInvalidConntrack}
+	for _, ri := range rs.rules {
+		if ri.Family != "ip" || ri.Table != "filter" {
+			continue
+		}
+		m := kubeProxyMeaning(&Rule{Ref: ri.Ref}, &tracer.Event{}, rs)
+		if kind, ok := want[ri.Chain]; ok && m != nil && m.Kind == kind {
+			t.Logf("%s#%d %s %q: %s", ri.Chain, ri.Handle, ri.Verdict, ri.Comment, m.Text)
+			delete(want, ri.Chain)
+		}
+	}
+	for chain, kind := range want {
+		t.Errorf("no rule of kube-proxy's in filter/%s decoded as %s", chain, kind)
+	}
 }
 
 // forwardAPIServer makes the API server (on the host's 127.0.0.1) answer

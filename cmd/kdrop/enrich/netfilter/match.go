@@ -3,6 +3,7 @@ package netfilter
 import (
 	"bytes"
 	"encoding/binary"
+	"net/netip"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -203,7 +204,7 @@ func lookup(ri *ruleInfo, rg *registers, e *expr.Lookup) (matchResult, *element)
 	if k == nil {
 		return matchMaybe, nil
 	}
-	el, ok := s.elems[string(k)]
+	el, ok := s.find(k)
 	if e.IsDestRegSet {
 		if e.DestRegister != 0 { // a data map: the value goes to a register
 			rg.set(e.DestRegister, nil)
@@ -227,24 +228,36 @@ func lookup(ri *ruleInfo, rg *registers, e *expr.Lookup) (matchResult, *element)
 }
 
 // payload is what a payload load reads from the packet, when the event
-// has it: IPv4/IPv6 protocol and addresses, transport ports.
+// has every byte of it: any part of the IPv4/IPv6 protocol and address
+// fields (nft loads only the bytes a prefix needs: `ip daddr 10.96.0.0/16`
+// is a 2-byte load), and of the transport ports.
 func payload(ev *tracer.Event, p *expr.Payload) []byte {
-	be16 := func(v uint16) []byte { return binary.BigEndian.AppendUint16(nil, v) }
+	var hdr []byte // the header as far as the event knows it
+	var known []bool
+	put := func(off int, b []byte) {
+		for len(hdr) < off+len(b) {
+			hdr, known = append(hdr, 0), append(known, false)
+		}
+		copy(hdr[off:], b)
+		for i := range b {
+			known[off+i] = true
+		}
+	}
 	switch p.Base {
 	case expr.PayloadBaseNetworkHeader:
-		switch {
-		case ev.Family == 4 && p.Offset == 9 && p.Len == 1:
-			return []byte{ev.Proto}
-		case ev.Family == 4 && p.Offset == 12 && p.Len == 4 && ev.Src.Addr().Is4():
-			return ev.Src.Addr().AsSlice()
-		case ev.Family == 4 && p.Offset == 16 && p.Len == 4 && ev.Dst.Addr().Is4():
-			return ev.Dst.Addr().AsSlice()
-		case ev.Family == 6 && p.Offset == 6 && p.Len == 1:
-			return []byte{ev.Proto}
-		case ev.Family == 6 && p.Offset == 8 && p.Len == 16 && ev.Src.Addr().Is6():
-			return ev.Src.Addr().AsSlice()
-		case ev.Family == 6 && p.Offset == 24 && p.Len == 16 && ev.Dst.Addr().Is6():
-			return ev.Dst.Addr().AsSlice()
+		// protocol, source and destination offsets (struct iphdr, ipv6hdr)
+		proto, src, dst, is := 9, 12, 16, netip.Addr.Is4
+		if ev.Family == 6 {
+			proto, src, dst, is = 6, 8, 24, netip.Addr.Is6
+		} else if ev.Family != 4 {
+			return nil
+		}
+		put(proto, []byte{ev.Proto})
+		if is(ev.Src.Addr()) {
+			put(src, ev.Src.Addr().AsSlice())
+		}
+		if is(ev.Dst.Addr()) {
+			put(dst, ev.Dst.Addr().AsSlice())
 		}
 	case expr.PayloadBaseTransportHeader:
 		switch ev.Proto {
@@ -252,14 +265,21 @@ func payload(ev *tracer.Event, p *expr.Payload) []byte {
 		default:
 			return nil
 		}
-		switch {
-		case p.Offset == 0 && p.Len == 2 && ev.Src.IsValid():
-			return be16(ev.Src.Port())
-		case p.Offset == 2 && p.Len == 2 && ev.Dst.IsValid():
-			return be16(ev.Dst.Port())
-		case p.Offset == 0 && p.Len == 4 && ev.Src.IsValid() && ev.Dst.IsValid():
-			return append(be16(ev.Src.Port()), be16(ev.Dst.Port())...)
+		if ev.Src.IsValid() {
+			put(0, binary.BigEndian.AppendUint16(nil, ev.Src.Port()))
+		}
+		if ev.Dst.IsValid() {
+			put(2, binary.BigEndian.AppendUint16(nil, ev.Dst.Port()))
 		}
 	}
-	return nil
+	off, n := int(p.Offset), int(p.Len)
+	if n == 0 || off+n > len(hdr) {
+		return nil
+	}
+	for _, k := range known[off : off+n] {
+		if !k {
+			return nil
+		}
+	}
+	return bytes.Clone(hdr[off : off+n])
 }

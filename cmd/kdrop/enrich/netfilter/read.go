@@ -1,6 +1,7 @@
 package netfilter
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -72,12 +73,75 @@ type ruleInfo struct {
 
 // setInfo is one set or map as read: its elements by key (the key's bytes
 // as the kernel holds them: each part of a concatenation padded to 4
-// bytes). partial: not every element is known (an interval set, or more
-// than maxElements), so a lookup in it is not evaluated.
+// bytes), and an interval set's ranges. partial: not every element is
+// known (more than maxElements), so a lookup in it is not evaluated.
 type setInfo struct {
 	keyLen  int
 	elems   map[string]*element
+	ranges  []keyRange
 	partial bool
+}
+
+// keyRange is one interval of an interval set: keys from from up to to
+// (inclusive; nil: to the end of the key space).
+type keyRange struct {
+	from, to []byte
+	el       *element
+}
+
+// find is the element holding key k, exact or in a range.
+func (s *setInfo) find(k []byte) (*element, bool) {
+	if el, ok := s.elems[string(k)]; ok {
+		return el, true
+	}
+	for _, r := range s.ranges {
+		if bytes.Compare(k, r.from) >= 0 && (r.to == nil || bytes.Compare(k, r.to) <= 0) {
+			return r.el, true
+		}
+	}
+	return nil, false
+}
+
+// intervals turns an interval set's elements into ranges. A concatenation
+// carries each range's end in KeyEnd (inclusive); a single key type has
+// one element where a range starts and one flagged NFT_SET_ELEM_INTERVAL_END
+// where it has ended (the first key past it), as nft_set_rbtree dumps
+// them.
+func intervals(elems []nftables.SetElement, mk func(nftables.SetElement) *element) []keyRange {
+	var out []keyRange
+	if slices.ContainsFunc(elems, func(e nftables.SetElement) bool { return len(e.KeyEnd) > 0 }) {
+		for _, e := range elems {
+			if len(e.KeyEnd) > 0 {
+				out = append(out, keyRange{from: e.Key, to: e.KeyEnd, el: mk(e)})
+			}
+		}
+		return out
+	}
+	sorted := slices.Clone(elems)
+	slices.SortStableFunc(sorted, func(a, b nftables.SetElement) int { return bytes.Compare(a.Key, b.Key) })
+	for i, e := range sorted {
+		if e.IntervalEnd {
+			continue
+		}
+		r := keyRange{from: e.Key, el: mk(e)}
+		if i+1 < len(sorted) && sorted[i+1].IntervalEnd {
+			r.to = before(sorted[i+1].Key)
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// before is the key just before k (k minus one, big endian).
+func before(k []byte) []byte {
+	b := slices.Clone(k)
+	for i := len(b) - 1; i >= 0; i-- {
+		b[i]--
+		if b[i] != 0xff {
+			break
+		}
+	}
+	return b
 }
 
 // element is one set or map element: a verdict map's verdict ("drop",
@@ -359,10 +423,7 @@ func readSet(conn *nftables.Conn, t *nftables.Table, name string) (*setInfo, err
 	if err != nil {
 		return nil, classify(err)
 	}
-	si := &setInfo{elems: map[string]*element{}, partial: set.Interval}
-	if si.partial {
-		return si, nil
-	}
+	si := &setInfo{elems: map[string]*element{}}
 	elems, err := conn.GetSetElements(set)
 	if err != nil {
 		return nil, classify(err)
@@ -371,15 +432,24 @@ func readSet(conn *nftables.Conn, t *nftables.Table, name string) (*setInfo, err
 		si.partial = true
 		return si, nil
 	}
-	for _, el := range elems {
-		si.keyLen = len(el.Key)
+	mk := func(el nftables.SetElement) *element {
 		e := &element{comment: cleanComment([]byte(el.Comment))}
 		// google/nftables v0.3.0 records a verdict map's data type in
 		// KeyType (its NFTA_SET_DATA_TYPE special case).
 		if set.IsMap && (set.DataType.Name == "verdict" || set.KeyType.Name == "verdict") {
 			e.verdict = elementVerdict(el.Val)
 		}
-		si.elems[string(el.Key)] = e
+		return e
+	}
+	for _, el := range elems {
+		si.keyLen = max(si.keyLen, len(el.Key))
+	}
+	if set.Interval {
+		si.ranges = intervals(elems, mk)
+		return si, nil
+	}
+	for _, el := range elems {
+		si.elems[string(el.Key)] = mk(el)
 	}
 	return si, nil
 }
