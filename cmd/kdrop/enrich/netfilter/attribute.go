@@ -429,6 +429,7 @@ func (s *nsState[T]) attribute(p *req[T]) *Rule {
 		ref.Packets = d
 		switch matches(ri, &p.ev) {
 		case matchYes:
+			ref.Verdict = vmapDrop(ref.Verdict)
 			yes = append(yes, ref)
 		case matchMaybe:
 			maybe = append(maybe, ref)
@@ -452,11 +453,9 @@ func (s *nsState[T]) attribute(p *req[T]) *Rule {
 			continue
 		}
 		ref := ri.Ref
-		if strings.HasPrefix(ref.Verdict, "vmap @") {
-			ref.Verdict = "DROP" // a matching vmap rule's element says drop
-		}
 		switch matches(ri, &p.ev) {
 		case matchYes:
+			ref.Verdict = vmapDrop(ref.Verdict)
 			yes = append(yes, ref)
 		case matchMaybe:
 			maybe = append(maybe, ref)
@@ -476,6 +475,15 @@ func (s *nsState[T]) attribute(p *req[T]) *Rule {
 		why += " (" + errNoLegacy.Error() + ")"
 	}
 	return &Rule{Backend: BackendNftables, Unknown: why}
+}
+
+// vmapDrop is the verdict of a rule that matches: a verdict map rule
+// ("vmap @name") matches only when the element the packet hits says drop.
+func vmapDrop(v string) string {
+	if strings.HasPrefix(v, "vmap @") {
+		return "DROP"
+	}
+	return v
 }
 
 // pick makes the Rule: one candidate is the rule; more are all shown as
