@@ -38,7 +38,6 @@ const (
 	nftClusterIPs     = "cluster-ips-check"
 	nftFirewallPrefix = "firewall-"
 	nftFirewallCheck  = "firewall-check"
-	nftNoEndpointSvcs = "no-endpoint-services"
 
 	engineKubeProxy = "kube-proxy"
 )
