@@ -600,8 +600,8 @@ func (in *incident) serviceWithoutEndpoints(t *testing.T) {
 	if uint64(logged) != unreach {
 		t.Errorf("kubectl logs of the agent: %d port-unreachable for Service cart, kdrop tail %d", logged, unreach)
 	}
-	in.figure("service without endpoints (kube-proxy %s mode): 5 refused dials; REJECT counter %d, NETFILTER_DROP in kdrop tail %d, each naming kube-proxy's rule (rule.k8s.meaning no-endpoints, service shop/cart); %d port-unreachable in kdrop tail and in kubectl logs, naming svc shop/cart (0 ready endpoints)",
-		map[bool]string{false: "iptables", true: "nftables"}[nftMode], rejects, drops, unreach)
+	in.figure("service without endpoints (kube-proxy %s mode): 5 refused dials; %s %d, NETFILTER_DROP in kdrop tail %d, each naming kube-proxy's rule (rule.k8s.meaning no-endpoints, service shop/cart); %d port-unreachable in kdrop tail and in kubectl logs, naming svc shop/cart (0 ready endpoints)",
+		map[bool]string{false: "iptables", true: "nftables"}[nftMode], map[bool]string{false: "REJECT counter", true: "at least (no counters)"}[nftMode], rejects, drops, unreach)
 
 	r := rec.stop(t)
 	f := finding(t, r, "no-endpoints")
