@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A real single-node Kubernetes cluster on this machine, for kdrop's
 # end-to-end tests: containerd + runc, a CNI bridge, etcd, kube-apiserver,
-# controller-manager, scheduler, kubelet and kube-proxy (iptables), all run as
+# controller-manager, scheduler, kubelet and kube-proxy (iptables mode, or
+# nftables with KDROP_PROXY_MODE=nftables), all run as
 # plain processes. Nothing is pulled: images are imported from tarballs.
 #
 #   cluster.sh up            start (idempotent; cleans leftovers of a crashed run first)
@@ -19,6 +20,15 @@ H=${KDROP_CLUSTER_HOME:-$REPO/.cache/cluster}
 BIN=${KDROP_KUBE_BIN:-$REPO/.cache/kube/bin}
 ETCD=${KDROP_ETCD:-$(command -v etcd || echo /usr/bin/etcd)}
 GO=${GO:-go}
+
+# kube-proxy's mode: iptables (rules through iptables-nft) or nftables
+# (its own table `kube-proxy`, ip and ip6; needs the nft command).
+PROXY_MODE=${KDROP_PROXY_MODE:-iptables}
+case $PROXY_MODE in iptables | nftables) ;; *)
+	echo "cluster: KDROP_PROXY_MODE=$PROXY_MODE: want iptables or nftables" >&2
+	exit 2
+	;;
+esac
 
 NODE=${KDROP_CLUSTER_NODE:-kdrop-node}
 # The node address lives on an interface of the harness's own, so the
@@ -315,7 +325,7 @@ apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 clientConnection: {kubeconfig: $ETC/kube-proxy.kubeconfig}
 hostnameOverride: $NODE
-mode: iptables
+mode: $PROXY_MODE
 clusterCIDR: $POD_CIDR
 nodePortAddresses: [primary]
 iptables: {localhostNodePorts: false}
@@ -507,6 +517,9 @@ cmd_up() {
 	for b in "$ETCD" /usr/bin/containerd /usr/bin/ctr /usr/sbin/runc /usr/lib/cni/bridge /usr/sbin/conntrack; do
 		[ -x "$b" ] || die "$b missing: run \`make deps\`"
 	done
+	if [ "$PROXY_MODE" = nftables ]; then
+		command -v nft >/dev/null || die "kube-proxy's nftables mode needs the nft command: apt-get install nftables"
+	fi
 	[ -f "$IMAGES/pause.tar" ] || cmd_images
 	mkdir -p "$ETC" "$LOGS" "$RUN" "$DATA"
 
@@ -671,13 +684,18 @@ iptables_cleanup() {
 }
 
 # iptables-nft leaves its tables behind, empty; drop those that did not
-# exist before the first `up` and hold no rules now.
+# exist before the first `up` and hold no rules now, and kube-proxy's own
+# table (nftables mode), whatever it holds.
 nft_cleanup() {
 	command -v nft >/dev/null && [ -f "$SAVED/nft-tables" ] || return 0
 	local fam name
 	nft list tables 2>/dev/null | while read -r _ fam name; do
 		grep -qx "table $fam $name" "$SAVED/nft-tables" && continue
 		case $fam in ip | ip6) ;; *) continue ;; esac
+		if [ "$name" = kube-proxy ]; then
+			nft delete table "$fam" "$name" 2>/dev/null || true
+			continue
+		fi
 		# Anything but the table, its base chains and braces is content.
 		nft list table "$fam" "$name" 2>/dev/null | grep -vE '^\s*(table |chain |type |\}|$)' | grep -q . && continue
 		nft delete table "$fam" "$name" 2>/dev/null || true

@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netfilter"
 	"github.com/kdrop/kdrop/cmd/kdrop/line"
 	"github.com/kdrop/kdrop/k8s"
 	"github.com/kdrop/kdrop/tracer"
@@ -62,7 +63,7 @@ func parseEvent(b []byte) (event, error) {
 		}
 		switch ev.Type {
 		case tracer.Drop:
-			e.Reason = ev.Reason
+			e.Reason, e.Rule = ev.Reason, ev.Rule
 		case tracer.Unreachable:
 			e.ICMP = ev.What()
 		case tracer.ListenOverflow:
@@ -113,6 +114,9 @@ type event struct {
 	SrcK8s    *ident
 	DstK8s    *ident
 	WhereK8s  *ident
+	// Rule is the netfilter rule kdrop named for a NETFILTER_DROP, with
+	// its Kubernetes meaning (rule.k8s).
+	Rule *netfilter.Rule
 
 	received time.Time
 	raw      string

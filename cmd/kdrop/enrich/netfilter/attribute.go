@@ -283,6 +283,7 @@ func (a *Attributor[T]) step(final bool) {
 			switch {
 			case s.last != nil && s.last.at.After(p.to.Add(slack)):
 				r = s.attribute(p)
+				r.K8s = kubeProxyMeaning(r, &p.ev, s.last)
 			case s.err != nil && s.errAt.After(p.to) && !errors.Is(s.err, errReadTimeout):
 				r = &Rule{Backend: BackendNftables, Unknown: s.err.Error()}
 			case final:
@@ -428,6 +429,7 @@ func (s *nsState[T]) attribute(p *req[T]) *Rule {
 		ref.Packets = d
 		switch matches(ri, &p.ev) {
 		case matchYes:
+			ref.Verdict = vmapDrop(ref.Verdict)
 			yes = append(yes, ref)
 		case matchMaybe:
 			maybe = append(maybe, ref)
@@ -447,15 +449,20 @@ func (s *nsState[T]) attribute(p *req[T]) *Rule {
 			}
 			continue
 		}
+		if !kubeProxyReached(s.last, ri, &p.ev) {
+			continue
+		}
+		ref := ri.Ref
 		switch matches(ri, &p.ev) {
 		case matchYes:
-			yes = append(yes, ri.Ref)
+			ref.Verdict = vmapDrop(ref.Verdict)
+			yes = append(yes, ref)
 		case matchMaybe:
-			maybe = append(maybe, ri.Ref)
+			maybe = append(maybe, ref)
 		}
 	}
 	if len(yes) > 0 {
-		return pick(HowMatch, yes, nil)
+		return pick(HowMatch, kubeProxyFirst(yes), nil)
 	}
 	if len(maybe)+len(policies) > 0 {
 		return pick(HowMatch, nil, append(maybe, policies...))
@@ -468,6 +475,15 @@ func (s *nsState[T]) attribute(p *req[T]) *Rule {
 		why += " (" + errNoLegacy.Error() + ")"
 	}
 	return &Rule{Backend: BackendNftables, Unknown: why}
+}
+
+// vmapDrop is the verdict of a rule that matches: a verdict map rule
+// ("vmap @name") matches only when the element the packet hits says drop.
+func vmapDrop(v string) string {
+	if strings.HasPrefix(v, "vmap @") {
+		return "DROP"
+	}
+	return v
 }
 
 // pick makes the Rule: one candidate is the rule; more are all shown as

@@ -1,6 +1,7 @@
 package netfilter
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -65,7 +66,95 @@ type ruleInfo struct {
 	packets    uint64 // the counter's packets (cumulative, as read)
 	exprs      []expr.Any
 	legacy     *legacyMatch // iptables-legacy: what its ipt_entry matches
+	// sets are the elements of the sets and maps its lookups use, by
+	// name (shared by the rules of its table, read with them).
+	sets map[string]*setInfo
 }
+
+// setInfo is one set or map as read: its elements by key (the key's bytes
+// as the kernel holds them: each part of a concatenation padded to 4
+// bytes), and an interval set's ranges. partial: not every element is
+// known (more than maxElements), so a lookup in it is not evaluated.
+type setInfo struct {
+	keyLen  int
+	elems   map[string]*element
+	ranges  []keyRange
+	partial bool
+}
+
+// keyRange is one interval of an interval set: keys from from up to to
+// (inclusive; nil: to the end of the key space).
+type keyRange struct {
+	from, to []byte
+	el       *element
+}
+
+// find is the element holding key k, exact or in a range.
+func (s *setInfo) find(k []byte) (*element, bool) {
+	if el, ok := s.elems[string(k)]; ok {
+		return el, true
+	}
+	for _, r := range s.ranges {
+		if bytes.Compare(k, r.from) >= 0 && (r.to == nil || bytes.Compare(k, r.to) <= 0) {
+			return r.el, true
+		}
+	}
+	return nil, false
+}
+
+// intervals turns an interval set's elements into ranges. A concatenation
+// carries each range's end in KeyEnd (inclusive); a single key type has
+// one element where a range starts and one flagged NFT_SET_ELEM_INTERVAL_END
+// where it has ended (the first key past it), as nft_set_rbtree dumps
+// them.
+func intervals(elems []nftables.SetElement, mk func(nftables.SetElement) *element) []keyRange {
+	var out []keyRange
+	if slices.ContainsFunc(elems, func(e nftables.SetElement) bool { return len(e.KeyEnd) > 0 }) {
+		for _, e := range elems {
+			if len(e.KeyEnd) > 0 {
+				out = append(out, keyRange{from: e.Key, to: e.KeyEnd, el: mk(e)})
+			}
+		}
+		return out
+	}
+	sorted := slices.Clone(elems)
+	slices.SortStableFunc(sorted, func(a, b nftables.SetElement) int { return bytes.Compare(a.Key, b.Key) })
+	for i, e := range sorted {
+		if e.IntervalEnd {
+			continue
+		}
+		r := keyRange{from: e.Key, el: mk(e)}
+		if i+1 < len(sorted) && sorted[i+1].IntervalEnd {
+			r.to = before(sorted[i+1].Key)
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// before is the key just before k (k minus one, big endian).
+func before(k []byte) []byte {
+	b := slices.Clone(k)
+	for i := len(b) - 1; i >= 0; i-- {
+		b[i]--
+		if b[i] != 0xff {
+			break
+		}
+	}
+	return b
+}
+
+// element is one set or map element: a verdict map's verdict ("drop",
+// "accept", "goto reject-chain", "jump …"; "" for a set) and its comment
+// (kube-proxy's maps name the Service there: "shop/cart:http").
+type element struct {
+	verdict string
+	comment string
+}
+
+// maxElements bounds the elements read of one set (kube-proxy's maps hold
+// one per Service port, address and node port).
+const maxElements = 65536
 
 // chainRef is a chain found to hold drop-capable rules (or a drop policy).
 type chainRef struct {
@@ -173,6 +262,9 @@ func (r *netnsReader) readOnce(conn *nftables.Conn, nl *netlink.Conn) (*ruleset,
 			}
 		}
 	}
+	if err := readSets(conn, rs); err != nil {
+		return nil, err
+	}
 	gen2, err := getGen(nl)
 	if err != nil {
 		return nil, err
@@ -226,7 +318,7 @@ func (r *netnsReader) discover(conn *nftables.Conn) error {
 			return classify(err)
 		}
 		for _, nr := range rules {
-			if verdictOf(nr.Exprs) != "" {
+			if verdictOf(nr.Exprs) != "" || vmapOf(nr.Exprs) != "" {
 				r.chains = append(r.chains, ref)
 				break
 			}
@@ -239,7 +331,11 @@ func (r *netnsReader) discover(conn *nftables.Conn) error {
 func parseRule(t *nftables.Table, c *nftables.Chain, nr *nftables.Rule) *ruleInfo {
 	v := fixRejectFamily(verdictOf(nr.Exprs), t.Family)
 	if v == "" {
-		return nil
+		if m := vmapOf(nr.Exprs); m != "" {
+			v = "vmap @" + m // DROP when the element the packet hits says drop
+		} else {
+			return nil
+		}
 	}
 	ri := &ruleInfo{Ref: Ref{Family: familyName(t.Family), Table: t.Name, Chain: c.Name, Handle: nr.Handle, Verdict: v},
 		family: byte(t.Family), exprs: nr.Exprs}
@@ -270,6 +366,129 @@ func xtComment(info xt.InfoAny) string {
 		return cleanComment(*c)
 	}
 	return ""
+}
+
+// vmapOf is the name of the named verdict map the rule looks the packet up
+// in (`... vmap @no-endpoint-services`: the element's verdict may be drop),
+// else "". Anonymous maps (kube-proxy's per-Service endpoint choice) are
+// left out: they jump to chains, and reading them would cost a read per
+// Service.
+func vmapOf(exprs []expr.Any) string {
+	for _, e := range exprs {
+		if l, ok := e.(*expr.Lookup); ok && l.IsDestRegSet && l.DestRegister == 0 && !strings.HasPrefix(l.SetName, "__") {
+			return l.SetName
+		}
+	}
+	return ""
+}
+
+// readSets reads the elements of the sets and maps the rules look up in,
+// once per table, and gives each rule its table's.
+func readSets(conn *nftables.Conn, rs *ruleset) error {
+	type tk struct {
+		family byte
+		table  string
+	}
+	byTable := map[tk]map[string]*setInfo{}
+	for _, ri := range rs.rules {
+		if ri.legacy != nil {
+			continue
+		}
+		k := tk{ri.family, ri.Table}
+		sets := byTable[k]
+		if sets == nil {
+			sets = map[string]*setInfo{}
+			byTable[k] = sets
+		}
+		ri.sets = sets
+		for _, e := range ri.exprs {
+			l, ok := e.(*expr.Lookup)
+			if !ok || sets[l.SetName] != nil {
+				continue
+			}
+			si, err := readSet(conn, &nftables.Table{Name: ri.Table, Family: nftables.TableFamily(ri.family)}, l.SetName)
+			if err != nil {
+				return err
+			}
+			sets[l.SetName] = si
+		}
+	}
+	return nil
+}
+
+// readSet reads one set's elements (NFT_MSG_GETSETELEM), at most
+// maxElements.
+func readSet(conn *nftables.Conn, t *nftables.Table, name string) (*setInfo, error) {
+	set, err := conn.GetSetByName(t, name)
+	if err != nil {
+		return nil, classify(err)
+	}
+	si := &setInfo{elems: map[string]*element{}}
+	elems, err := conn.GetSetElements(set)
+	if err != nil {
+		return nil, classify(err)
+	}
+	if len(elems) > maxElements {
+		si.partial = true
+		return si, nil
+	}
+	mk := func(el nftables.SetElement) *element {
+		e := &element{comment: cleanComment([]byte(el.Comment))}
+		// google/nftables v0.3.0 records a verdict map's data type in
+		// KeyType (its NFTA_SET_DATA_TYPE special case).
+		if set.IsMap && (set.DataType.Name == "verdict" || set.KeyType.Name == "verdict") {
+			e.verdict = elementVerdict(el.Val)
+		}
+		return e
+	}
+	for _, el := range elems {
+		si.keyLen = max(si.keyLen, len(el.Key))
+	}
+	if set.Interval {
+		si.ranges = intervals(elems, mk)
+		return si, nil
+	}
+	for _, el := range elems {
+		si.elems[string(el.Key)] = mk(el)
+	}
+	return si, nil
+}
+
+// elementVerdict decodes a verdict map element's data as the library
+// leaves it: the nested attributes of NFTA_DATA_VERDICT (NFTA_VERDICT_CODE,
+// a big endian int32 of NF_DROP, NF_ACCEPT, NFT_JUMP, NFT_GOTO…, and
+// NFTA_VERDICT_CHAIN).
+func elementVerdict(b []byte) string {
+	ad, err := netlink.NewAttributeDecoder(b)
+	if err != nil {
+		return "?"
+	}
+	ad.ByteOrder = binary.BigEndian
+	var code int32
+	var chain string
+	for ad.Next() {
+		switch ad.Type() {
+		case unix.NFTA_VERDICT_CODE:
+			code = int32(ad.Uint32())
+		case unix.NFTA_VERDICT_CHAIN:
+			chain = ad.String()
+		}
+	}
+	switch code {
+	case 0: // NF_DROP
+		return "drop"
+	case 1: // NF_ACCEPT
+		return "accept"
+	case unix.NFT_JUMP:
+		return "jump " + chain
+	case unix.NFT_GOTO:
+		return "goto " + chain
+	case unix.NFT_RETURN:
+		return "return"
+	case unix.NFT_CONTINUE:
+		return "continue"
+	}
+	return fmt.Sprintf("verdict-%d", code)
 }
 
 // verdictOf is the rule's verdict if it drops: "DROP", "REJECT <with>",

@@ -102,8 +102,9 @@ type Meaning struct {
 	// "" when kdrop evaluated NetworkPolicies itself without an engine's
 	// rule naming them.
 	Engine string
-	// Service is "namespace/name:port" (the port's name, or its number
-	// when unnamed) for kube-proxy's meanings.
+	// Service is the Service port kube-proxy's rule is for, as kube-proxy
+	// names it (ServicePortName.String()): "namespace/name:port" with the
+	// port's name, or "namespace/name" when the port has no name.
 	Service string
 	// NetworkPolicies are the policies that isolate the pod in Direction
 	// and allow nothing matching the packet, sorted.

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -21,10 +22,14 @@ import (
 // MaxEventSeries bounds the label sets of kdrop_events_total.
 const MaxEventSeries = 2000
 
+// MaxNetfilterSeries bounds the label sets of kdrop_netfilter_drops_total.
+const MaxNetfilterSeries = 500
+
 // Agent is the agent's metrics. Label sets stay bounded: event type,
 // reason, namespace, workload; never addresses, ports or pod names.
 type Agent struct {
 	counts                       *eventCounter // adds to kdrop_events_total, at most MaxEventSeries label sets
+	netfilter                    *eventCounter // adds to kdrop_netfilter_drops_total, at most MaxNetfilterSeries
 	lostLines, missed, coarsened prometheus.Counter
 }
 
@@ -44,8 +49,13 @@ func NewAgent(reg prometheus.Registerer, src Sources) *Agent {
 		Name: "kdrop_events_total",
 		Help: fmt.Sprintf("Occurrences of kernel drops, listen queue overflows and ICMP errors sent, by type, reason (drop reason, ICMP error or queue), and the namespace and workload (KIND/NAME) of the pod concerned, or Service/NAME for traffic to a Service address. At most %d label sets: past that, the one updated least recently is dropped.", MaxEventSeries),
 	}, []string{"type", "reason", "namespace", "workload"})
+	nfDrops := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "kdrop_netfilter_drops_total",
+		Help: fmt.Sprintf("Occurrences of drops by a netfilter rule (NETFILTER_DROP), by the rule's Kubernetes meaning (no-endpoints, no-local-endpoints, invalid-conntrack, martian-localhost, source-range, network-policy; none when it has none) and the namespace of its Service or NetworkPolicy, else of the pod concerned. At most %d label sets: past that, the one updated least recently is dropped.", MaxNetfilterSeries),
+	}, []string{"meaning", "namespace"})
 	m := &Agent{
-		counts: newEventCounter(events, MaxEventSeries),
+		counts:    newEventCounter(events, 4, MaxEventSeries),
+		netfilter: newEventCounter(nfDrops, 2, MaxNetfilterSeries),
 		lostLines: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "kdrop_lost_lines_total",
 			Help: "Events whose line found the ring buffer full: their lines (stdout, /events) are missing, but their occurrences came back in later summary lines, so kdrop_events_total stays exact.",
@@ -70,7 +80,7 @@ func NewAgent(reg prometheus.Registerer, src Sources) *Agent {
 			hooks.WithLabelValues(h.Hook, string(h.Mode)).Set(1)
 		}
 	}
-	reg.MustRegister(events, m.lostLines, m.missed, m.coarsened, hooks,
+	reg.MustRegister(events, nfDrops, m.lostLines, m.missed, m.coarsened, hooks,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "kdrop_identity_healthy",
 			Help: "1 when pod identity is synced and the API server answers; events are marked unresolved otherwise.",
@@ -129,10 +139,23 @@ func (m *Agent) Observe(ev *line.Event) {
 	case who.Kind == k8s.KindService:
 		ns, wl = who.Namespace, "Service/"+who.Name
 	}
-	m.counts.add(eventLabels{ev.Type.String(), ev.What(), ns, wl}, float64(ev.Count))
+	m.counts.add(labelSet{ev.Type.String(), ev.What(), ns, wl}, float64(ev.Count))
+	if ev.Rule != nil {
+		meaning := "none"
+		if k := ev.Rule.K8s; k != nil {
+			meaning = k.Kind
+			if svcNS, _, ok := strings.Cut(k.Service, "/"); ok {
+				ns = svcNS
+			} else if len(k.NetworkPolicies) > 0 {
+				ns = k.NetworkPolicies[0].Namespace
+			}
+		}
+		m.netfilter.add(labelSet{meaning, ns}, float64(ev.Count))
+	}
 }
 
-// eventCounter is kdrop_events_total with its label sets bounded:
+// eventCounter is a counter vector (kdrop_events_total,
+// kdrop_netfilter_drops_total) with its label sets bounded:
 // namespaces and workloads come and go (a Job per run, a namespace per CI
 // pipeline) while an agent runs for months. It keeps at most max series;
 // past that, the one updated least recently is deleted. Prometheus keeps
@@ -140,22 +163,30 @@ func (m *Agent) Observe(ev *line.Event) {
 // which rate() and increase() read as a counter reset.
 type eventCounter struct {
 	vec    *prometheus.CounterVec
-	series *lru.Cache // eventLabels → prometheus.Counter
+	labels int        // how many labels vec has
+	series *lru.Cache // labelSet → prometheus.Counter
 }
 
-type eventLabels struct{ typ, reason, namespace, workload string }
+// labelSet is a series' label values in the vector's order; the vector's
+// label count of them are used (at most 4).
+type labelSet [4]string
 
-func newEventCounter(vec *prometheus.CounterVec, max int) *eventCounter {
-	return &eventCounter{vec: vec, series: lru.NewWithEvictionFunc(max, func(k lru.Key, _ any) {
-		l := k.(eventLabels)
-		vec.DeleteLabelValues(l.typ, l.reason, l.namespace, l.workload)
-	})}
+func newEventCounter(vec *prometheus.CounterVec, labels, max int) *eventCounter {
+	c := &eventCounter{vec: vec, labels: labels}
+	c.series = lru.NewWithEvictionFunc(max, func(k lru.Key, _ any) {
+		l := k.(labelSet)
+		vec.DeleteLabelValues(c.values(l)...)
+	})
+	return c
 }
 
-func (c *eventCounter) add(l eventLabels, n float64) {
+// values are l's values for the vector's labels.
+func (c *eventCounter) values(l labelSet) []string { return l[:c.labels] }
+
+func (c *eventCounter) add(l labelSet, n float64) {
 	v, ok := c.series.Get(l)
 	if !ok {
-		v = c.vec.WithLabelValues(l.typ, l.reason, l.namespace, l.workload)
+		v = c.vec.WithLabelValues(c.values(l)...)
 		c.series.Add(l, v)
 	}
 	v.(prometheus.Counter).Add(n)

@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netfilter"
 	"github.com/kdrop/kdrop/cmd/kdrop/line"
 	"github.com/kdrop/kdrop/k8s"
 	"github.com/kdrop/kdrop/tracer"
@@ -98,5 +99,44 @@ func TestObserveLabels(t *testing.T) {
 		if !strings.Contains(rr.Body.String(), want+"\n") {
 			t.Errorf("metrics lack %s:\n%s", want, rr.Body.String())
 		}
+	}
+}
+
+// kdrop_netfilter_drops_total: by the rule's Kubernetes meaning ("none"
+// without one) and the namespace of its Service or NetworkPolicy, else the
+// pod's; never by rule handle or Service port.
+func TestNetfilterDrops(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := NewAgent(reg, Sources{})
+	drop := func(r *netfilter.Rule, dst *k8s.Endpoint, n uint64) {
+		e := &line.Event{DstK8s: dst, Rule: r}
+		e.Type, e.Reason, e.Count = tracer.Drop, "NETFILTER_DROP", n
+		m.Observe(e)
+	}
+	pod := &k8s.Endpoint{Kind: k8s.KindPod, Namespace: "db", Name: "pg-0"}
+	noEP := func(svc string) *netfilter.Rule {
+		return &netfilter.Rule{Ref: netfilter.Ref{Table: "filter", Chain: "KUBE-SERVICES", Handle: 7},
+			K8s: &netfilter.Meaning{Kind: netfilter.MeaningNoEndpoints, Service: svc}}
+	}
+	drop(noEP("shop/cart:http"), nil, 3)
+	drop(noEP("shop/web:8080"), nil, 2)
+	drop(&netfilter.Rule{K8s: &netfilter.Meaning{Kind: netfilter.MeaningNetworkPolicy,
+		NetworkPolicies: []netfilter.PolicyRef{{Namespace: "db", Name: "deny"}}}}, nil, 1)
+	drop(&netfilter.Rule{Ref: netfilter.Ref{Table: "filter", Chain: "INPUT", Handle: 3}}, pod, 4)
+	drop(nil, pod, 5) // not attributed (--rules=false): not counted here
+	rr := httptest.NewRecorder()
+	promhttp.HandlerFor(reg, promhttp.HandlerOpts{}).ServeHTTP(rr, httptest.NewRequest("GET", "/metrics", nil))
+	text := rr.Body.String()
+	for _, want := range []string{
+		`kdrop_netfilter_drops_total{meaning="no-endpoints",namespace="shop"} 5`,
+		`kdrop_netfilter_drops_total{meaning="network-policy",namespace="db"} 1`,
+		`kdrop_netfilter_drops_total{meaning="none",namespace="db"} 4`,
+	} {
+		if !strings.Contains(text, want+"\n") {
+			t.Errorf("metrics lack %s:\n%s", want, text)
+		}
+	}
+	if n := strings.Count(text, "kdrop_netfilter_drops_total{"); n != 3 {
+		t.Errorf("%d series of kdrop_netfilter_drops_total, want 3", n)
 	}
 }

@@ -14,8 +14,8 @@ func TestEventSeriesBounded(t *testing.T) {
 	vec := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "kdrop_events_total", Help: "test"},
 		[]string{"type", "reason", "namespace", "workload"})
 	reg.MustRegister(vec)
-	c := newEventCounter(vec, 3)
-	job := func(i int) eventLabels { return eventLabels{"drop", "NO_SOCKET", "ci", fmt.Sprintf("Job/run-%d", i)} }
+	c := newEventCounter(vec, 4, 3)
+	job := func(i int) labelSet { return labelSet{"drop", "NO_SOCKET", "ci", fmt.Sprintf("Job/run-%d", i)} }
 	for i := range 3 {
 		c.add(job(i), 1)
 	}

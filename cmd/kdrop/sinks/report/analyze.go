@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netfilter"
 	"github.com/kdrop/kdrop/tracer"
 )
 
@@ -34,7 +35,9 @@ type Finding struct {
 	// Kind is a stable name of the rule that found it: somaxconn, backlog,
 	// listen-queue, syncookies, stale-endpoint, no-endpoints, no-socket,
 	// closed-connection, netfilter, drop-reason, icmp, missed, lost,
-	// truncated, gap, unresolved.
+	// truncated, gap, unresolved; and the kinds of a rule's Kubernetes
+	// meaning: no-local-endpoints, invalid-conntrack, martian-localhost,
+	// source-range, network-policy.
 	Kind   string
 	Title  string // one line, with the workload and the numbers
 	Detail string // what happened, in plain words
@@ -114,6 +117,7 @@ func analyze(rec *Incident) *analysis {
 	a.overflowFindings()
 	a.staleFindings()
 	a.noEndpointFindings()
+	a.meaningFindings()
 	a.noSocketFindings()
 	a.netfilterFindings()
 	a.otherDropFindings()
@@ -575,16 +579,25 @@ containers:
 
 func (a *analysis) noEndpointFindings() {
 	var gs groups
+	byRule := map[*group]bool{} // kube-proxy's rule said so
 	for _, f := range a.rec.Flows {
 		k := f.DstK8s
-		if a.used[f] || !known(k) || k.Kind != "service" || k.ReadyEndpoints != 0 {
+		svc := ""
+		switch {
+		case a.used[f]:
 			continue
-		}
-		if !(f.Type == "unreach" && (f.ICMP == "port-unreachable" || isHostUnreach(f.ICMP) || strings.Contains(f.ICMP, "prohibited"))) &&
-			!(f.Type == "drop" && f.Reason == "NETFILTER_DROP") {
+		case f.Meaning.Kind == netfilter.MeaningNoEndpoints && f.Meaning.Service != "":
+			svc = f.Meaning.Service
+		case !known(k) || k.Kind != "service" || k.ReadyEndpoints != 0:
 			continue
+		case !(f.Type == "unreach" && (f.ICMP == "port-unreachable" || isHostUnreach(f.ICMP) || strings.Contains(f.ICMP, "prohibited"))) &&
+			!(f.Type == "drop" && f.Reason == "NETFILTER_DROP"):
+			continue
+		default:
+			svc = nsName(k.Namespace, k.Name)
 		}
-		g := gs.get(nsName(k.Namespace, k.Name))
+		g := gs.get(svc)
+		byRule[g] = byRule[g] || f.Meaning.Kind == netfilter.MeaningNoEndpoints
 		g.add(f)
 		if f.Dport != 0 {
 			g.pods.add(fmt.Sprint(f.Dport), f.Count) // ports, here
@@ -610,6 +623,9 @@ func (a *analysis) noEndpointFindings() {
 		fmt.Fprintf(&d, "%s, %s%s of Service %s were refused: kube-proxy REJECTs traffic to a Service without ready endpoints, so the client gets an ICMP error (\"Connection refused\" or \"No route to host\") at once. ",
 			capital(span(g.first, g.last)), plural(g.count, "connection attempt", "connection attempts"), ports, svc)
 		fmt.Fprintf(&d, "Clients: %s. Rejected by: %s.", g.sources.list(3), g.senders.names(3))
+		if byRule[g] {
+			d.WriteString(" kube-proxy's own rule for this Service (its \"has no endpoints\" REJECT, named by kdrop) dropped them.")
+		}
 		if len(backers) > 0 {
 			fmt.Fprintf(&d, " Pods of %s back this Service (seen in this recording).", backers.names(2))
 		}
@@ -624,6 +640,114 @@ func (a *analysis) noEndpointFindings() {
 			fmt.Sprintf("If no pod matches, compare the selector (`kubectl get svc %s -n %s -o jsonpath='{.spec.selector}'`) with the pod labels (`kubectl get pods -n %s --show-labels`).", name, ns, ns),
 			fmt.Sprintf("Check that %s is scaled above 0 and its rollout is not stuck (`kubectl rollout status`), and that its pods are not crash-looping.", who),
 		}, "\n")
+		a.add(fd)
+	}
+}
+
+// ---------------------------------------------------------------------------
+// Drops whose rule kdrop decoded into its Kubernetes meaning (rule.k8s):
+// one finding per meaning and Service or NetworkPolicies. No endpoints at
+// all is noEndpointFindings'.
+
+func (a *analysis) meaningFindings() {
+	var gs groups
+	meaning := map[*group]Meaning{}
+	ports := map[*group]counter{}
+	for _, f := range a.rec.Flows {
+		m := f.Meaning
+		if a.used[f] || m.Kind == "" || m.Kind == netfilter.MeaningNoEndpoints {
+			continue
+		}
+		g := gs.get(m.Kind + "|" + m.Service + "|" + m.Policies + "|" + m.Direction + "|" + fmt.Sprint(m.Internal))
+		g.add(f)
+		meaning[g] = m
+		if ports[g] == nil {
+			ports[g] = counter{}
+		}
+		if f.Dport != 0 {
+			ports[g].add(strings.ToUpper(f.Proto)+" "+fmt.Sprint(f.Dport), f.Count)
+		}
+		a.used[f] = true
+	}
+	for _, g := range gs.order {
+		m := meaning[g]
+		svc := m.Service
+		if m.Port != "" {
+			svc += " port " + m.Port
+		}
+		on := ""
+		if len(ports[g]) > 0 {
+			on = " on " + ports[g].names(3)
+		}
+		when := capital(span(g.first, g.last))
+		fd := Finding{Severity: SevWarning, Kind: m.Kind, Count: g.count, First: g.first, Last: g.last}
+		var fix []string
+		switch m.Kind {
+		case netfilter.MeaningNoLocalEndpoints:
+			policy := "externalTrafficPolicy"
+			if m.Internal {
+				policy = "internalTrafficPolicy"
+			}
+			fd.Severity = SevCritical
+			fd.Title = fmt.Sprintf("%s: Local on Service %s and no endpoint on %s: %s dropped", policy, m.Service, g.senders.names(3), plural(g.count, "packet", "packets"))
+			fd.Detail = fmt.Sprintf("%s, kube-proxy dropped %s to Service %s%s from %s: the Service has %s: Local and the node has no ready endpoint of it, so the traffic is dropped instead of forwarded to another node (clients time out).",
+				when, plural(g.count, "packet", "packets"), svc, on, g.sources.list(3), policy)
+			if m.Internal {
+				fix = []string{
+					fmt.Sprintf("Run an endpoint of %s on every node whose pods call it (a DaemonSet), or set `internalTrafficPolicy: Cluster`.", m.Service),
+				}
+			} else {
+				fix = []string{
+					fmt.Sprintf("Use `externalTrafficPolicy: Cluster` on %s (the client's source address is then lost to SNAT), or", m.Service),
+					"make the load balancer health-check the node port of `spec.healthCheckNodePort`, so it only sends to nodes with a ready endpoint (cloud load balancers do this by default; check MetalLB/custom ones).",
+					"Or run an endpoint on every node that receives the traffic.",
+				}
+			}
+		case netfilter.MeaningSourceRange:
+			fd.Title = fmt.Sprintf("Service %s refused sources outside its loadBalancerSourceRanges: %s dropped", m.Service, plural(g.count, "packet", "packets"))
+			fd.Detail = fmt.Sprintf("%s, kube-proxy dropped %s to Service %s%s from %s: their source is not in the Service's `spec.loadBalancerSourceRanges`.",
+				when, plural(g.count, "packet", "packets"), svc, on, g.sources.list(3))
+			fix = []string{
+				fmt.Sprintf("If these clients should reach %s, add their address range to `spec.loadBalancerSourceRanges`.", m.Service),
+				"If not, nothing to fix: the range is working.",
+			}
+		case netfilter.MeaningInvalidConntrack:
+			fd.Title = fmt.Sprintf("kube-proxy dropped %s that conntrack calls INVALID", plural(g.count, "packet", "packets"))
+			fd.Detail = fmt.Sprintf("%s, kube-proxy's rule for conntrack state INVALID dropped %s%s from %s to %s, on %s. Usually TCP packets out of the window conntrack tracks (retransmissions after a conntrack entry was lost, asymmetric routing); the connection may be reset or stall.",
+				when, plural(g.count, "packet", "packets"), on, g.sources.list(3), g.pods.names(3), g.senders.names(3))
+			fix = []string{
+				"Check conntrack's own counters on the node: `conntrack -S` (invalid, insert_failed, drop) and `net.netfilter.nf_conntrack_count` against `nf_conntrack_max`.",
+				"Setting `net.netfilter.nf_conntrack_tcp_be_liberal=1` (kube-proxy's `conntrack.tcpBeLiberal`) makes kube-proxy skip this rule.",
+			}
+		case netfilter.MeaningMartianLocalhost:
+			fd.Title = fmt.Sprintf("Traffic from outside to 127.0.0.0/8 blocked: %s dropped", plural(g.count, "packet", "packets"))
+			fd.Detail = fmt.Sprintf("%s, the KUBE-FIREWALL rule (kubelet's and kube-proxy's) dropped %s%s from %s to a loopback address on %s: with route_localnet on, such packets from other hosts are martians.",
+				when, plural(g.count, "packet", "packets"), on, g.sources.list(3), g.senders.names(3))
+			fix = []string{"Do not reach NodePorts through 127.0.0.1 from other hosts; use the node's address (kube-proxy's `nodePortAddresses` chooses which are served)."}
+		case netfilter.MeaningNetworkPolicy:
+			dir, who := "ingress", "destination"
+			if m.Direction == "egress" {
+				dir, who = "egress", "source"
+			}
+			f0 := g.flows[0]
+			src, dst := workload(f0.SrcK8s, f0.Src), workload(f0.DstK8s, f0.Dst)
+			what := strings.TrimPrefix(on, " on ")
+			if what == "" {
+				what = "its port"
+			}
+			fd.Title = fmt.Sprintf("NetworkPolicy %s blocks %s from %s to %s%s: %s dropped", m.Policies, dir, src, dst, on, plural(g.count, "packet", "packets"))
+			fd.Detail = fmt.Sprintf("%s, %s from %s to %s%s were dropped: NetworkPolicy %s selects the %s for %s and none of its rules allows this traffic.",
+				when, plural(g.count, "packet", "packets"), g.sources.list(3), dst, on, m.Policies, who, dir)
+			peer := src
+			if dir == "egress" {
+				peer = dst
+			}
+			fix = []string{
+				fmt.Sprintf("If it should pass, add an allow rule to NetworkPolicy %s for %s on %s (`kubectl edit networkpolicy`; namespaceSelector and podSelector both have to match).", m.Policies, peer, what),
+				"If it should be blocked, nothing to fix: the policy is working.",
+			}
+		}
+		fd.Fix = strings.Join(fix, "\n")
 		a.add(fd)
 	}
 }

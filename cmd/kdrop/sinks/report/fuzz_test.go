@@ -58,6 +58,11 @@ func fuzzReportOnce(t testing.TB, kind uint8, ns, name, wlKind, wl, reason, wher
 			ev(1, typ, 300, fields),
 			ev(2, "unreach", 5, other),
 			ev(3, "drop", 2, map[string]any{"reason": where, "location": reason, "node": node, "src_k8s": id}),
+			// a rule with a Kubernetes meaning of the fuzzer's names
+			ev(4, "drop", 3, map[string]any{"reason": "NETFILTER_DROP", "node": node, "src_k8s": id, "dst": "10.0.0.3", "dport": 80,
+				"rule": map[string]any{"backend": "nftables", "table": "filter", "chain": "KUBE-SERVICES", "handle": 1, "verdict": "DROP", "how": "counter",
+					"k8s": map[string]any{"meaning": meanings[int(kind)%len(meanings)], "engine": wlKind, "service": ns + "/" + name + ":" + wl,
+						"network_policy": []map[string]any{{"namespace": ns, "name": wl}}, "direction": reason, "text": where}}}),
 			notice(map[string]any{"type": "notice", "node": node, "message": where, "gap_from": "2026-11-27T11:50:03Z", "gap_to": "2026-11-27T11:50:04Z"}),
 			notice(map[string]any{"type": "missed", "node": node, "missed": 3, "cause": reason}),
 			raw,
@@ -82,6 +87,9 @@ func fuzzReportOnce(t testing.TB, kind uint8, ns, name, wlKind, wl, reason, wher
 		checkHTML(t, page.String(), inputs)
 	}
 }
+
+// meanings are the kinds of rule.k8s, and one kdrop does not know.
+var meanings = []string{"no-endpoints", "no-local-endpoints", "invalid-conntrack", "martian-localhost", "source-range", "network-policy", "later-kind"}
 
 func jsonLine(m map[string]any) string {
 	b, err := json.Marshal(m)

@@ -131,6 +131,24 @@ type FlowID struct {
 	Somaxconn          uint32
 	SrcK8s, DstK8s     *K8s
 	WhereK8s           *K8s
+	// Meaning is the Kubernetes meaning of the netfilter rule that
+	// dropped it (the line's rule.k8s), checked; zero when none.
+	Meaning Meaning
+}
+
+// Meaning is a drop rule's Kubernetes meaning as a report keeps it (see
+// netfilter.Meaning): every field checked, comparable.
+type Meaning struct {
+	Kind string // netfilter.Meaning* ("no-endpoints", …)
+	// Service is "namespace/name" and Port the Service port's name or
+	// number ("" when kube-proxy's comment named none).
+	Service, Port string
+	// Internal: no local endpoints under internalTrafficPolicy: Local
+	// (else externalTrafficPolicy: Local).
+	Internal bool
+	// Policies are the NetworkPolicies, "ns/name, ns/name" (at most
+	// maxPolicies), and Direction "ingress" or "egress".
+	Policies, Direction string
 }
 
 // Flow is the sum of the events with one FlowID.
@@ -396,6 +414,9 @@ func (p *parser) event(e *line.Event) {
 		id.Reason, id.ReasonCode, id.Location = p.check(asReason, e.Reason), e.ReasonCode, p.check(asLocation, e.Location)
 		if id.Reason == "" {
 			id.Reason = "unknown"
+		}
+		if e.Rule != nil {
+			id.Meaning = cleanMeaning(e.Rule.K8s)
 		}
 	case tracer.Unreachable:
 		id.ICMP, id.ICMPType, id.ICMPCode = e.What(), e.ICMPType, e.ICMPCode

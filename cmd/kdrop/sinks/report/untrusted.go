@@ -1,11 +1,14 @@
 package report
 
 import (
+	"fmt"
 	"regexp"
 	"strconv"
 	"strings"
 
 	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netfilter"
 )
 
 // A recording is a file from someone else: every string in it is
@@ -101,6 +104,42 @@ func cleanK8s(k *K8s) *K8s {
 		c.Previous = append(c.Previous, *cleanK8s(&k.Previous[i]))
 	}
 	return &c
+}
+
+// maxPolicies bounds the NetworkPolicies a report keeps of one drop.
+const maxPolicies = 5
+
+// cleanMeaning checks a rule's Kubernetes meaning: an unknown kind is no
+// meaning (a later kdrop's kind reads as a plain netfilter drop); names
+// that are not Kubernetes names are marked.
+func cleanMeaning(m *netfilter.Meaning) Meaning {
+	if m == nil {
+		return Meaning{}
+	}
+	switch m.Kind {
+	case netfilter.MeaningNoEndpoints, netfilter.MeaningNoLocalEndpoints, netfilter.MeaningInvalidConntrack,
+		netfilter.MeaningMartianLocalhost, netfilter.MeaningSourceRange, netfilter.MeaningNetworkPolicy:
+	default:
+		return Meaning{}
+	}
+	c := Meaning{Kind: m.Kind, Internal: strings.Contains(m.Text, "internalTrafficPolicy")}
+	svc, port, _ := strings.Cut(m.Service, ":")
+	c.Service = checked(svc, isNsName)
+	c.Port = checked(port, func(s string) bool {
+		_, err := strconv.ParseUint(s, 10, 16)
+		return err == nil || len(validation.IsValidPortName(s)) == 0
+	})
+	var ps []string
+	for i, p := range m.NetworkPolicies {
+		if i == maxPolicies {
+			ps = append(ps, fmt.Sprintf("and %d more", len(m.NetworkPolicies)-maxPolicies))
+			break
+		}
+		ps = append(ps, checked(p.String(), isNsName))
+	}
+	c.Policies = strings.Join(ps, ", ")
+	c.Direction = checked(m.Direction, func(s string) bool { return s == "ingress" || s == "egress" })
+	return c
 }
 
 // cleanHeader checks the header's strings.
