@@ -7,6 +7,7 @@
 //	SentToDeletedPod     the client pod: packets to the IP of a pod deleted before, answered host-unreachable
 //	NoReadyEndpoints     the Service: connections rejected (NETFILTER_DROP) while it has no ready endpoints
 //	NothingListening     the destination pod: packets to a port of its IP where no socket listens (NO_SOCKET)
+//	NetworkPolicyDenied  the isolated pod: packets its NetworkPolicies allow none of (rule.k8s, ingress or egress)
 //
 // One Event series per object and reason: its count (series.count, or 1
 // without a series) is the number of occurrences the stream showed for it;
@@ -41,6 +42,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netfilter"
 	"github.com/kdrop/kdrop/cmd/kdrop/line"
 	"github.com/kdrop/kdrop/k8s"
 	"github.com/kdrop/kdrop/tracer"
@@ -52,6 +54,7 @@ const (
 	ReasonDeletedPod       = "SentToDeletedPod"
 	ReasonNoEndpoints      = "NoReadyEndpoints"
 	ReasonNothingListening = "NothingListening"
+	ReasonPolicyDenied     = "NetworkPolicyDenied"
 )
 
 // Controller is the Events' reportingController.
@@ -254,6 +257,7 @@ var what = map[string]string{
 	ReasonDeletedPod:       "packets to a deleted pod",
 	ReasonNoEndpoints:      "connections rejected",
 	ReasonNothingListening: "packets dropped",
+	ReasonPolicyDenied:     "packets denied by NetworkPolicy",
 }
 
 // classify says whether ev is a finding: the object it is about, the
@@ -285,6 +289,15 @@ func classify(ev *line.Event) (ref corev1.ObjectReference, reason, detail string
 		d := ev.DstK8s
 		return corev1.ObjectReference{APIVersion: "v1", Kind: "Service", Namespace: d.Namespace, Name: d.Name, UID: types.UID(d.UID)},
 			ReasonNoEndpoints, fmt.Sprintf("to %s %s, dropped by a firewall rule while the Service has no ready endpoints (kube-proxy rejects them)", tracer.ProtoName(ev.Proto), ev.Dst), true
+	case ev.Type == tracer.Drop && ev.Rule != nil && ev.Rule.K8s != nil && ev.Rule.K8s.Kind == netfilter.MeaningNetworkPolicy:
+		isolated := ev.DstK8s // ingress: the destination is isolated
+		if ev.Rule.K8s.Direction == "egress" {
+			isolated = ev.SrcK8s
+		}
+		if !pod(isolated) {
+			return ref, "", "", false
+		}
+		return podRef(isolated), ReasonPolicyDenied, ev.Rule.K8s.Text, true
 	case ev.Type == tracer.Drop && ev.Reason == "NO_SOCKET" && pod(ev.DstK8s) && !ev.DstK8s.HostNetwork:
 		return podRef(ev.DstK8s), ReasonNothingListening, fmt.Sprintf("nothing listens on %s port %d of %s (NO_SOCKET)", tracer.ProtoName(ev.Proto), ev.Dst.Port(), ev.Dst.Addr()), true
 	}

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netfilter"
 	"github.com/kdrop/kdrop/cmd/kdrop/line"
 	"github.com/kdrop/kdrop/k8s"
 	"github.com/kdrop/kdrop/tracer"
@@ -38,6 +39,14 @@ func TestClassify(t *testing.T) {
 			"cart", "Service", ReasonNoEndpoints, "connections rejected: to tcp 10.96.0.12:80, dropped by a firewall rule while the Service has no ready endpoints (kube-proxy rejects them) (seen by kdrop)"},
 		{"NO_SOCKET on a pod", line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NO_SOCKET", Proto: 17, Dst: dst}, DstK8s: pod("api")},
 			"api", "Pod", ReasonNothingListening, "packets dropped: nothing listens on udp port 8080 of 10.244.0.9 (NO_SOCKET) (seen by kdrop)"},
+		{"a NetworkPolicy isolates the destination", line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NETFILTER_DROP", Proto: 6, Dst: dst},
+			SrcK8s: pod("client"), DstK8s: pod("db"), Rule: &netfilter.Rule{Unknown: "no drop rule's counter moved and none matches", K8s: &netfilter.Meaning{
+				Kind: netfilter.MeaningNetworkPolicy, Direction: "ingress", NetworkPolicies: []netfilter.PolicyRef{{Namespace: "shop", Name: "db-ingress"}},
+				Text: "NetworkPolicy shop/db-ingress isolates shop/db for ingress; none allows TCP 8080 from shop/client"}}},
+			"db", "Pod", ReasonPolicyDenied, "packets denied by NetworkPolicy: NetworkPolicy shop/db-ingress isolates shop/db for ingress; none allows TCP 8080 from shop/client (seen by kdrop)"},
+		{"a NetworkPolicy isolates the source", line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NETFILTER_DROP", Proto: 6, Dst: dst},
+			SrcK8s: pod("client"), DstK8s: pod("db"), Rule: &netfilter.Rule{K8s: &netfilter.Meaning{Kind: netfilter.MeaningNetworkPolicy, Direction: "egress", Text: "x"}}},
+			"client", "Pod", ReasonPolicyDenied, "packets denied by NetworkPolicy: x (seen by kdrop)"},
 		{"NETFILTER_DROP to a Service with endpoints", line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NETFILTER_DROP", Dst: dst}, DstK8s: backed}, "", "", "", ""},
 		{"NO_SOCKET on a hostNetwork pod (the node's)", line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NO_SOCKET", Dst: dst}, DstK8s: hostPod}, "", "", "", ""},
 		{"NO_SOCKET to a deleted pod", line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NO_SOCKET", Dst: dst}, DstK8s: deleted}, "", "", "", ""},
