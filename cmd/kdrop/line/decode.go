@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netfilter"
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich/route"
 	"github.com/kdrop/kdrop/k8s"
 	"github.com/kdrop/kdrop/tracer"
 )
@@ -122,6 +123,14 @@ type wire struct {
 	DstK8s      json.RawMessage `json:"dst_k8s"`
 	WhereK8s    json.RawMessage `json:"where_k8s"`
 	Rule        *wireRule       `json:"rule"`
+	Route       *wireRoute      `json:"route"`
+}
+
+// wireRoute is a route as written.
+type wireRoute struct {
+	Type  string       `json:"type"`
+	Dst   netip.Prefix `json:"dst"`
+	Table int          `json:"table"`
 }
 
 // wireRule is a netfilter rule as written (appendRule).
@@ -386,6 +395,9 @@ func (d *Decoder) event(w *wire, l *Line) error {
 		e.Reason, e.ReasonCode, e.Location = w.Reason, w.ReasonCode, w.Location
 		if w.Rule != nil {
 			e.Rule = w.Rule.rule()
+		}
+		if w.Route != nil {
+			e.Route = &route.Route{Type: w.Route.Type, Dst: w.Route.Dst, Table: w.Route.Table}
 		}
 	case tracer.Unreachable:
 		e.ICMPType, e.ICMPCode = w.ICMPType, w.ICMPCode

@@ -60,6 +60,15 @@ func AppendEvent(b []byte, e *Event) []byte {
 			b = append(b, `,"rule":`...)
 			b = appendRule(b, e.Rule)
 		}
+		if r := e.Route; r != nil {
+			b = append(b, `,"route":{"type":`...)
+			b = appendString(b, r.Type)
+			b = append(b, `,"dst":"`...)
+			b = r.Dst.AppendTo(b)
+			b = append(b, `","table":`...)
+			b = strconv.AppendInt(b, int64(r.Table), 10)
+			b = append(b, '}')
+		}
 	case tracer.Unreachable:
 		b = appendICMP(b, e.Family == 6, e.ICMPType, e.ICMPCode)
 		b = append(b, `,"icmp_type":`...)

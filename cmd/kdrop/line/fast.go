@@ -31,7 +31,7 @@ var wireNames = map[string]bool{
 // by TestFastPath).
 var eventNames = []string{"time", "type", "count", "summary", "source", "coarse", "node", "netns", "ifindex", "proto",
 	"src", "sport", "dst", "dport", "tcp_flags", "reason", "reason_code", "location", "icmp_type", "icmp_code", "icmp_mtu", "icmp_pointer",
-	"queue", "queue_len", "queue_max", "syn_queue_len", "syncookie", "somaxconn", "src_k8s", "dst_k8s", "where_k8s", "rule"}
+	"queue", "queue_len", "queue_max", "syn_queue_len", "syncookie", "somaxconn", "src_k8s", "dst_k8s", "where_k8s", "rule", "route"}
 
 func init() {
 	for _, k := range eventNames {
@@ -293,6 +293,12 @@ func (d *Decoder) fastWire(b []byte, w *wire, r *fastReader) bool {
 			if raw, ok = r.object(); ok {
 				w.Rule = new(wireRule)
 				ok = json.Unmarshal(raw, w.Rule) == nil
+			}
+		case "route": // route drops only: encoding/json for its object
+			var raw []byte
+			if raw, ok = r.object(); ok {
+				w.Route = new(wireRoute)
+				ok = json.Unmarshal(raw, w.Route) == nil
 			}
 		default:
 			ok = unknownField(key, r)

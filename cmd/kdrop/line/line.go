@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netfilter"
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich/route"
 	"github.com/kdrop/kdrop/k8s"
 	"github.com/kdrop/kdrop/tracer"
 )
@@ -47,6 +48,10 @@ type Event struct {
 	// nil for other events, when attribution is off, and in lines written
 	// before kdrop named rules.
 	Rule *netfilter.Rule
+	// Route is the blackhole, unreachable or prohibit route behind a
+	// route drop ("route"; package route): nil for other events and when
+	// no such route contains the destination.
+	Route *route.Route
 }
 
 // Types of notice line.

@@ -15,6 +15,7 @@ import (
 	"github.com/santhosh-tekuri/jsonschema/v6"
 
 	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netfilter"
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich/route"
 	"github.com/kdrop/kdrop/k8s"
 	"github.com/kdrop/kdrop/tracer"
 )
@@ -81,6 +82,10 @@ func goldenEvents() []Event {
 				K8s: &netfilter.Meaning{Kind: netfilter.MeaningNetworkPolicy, Engine: "kube-router", Direction: "ingress",
 					NetworkPolicies: []netfilter.PolicyRef{{Namespace: "shop", Name: "db-ingress"}, {Namespace: "shop", Name: "default-deny"}},
 					Text:            "NetworkPolicies shop/db-ingress, shop/default-deny isolate shop/db-0 for ingress; none allows TCP 5432 from shop/api-1"}}},
+		// a route drop, named by its route
+		{Event: tracer.Event{Time: t0.Add(9700 * time.Millisecond), Type: tracer.Drop, Count: 3, Source: "tp_btf", Netns: 4026532301, Family: 4, Proto: 17,
+			Src: ap("198.18.1.2:40000"), Dst: ap("198.19.131.5:9"), Reason: "NOT_SPECIFIED", ReasonCode: 2, Location: "ip_error+0x4c"},
+			Route: &route.Route{Type: "blackhole", Dst: netip.MustParsePrefix("198.19.131.0/24"), Table: 254}},
 		{Event: tracer.Event{Time: t0.Add(10 * time.Second), Type: tracer.Drop, Count: 1, Source: "tp_btf", Netns: 4026532302, Family: 4, Proto: 17,
 			Dst: ap("198.18.2.3:53"), Reason: "NETFILTER_DROP", ReasonCode: 12, Location: "nf_hook_slow+0x9a"},
 			Rule: &netfilter.Rule{Backend: netfilter.BackendNftables, Unknown: "network namespace gone"}},

@@ -37,8 +37,17 @@ func (e *Event) TableRow() string {
 	}
 	row := fmt.Sprintf("%-13s %-9s %5s  %-23s %-6s %-24s %-24s %-10s %-11d %-24s %s",
 		e.Time.Local().Format("15:04:05.000"), e.Type, count, e.What(), tracer.ProtoName(e.Proto),
-		addrString(e.Src), dst, queue, e.Netns, where, e.Rule.Short())
+		addrString(e.Src), dst, queue, e.Netns, where, e.ruleColumn())
 	return strings.TrimRight(row, " ") + e.identities()
+}
+
+// ruleColumn is the RULE column: the netfilter rule, or the route that
+// dropped the packet ("route: blackhole 198.19.131.0/24").
+func (e *Event) ruleColumn() string {
+	if e.Route != nil {
+		return "route: " + e.Route.String()
+	}
+	return e.Rule.Short()
 }
 
 // ClusterRow renders e under ClusterTableHeader.
