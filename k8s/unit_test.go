@@ -119,6 +119,7 @@ func TestTransformPod(t *testing.T) {
 		ready:        true,
 		ips:          addrs("10.0.0.5", "fd00::5"),
 		hostIPs:      addrs("192.168.1.10"),
+		labels:       map[string]string{"app": "api", "pod-template-hash": "7c9f8d6b5"},
 	}
 	if !reflect.DeepEqual(p, want) {
 		t.Errorf("transformPod:\n got %+v\nwant %+v", p, want)
