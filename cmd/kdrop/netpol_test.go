@@ -9,11 +9,7 @@ package main
 // would write; which rule does not matter to the evaluation.)
 
 import (
-	"bufio"
 	"context"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -52,19 +48,8 @@ func TestNetworkPolicyDrop(t *testing.T) {
 	r := nstest.NewRouted(t)
 	r.Router.Sh(t, "iptables -A FORWARD -s "+nstest.ClientIP+" -d "+nstest.ServerIP+" -p tcp --dport 5432 -m comment --comment policy-engine -j DROP")
 
-	ready := filepath.Join(t.TempDir(), "ready")
-	cmd := exec.Command(kdropBin, "watch", "-o", "json", "--kubeconfig", env.Kubeconfig(), "--node", "test-node",
-		"--netns", "/run/netns/"+r.Router.Name, "--reason", "NETFILTER_DROP", "--duration", "60s", "--count", "1", "--ready-file", ready)
-	stdout, _ := cmd.StdoutPipe()
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	waitFile(t, ready, 60*time.Second)
+	sc, cmd := watchOne(t, env, r.Router, "--reason", "NETFILTER_DROP")
 	_ = r.Client.ConnectErr(t, nstest.ServerIP, 5432, 2*time.Second) // dropped: times out
-
-	sc := bufio.NewScanner(stdout)
 	if !sc.Scan() {
 		t.Fatalf("kdrop watch printed nothing (exit: %v)", cmd.Wait())
 	}
