@@ -19,10 +19,12 @@
 //     every peer, one without ports every port;
 //   - policies add up: allowed by one is allowed.
 //
-// What is not a pod — a Service IP, a node, something outside the cluster,
-// a hostNetwork pod (policies do not apply to hostNetwork pods) — is an
-// address that only ipBlocks can match, and is never isolated itself.
-// Protocols other than TCP, UDP and SCTP are not evaluated.
+// What is not a pod — a node, something outside the cluster, a hostNetwork
+// pod (policies do not apply to hostNetwork pods) — is an address that only
+// ipBlocks can match, and is never isolated itself. A packet to or from a
+// Service IP is not evaluated: policies apply to the pod kube-proxy
+// translates it to, which the packet does not say. Protocols other than
+// TCP, UDP and SCTP are not evaluated.
 package netpol
 
 import (
@@ -111,8 +113,8 @@ const (
 )
 
 // Evaluate returns what NetworkPolicies say about f: nil when they allow it
-// (or do not apply: no end is an isolated pod, the protocol is not TCP,
-// UDP or SCTP), else a netfilter.MeaningNetworkPolicy naming the policies
+// (or do not apply: no end is an isolated pod, an end is a Service IP, the
+// protocol is not TCP, UDP or SCTP), else a netfilter.MeaningNetworkPolicy naming the policies
 // that isolate the pod and allow nothing matching f. When both ends are
 // isolated and both directions deny, egress is named: the source's side
 // drops the packet first. nsLabels gives a namespace's labels
@@ -120,7 +122,7 @@ const (
 // two ends' namespaces.
 func (s *Set) Evaluate(f Flow, nsLabels func(ns string) map[string]string) (m *netfilter.Meaning) {
 	proto, ok := protocols[f.Proto]
-	if s == nil || !ok || !f.Src.Addr().IsValid() || !f.Dst.Addr().IsValid() {
+	if s == nil || !ok || !f.Src.Addr().IsValid() || !f.Dst.Addr().IsValid() || isService(f.SrcK8s) || isService(f.DstK8s) {
 		return nil
 	}
 	defer func() {
@@ -164,6 +166,10 @@ var protocols = map[uint8]corev1.Protocol{
 func isPod(e *k8s.Endpoint) bool {
 	return e != nil && e.Kind == k8s.KindPod && !e.HostNetwork && e.Namespace != ""
 }
+
+// isService says whether e is a Service IP: the packet has not been
+// translated to the pod policies apply to.
+func isService(e *k8s.Endpoint) bool { return e != nil && e.Kind == k8s.KindService }
 
 func peer(e *k8s.Endpoint, addr netip.Addr, nsLabels func(string) map[string]string) *matcher.TrafficPeer {
 	p := &matcher.TrafficPeer{IP: addr.Unmap().WithZone("").String()}

@@ -90,7 +90,7 @@ func TestEvaluate(t *testing.T) {
 		{"SCTP past the range", SCTP, "10.9.9.9:5000", "10.0.0.1:3871", nil, web, "ingress a/deny-all,a/web"},
 		{"TCP in the SCTP range", TCP, "10.9.9.9:5000", "10.0.0.1:3869", nil, web, "ingress a/deny-all,a/web"},
 		{"egress of an isolated source comes first", TCP, "10.0.0.2:5000", "10.0.0.1:8080", other, web, "egress a/deny-all"},
-		{"egress to a Service IP (not a pod)", TCP, "10.0.0.2:5000", "10.96.0.10:80", other, svc, "egress a/deny-all"},
+		{"to a Service IP: not translated yet, not evaluated", TCP, "10.0.0.2:5000", "10.96.0.10:80", other, svc, ""},
 		{"egress-only policy: ingress not isolated", TCP, "10.0.0.2:5000", "10.0.2.1:80", other, b0, "egress a/deny-all"},
 		{"egress-only policy: its pods' ingress is open", TCP, "10.9.9.9:5000", "10.0.2.1:80", nil, b0, ""},
 		{"egress-only policy allows its own namespace", UDP, "10.0.2.1:5000", "10.0.2.2:53", b0, b1, ""},
