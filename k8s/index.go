@@ -125,6 +125,8 @@ func podEndpoint(p *podInfo, rss, jobs map[nsName]*ownerInfo) Endpoint {
 		Ready:       p.ready,
 		Terminating: p.DeletionTimestamp != nil,
 		HostNetwork: p.hostNetwork,
+		Labels:      p.labels,
+		NamedPorts:  p.namedPorts,
 	}
 	ep.WorkloadKind, ep.WorkloadName = workload(p, rss, jobs)
 	return ep

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -320,11 +321,13 @@ func (p *podInfo) GetObjectKind() schema.ObjectKind   { return schema.EmptyObjec
 func (s *svcInfo) GetObjectKind() schema.ObjectKind   { return schema.EmptyObjectKind }
 func (s *sliceInfo) GetObjectKind() schema.ObjectKind { return schema.EmptyObjectKind }
 func (o *ownerInfo) GetObjectKind() schema.ObjectKind { return schema.EmptyObjectKind }
+func (n *nsInfo) GetObjectKind() schema.ObjectKind    { return schema.EmptyObjectKind }
 
 func (p *podInfo) DeepCopyObject() runtime.Object {
 	c := *p
 	p.ObjectMeta.DeepCopyInto(&c.ObjectMeta)
 	c.ips, c.hostIPs, c.ports = slices.Clone(p.ips), slices.Clone(p.hostIPs), slices.Clone(p.ports)
+	c.labels, c.namedPorts = maps.Clone(p.labels), slices.Clone(p.namedPorts)
 	return &c
 }
 
@@ -348,5 +351,11 @@ func (s *sliceInfo) DeepCopyObject() runtime.Object {
 func (o *ownerInfo) DeepCopyObject() runtime.Object {
 	c := *o
 	o.ObjectMeta.DeepCopyInto(&c.ObjectMeta)
+	return &c
+}
+
+func (n *nsInfo) DeepCopyObject() runtime.Object {
+	c := *n
+	n.ObjectMeta.DeepCopyInto(&c.ObjectMeta)
 	return &c
 }

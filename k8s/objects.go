@@ -3,11 +3,13 @@ package k8s
 import (
 	"net/netip"
 	"slices"
+	"unique"
 
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -54,6 +56,25 @@ type podInfo struct {
 	ips     []netip.Addr // status.podIPs (or status.podIP)
 	hostIPs []netip.Addr // status.hostIPs (or status.hostIP): the node's IPs
 	ports   []uint16     // containerPorts, kept only for hostNetwork pods; sorted, unique
+
+	// labels and namedPorts are what NetworkPolicies select and name;
+	// neither is kept for hostNetwork pods, which policies do not apply to.
+	// Label strings are interned (unique): pods of one workload share them.
+	labels     map[string]string
+	namedPorts []NamedPort
+}
+
+// NamedPort is a pod's container port that has a name: what a
+// NetworkPolicy port given by name ("http") stands for on that pod.
+type NamedPort struct {
+	Name     string
+	Port     uint16
+	Protocol corev1.Protocol // TCP, UDP or SCTP (the API's default TCP when unset)
+}
+
+// nsInfo is the namespace informer's stored object.
+type nsInfo struct {
+	metav1.ObjectMeta // Name, Labels (interned)
 }
 
 // svcInfo is the service informer's stored object.
@@ -166,8 +187,76 @@ func transformPod(obj any) (any, error) {
 		}
 		slices.Sort(info.ports)
 		info.ports = slices.Clip(slices.Compact(info.ports))
+	} else {
+		info.labels = internLabels(p.Labels)
+		info.namedPorts = namedPorts(p)
 	}
 	return info, nil
+}
+
+// internLabels copies labels with interned strings; nil when empty.
+func internLabels(labels map[string]string) map[string]string {
+	if len(labels) == 0 {
+		return nil
+	}
+	out := make(map[string]string, len(labels))
+	for k, v := range labels {
+		out[unique.Make(k).Value()] = unique.Make(v).Value()
+	}
+	return out
+}
+
+// namedPorts lists p's named container ports (init containers' too: a
+// sidecar's ports count), sorted by port; nil when none has a name.
+func namedPorts(p *corev1.Pod) []NamedPort {
+	var out []NamedPort
+	for _, list := range [][]corev1.Container{p.Spec.InitContainers, p.Spec.Containers} {
+		for _, c := range list {
+			for _, port := range c.Ports {
+				if port.Name == "" || port.ContainerPort <= 0 || port.ContainerPort >= 65536 {
+					continue
+				}
+				proto := port.Protocol
+				if proto == "" {
+					proto = corev1.ProtocolTCP
+				}
+				out = append(out, NamedPort{Name: unique.Make(port.Name).Value(), Port: uint16(port.ContainerPort), Protocol: proto})
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b NamedPort) int { return int(a.Port) - int(b.Port) })
+	return slices.Clip(out)
+}
+
+// transformNamespace is the namespace informer's cache.TransformFunc: a
+// namespace's name and labels (what NetworkPolicies' namespaceSelectors
+// match).
+func transformNamespace(obj any) (any, error) {
+	n, ok := obj.(*corev1.Namespace)
+	if !ok {
+		return obj, nil
+	}
+	return &nsInfo{ObjectMeta: metav1.ObjectMeta{Name: n.Name, Labels: internLabels(n.Labels)}}, nil
+}
+
+// transformNetworkPolicy is the NetworkPolicy informer's
+// cache.TransformFunc: the policy's name, namespace and spec, without
+// annotations and managedFields. An empty policyTypes (the API server
+// defaults it, so only an old object lacks it) gets the API's default:
+// Ingress, plus Egress when the policy has egress rules.
+func transformNetworkPolicy(obj any) (any, error) {
+	np, ok := obj.(*networkingv1.NetworkPolicy)
+	if !ok || np.UID == "" {
+		return obj, nil // already transformed (the UID is dropped)
+	}
+	out := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: np.Name, Namespace: np.Namespace}, Spec: np.Spec}
+	if len(out.Spec.PolicyTypes) == 0 {
+		out.Spec.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}
+		if len(out.Spec.Egress) > 0 {
+			out.Spec.PolicyTypes = append(out.Spec.PolicyTypes, networkingv1.PolicyTypeEgress)
+		}
+	}
+	return out, nil
 }
 
 // transformService is the service informer's cache.TransformFunc.

@@ -9,19 +9,23 @@ import (
 var readVerbs = []string{"get", "list", "watch"}
 
 // ClusterRoleRules returns the RBAC rules the Resolver needs, exactly: read
-// access to the five resources its informers watch, cluster-wide. The deploy
+// access to the seven resources its informers watch, cluster-wide. The deploy
 // manifests and tests grant these; a fresh slice is returned each call.
 //
 //	pods, services                    identity of pod and Service IPs, node IPs
 //	endpointslices.discovery.k8s.io   which Services a pod IP backs
 //	replicasets.apps                  ReplicaSet → Deployment (optional: inferred without it)
 //	jobs.batch                        Job → CronJob (optional)
+//	namespaces                        their labels, for NetworkPolicy namespaceSelectors (optional)
+//	networkpolicies.networking.k8s.io NetworkPolicy attribution of drops (optional)
 func ClusterRoleRules() []rbacv1.PolicyRule {
 	return []rbacv1.PolicyRule{
 		{APIGroups: []string{""}, Resources: []string{"pods", "services"}, Verbs: clone(readVerbs)},
 		{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: clone(readVerbs)},
 		{APIGroups: []string{"apps"}, Resources: []string{"replicasets"}, Verbs: clone(readVerbs)},
 		{APIGroups: []string{"batch"}, Resources: []string{"jobs"}, Verbs: clone(readVerbs)},
+		{APIGroups: []string{""}, Resources: []string{"namespaces"}, Verbs: clone(readVerbs)},
+		{APIGroups: []string{"networking.k8s.io"}, Resources: []string{"networkpolicies"}, Verbs: clone(readVerbs)},
 	}
 }
 
@@ -43,6 +47,12 @@ rules:
   verbs: ["get", "list", "watch"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
   verbs: ["get", "list", "watch"]
 `
 

@@ -3,7 +3,10 @@
 // Services they back), Services, nodes, and recently deleted pods.
 //
 // Sources. Shared informers (client-go) on Pods, Services, EndpointSlices,
-// ReplicaSets and Jobs, all namespaces; see ClusterRoleRules for the RBAC.
+// ReplicaSets, Jobs, Namespaces and NetworkPolicies, all namespaces; see
+// ClusterRoleRules for the RBAC. Namespaces (their labels) and
+// NetworkPolicies serve NetworkPolicy evaluation (NetworkPolicies,
+// NamespaceLabels), not the index.
 // Their transforms keep only what identity needs, in compact structs with
 // parsed IPs (objects.go), and their lists are decoded as they stream in
 // (listdecode.go), so memory stays near the size of what is kept.
@@ -28,8 +31,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -47,6 +52,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 )
 
 // Endpoint kinds.
@@ -90,6 +96,12 @@ type Endpoint struct {
 	Services                   []string // "ns/name" of Services whose EndpointSlices include this pod or IP
 	Ready, Terminating         bool
 	HostNetwork                bool
+	// Labels are a pod's labels and NamedPorts its named container ports,
+	// what NetworkPolicies select and name; nil for a hostNetwork pod
+	// (policies do not apply to it) and for other kinds. Shared with the
+	// index: read them, do not modify them.
+	Labels     map[string]string
+	NamedPorts []NamedPort
 	// ReadyEndpoints, for a Service: how many ready endpoints its
 	// EndpointSlices list (0: kube-proxy rejects or drops its traffic;
 	// -1: unknown, from a line that did not say).
@@ -143,6 +155,8 @@ type Resolver struct {
 
 	informers                         []*informer
 	pods, svcs, slices, rss, jobs     cache.SharedIndexInformer
+	nss, netpols                      cache.SharedIndexInformer
+	policyGen                         atomic.Uint64 // NetworkPolicy adds, updates and deletes seen
 	dirty                             chan struct{}
 	changes, built                    atomic.Uint64 // markDirty calls; the count the last rebuild covered
 	buildMu                           sync.Mutex
@@ -345,6 +359,72 @@ func (r *Resolver) setupInformers() {
 		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			return c.BatchV1().Jobs("").Watch(ctx, o)
 		}, dirty)
+	// Namespaces and NetworkPolicies do not change the index: they are
+	// read at evaluation time (NamespaceLabels, NetworkPolicies).
+	r.nss = r.addInformer("namespaces", false, &corev1.Namespace{}, transformNamespace,
+		lister(listKind{c.CoreV1().RESTClient(), "namespaces", "NamespaceList",
+			func() protoObject { return &corev1.Namespace{} }, func() runtime.Object { return &corev1.NamespaceList{} }, transformNamespace}),
+		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			return c.CoreV1().Namespaces().Watch(ctx, o)
+		}, cache.ResourceEventHandlerFuncs{})
+	policyChanged := func() { r.policyGen.Add(1) }
+	r.netpols = r.addInformer("networkpolicies", false, &networkingv1.NetworkPolicy{}, transformNetworkPolicy,
+		lister(listKind{c.NetworkingV1().RESTClient(), "networkpolicies", "NetworkPolicyList",
+			func() protoObject { return &networkingv1.NetworkPolicy{} }, func() runtime.Object { return &networkingv1.NetworkPolicyList{} }, transformNetworkPolicy}),
+		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			return c.NetworkingV1().NetworkPolicies("").Watch(ctx, o)
+		}, cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(any) { policyChanged() },
+			UpdateFunc: func(any, any) { policyChanged() },
+			DeleteFunc: func(any) { policyChanged() },
+		})
+}
+
+// NetworkPolicies returns every NetworkPolicy of the cluster as the
+// informer holds it now (name, namespace and spec only; policyTypes always
+// set), unsorted, and a generation that changes whenever a policy is
+// added, changed or deleted: a set built from the list stays right while
+// the generation does not move. synced is false until the informer's first
+// list is in — RBAC may deny networkpolicies, or the API server be out of
+// reach — and then no conclusion about isolation may be drawn from the
+// list. The policies are shared: read them, do not modify them. It never
+// calls the API server.
+func (r *Resolver) NetworkPolicies() (list []*networkingv1.NetworkPolicy, generation uint64, synced bool) {
+	if r.netpols == nil {
+		return nil, 0, false
+	}
+	generation = r.policyGen.Load() // before listing: a change after it moves it again
+	for _, o := range r.netpols.GetStore().List() {
+		if np, ok := o.(*networkingv1.NetworkPolicy); ok {
+			list = append(list, np)
+		}
+	}
+	return list, generation, r.netpols.HasSynced()
+}
+
+// NetworkPolicyGeneration is NetworkPolicies' generation and synced,
+// without the list: a cheap check whether a set built before is current.
+func (r *Resolver) NetworkPolicyGeneration() (generation uint64, synced bool) {
+	if r.netpols == nil {
+		return 0, false
+	}
+	return r.policyGen.Load(), r.netpols.HasSynced()
+}
+
+// NamespaceLabels returns namespace ns's labels (shared: do not modify).
+// A namespace the informer does not hold (deleted, RBAC denies namespaces,
+// not synced yet) gets the one label the API server sets on every
+// namespace since Kubernetes 1.21, kubernetes.io/metadata.name=ns, so that
+// selectors on it still match. It never calls the API server.
+func (r *Resolver) NamespaceLabels(ns string) map[string]string {
+	if r.nss != nil {
+		if o, ok, _ := r.nss.GetStore().GetByKey(ns); ok {
+			if n, isNs := o.(*nsInfo); isNs && n.Labels != nil {
+				return n.Labels
+			}
+		}
+	}
+	return map[string]string{corev1.LabelMetadataName: ns}
 }
 
 // addInformer builds an informer whose list and watch calls report to the
@@ -395,7 +475,8 @@ func samePod(a, b *podInfo) bool {
 		a.mirrorHash == b.mirrorHash && a.ownerKind == b.ownerKind && a.ownerName == b.ownerName &&
 		a.templateHash == b.templateHash && a.node == b.node && a.phase == b.phase &&
 		a.ready == b.ready && a.hostNetwork == b.hostNetwork &&
-		equalAddrs(a.ips, b.ips) && equalAddrs(a.hostIPs, b.hostIPs) && equalPorts(a.ports, b.ports)
+		equalAddrs(a.ips, b.ips) && equalAddrs(a.hostIPs, b.hostIPs) && equalPorts(a.ports, b.ports) &&
+		maps.Equal(a.labels, b.labels) && slices.Equal(a.namedPorts, b.namedPorts)
 }
 
 func equalAddrs(a, b []netip.Addr) bool {

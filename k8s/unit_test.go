@@ -23,6 +23,7 @@ import (
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -119,6 +120,7 @@ func TestTransformPod(t *testing.T) {
 		ready:        true,
 		ips:          addrs("10.0.0.5", "fd00::5"),
 		hostIPs:      addrs("192.168.1.10"),
+		labels:       map[string]string{"app": "api", "pod-template-hash": "7c9f8d6b5"},
 	}
 	if !reflect.DeepEqual(p, want) {
 		t.Errorf("transformPod:\n got %+v\nwant %+v", p, want)
@@ -143,6 +145,68 @@ func TestTransformPod(t *testing.T) {
 	p = obj.(*podInfo)
 	if !p.hostNetwork || !slices.Equal(p.ports, []uint16{53, 9000, 9100}) || !equalAddrs(p.ips, addrs("192.168.1.10")) || !equalAddrs(p.hostIPs, addrs("192.168.1.10")) {
 		t.Errorf("hostNetwork pod: %+v", p)
+	}
+}
+
+// TestTransformPolicyInputs: what NetworkPolicy evaluation needs is kept
+// — a pod's labels (interned) and named container ports, a namespace's
+// labels, a policy's spec with policyTypes defaulted — and nothing else.
+func TestTransformPolicyInputs(t *testing.T) {
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "db-0", Namespace: "shop", UID: "u2", Labels: map[string]string{"app": "db"}},
+		Spec: corev1.PodSpec{
+			InitContainers: []corev1.Container{{Ports: []corev1.ContainerPort{{Name: "proxy", ContainerPort: 15001}}}},
+			Containers: []corev1.Container{{Ports: []corev1.ContainerPort{
+				{Name: "postgres", ContainerPort: 5432}, {ContainerPort: 8080}, {Name: "dns", ContainerPort: 53, Protocol: corev1.ProtocolUDP}}}},
+		},
+	}
+	obj, _ := transformPod(pod)
+	p := obj.(*podInfo)
+	wantPorts := []NamedPort{{"dns", 53, corev1.ProtocolUDP}, {"postgres", 5432, corev1.ProtocolTCP}, {"proxy", 15001, corev1.ProtocolTCP}}
+	if !reflect.DeepEqual(p.labels, map[string]string{"app": "db"}) || !reflect.DeepEqual(p.namedPorts, wantPorts) {
+		t.Errorf("labels %v, named ports %v; want app=db, %v", p.labels, p.namedPorts, wantPorts)
+	}
+	if ep := podEndpoint(p, nil, nil); ep.Labels["app"] != "db" || len(ep.NamedPorts) != 3 {
+		t.Errorf("endpoint %+v lacks labels or named ports", ep)
+	}
+	pod.Spec.HostNetwork = true
+	obj, _ = transformPod(pod)
+	if p := obj.(*podInfo); p.labels != nil || p.namedPorts != nil {
+		t.Errorf("hostNetwork pod keeps labels %v, named ports %v: policies do not apply to it", p.labels, p.namedPorts)
+	}
+
+	obj, _ = transformNamespace(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop", UID: "n1",
+		Labels: map[string]string{"team": "shop"}, Annotations: map[string]string{"a": "b"}}})
+	if n := obj.(*nsInfo); n.Name != "shop" || n.UID != "" || n.Annotations != nil || n.Labels["team"] != "shop" {
+		t.Errorf("namespace %+v", n)
+	}
+	if again, _ := transformNamespace(obj); again != obj {
+		t.Error("transformNamespace is not idempotent")
+	}
+
+	np := &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: "deny", Namespace: "shop", UID: "p1", Annotations: map[string]string{"a": "b"},
+			ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubectl"}}},
+		Spec: networkingv1.NetworkPolicySpec{Egress: []networkingv1.NetworkPolicyEgressRule{{}}},
+	}
+	obj, _ = transformNetworkPolicy(np)
+	got := obj.(*networkingv1.NetworkPolicy)
+	if got.UID != "" || got.Annotations != nil || got.ManagedFields != nil || got.Name != "deny" || got.Namespace != "shop" ||
+		!slices.Equal(got.Spec.PolicyTypes, []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress}) {
+		t.Errorf("policy %+v", got)
+	}
+	if again, _ := transformNetworkPolicy(got); again != any(got) {
+		t.Error("transformNetworkPolicy is not idempotent")
+	}
+
+	// Without informers: no policies, not synced; a namespace's labels
+	// fall back to the one the API server sets on every namespace.
+	r := newResolver(Config{Node: "node-a"}, zap.NewNop())
+	if list, _, synced := r.NetworkPolicies(); list != nil || synced {
+		t.Errorf("NetworkPolicies without informers: %v, synced %v", list, synced)
+	}
+	if l := r.NamespaceLabels("shop"); !reflect.DeepEqual(l, map[string]string{corev1.LabelMetadataName: "shop"}) {
+		t.Errorf("NamespaceLabels = %v", l)
 	}
 }
 

@@ -37,7 +37,7 @@ func (f *traceFlags) register(fl *pflag.FlagSet) {
 	fl.Uint32Var(&f.rateLimit, "rate-limit", 100, "events per second per flow before the rest are counted into that flow's summary line, which comes every second (0: no limit, every occurrence a line)")
 	fl.StringVar(&f.attach, "attach", "auto", "attach modes to try, in order: auto, or a list of fentry,kprobe,tp_btf,raw_tp,sock_diag")
 	fl.BoolVarP(&f.verbose, "verbose", "v", false, "log debug details to stderr")
-	fl.BoolVar(&f.rules, "rules", true, "name the netfilter rule behind each NETFILTER_DROP drop (reads the nftables rules of the drop's network namespace over netlink, at most every 200 ms; needs CAP_NET_ADMIN and, for other namespaces, CAP_SYS_ADMIN); the drop's line comes out up to 2 s later. kube-proxy's rules (iptables and nftables modes) also say what they mean, as rule.k8s: no-endpoints, no-local-endpoints, invalid-conntrack, martian-localhost, source-range, with the Service from the rule's comment or kube-proxy's map element")
+	fl.BoolVar(&f.rules, "rules", true, "name the netfilter rule behind each NETFILTER_DROP drop (reads the nftables rules of the drop's network namespace over netlink, at most every 200 ms; needs CAP_NET_ADMIN and, for other namespaces, CAP_SYS_ADMIN); the drop's line comes out up to 2 s later. kube-proxy's rules (iptables and nftables modes) also say what they mean, as rule.k8s: no-endpoints, no-local-endpoints, invalid-conntrack, martian-localhost, source-range, with the Service from the rule's comment or kube-proxy's map element; with pod identity, NetworkPolicies that isolate either end and allow nothing like the packet are named too (rule.k8s meaning network-policy), evaluated from the API server whatever enforces them")
 	f.id.register(fl)
 }
 

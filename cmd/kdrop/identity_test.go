@@ -150,6 +150,24 @@ func TestIdentityNoRouteToDeletedPod(t *testing.T) {
 	}
 }
 
+// watchOne starts kdrop watch -o json --count 1 on the events of ns, with
+// env's API server and args added, and waits until it is ready; its lines
+// come through the scanner.
+func watchOne(t *testing.T, env *testenv.Env, ns *nstest.NS, args ...string) (*bufio.Scanner, *exec.Cmd) {
+	t.Helper()
+	ready := filepath.Join(t.TempDir(), "ready")
+	cmd := exec.Command(kdropBin, append([]string{"watch", "-o", "json", "--kubeconfig", env.Kubeconfig(), "--node", "test-node",
+		"--netns", "/run/netns/" + ns.Name, "--duration", "60s", "--count", "1", "--ready-file", ready}, args...)...)
+	stdout, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	waitFile(t, ready, 60*time.Second)
+	return bufio.NewScanner(stdout), cmd
+}
+
 func waitFile(t *testing.T, path string, timeout time.Duration) {
 	t.Helper()
 	for deadline := time.Now().Add(timeout); ; time.Sleep(50 * time.Millisecond) {
@@ -182,20 +200,10 @@ func TestIdentityServiceWithoutEndpoints(t *testing.T) {
 	r.Router.IP(t, "route add "+vip+"/32 via "+nstest.ServerIP)
 	r.Router.Sh(t, "iptables -A FORWARD -d "+vip+" -p tcp --dport 80 -j REJECT --reject-with icmp-port-unreachable")
 
-	ready := filepath.Join(t.TempDir(), "ready")
-	cmd := exec.Command(kdropBin, "watch", "-o", "json", "--kubeconfig", env.Kubeconfig(), "--node", "test-node",
-		"--netns", "/run/netns/"+r.Router.Name, "--type", "unreach", "--duration", "60s", "--count", "1", "--ready-file", ready)
-	stdout, _ := cmd.StdoutPipe()
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	waitFile(t, ready, 60*time.Second)
+	sc, cmd := watchOne(t, env, r.Router, "--type", "unreach")
 	if err := r.Client.ConnectErr(t, vip, 80, 10*time.Second); !errors.Is(err, unix.ECONNREFUSED) {
 		t.Fatalf("connect to %s:80: want ECONNREFUSED, got %v", vip, err)
 	}
-	sc := bufio.NewScanner(stdout)
 	if !sc.Scan() {
 		t.Fatalf("kdrop watch printed nothing (exit: %v)", cmd.Wait())
 	}

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netfilter"
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netpol"
 	"github.com/kdrop/kdrop/cmd/kdrop/line"
 	"github.com/kdrop/kdrop/k8s"
 	"github.com/kdrop/kdrop/tracer"
@@ -126,11 +127,16 @@ func WriteReadyFile(path string) error {
 func (p *Pipeline) Run(ctx context.Context, sink func(*line.Event)) error {
 	var s Scratch
 	var rules *netfilter.Attributor[line.Event]
+	var policies *netpol.Evaluator // NetworkPolicy meaning, with identity
+	if p.Res != nil {
+		policies = netpol.NewEvaluator(p.Res)
+	}
 	if p.Rules != nil {
 		// Held drops come back on the attributor's goroutine: the emit
 		// path is held back for them as for the tracer's own.
 		rules = netfilter.New(*p.Rules, func(ev *line.Event, r *netfilter.Rule) {
 			ev.Rule = r
+			policyMeaning(policies, ev)
 			p.T.Lock()
 			sink(ev)
 			p.T.Unlock()
@@ -145,6 +151,7 @@ func (p *Pipeline) Run(ctx context.Context, sink func(*line.Event)) error {
 			if ev.Rule = rules.Submit(e, detach(ev)); ev.Rule == nil {
 				return // held: it comes out with its rule
 			}
+			policyMeaning(policies, ev)
 		}
 		sink(ev)
 	})
@@ -153,6 +160,17 @@ func (p *Pipeline) Run(ctx context.Context, sink func(*line.Event)) error {
 	}
 	p.endLoops()
 	return err
+}
+
+// policyMeaning sets, when NetworkPolicies isolate an end of ev's drop
+// and allow nothing like it, that as the meaning of ev's rule, unless
+// the rule already has one (an engine's rule that names it says more).
+// One evaluation per event at most (netpol.Evaluator.Meaning).
+func policyMeaning(e *netpol.Evaluator, ev *line.Event) {
+	if e == nil || ev.Rule == nil || ev.Rule.K8s != nil {
+		return
+	}
+	ev.Rule.K8s = e.Meaning(netpol.Flow{Proto: ev.Proto, Src: ev.Src, Dst: ev.Dst, SrcK8s: ev.SrcK8s, DstK8s: ev.DstK8s})
 }
 
 // detach copies ev with its own endpoints (Enrich's point into Scratch,

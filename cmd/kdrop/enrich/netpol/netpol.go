@@ -1,0 +1,295 @@
+// Package netpol says which NetworkPolicies a dropped packet ran into,
+// whatever enforces them (CNI-neutral): it evaluates the cluster's
+// NetworkPolicies, as the API server holds them (package k8s's informers),
+// for the drop's protocol, ends and port, and names the policies that
+// isolate the destination pod for ingress, or the source pod for egress,
+// when no rule of any policy selecting that pod allows the connection.
+//
+// The semantics are those of networking.k8s.io/v1 NetworkPolicy, evaluated
+// by cyclonus's matcher (github.com/mattfenwick/cyclonus/pkg/matcher, the
+// engine behind its conformance tool):
+//   - a pod is isolated for a direction when a policy of its namespace
+//     selects it (podSelector) and lists that direction in policyTypes; a
+//     pod no policy selects is not isolated, and its traffic is allowed;
+//   - an isolated pod's connection is allowed when a rule of any policy
+//     selecting it allows it: peers by podSelector and namespaceSelector
+//     (labels of pods and namespaces), ipBlock (cidr minus except), ports by
+//     number, name (the destination pod's named container port), range
+//     (endPort) and protocol (TCP, UDP, SCTP); a rule without peers allows
+//     every peer, one without ports every port;
+//   - policies add up: allowed by one is allowed.
+//
+// What is not a pod — a node, something outside the cluster, a hostNetwork
+// pod (policies do not apply to hostNetwork pods) — is an address that only
+// ipBlocks can match, and is never isolated itself. A packet to or from a
+// Service IP is not evaluated: policies apply to the pod kube-proxy
+// translates it to, which the packet does not say. Protocols other than
+// TCP, UDP and SCTP are not evaluated.
+package netpol
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/mattfenwick/cyclonus/pkg/matcher"
+	"golang.org/x/sys/unix"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netfilter"
+	"github.com/kdrop/kdrop/k8s"
+)
+
+// Flow is a dropped packet as NetworkPolicy sees it.
+type Flow struct {
+	Proto    uint8 // IPPROTO_TCP, IPPROTO_UDP or IPPROTO_SCTP; others are not evaluated
+	Src, Dst netip.AddrPort
+	// SrcK8s and DstK8s are the ends' identity at the drop's time
+	// (k8s.Resolver.LookupIP: a pod deleted moments ago included, with its
+	// labels); nil, or anything but a pod not on the host network, is an
+	// address only.
+	SrcK8s, DstK8s *k8s.Endpoint
+}
+
+// Set is NetworkPolicies built for evaluation, by namespace (a policy
+// selects pods of its own namespace only). It is immutable: evaluations
+// may run concurrently.
+type Set struct {
+	byNS    map[string]*matcher.Policy
+	Invalid []string // "ns/name: why" of policies left out (the API server rejects such policies; only a broken object has one)
+}
+
+// Build builds the set of policies. A policy the matcher cannot take (an
+// invalid peer or port range, which the API server's validation rejects)
+// is left out and listed in Set.Invalid; the others are still evaluated.
+func Build(policies []*networkingv1.NetworkPolicy) *Set {
+	s := &Set{byNS: map[string]*matcher.Policy{}}
+	for _, np := range policies {
+		ingress, egress, err := buildTargets(np)
+		if err != nil {
+			s.Invalid = append(s.Invalid, np.Namespace+"/"+np.Name+": "+err.Error())
+			continue
+		}
+		p := s.byNS[np.Namespace]
+		if p == nil {
+			p = matcher.NewPolicy()
+			s.byNS[np.Namespace] = p
+		}
+		if ingress != nil {
+			p.AddTarget(true, ingress)
+		}
+		if egress != nil {
+			p.AddTarget(false, egress)
+		}
+	}
+	return s
+}
+
+// buildTargets is matcher.BuildTarget with its panics (on what validation
+// rejects) turned into an error.
+func buildTargets(np *networkingv1.NetworkPolicy) (ingress, egress *matcher.Target, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%v", r)
+		}
+	}()
+	if np.Namespace == "" {
+		return nil, nil, fmt.Errorf("no namespace")
+	}
+	ingress, egress = matcher.BuildTarget(np)
+	return ingress, egress, nil
+}
+
+// Directions (netfilter.Meaning.Direction).
+const (
+	Ingress = "ingress" // the destination pod is isolated
+	Egress  = "egress"  // the source pod is isolated
+)
+
+// Evaluate returns what NetworkPolicies say about f: nil when they allow it
+// (or do not apply: no end is an isolated pod, an end is a Service IP, the
+// protocol is not TCP, UDP or SCTP), else a netfilter.MeaningNetworkPolicy naming the policies
+// that isolate the pod and allow nothing matching f. When both ends are
+// isolated and both directions deny, egress is named: the source's side
+// drops the packet first. nsLabels gives a namespace's labels
+// (k8s.Resolver.NamespaceLabels). One call walks only the policies of the
+// two ends' namespaces.
+func (s *Set) Evaluate(f Flow, nsLabels func(ns string) map[string]string) (m *netfilter.Meaning) {
+	proto, ok := protocols[f.Proto]
+	if s == nil || !ok || !f.Src.Addr().IsValid() || !f.Dst.Addr().IsValid() || isService(f.SrcK8s) || isService(f.DstK8s) {
+		return nil
+	}
+	defer func() {
+		if recover() != nil { // the matcher panics on what it cannot parse: no conclusion
+			m = nil
+		}
+	}()
+	src, dst := peer(f.SrcK8s, f.Src.Addr(), nsLabels), peer(f.DstK8s, f.Dst.Addr(), nsLabels)
+	if src.Internal == nil && dst.Internal == nil {
+		return nil
+	}
+	t := &matcher.Traffic{Source: src, Destination: dst, ResolvedPort: int(f.Dst.Port()), Protocol: proto}
+	if dst.Internal != nil {
+		t.ResolvedPortName = portName(f.DstK8s, f.Dst.Port(), proto)
+	}
+	if src.Internal != nil {
+		if p := s.byNS[src.Internal.Namespace]; p != nil {
+			if d := p.IsIngressOrEgressAllowed(t, false); !d.IsAllowed() {
+				return meaning(Egress, d.DenyingTargets, f, proto, t.ResolvedPortName)
+			}
+		}
+	}
+	if dst.Internal != nil {
+		if p := s.byNS[dst.Internal.Namespace]; p != nil {
+			if d := p.IsIngressOrEgressAllowed(t, true); !d.IsAllowed() {
+				return meaning(Ingress, d.DenyingTargets, f, proto, t.ResolvedPortName)
+			}
+		}
+	}
+	return nil
+}
+
+var protocols = map[uint8]corev1.Protocol{
+	unix.IPPROTO_TCP:  corev1.ProtocolTCP,
+	unix.IPPROTO_UDP:  corev1.ProtocolUDP,
+	unix.IPPROTO_SCTP: corev1.ProtocolSCTP,
+}
+
+// isPod says whether NetworkPolicies apply to e: a pod not on the host
+// network.
+func isPod(e *k8s.Endpoint) bool {
+	return e != nil && e.Kind == k8s.KindPod && !e.HostNetwork && e.Namespace != ""
+}
+
+// isService says whether e is a Service IP: the packet has not been
+// translated to the pod policies apply to.
+func isService(e *k8s.Endpoint) bool { return e != nil && e.Kind == k8s.KindService }
+
+func peer(e *k8s.Endpoint, addr netip.Addr, nsLabels func(string) map[string]string) *matcher.TrafficPeer {
+	p := &matcher.TrafficPeer{IP: addr.Unmap().WithZone("").String()}
+	if isPod(e) {
+		p.Internal = &matcher.InternalPeer{Namespace: e.Namespace, PodLabels: e.Labels, NamespaceLabels: nsLabels(e.Namespace)}
+	}
+	return p
+}
+
+// portName is the name of the destination pod's container port number
+// port for proto, "" when it has none.
+func portName(e *k8s.Endpoint, port uint16, proto corev1.Protocol) string {
+	for _, np := range e.NamedPorts {
+		if np.Port == port && np.Protocol == proto {
+			return np.Name
+		}
+	}
+	return ""
+}
+
+func meaning(direction string, deniers []*matcher.Target, f Flow, proto corev1.Protocol, portName string) *netfilter.Meaning {
+	var refs []netfilter.PolicyRef
+	for _, t := range deniers {
+		for _, np := range t.SourceRules {
+			refs = append(refs, netfilter.PolicyRef{Namespace: np.Namespace, Name: np.Name})
+		}
+	}
+	slices.SortFunc(refs, func(a, b netfilter.PolicyRef) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	})
+	refs = slices.Compact(refs)
+	m := &netfilter.Meaning{Kind: netfilter.MeaningNetworkPolicy, NetworkPolicies: refs, Direction: direction}
+	m.Text = text(m, f, proto, portName)
+	return m
+}
+
+// text is the meaning's sentence: "NetworkPolicies shop/db-ingress,
+// shop/default-deny isolate shop/db-0 for ingress; none allows TCP 5432
+// from shop/api-1".
+func text(m *netfilter.Meaning, f Flow, proto corev1.Protocol, portName string) string {
+	names := make([]string, len(m.NetworkPolicies))
+	for i, r := range m.NetworkPolicies {
+		names[i] = r.String()
+	}
+	isolated, other, prep := describe(f.DstK8s, f.Dst.Addr()), describe(f.SrcK8s, f.Src.Addr()), "from"
+	if m.Direction == Egress {
+		isolated, other, prep = describe(f.SrcK8s, f.Src.Addr()), describe(f.DstK8s, f.Dst.Addr()), "to"
+	}
+	port := string(proto) + " " + strconv.Itoa(int(f.Dst.Port()))
+	if portName != "" {
+		port += " (" + portName + ")"
+	}
+	if len(names) == 1 {
+		return fmt.Sprintf("NetworkPolicy %s isolates %s for %s and does not allow %s %s %s", names[0], isolated, m.Direction, port, prep, other)
+	}
+	return fmt.Sprintf("NetworkPolicies %s isolate %s for %s; none allows %s %s %s", strings.Join(names, ", "), isolated, m.Direction, port, prep, other)
+}
+
+// describe names an end: "ns/pod" for a pod, else its address.
+func describe(e *k8s.Endpoint, addr netip.Addr) string {
+	if e != nil && e.Kind == k8s.KindPod && e.Namespace != "" {
+		return e.Namespace + "/" + e.Name
+	}
+	return addr.Unmap().WithZone("").String()
+}
+
+// Evaluator evaluates drops against the cluster's NetworkPolicies as the
+// resolver's informers hold them. The built Set is cached per generation of
+// the policy informer: rebuilt on the first evaluation after a policy was
+// added, changed or deleted, reused otherwise. Safe for concurrent use.
+type Evaluator struct {
+	src   *k8s.Resolver
+	mu    sync.Mutex // serializes rebuilds
+	built atomic.Pointer[builtSet]
+}
+
+type builtSet struct {
+	gen uint64
+	set *Set
+}
+
+// NewEvaluator returns an Evaluator reading res's informers.
+func NewEvaluator(res *k8s.Resolver) *Evaluator { return &Evaluator{src: res} }
+
+// Meaning is Set.Evaluate on the current policies; nil (no conclusion)
+// until the policy informer has synced — RBAC may deny networkpolicies, or
+// the API server be out of reach — since an unsynced list cannot tell an
+// isolated pod from one no policy selects yet. It never calls the API
+// server.
+func (e *Evaluator) Meaning(f Flow) *netfilter.Meaning {
+	if !isPod(f.SrcK8s) && !isPod(f.DstK8s) {
+		return nil
+	}
+	set := e.current()
+	if set == nil {
+		return nil
+	}
+	return set.Evaluate(f, e.src.NamespaceLabels)
+}
+
+// current returns the Set of the policies' current generation, building
+// it when they changed; nil when the informer has not synced.
+func (e *Evaluator) current() *Set {
+	gen, synced := e.src.NetworkPolicyGeneration()
+	if !synced {
+		return nil
+	}
+	if b := e.built.Load(); b != nil && b.gen == gen {
+		return b.set
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if b := e.built.Load(); b != nil && b.gen == gen {
+		return b.set // built by another caller meanwhile
+	}
+	list, gen, synced := e.src.NetworkPolicies()
+	if !synced {
+		return nil
+	}
+	b := &builtSet{gen: gen, set: Build(list)}
+	e.built.Store(b)
+	return b.set
+}
