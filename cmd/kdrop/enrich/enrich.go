@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netfilter"
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich/route"
 	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netpol"
 	"github.com/kdrop/kdrop/cmd/kdrop/line"
 	"github.com/kdrop/kdrop/k8s"
@@ -142,10 +143,14 @@ func (p *Pipeline) Run(ctx context.Context, sink func(*line.Event)) error {
 			p.T.Unlock()
 		})
 	}
+	var routes route.Finder // route drops: the route behind them
 	err := p.T.Run(ctx, func(e *tracer.Event) {
 		ev := Enrich(p.Res, p.Node, e, &s)
 		if !p.match(ev) {
 			return
+		}
+		if route.Wants(e) {
+			ev.Route = routes.Lookup(e.Netns, e.Dst.Addr())
 		}
 		if rules != nil && netfilter.Wants(e) {
 			if ev.Rule = rules.Submit(e, detach(ev)); ev.Rule == nil {
