@@ -15,8 +15,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netfilter"
-	"github.com/kdrop/kdrop/cmd/kdrop/enrich/route"
 	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netpol"
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich/route"
 	"github.com/kdrop/kdrop/cmd/kdrop/line"
 	"github.com/kdrop/kdrop/k8s"
 	"github.com/kdrop/kdrop/tracer"
