@@ -40,6 +40,10 @@ volatile const __u64 cfg_reason_skip[16] = {};
 volatile const __u64 cfg_benign_pc[2 * KDROP_BENIGN_PLACES] = {};
 volatile const __u32 cfg_benign_n = 0;
 volatile const __u32 cfg_place_reason = 0;
+/* 1: also skip cfg_place_reason frees of frames that came as link-layer
+ * broadcast or multicast (mDNS, SSDP, DHCP, subnet broadcasts nobody
+ * here listens to): no connection of this host was owed them. */
+volatile const __u8 cfg_hide_link_multi = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -154,13 +158,13 @@ static __always_inline bool ipv6_ext_hdr(__u8 nh)
 	return nh == 0 || nh == 43 || nh == 44 || nh == 60 || nh == 51;
 }
 
-#define KDROP_IPV6_MAX_EXT 8 /* more than any real packet carries */
+#define KDROP_IPV6_MAX_EXT 16 /* more than any real packet carries */
 
 /* Walks the extension headers after the fixed IPv6 header at ip, as
  * ipv6_skip_exthdr does: sets e->proto to the upper-layer protocol and
  * returns the offset of its header from ip, or 0 when it has no ports to
  * read (a fragment other than the first, too many headers, a read fault). */
-static __always_inline __u32 ipv6_skip_ext(struct kdrop_event *e, unsigned char *ip)
+static __always_inline __u32 ipv6_skip_ext(struct kdrop_event *e, unsigned char *ip, __u32 end)
 {
 	__u32 off = 40;
 	__u8 nh = e->proto;
@@ -170,9 +174,11 @@ static __always_inline __u32 ipv6_skip_ext(struct kdrop_event *e, unsigned char 
 
 		if (!ipv6_ext_hdr(nh)) {
 			e->proto = nh;
-			return off;
+			return off + 4 <= end ? off : 0; /* ports within the packet */
 		}
-		if (bpf_probe_read_kernel(x, sizeof(x), ip + off))
+		/* a header the packet's own length does not hold: stop, never
+		 * read what lies past it */
+		if (off + 8 > end || bpf_probe_read_kernel(x, sizeof(x), ip + off))
 			return 0;
 		if (nh == 44) { /* fragment: 8 bytes; only offset 0 has ports */
 			e->proto = x[0];
@@ -246,7 +252,8 @@ static __always_inline void parse_ip(struct kdrop_event *e, unsigned char *ip, _
 			}
 			return;
 		}
-		off = ipv6_skip_ext(e, ip);
+		/* the payload length bounds the walk (quoted packets too) */
+		off = ipv6_skip_ext(e, ip, 40 + ((__u32)b[4] << 8 | b[5]));
 		if (off && !bpf_probe_read_kernel(h, sizeof(h), ip + off))
 			parse_l4(e, h);
 	}
@@ -415,6 +422,15 @@ static __always_inline bool skip_reason(__u32 reason)
 	return (cfg_reason_skip[(reason >> 6) & 15] >> (reason & 63)) & 1;
 }
 
+/* The frame came as link-layer broadcast or multicast (skb->pkt_type
+ * PACKET_BROADCAST, PACKET_MULTICAST: eth_type_trans). */
+static __always_inline bool link_multi(struct sk_buff *skb)
+{
+	__u8 t = BPF_CORE_READ_BITFIELD_PROBED(skb, pkt_type);
+
+	return t == 1 || t == 2;
+}
+
 static __always_inline int report_drop(__u64 *ctx, __u32 reason, bool btf, __u8 mode)
 {
 	struct sk_buff *skb = (struct sk_buff *)ctx[0];
@@ -424,6 +440,8 @@ static __always_inline int report_drop(__u64 *ctx, __u32 reason, bool btf, __u8 
 	e.mode = mode;
 	e.reason = reason;
 	e.location = ctx[1];
+	if (link_multi(skb))
+		e.flags |= KDROP_F_LINK_MULTI;
 	skb_where(skb, &e, btf);
 	parse_skb(skb, &e, btf);
 	emit(&e, reason);
@@ -454,8 +472,12 @@ static __always_inline int on_kfree_skb(__u64 *ctx, bool btf, __u8 mode)
 		reason = (__u32)ctx[2];
 	if (skip_reason(reason))
 		return 0;
-	if (reason == cfg_place_reason && cfg_benign_n && benign_place(ctx[1]))
-		return 0;
+	if (reason == cfg_place_reason) {
+		if (cfg_benign_n && benign_place(ctx[1]))
+			return 0;
+		if (cfg_hide_link_multi && link_multi((struct sk_buff *)ctx[0]))
+			return 0;
+	}
 	return report_drop(ctx, reason, btf, mode);
 }
 
@@ -650,11 +672,12 @@ static __always_inline bool kernel_icmp_sock(struct sock *sk, bool v6)
 /* skb holds an ICMP message of sk from its transport header on: when it is
  * an error, report it with the offending packet it quotes and the header's
  * second word (MTU, pointer). */
-static __always_inline int icmp_error_out(struct sk_buff *skb, struct sock *sk, __u32 ifindex, bool v6, __u8 mode)
+static __always_inline int icmp_error_out(struct sk_buff *skb, __u32 netns, __u32 ifindex, bool v6, __u8 mode)
 {
 	struct kdrop_event e = {};
 	unsigned char *head = BPF_CORE_READ(skb, head);
 	__u16 th = BPF_CORE_READ(skb, transport_header);
+	__u32 mtu = 0;
 	__u8 h[8];
 
 	if (!head || th == (__u16)~0U || bpf_probe_read_kernel(h, sizeof(h), head + th))
@@ -663,13 +686,17 @@ static __always_inline int icmp_error_out(struct sk_buff *skb, struct sock *sk, 
 		return 0;
 	e.type = KDROP_EV_UNREACH;
 	e.mode = mode;
-	e.netns = sk_netns(sk);
+	e.netns = netns;
 	e.ifindex = ifindex;
 	parse_ip(&e, head + th + 8, v6 ? ETH_P_IPV6 : ETH_P_IP);
 	e.icmp_type = h[0];
 	e.icmp_code = h[1];
 	e.icmp_info = (__u32)h[4] << 24 | (__u32)h[5] << 16 | (__u32)h[6] << 8 | h[7];
-	emit(&e, (__u32)h[0] << 8 | h[1]);
+	/* an MTU (frag-needed, packet-too-big; 16 bits in practice) keys the
+	 * flow too, so a summary of folded errors still says it */
+	if ((!v6 && h[0] == 3 && h[1] == 4) || (v6 && h[0] == 2))
+		mtu = e.icmp_info & 0xffff;
+	emit(&e, mtu << 16 | (__u32)h[0] << 8 | h[1]);
 	return 0;
 }
 
@@ -691,7 +718,7 @@ static __always_inline int icmp_pushed(struct sock *sk, bool v6, __u8 mode)
 		return 0;
 	skb = BPF_CORE_READ(sk, sk_write_queue.next);
 	/* the error leaves where the offending packet came in */
-	return icmp_error_out(skb, sk, BPF_CORE_READ((struct inet_sock *)sk, cork.base.dst, dev, ifindex), v6, mode);
+	return icmp_error_out(skb, sk_netns(sk), BPF_CORE_READ((struct inet_sock *)sk, cork.base.dst, dev, ifindex), v6, mode);
 }
 
 /* A device an skb passes on its way to the one that sends it (a bridge,
@@ -706,6 +733,22 @@ static __always_inline bool upper_dev(struct net_device *dev)
 		    bpf_core_enum_value(enum netdev_priv_flags, IFF_802_1Q_VLAN) |
 		    bpf_core_enum_value(enum netdev_priv_flags, IFF_TEAM) |
 		    bpf_core_enum_value(enum netdev_priv_flags, IFF_MACVLAN));
+}
+
+/* The packet at the network header is ICMP (ICMPv6) itself, its header
+ * where the transport header points: not a tunnel's outer packet, which
+ * keeps the inner packet's socket and transport header. */
+static __always_inline bool icmp_at_network_header(struct sk_buff *skb, bool v6)
+{
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	__u16 nh = BPF_CORE_READ(skb, network_header), th = BPF_CORE_READ(skb, transport_header);
+	__u8 ip[10];
+
+	if (!head || bpf_probe_read_kernel(ip, sizeof(ip), head + nh))
+		return false;
+	if (v6)
+		return (ip[0] >> 4) == 6 && ip[6] == IPPROTO_ICMPV6 && th == nh + 40;
+	return (ip[0] >> 4) == 4 && ip[9] == IPPROTO_ICMP && th == nh + (ip[0] & 0xf) * 4;
 }
 
 /* Where neither the icmp_send tracepoint nor function tracing exists (and
@@ -725,9 +768,12 @@ static __always_inline int icmp_tx(struct sk_buff *skb, bool v6, bool btf, __u8 
 	if (!sk || !kernel_icmp_sock(sk, v6))
 		return 0;
 	dev = btf ? skb->dev : BPF_CORE_READ(skb, dev);
-	if (!dev || upper_dev(dev))
+	if (!dev || upper_dev(dev) || !icmp_at_network_header(skb, v6))
 		return 0;
-	return icmp_error_out(skb, sk, BPF_CORE_READ(dev, ifindex), v6, mode);
+	/* the device's namespace: the ICMP socket is per CPU and shared by
+	 * every namespace (net switched for each send), and an error that
+	 * waited for neighbour resolution leaves after it was switched back */
+	return icmp_error_out(skb, BPF_CORE_READ(dev, nd_net.net, ns.inum), BPF_CORE_READ(dev, ifindex), v6, mode);
 }
 
 SEC("tp_btf/net_dev_queue")

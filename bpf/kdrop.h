@@ -28,6 +28,7 @@ enum kdrop_flags {
 	KDROP_F_SYNCOOKIE = 1 << 0,    /* SYN queue full, answered with a syncookie */
 	KDROP_F_COARSE_NETNS = 1 << 1, /* flow table full: rate-limited per (type, reason, netns) */
 	KDROP_F_COARSE_TYPE = 1 << 2,  /* both tables full: rate-limited per event type */
+	KDROP_F_LINK_MULTI = 1 << 3,   /* drop: the frame came as link-layer broadcast or multicast */
 };
 
 /* The program variant that produced an event, so output can say how it was

@@ -103,6 +103,10 @@ type Event struct {
 	Location   string // drop: where in the kernel, function+offset
 	LocationPC uint64
 
+	// LinkMulti: a drop of a frame that came as link-layer broadcast or
+	// multicast (not written in lines; the filter's benign test uses it).
+	LinkMulti bool
+
 	ICMPType, ICMPCode uint8 // unreach: the error the kernel sent
 	// ICMPInfo is, for unreach, the ICMP header's second word (RFC 792,
 	// 1191, 4443): use ICMPMTU and ICMPPointer. 0 where the hook cannot
@@ -334,6 +338,7 @@ const (
 	flagSyncookie   = uint8(kdropKdropFlagsKDROP_F_SYNCOOKIE)
 	flagCoarseNetns = uint8(kdropKdropFlagsKDROP_F_COARSE_NETNS)
 	flagCoarseType  = uint8(kdropKdropFlagsKDROP_F_COARSE_TYPE)
+	flagLinkMulti   = uint8(kdropKdropFlagsKDROP_F_LINK_MULTI)
 
 	statCoarsened = uint32(kdropKdropStatKDROP_STAT_COARSENED)
 	statMax       = uint32(kdropKdropStatKDROP_STAT_MAX)

@@ -183,3 +183,79 @@ func udp6Checksum(src, dst netip.Addr, udp []byte) uint16 {
 	}
 	return c
 }
+
+// A chain of 12 destination options headers before UDP: still parsed (up
+// to 16 are walked). A hop-by-hop header whose length runs past the packet
+// (the kernel drops it): no ports are made up from what lies beyond.
+func TestIPv6LongAndTruncatedHeaders(t *testing.T) {
+	r := nstest.NewRouted(t)
+	src, dst := netip.MustParseAddr(nstest.ClientIP6), netip.MustParseAddr(nstest.ServerIP6)
+	// the router parses hop-by-hop options too: it drops the truncated ones
+	c := startTracer(t, Options{Filter: Filter{Types: []EventType{Drop}, CIDRs: []netip.Prefix{netip.PrefixFrom(src, 128)}}})
+	const n = 3
+	r.Client.In(t, func() {
+		var chain []byte
+		for i := 0; i < 12; i++ {
+			next := byte(60)
+			if i == 11 {
+				next = unix.IPPROTO_UDP
+			}
+			chain = append(chain, next, 0, 1, 4, 0, 0, 0, 0)
+		}
+		for i := 0; i < n; i++ {
+			sendRaw6(t, src, dst, 60, chain, udp6(src, dst, 9))
+		}
+		// hop-by-hop claiming (255+1)*8 bytes, in a packet of 8
+		for i := 0; i < n; i++ {
+			sendRaw6(t, src, dst, 0, []byte{unix.IPPROTO_UDP, 255, 1, 4, 0, 0, 0, 0}, nil)
+		}
+	})
+	evs := c.stop(t)
+	long, _ := sum(evs, func(e *Event) bool { return e.Proto == unix.IPPROTO_UDP && e.Dst.Port() == 9 && e.Dst.Addr() == dst })
+	if long != n {
+		t.Errorf("12 headers: want %d drops with UDP port 9, got %d\n%s", n, long, dump(evs))
+	}
+	_, bad := sum(evs, func(e *Event) bool {
+		return e.Src.Addr() == src && e.Dst.Port() != 0 && e.Dst.Port() != 9
+	})
+	if len(bad) > 0 {
+		t.Errorf("ports made up from beyond a truncated header:\n%s", dump(bad))
+	}
+	if trunc, _ := sum(evs, func(e *Event) bool { return e.Src.Addr() == src && e.Dst.Port() == 0 }); trunc < n {
+		t.Errorf("want the %d truncated packets' drops (without ports), got %d\n%s", n, trunc, dump(evs))
+	}
+}
+
+// udp6 is a UDP header and payload from sport 40000 to port, checksummed.
+func udp6(src, dst netip.Addr, port uint16) []byte {
+	payload := []byte("kdrop")
+	udp := make([]byte, 8+len(payload))
+	binary.BigEndian.PutUint16(udp[0:], 40000)
+	binary.BigEndian.PutUint16(udp[2:], port)
+	binary.BigEndian.PutUint16(udp[4:], uint16(len(udp)))
+	copy(udp[8:], payload)
+	binary.BigEndian.PutUint16(udp[6:], udp6Checksum(src, dst, udp))
+	return udp
+}
+
+// sendRaw6 sends one IPv6 packet: the fixed header (next header nh), then
+// ext and rest, through a raw socket that writes the whole packet.
+func sendRaw6(t *testing.T, src, dst netip.Addr, nh byte, ext, rest []byte) {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
+	if err != nil {
+		t.Fatalf("raw IPv6 socket: %v", err)
+	}
+	defer unix.Close(fd)
+	pkt := make([]byte, 40)
+	pkt[0] = 6 << 4
+	binary.BigEndian.PutUint16(pkt[4:], uint16(len(ext)+len(rest)))
+	pkt[6], pkt[7] = nh, 64
+	s, d := src.As16(), dst.As16()
+	copy(pkt[8:], s[:])
+	copy(pkt[24:], d[:])
+	pkt = append(append(pkt, ext...), rest...)
+	if err := unix.Sendto(fd, pkt, 0, &unix.SockaddrInet6{Addr: d}); err != nil {
+		t.Fatalf("raw IPv6 send: %v", err)
+	}
+}

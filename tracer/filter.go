@@ -54,7 +54,7 @@ func (f *Filter) Match(e *Event) bool {
 	if len(f.Types) > 0 && !slices.Contains(f.Types, e.Type) {
 		return false
 	}
-	if e.Type == Drop && (!f.wantsReason(e.ReasonCode, e.Reason) || (f.hidesBenign() && IsBenignPlace(e.Reason, e.Location))) {
+	if e.Type == Drop && (!f.wantsReason(e.ReasonCode, e.Reason) || (f.hidesBenign() && IsBenignPlace(e.Reason, e.Location, e.LinkMulti))) {
 		return false
 	}
 	if f.Netns != 0 && e.Netns != f.Netns {
@@ -127,6 +127,7 @@ type kernelFilter struct {
 	benignPC    [2 * benignPlaceMax]uint64
 	benignN     uint32
 	placeReason uint32
+	hideMulti   uint8
 }
 
 // benignPlaces resolves BenignPlaces into the kernel filter's text
@@ -141,6 +142,7 @@ func (k *kernelFilter) benignPlaces(f *Filter, r *Reasons, syms *Symbolizer) {
 	} else if r.Len() > 0 {
 		return
 	} // before 5.17 every free has reason 0
+	k.hideMulti = 1
 	for _, name := range BenignPlaces[:min(len(BenignPlaces), benignPlaceMax)] {
 		if start, end, ok := syms.Range(name); ok {
 			k.benignPC[2*k.benignN], k.benignPC[2*k.benignN+1] = start, end
@@ -183,16 +185,17 @@ func (t *Tracer) configure(spec *ebpf.CollectionSpec) (kernelFilter, error) {
 	}
 	k.benignPlaces(&t.opts.Filter, t.Reasons, t.Symbols)
 	for name, v := range map[string]any{
-		"cfg_netns":        k.netns,
-		"cfg_port":         k.port,
-		"cfg_proto":        k.proto,
-		"cfg_addr_filter":  k.addrFilter,
-		"cfg_rate_limit":   t.opts.RateLimit,
-		"cfg_skip_subsys":  k.skipSubsys,
-		"cfg_reason_skip":  k.reasonSkip,
-		"cfg_benign_pc":    k.benignPC,
-		"cfg_benign_n":     k.benignN,
-		"cfg_place_reason": k.placeReason,
+		"cfg_netns":           k.netns,
+		"cfg_port":            k.port,
+		"cfg_proto":           k.proto,
+		"cfg_addr_filter":     k.addrFilter,
+		"cfg_rate_limit":      t.opts.RateLimit,
+		"cfg_skip_subsys":     k.skipSubsys,
+		"cfg_reason_skip":     k.reasonSkip,
+		"cfg_benign_pc":       k.benignPC,
+		"cfg_benign_n":        k.benignN,
+		"cfg_place_reason":    k.placeReason,
+		"cfg_hide_link_multi": k.hideMulti,
 	} {
 		vs, ok := spec.Variables[name]
 		if !ok {

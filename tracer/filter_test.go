@@ -37,6 +37,9 @@ func kernelPasses(k kernelFilter, r *rawEvent) bool {
 					return false
 				}
 			}
+			if k.hideMulti != 0 && r.Flags&flagLinkMulti != 0 {
+				return false
+			}
 		}
 	}
 	if k.netns != 0 && r.Netns != k.netns {
@@ -141,9 +144,11 @@ func TestFilterMatchMirrorsKernel(t *testing.T) {
 		for _, reason := range []uint32{0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 3<<16 | 1} {
 			// at a benign place, before, at its end, after
 			for _, pc := range []uint64{0xffffffff81000104, 0xffffffff810000f0, 0xffffffff81000200, 0} {
-				e := base
-				e.Type, e.Reason, e.Location = uint8(Drop), reason, pc
-				raws = append(raws, e)
+				for _, fl := range []uint8{0, flagLinkMulti} {
+					e := base
+					e.Type, e.Reason, e.Location, e.Flags = uint8(Drop), reason, pc, fl
+					raws = append(raws, e)
+				}
 			}
 		}
 		e := base
@@ -201,6 +206,8 @@ func TestFilterMatch(t *testing.T) {
 		{"benign place with IncludeBenign", Filter{IncludeBenign: true}, Event{Type: Drop, Reason: "NOT_SPECIFIED", Location: "ip6_mc_input+0x1c5"}, true},
 		{"benign place before 5.17", Filter{}, Event{Type: Drop, Reason: "unknown", Location: "ip6_mc_input+0x1c5"}, false},
 		{"another reason at a benign place", Filter{}, Event{Type: Drop, Reason: "NO_SOCKET", Location: "ip6_mc_input+0x1c5"}, true},
+		{"NOT_SPECIFIED of a link broadcast", Filter{}, Event{Type: Drop, Reason: "NOT_SPECIFIED", Location: "__udp4_lib_rcv+0xbbf", LinkMulti: true}, false},
+		{"another reason of a link broadcast", Filter{}, Event{Type: Drop, Reason: "IP_INHDR", Location: "ip_rcv_finish_core+0x25b", LinkMulti: true}, true},
 		{"listener on a mapped address", Filter{CIDRs: cidr, Port: 80}, Event{Type: ListenOverflow, Proto: 6, Dst: netip.MustParseAddrPort("[::ffff:10.1.1.1]:80")}, true},
 	} {
 		if got := c.f.Match(&c.ev); got != c.want {

@@ -79,6 +79,7 @@ const (
 	kdropKdropFlagsKDROP_F_SYNCOOKIE    kdropKdropFlags = 1
 	kdropKdropFlagsKDROP_F_COARSE_NETNS kdropKdropFlags = 2
 	kdropKdropFlagsKDROP_F_COARSE_TYPE  kdropKdropFlags = 4
+	kdropKdropFlagsKDROP_F_LINK_MULTI   kdropKdropFlags = 8
 )
 
 type kdropKdropGen uint32
@@ -152,6 +153,7 @@ const (
 	kdropVarCfgAddrFilter               = "cfg_addr_filter"
 	kdropVarCfgBenignN                  = "cfg_benign_n"
 	kdropVarCfgBenignPc                 = "cfg_benign_pc"
+	kdropVarCfgHideLinkMulti            = "cfg_hide_link_multi"
 	kdropVarCfgNetns                    = "cfg_netns"
 	kdropVarCfgPlaceReason              = "cfg_place_reason"
 	kdropVarCfgPort                     = "cfg_port"
@@ -252,24 +254,25 @@ type kdropMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type kdropVariableSpecs struct {
-	CfgAddrFilter   *ebpf.VariableSpec `ebpf:"cfg_addr_filter"`
-	CfgBenignN      *ebpf.VariableSpec `ebpf:"cfg_benign_n"`
-	CfgBenignPc     *ebpf.VariableSpec `ebpf:"cfg_benign_pc"`
-	CfgNetns        *ebpf.VariableSpec `ebpf:"cfg_netns"`
-	CfgPlaceReason  *ebpf.VariableSpec `ebpf:"cfg_place_reason"`
-	CfgPort         *ebpf.VariableSpec `ebpf:"cfg_port"`
-	CfgProto        *ebpf.VariableSpec `ebpf:"cfg_proto"`
-	CfgRateLimit    *ebpf.VariableSpec `ebpf:"cfg_rate_limit"`
-	CfgReasonSkip   *ebpf.VariableSpec `ebpf:"cfg_reason_skip"`
-	CfgSkipSubsys   *ebpf.VariableSpec `ebpf:"cfg_skip_subsys"`
-	UnusedEvent     *ebpf.VariableSpec `ebpf:"unused_event"`
-	UnusedEventType *ebpf.VariableSpec `ebpf:"unused_event_type"`
-	UnusedFlags     *ebpf.VariableSpec `ebpf:"unused_flags"`
-	UnusedFlowKey   *ebpf.VariableSpec `ebpf:"unused_flow_key"`
-	UnusedGen       *ebpf.VariableSpec `ebpf:"unused_gen"`
-	UnusedMode      *ebpf.VariableSpec `ebpf:"unused_mode"`
-	UnusedQueue     *ebpf.VariableSpec `ebpf:"unused_queue"`
-	UnusedStat      *ebpf.VariableSpec `ebpf:"unused_stat"`
+	CfgAddrFilter    *ebpf.VariableSpec `ebpf:"cfg_addr_filter"`
+	CfgBenignN       *ebpf.VariableSpec `ebpf:"cfg_benign_n"`
+	CfgBenignPc      *ebpf.VariableSpec `ebpf:"cfg_benign_pc"`
+	CfgHideLinkMulti *ebpf.VariableSpec `ebpf:"cfg_hide_link_multi"`
+	CfgNetns         *ebpf.VariableSpec `ebpf:"cfg_netns"`
+	CfgPlaceReason   *ebpf.VariableSpec `ebpf:"cfg_place_reason"`
+	CfgPort          *ebpf.VariableSpec `ebpf:"cfg_port"`
+	CfgProto         *ebpf.VariableSpec `ebpf:"cfg_proto"`
+	CfgRateLimit     *ebpf.VariableSpec `ebpf:"cfg_rate_limit"`
+	CfgReasonSkip    *ebpf.VariableSpec `ebpf:"cfg_reason_skip"`
+	CfgSkipSubsys    *ebpf.VariableSpec `ebpf:"cfg_skip_subsys"`
+	UnusedEvent      *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedEventType  *ebpf.VariableSpec `ebpf:"unused_event_type"`
+	UnusedFlags      *ebpf.VariableSpec `ebpf:"unused_flags"`
+	UnusedFlowKey    *ebpf.VariableSpec `ebpf:"unused_flow_key"`
+	UnusedGen        *ebpf.VariableSpec `ebpf:"unused_gen"`
+	UnusedMode       *ebpf.VariableSpec `ebpf:"unused_mode"`
+	UnusedQueue      *ebpf.VariableSpec `ebpf:"unused_queue"`
+	UnusedStat       *ebpf.VariableSpec `ebpf:"unused_stat"`
 }
 
 // kdropObjects contains all objects after they have been loaded into the kernel.
@@ -317,24 +320,25 @@ func (m *kdropMaps) Close() error {
 //
 // It can be passed to loadKdropObjects or ebpf.CollectionSpec.LoadAndAssign.
 type kdropVariables struct {
-	CfgAddrFilter   *ebpf.Variable `ebpf:"cfg_addr_filter"`
-	CfgBenignN      *ebpf.Variable `ebpf:"cfg_benign_n"`
-	CfgBenignPc     *ebpf.Variable `ebpf:"cfg_benign_pc"`
-	CfgNetns        *ebpf.Variable `ebpf:"cfg_netns"`
-	CfgPlaceReason  *ebpf.Variable `ebpf:"cfg_place_reason"`
-	CfgPort         *ebpf.Variable `ebpf:"cfg_port"`
-	CfgProto        *ebpf.Variable `ebpf:"cfg_proto"`
-	CfgRateLimit    *ebpf.Variable `ebpf:"cfg_rate_limit"`
-	CfgReasonSkip   *ebpf.Variable `ebpf:"cfg_reason_skip"`
-	CfgSkipSubsys   *ebpf.Variable `ebpf:"cfg_skip_subsys"`
-	UnusedEvent     *ebpf.Variable `ebpf:"unused_event"`
-	UnusedEventType *ebpf.Variable `ebpf:"unused_event_type"`
-	UnusedFlags     *ebpf.Variable `ebpf:"unused_flags"`
-	UnusedFlowKey   *ebpf.Variable `ebpf:"unused_flow_key"`
-	UnusedGen       *ebpf.Variable `ebpf:"unused_gen"`
-	UnusedMode      *ebpf.Variable `ebpf:"unused_mode"`
-	UnusedQueue     *ebpf.Variable `ebpf:"unused_queue"`
-	UnusedStat      *ebpf.Variable `ebpf:"unused_stat"`
+	CfgAddrFilter    *ebpf.Variable `ebpf:"cfg_addr_filter"`
+	CfgBenignN       *ebpf.Variable `ebpf:"cfg_benign_n"`
+	CfgBenignPc      *ebpf.Variable `ebpf:"cfg_benign_pc"`
+	CfgHideLinkMulti *ebpf.Variable `ebpf:"cfg_hide_link_multi"`
+	CfgNetns         *ebpf.Variable `ebpf:"cfg_netns"`
+	CfgPlaceReason   *ebpf.Variable `ebpf:"cfg_place_reason"`
+	CfgPort          *ebpf.Variable `ebpf:"cfg_port"`
+	CfgProto         *ebpf.Variable `ebpf:"cfg_proto"`
+	CfgRateLimit     *ebpf.Variable `ebpf:"cfg_rate_limit"`
+	CfgReasonSkip    *ebpf.Variable `ebpf:"cfg_reason_skip"`
+	CfgSkipSubsys    *ebpf.Variable `ebpf:"cfg_skip_subsys"`
+	UnusedEvent      *ebpf.Variable `ebpf:"unused_event"`
+	UnusedEventType  *ebpf.Variable `ebpf:"unused_event_type"`
+	UnusedFlags      *ebpf.Variable `ebpf:"unused_flags"`
+	UnusedFlowKey    *ebpf.Variable `ebpf:"unused_flow_key"`
+	UnusedGen        *ebpf.Variable `ebpf:"unused_gen"`
+	UnusedMode       *ebpf.Variable `ebpf:"unused_mode"`
+	UnusedQueue      *ebpf.Variable `ebpf:"unused_queue"`
+	UnusedStat       *ebpf.Variable `ebpf:"unused_stat"`
 }
 
 // kdropPrograms contains all programs after they have been loaded into the kernel.

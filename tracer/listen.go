@@ -165,7 +165,10 @@ func (p *listenPoller) poll(emit func(*Event)) {
 			e := Event{Time: now, Type: ListenOverflow, Count: count, Source: string(ModeSockDiag), Netns: w.inode,
 				Proto: unix.IPPROTO_TCP, Queue: q, Syncookie: cookie}
 			if k != nil { // the listener is its destination, the peer is unknown
-				e.Family, e.Dst, e.QueueLen, e.QueueMax = familyOf(k.addr.Addr()), k.addr, l.rqueue, l.wqueue
+				e.Family, e.Dst = familyOf(k.addr.Addr()), k.addr
+				if q == QueueAccept { // sock_diag tells the accept queue only
+					e.QueueLen, e.QueueMax = l.rqueue, l.wqueue
+				}
 			}
 			// each event goes through the same filter as the kernel's
 			p.emitMatching(emit, &e)

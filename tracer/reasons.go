@@ -84,13 +84,15 @@ const benignPlaceMax = 8
 
 // IsBenignPlace says whether a drop with this reason at this location
 // ("func+0xoff") is a benign free by place: NOT_SPECIFIED (or "unknown",
-// before 5.17) in one of BenignPlaces.
-func IsBenignPlace(reason, location string) bool {
+// before 5.17) in one of BenignPlaces, or of a frame that came as
+// link-layer broadcast or multicast (linkMulti: mDNS, SSDP, DHCP, subnet
+// broadcasts nobody on this host listens to; OTHERHOST's kin).
+func IsBenignPlace(reason, location string, linkMulti bool) bool {
 	if r := normReason(reason); r != "NOT_SPECIFIED" && r != strings.ToUpper(reasonUnknown) {
 		return false
 	}
 	fn, _, _ := strings.Cut(location, "+")
-	return slices.Contains(BenignPlaces, fn)
+	return linkMulti || slices.Contains(BenignPlaces, fn)
 }
 
 // IsBenign says whether a drop reason (a name, with or without the

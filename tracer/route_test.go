@@ -47,8 +47,10 @@ func TestRouteDropsShown(t *testing.T) {
 }
 
 // NOT_SPECIFIED frees at a benign place (ip6_mc_input: multicast for a
-// group the host has not joined) are hidden by default and shown with
-// IncludeBenign, on the same traffic.
+// group the host has not joined) and of frames that came as link-layer
+// multicast or broadcast (a joined group or the subnet's broadcast with no
+// socket on the port: mDNS, SSDP, DHCP) are hidden by default and shown
+// with IncludeBenign, on the same traffic.
 func TestBenignPlaceHidden(t *testing.T) {
 	r := nstest.NewRouted(t)
 	send := func() {
@@ -62,31 +64,47 @@ func TestBenignPlaceHidden(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer unix.Close(fd)
-			group := netip.MustParseAddr("ff02::4b:6472").As16() // joined by no one
+			fd4, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(fd4)
+			unix.SetsockoptInt(fd4, unix.SOL_SOCKET, unix.SO_BROADCAST, 1)
 			for _, ifc := range ifs {
 				if ifc.Flags&net.FlagLoopback != 0 {
 					continue
 				}
 				for i := 0; i < 5; i++ {
-					if err := unix.Sendto(fd, []byte("kdrop"), 0, &unix.SockaddrInet6{Addr: group, Port: 9, ZoneId: uint32(ifc.Index)}); err != nil {
-						t.Fatalf("multicast send on %s: %v", ifc.Name, err)
+					// a group joined by no one (ip6_mc_input), all-nodes
+					// (joined: no socket on the port), mDNS, the subnet's
+					// broadcast
+					for _, g := range []string{"ff02::4b:6472", "ff02::1"} {
+						sa := &unix.SockaddrInet6{Addr: netip.MustParseAddr(g).As16(), Port: 5003, ZoneId: uint32(ifc.Index)}
+						if err := unix.Sendto(fd, []byte("kdrop"), 0, sa); err != nil {
+							t.Fatalf("multicast send to %s on %s: %v", g, ifc.Name, err)
+						}
+					}
+					for _, d := range [][4]byte{{224, 0, 0, 251}, {198, 18, 1, 255}} {
+						if err := unix.Sendto(fd4, []byte("kdrop"), 0, &unix.SockaddrInet4{Addr: d, Port: 5353}); err != nil {
+							t.Fatalf("send to %v: %v", d, err)
+						}
 					}
 				}
 			}
 		})
 	}
 	at := func(evs []Event) uint64 {
-		n, _ := sum(evs, func(e *Event) bool { return strings.HasPrefix(e.Location, "ip6_mc_input+") })
+		n, _ := sum(evs, func(e *Event) bool { return e.Reason == "NOT_SPECIFIED" || e.Reason == "unknown" })
 		return n
 	}
 	c := startTracer(t, Options{Filter: Filter{Netns: r.Router.Inode, Types: []EventType{Drop}}})
 	send()
-	if n := at(c.stop(t)); n != 0 {
-		t.Errorf("default filter: %d frees at ip6_mc_input shown, want none", n)
+	if evs := c.stop(t); at(evs) != 0 {
+		t.Errorf("default filter: %d NOT_SPECIFIED frees of link multicast and broadcast shown, want none\n%s", at(evs), dump(evs))
 	}
 	c = startTracer(t, Options{Filter: Filter{Netns: r.Router.Inode, Types: []EventType{Drop}, IncludeBenign: true}})
 	send()
-	if n := at(c.stop(t)); n < 5 {
-		t.Errorf("IncludeBenign: %d frees at ip6_mc_input shown, want at least the 5 sent", n)
+	if n := at(c.stop(t)); n < 20 {
+		t.Errorf("IncludeBenign: %d NOT_SPECIFIED frees shown, want at least the 20 sent", n)
 	}
 }

@@ -544,6 +544,7 @@ func (t *Tracer) fill(r *rawEvent, ev *Event) {
 		QueueMax:    r.Qmax,
 		SynQueueLen: r.Synq,
 		Syncookie:   r.Flags&flagSyncookie != 0,
+		LinkMulti:   r.Flags&flagLinkMulti != 0,
 	}
 	switch {
 	case r.Flags&flagCoarseType != 0:
@@ -663,6 +664,7 @@ func (t *Tracer) summary(k *kdropFlowKey, n uint64, now time.Time, ev *Event) {
 		r.Queue = uint8(k.Reason)
 	case Unreachable:
 		r.IcmpType, r.IcmpCode = uint8(k.Reason>>8), uint8(k.Reason)
+		r.IcmpInfo = k.Reason >> 16 // an MTU, which keys the flow (icmp_error_out)
 	}
 	t.fill(&r, ev)
 	ev.Src = netip.AddrPort{} // a flow is keyed by its destination: sources vary
