@@ -124,37 +124,12 @@ func connectWithDstOpts(dst netip.Addr, port int) error {
 }
 
 // sendAtomicFragments sends n UDP datagrams to dst:port, each behind a
-// fragment header with offset 0 and no more fragments, through a raw
-// socket that writes the whole IPv6 packet (IPPROTO_RAW implies
-// IPV6_HDRINCL).
+// fragment header with offset 0 and no more fragments.
 func sendAtomicFragments(t *testing.T, src, dst netip.Addr, port uint16, n int) {
 	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
-	if err != nil {
-		t.Fatalf("raw IPv6 socket: %v", err)
-	}
-	defer unix.Close(fd)
-	payload := []byte("kdrop")
 	for i := 0; i < n; i++ {
-		udp := make([]byte, 8+len(payload))
-		binary.BigEndian.PutUint16(udp[0:], 40000+uint16(i))
-		binary.BigEndian.PutUint16(udp[2:], port)
-		binary.BigEndian.PutUint16(udp[4:], uint16(len(udp)))
-		copy(udp[8:], payload)
-		binary.BigEndian.PutUint16(udp[6:], udp6Checksum(src, dst, udp))
 		frag := []byte{unix.IPPROTO_UDP, 0, 0, 0, 0, 0, 0, byte(i + 1)} // offset 0, M=0, id i+1
-		pkt := make([]byte, 40, 40+len(frag)+len(udp))
-		pkt[0] = 6 << 4
-		binary.BigEndian.PutUint16(pkt[4:], uint16(len(frag)+len(udp)))
-		pkt[6] = 44 // fragment header
-		pkt[7] = 64
-		s, d := src.As16(), dst.As16()
-		copy(pkt[8:], s[:])
-		copy(pkt[24:], d[:])
-		pkt = append(append(pkt, frag...), udp...)
-		if err := unix.Sendto(fd, pkt, 0, &unix.SockaddrInet6{Addr: d}); err != nil {
-			t.Fatalf("raw send of an atomic fragment: %v", err)
-		}
+		sendRaw6(t, src, dst, 44, frag, udp6(src, dst, port))
 	}
 }
 
