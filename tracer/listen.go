@@ -47,6 +47,10 @@ type nsWatch struct {
 	diag      int      // NETLINK_SOCK_DIAG socket created inside it
 	last      listenCounters
 	listeners map[listenerKey]listenerState // per listener, at the last poll
+	// counted by the namespace, no listener's counter yet: a listener's
+	// drop counter moves after the namespace's (tcp_syn_flood_action,
+	// then tcp_listendrop), so they wait one poll for it
+	pendOverflow, pendSyn uint64
 }
 
 // listenCounters are a namespace's TcpExt counters of refused SYNs.
@@ -70,7 +74,7 @@ func (p *listenPoller) run(ctx context.Context, emit func(*Event)) {
 	for {
 		select {
 		case <-ctx.Done():
-			p.poll(emit) // report what happened up to the end
+			p.poll(emit, true) // report what happened up to the end
 			return
 		case <-tick.C:
 		}
@@ -78,7 +82,7 @@ func (p *listenPoller) run(ctx context.Context, emit func(*Event)) {
 			p.discover()
 			lastDiscover = time.Now()
 		}
-		p.poll(emit)
+		p.poll(emit, false)
 	}
 }
 
@@ -147,13 +151,15 @@ func openNsWatch(path string, ino uint32) (*nsWatch, error) {
 	return w, nil
 }
 
-func (p *listenPoller) poll(emit func(*Event)) {
+func (p *listenPoller) poll(emit func(*Event), final bool) {
 	for _, w := range p.ns {
 		c, err := w.counters()
-		if err != nil || c == w.last {
+		if err != nil || (c == w.last && w.pendOverflow+w.pendSyn == 0) {
 			continue
 		}
 		dOverflow, dSyn, dCookies := c.overflows-w.last.overflows, c.synDrops-w.last.synDrops, c.cookies-w.last.cookies
+		oldOverflow, oldSyn := w.pendOverflow, w.pendSyn
+		dOverflow, dSyn = dOverflow+oldOverflow, dSyn+oldSyn
 		w.last = c
 		now := time.Now()
 		listeners, err := w.dumpListeners()
@@ -209,14 +215,21 @@ func (p *listenPoller) poll(emit func(*Event)) {
 				}
 			}
 		}
-		// What no listener could be told for: a listener that closed
-		// between two polls took its counter with it.
-		if dOverflow > attOverflow {
-			ev(dOverflow-attOverflow, nil, listenerState{}, QueueAccept, false)
+		// What no listener could be told for after waiting a poll (or at
+		// the end): a listener that closed between two polls took its
+		// counter with it. The rest waits for the next poll.
+		flush := func(rem, old uint64, q Queue) uint64 {
+			n := min(rem, old)
+			if final {
+				n = rem
+			}
+			if n > 0 {
+				ev(n, nil, listenerState{}, q, false)
+			}
+			return rem - n
 		}
-		if dSyn > attSyn {
-			ev(dSyn-attSyn, nil, listenerState{}, QueueSYN, false)
-		}
+		w.pendOverflow = flush(dOverflow-attOverflow, oldOverflow, QueueAccept)
+		w.pendSyn = flush(dSyn-attSyn, oldSyn, QueueSYN)
 		if dCookies > 0 {
 			// no listener counts the cookies it sent: named only when it
 			// is the namespace's one listener
