@@ -152,6 +152,13 @@ func hasAt(b []byte, i int, s string) bool { return len(b)-i >= len(s) && string
 // object skips a JSON object and returns it; ok is false when it is not
 // one or does not end. Its contents are checked when it is decoded
 // (Decoder.endpoint: encoding/json, or an identical object already read).
+// objectInto reads an object with encoding/json into v: for the rare,
+// nested objects the fast path does not read field by field.
+func (r *fastReader) objectInto(v any) bool {
+	raw, ok := r.object()
+	return ok && json.Unmarshal(raw, v) == nil
+}
+
 func (r *fastReader) object() (raw []byte, ok bool) {
 	if r.i >= len(r.b) || r.b[r.i] != '{' {
 		return nil, false
@@ -289,17 +296,11 @@ func (d *Decoder) fastWire(b []byte, w *wire, r *fastReader) bool {
 		case "where_k8s":
 			w.WhereK8s, ok = r.object()
 		case "rule": // NETFILTER_DROP lines only: encoding/json for its object
-			var raw []byte
-			if raw, ok = r.object(); ok {
-				w.Rule = new(wireRule)
-				ok = json.Unmarshal(raw, w.Rule) == nil
-			}
+			w.Rule = new(wireRule)
+			ok = r.objectInto(w.Rule)
 		case "route": // route drops only: encoding/json for its object
-			var raw []byte
-			if raw, ok = r.object(); ok {
-				w.Route = new(wireRoute)
-				ok = json.Unmarshal(raw, w.Route) == nil
-			}
+			w.Route = new(wireRoute)
+			ok = r.objectInto(w.Route)
 		default:
 			ok = unknownField(key, r)
 		}

@@ -424,9 +424,8 @@ func (s *nsState[T]) attribute(p *req[T]) *Rule {
 		}
 	}
 	var yes, maybe []Ref
-	for ri, d := range sum {
-		ref := ri.Ref
-		ref.Packets = d
+	// classify puts ref among the rules that surely or may match the packet
+	classify := func(ri *ruleInfo, ref Ref) {
 		switch matches(ri, &p.ev) {
 		case matchYes:
 			ref.Verdict = vmapDrop(ref.Verdict)
@@ -434,6 +433,11 @@ func (s *nsState[T]) attribute(p *req[T]) *Rule {
 		case matchMaybe:
 			maybe = append(maybe, ref)
 		}
+	}
+	for ri, d := range sum {
+		ref := ri.Ref
+		ref.Packets = d
+		classify(ri, ref)
 	}
 	if len(yes)+len(maybe) > 0 {
 		return pick(HowCounter, yes, maybe)
@@ -452,14 +456,7 @@ func (s *nsState[T]) attribute(p *req[T]) *Rule {
 		if !kubeProxyReached(s.last, ri, &p.ev) {
 			continue
 		}
-		ref := ri.Ref
-		switch matches(ri, &p.ev) {
-		case matchYes:
-			ref.Verdict = vmapDrop(ref.Verdict)
-			yes = append(yes, ref)
-		case matchMaybe:
-			maybe = append(maybe, ref)
-		}
+		classify(ri, ri.Ref)
 	}
 	if len(yes) > 0 {
 		return pick(HowMatch, kubeProxyFirst(yes), nil)
