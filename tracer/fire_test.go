@@ -246,27 +246,7 @@ func TestAcceptOverflowWithFullSynQueue(t *testing.T) {
 	c := startTracer(t, Options{Filter: Filter{Types: []EventType{ListenOverflow}, Netns: srv.Inode}})
 	ln := srv.ListenNoAccept(t, "127.0.0.1", port, backlog)
 	defer ln.Close()
-	var halfOpen []int
-	srv.In(t, func() {
-		for p := 40000; p < 40008; p++ {
-			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			halfOpen = append(halfOpen, fd)
-			if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: p}); err != nil {
-				t.Fatal(err)
-			}
-			if err := unix.Connect(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: port}); err != nil && err != unix.EINPROGRESS {
-				t.Fatal(err)
-			}
-		}
-	})
-	defer func() {
-		for _, fd := range halfOpen {
-			unix.Close(fd)
-		}
-	}()
+	defer srv.ConnectFrom(t, "127.0.0.1", port, []int{40000, 40001, 40002, 40003, 40004, 40005, 40006, 40007}).Close()
 	time.Sleep(200 * time.Millisecond)
 	before := srv.Counters(t)
 	conns := srv.ConnectMany(t, "127.0.0.1", port, 40) // cookies, then a full accept queue

@@ -5,8 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/kdrop/kdrop/tracer/nstest"
 )
 
@@ -30,37 +28,12 @@ func TestSynQueueFullEveryMode(t *testing.T) {
 			c := startTracer(t, Options{Filter: Filter{Types: []EventType{ListenOverflow}, Netns: srv.Inode}})
 			ln := srv.ListenNoAccept(t, "127.0.0.1", port, backlog)
 			defer ln.Close()
-			var fds []int
-			defer func() {
-				for _, fd := range fds {
-					unix.Close(fd)
-				}
-			}()
-			connect := func(sport int) {
-				srv.In(t, func() {
-					fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-					if err != nil {
-						t.Fatal(err)
-					}
-					fds = append(fds, fd)
-					if sport != 0 {
-						if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: sport}); err != nil {
-							t.Fatal(err)
-						}
-					}
-					if err := unix.Connect(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: port}); err != nil && err != unix.EINPROGRESS {
-						t.Fatal(err)
-					}
-				})
-			}
 			before := srv.Counters(t)
-			for p := 41000; p < 41008; p++ {
-				connect(p)
-			}
+			halfOpen := []int{41000, 41001, 41002, 41003, 41004, 41005, 41006, 41007}
+			defer srv.ConnectFrom(t, "127.0.0.1", port, halfOpen).Close()
 			time.Sleep(200 * time.Millisecond)
-			for i := 0; i < 10; i++ { // SYNs (and their retransmissions) to a full SYN queue
-				connect(0)
-			}
+			// SYNs (and their retransmissions) to a full SYN queue
+			defer srv.ConnectMany(t, "127.0.0.1", port, 10).Close()
 			time.Sleep(1500 * time.Millisecond)
 			evs := c.stop(t)
 			after := srv.Counters(t)

@@ -208,18 +208,31 @@ func (s *Sockets) Close() {
 // (Close stops their SYN retransmissions).
 func (n *NS) ConnectMany(t testing.TB, addr string, port, count int) *Sockets {
 	t.Helper()
+	return n.ConnectFrom(t, addr, port, make([]int, count))
+}
+
+// ConnectFrom starts one non-blocking TCP connect from the namespace per
+// source port in sports (0: an ephemeral one), bound to addr's address.
+func (n *NS) ConnectFrom(t testing.TB, addr string, port int, sports []int) *Sockets {
+	t.Helper()
 	var fds []int
 	n.In(t, func() {
 		fam, sa := sockaddr(t, addr, port)
-		for i := 0; i < count; i++ {
+		for _, sport := range sports {
 			fd, err := unix.Socket(fam, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 			if err != nil {
 				t.Fatal(err)
 			}
+			fds = append(fds, fd)
+			if sport != 0 {
+				_, local := sockaddr(t, addr, sport)
+				if err := unix.Bind(fd, local); err != nil {
+					t.Fatalf("bind source port %d: %v", sport, err)
+				}
+			}
 			if err := unix.Connect(fd, sa); err != nil && err != unix.EINPROGRESS {
 				t.Fatalf("connect %s:%d: %v", addr, port, err)
 			}
-			fds = append(fds, fd)
 		}
 	})
 	s := &Sockets{fds}
