@@ -116,8 +116,8 @@ const (
 // (or do not apply: no end is an isolated pod, an end is a Service IP, the
 // protocol is not TCP, UDP or SCTP), else a netfilter.MeaningNetworkPolicy naming the policies
 // that isolate the pod and allow nothing matching f. When both ends are
-// isolated and both directions deny, egress is named: the source's side
-// drops the packet first. nsLabels gives a namespace's labels
+// isolated and both directions deny, egress is named (the source's side
+// drops the packet first) and its Text says ingress denies it too. nsLabels gives a namespace's labels
 // (k8s.Resolver.NamespaceLabels). One call walks only the policies of the
 // two ends' namespaces.
 func (s *Set) Evaluate(f Flow, nsLabels func(ns string) map[string]string) (m *netfilter.Meaning) {
@@ -138,21 +138,29 @@ func (s *Set) Evaluate(f Flow, nsLabels func(ns string) map[string]string) (m *n
 	if dst.Internal != nil {
 		t.ResolvedPortName = portName(f.DstK8s, f.Dst.Port(), proto)
 	}
+	var egress, ingress *netfilter.Meaning
 	if src.Internal != nil {
 		if p := s.byNS[src.Internal.Namespace]; p != nil {
 			if d := p.IsIngressOrEgressAllowed(t, false); !d.IsAllowed() {
-				return meaning(Egress, d.DenyingTargets, f, proto, t.ResolvedPortName)
+				egress = meaning(Egress, d.DenyingTargets, f, proto, t.ResolvedPortName)
 			}
 		}
 	}
 	if dst.Internal != nil {
 		if p := s.byNS[dst.Internal.Namespace]; p != nil {
 			if d := p.IsIngressOrEgressAllowed(t, true); !d.IsAllowed() {
-				return meaning(Ingress, d.DenyingTargets, f, proto, t.ResolvedPortName)
+				ingress = meaning(Ingress, d.DenyingTargets, f, proto, t.ResolvedPortName)
 			}
 		}
 	}
-	return nil
+	if egress != nil && ingress != nil {
+		// fixing egress alone would leave the drop at the destination
+		egress.Text += "; ingress is denied too: " + ingress.Text
+	}
+	if egress != nil {
+		return egress
+	}
+	return ingress
 }
 
 var protocols = map[uint8]corev1.Protocol{
