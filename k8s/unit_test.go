@@ -202,7 +202,7 @@ func TestTransformPolicyInputs(t *testing.T) {
 	// Without informers: no policies, not synced; a namespace's labels
 	// fall back to the one the API server sets on every namespace.
 	r := newResolver(Config{Node: "node-a"}, zap.NewNop())
-	if list, _, synced := r.NetworkPolicies(); list != nil || synced {
+	if list, _, synced := r.NetworkPolicies(time.Time{}); list != nil || synced {
 		t.Errorf("NetworkPolicies without informers: %v, synced %v", list, synced)
 	}
 	if l := r.NamespaceLabels("shop"); !reflect.DeepEqual(l, map[string]string{corev1.LabelMetadataName: "shop"}) {

@@ -175,7 +175,7 @@ func policyMeaning(e *netpol.Evaluator, ev *line.Event) {
 	if e == nil || ev.Rule == nil || ev.Rule.K8s != nil {
 		return
 	}
-	ev.Rule.K8s = e.Meaning(netpol.Flow{Proto: ev.Proto, Src: ev.Src, Dst: ev.Dst, SrcK8s: ev.SrcK8s, DstK8s: ev.DstK8s})
+	ev.Rule.K8s = e.Meaning(netpol.Flow{Proto: ev.Proto, Src: ev.Src, Dst: ev.Dst, SrcK8s: ev.SrcK8s, DstK8s: ev.DstK8s, At: ev.Time})
 }
 
 // detach copies ev with its own endpoints (Enrich's point into Scratch,
