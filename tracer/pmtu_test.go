@@ -3,7 +3,6 @@ package tracer
 import (
 	"errors"
 	"net/netip"
-	"os/exec"
 	"testing"
 	"time"
 
@@ -149,20 +148,7 @@ func TestICMPErrorWhileResolvingNeighbour(t *testing.T) {
 // sent through VXLAN is one event (at the VXLAN device), not a second one
 // for the outer UDP packet, and echo replies are none.
 func TestICMPErrorThroughVXLANOnce(t *testing.T) {
-	a, b := nstest.New(t, "vxa"), nstest.New(t, "vxb")
-	nstest.Veth(t, a, "198.18.20.1/24", "", b, "198.18.20.2/24", "")
-	for _, x := range []struct {
-		ns          *nstest.NS
-		local, peer string
-		addr        string
-	}{{a, "198.18.20.1", "198.18.20.2", "198.18.21.1/24"}, {b, "198.18.20.2", "198.18.20.1", "198.18.21.2/24"}} {
-		if _, err := exec.Command("ip", "-n", x.ns.Name, "link", "add", "kdvx0", "type", "vxlan", "id", "42", "local", x.local,
-			"remote", x.peer, "dstport", "4789", "srcport", "768", "1024").CombinedOutput(); err != nil {
-			t.Skipf("no vxlan here: %v", err) // the kernel lacks the driver: the case cannot arise
-		}
-		x.ns.IP(t, "addr add "+x.addr+" dev kdvx0")
-		x.ns.IP(t, "link set kdvx0 up")
-	}
+	a, b := vxlanPair(t)
 	c := startTracer(t, Options{Filter: Filter{Types: []EventType{Unreachable}, Netns: b.Inode}})
 	before := b.Counters(t)
 	a.SendUDP(t, "198.18.21.2", 7, 4)
