@@ -6,6 +6,7 @@ package nstest
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand"
 	"net/netip"
@@ -300,6 +301,37 @@ func (n *NS) SendUDP(t testing.TB, addr string, port, count int) {
 			// ECONNREFUSED from an earlier ICMP error is expected: go on.
 			if err := unix.Sendto(fd, []byte("kdrop"), 0, sa); err != nil && err != unix.ECONNREFUSED {
 				t.Fatalf("send %s:%d: %v", addr, port, err)
+			}
+		}
+	})
+}
+
+// SendDF sends count UDP datagrams of size bytes (IP header included) to
+// addr:port from the namespace, each with don't-fragment set (IPv4 DF,
+// and IPv6, which routers never fragment) whatever path MTU the kernel
+// learned meanwhile (IP_PMTUDISC_PROBE): a sender whose packets are too big
+// for the path.
+func (n *NS) SendDF(t testing.TB, addr string, port, size, count int) {
+	t.Helper()
+	n.In(t, func() {
+		fam, sa := sockaddr(t, addr, port)
+		lvl, opt, hdr := unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, 28
+		if fam == unix.AF_INET6 {
+			lvl, opt, hdr = unix.IPPROTO_IPV6, unix.IPV6_MTU_DISCOVER, 48
+		}
+		fd, err := unix.Socket(fam, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fd)
+		if err := unix.SetsockoptInt(fd, lvl, opt, unix.IP_PMTUDISC_PROBE); err != nil {
+			t.Fatal(err)
+		}
+		payload := make([]byte, size-hdr)
+		for i := 0; i < count; i++ {
+			// EMSGSIZE and ECONNREFUSED from earlier ICMP errors: go on
+			if err := unix.Sendto(fd, payload, 0, sa); err != nil && !errors.Is(err, unix.EMSGSIZE) && !errors.Is(err, unix.ECONNREFUSED) {
+				t.Fatalf("send to %s: %v", addr, err)
 			}
 		}
 	})
