@@ -86,6 +86,7 @@ func (a *analysis) pmtuFindings() {
 	type told struct {
 		by, mtu counter
 		count   uint64
+		flows   []*Flow
 	}
 	tolds := map[netip.Addr]*told{}
 	for _, f := range a.rec.Flows {
@@ -102,6 +103,7 @@ func (a *analysis) pmtuFindings() {
 			t.mtu.add(fmt.Sprint(f.ICMPMTU), f.Count)
 		}
 		t.count += f.Count
+		t.flows = append(t.flows, f)
 	}
 	// The errors a drop names: its ICMP type says so. Summary lines of
 	// the same kernel flow (same place, destination and reason) do not
@@ -160,6 +162,9 @@ func (a *analysis) pmtuFindings() {
 		if t != nil {
 			fmt.Fprintf(&d, "They answer packets %s sent too big for the next link: %s sent %s (%s). ",
 				host, t.by.names(2), plural(t.count, "such error", "such errors"), mtu)
+			for _, f := range t.flows { // the same errors, told here
+				a.used[f] = true
+			}
 		}
 		if n := untyped[g]; n > 0 {
 			fmt.Fprintf(&d, "%s of them come from summary lines (or an older recording), which do not say the ICMP type: ICMP to %s dropped at the same place for the same reason. ", num(n), host)

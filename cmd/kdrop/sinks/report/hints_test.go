@@ -116,6 +116,9 @@ func TestHintFindings(t *testing.T) {
 	wantAll(t, "black hole fix", f.Fix, "before rule filter/INPUT#3 DROP", "--icmp-type fragmentation-needed", "packet-too-big", "clamp-mss-to-pmtu", "tcp_mtu_probing")
 	f = byTitle("pmtu-black-hole", "fd00:18:1::2")
 	wantAll(t, "IPv6 black hole", f.Title, "3 ICMP too-big errors to fd00:18:1::2 dropped at network namespace 4026532003 (NETFILTER_DROP)")
+	if icmp := findKind(fs, "icmp"); len(icmp) != 0 {
+		t.Errorf("the router's errors are told in the black hole, not again:\n%s", all)
+	}
 	if nf := findKind(fs, "netfilter"); len(nf) != 1 || nf[0].Count != 1 || !strings.Contains(nf[0].Title, "198.18.1.9") {
 		t.Errorf("the dropped echo reply is a plain netfilter finding, not a black hole:\n%s", all)
 	}
