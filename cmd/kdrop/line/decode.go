@@ -399,6 +399,9 @@ func (d *Decoder) event(w *wire, l *Line) error {
 		if w.Route != nil {
 			e.Route = &route.Route{Type: w.Route.Type, Dst: w.Route.Dst, Table: w.Route.Table}
 		}
+		if isICMP(e.Proto) {
+			e.ICMPType, e.ICMPCode = w.ICMPType, w.ICMPCode
+		}
 	case tracer.Unreachable:
 		e.ICMPType, e.ICMPCode = w.ICMPType, w.ICMPCode
 		e.ICMPInfo = tracer.ICMPInfoOf(e.Family == 6, e.ICMPType, e.ICMPCode, w.ICMPMTU, w.ICMPPointer)

@@ -56,6 +56,9 @@ func AppendEvent(b []byte, e *Event) []byte {
 		b = append(b, `,"reason_code":`...)
 		b = strconv.AppendUint(b, uint64(e.ReasonCode), 10)
 		b = appendField(b, "location", e.Location)
+		if isICMP(e.Proto) {
+			b = appendDroppedICMP(b, &e.Event)
+		}
 		if e.Rule != nil {
 			b = append(b, `,"rule":`...)
 			b = appendRule(b, e.Rule)
@@ -165,6 +168,20 @@ func AppendTrailer(b []byte, t Trailer) []byte {
 
 // appendICMP adds ,"icmp":NAME as tracer.ICMPName has it, without
 // allocating for errors that have no name.
+// appendDroppedICMP writes the ICMP type of a dropped ICMP packet (a
+// frag-needed dropped on its way is a path MTU black hole), from the
+// packet itself: a summary spans the flow's packets and says none.
+func appendDroppedICMP(b []byte, e *tracer.Event) []byte {
+	if e.Summary {
+		return b
+	}
+	b = appendICMP(b, e.Proto == protoICMPv6, e.ICMPType, e.ICMPCode)
+	b = append(b, `,"icmp_type":`...)
+	b = strconv.AppendUint(b, uint64(e.ICMPType), 10)
+	b = append(b, `,"icmp_code":`...)
+	return strconv.AppendUint(b, uint64(e.ICMPCode), 10)
+}
+
 func appendICMP(b []byte, v6 bool, typ, code uint8) []byte {
 	if n := tracer.ICMPKnownName(v6, typ, code); n != "" {
 		return appendField(b, "icmp", n)
@@ -445,3 +462,8 @@ func appendRef(b []byte, r *netfilter.Ref) []byte {
 	}
 	return b
 }
+
+// IP protocol numbers of ICMP and ICMPv6 (IPPROTO_ICMP, IPPROTO_ICMPV6).
+const protoICMP, protoICMPv6 = 1, 58
+
+func isICMP(proto uint8) bool { return proto == protoICMP || proto == protoICMPv6 }
