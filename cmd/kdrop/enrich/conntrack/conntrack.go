@@ -166,6 +166,9 @@ func (w *Windows) Add(s Stats, start, end time.Time) {
 		win.otherDrop = drop - ifail
 	}
 	win.full = d(s.EarlyDrop, prev.EarlyDrop) > 0 || (s.Max > 0 && s.Count >= s.Max) || (prev.Max > 0 && prev.Count >= prev.Max)
+	if win.full && prev.Count > s.Count { // full at the window's start: say how full
+		win.count = prev.Count
+	}
 	w.ws = append(w.ws, win)
 	if len(w.ws) > maxWindows {
 		w.ws = w.ws[len(w.ws)-maxWindows:]

@@ -10,6 +10,7 @@ package netfilter
 import (
 	"encoding/binary"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -70,6 +71,14 @@ func ctNamed(out []attributed, ns *nstest.NS, before time.Time, cause string) (n
 	return n, named, others
 }
 
+// ctConfig is the attributor's configuration in these tests: reads every
+// 100 ms, and ctnetlink loaded beforehand, so that a first read does not
+// wait for the kernel to load a module (seconds under emulation).
+func ctConfig() Config {
+	exec.Command("modprobe", "nf_conntrack_netlink").Run() // built in, or loaded on demand anyway
+	return Config{Interval: 100 * time.Millisecond, MaxWait: slow(2 * time.Second)}
+}
+
 // quietRead waits until at, reads ns's conntrack statistics then, gives
 // the attributor time to give out what came before, and returns the
 // statistics, when they were read, and kdrop's events so far.
@@ -93,7 +102,7 @@ func TestConntrackInsertFailed(t *testing.T) {
 	nstest.Run(t, "ip", "netns", "exec", r.Router.Name, "iptables", "-t", "nat", "-A", "POSTROUTING", "-o", r.RouterToServer,
 		"-p", "tcp", "-j", "MASQUERADE", "--to-ports", "40000-40001")
 	r.Server.ListenNoAccept(t, nstest.ServerIP, 80, 128)
-	h := startHarness(t, Config{Interval: 100 * time.Millisecond},
+	h := startHarness(t, ctConfig(),
 		tracer.Options{Filter: tracer.Filter{Types: []tracer.EventType{tracer.Drop}}, SweepInterval: 200 * time.Millisecond})
 	before := ctStats(t, r.Router)
 	start := time.Now()
@@ -166,7 +175,7 @@ func TestConntrackInvalidRule(t *testing.T) {
 		{"-A", "KUBE-FORWARD", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"}} {
 		nstest.Run(t, "ip", append([]string{"netns", "exec", r.Router.Name, "iptables"}, args...)...)
 	}
-	h := startHarness(t, Config{Interval: 100 * time.Millisecond},
+	h := startHarness(t, ctConfig(),
 		tracer.Options{Filter: tracer.Filter{Types: []tracer.EventType{tracer.Drop}}, SweepInterval: 200 * time.Millisecond})
 	var fd int
 	r.Client.In(t, func() {
@@ -196,7 +205,9 @@ func TestConntrackInvalidRule(t *testing.T) {
 		}
 	}()
 	t.Cleanup(func() { close(quit); <-done; unix.Close(fd) })
+	mu.Lock() // both baselines between the same two bursts
 	before, ruleBefore := ctStats(t, r.Router), forwardDrops(t, r.Router)
+	mu.Unlock()
 	for i := 0; i < 2; i++ {
 		time.Sleep(slow(1500 * time.Millisecond))
 		mu.Lock()
@@ -272,7 +283,7 @@ func TestConntrackTableFull(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	h := startHarness(t, Config{Interval: 100 * time.Millisecond},
+	h := startHarness(t, ctConfig(),
 		tracer.Options{Filter: tracer.Filter{Types: []tracer.EventType{tracer.Drop}}, SweepInterval: 200 * time.Millisecond})
 	before := ctStats(t, server)
 	start := time.Now()
