@@ -180,6 +180,12 @@ func (w *Windows) Add(s Stats, start, end time.Time) {
 // maxWindows bounds the windows kept (10 s of reads every 200 ms is 50).
 const maxWindows = 128
 
+// Baseline is w without its windows: its last read only, the baseline of
+// the next one (what a namespace quiet for a while keeps).
+func (w *Windows) Baseline() Windows {
+	return Windows{last: w.last, lastAt: w.lastAt}
+}
+
 // ReadAfter says whether a read started after t: only then can a drop at t
 // be told.
 func (w *Windows) ReadAfter(t time.Time) bool {

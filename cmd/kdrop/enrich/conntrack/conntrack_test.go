@@ -59,6 +59,13 @@ func TestTake(t *testing.T) {
 	if len(w.ws) != 1 {
 		t.Errorf("after Prune: %d windows, want the last one", len(w.ws))
 	}
+	// a namespace forgotten for a while keeps its last read: the next
+	// window holds what moved since, not everything since the start
+	b := w.Baseline()
+	b.Add(Stats{InsertFailed: 9, Drop: 13, Invalid: 3, Count: 20, Max: 64}, at(90000), at(90010))
+	if len(b.ws) != 1 || b.ws[0].from != at(600) || b.ws[0].insertFailed != 1 || b.ws[0].otherDrop != 0 {
+		t.Errorf("after Baseline: %+v, want one window from 600 ms with one insert failure", b.ws)
+	}
 }
 
 // Read in a namespace the test makes: its own statistics, and the global

@@ -93,10 +93,13 @@ type Attributor[T any] struct {
 	cfg  Config
 	emit func(item *T, r *Rule, ct *conntrack.Drop)
 
-	mu     sync.Mutex
-	ns     map[uint32]*nsState[T]
-	held   int
-	closed bool
+	mu sync.Mutex
+	ns map[uint32]*nsState[T]
+	// ctBaselines are the last conntrack reads of namespaces forgotten
+	// (Config.Keep without drops), at most maxCtBaselines
+	ctBaselines map[uint32]conntrack.Windows
+	held        int
+	closed      bool
 
 	wake chan struct{}
 	stop chan struct{}
@@ -153,7 +156,7 @@ type req[T any] struct {
 // (nil: none seen).
 func New[T any](cfg Config, emit func(item *T, r *Rule, ct *conntrack.Drop)) *Attributor[T] {
 	cfg.defaults()
-	a := &Attributor[T]{cfg: cfg, emit: emit, ns: map[uint32]*nsState[T]{},
+	a := &Attributor[T]{cfg: cfg, emit: emit, ns: map[uint32]*nsState[T]{}, ctBaselines: map[uint32]conntrack.Windows{},
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	go a.loop()
 	return a
@@ -185,7 +188,8 @@ func (a *Attributor[T]) Submit(ev *tracer.Event, item T) *Rule {
 	}
 	s := a.ns[ev.Netns]
 	if s == nil {
-		s = &nsState[T]{reader: netnsReader{ino: ev.Netns}}
+		s = &nsState[T]{reader: netnsReader{ino: ev.Netns}, ct: a.ctBaselines[ev.Netns]}
+		delete(a.ctBaselines, ev.Netns)
 		if h := a.cfg.readHook; h != nil {
 			ino := ev.Netns
 			s.reader.hook = func(stage string) { h(ino, stage) }
@@ -263,6 +267,12 @@ func (a *Attributor[T]) step(final bool) {
 		if len(s.pending) == 0 {
 			if now.Sub(s.seen) > a.cfg.Keep {
 				delete(a.ns, ino)
+				// conntrack's statistics are since the namespace was
+				// made: keep the last read as the baseline of the next
+				if len(a.ctBaselines) >= maxCtBaselines {
+					clear(a.ctBaselines)
+				}
+				a.ctBaselines[ino] = s.ct.Baseline()
 			}
 			continue
 		}
@@ -335,6 +345,10 @@ func (a *Attributor[T]) step(final bool) {
 		a.emit(o.item, o.r, o.ct)
 	}
 }
+
+// maxCtBaselines bounds the conntrack baselines kept of namespaces
+// without recent drops.
+const maxCtBaselines = 4096
 
 // maxWindows bounds the windows kept per namespace (10 s of reads every
 // 200 ms is 50).
