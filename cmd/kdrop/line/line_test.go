@@ -418,6 +418,11 @@ func sameAsSlow(t *testing.T, b []byte, l *Line, err error) {
 // Lines at the edges of what the fast path reads: each decodes as
 // encoding/json decodes it.
 var fastCases = []string{
+	// the conntrack object: out of range, null, unknown members, not an object
+	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1,"reason":"NETFILTER_DROP","conntrack":{"cause":"table-full","count":4294967296,"max":1}}`,
+	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1,"reason":"NETFILTER_DROP","conntrack":null}`,
+	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1,"conntrack":{"cause":"insert-failed","later":[1,{"a":2}]},"reason":"NETFILTER_DROP"}`,
+	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1,"reason":"NETFILTER_DROP","conntrack":"insert-failed"}`,
 	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1}`,
 	` { "time" : "2026-01-01T00:00:00Z" , "type" : "drop" , "count" : 18446744073709551615 } `,
 	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":18446744073709551616}`,

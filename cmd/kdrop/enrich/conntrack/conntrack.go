@@ -26,6 +26,7 @@
 package conntrack
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -62,12 +63,23 @@ type Stats struct {
 	Count, Max uint32
 }
 
+// ErrNotLoaded: the kernel has no conntrack (nf_conntrack is not loaded),
+// so no drop is conntrack's. Read does not load it.
+var ErrNotLoaded = errors.New("nf_conntrack not loaded: no drop is conntrack's")
+
+// loadedPath exists while nf_conntrack is loaded (its sysctls).
+const loadedPath = "/proc/sys/net/netfilter/nf_conntrack_max"
+
 // Read reads the conntrack statistics of the network namespace at path
 // (a /proc/PID/ns/net or /run/netns file). It needs CAP_NET_ADMIN in that
-// namespace. An error says what failed: the namespace cannot be opened,
-// or ctnetlink does not answer (nf_conntrack_netlink not loadable:
-// modprobe nf_conntrack_netlink).
+// namespace. An error says what failed: ErrNotLoaded when the kernel has
+// no conntrack (nothing to read, and Read does not make ctnetlink load
+// it); the namespace cannot be opened; or ctnetlink does not answer
+// (nf_conntrack_netlink not loadable: modprobe nf_conntrack_netlink).
 func Read(path string) (Stats, error) {
+	if _, err := os.Stat(loadedPath); errors.Is(err, os.ErrNotExist) {
+		return Stats{}, ErrNotLoaded
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return Stats{}, fmt.Errorf("conntrack statistics: open network namespace: %w", err)
