@@ -14,6 +14,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich/conntrack"
 	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netfilter"
 	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netpol"
 	"github.com/kdrop/kdrop/cmd/kdrop/enrich/route"
@@ -60,7 +61,9 @@ type Pipeline struct {
 	// Rules configures naming the netfilter rule of NETFILTER_DROP drops
 	// (package netfilter): such a drop is held, at most Rules.MaxWait,
 	// until its namespace's rules are read, then goes to the sink with
-	// line.Event.Rule set. nil: off, drops go out at once without a rule.
+	// line.Event.Rule set, and line.Event.Conntrack when conntrack caused
+	// it (Rules.NoConntrack: not told). nil: off, drops go out at once
+	// without a rule.
 	Rules *netfilter.Config
 	match func(*line.Event) bool
 	log   *zap.Logger
@@ -135,8 +138,8 @@ func (p *Pipeline) Run(ctx context.Context, sink func(*line.Event)) error {
 	if p.Rules != nil {
 		// Held drops come back on the attributor's goroutine: the emit
 		// path is held back for them as for the tracer's own.
-		rules = netfilter.New(*p.Rules, func(ev *line.Event, r *netfilter.Rule) {
-			ev.Rule = r
+		rules = netfilter.New(*p.Rules, func(ev *line.Event, r *netfilter.Rule, ct *conntrack.Drop) {
+			ev.Rule, ev.Conntrack = r, ct
 			policyMeaning(policies, ev)
 			p.T.Lock()
 			sink(ev)

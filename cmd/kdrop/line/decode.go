@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich/conntrack"
 	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netfilter"
 	"github.com/kdrop/kdrop/cmd/kdrop/enrich/route"
 	"github.com/kdrop/kdrop/k8s"
@@ -124,6 +125,14 @@ type wire struct {
 	WhereK8s    json.RawMessage `json:"where_k8s"`
 	Rule        *wireRule       `json:"rule"`
 	Route       *wireRoute      `json:"route"`
+	Conntrack   *wireConntrack  `json:"conntrack"`
+}
+
+// wireConntrack is a conntrack drop as written.
+type wireConntrack struct {
+	Cause string `json:"cause"`
+	Count uint32 `json:"count"`
+	Max   uint32 `json:"max"`
 }
 
 // wireRoute is a route as written.
@@ -401,6 +410,9 @@ func (d *Decoder) event(w *wire, l *Line) error {
 		}
 		if isICMP(e.Proto) {
 			e.ICMPType, e.ICMPCode = w.ICMPType, w.ICMPCode
+		}
+		if c := w.Conntrack; c != nil {
+			e.Conntrack = &conntrack.Drop{Cause: c.Cause, Count: c.Count, Max: c.Max}
 		}
 	case tracer.Unreachable:
 		e.ICMPType, e.ICMPCode = w.ICMPType, w.ICMPCode

@@ -72,6 +72,15 @@ func AppendEvent(b []byte, e *Event) []byte {
 			b = strconv.AppendInt(b, int64(r.Table), 10)
 			b = append(b, '}')
 		}
+		if c := e.Conntrack; c != nil {
+			b = append(b, `,"conntrack":{"cause":`...)
+			b = appendString(b, c.Cause)
+			b = append(b, `,"count":`...)
+			b = strconv.AppendUint(b, uint64(c.Count), 10)
+			b = append(b, `,"max":`...)
+			b = strconv.AppendUint(b, uint64(c.Max), 10)
+			b = append(b, '}')
+		}
 	case tracer.Unreachable:
 		b = appendICMP(b, e.Family == 6, e.ICMPType, e.ICMPCode)
 		b = append(b, `,"icmp_type":`...)

@@ -23,6 +23,7 @@ package line
 import (
 	"time"
 
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich/conntrack"
 	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netfilter"
 	"github.com/kdrop/kdrop/cmd/kdrop/enrich/route"
 	"github.com/kdrop/kdrop/k8s"
@@ -52,6 +53,11 @@ type Event struct {
 	// route drop ("route"; package route): nil for other events and when
 	// no such route contains the destination.
 	Route *route.Route
+	// Conntrack is what conntrack had to do with a NETFILTER_DROP drop
+	// ("conntrack"; package conntrack): its own drop (an insert failure,
+	// a full table) or the INVALID state a rule dropped (then Rule names
+	// that rule too). nil when conntrack's statistics did not move for it.
+	Conntrack *conntrack.Drop
 }
 
 // Types of notice line.

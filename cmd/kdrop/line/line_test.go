@@ -14,6 +14,7 @@ import (
 
 	"github.com/santhosh-tekuri/jsonschema/v6"
 
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich/conntrack"
 	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netfilter"
 	"github.com/kdrop/kdrop/cmd/kdrop/enrich/route"
 	"github.com/kdrop/kdrop/k8s"
@@ -86,6 +87,16 @@ func goldenEvents() []Event {
 		{Event: tracer.Event{Time: t0.Add(9700 * time.Millisecond), Type: tracer.Drop, Count: 3, Source: "tp_btf", Netns: 4026532301, Family: 4, Proto: 17,
 			Src: ap("198.18.1.2:40000"), Dst: ap("198.19.131.5:9"), Reason: "NOT_SPECIFIED", ReasonCode: 2, Location: "ip_error+0x4c"},
 			Route: &route.Route{Type: "blackhole", Dst: netip.MustParsePrefix("198.19.131.0/24"), Table: 254}},
+		// conntrack's own drop (no rule), and an INVALID packet a rule dropped
+		{Event: tracer.Event{Time: t0.Add(9800 * time.Millisecond), Type: tracer.Drop, Count: 1, Source: "tp_btf", Netns: 4026532305, Family: 4, Proto: 6,
+			Src: ap("198.18.1.2:51234"), Dst: ap("198.18.2.2:80"), TCPFlags: 2, Reason: "NETFILTER_DROP", ReasonCode: 12, Location: "nf_hook_slow+0x7d"},
+			Conntrack: &conntrack.Drop{Cause: conntrack.CauseInsertFailed, Count: 2, Max: 262144}},
+		{Event: tracer.Event{Time: t0.Add(9900 * time.Millisecond), Type: tracer.Drop, Count: 1, Source: "tp_btf", Netns: 4026532305, Family: 4, Proto: 6,
+			Src: ap("198.18.1.2:51235"), Dst: ap("198.18.2.2:80"), TCPFlags: 3, Reason: "NETFILTER_DROP", ReasonCode: 12, Location: "nft_do_chain+0x3e8"},
+			Rule: &netfilter.Rule{Backend: netfilter.BackendNftables, How: netfilter.HowCounter, Ref: netfilter.Ref{Family: "ip", Table: "filter",
+				Chain: "KUBE-FORWARD", Handle: 5, Verdict: "DROP", Packets: 1}, K8s: &netfilter.Meaning{Kind: netfilter.MeaningInvalidConntrack,
+				Engine: "kube-proxy", Text: "invalid conntrack state (kube-proxy drops packets conntrack calls INVALID)"}},
+			Conntrack: &conntrack.Drop{Cause: conntrack.CauseInvalid, Count: 7, Max: 262144}},
 		{Event: tracer.Event{Time: t0.Add(10 * time.Second), Type: tracer.Drop, Count: 1, Source: "tp_btf", Netns: 4026532302, Family: 4, Proto: 17,
 			Dst: ap("198.18.2.3:53"), Reason: "NETFILTER_DROP", ReasonCode: 12, Location: "nf_hook_slow+0x9a"},
 			Rule: &netfilter.Rule{Backend: netfilter.BackendNftables, Unknown: "network namespace gone"}},
@@ -407,6 +418,11 @@ func sameAsSlow(t *testing.T, b []byte, l *Line, err error) {
 // Lines at the edges of what the fast path reads: each decodes as
 // encoding/json decodes it.
 var fastCases = []string{
+	// the conntrack object: out of range, null, unknown members, not an object
+	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1,"reason":"NETFILTER_DROP","conntrack":{"cause":"table-full","count":4294967296,"max":1}}`,
+	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1,"reason":"NETFILTER_DROP","conntrack":null}`,
+	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1,"conntrack":{"cause":"insert-failed","later":[1,{"a":2}]},"reason":"NETFILTER_DROP"}`,
+	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1,"reason":"NETFILTER_DROP","conntrack":"insert-failed"}`,
 	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1}`,
 	` { "time" : "2026-01-01T00:00:00Z" , "type" : "drop" , "count" : 18446744073709551615 } `,
 	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":18446744073709551616}`,

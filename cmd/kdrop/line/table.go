@@ -47,6 +47,14 @@ func (e *Event) ruleColumn() string {
 	if e.Route != nil {
 		return "route: " + e.Route.String()
 	}
+	if e.Conntrack != nil {
+		// conntrack's cause first; a rule named too (an INVALID packet's
+		// rule, or one whose counter moved as well) follows
+		if e.Rule.Known() {
+			return e.Conntrack.String() + "; " + e.Rule.Short()
+		}
+		return e.Conntrack.String()
+	}
 	return e.Rule.Short()
 }
 

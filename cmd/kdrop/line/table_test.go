@@ -37,15 +37,18 @@ func TestDescribe(t *testing.T) {
 	}
 }
 
-// The RULE column: a named rule, candidates, unknown.
+// The RULE column: a named rule, candidates, conntrack's own drop, an
+// INVALID packet's rule with conntrack's cause, unknown.
 func TestRuleColumn(t *testing.T) {
 	for i, want := range []string{`filter/INPUT#3 REJECT tcp-reset "block "web" é"`, "2 rules?",
 		"kube-proxy/filter-input#41 DROP: Service shop/web:http has no local endpoints (externalTrafficPolicy: Local)",
 		`filter/KUBE-NWPLCY-DEFAULT#88 REJECT icmp-port-unreachable "rule to REJECT traffic destined…": NetworkPolicies shop/db-ingress, shop/default-deny isolate shop/db-0 for ingress; none allows TCP 5432 from shop/api-1`,
+		"conntrack: insert failed (NAT port clash)",
+		"conntrack: invalid state; filter/KUBE-FORWARD#5 DROP: invalid conntrack state (kube-proxy drops packets conntrack calls INVALID)",
 		"unknown: network namespace gone"} {
 		var withRules []Event
 		for _, e := range goldenEvents() {
-			if e.Rule != nil {
+			if e.Rule != nil || e.Conntrack != nil {
 				withRules = append(withRules, e)
 			}
 		}

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich/conntrack"
 	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netfilter"
 	"github.com/kdrop/kdrop/tracer"
 )
@@ -37,7 +38,9 @@ type Finding struct {
 	// closed-connection, netfilter, drop-reason, icmp, missed, lost,
 	// truncated, gap, unresolved; and the kinds of a rule's Kubernetes
 	// meaning: no-local-endpoints, invalid-conntrack, martian-localhost,
-	// source-range, network-policy.
+	// source-range, network-policy; and conntrack's causes of a drop:
+	// conntrack-insert-failed, conntrack-table-full, conntrack-drop,
+	// conntrack-invalid.
 	Kind   string
 	Title  string // one line, with the workload and the numbers
 	Detail string // what happened, in plain words
@@ -117,6 +120,7 @@ func analyze(rec *Incident) *analysis {
 	a.overflowFindings()
 	a.staleFindings()
 	a.noEndpointFindings()
+	a.conntrackFindings()
 	a.meaningFindings()
 	a.hintFindings()
 	a.noSocketFindings()
@@ -641,6 +645,79 @@ func (a *analysis) noEndpointFindings() {
 			fmt.Sprintf("If no pod matches, compare the selector (`kubectl get svc %s -n %s -o jsonpath='{.spec.selector}'`) with the pod labels (`kubectl get pods -n %s --show-labels`).", name, ns, ns),
 			fmt.Sprintf("Check that %s is scaled above 0 and its rollout is not stuck (`kubectl rollout status`), and that its pods are not crash-looping.", who),
 		}, "\n")
+		a.add(fd)
+	}
+}
+
+// ---------------------------------------------------------------------------
+// Drops conntrack caused (the line's conntrack object): one finding per
+// cause and node. An INVALID packet whose rule has a Kubernetes meaning
+// (kube-proxy's) is meaningFindings'.
+
+func (a *analysis) conntrackFindings() {
+	var gs groups
+	cause := map[*group]string{}
+	maxes := map[*group]counter{}
+	for _, f := range a.rec.Flows {
+		if a.used[f] || f.Conntrack == "" || (f.Conntrack == conntrack.CauseInvalid && f.Meaning.Kind != "") {
+			continue
+		}
+		g := gs.get(f.Conntrack + "|" + f.Node)
+		g.add(f)
+		g.pods.add(workload(f.DstK8s, f.Dst), f.Count)
+		cause[g] = f.Conntrack
+		if maxes[g] == nil {
+			maxes[g] = counter{}
+		}
+		if f.CtMax > 0 {
+			maxes[g].add(fmt.Sprint(f.CtMax), f.Count)
+		}
+		a.used[f] = true
+	}
+	for _, g := range gs.order {
+		n := plural(g.count, "packet", "packets")
+		when, where := capital(span(g.first, g.last)), g.senders.names(3)
+		fd := Finding{Severity: SevWarning, Kind: "conntrack-" + cause[g], Count: g.count, First: g.first, Last: g.last}
+		var fix []string
+		switch cause[g] {
+		case conntrack.CauseInsertFailed:
+			fd.Severity = SevCritical
+			fd.Title = fmt.Sprintf("Conntrack insert failures (NAT port clash) dropped %s from %s to %s", n, g.sources.names(3), g.pods.names(3))
+			fd.Detail = fmt.Sprintf("%s, conntrack dropped %s in the network namespace of %s: each was the first packet of a connection that lost the race to enter the conntrack table (`conntrack -S` insert_failed), because another connection NAT had mapped to the same addresses and ports was confirmed first. "+
+				"For TCP this is the SNAT port race: the SYN is retransmitted a second later (1 s connect delays). For UDP it is typically parallel A and AAAA DNS queries from one socket through the DNAT of the DNS Service, on kernels that cannot resolve the clash: the lookup waits for the resolver's timeout (5 s DNS delays).",
+				when, n, where)
+			fix = []string{
+				"DNS: run NodeLocal DNSCache (queries go to a node-local address without DNAT or conntrack), or set `options single-request-reopen` (glibc) in the pods' `dnsConfig`, or make the resolver use TCP (`options use-vc`).",
+				"SNAT: give MASQUERADE a wider port range and full randomisation (`--random-fully`, the CNI's masquerade setting), or more egress addresses; fewer parallel connections to one destination through one SNAT address.",
+				"Watch `conntrack -S` (insert_failed, clash_resolve) on the node.",
+			}
+		case conntrack.CauseTableFull:
+			fd.Severity = SevCritical
+			limit := ""
+			if len(maxes[g]) > 0 {
+				limit = " (nf_conntrack_max " + maxes[g].names(2) + ")"
+			}
+			fd.Title = fmt.Sprintf("Conntrack table full%s: %s dropped", limit, n)
+			fd.Detail = fmt.Sprintf("%s, conntrack dropped %s from %s to %s in the network namespace of %s: its table held nf_conntrack_max entries and none could be evicted early, so new connections got no entry (the kernel logs \"nf_conntrack: table full, dropping packet\").",
+				when, n, g.sources.names(3), g.pods.names(3), where)
+			fix = []string{
+				"Compare `net.netfilter.nf_conntrack_count` with `net.netfilter.nf_conntrack_max` on the node, and raise the limit (kube-proxy sets it from `conntrack.maxPerCore` and `conntrack.min`).",
+				"Find who opens so many connections: `conntrack -L | awk '{print $5}' | sort | uniq -c | sort -rn | head` (sources), and shorten idle timeouts if connections linger (`nf_conntrack_tcp_timeout_established`, `nf_conntrack_udp_timeout`).",
+			}
+		case conntrack.CauseDrop:
+			fd.Title = fmt.Sprintf("Conntrack dropped %s from %s to %s", n, g.sources.names(3), g.pods.names(3))
+			fd.Detail = fmt.Sprintf("%s, conntrack dropped %s in the network namespace of %s (`conntrack -S` drop) while its table was not seen full: out of memory, or its protocol tracker refused the packet.", when, n, where)
+			fix = []string{"Check `conntrack -S` (drop, early_drop, invalid) and the kernel log (`dmesg | grep nf_conntrack`) on the node."}
+		case conntrack.CauseInvalid:
+			fd.Title = fmt.Sprintf("A rule dropped %s that conntrack calls INVALID", n)
+			fd.Detail = fmt.Sprintf("%s, a rule matching conntrack state INVALID dropped %s from %s to %s in the network namespace of %s (`conntrack -S` invalid moved with it). Usually TCP packets out of the window conntrack tracks (retransmissions after a conntrack entry was lost, asymmetric routing).",
+				when, n, g.sources.names(3), g.pods.names(3), where)
+			fix = []string{
+				"Check for asymmetric routing (replies leaving by another node or interface) and for conntrack entries flushed under live connections.",
+				"Setting `net.netfilter.nf_conntrack_tcp_be_liberal=1` stops out-of-window TCP packets from being INVALID.",
+			}
+		}
+		fd.Fix = strings.Join(fix, "\n")
 		a.add(fd)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich/conntrack"
 	"github.com/kdrop/kdrop/cmd/kdrop/line"
 	"github.com/kdrop/kdrop/cmd/kdrop/sinks/recording"
 	"github.com/kdrop/kdrop/k8s"
@@ -142,6 +143,11 @@ type FlowID struct {
 	// Meaning is the Kubernetes meaning of the netfilter rule that
 	// dropped it (the line's rule.k8s), checked; zero when none.
 	Meaning Meaning
+	// Conntrack is conntrack's cause of a NETFILTER_DROP (the line's
+	// conntrack.cause: insert-failed, table-full, drop, invalid; "" when
+	// none or not one of those) and CtMax its table limit.
+	Conntrack string
+	CtMax     uint32
 }
 
 // Meaning is a drop rule's Kubernetes meaning as a report keeps it (see
@@ -430,6 +436,12 @@ func (p *parser) event(e *line.Event) {
 		id.Route = routeLabel(e.Route)
 		if id.Proto == "icmp" || id.Proto == "icmpv6" {
 			id.ICMP = tracer.ICMPKnownName(id.Proto == "icmpv6", e.ICMPType, e.ICMPCode)
+		}
+		if c := e.Conntrack; c != nil {
+			switch c.Cause {
+			case conntrack.CauseInsertFailed, conntrack.CauseTableFull, conntrack.CauseDrop, conntrack.CauseInvalid:
+				id.Conntrack, id.CtMax = c.Cause, c.Max
+			}
 		}
 	case tracer.Unreachable:
 		id.ICMP, id.ICMPType, id.ICMPCode, id.ICMPMTU = e.What(), e.ICMPType, e.ICMPCode, e.ICMPMTU()
