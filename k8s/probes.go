@@ -2,7 +2,6 @@ package k8s
 
 import (
 	"slices"
-	"strconv"
 	"strings"
 	"unique"
 
@@ -169,25 +168,16 @@ func probesOf(p *corev1.Pod) []Probe {
 	return slices.Clip(out)
 }
 
-// containerPort resolves a probe's port as the kubelet does
-// (probe.ResolveContainerPort): a number, or the name of one of c's ports,
-// else a number written as a string.
+// containerPort resolves a probe's port as the kubelet does: a number,
+// or the name of one of c's ports (any protocol).
 func containerPort(c *corev1.Container, port intstr.IntOrString) (uint16, bool) {
-	n := int64(port.IntVal)
+	n := port.IntVal
 	if port.Type == intstr.String {
-		n = -1
-		for _, cp := range c.Ports {
-			if cp.Name == port.StrVal {
-				n = int64(cp.ContainerPort)
-				break
-			}
+		i := slices.IndexFunc(c.Ports, func(cp corev1.ContainerPort) bool { return cp.Name == port.StrVal })
+		if i < 0 {
+			return 0, false
 		}
-		if n < 0 {
-			var err error
-			if n, err = strconv.ParseInt(port.StrVal, 10, 32); err != nil {
-				return 0, false
-			}
-		}
+		n = c.Ports[i].ContainerPort
 	}
 	if n <= 0 || n >= 65536 {
 		return 0, false
