@@ -37,7 +37,7 @@ type Finding struct {
 	// closed-connection, netfilter, drop-reason, icmp, missed, lost,
 	// truncated, gap, unresolved; and the kinds of a rule's Kubernetes
 	// meaning: no-local-endpoints, invalid-conntrack, martian-localhost,
-	// source-range, network-policy.
+	// source-range, network-policy; probe (a kubelet probe's connection).
 	Kind   string
 	Title  string // one line, with the workload and the numbers
 	Detail string // what happened, in plain words
@@ -115,6 +115,7 @@ func analyze(rec *Incident) *analysis {
 	}
 	a.tables()
 	a.overflowFindings()
+	a.probeFindings()
 	a.staleFindings()
 	a.noEndpointFindings()
 	a.meaningFindings()

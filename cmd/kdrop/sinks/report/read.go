@@ -134,6 +134,9 @@ type FlowID struct {
 	// Meaning is the Kubernetes meaning of the netfilter rule that
 	// dropped it (the line's rule.k8s), checked; zero when none.
 	Meaning Meaning
+	// Probe is the kubelet probe the flow is a connection of (the line's
+	// probe), checked; zero when none.
+	Probe Probe
 }
 
 // Meaning is a drop rule's Kubernetes meaning as a report keeps it (see
@@ -407,7 +410,7 @@ func (p *parser) event(e *line.Event) {
 	id := FlowID{
 		Type: e.Type.String(), Node: p.check(asNode, e.Node), Netns: uint64(e.Netns), Ifindex: e.Ifindex, Proto: tracer.ProtoName(e.Proto),
 		Src: e.Src.Addr(), Dst: e.Dst.Addr(), Dport: e.Dst.Port(), TCPFlags: tracer.TCPFlagString(e.TCPFlags),
-		SrcK8s: p.k8s(e.SrcK8s), DstK8s: p.k8s(e.DstK8s), WhereK8s: p.k8s(e.WhereK8s),
+		SrcK8s: p.k8s(e.SrcK8s), DstK8s: p.k8s(e.DstK8s), WhereK8s: p.k8s(e.WhereK8s), Probe: cleanProbe(e.Probe),
 	}
 	switch e.Type {
 	case tracer.Drop:
