@@ -22,10 +22,14 @@ import (
 // own address, which the API server knows nothing of). So an event's flow
 // is a probe when one end is a pod of this node on a port its spec probes
 // (k8s.Endpoint.ProbeOn) and the other end is an address of the host's
-// network namespace (HostAddrs) or a node IP the resolver knows. Both
-// directions count: the SYN the pod drops (NO_SOCKET: nothing listens, it
-// answers with a reset), an ICMP error about it, and the pod's answer
-// dropped on its way back.
+// network namespace (HostAddrs) or a node IP the resolver knows. What
+// goes from the node to the pod counts: the SYN the pod drops (NO_SOCKET:
+// nothing listens, it answers with a reset), an ICMP error about it, a
+// firewall's drop. From the pod to the node only its SYN-ACK does (the
+// answer the probe waits for): the pod's other segments are dropped
+// there mostly after the probe is over (the kubelet connects and closes
+// at once; data the app writes then is TCP_ABORT_ON_DATA on the node),
+// and a probe that succeeded is no probe failure.
 
 // HostAddrs are the addresses of one network namespace (the host's: where
 // the kubelet's probe connections come from), read over rtnetlink. Has
@@ -124,10 +128,16 @@ func MarkProbe(ev *line.Event, host *HostAddrs, node string) {
 		ev.Probe = p
 		return
 	}
+	if ev.TCPFlags&tcpSYN == 0 {
+		return
+	}
 	if p := probeOf(ev.SrcK8s, ev.Src.Port(), node); p != nil && isNode(ev.DstK8s, ev.Dst.Addr(), host) {
 		ev.Probe = p
 	}
 }
+
+// tcpSYN is the SYN bit of tracer.Event.TCPFlags.
+const tcpSYN = 0x02
 
 // probeOf is the probe of pod e on port, if e is a pod of node (or of an
 // unknown node) the kubelet probes there.
