@@ -16,7 +16,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/kdrop/kdrop/cmd/kdrop/line"
 	"github.com/kdrop/kdrop/k8s"
@@ -53,7 +52,6 @@ type seen struct {
 // not. Counts equal the connects made and the kernel's own counters.
 func TestProbeMarked(t *testing.T) {
 	env := testenv.Start(t)
-	cs := kubernetes.NewForConfigOrDie(env.Config())
 	ctx := t.Context()
 
 	node, pod, client := nstest.New(t, "node"), nstest.New(t, "pod"), nstest.New(t, "client")
@@ -88,10 +86,7 @@ func TestProbeMarked(t *testing.T) {
 		}
 	}()
 
-	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop"}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	p, err := cs.CoreV1().Pods("shop").Create(ctx, &corev1.Pod{
+	env.RunningPod(t, &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "api", Namespace: "shop"},
 		Spec: corev1.PodSpec{NodeName: "test-node", Containers: []corev1.Container{{
 			Name: "api", Image: "example.invalid/api:1",
@@ -100,14 +95,7 @@ func TestProbeMarked(t *testing.T) {
 			ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/ready", Port: intstr.FromInt32(8083)}}},
 			StartupProbe:   &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(8084)}}},
 		}}},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: probePod, PodIPs: []corev1.PodIP{{IP: probePod}}}
-	if _, err := cs.CoreV1().Pods("shop").UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	}, probePod)
 
 	log := zaptest.NewLogger(t)
 	res, err := k8s.New(k8s.Config{REST: env.Config(), Node: "test-node"}, log)
