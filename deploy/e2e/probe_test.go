@@ -55,8 +55,14 @@ func TestProbe(t *testing.T) {
 		kubectlErr("delete", "-k", "deploy/kustomize", "--ignore-not-found", "--timeout=120s")
 	})
 	dumpOnFailure(t)
-	// Another test's agent may still be going away.
+	// Another test's agent (kustomize's or Helm's) may still be going
+	// away: this one takes the same host ports.
 	kubectlErr("wait", "--for=delete", "namespace/kdrop", "--timeout=120s")
+	for deadline := time.Now().Add(60 * time.Second); findAgentPID() != 0; time.Sleep(500 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("an earlier test's agent is still running 60s after its namespace went")
+		}
+	}
 
 	applyYAML(t, probeWorkload)
 	kubectl(t, "-n", "probes", "wait", "pod/api", "--for=condition=Ready", "--timeout=120s")
