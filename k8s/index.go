@@ -127,6 +127,7 @@ func podEndpoint(p *podInfo, rss, jobs map[nsName]*ownerInfo) Endpoint {
 		HostNetwork: p.hostNetwork,
 		Labels:      p.labels,
 		NamedPorts:  p.namedPorts,
+		Probes:      p.probes,
 	}
 	ep.WorkloadKind, ep.WorkloadName = workload(p, rss, jobs)
 	return ep

@@ -102,6 +102,10 @@ type Endpoint struct {
 	// index: read them, do not modify them.
 	Labels     map[string]string
 	NamedPorts []NamedPort
+	// Probes are a pod's ports the kubelet probes from the node, one per
+	// port, sorted by port (ProbeOn finds one); nil for a hostNetwork pod
+	// and for other kinds. Shared with the index: read, do not modify.
+	Probes []Probe
 	// ReadyEndpoints, for a Service: how many ready endpoints its
 	// EndpointSlices list (0: kube-proxy rejects or drops its traffic;
 	// -1: unknown, from a line that did not say).
@@ -470,7 +474,7 @@ func samePod(a, b *podInfo) bool {
 		a.templateHash == b.templateHash && a.node == b.node && a.phase == b.phase &&
 		a.ready == b.ready && a.hostNetwork == b.hostNetwork &&
 		equalAddrs(a.ips, b.ips) && equalAddrs(a.hostIPs, b.hostIPs) && equalPorts(a.ports, b.ports) &&
-		maps.Equal(a.labels, b.labels) && slices.Equal(a.namedPorts, b.namedPorts)
+		maps.Equal(a.labels, b.labels) && slices.Equal(a.namedPorts, b.namedPorts) && slices.Equal(a.probes, b.probes)
 }
 
 func equalAddrs(a, b []netip.Addr) bool {

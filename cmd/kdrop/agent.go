@@ -79,6 +79,8 @@ pod/NAME", "kubectl get events --field-selector reason=ListenQueueOverflow"):
                        ready endpoints
   NothingListening     on the pod: packets to a port of its IP where nothing
                        listens
+  ProbeDropped         on the pod: a kubelet probe's packets dropped, reset
+                       (nothing listens on the probed port) or unreachable
 
 A series is written at most every 10 s and the node writes at most
 --k8s-events-per-minute Events a minute: occurrences meanwhile are added to

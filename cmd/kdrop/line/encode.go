@@ -117,6 +117,40 @@ func AppendEvent(b []byte, e *Event) []byte {
 		b = appendEndpoint(b, "dst_k8s", e.DstK8s)
 		b = appendEndpoint(b, "where_k8s", e.WhereK8s)
 	}
+	if p := e.Probe; p != nil {
+		b = appendProbe(b, p)
+	}
+	return append(b, '}')
+}
+
+// appendProbe adds ,"probe":{...}: the kind that matters most, the other
+// kinds on the same port, port, handler, container, https.
+func appendProbe(b []byte, p *k8s.Probe) []byte {
+	b = append(b, `,"probe":{"kind":`...)
+	primary := p.Kinds.Primary()
+	b = appendString(b, primary.Name())
+	if rest := p.Kinds &^ primary; rest != 0 {
+		b = append(b, `,"also":[`...)
+		first := true
+		for _, k := range k8s.ProbeOrder {
+			if rest&k == 0 {
+				continue
+			}
+			if !first {
+				b = append(b, ',')
+			}
+			first = false
+			b = appendString(b, k.Name())
+		}
+		b = append(b, ']')
+	}
+	b = append(b, `,"port":`...)
+	b = strconv.AppendUint(b, uint64(p.Port), 10)
+	b = appendField(b, "handler", p.Handler)
+	b = appendField(b, "container", p.Container)
+	if p.HTTPS {
+		b = append(b, `,"https":true`...)
+	}
 	return append(b, '}')
 }
 

@@ -8,6 +8,7 @@
 //	NoReadyEndpoints     the Service: connections rejected (NETFILTER_DROP) while it has no ready endpoints
 //	NothingListening     the destination pod: packets to a port of its IP where no socket listens (NO_SOCKET)
 //	NetworkPolicyDenied  the isolated pod: packets its NetworkPolicies allow none of (rule.k8s, ingress or egress)
+//	ProbeDropped         the probed pod: a kubelet probe's packets dropped, reset (NO_SOCKET) or unreachable (line.Event.Probe)
 //
 // One Event series per object and reason: its count (series.count, or 1
 // without a series) is the number of occurrences the stream showed for it;
@@ -55,6 +56,7 @@ const (
 	ReasonNoEndpoints      = "NoReadyEndpoints"
 	ReasonNothingListening = "NothingListening"
 	ReasonPolicyDenied     = "NetworkPolicyDenied"
+	ReasonProbeDropped     = "ProbeDropped"
 )
 
 // Controller is the Events' reportingController.
@@ -258,6 +260,7 @@ var what = map[string]string{
 	ReasonNoEndpoints:      "connections rejected",
 	ReasonNothingListening: "packets dropped",
 	ReasonPolicyDenied:     "packets denied by NetworkPolicy",
+	ReasonProbeDropped:     "probe packets lost",
 }
 
 // classify says whether ev is a finding: the object it is about, the
@@ -267,6 +270,15 @@ func classify(ev *line.Event) (ref corev1.ObjectReference, reason, detail string
 		return e != nil && e.Kind == k8s.KindPod && e.UID != "" && !e.Unresolved && e.DeletedAgo == 0
 	}
 	switch {
+	case ev.Probe != nil: // what the kubelet saw says more than the kernel's reason
+		end := ev.DstK8s
+		if ev.Dst.Port() != ev.Probe.Port {
+			end = ev.SrcK8s // the pod's SYN-ACK
+		}
+		if !pod(end) {
+			return ref, "", "", false
+		}
+		return podRef(end), ReasonProbeDropped, ev.ProbeText(), true
 	case ev.Type == tracer.ListenOverflow:
 		at := ev.WhereK8s
 		if !pod(at) {

@@ -38,9 +38,9 @@ type Finding struct {
 	// closed-connection, netfilter, drop-reason, icmp, missed, lost,
 	// truncated, gap, unresolved; and the kinds of a rule's Kubernetes
 	// meaning: no-local-endpoints, invalid-conntrack, martian-localhost,
-	// source-range, network-policy; and conntrack's causes of a drop:
-	// conntrack-insert-failed, conntrack-table-full, conntrack-drop,
-	// conntrack-invalid.
+	// source-range, network-policy; probe (a kubelet probe's connection);
+	// and conntrack's causes of a drop: conntrack-insert-failed,
+	// conntrack-table-full, conntrack-drop, conntrack-invalid.
 	Kind   string
 	Title  string // one line, with the workload and the numbers
 	Detail string // what happened, in plain words
@@ -118,6 +118,7 @@ func analyze(rec *Incident) *analysis {
 	}
 	a.tables()
 	a.overflowFindings()
+	a.probeFindings()
 	a.staleFindings()
 	a.noEndpointFindings()
 	a.conntrackFindings()

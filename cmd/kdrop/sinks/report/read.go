@@ -148,6 +148,9 @@ type FlowID struct {
 	// none or not one of those) and CtMax its table limit.
 	Conntrack string
 	CtMax     uint32
+	// Probe is the kubelet probe the flow is a connection of (the line's
+	// probe), checked; zero when none.
+	Probe Probe
 }
 
 // Meaning is a drop rule's Kubernetes meaning as a report keeps it (see
@@ -421,7 +424,7 @@ func (p *parser) event(e *line.Event) {
 	id := FlowID{
 		Type: e.Type.String(), Node: p.check(asNode, e.Node), Netns: uint64(e.Netns), Ifindex: e.Ifindex, Proto: tracer.ProtoName(e.Proto),
 		Src: e.Src.Addr(), Dst: e.Dst.Addr(), Dport: e.Dst.Port(), TCPFlags: tracer.TCPFlagString(e.TCPFlags),
-		SrcK8s: p.k8s(e.SrcK8s), DstK8s: p.k8s(e.DstK8s), WhereK8s: p.k8s(e.WhereK8s),
+		SrcK8s: p.k8s(e.SrcK8s), DstK8s: p.k8s(e.DstK8s), WhereK8s: p.k8s(e.WhereK8s), Probe: cleanProbe(e.Probe),
 	}
 	switch e.Type {
 	case tracer.Drop:
