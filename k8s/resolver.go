@@ -756,6 +756,20 @@ func (r *Resolver) LookupIP(ip netip.Addr, port uint16, at time.Time) (out Endpo
 	return out
 }
 
+// LookupService resolves a Service by namespace and name, as kube-proxy's
+// rules name it: Kind KindService with its UID and ReadyEndpoints, and
+// false when the index holds no such Service (not created, deleted, or the
+// informers not synced: then Unresolved is set too). Like LookupIP it reads
+// the published index: no lock, no allocation, never the API server; the
+// index holds each Service the informer holds, once.
+func (r *Resolver) LookupService(namespace, name string) (out Endpoint, ok bool) {
+	if e := r.snap.Load().svcs[nsName{namespace, name}]; e != nil {
+		out, ok = *e, true
+	}
+	out.Unresolved = !r.ready.Load()
+	return out, ok
+}
+
 // previous lists the deleted owners in dead still within the window at the
 // event time, newest first, or nil.
 func (r *Resolver) previous(dead []tomb, at time.Time) []Endpoint {
