@@ -142,8 +142,13 @@ func New(cs kubernetes.Interface, cfg Config) *Recorder {
 	}
 	perSec := rate.Limit(float64(cfg.PerMinute) / 60)
 	return &Recorder{cs: cs, cfg: cfg, series: map[key]*series{},
-		limit: rate.NewLimiter(perSec, max(1, cfg.PerMinute/6))}
+		limit: rate.NewLimiter(perSec, Burst(cfg.PerMinute))}
 }
+
+// Burst is how many writes a node may make at once, of its perMinute: in
+// any window of d, a node writes at most Burst(perMinute) +
+// perMinute*d/1min Events.
+func Burst(perMinute int) int { return max(1, perMinute/6) }
 
 // Observe counts ev in its series, if it is a finding. It is cheap and
 // never blocks on the API server.
