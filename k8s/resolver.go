@@ -16,6 +16,7 @@
 // are coalesced (debounce, and at least ten times the last build's duration
 // between builds). LookupIP loads the pointer and reads plain maps: no lock,
 // no allocation on a hit, never waiting for the API server or a writer.
+// LookupService reads the same index by a Service's namespace and name.
 //
 // Workloads. ReplicaSet → Deployment comes from the ReplicaSet informer, which
 // is exact (Argo Rollouts and bare ReplicaSets included) and cheap once
