@@ -138,7 +138,7 @@ func TestKubernetesEvents(t *testing.T) {
 		// kdrop names the rule, then a counted batch.
 		isWeb := func(e *event) bool {
 			r := e.Rule
-			return e.Type == "drop" && e.Reason == "NETFILTER_DROP" && e.Dst == nodeIP && e.Dport == evNodePort &&
+			return e.Type == "drop" && e.Reason == "NETFILTER_DROP" && e.Dst == nodeIP && e.Dport == evNodePort && inNodeNetns(e) &&
 				r != nil && r.K8s != nil && r.K8s.Kind == netfilter.MeaningNoLocalEndpoints && r.K8s.Service == evNS+"/web:http"
 		}
 		tail.waitFor(t, 0, 90*time.Second, "a drop to web's node port named as kube-proxy's no-local-endpoints rule", func(evs []event) bool {
@@ -185,7 +185,7 @@ func TestKubernetesEvents(t *testing.T) {
 		}
 		isStorm := func(e *event) bool {
 			_, ok := ips[e.Dst]
-			return ok && e.Type == "drop" && e.Reason == "NETFILTER_DROP" && e.Dport == 80
+			return ok && e.Type == "drop" && e.Reason == "NETFILTER_DROP" && e.Dport == 80 && inNodeNetns(e)
 		}
 		// kube-proxy must REJECT every one of them before the storm
 		// starts, or some drops are no Service's.
@@ -280,6 +280,11 @@ func TestKubernetesEvents(t *testing.T) {
 			sent, evStormSvcs, total, len(inStorm), len(stormObjects), budget, burst, perMinute, caughtUp.Sub(end).Seconds(), total, len(all))
 	})
 }
+
+// inNodeNetns says whether e happened in the node's own network namespace,
+// where kube-proxy's rules are (the machine's other namespaces may drop
+// packets to the same addresses; kdrop's Events count only the node's).
+func inNodeNetns(e *event) bool { return e.WhereK8s != nil && e.WhereK8s.Kind == "node" }
 
 // outsideSender is a network namespace outside the cluster: a veth from
 // the host, whose end on the host routes to the node address and the

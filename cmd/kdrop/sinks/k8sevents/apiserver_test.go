@@ -71,8 +71,8 @@ func TestEventOnTheRulesService(t *testing.T) {
 	drop := func(kind, service string, dst netip.AddrPort, count uint64) *line.Event {
 		return &line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NETFILTER_DROP", Proto: 6, Count: count,
 			Src: netip.MustParseAddrPort("198.51.100.7:40000"), Dst: dst, Time: time.Now()},
-			DstK8s: &k8s.Endpoint{Kind: k8s.KindNode, Name: "node-a"},
-			Rule:   &netfilter.Rule{K8s: &netfilter.Meaning{Kind: kind, Engine: "kube-proxy", Service: service, Text: "x"}}}
+			DstK8s: &k8s.Endpoint{Kind: k8s.KindNode, Name: "node-a"}, WhereK8s: &k8s.Endpoint{Kind: k8s.KindNode, Name: "node-a"},
+			Rule: &netfilter.Rule{K8s: &netfilter.Meaning{Kind: kind, Engine: "kube-proxy", Service: service, Text: "x"}}}
 	}
 	// A line, then a summary of 40 more; a rule naming a Service nobody
 	// has, whose drops are no finding.

@@ -14,7 +14,8 @@
 // The Service of the last three is the one kube-proxy's rule names
 // (rule.k8s.service), looked up by name for its UID (Config.Services); a
 // REJECT whose rule names none, to the IP of a Service with no ready
-// endpoints, is NoReadyEndpoints on that Service.
+// endpoints, is NoReadyEndpoints on that Service. Only drops in the node's
+// own network namespace count for these: kube-proxy's rules are there.
 //
 // One Event series per object and reason: its count (series.count, or 1
 // without a series) is the number of occurrences the stream showed for it;
@@ -316,7 +317,7 @@ func classify(ev *line.Event, svcs ServiceLookup, node string) (ref corev1.Objec
 		return podRef(ev.SrcK8s), ReasonDeletedPod, fmt.Sprintf("to %s, which was pod %s/%s, deleted %v before; the kernel answered %s",
 			ev.Dst, d.Namespace, d.Name, d.DeletedAgo.Round(time.Second), ev.What()), true
 	case ev.Type == tracer.Drop && ev.Reason == "NETFILTER_DROP" && ev.DstK8s != nil && ev.DstK8s.Kind == k8s.KindService &&
-		ev.DstK8s.ReadyEndpoints == 0 && ev.DstK8s.UID != "":
+		ev.DstK8s.ReadyEndpoints == 0 && ev.DstK8s.UID != "" && inNode(ev):
 		return serviceRef(ev.DstK8s), ReasonNoEndpoints, fmt.Sprintf("to %s %s, dropped by a firewall rule while the Service has no ready endpoints (kube-proxy rejects them)", tracer.ProtoName(ev.Proto), ev.Dst), true
 	case ev.Type == tracer.Drop && ev.Rule != nil && ev.Rule.K8s != nil && ev.Rule.K8s.Kind == netfilter.MeaningNetworkPolicy:
 		isolated := ev.DstK8s // ingress: the destination is isolated
@@ -336,7 +337,7 @@ func classify(ev *line.Event, svcs ServiceLookup, node string) (ref corev1.Objec
 // kubeProxyFinding is the finding of a drop by kube-proxy's rule for a
 // Service (rule.k8s): on that Service, found by name.
 func kubeProxyFinding(ev *line.Event, svcs ServiceLookup, node string) (ref corev1.ObjectReference, reason, detail string, ok bool) {
-	if ev.Type != tracer.Drop || ev.Rule == nil || ev.Rule.K8s == nil || svcs == nil {
+	if ev.Type != tracer.Drop || ev.Rule == nil || ev.Rule.K8s == nil || svcs == nil || !inNode(ev) {
 		return ref, "", "", false
 	}
 	m := ev.Rule.K8s
@@ -371,6 +372,12 @@ func kubeProxyFinding(ev *line.Event, svcs ServiceLookup, node string) (ref core
 	}
 	return serviceRef(&svc), reason, detail, true
 }
+
+// inNode says whether ev happened in the node's own network namespace,
+// where kube-proxy's rules are. The same words in the rules of another
+// namespace (a pod's, a cluster nested in pods, a test's) are not about
+// this cluster's Services, nor is a drop there of a packet to one.
+func inNode(ev *line.Event) bool { return ev.WhereK8s != nil && ev.WhereK8s.Kind == k8s.KindNode }
 
 func serviceRef(e *k8s.Endpoint) corev1.ObjectReference {
 	return corev1.ObjectReference{APIVersion: "v1", Kind: "Service", Namespace: e.Namespace, Name: e.Name, UID: types.UID(e.UID)}

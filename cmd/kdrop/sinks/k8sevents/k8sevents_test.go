@@ -27,8 +27,11 @@ func TestClassify(t *testing.T) {
 	node := &k8s.Endpoint{Kind: k8s.KindNode, Name: "node-a", Node: "node-a"}
 	kp := func(kind, service, text string, proto uint8, dst netip.AddrPort, dstK8s *k8s.Endpoint) line.Event {
 		return line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NETFILTER_DROP", Proto: proto, Src: netip.MustParseAddrPort("198.51.100.7:40000"), Dst: dst},
-			Node: "node-b", DstK8s: dstK8s, Rule: &netfilter.Rule{K8s: &netfilter.Meaning{Kind: kind, Engine: "kube-proxy", Service: service, Text: text}}}
+			Node: "node-b", DstK8s: dstK8s, WhereK8s: node, Rule: &netfilter.Rule{K8s: &netfilter.Meaning{Kind: kind, Engine: "kube-proxy", Service: service, Text: text}}}
 	}
+	// The same drops in another network namespace than the node's: a
+	// pod's (a cluster nested in it), or one identity does not know.
+	elsewhere := func(ev line.Event, where *k8s.Endpoint) line.Event { ev.WhereK8s = where; return ev }
 	hostPod := pod("node-exporter")
 	hostPod.HostNetwork = true
 	dst := netip.MustParseAddrPort("10.244.0.9:8080")
@@ -44,7 +47,7 @@ func TestClassify(t *testing.T) {
 			"images", "Pod", ReasonListenOverflow, "connections refused: accept queue of :8080 full (2/1) (seen by kdrop)"},
 		{"host-unreachable to a deleted pod", line.Event{Event: tracer.Event{Type: tracer.Unreachable, Family: 4, ICMPType: 3, ICMPCode: 1, Dst: dst}, SrcK8s: pod("client"), DstK8s: deleted},
 			"client", "Pod", ReasonDeletedPod, "packets to a deleted pod: to 10.244.0.9:8080, which was pod shop/api-old, deleted 36s before; the kernel answered host-unreachable (seen by kdrop)"},
-		{"REJECT of a Service without endpoints", line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NETFILTER_DROP", Proto: 6, Dst: netip.MustParseAddrPort("10.96.0.12:80")}, DstK8s: svc},
+		{"REJECT of a Service without endpoints", line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NETFILTER_DROP", Proto: 6, Dst: netip.MustParseAddrPort("10.96.0.12:80")}, DstK8s: svc, WhereK8s: node},
 			"cart", "Service", ReasonNoEndpoints, "connections rejected: to tcp 10.96.0.12:80, dropped by a firewall rule while the Service has no ready endpoints (kube-proxy rejects them) (seen by kdrop)"},
 		{"NO_SOCKET on a pod", line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NO_SOCKET", Proto: 17, Dst: dst}, DstK8s: pod("api")},
 			"api", "Pod", ReasonNothingListening, "packets dropped: nothing listens on udp port 8080 of 10.244.0.9 (NO_SOCKET) (seen by kdrop)"},
@@ -72,6 +75,10 @@ func TestClassify(t *testing.T) {
 			"Service shop/cart has no endpoints", 6, nodeIP, node),
 			"cart", "Service", ReasonNoEndpoints, "connections rejected: to tcp 10.250.0.2:30080, rejected by kube-proxy: Service shop/cart has no ready endpoints (seen by kdrop)"},
 		{"kube-proxy's rule names a Service the resolver does not hold", kp(netfilter.MeaningNoLocalEndpoints, "shop/gone:http", "x", 6, nodeIP, node), "", "", "", ""},
+		{"kube-proxy's words in a pod's rules", elsewhere(kp(netfilter.MeaningNoLocalEndpoints, "shop/web:http", "x", 6, nodeIP, node), pod("kind-control-plane")), "", "", "", ""},
+		{"kube-proxy's words in a namespace identity does not know", elsewhere(kp(netfilter.MeaningNoEndpoints, "shop/cart", "x", 6, nodeIP, node), &k8s.Endpoint{Unresolved: true}), "", "", "", ""},
+		{"a REJECT in a pod's namespace to a Service without endpoints", elsewhere(kp(netfilter.MeaningNoEndpoints, "shop/cart", "x", 6, netip.MustParseAddrPort("10.96.0.12:80"), svc), pod("client")), "", "", "", ""},
+		{"a REJECT in no known namespace", line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NETFILTER_DROP", Proto: 6, Dst: netip.MustParseAddrPort("10.96.0.12:80")}, DstK8s: svc}, "", "", "", ""},
 		{"kube-proxy: a conntrack INVALID drop names no Service", kp(netfilter.MeaningInvalidConntrack, "", "x", 6, nodeIP, node), "", "", "", ""},
 		{"NETFILTER_DROP to a Service with endpoints", line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NETFILTER_DROP", Dst: dst}, DstK8s: backed}, "", "", "", ""},
 		{"NO_SOCKET on a hostNetwork pod (the node's)", line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NO_SOCKET", Dst: dst}, DstK8s: hostPod}, "", "", "", ""},
