@@ -16,6 +16,7 @@
 // are coalesced (debounce, and at least ten times the last build's duration
 // between builds). LookupIP loads the pointer and reads plain maps: no lock,
 // no allocation on a hit, never waiting for the API server or a writer.
+// LookupService reads the same index by a Service's namespace and name.
 //
 // Workloads. ReplicaSet → Deployment comes from the ReplicaSet informer, which
 // is exact (Argo Rollouts and bare ReplicaSets included) and cheap once
@@ -752,6 +753,20 @@ func (r *Resolver) LookupIP(ip netip.Addr, port uint16, at time.Time) (out Endpo
 	}
 	out.Unresolved = !r.ready.Load()
 	return out
+}
+
+// LookupService resolves a Service by namespace and name, as kube-proxy's
+// rules name it: Kind KindService with its UID and ReadyEndpoints, and
+// false when the index holds no such Service (not created, deleted, or the
+// informers not synced: then Unresolved is set too). Like LookupIP it reads
+// the published index: no lock, no allocation, never the API server; the
+// index holds each Service the informer holds, once.
+func (r *Resolver) LookupService(namespace, name string) (out Endpoint, ok bool) {
+	if e := r.snap.Load().svcs[nsName{namespace, name}]; e != nil {
+		out, ok = *e, true
+	}
+	out.Unresolved = !r.ready.Load()
+	return out, ok
 }
 
 // previous lists the deleted owners in dead still within the window at the

@@ -180,7 +180,11 @@ func runAgent(parent context.Context, f *agentFlags) error {
 		if err != nil {
 			return err
 		}
-		ac.Events = k8sevents.New(ecs, k8sevents.Config{Node: p.Node, PerMinute: f.eventsRate, Log: log})
+		ecfg := k8sevents.Config{Node: p.Node, PerMinute: f.eventsRate, Log: log}
+		if p.Res != nil { // a nil *k8s.Resolver in the interface would not be nil
+			ecfg.Services = p.Res
+		}
+		ac.Events = k8sevents.New(ecs, ecfg)
 	}
 	return agent.Run(ctx, p, ln, sln, ac)
 }
