@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A real single-node Kubernetes cluster on this machine, for kdrop's
 # end-to-end tests: containerd + runc, a CNI bridge, etcd, kube-apiserver,
-# controller-manager, scheduler, kubelet and kube-proxy (iptables mode, or
-# nftables with KDROP_PROXY_MODE=nftables), all run as
+# controller-manager, scheduler, kubelet, kube-proxy (iptables mode, or
+# nftables with KDROP_PROXY_MODE=nftables) and kube-router's network-policy
+# firewall (a test fixture only, see the Makefile), all run as
 # plain processes. Nothing is pulled: images are imported from tarballs.
 #
 #   cluster.sh up            start (idempotent; cleans leftovers of a crashed run first)
@@ -20,6 +21,10 @@ H=${KDROP_CLUSTER_HOME:-$REPO/.cache/cluster}
 BIN=${KDROP_KUBE_BIN:-$REPO/.cache/kube/bin}
 ETCD=${KDROP_ETCD:-$(command -v etcd || echo /usr/bin/etcd)}
 GO=${GO:-go}
+# The NetworkPolicy engine: kube-router's firewall controller alone (no
+# routing, no service proxy), enforcing with iptables and ipset. A test
+# fixture only (the Makefile's kube-router target says why): never shipped.
+KUBE_ROUTER=${KDROP_KUBE_ROUTER:-$REPO/.cache/kube-router/v2.1.0/kube-router}
 
 # kube-proxy's mode: iptables (rules through iptables-nft) or nftables
 # (its own table `kube-proxy`, ip and ip6; needs the nft command).
@@ -50,7 +55,7 @@ PAUSE_IMAGE=registry.k8s.io/pause:3.6 # containerd 1.6's default sandbox_image
 SOCK=/run/containerd/containerd.sock
 PKI=$H/pki ETC=$H/etc LOGS=$H/logs RUN=$H/run DATA=$H/data SAVED=$H/host IMAGES=$H/images
 ADMIN_KC=$ETC/admin.kubeconfig
-COMPONENTS=(containerd etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
+COMPONENTS=(containerd etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kube-router)
 
 # Host state that kubelet or the harness changes; `up` saves the values the
 # first time, `down` writes them back.
@@ -169,7 +174,7 @@ cert() {
 make_pki() {
 	# Names and addresses are in the certificates: another node name or IP
 	# means new ones.
-	local want="node=$NODE ip=$NODE_IP svc=$SVC_API_IP v1"
+	local want="node=$NODE ip=$NODE_IP svc=$SVC_API_IP v2"
 	if [ "$(cat "$PKI/.stamp" 2>/dev/null)" = "$want" ]; then
 		return
 	fi
@@ -186,6 +191,7 @@ make_pki() {
 	cert controller-manager /CN=system:kube-controller-manager "$client"
 	cert scheduler /CN=system:kube-scheduler "$client"
 	cert kube-proxy /CN=system:kube-proxy "$client"
+	cert kube-router /CN=system:kube-router "$client"
 	cert kubelet "/O=system:nodes/CN=system:node:$NODE" "$client"
 	cert kubelet-serving "/CN=$NODE" "extendedKeyUsage=serverAuth\nsubjectAltName=DNS:$NODE,IP:$NODE_IP\n"
 	# Service-account token signing key (ES256).
@@ -226,6 +232,7 @@ write_configs() {
 	kubeconfig scheduler scheduler
 	kubeconfig kubelet kubelet
 	kubeconfig kube-proxy kube-proxy
+	kubeconfig kube-router kube-router
 
 	# containerd: its own root under the state dir; the state dir must be
 	# /run/containerd, where the runc shim keeps its sockets whatever the
@@ -461,6 +468,47 @@ start_rest() {
 	start kube-proxy -- "$BIN/kube-proxy" --config "$ETC/kube-proxy.yaml"
 }
 
+# kube-router's RBAC: what its firewall controller watches (its informer
+# factory starts all seven informers, whichever controllers run), read-only.
+KUBE_ROUTER_RBAC='
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "system:kube-router"}
+rules:
+- apiGroups: [""]
+  resources: [namespaces, pods, services, nodes, endpoints]
+  verbs: [get, list, watch]
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [get, list, watch]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "system:kube-router"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:kube-router"}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: "system:kube-router"}
+'
+
+# start_kube_router: the NetworkPolicy engine, once the node exists (it
+# reads the node's address at start). Its firewall only: pods without
+# policies go through its default chain, which allows everything.
+start_kube_router() {
+	KC apply -f - <<<"$KUBE_ROUTER_RBAC" >/dev/null
+	start kube-router -- "$KUBE_ROUTER" --kubeconfig "$ETC/kube-router.kubeconfig" \
+		--run-firewall=true --run-router=false --run-service-proxy=false \
+		--hostname-override "$NODE" --service-cluster-ip-range "$SVC_CIDR" \
+		--health-port 0 --metrics-port 0
+}
+
+# kube-router has synced once: its chains exist and jump from FORWARD.
+kube_router_ready() {
+	ipt -S KUBE-ROUTER-FORWARD >/dev/null && ipt -S FORWARD | grep -q -- '-j KUBE-ROUTER-FORWARD'
+}
+
 node_ready() {
 	[ "$(KC get node "$NODE" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]
 }
@@ -514,9 +562,10 @@ cmd_up() {
 	for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl crictl; do
 		[ -x "$BIN/$b" ] || die "$BIN/$b missing: run \`make kube-bins\`"
 	done
-	for b in "$ETCD" /usr/bin/containerd /usr/bin/ctr /usr/sbin/runc /usr/lib/cni/bridge /usr/sbin/conntrack; do
+	for b in "$ETCD" /usr/bin/containerd /usr/bin/ctr /usr/sbin/runc /usr/lib/cni/bridge /usr/sbin/conntrack /usr/sbin/ipset; do
 		[ -x "$b" ] || die "$b missing: run \`make deps\`"
 	done
+	[ -x "$KUBE_ROUTER" ] || die "$KUBE_ROUTER missing: run \`make kube-router\`"
 	if [ "$PROXY_MODE" = nftables ]; then
 		command -v nft >/dev/null || die "kube-proxy's nftables mode needs the nft command: apt-get install nftables"
 	fi
@@ -561,6 +610,9 @@ cmd_up() {
 	while IFS=$'\t' read -r k v; do
 		case $k in kernel.panic | kernel.panic_on_oops) sysctl -qw "$k=$v" ;; esac
 	done <"$SAVED/sysctl"
+	step "kube-router firewall synced"
+	start_kube_router
+	wait_for kube-router 60 "kube-router's KUBE-ROUTER-FORWARD chain" kube_router_ready
 	step "ServiceAccount default/default"
 	wait_for kube-controller-manager 60 "ServiceAccount default/default" KC -n default get serviceaccount default
 	step "Service kubernetes reachable"
@@ -598,7 +650,7 @@ kill_strays() {
 	while read -r p args; do
 		case $args in
 		"$BIN/kubectl "*) ;; # someone's client, not a server
-		*containerd\ --config\ "$H/"* | "$BIN/"kube*\ *"$H/"* | "$ETCD "*"$H/"*)
+		*containerd\ --config\ "$H/"* | "$BIN/"kube*\ *"$H/"* | "$KUBE_ROUTER "*"$H/"* | "$ETCD "*"$H/"*)
 			say "killing stray ${args:0:80}"
 			kill -KILL "$p" 2>/dev/null || true
 			;;
@@ -683,6 +735,21 @@ iptables_cleanup() {
 	rm -f "$RUN/$1.cleanup"
 }
 
+# kube-router's ipsets (KUBE-SRC-*, KUBE-DST-*, and TMP-* of a restore cut
+# short), destroyed once no rule refers to them (after iptables_cleanup).
+ipset_cleanup() {
+	command -v ipset >/dev/null || return 0
+	local s
+	for s in $(ipset list -n 2>/dev/null); do
+		case $s in
+		KUBE-SRC-* | KUBE-DST-* | TMP-????????????????)
+			# the kernel may hold a set a moment after its last rule went
+			ipset destroy "$s" 2>/dev/null || { sleep 0.5; ipset destroy "$s" 2>/dev/null; } || say "cannot destroy ipset $s"
+			;;
+		esac
+	done
+}
+
 # iptables-nft leaves its tables behind, empty; drop those that did not
 # exist before the first `up` and hold no rules now, and kube-proxy's own
 # table (nftables mode), whatever it holds.
@@ -754,6 +821,7 @@ cleanup() {
 	done
 	iptables_cleanup iptables
 	iptables_cleanup ip6tables
+	ipset_cleanup
 	ip link del "$BRIDGE" 2>/dev/null || true
 	ip link del "$NODE_IF" 2>/dev/null || true
 	nft_cleanup
@@ -788,10 +856,10 @@ cmd_down() {
 	# Clients first: the apiserver then exits faster, and it must go before
 	# etcd (on SIGTERM it removes its own endpoint from the kubernetes Service).
 	local c pid
-	for c in kube-proxy kube-scheduler kube-controller-manager kubelet; do
+	for c in kube-router kube-proxy kube-scheduler kube-controller-manager kubelet; do
 		if pid=$(pid_of "$c"); then kill -TERM "$pid" 2>/dev/null || true; fi
 	done
-	for c in kube-proxy kube-scheduler kube-controller-manager kubelet; do stop_component "$c" 10; done
+	for c in kube-router kube-proxy kube-scheduler kube-controller-manager kubelet; do stop_component "$c" 10; done
 	stop_component kube-apiserver 30
 	stop_component etcd 10
 	stop_component containerd 10
