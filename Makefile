@@ -204,8 +204,8 @@ test-cluster: deps-cluster kube-bins kube-router helm cluster-images ## kdrop de
 helm: ## build a pinned helm from the Go module proxy into the cache (for the chart's tests)
 	deploy/helm/install-helm.sh $(KDROP_CACHE)/bin
 
-test-k8s: deps-k8s kube-bins helm ## identity, CLI, agent and deploy/ tests against a real kube-apiserver + etcd, with the race detector
-	KDROP_KUBE_BIN=$(KDROP_CACHE)/kube/bin KDROP_HELM=$(KDROP_CACHE)/bin/helm \
+test-k8s: deps-k8s kube-bins kube-router helm ## identity, CLI, agent and deploy/ tests against a real kube-apiserver + etcd (and kube-router's firewall), with the race detector
+	KDROP_KUBE_BIN=$(KDROP_CACHE)/kube/bin KDROP_KUBE_ROUTER=$(KUBE_ROUTER) KDROP_HELM=$(KDROP_CACHE)/bin/helm \
 		$(GO) test -race -count=1 -timeout 30m ./k8s/... ./cmd/... ./deploy/ ./deploy/monitoring/... ./deploy/cluster/...
 
 # The tag deploy/ names, so `kubectl apply -k deploy/kustomize` runs this

@@ -495,13 +495,17 @@ subjects:
 
 # start_kube_router: the NetworkPolicy engine, once the node exists (it
 # reads the node's address at start). Its firewall only: pods without
-# policies go through its default chain, which allows everything.
+# policies go through its default chain, which allows everything. It
+# rebuilds its chains under new names at every sync, which restarts their
+# counters: it syncs when pods, namespaces or policies change, and
+# periodically only every hour, not every 5 minutes, so a test can compare
+# a rule's counter over a minute.
 start_kube_router() {
 	KC apply -f - <<<"$KUBE_ROUTER_RBAC" >/dev/null
 	start kube-router -- "$KUBE_ROUTER" --kubeconfig "$ETC/kube-router.kubeconfig" \
 		--run-firewall=true --run-router=false --run-service-proxy=false \
 		--hostname-override "$NODE" --service-cluster-ip-range "$SVC_CIDR" \
-		--health-port 0 --metrics-port 0
+		--iptables-sync-period 1h --health-port 0 --metrics-port 0
 }
 
 # kube-router has synced once: its chains exist and jump from FORWARD.

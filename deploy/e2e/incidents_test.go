@@ -796,10 +796,16 @@ func kdropK8sEvents(t *testing.T) string {
 // "kubectl get events" reads them; a series is written at most every 10 s.
 func waitK8sEvent(t *testing.T, kind, name, reason string, want uint64) {
 	t.Helper()
+	waitK8sEventIn(t, "shop", kind, name, reason, want)
+}
+
+// waitK8sEventIn is waitK8sEvent in namespace ns.
+func waitK8sEventIn(t *testing.T, ns, kind, name, reason string, want uint64) {
+	t.Helper()
 	var got uint64
 	var notes []string
 	for deadline := time.Now().Add(45 * time.Second); time.Now().Before(deadline); time.Sleep(time.Second) {
-		out := kubectl(t, "-n", "shop", "get", "events.events.k8s.io", "--field-selector", "reason="+reason, "-o", "json")
+		out := kubectl(t, "-n", ns, "get", "events.events.k8s.io", "--field-selector", "reason="+reason, "-o", "json")
 		var list struct {
 			Items []struct {
 				Note                string `json:"note"`
@@ -824,10 +830,10 @@ func waitK8sEvent(t *testing.T, kind, name, reason string, want uint64) {
 			notes = append(notes, e.Note)
 		}
 		if got == want {
-			in := fmt.Sprintf("%s Event on %s shop/%s counts %d, as kdrop tail: %s", reason, kind, name, got, strings.Join(notes, " | "))
+			in := fmt.Sprintf("%s Event on %s %s/%s counts %d, as kdrop tail: %s", reason, kind, ns, name, got, strings.Join(notes, " | "))
 			fmt.Println("KDROP-E2E " + in)
 			return
 		}
 	}
-	t.Errorf("Kubernetes Events %s on %s shop/%s count %d, kdrop tail %d (notes: %q)", reason, kind, name, got, want, notes)
+	t.Errorf("Kubernetes Events %s on %s %s/%s count %d, kdrop tail %d (notes: %q)", reason, kind, ns, name, got, want, notes)
 }
