@@ -1,9 +1,11 @@
 package tracer
 
 import (
+	"bytes"
 	"errors"
 	"net/netip"
 	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -172,5 +174,65 @@ func TestICMPErrorThroughVXLANOnce(t *testing.T) {
 	got, _ := sum(evs, func(e *Event) bool { return true })
 	if got != sent || sent == 0 {
 		t.Fatalf("IcmpOutDestUnreachs +%d through VXLAN, %d events\n%s", sent, got, dump(evs))
+	}
+}
+
+// An ICMP error passes every device stacked on the one that sends it (a
+// macvlan or ipvlan on its lower device, a VRF on its port): one error is
+// one event, in the namespace of the device it left by first (a pod's
+// macvlan or ipvlan), whichever device the hook saw it on. The hook is
+// forced to the transmit path (net_dev_queue) where that is the question.
+func TestICMPErrorThroughStackedDevicesOnce(t *testing.T) {
+	for _, tc := range []struct {
+		name, add string // add: the stacked device kdst0 on lower
+		inPod     bool   // moved into the pod's namespace, the address with it
+	}{
+		{"macvlan in another namespace", "link add kdst0 link LOWER type macvlan mode bridge", true},
+		{"ipvlan in another namespace", "link add kdst0 link LOWER type ipvlan mode l2", true},
+		{"vrf", "link add kdst0 type vrf table 10", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			host, pod, client := nstest.New(t, "sth"), nstest.New(t, "stp"), nstest.New(t, "stc")
+			lower, _ := nstest.Veth(t, host, "198.18.9.9/32", "", client, "198.18.7.2/24", "")
+			host.IP(t, "addr del 198.18.9.9/32 dev "+lower)
+			stack(t, host, strings.ReplaceAll(tc.add, "LOWER", lower))
+			sender := host
+			if tc.inPod {
+				host.IP(t, "link set kdst0 netns "+pod.Name)
+				pod.IP(t, "addr add 198.18.7.1/24 dev kdst0")
+				pod.IP(t, "link set kdst0 up")
+				sender = pod
+			} else { // a VRF: its port keeps the address
+				host.IP(t, "link set kdst0 up")
+				host.IP(t, "link set "+lower+" master kdst0")
+				host.IP(t, "addr add 198.18.7.1/24 dev "+lower)
+			}
+			modes := testModes(t)
+			if modes == nil {
+				modes = []Mode{ModeTPBTF, ModeRawTP, ModeSockDiag}
+			}
+			c := startTracer(t, Options{Modes: modes, Filter: Filter{Types: []EventType{Unreachable}, Port: 9}})
+			h := c.hook("icmp_send")
+			before := sender.Counters(t)
+			client.SendUDP(t, "198.18.7.1", 9, 5)
+			time.Sleep(200 * time.Millisecond)
+			evs := c.stop(t)
+			sent := sender.Counters(t)["IcmpOutDestUnreachs"] - before["IcmpOutDestUnreachs"]
+			got, _ := sum(evs, func(e *Event) bool { return e.Netns == sender.Inode })
+			elsewhere, other := sum(evs, func(e *Event) bool { return e.Netns != sender.Inode })
+			if got != sent || sent == 0 || elsewhere != 0 {
+				t.Fatalf("hook %s: IcmpOutDestUnreachs +%d in the sender's namespace, %d events there, %d elsewhere\n%s", h, sent, got, elsewhere, dump(other))
+			}
+			t.Logf("%d errors, %d events (hook %s)", sent, got, h)
+		})
+	}
+}
+
+// stack adds a stacked device, or skips when this kernel has no driver for
+// it (then the case cannot arise here).
+func stack(t *testing.T, ns *nstest.NS, cmdline string) {
+	t.Helper()
+	if out, err := exec.Command("ip", append([]string{"-n", ns.Name}, strings.Fields(cmdline)...)...).CombinedOutput(); err != nil {
+		t.Skipf("this kernel cannot stack the device (ip %s: %v: %s)", cmdline, err, bytes.TrimSpace(out))
 	}
 }

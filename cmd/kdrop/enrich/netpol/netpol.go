@@ -116,8 +116,8 @@ const (
 // (or do not apply: no end is an isolated pod, an end is a Service IP, the
 // protocol is not TCP, UDP or SCTP), else a netfilter.MeaningNetworkPolicy naming the policies
 // that isolate the pod and allow nothing matching f. When both ends are
-// isolated and both directions deny, egress is named: the source's side
-// drops the packet first. nsLabels gives a namespace's labels
+// isolated and both directions deny, egress is named (the source's side
+// drops the packet first) and its Text says ingress denies it too. nsLabels gives a namespace's labels
 // (k8s.Resolver.NamespaceLabels). One call walks only the policies of the
 // two ends' namespaces.
 func (s *Set) Evaluate(f Flow, nsLabels func(ns string) map[string]string) *netfilter.Meaning {
@@ -128,19 +128,34 @@ func (s *Set) Evaluate(f Flow, nsLabels func(ns string) map[string]string) *netf
 // evaluate is Evaluate, and whether the policies say anything about f:
 // false when they do not apply (no end is a pod, an end is a Service IP,
 // another protocol) or cannot be evaluated.
-func (s *Set) evaluate(f Flow, nsLabels func(ns string) map[string]string) (m *netfilter.Meaning, concluded bool) {
+func (s *Set) evaluate(f Flow, nsLabels func(ns string) map[string]string) (*netfilter.Meaning, bool) {
+	egress, ingress, concluded := s.directions(f, nsLabels)
+	if egress != nil && ingress != nil {
+		// fixing egress alone would leave the drop at the destination
+		egress.Text += "; ingress is denied too: " + ingress.Text
+	}
+	if egress != nil {
+		return egress, concluded
+	}
+	return ingress, concluded
+}
+
+// directions evaluates f for each direction: the meanings of the
+// source's egress and the destination's ingress policies that deny it
+// (nil: allowed, or the end is no pod), and whether they concluded.
+func (s *Set) directions(f Flow, nsLabels func(ns string) map[string]string) (egress, ingress *netfilter.Meaning, concluded bool) {
 	proto, ok := protocols[f.Proto]
 	if s == nil || !ok || !f.Src.Addr().IsValid() || !f.Dst.Addr().IsValid() || isService(f.SrcK8s) || isService(f.DstK8s) {
-		return nil, false
+		return nil, nil, false
 	}
 	defer func() {
 		if recover() != nil { // the matcher panics on what it cannot parse: no conclusion
-			m, concluded = nil, false
+			egress, ingress, concluded = nil, nil, false
 		}
 	}()
 	src, dst := peer(f.SrcK8s, f.Src.Addr(), nsLabels), peer(f.DstK8s, f.Dst.Addr(), nsLabels)
 	if src.Internal == nil && dst.Internal == nil {
-		return nil, false
+		return nil, nil, false
 	}
 	t := &matcher.Traffic{Source: src, Destination: dst, ResolvedPort: int(f.Dst.Port()), Protocol: proto}
 	if dst.Internal != nil {
@@ -149,18 +164,18 @@ func (s *Set) evaluate(f Flow, nsLabels func(ns string) map[string]string) (m *n
 	if src.Internal != nil {
 		if p := s.byNS[src.Internal.Namespace]; p != nil {
 			if d := p.IsIngressOrEgressAllowed(t, false); !d.IsAllowed() {
-				return meaning(Egress, d.DenyingTargets, f, proto, t.ResolvedPortName), true
+				egress = meaning(Egress, d.DenyingTargets, f, proto, t.ResolvedPortName)
 			}
 		}
 	}
 	if dst.Internal != nil {
 		if p := s.byNS[dst.Internal.Namespace]; p != nil {
 			if d := p.IsIngressOrEgressAllowed(t, true); !d.IsAllowed() {
-				return meaning(Ingress, d.DenyingTargets, f, proto, t.ResolvedPortName), true
+				ingress = meaning(Ingress, d.DenyingTargets, f, proto, t.ResolvedPortName)
 			}
 		}
 	}
-	return nil, true
+	return egress, ingress, true
 }
 
 var protocols = map[uint8]corev1.Protocol{
@@ -294,19 +309,29 @@ func (e *Evaluator) Meaning(f Flow) *netfilter.Meaning {
 // evaluation of f, and says both: it sets engine.Evaluation and, when
 // they disagree, engine.Evaluated, and rewrites engine.Text to say what
 // each found. Agreeing means the same isolated pod, direction and
-// policies. When kdrop cannot evaluate (policies not listed yet, f not
-// evaluable), engine is left as it is: the engine's word alone.
+// policies. The engine's rule is for one direction (kube-router's chain of
+// the destination, or of the source): kdrop's evaluation of that direction
+// is compared, since when both deny, either chain may drop first. When kdrop
+// cannot evaluate (policies not listed yet, f not evaluable), engine is
+// left as it is: the engine's word alone.
 func (e *Evaluator) Check(engine *netfilter.Meaning, f Flow) {
 	if engine == nil || !isPod(f.SrcK8s) && !isPod(f.DstK8s) {
 		return
 	}
-	set := e.current()
-	if set == nil {
-		return
+	if set := e.current(); set != nil {
+		set.check(engine, f, e.src.NamespaceLabels)
 	}
-	own, concluded := set.evaluate(f, e.src.NamespaceLabels)
+}
+
+// check is Evaluator.Check on the policies of s.
+func (s *Set) check(engine *netfilter.Meaning, f Flow, nsLabels func(ns string) map[string]string) {
+	egress, ingress, concluded := s.directions(f, nsLabels)
 	if !concluded {
 		return
+	}
+	own := ingress
+	if engine.Direction == Egress || engine.Direction == "" && egress != nil {
+		own = egress
 	}
 	compare(engine, own, f)
 }
