@@ -168,8 +168,8 @@ kube-bins: ## build kube-apiserver, kubectl & co. from the Go module proxy (cach
 	deploy/kube/build.sh $(KDROP_CACHE)/kube/bin
 
 # kube-router is the test cluster's NetworkPolicy engine (its firewall
-# controller alone, started by deploy/cluster/cluster.sh): a TEST FIXTURE
-# ONLY. The only version the module proxy serves has reported security
+# controller alone, started by `deploy/cluster/cluster.sh kube-router start`
+# for the tests that need one): a TEST FIXTURE ONLY. The only version the module proxy serves has reported security
 # flaws; it runs inside the local test cluster alone and is never shipped,
 # deployed by deploy/, or suggested to users. Built once per version into
 # the cache (~4 min, ~60 MB); kube-router has no replace directives, so its
@@ -182,15 +182,15 @@ $(KUBE_ROUTER):
 		-ldflags "-s -w -X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$(KUBE_ROUTER_VERSION)" \
 		github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@$(KUBE_ROUTER_VERSION)
 
-# A real single-node cluster (containerd, kubelet, kube-proxy, kube-router's
-# firewall, ...) on this machine for end-to-end tests;
+# A real single-node cluster (containerd, kubelet, kube-proxy, ...; on
+# demand kube-router's firewall) on this machine for end-to-end tests;
 # deploy/cluster/README.md says what it changes.
 CLUSTER_ENV := KDROP_CLUSTER_HOME=$(KDROP_CACHE)/cluster KDROP_KUBE_BIN=$(KDROP_CACHE)/kube/bin KDROP_KUBE_ROUTER=$(KUBE_ROUTER) GO=$(GO)
 
 cluster-images: ## build the test cluster's pause and busybox images into .cache/cluster/images
 	$(CLUSTER_ENV) deploy/cluster/cluster.sh images
 
-cluster-up: deps-cluster kube-bins kube-router cluster-images ## start a real single-node Kubernetes cluster here (root); then `deploy/cluster/cluster.sh env`
+cluster-up: deps-cluster kube-bins cluster-images ## start a real single-node Kubernetes cluster here (root); then `deploy/cluster/cluster.sh env`
 	$(CLUSTER_ENV) deploy/cluster/cluster.sh up
 
 cluster-down: ## stop the test cluster and undo its changes to the host

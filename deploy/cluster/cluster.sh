@@ -2,15 +2,16 @@
 # A real single-node Kubernetes cluster on this machine, for kdrop's
 # end-to-end tests: containerd + runc, a CNI bridge, etcd, kube-apiserver,
 # controller-manager, scheduler, kubelet, kube-proxy (iptables mode, or
-# nftables with KDROP_PROXY_MODE=nftables) and kube-router's network-policy
-# firewall (a test fixture only, see the Makefile), all run as
-# plain processes. Nothing is pulled: images are imported from tarballs.
+# nftables with KDROP_PROXY_MODE=nftables), all run as plain processes;
+# on demand, kube-router's network-policy firewall (a test fixture only,
+# see the Makefile). Nothing is pulled: images are imported from tarballs.
 #
 #   cluster.sh up            start (idempotent; cleans leftovers of a crashed run first)
 #   cluster.sh down          stop everything and undo every change to the host
 #   cluster.sh status        what is running
 #   cluster.sh env           export lines: KUBECONFIG, node name and IP, state dir
 #   cluster.sh import F.tar  import docker-archive tarballs into the running cluster
+#   cluster.sh kube-router start|stop   the NetworkPolicy engine, for the tests that need one
 #   cluster.sh images        build the pause and busybox image tarballs
 #
 # Needs root. See README.md beside this file for what it changes on the host.
@@ -55,7 +56,9 @@ PAUSE_IMAGE=registry.k8s.io/pause:3.6 # containerd 1.6's default sandbox_image
 SOCK=/run/containerd/containerd.sock
 PKI=$H/pki ETC=$H/etc LOGS=$H/logs RUN=$H/run DATA=$H/data SAVED=$H/host IMAGES=$H/images
 ADMIN_KC=$ETC/admin.kubeconfig
-COMPONENTS=(containerd etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kube-router)
+COMPONENTS=(containerd etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
+# Started on demand (cluster.sh kube-router start), stopped by down too.
+ON_DEMAND=(kube-router)
 
 # Host state that kubelet or the harness changes; `up` saves the values the
 # first time, `down` writes them back.
@@ -495,9 +498,14 @@ subjects:
 
 # start_kube_router: the NetworkPolicy engine, once the node exists (it
 # reads the node's address at start). Its firewall only: pods without
-# policies go through its default chain, which allows everything. It
-# rebuilds its chains under new names at every sync, which restarts their
-# counters: it syncs when pods, namespaces or policies change, and
+# policies go through its default chain, which allows everything. It runs
+# only for the tests that need it, not for the whole suite: at every sync
+# (when pods, namespaces or policies change) it rewrites the whole filter
+# table with iptables-restore, which restarts every rule's counter,
+# kube-proxy's included, and its KUBE-ROUTER-FORWARD ACCEPTs pods' traffic
+# before kube-proxy's REJECT of a ClusterIP without endpoints is reached
+# (measured: the service-without-endpoints incident timed out instead of
+# being refused). Its chains get new names at every sync too; it syncs
 # periodically only every hour, not every 5 minutes, so a test can compare
 # a rule's counter over a minute.
 start_kube_router() {
@@ -569,7 +577,6 @@ cmd_up() {
 	for b in "$ETCD" /usr/bin/containerd /usr/bin/ctr /usr/sbin/runc /usr/lib/cni/bridge /usr/sbin/conntrack /usr/sbin/ipset; do
 		[ -x "$b" ] || die "$b missing: run \`make deps\`"
 	done
-	[ -x "$KUBE_ROUTER" ] || die "$KUBE_ROUTER missing: run \`make kube-router\`"
 	if [ "$PROXY_MODE" = nftables ]; then
 		command -v nft >/dev/null || die "kube-proxy's nftables mode needs the nft command: apt-get install nftables"
 	fi
@@ -614,9 +621,6 @@ cmd_up() {
 	while IFS=$'\t' read -r k v; do
 		case $k in kernel.panic | kernel.panic_on_oops) sysctl -qw "$k=$v" ;; esac
 	done <"$SAVED/sysctl"
-	step "kube-router firewall synced"
-	start_kube_router
-	wait_for kube-router 60 "kube-router's KUBE-ROUTER-FORWARD chain" kube_router_ready
 	step "ServiceAccount default/default"
 	wait_for kube-controller-manager 60 "ServiceAccount default/default" KC -n default get serviceaccount default
 	step "Service kubernetes reachable"
@@ -708,13 +712,14 @@ unmount_all() {
 	done
 }
 
-# iptables_cleanup CMD: removes the KUBE-*, CNI-* and KDROP-* chains and every
-# rule that jumps to them, in one iptables-restore transaction per table.
+# iptables_cleanup CMD [REGEX]: removes the KUBE-*, CNI-* and KDROP-* chains
+# (or those REGEX matches) and every rule that jumps to them, in one
+# iptables-restore transaction per table.
 iptables_cleanup() {
-	local save=$1-save restore=$1-restore
+	local save=$1-save restore=$1-restore re=${2:-^(KUBE-|CNI-|KDROP-)}
 	command -v "$save" >/dev/null || return 0
-	"$save" 2>/dev/null | awk '
-		function ours(c) { return c ~ /^(KUBE-|CNI-|KDROP-)/ }
+	"$save" 2>/dev/null | awk -v re="$re" '
+		function ours(c) { return c ~ re }
 		/^\*/ { if (n) flush(); table = $0; n = 0; delete chains; nc = 0; next }
 		/^:/ { c = substr($1, 2); if (ours(c)) chains[++nc] = c; next }
 		/^-A / {
@@ -810,6 +815,7 @@ restore_host() {
 cleanup() {
 	local c n i
 	mkdir -p "$RUN"
+	for c in "${ON_DEMAND[@]}"; do stop_component "$c" 5; done
 	for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do stop_component "${COMPONENTS[i]}" 5; done
 	kill_strays
 	kill_shims
@@ -878,7 +884,7 @@ cmd_down() {
 # status: exits 0 only when every component runs and the node is Ready.
 cmd_status() {
 	local c pid
-	for c in "${COMPONENTS[@]}"; do
+	for c in "${COMPONENTS[@]}" "${ON_DEMAND[@]}"; do
 		if pid=$(pid_of "$c"); then
 			printf '%-24s running  pid %-7s rss %s KiB\n' "$c" "$pid" "$(awk '/^VmRSS/{print $2}' "/proc/$pid/status")"
 		else
@@ -905,6 +911,30 @@ export KDROP_CLUSTER_NODE_IP=$NODE_IP
 export KDROP_CLUSTER_HOME=$H
 export PATH=$BIN:\$PATH
 EOF
+}
+
+# kube-router start|stop: the NetworkPolicy engine in the running cluster;
+# stop also removes its chains (KUBE-ROUTER-*, KUBE-POD-FW-*, KUBE-NWPLCY-*)
+# and ipsets.
+cmd_kube_router() {
+	[ "$(id -u)" -eq 0 ] || die "must run as root"
+	case ${1:-} in
+	start)
+		[ -x "$KUBE_ROUTER" ] || die "$KUBE_ROUTER missing: run \`make kube-router\`"
+		healthy || die "the cluster is not up: \`$0 up\` first"
+		pid_of kube-router >/dev/null && { say "kube-router already runs"; return; }
+		start_kube_router
+		wait_for kube-router 60 "kube-router's KUBE-ROUTER-FORWARD chain" kube_router_ready
+		say "kube-router's firewall runs (log: $LOGS/kube-router.log)"
+		;;
+	stop)
+		stop_component kube-router 10
+		iptables_cleanup iptables '^KUBE-(ROUTER-|POD-FW-|NWPLCY-)'
+		iptables_cleanup ip6tables '^KUBE-(ROUTER-|POD-FW-|NWPLCY-)'
+		ipset_cleanup
+		;;
+	*) die "usage: $0 kube-router start|stop" ;;
+	esac
 }
 
 cmd_import() {
@@ -953,6 +983,7 @@ down) lock; cmd_down ;;
 status) cmd_status ;;
 env) cmd_env ;;
 import) shift; cmd_import "$@" ;;
+kube-router) shift; lock; cmd_kube_router "$@" ;;
 images) lock; cmd_images ;;
 *)
 	sed -n '2,/^set -e/p' "$0" | sed -e '/^set -e/d' -e 's/^# \{0,1\}//' >&2

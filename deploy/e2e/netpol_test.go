@@ -1,7 +1,9 @@
 package e2e
 
 // A NetworkPolicy drop in the real cluster, enforced by a real engine:
-// kube-router's firewall, which deploy/cluster runs (a test fixture only).
+// kube-router's firewall, which deploy/cluster runs for this test (a test
+// fixture only; `cluster.sh kube-router start`, not for the whole suite:
+// see cluster.sh for what it would change for the other incidents).
 // In namespace bank a default-deny ingress policy isolates every pod, and
 // allow-api lets pods labelled role=api reach the vault on 8080. The
 // intruder (no label) keeps dialing the vault, and kube-router REJECTs it;
@@ -83,6 +85,14 @@ func TestNetworkPolicy(t *testing.T) {
 	// An agent of an earlier test may still be going away, and its pods:
 	// kube-router syncs (renaming its chains) when pods go.
 	kubectlErr("wait", "--for=delete", "namespace/kdrop", "namespace/shop", "--timeout=120s")
+	if out, err := sh("deploy/cluster/cluster.sh", "kube-router", "start"); err != nil {
+		t.Fatalf("cluster.sh kube-router start: %v\n%s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := sh("deploy/cluster/cluster.sh", "kube-router", "stop"); err != nil {
+			t.Errorf("cluster.sh kube-router stop: %v\n%s", err, out)
+		}
+	})
 	for deadline := time.Now().Add(60 * time.Second); findAgentPID() != 0; time.Sleep(500 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("an agent of an earlier test is still running")
@@ -129,6 +139,17 @@ func TestNetworkPolicy(t *testing.T) {
 			t.Fatalf("kube-router has not built a lasting chain for the vault with both policies in 60 s:\n%s", strings.Join(rules, "\n"))
 		}
 	}
+	isDrop := func(e *event) bool {
+		return e.Type == "drop" && e.Reason == "NETFILTER_DROP" && e.Dst == vaultIP && e.Dport == 8080 && (e.Src == intruderIP || e.Summary)
+	}
+	// One refused dial first: kdrop's first read of the node's rules has
+	// no earlier counters to take differences from, so every rule that
+	// ever dropped (the harness's guard, from earlier tests) may be the
+	// first drop's as well, and kdrop lists them as candidates. The drops
+	// counted below come after it, once it is all out.
+	kubectl(t, "-n", "bank", "exec", "intruder", "--", "/testapp", "dial", "-n", "1", "-timeout", "2s", vaultIP+":8080")
+	tail.waitFor(t, 0, 30*time.Second, "the intruder's first drop", func(evs []event) bool { return sum(evs, isDrop) > 0 })
+	time.Sleep(3 * time.Second)
 	_, before, _ := vaultChain(t)
 	mark := tail.mark()
 
@@ -157,9 +178,6 @@ func TestNetworkPolicy(t *testing.T) {
 	}
 	defer stop()
 
-	isDrop := func(e *event) bool {
-		return e.Type == "drop" && e.Reason == "NETFILTER_DROP" && e.Dst == vaultIP && e.Dport == 8080 && (e.Src == intruderIP || e.Summary)
-	}
 	tail.waitFor(t, mark, 60*time.Second, "the intruder's drops", func(evs []event) bool { return sum(evs, isDrop) >= 10 })
 
 	// While the traffic runs, the stream never counts more than the
@@ -251,14 +269,26 @@ func TestNetworkPolicy(t *testing.T) {
 			t.Fatalf("drops to the vault: kube-router's REJECT counted %d, kdrop tail %d; last lines:\n%s", c, s, tail.tailLog(30))
 		}
 	}
+	// Nothing of the api pod's traffic is a NetworkPolicy's (or any
+	// netfilter rule's) drop, nor refused. (The kernel may drop a frame
+	// of its connections' teardown elsewhere, e.g. one the bridge floods
+	// to a pod it is not for: not a policy's doing, and not kdrop's to
+	// hide; those are logged.)
 	for _, e := range tail.since(mark) {
-		if (e.Type == "drop" || e.Type == "unreach") && (e.Src == apiIP || e.Dst == apiIP) {
-			t.Errorf("the allowed client should produce no event: %s", e.raw)
+		if e.Src != apiIP && e.Dst != apiIP || e.Type != "drop" && e.Type != "unreach" {
+			continue
+		}
+		if e.Type == "unreach" || e.Reason == "NETFILTER_DROP" || e.Rule != nil {
+			t.Errorf("the allowed client's traffic should not be refused or dropped by a rule: %s", e.raw)
+		} else {
+			t.Logf("a kernel drop of the allowed client's connections, not a rule's: %s", e.raw)
 		}
 	}
 	fmt.Printf("KDROP-E2E network policy: %d dials of the intruder %v, of the api pod %v; kube-router's REJECT counted %d, kdrop tail %d NETFILTER_DROP, each naming its rule, the policies and kdrop's agreeing evaluation\n",
 		refused["ECONNREFUSED"]+refused["timeout"], refused, ok, counted, seen)
-	waitK8sEventIn(t, "bank", "Pod", "vault", "NetworkPolicyDenied", seen)
+	// The Event counts every drop to the vault since the agent started,
+	// the first one's too.
+	waitK8sEventIn(t, "bank", "Pod", "vault", "NetworkPolicyDenied", sum(tail.since(0), isDrop))
 }
 
 // vaultChain reads kube-router's firewall chain for the vault pod: its
