@@ -134,18 +134,21 @@ static __always_inline void stat_inc(__u32 idx)
 
 /* ---- packet parsing: raw bytes, wire formats never change ---- */
 
-/* Ports, TCP flags or the ICMP header from l4[0..13]. */
-static __always_inline void parse_l4(struct kdrop_event *e, const __u8 *h)
+/* Ports, TCP flags or the ICMP header from l4[0..13], of which len bytes
+ * belong to the packet: nothing is read past its end. */
+static __always_inline void parse_l4(struct kdrop_event *e, const __u8 *h, __u32 len)
 {
-	if (e->proto == IPPROTO_TCP) {
-		e->tcp_flags = h[13];
-	} else if (e->proto == IPPROTO_ICMP || e->proto == IPPROTO_ICMPV6) {
-		e->icmp_type = h[0];
-		e->icmp_code = h[1];
-		return;
-	} else if (e->proto != IPPROTO_UDP) {
+	if (e->proto == IPPROTO_ICMP || e->proto == IPPROTO_ICMPV6) {
+		if (len >= 2) {
+			e->icmp_type = h[0];
+			e->icmp_code = h[1];
+		}
 		return;
 	}
+	if ((e->proto != IPPROTO_TCP && e->proto != IPPROTO_UDP) || len < 4)
+		return;
+	if (e->proto == IPPROTO_TCP && len >= 14)
+		e->tcp_flags = h[13];
 	e->sport = (__u16)h[0] << 8 | h[1];
 	e->dport = (__u16)h[2] << 8 | h[3];
 }
@@ -194,17 +197,22 @@ static __always_inline __u32 ipv6_skip_ext(struct kdrop_event *e, unsigned char 
 		off &= 0xffff; /* bounded for the verifier; headers end below 64k */
 	}
 	e->proto = nh;
-	return 0;
+	/* the last header walked may be followed by the upper layer's */
+	return !ipv6_ext_hdr(nh) && off + 4 <= end ? off : 0;
 }
 
 /* Fills family, addresses, protocol and ports from an IP header at ip
- * (proto: its ETH_P_*). One read of 54 bytes covers an IPv4 header without
- * options or an IPv6 header, and what follows up to the TCP flags: each
- * helper call counts on a path that runs for every drop. */
-static __always_inline void parse_ip(struct kdrop_event *e, unsigned char *ip, __u16 proto)
+ * (proto: its ETH_P_*), of which avail bytes are in memory (the skb's
+ * linear data): nothing past the packet's own length, or past what is
+ * there (a truncated packet), is read as ports. One read of 54 bytes
+ * covers an IPv4 header without options or an IPv6 header, and what
+ * follows up to the TCP flags: each helper call counts on a path that
+ * runs for every drop. */
+static __always_inline void parse_ip(struct kdrop_event *e, unsigned char *ip, __u16 proto, __u32 avail)
 {
 	__u8 b[54];
 	bool whole = true;
+	__u32 end;
 
 	if (proto != ETH_P_IP && proto != ETH_P_IPV6)
 		return;
@@ -226,13 +234,18 @@ static __always_inline void parse_ip(struct kdrop_event *e, unsigned char *ip, _
 		/* only the first fragment carries ports */
 		if (((b[6] & 0x1f) << 8 | b[7]) != 0)
 			return;
+		end = (__u32)b[2] << 8 | b[3]; /* 0: BIG TCP's GSO packet, over 64k */
+		if (!end || end > avail)
+			end = avail;
+		if (end <= ihl)
+			return;
 		if (ihl == 20 && whole) {
-			parse_l4(e, &b[20]);
+			parse_l4(e, &b[20], end - ihl);
 		} else {
 			__u8 h[14] = {};
 
 			if (!bpf_probe_read_kernel(h, sizeof(h), ip + ihl))
-				parse_l4(e, h);
+				parse_l4(e, h, end - ihl);
 		}
 	} else {
 		__u8 h[14] = {};
@@ -244,33 +257,41 @@ static __always_inline void parse_ip(struct kdrop_event *e, unsigned char *ip, _
 		e->proto = b[6];
 		__builtin_memcpy(e->saddr, &b[8], 16);
 		__builtin_memcpy(e->daddr, &b[24], 16);
+		end = 40 + ((__u32)b[4] << 8 | b[5]); /* 40: a jumbogram, or BIG TCP */
+		if (end == 40 || end > avail)
+			end = avail;
 		if (!ipv6_ext_hdr(e->proto)) {
+			if (end <= 40)
+				return;
 			if (whole) {
-				parse_l4(e, &b[40]);
+				parse_l4(e, &b[40], end - 40);
 			} else if (!bpf_probe_read_kernel(h, sizeof(h), ip + 40)) {
-				parse_l4(e, h);
+				parse_l4(e, h, end - 40);
 			}
 			return;
 		}
-		/* the payload length bounds the walk (quoted packets too) */
-		off = ipv6_skip_ext(e, ip, 40 + ((__u32)b[4] << 8 | b[5]));
-		if (off && !bpf_probe_read_kernel(h, sizeof(h), ip + off))
-			parse_l4(e, h);
+		/* the packet's length bounds the walk (quoted packets too) */
+		off = ipv6_skip_ext(e, ip, end);
+		if (off && off < end && !bpf_probe_read_kernel(h, sizeof(h), ip + off))
+			parse_l4(e, h, end - off);
 	}
 }
 
 /* Parses the packet itself: most drops on the receive path have no socket,
  * so skb->sk tells nothing. btf (a constant): skb is a BTF pointer (tp_btf,
- * fentry), whose fields are plain loads; else each is a probe read. */
+ * fentry), whose fields are plain loads; else each is a probe read. What
+ * lies between the network header and the linear data's end (skb->tail)
+ * is the packet's as far as kdrop reads it. */
 static __always_inline void parse_skb(struct sk_buff *skb, struct kdrop_event *e, bool btf)
 {
 	unsigned char *head = btf ? skb->head : BPF_CORE_READ(skb, head);
 	__u16 nh = btf ? skb->network_header : BPF_CORE_READ(skb, network_header);
 	__u16 proto = btf ? skb->protocol : BPF_CORE_READ(skb, protocol);
+	__u32 tail = btf ? skb->tail : BPF_CORE_READ(skb, tail);
 
-	if (!head || nh == (__u16)~0U)
+	if (!head || nh == (__u16)~0U || tail <= nh)
 		return;
-	parse_ip(e, head + nh, bpf_ntohs(proto));
+	parse_ip(e, head + nh, bpf_ntohs(proto), tail - nh);
 }
 
 static __always_inline __u32 sk_netns(struct sock *sk)
@@ -677,7 +698,7 @@ static __always_inline int icmp_error_out(struct sk_buff *skb, __u32 netns, __u3
 	struct kdrop_event e = {};
 	unsigned char *head = BPF_CORE_READ(skb, head);
 	__u16 th = BPF_CORE_READ(skb, transport_header);
-	__u32 mtu = 0;
+	__u32 mtu = 0, tail;
 	__u8 h[8];
 
 	if (!head || th == (__u16)~0U || bpf_probe_read_kernel(h, sizeof(h), head + th))
@@ -688,7 +709,10 @@ static __always_inline int icmp_error_out(struct sk_buff *skb, __u32 netns, __u3
 	e.mode = mode;
 	e.netns = netns;
 	e.ifindex = ifindex;
-	parse_ip(&e, head + th + 8, v6 ? ETH_P_IPV6 : ETH_P_IP);
+	tail = BPF_CORE_READ(skb, tail);
+	/* the quoted packet ends with the linear data; where the error's data
+	 * is not all linear (tail before it), the quote's own lengths bound it */
+	parse_ip(&e, head + th + 8, v6 ? ETH_P_IPV6 : ETH_P_IP, tail > th + 8 ? tail - (th + 8) : 0xffff);
 	e.icmp_type = h[0];
 	e.icmp_code = h[1];
 	e.icmp_info = (__u32)h[4] << 24 | (__u32)h[5] << 16 | (__u32)h[6] << 8 | h[7];

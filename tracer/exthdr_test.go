@@ -3,6 +3,7 @@ package tracer
 import (
 	"encoding/binary"
 	"errors"
+	"net"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -215,5 +216,54 @@ func sendRaw6(t *testing.T, src, dst netip.Addr, nh byte, ext, rest []byte) {
 	pkt = append(append(pkt, ext...), rest...)
 	if err := unix.Sendto(fd, pkt, 0, &unix.SockaddrInet6{Addr: d}); err != nil {
 		t.Fatalf("raw IPv6 send: %v", err)
+	}
+}
+
+// A packet shorter than its own header says, or than a header needs, gives
+// no ports: an IPv4 UDP datagram of 2 bytes (total length 22) in a frame
+// padded with 0xaa bytes, as Ethernet pads short frames. The kernel trims
+// the padding and drops the datagram as too short (UdpInErrors); the bytes
+// past its end are padding, never ports (dport 0xaaaa before).
+func TestShortIPv4NoPortsMadeUp(t *testing.T) {
+	a, b := nstest.New(t, "sha"), nstest.New(t, "shb")
+	aDev, bDev := nstest.Veth(t, a, "198.18.51.1/24", "", b, "198.18.51.2/24", "")
+	la, lb := a.Link(t, aDev), b.Link(t, bDev)
+	dstMAC, err := net.ParseMAC(lb.MAC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srcMAC, _ := net.ParseMAC(la.MAC)
+	var fd int
+	a.In(t, func() {
+		if fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Cleanup(func() { unix.Close(fd) })
+	ip := []byte{0x45, 0, 0, 22, 0, 1, 0, 0, 64, unix.IPPROTO_UDP, 0, 0, 198, 18, 51, 1, 198, 18, 51, 2}
+	binary.BigEndian.PutUint16(ip[10:], ^onesSum(ip))
+	frame := append(append(append([]byte{}, dstMAC...), srcMAC...), 0x08, 0x00)
+	frame = append(append(frame, ip...), 0x9c, 0x40) // 2 bytes of UDP: a source port, no more
+	for len(frame) < 60 {
+		frame = append(frame, 0xaa)
+	}
+	c := startTracer(t, Options{Filter: Filter{Netns: b.Inode, Types: []EventType{Drop}}, RateLimit: 1000})
+	before := b.Counters(t)["UdpInErrors"]
+	for i := 0; i < 10; i++ {
+		if err := unix.Sendto(fd, frame, 0, &unix.SockaddrLinklayer{Ifindex: int(la.Ifindex)}); err != nil {
+			t.Fatalf("AF_PACKET send: %v", err)
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	evs := c.stop(t)
+	short := b.Counters(t)["UdpInErrors"] - before
+	got, mine := sum(evs, func(e *Event) bool { return e.Dst.Addr().String() == "198.18.51.2" })
+	if got != short || short != 10 {
+		t.Fatalf("UdpInErrors +%d for 10 short datagrams, %d drops\n%s", short, got, dump(evs))
+	}
+	for _, e := range mine {
+		if e.Proto != unix.IPPROTO_UDP || e.Src.Port() != 0 || e.Dst.Port() != 0 {
+			t.Fatalf("a 2-byte UDP datagram's drop carries ports read past its end:\n%s", dump([]Event{e}))
+		}
 	}
 }
