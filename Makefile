@@ -128,10 +128,10 @@ test-host: deps-host ## tracer and netfilter-rule tests on this machine's kernel
 
 # Go fuzz targets of everything that parses input: package:target.
 FUZZ_TARGETS := ./cmd/kdrop/line:FuzzDecode ./cmd/kdrop/sinks/recording:FuzzScan ./cmd/kdrop/sinks/report:FuzzReport \
-                ./cmd/kdrop/enrich:FuzzFilterFromQuery ./cmd/kdrop/enrich:FuzzFilterTrace
+                ./cmd/kdrop/enrich:FuzzFilterFromQuery ./cmd/kdrop/enrich:FuzzFilterTrace ./tracer:FuzzParseNsfsMounts
 FUZZTIME     ?= 10s
 
-test-fuzz: ## each fuzz target for FUZZTIME (10s) past its seed corpus; crashes land in the package's testdata/fuzz
+test-fuzz: deps-host ## each fuzz target for FUZZTIME (10s) past its seed corpus; crashes land in the package's testdata/fuzz
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		echo "=== fuzz $${t#*:} ($${t%%:*}, $(FUZZTIME))"; \
 		$(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) "$${t%%:*}" 2>&1 | grep -vE '^fuzz: elapsed' ; \

@@ -722,18 +722,54 @@ static __always_inline int icmp_pushed(struct sock *sk, bool v6, __u8 mode)
 }
 
 /* A device an skb passes on its way to the one that sends it (a bridge,
- * then its port; a VLAN, then its lower device): counted there, an error
- * would count twice. */
+ * then its port; a VLAN, macvlan or ipvlan, then its lower device; a VRF,
+ * bond, team, failover or macsec device; an Open vSwitch internal port):
+ * counted there too, an error would count twice. ipvlan has no flag of its
+ * own: its kind says it. */
 static __always_inline bool upper_dev(struct net_device *dev)
 {
 	__u32 f = BPF_CORE_READ_BITFIELD_PROBED(dev, priv_flags);
+	const char *kind;
+	char k[8] = {};
 
-	return f & (bpf_core_enum_value(enum netdev_priv_flags, IFF_EBRIDGE) |
-		    bpf_core_enum_value(enum netdev_priv_flags, IFF_BONDING) |
-		    bpf_core_enum_value(enum netdev_priv_flags, IFF_802_1Q_VLAN) |
-		    bpf_core_enum_value(enum netdev_priv_flags, IFF_TEAM) |
-		    bpf_core_enum_value(enum netdev_priv_flags, IFF_MACVLAN));
+	if (f & (bpf_core_enum_value(enum netdev_priv_flags, IFF_EBRIDGE) |
+		 bpf_core_enum_value(enum netdev_priv_flags, IFF_BONDING) |
+		 bpf_core_enum_value(enum netdev_priv_flags, IFF_802_1Q_VLAN) |
+		 bpf_core_enum_value(enum netdev_priv_flags, IFF_TEAM) |
+		 bpf_core_enum_value(enum netdev_priv_flags, IFF_MACVLAN) |
+		 bpf_core_enum_value(enum netdev_priv_flags, IFF_L3MDEV_MASTER) |
+		 bpf_core_enum_value(enum netdev_priv_flags, IFF_FAILOVER) |
+		 bpf_core_enum_value(enum netdev_priv_flags, IFF_MACSEC) |
+		 bpf_core_enum_value(enum netdev_priv_flags, IFF_OPENVSWITCH)))
+		return true;
+	kind = BPF_CORE_READ(dev, rtnl_link_ops, kind);
+	if (!kind || bpf_probe_read_kernel_str(k, sizeof(k), kind) != 7)
+		return false;
+	return k[0] == 'i' && k[1] == 'p' && k[2] == 'v' &&
+	       ((k[3] == 'l' && k[4] == 'a' && k[5] == 'n') || (k[3] == 't' && k[4] == 'a' && k[5] == 'p'));
 }
+
+/* Where an ICMP error left by first, while it passes the devices below:
+ * a pod's macvlan or ipvlan is in the pod's namespace, its lower device in
+ * the node's. Stacked devices transmit synchronously on one CPU, so the
+ * lower device sees the same buffer (skb->head; a bridge's flood clones
+ * share it) moments later. */
+struct icmp_upper {
+	__u64 head;
+	__u64 at;
+	__u32 netns;
+	__u32 ifindex;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct icmp_upper);
+	__uint(max_entries, 1);
+} icmp_upper SEC(".maps");
+
+/* how long a stacked device's transmit may take to reach the one below */
+#define ICMP_UPPER_NS 10000000ULL
 
 /* The packet at the network header is ICMP (ICMPv6) itself, its header
  * where the transport header points: not a tunnel's outer packet, which
@@ -759,8 +795,12 @@ static __always_inline bool icmp_at_network_header(struct sk_buff *skb, bool v6)
 static __always_inline int icmp_tx(struct sk_buff *skb, bool v6, bool btf, __u8 mode)
 {
 	__u16 proto = btf ? skb->protocol : BPF_CORE_READ(skb, protocol);
+	__u32 zero = 0, netns, ifindex;
+	struct icmp_upper *u;
 	struct net_device *dev;
 	struct sock *sk;
+	__u64 head, now;
+	bool fresh;
 
 	if (proto != bpf_htons(v6 ? ETH_P_IPV6 : ETH_P_IP))
 		return 0;
@@ -768,12 +808,30 @@ static __always_inline int icmp_tx(struct sk_buff *skb, bool v6, bool btf, __u8 
 	if (!sk || !kernel_icmp_sock(sk, v6))
 		return 0;
 	dev = btf ? skb->dev : BPF_CORE_READ(skb, dev);
-	if (!dev || upper_dev(dev) || !icmp_at_network_header(skb, v6))
+	if (!dev || !icmp_at_network_header(skb, v6))
 		return 0;
 	/* the device's namespace: the ICMP socket is per CPU and shared by
 	 * every namespace (net switched for each send), and an error that
 	 * waited for neighbour resolution leaves after it was switched back */
-	return icmp_error_out(skb, BPF_CORE_READ(dev, nd_net.net, ns.inum), BPF_CORE_READ(dev, ifindex), v6, mode);
+	netns = BPF_CORE_READ(dev, nd_net.net, ns.inum);
+	ifindex = BPF_CORE_READ(dev, ifindex);
+	head = (__u64)BPF_CORE_READ(skb, head);
+	now = bpf_ktime_get_ns();
+	u = bpf_map_lookup_elem(&icmp_upper, &zero);
+	if (!u)
+		return 0;
+	fresh = u->head == head && now - u->at < ICMP_UPPER_NS;
+	if (upper_dev(dev)) {
+		if (!fresh) /* the first device it left by names it */
+			*u = (struct icmp_upper){.head = head, .at = now, .netns = netns, .ifindex = ifindex};
+		return 0;
+	}
+	if (fresh) {
+		netns = u->netns;
+		ifindex = u->ifindex;
+	}
+	u->head = 0;
+	return icmp_error_out(skb, netns, ifindex, v6, mode);
 }
 
 SEC("tp_btf/net_dev_queue")

@@ -164,6 +164,19 @@ func BenchmarkIcmpSendEventPath(b *testing.B) {
 	measure(b, tr, "icmp_send", h.Mode, h.Target, func(n int) { ns.SendUDP(b, "127.0.0.1", 7777, n) })
 }
 
+// net_dev_queue, fast path: where it carries the ICMP errors (no function
+// tracing), kdrop's program runs for every packet any device queues; here
+// ordinary UDP packets, none of them an ICMP error.
+func BenchmarkNetDevQueueFastPath(b *testing.B) {
+	_, load := dropTarget(b)
+	tr := benchTracer(b, Options{Filter: Filter{Types: []EventType{Unreachable}}})
+	h := tr.hooks[0]
+	if h.Target != "net_dev_queue" {
+		b.Skipf("ICMP errors are caught at %s here, not net_dev_queue", h.Target)
+	}
+	measure(b, tr, "icmp_send", h.Mode, h.Target, load)
+}
+
 // tcp_conn_request, fast path: SYNs to a listener whose queues have room
 // (every connection is accepted and closed).
 func BenchmarkTcpConnRequestFastPath(b *testing.B) {

@@ -37,6 +37,14 @@ type kdropFlowState struct {
 	Sent uint64
 }
 
+type kdropIcmpUpper struct {
+	_       structs.HostLayout
+	Head    uint64
+	At      uint64
+	Netns   uint32
+	Ifindex uint32
+}
+
 type kdropKdropEvent struct {
 	_        structs.HostLayout
 	TsNs     uint64
@@ -126,6 +134,7 @@ const (
 	kdropMapEvents                      = "events"
 	kdropMapFlowTables                  = "flow_tables"
 	kdropMapGen                         = "gen"
+	kdropMapIcmpUpper                   = "icmp_upper"
 	kdropMapSpill                       = "spill"
 	kdropMapStats                       = "stats"
 	kdropProgBaselineFentry             = "baseline_fentry"
@@ -246,6 +255,7 @@ type kdropMapSpecs struct {
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	FlowTables   *ebpf.MapSpec `ebpf:"flow_tables"`
 	Gen          *ebpf.MapSpec `ebpf:"gen"`
+	IcmpUpper    *ebpf.MapSpec `ebpf:"icmp_upper"`
 	Spill        *ebpf.MapSpec `ebpf:"spill"`
 	Stats        *ebpf.MapSpec `ebpf:"stats"`
 }
@@ -300,6 +310,7 @@ type kdropMaps struct {
 	Events       *ebpf.Map `ebpf:"events"`
 	FlowTables   *ebpf.Map `ebpf:"flow_tables"`
 	Gen          *ebpf.Map `ebpf:"gen"`
+	IcmpUpper    *ebpf.Map `ebpf:"icmp_upper"`
 	Spill        *ebpf.Map `ebpf:"spill"`
 	Stats        *ebpf.Map `ebpf:"stats"`
 }
@@ -311,6 +322,7 @@ func (m *kdropMaps) Close() error {
 		m.Events,
 		m.FlowTables,
 		m.Gen,
+		m.IcmpUpper,
 		m.Spill,
 		m.Stats,
 	)

@@ -33,6 +33,7 @@ type listenPoller struct {
 	filter   Filter
 	log      *zap.Logger
 	ns       map[uint32]*nsWatch
+	left     map[uint32]*nsWatch // closed, where they were when they left
 	scanned  bool
 }
 
@@ -62,7 +63,7 @@ type listenCounters struct {
 }
 
 func newListenPoller(interval time.Duration, f Filter, somax *somaxconns, log *zap.Logger) *listenPoller {
-	p := &listenPoller{somax: somax, interval: interval, filter: f, log: log, ns: map[uint32]*nsWatch{}}
+	p := &listenPoller{somax: somax, interval: interval, filter: f, log: log, ns: map[uint32]*nsWatch{}, left: map[uint32]*nsWatch{}}
 	p.discover() // baseline now: only overflows after start are reported
 	return p
 }
@@ -99,8 +100,12 @@ func (w *nsWatch) close() {
 }
 
 // discover watches namespaces that appeared and lets go of those that left.
-// Only the first scan takes a baseline: a namespace seen later is new, so
-// everything it counted happened while kdrop ran.
+// The first scan takes a baseline: only what happens after start counts. A
+// namespace seen later is new, so everything it counted happened while
+// kdrop ran; unless it was watched before (a namespace no path showed for
+// a while, e.g. between a process leaving and a mount): it goes on from
+// where it was left, unless its counters went back (a new namespace took
+// the inode).
 func (p *listenPoller) discover() {
 	initial := !p.scanned
 	p.scanned = true
@@ -110,6 +115,7 @@ func (p *listenPoller) discover() {
 			// holding a namespace's files keeps it alive
 			w.close()
 			delete(p.ns, ino)
+			p.rememberLeft(w)
 		}
 	}
 	for ino, path := range found {
@@ -123,11 +129,39 @@ func (p *listenPoller) discover() {
 		}
 		p.ns[ino] = w
 		w.listeners = map[listenerKey]listenerState{}
-		if initial {
+		left, wasLeft := p.left[ino]
+		delete(p.left, ino)
+		switch {
+		case initial:
 			w.last, _ = w.counters()
 			w.listeners, _ = w.dumpListeners()
+		case wasLeft:
+			if c, err := w.counters(); err == nil && c.covers(left.last) {
+				w.last, w.listeners, w.pendOverflow, w.pendSyn = left.last, left.listeners, left.pendOverflow, left.pendSyn
+			}
 		}
 	}
+}
+
+// maxLeft bounds the namespaces remembered after they left.
+const maxLeft = 4096
+
+// rememberLeft keeps where a namespace that left was, for when it shows
+// up again.
+func (p *listenPoller) rememberLeft(w *nsWatch) {
+	if len(p.left) >= maxLeft {
+		for k := range p.left { // any one: a rare, arbitrary loss
+			delete(p.left, k)
+			break
+		}
+	}
+	p.left[w.inode] = w
+}
+
+// covers reports whether every counter of c is at least b's: the same
+// namespace, later.
+func (c listenCounters) covers(b listenCounters) bool {
+	return c.overflows >= b.overflows && c.drops >= b.drops && c.synDrops >= b.synDrops && c.cookies >= b.cookies
 }
 
 // openNsWatch opens the namespace's netstat file and a sock_diag socket;

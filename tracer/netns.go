@@ -14,7 +14,11 @@ import (
 )
 
 // listNetns finds every network namespace by inode: those of processes and
-// those bind-mounted by `ip netns` or CNI plugins, which may have no process.
+// those bind-mounted anywhere (`ip netns` in /run/netns, CNI plugins in
+// /var/run/netns, Docker in /var/run/docker/netns …), which may have no
+// process. Mounts are read from kdrop's own mount table and from PID 1's
+// (the node's, with hostPID; opened through its root). A namespace only a
+// file descriptor keeps alive is not found.
 func listNetns() map[uint32]string {
 	out := map[uint32]string{}
 	var paths []string
@@ -22,6 +26,8 @@ func listNetns() map[uint32]string {
 		m, _ := filepath.Glob(dir + "/*")
 		paths = append(paths, m...)
 	}
+	paths = append(paths, nsfsMounts("/proc/self", "")...)
+	paths = append(paths, nsfsMounts("/proc/1", "/proc/1/root")...)
 	procs, _ := filepath.Glob("/proc/[0-9]*/ns/net")
 	paths = append(paths, procs...)
 	for _, p := range paths {
@@ -34,6 +40,58 @@ func listNetns() map[uint32]string {
 		}
 	}
 	return out
+}
+
+// nsfsMounts lists the network namespaces bind-mounted in proc's mount
+// namespace (proc: "/proc/PID"), as paths under root. A mountinfo
+// line (proc(5)): ID parent major:minor root mount-point options
+// [optional…] - fstype source super-options; a network namespace's root
+// is "net:[INODE]", its fstype nsfs; spaces in a path are written \040.
+func nsfsMounts(proc, root string) []string {
+	b, err := os.ReadFile(proc + "/mountinfo")
+	if err != nil {
+		return nil
+	}
+	return parseNsfsMounts(b, root)
+}
+
+// parseNsfsMounts reads a mountinfo table: the network namespaces' mount
+// points, under root.
+func parseNsfsMounts(b []byte, root string) []string {
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Split(l, " ") // only blanks are escaped: any other byte may be in a path
+		if len(f) < 7 || !strings.HasPrefix(f[3], "net:[") {
+			continue
+		}
+		for i := 6; i+1 < len(f); i++ {
+			if f[i] == "-" && f[i+1] == "nsfs" {
+				out = append(out, root+unescapeMount(f[4]))
+				break
+			}
+		}
+	}
+	return out
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 space, \011 tab,
+// \012 newline, \134 backslash).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, "\\") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }
 
 // NetnsPaths maps every network namespace inode kdrop can find to a path

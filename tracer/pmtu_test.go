@@ -1,13 +1,11 @@
 package tracer
 
 import (
-	"errors"
-	"net/netip"
+	"bytes"
 	"os/exec"
+	"strings"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/kdrop/kdrop/tracer/nstest"
 )
@@ -25,36 +23,8 @@ func TestPMTUErrorsCarryTheMTU(t *testing.T) {
 	c := startTracer(t, Options{Filter: Filter{Netns: r.Router.Inode, Types: []EventType{Unreachable}}, RateLimit: 5})
 	before := r.Router.Counters(t)
 	const n = 20
-	payload := make([]byte, 1400-28)
-	for _, tc := range []struct {
-		dst          string
-		fam, lvl, op int
-	}{
-		{nstest.ServerIP, unix.AF_INET, unix.IPPROTO_IP, unix.IP_MTU_DISCOVER},
-		{nstest.ServerIP6, unix.AF_INET6, unix.IPPROTO_IPV6, unix.IPV6_MTU_DISCOVER},
-	} {
-		r.Client.In(t, func() {
-			fd, err := unix.Socket(tc.fam, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer unix.Close(fd)
-			// DF on every packet, whatever the path MTU learned meanwhile
-			if err := unix.SetsockoptInt(fd, tc.lvl, tc.op, unix.IP_PMTUDISC_PROBE); err != nil {
-				t.Fatal(err)
-			}
-			a := netip.MustParseAddr(tc.dst)
-			var sa unix.Sockaddr = &unix.SockaddrInet6{Addr: a.As16(), Port: 9}
-			if a.Is4() {
-				sa = &unix.SockaddrInet4{Addr: a.As4(), Port: 9}
-			}
-			for i := 0; i < n; i++ {
-				if err := unix.Sendto(fd, payload, 0, sa); err != nil && !errors.Is(err, unix.EMSGSIZE) && !errors.Is(err, unix.ECONNREFUSED) {
-					t.Fatalf("send to %s: %v", tc.dst, err)
-				}
-			}
-		})
-	}
+	r.Client.SendDF(t, nstest.ServerIP, 9, 1400, n)
+	r.Client.SendDF(t, nstest.ServerIP6, 9, 1400, n)
 	evs := c.stop(t)
 	after := r.Router.Counters(t)
 	for _, tc := range []struct {
@@ -149,20 +119,7 @@ func TestICMPErrorWhileResolvingNeighbour(t *testing.T) {
 // sent through VXLAN is one event (at the VXLAN device), not a second one
 // for the outer UDP packet, and echo replies are none.
 func TestICMPErrorThroughVXLANOnce(t *testing.T) {
-	a, b := nstest.New(t, "vxa"), nstest.New(t, "vxb")
-	nstest.Veth(t, a, "198.18.20.1/24", "", b, "198.18.20.2/24", "")
-	for _, x := range []struct {
-		ns          *nstest.NS
-		local, peer string
-		addr        string
-	}{{a, "198.18.20.1", "198.18.20.2", "198.18.21.1/24"}, {b, "198.18.20.2", "198.18.20.1", "198.18.21.2/24"}} {
-		if _, err := exec.Command("ip", "-n", x.ns.Name, "link", "add", "kdvx0", "type", "vxlan", "id", "42", "local", x.local,
-			"remote", x.peer, "dstport", "4789", "srcport", "768", "1024").CombinedOutput(); err != nil {
-			t.Skipf("no vxlan here: %v", err) // the kernel lacks the driver: the case cannot arise
-		}
-		x.ns.IP(t, "addr add "+x.addr+" dev kdvx0")
-		x.ns.IP(t, "link set kdvx0 up")
-	}
+	a, b := vxlanPair(t)
 	c := startTracer(t, Options{Filter: Filter{Types: []EventType{Unreachable}, Netns: b.Inode}})
 	before := b.Counters(t)
 	a.SendUDP(t, "198.18.21.2", 7, 4)
@@ -172,5 +129,65 @@ func TestICMPErrorThroughVXLANOnce(t *testing.T) {
 	got, _ := sum(evs, func(e *Event) bool { return true })
 	if got != sent || sent == 0 {
 		t.Fatalf("IcmpOutDestUnreachs +%d through VXLAN, %d events\n%s", sent, got, dump(evs))
+	}
+}
+
+// An ICMP error passes every device stacked on the one that sends it (a
+// macvlan or ipvlan on its lower device, a VRF on its port): one error is
+// one event, in the namespace of the device it left by first (a pod's
+// macvlan or ipvlan), whichever device the hook saw it on. The hook is
+// forced to the transmit path (net_dev_queue) where that is the question.
+func TestICMPErrorThroughStackedDevicesOnce(t *testing.T) {
+	for _, tc := range []struct {
+		name, add string // add: the stacked device kdst0 on lower
+		inPod     bool   // moved into the pod's namespace, the address with it
+	}{
+		{"macvlan in another namespace", "link add kdst0 link LOWER type macvlan mode bridge", true},
+		{"ipvlan in another namespace", "link add kdst0 link LOWER type ipvlan mode l2", true},
+		{"vrf", "link add kdst0 type vrf table 10", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			host, pod, client := nstest.New(t, "sth"), nstest.New(t, "stp"), nstest.New(t, "stc")
+			lower, _ := nstest.Veth(t, host, "198.18.9.9/32", "", client, "198.18.7.2/24", "")
+			host.IP(t, "addr del 198.18.9.9/32 dev "+lower)
+			stack(t, host, strings.ReplaceAll(tc.add, "LOWER", lower))
+			sender := host
+			if tc.inPod {
+				host.IP(t, "link set kdst0 netns "+pod.Name)
+				pod.IP(t, "addr add 198.18.7.1/24 dev kdst0")
+				pod.IP(t, "link set kdst0 up")
+				sender = pod
+			} else { // a VRF: its port keeps the address
+				host.IP(t, "link set kdst0 up")
+				host.IP(t, "link set "+lower+" master kdst0")
+				host.IP(t, "addr add 198.18.7.1/24 dev "+lower)
+			}
+			modes := testModes(t)
+			if modes == nil {
+				modes = []Mode{ModeTPBTF, ModeRawTP, ModeSockDiag}
+			}
+			c := startTracer(t, Options{Modes: modes, Filter: Filter{Types: []EventType{Unreachable}, Port: 9}})
+			h := c.hook("icmp_send")
+			before := sender.Counters(t)
+			client.SendUDP(t, "198.18.7.1", 9, 5)
+			time.Sleep(200 * time.Millisecond)
+			evs := c.stop(t)
+			sent := sender.Counters(t)["IcmpOutDestUnreachs"] - before["IcmpOutDestUnreachs"]
+			got, _ := sum(evs, func(e *Event) bool { return e.Netns == sender.Inode })
+			elsewhere, other := sum(evs, func(e *Event) bool { return e.Netns != sender.Inode })
+			if got != sent || sent == 0 || elsewhere != 0 {
+				t.Fatalf("hook %s: IcmpOutDestUnreachs +%d in the sender's namespace, %d events there, %d elsewhere\n%s", h, sent, got, elsewhere, dump(other))
+			}
+			t.Logf("%d errors, %d events (hook %s)", sent, got, h)
+		})
+	}
+}
+
+// stack adds a stacked device, or skips when this kernel has no driver for
+// it (then the case cannot arise here).
+func stack(t *testing.T, ns *nstest.NS, cmdline string) {
+	t.Helper()
+	if out, err := exec.Command("ip", append([]string{"-n", ns.Name}, strings.Fields(cmdline)...)...).CombinedOutput(); err != nil {
+		t.Skipf("this kernel cannot stack the device (ip %s: %v: %s)", cmdline, err, bytes.TrimSpace(out))
 	}
 }

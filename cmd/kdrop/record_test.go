@@ -21,15 +21,8 @@ func TestRecordAndReportSomaxconn(t *testing.T) {
 	ns := nstest.New(t, "rec")
 	ns.Sysctl(t, "net.core.somaxconn", "128")
 	dir := t.TempDir()
-	file, ready := filepath.Join(dir, "incident.jsonl.gz"), filepath.Join(dir, "ready")
-	rec := exec.Command(kdropBin, "record", "-o", file, "--netns", "/run/netns/"+ns.Name, "--identity", "off", "--ready-file", ready)
-	var stderr syncBuffer
-	rec.Stderr = &stderr
-	if err := rec.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rec.Process.Kill(); rec.Wait() })
-	waitFile(t, ready, 30*time.Second)
+	file := filepath.Join(dir, "incident.jsonl.gz")
+	rec, stderr := startRecord(t, file, "--netns", "/run/netns/"+ns.Name)
 
 	ln := ns.ListenNoAccept(t, "127.0.0.1", 8080, 4096)
 	conns := ns.ConnectMany(t, "127.0.0.1", 8080, 300)
@@ -37,10 +30,7 @@ func TestRecordAndReportSomaxconn(t *testing.T) {
 	conns.Close()
 	ln.Close()
 	time.Sleep(500 * time.Millisecond)
-	rec.Process.Signal(syscall.SIGINT)
-	if err := rec.Wait(); err != nil {
-		t.Fatalf("kdrop record: %v\n%s", err, stderr.String())
-	}
+	stopRecord(t, rec, stderr)
 
 	html := filepath.Join(dir, "incident.html")
 	out, err := exec.Command(kdropBin, "report", file, "--html", html, "--markdown", "-").CombinedOutput()
@@ -63,6 +53,66 @@ func TestRecordAndReportSomaxconn(t *testing.T) {
 	}
 }
 
+// startRecord starts kdrop record into file (identity off, and args) and
+// waits until it traces.
+func startRecord(t *testing.T, file string, args ...string) (rec *exec.Cmd, stderr *syncBuffer) {
+	t.Helper()
+	ready := filepath.Join(t.TempDir(), "ready")
+	rec = exec.Command(kdropBin, append([]string{"record", "-o", file, "--identity", "off", "--ready-file", ready}, args...)...)
+	stderr = new(syncBuffer)
+	rec.Stderr = stderr
+	if err := rec.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rec.Process.Kill(); rec.Wait() })
+	waitFile(t, ready, 30*time.Second)
+	return rec, stderr
+}
+
+// stopRecord ends kdrop record as Ctrl-C does and fails the test unless it
+// exits cleanly.
+func stopRecord(t *testing.T, rec *exec.Cmd, stderr *syncBuffer) {
+	t.Helper()
+	rec.Process.Signal(syscall.SIGINT)
+	if err := rec.Wait(); err != nil {
+		t.Fatalf("kdrop record: %v\n%s", err, stderr.String())
+	}
+}
+
+// A path MTU black hole, recorded and reported: a router whose link to the
+// server has MTU 1280 answers the client's 1400-byte packets with
+// frag-needed / packet-too-big, and the client's firewall drops those
+// errors. The report must say which router told the client what MTU, that
+// the error was dropped at the client by that rule, and how to fix it.
+func TestRecordAndReportPMTUBlackHole(t *testing.T) {
+	r := nstest.NewRouted(t)
+	r.Router.IP(t, "link set dev "+r.RouterToServer+" mtu 1280")
+	r.Client.Sh(t, "iptables -A INPUT -p icmp --icmp-type fragmentation-needed -m comment --comment no-pmtu -j DROP")
+	r.Client.Sh(t, "ip6tables -A INPUT -p icmpv6 --icmpv6-type packet-too-big -m comment --comment no-pmtu -j DROP")
+	file := filepath.Join(t.TempDir(), "pmtu.jsonl.gz")
+	rec, stderr := startRecord(t, file, "--cidr", nstest.ClientIP, "--cidr", nstest.ClientIP6)
+	for i := 0; i < 5; i++ { // the load keeps running while kdrop names the rules
+		r.Client.SendDF(t, nstest.ServerIP, 9, 1400, 4)
+		r.Client.SendDF(t, nstest.ServerIP6, 9, 1400, 4)
+		time.Sleep(300 * time.Millisecond)
+	}
+	time.Sleep(2500 * time.Millisecond) // a drop's line waits up to 2 s for its rule
+	stopRecord(t, rec, stderr)
+	out, err := exec.Command(kdropBin, "report", file, "--markdown", "-").CombinedOutput()
+	if err != nil {
+		t.Fatalf("kdrop report: %v\n%s", err, out)
+	}
+	md := string(out)
+	for _, want := range []string{
+		"Path MTU black hole", "told " + nstest.ClientIP + " the path MTU is 1280", "told " + nstest.ClientIP6 + " the path MTU is 1280",
+		"dropped the ICMP error by rule filter/INPUT#", `DROP "no-pmtu"`, "fragmentation-needed", "clamp-mss-to-pmtu",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
+		}
+	}
+}
+
 // kdrop record onto a filesystem that fills up (a 256 KiB tmpfs): it says
 // so at once, exits non-zero, and leaves under its name a file kdrop report
 // reads, saying the recording was cut off.
@@ -74,15 +124,8 @@ func TestRecordDiskFull(t *testing.T) {
 		t.Fatalf("mounting a small tmpfs: %v %s", err, out)
 	}
 	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
-	file, ready := filepath.Join(dir, "incident.jsonl.gz"), filepath.Join(t.TempDir(), "ready")
-	rec := exec.Command(kdropBin, "record", "-o", file, "--netns", "/run/netns/"+ns.Name, "--identity", "off", "--rate-limit", "0", "--ready-file", ready)
-	var stderr syncBuffer
-	rec.Stderr = &stderr
-	if err := rec.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rec.Process.Kill(); rec.Wait() })
-	waitFile(t, ready, 30*time.Second)
+	file := filepath.Join(dir, "incident.jsonl.gz")
+	rec, stderr := startRecord(t, file, "--netns", "/run/netns/"+ns.Name, "--rate-limit", "0")
 	ports := make([]int, 4096)
 	for i := range ports {
 		ports[i] = 10000 + i

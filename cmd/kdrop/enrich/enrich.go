@@ -65,6 +65,11 @@ type Pipeline struct {
 	// it (Rules.NoConntrack: not told). nil: off, drops go out at once
 	// without a rule.
 	Rules *netfilter.Config
+	// Host are the host network namespace's addresses, which tell kubelet
+	// probe connections (MarkProbe); nil: only node IPs the resolver knows
+	// count as the node. New reads kdrop's own namespace's when identity
+	// is on.
+	Host  *HostAddrs
 	match func(*line.Event) bool
 	log   *zap.Logger
 
@@ -85,6 +90,11 @@ func New(ctx context.Context, opts tracer.Options, res *k8s.Resolver, match func
 	if res != nil {
 		res.Start(ctx) // tracing starts at once, names follow
 		p.Node = res.Node()
+		host, err := NewHostAddrs("")
+		if err != nil {
+			log.Warn("kubelet probes are told only by node IPs: "+err.Error(), zap.String("todo", "run kdrop in the host's network namespace (hostNetwork: true)"))
+		}
+		p.Host = host
 	}
 	var err error
 	if p.T, err = tracer.New(opts); err != nil {
@@ -149,6 +159,9 @@ func (p *Pipeline) Run(ctx context.Context, sink func(*line.Event)) error {
 	var routes route.Finder // route drops: the route behind them
 	err := p.T.Run(ctx, func(e *tracer.Event) {
 		ev := Enrich(p.Res, p.Node, e, &s)
+		if p.Res != nil {
+			MarkProbe(ev, p.Host, p.Node)
+		}
 		if !p.match(ev) {
 			return
 		}
@@ -178,7 +191,7 @@ func policyMeaning(e *netpol.Evaluator, ev *line.Event) {
 	if e == nil || ev.Rule == nil || ev.Rule.K8s != nil {
 		return
 	}
-	ev.Rule.K8s = e.Meaning(netpol.Flow{Proto: ev.Proto, Src: ev.Src, Dst: ev.Dst, SrcK8s: ev.SrcK8s, DstK8s: ev.DstK8s})
+	ev.Rule.K8s = e.Meaning(netpol.Flow{Proto: ev.Proto, Src: ev.Src, Dst: ev.Dst, SrcK8s: ev.SrcK8s, DstK8s: ev.DstK8s, At: ev.Time})
 }
 
 // detach copies ev with its own endpoints (Enrich's point into Scratch,
@@ -220,6 +233,7 @@ func (p *Pipeline) NewLoss() tracer.Stats {
 func (p *Pipeline) Close() {
 	p.endLoops()
 	p.T.Close()
+	p.Host.Close()
 }
 
 // Every calls fn every d until ctx is done or Run returns, holding back the

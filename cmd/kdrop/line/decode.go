@@ -126,6 +126,7 @@ type wire struct {
 	Rule        *wireRule       `json:"rule"`
 	Route       *wireRoute      `json:"route"`
 	Conntrack   *wireConntrack  `json:"conntrack"`
+	Probe       *wireProbe      `json:"probe"`
 }
 
 // wireConntrack is a conntrack drop as written.
@@ -133,6 +134,26 @@ type wireConntrack struct {
 	Cause string `json:"cause"`
 	Count uint32 `json:"count"`
 	Max   uint32 `json:"max"`
+}
+
+// wireProbe is a probe as written (appendProbe).
+type wireProbe struct {
+	Kind      string   `json:"kind"`
+	Also      []string `json:"also"`
+	Port      uint16   `json:"port"`
+	Handler   string   `json:"handler"`
+	Container string   `json:"container"`
+	HTTPS     bool     `json:"https"`
+}
+
+// probe is the decoded probe; kinds this kdrop does not know (a newer
+// one's) are left out.
+func (w *wireProbe) probe() *k8s.Probe {
+	p := &k8s.Probe{Port: w.Port, Handler: w.Handler, Container: w.Container, HTTPS: w.HTTPS, Kinds: k8s.ParseProbeKind(w.Kind)}
+	for _, k := range w.Also {
+		p.Kinds |= k8s.ParseProbeKind(k)
+	}
+	return p
 }
 
 // wireRoute is a route as written.
@@ -408,6 +429,9 @@ func (d *Decoder) event(w *wire, l *Line) error {
 		if w.Route != nil {
 			e.Route = &route.Route{Type: w.Route.Type, Dst: w.Route.Dst, Table: w.Route.Table}
 		}
+		if isICMP(e.Proto) {
+			e.ICMPType, e.ICMPCode = w.ICMPType, w.ICMPCode
+		}
 		if c := w.Conntrack; c != nil {
 			e.Conntrack = &conntrack.Drop{Cause: c.Cause, Count: c.Count, Max: c.Max}
 		}
@@ -418,6 +442,9 @@ func (d *Decoder) event(w *wire, l *Line) error {
 		e.Queue = tracer.ParseQueue(w.Queue)
 		e.QueueLen, e.QueueMax, e.SynQueueLen = w.QueueLen, w.QueueMax, w.SynQueueLen
 		e.Syncookie, e.Somaxconn = w.Syncookie, w.Somaxconn
+	}
+	if w.Probe != nil {
+		e.Probe = w.Probe.probe()
 	}
 	for _, x := range []struct {
 		field string

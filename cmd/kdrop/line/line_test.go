@@ -100,6 +100,16 @@ func goldenEvents() []Event {
 		{Event: tracer.Event{Time: t0.Add(10 * time.Second), Type: tracer.Drop, Count: 1, Source: "tp_btf", Netns: 4026532302, Family: 4, Proto: 17,
 			Dst: ap("198.18.2.3:53"), Reason: "NETFILTER_DROP", ReasonCode: 12, Location: "nf_hook_slow+0x9a"},
 			Rule: &netfilter.Rule{Backend: netfilter.BackendNftables, Unknown: "network namespace gone"}},
+		// kubelet probes: a reset on a liveness and readiness port, an
+		// unreachable on a startup one
+		{Event: tracer.Event{Time: t0.Add(11 * time.Second), Type: tracer.Drop, Count: 1, Source: "tp_btf", Netns: 4026532310, Family: 4, Proto: 6,
+			Src: ap("10.244.0.1:51234"), Dst: ap("10.244.0.9:8080"), TCPFlags: 2, Reason: "NO_SOCKET", ReasonCode: 3, Location: "tcp_v4_rcv+0x1a4"},
+			Node: "node-a", DstK8s: pod, WhereK8s: pod,
+			Probe: &k8s.Probe{Port: 8080, Kinds: k8s.ProbeLiveness | k8s.ProbeReadiness, Handler: k8s.ProbeHTTP, Container: "api", HTTPS: true}},
+		{Event: tracer.Event{Time: t0.Add(12 * time.Second), Type: tracer.Unreachable, Count: 1, Source: "tp_btf", Netns: 4026531840, Family: 4, Proto: 6,
+			Src: ap("10.244.0.1:51240"), Dst: ap("10.244.0.9:9090"), ICMPType: 3, ICMPCode: 1},
+			Node: "node-a", DstK8s: pod, WhereK8s: node,
+			Probe: &k8s.Probe{Port: 9090, Kinds: k8s.ProbeStartup, Handler: k8s.ProbeGRPC, Container: "api"}},
 	}
 }
 

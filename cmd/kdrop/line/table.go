@@ -104,8 +104,16 @@ func countString(e *Event) string {
 	return count
 }
 
-// identities is "  src=... dst=... at=..." for the ends with a name.
+// identities is "  src=... dst=... at=..." for the ends with a name, then
+// "  probe: ..." (ProbeText) on a probe connection.
 func (e *Event) identities() string {
+	if e.Probe != nil {
+		return e.names() + "  probe: " + e.ProbeText()
+	}
+	return e.names()
+}
+
+func (e *Event) names() string {
 	var extra []string
 	for _, x := range []struct {
 		label string

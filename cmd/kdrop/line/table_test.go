@@ -1,6 +1,7 @@
 package line
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -60,5 +61,33 @@ func TestRuleColumn(t *testing.T) {
 		if got, col := strings.Index(row, want), strings.Index(TableHeader, "RULE"); got != col {
 			t.Errorf("row %d: rule at column %d, header's RULE at %d", i, got, col)
 		}
+	}
+}
+
+// A probe connection's rows end with what the kubelet got.
+func TestProbeRow(t *testing.T) {
+	var probes []Event
+	for _, e := range goldenEvents() {
+		if e.Probe != nil {
+			probes = append(probes, e)
+		}
+	}
+	for i, want := range []string{"probe: liveness and readiness probes of shop/web-7d9f8c-x2x4q on :8080 got NO_SOCKET",
+		"probe: startup probe of shop/web-7d9f8c-x2x4q on :9090 got host-unreachable"} {
+		for _, row := range []string{probes[i].TableRow(), probes[i].ClusterRow()} {
+			if !strings.HasSuffix(row, "  "+want) {
+				t.Errorf("probe row %d: want it to end with %q:\n%s", i, want, row)
+			}
+		}
+	}
+	// The pod's SYN-ACK on its way back names the pod at its source.
+	e := Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NETFILTER_DROP", Proto: 6, TCPFlags: 0x12,
+		Src: netip.MustParseAddrPort("10.244.0.9:8080"), Dst: netip.MustParseAddrPort("10.244.0.1:51234")},
+		SrcK8s: &k8s.Endpoint{Kind: k8s.KindPod, Namespace: "shop", Name: "api"}, Probe: &k8s.Probe{Port: 8080, Kinds: k8s.ProbeReadiness}}
+	if got, want := e.ProbeText(), "readiness probe of shop/api on :8080 got NETFILTER_DROP"; got != want {
+		t.Errorf("ProbeText = %q, want %q", got, want)
+	}
+	if (&Event{}).ProbeText() != "" {
+		t.Error("ProbeText of an event without a probe is not empty")
 	}
 }

@@ -238,54 +238,40 @@ func load(t *testing.T, client *nstest.NS, targets []target, period time.Duratio
 	})
 	var tcps []int
 	var mu sync.Mutex
-	quit := make(chan struct{})
-	var wg sync.WaitGroup
 	var failed atomic.Value
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		tick := time.NewTicker(period)
-		defer tick.Stop()
-		for {
-			select {
-			case <-quit:
-				return
-			case <-tick.C:
-			}
-			for _, tg := range targets {
-				sa := sockaddrOf(tg.dst)
-				switch tg.proto {
-				case "udp":
-					fd := udp4
-					if tg.dst.Addr().Is6() {
-						fd = udp6
-					}
-					unix.Sendto(fd, []byte("kdrop"), 0, sa) // REJECTs make some sends fail: fine
-				case "tcp":
-					dom := unix.AF_INET
-					if tg.dst.Addr().Is6() {
-						dom = unix.AF_INET6
-					}
-					var fd int
-					var err error
-					client.In(t, func() { fd, err = unix.Socket(dom, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0) })
-					if err != nil {
-						failed.Store(err)
-						return
-					}
-					unix.Connect(fd, sa) // EINPROGRESS
-					mu.Lock()
-					tcps = append(tcps, fd)
-					mu.Unlock()
+	stopPaced := nstest.Paced(t, period, func() {
+		for _, tg := range targets {
+			sa := sockaddrOf(tg.dst)
+			switch tg.proto {
+			case "udp":
+				fd := udp4
+				if tg.dst.Addr().Is6() {
+					fd = udp6
 				}
+				unix.Sendto(fd, []byte("kdrop"), 0, sa) // REJECTs make some sends fail: fine
+			case "tcp":
+				dom := unix.AF_INET
+				if tg.dst.Addr().Is6() {
+					dom = unix.AF_INET6
+				}
+				var fd int
+				var err error
+				client.In(t, func() { fd, err = unix.Socket(dom, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0) })
+				if err != nil {
+					failed.Store(err)
+					return
+				}
+				unix.Connect(fd, sa) // EINPROGRESS
+				mu.Lock()
+				tcps = append(tcps, fd)
+				mu.Unlock()
 			}
 		}
-	}()
+	})
 	var once sync.Once
 	stop = func() {
 		once.Do(func() {
-			close(quit)
-			wg.Wait()
+			stopPaced()
 			unix.Close(udp4)
 			unix.Close(udp6)
 			mu.Lock()

@@ -35,7 +35,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
+	"time"
 
 	"github.com/mattfenwick/cyclonus/pkg/matcher"
 	"golang.org/x/sys/unix"
@@ -55,6 +55,8 @@ type Flow struct {
 	// labels); nil, or anything but a pod not on the host network, is an
 	// address only.
 	SrcK8s, DstK8s *k8s.Endpoint
+	// At is the drop's time: the policies then in force apply (zero: now).
+	At time.Time
 }
 
 // Set is NetworkPolicies built for evaluation, by namespace (a policy
@@ -116,8 +118,8 @@ const (
 // (or do not apply: no end is an isolated pod, an end is a Service IP, the
 // protocol is not TCP, UDP or SCTP), else a netfilter.MeaningNetworkPolicy naming the policies
 // that isolate the pod and allow nothing matching f. When both ends are
-// isolated and both directions deny, egress is named: the source's side
-// drops the packet first. nsLabels gives a namespace's labels
+// isolated and both directions deny, egress is named (the source's side
+// drops the packet first) and its Text says ingress denies it too. nsLabels gives a namespace's labels
 // (k8s.Resolver.NamespaceLabels). One call walks only the policies of the
 // two ends' namespaces.
 func (s *Set) Evaluate(f Flow, nsLabels func(ns string) map[string]string) (m *netfilter.Meaning) {
@@ -138,21 +140,29 @@ func (s *Set) Evaluate(f Flow, nsLabels func(ns string) map[string]string) (m *n
 	if dst.Internal != nil {
 		t.ResolvedPortName = portName(f.DstK8s, f.Dst.Port(), proto)
 	}
+	var egress, ingress *netfilter.Meaning
 	if src.Internal != nil {
 		if p := s.byNS[src.Internal.Namespace]; p != nil {
 			if d := p.IsIngressOrEgressAllowed(t, false); !d.IsAllowed() {
-				return meaning(Egress, d.DenyingTargets, f, proto, t.ResolvedPortName)
+				egress = meaning(Egress, d.DenyingTargets, f, proto, t.ResolvedPortName)
 			}
 		}
 	}
 	if dst.Internal != nil {
 		if p := s.byNS[dst.Internal.Namespace]; p != nil {
 			if d := p.IsIngressOrEgressAllowed(t, true); !d.IsAllowed() {
-				return meaning(Ingress, d.DenyingTargets, f, proto, t.ResolvedPortName)
+				ingress = meaning(Ingress, d.DenyingTargets, f, proto, t.ResolvedPortName)
 			}
 		}
 	}
-	return nil
+	if egress != nil && ingress != nil {
+		// fixing egress alone would leave the drop at the destination
+		egress.Text += "; ingress is denied too: " + ingress.Text
+	}
+	if egress != nil {
+		return egress
+	}
+	return ingress
 }
 
 var protocols = map[uint8]corev1.Protocol{
@@ -237,59 +247,64 @@ func describe(e *k8s.Endpoint, addr netip.Addr) string {
 }
 
 // Evaluator evaluates drops against the cluster's NetworkPolicies as the
-// resolver's informers hold them. The built Set is cached per generation of
-// the policy informer: rebuilt on the first evaluation after a policy was
-// added, changed or deleted, reused otherwise. Safe for concurrent use.
+// resolver's informers held them at the drop's time. Built Sets are cached
+// by generation of the policy list (the last few: a drop from before a
+// change uses the list then in force); a Set is built on the first
+// evaluation that needs its generation. Safe for concurrent use.
 type Evaluator struct {
 	src   *k8s.Resolver
-	mu    sync.Mutex // serializes rebuilds
-	built atomic.Pointer[builtSet]
+	mu    sync.Mutex
+	built map[uint64]*Set
+	order []uint64 // generations built, oldest first
 }
 
-type builtSet struct {
-	gen uint64
-	set *Set
-}
+// builtSets bounds the Sets kept: the current one and those of a few
+// changes before it.
+const builtSets = 4
 
 // NewEvaluator returns an Evaluator reading res's informers.
-func NewEvaluator(res *k8s.Resolver) *Evaluator { return &Evaluator{src: res} }
+func NewEvaluator(res *k8s.Resolver) *Evaluator {
+	return &Evaluator{src: res, built: map[uint64]*Set{}}
+}
 
-// Meaning is Set.Evaluate on the current policies; nil (no conclusion)
-// until the policy informer has synced — RBAC may deny networkpolicies, or
-// the API server be out of reach — since an unsynced list cannot tell an
-// isolated pod from one no policy selects yet. It never calls the API
-// server.
+// Meaning is Set.Evaluate on the policies in force at f.At; nil (no
+// conclusion) until the policy informer has synced — RBAC may deny
+// networkpolicies, or the API server be out of reach — since an unsynced
+// list cannot tell an isolated pod from one no policy selects yet. It
+// never calls the API server.
 func (e *Evaluator) Meaning(f Flow) *netfilter.Meaning {
 	if !isPod(f.SrcK8s) && !isPod(f.DstK8s) {
 		return nil
 	}
-	set := e.current()
+	set := e.at(f.At)
 	if set == nil {
 		return nil
 	}
 	return set.Evaluate(f, e.src.NamespaceLabels)
 }
 
-// current returns the Set of the policies' current generation, building
-// it when they changed; nil when the informer has not synced.
-func (e *Evaluator) current() *Set {
-	gen, synced := e.src.NetworkPolicyGeneration()
+// at returns the Set of the policies in force at t, building it when it
+// is not cached; nil when the informer has not synced.
+func (e *Evaluator) at(t time.Time) *Set {
+	gen, synced := e.src.NetworkPolicyGeneration(t)
 	if !synced {
 		return nil
-	}
-	if b := e.built.Load(); b != nil && b.gen == gen {
-		return b.set
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if b := e.built.Load(); b != nil && b.gen == gen {
-		return b.set // built by another caller meanwhile
+	if s, ok := e.built[gen]; ok {
+		return s
 	}
-	list, gen, synced := e.src.NetworkPolicies()
+	list, gen, synced := e.src.NetworkPolicies(t)
 	if !synced {
 		return nil
 	}
-	b := &builtSet{gen: gen, set: Build(list)}
-	e.built.Store(b)
-	return b.set
+	s := Build(list)
+	e.built[gen] = s
+	e.order = append(e.order, gen)
+	if len(e.order) > builtSets {
+		delete(e.built, e.order[0])
+		e.order = e.order[1:]
+	}
+	return s
 }

@@ -118,6 +118,12 @@ func TestEvaluate(t *testing.T) {
 			}
 		})
 	}
+	// both ends isolated and both directions deny: fixing egress alone
+	// would leave the drop, so the sentence names ingress's policies too
+	f := Flow{Proto: TCP, Src: netip.MustParseAddrPort("10.0.0.2:5000"), Dst: netip.MustParseAddrPort("10.0.0.1:8080"), SrcK8s: other, DstK8s: web}
+	if m := set.Evaluate(f, nsLabels); m == nil || !strings.Contains(m.Text, "; ingress is denied too: NetworkPolicies a/deny-all, a/web isolate a/web") {
+		t.Errorf("both directions deny, meaning %+v", m)
+	}
 }
 
 // TestInvalidPolicy: what validation would reject is left out, named, and

@@ -38,9 +38,9 @@ type Finding struct {
 	// closed-connection, netfilter, drop-reason, icmp, missed, lost,
 	// truncated, gap, unresolved; and the kinds of a rule's Kubernetes
 	// meaning: no-local-endpoints, invalid-conntrack, martian-localhost,
-	// source-range, network-policy; and conntrack's causes of a drop:
-	// conntrack-insert-failed, conntrack-table-full, conntrack-drop,
-	// conntrack-invalid.
+	// source-range, network-policy; probe (a kubelet probe's connection);
+	// and conntrack's causes of a drop: conntrack-insert-failed,
+	// conntrack-table-full, conntrack-drop, conntrack-invalid.
 	Kind   string
 	Title  string // one line, with the workload and the numbers
 	Detail string // what happened, in plain words
@@ -118,10 +118,12 @@ func analyze(rec *Incident) *analysis {
 	}
 	a.tables()
 	a.overflowFindings()
+	a.probeFindings()
 	a.staleFindings()
 	a.noEndpointFindings()
 	a.conntrackFindings()
 	a.meaningFindings()
+	a.hintFindings()
 	a.noSocketFindings()
 	a.netfilterFindings()
 	a.otherDropFindings()
@@ -1062,7 +1064,7 @@ var reasonText = map[string]reasonInfo{
 	"FULL_RING":            {meaning: "a device ring buffer was full", fix: "Raise the NIC ring size (`ethtool -G`) and check for CPU starvation of the receive path."},
 	"IP_OUTNOROUTES":       {meaning: "there was no route to the destination", fix: "Check `ip route get DST` in the pod and on the node; a missing pod CIDR route usually means the CNI is broken on a node."},
 	"IP_INNOROUTES":        {meaning: "there was no route for an incoming packet", fix: "Check the node's routes to the pod CIDRs (`ip route`) and the CNI's health."},
-	"IP_RPFILTER":          {meaning: "the reverse-path filter dropped it: the route back to the sender uses another interface", fix: "Asymmetric routing (several NICs, policy routing): fix the routes or set net.ipv4.conf.*.rp_filter=2 (loose) on the node."},
+	"IP_RPFILTER":          {meaning: "the strict reverse-path filter dropped it: the route back to the sender uses another interface (a multi-homed node)", fix: "Asymmetric routing (several NICs, policy routing): fix the routes or set net.ipv4.conf.*.rp_filter=2 (loose) on the node."},
 	"OTHERHOST":            {meaning: "the packet was for another host's MAC address (seen by a promiscuous interface)", fix: "Usually harmless."},
 	"PKT_TOO_BIG":          {meaning: "the packet was bigger than the path MTU and could not be fragmented", fix: "MTU mismatch: the pod MTU must be the node MTU minus the overlay's overhead (VXLAN 50 bytes); make sure ICMP frag-needed is not filtered."},
 	"TC_INGRESS":           {meaning: "a tc/eBPF program on an interface dropped it: the CNI's datapath (e.g. Cilium) or a policy it enforces", fix: "Ask the CNI why (e.g. `hubble observe --verdict DROPPED`, `cilium monitor --type drop`) and check its policies."},
@@ -1075,7 +1077,8 @@ var reasonText = map[string]reasonInfo{
 	"TCP_ZEROWINDOW":       {meaning: "the receiver's window was zero: the app at this end is not reading", fix: "The receiving app is stuck or too slow; check its CPU and what it waits on."},
 	"TCP_OFO_DROP":         {meaning: "an out-of-order segment was dropped for lack of buffer memory", fix: "Buffer pressure: check the app reads fast enough and the node's TCP memory."},
 	"TCP_OFO_QUEUE_PRUNE":  {meaning: "the out-of-order queue was pruned under memory pressure", fix: "Buffer pressure: check the app reads fast enough and the node's TCP memory."},
-	"TCP_RFC7323_PAWS":     {meaning: "the segment's TCP timestamp was older than the connection's (PAWS): often NAT mixing clients behind one address", fix: "Check SNAT in front of the server; avoid net.ipv4.tcp_tw_recycle-style tricks."},
+	"TCP_RFC7323_PAWS":     {meaning: "the segment's TCP timestamp was older than the connection's (PAWS): often clients behind one NAT address with different clocks", fix: "Look at the NAT in front of the server; tcp_tw_recycle is gone since Linux 4.12."},
+	"TCP_RFC7323_TW_PAWS":  {meaning: "a segment for a connection in TIME_WAIT had an older TCP timestamp (PAWS): often a new client behind the same NAT address and port", fix: "Look at the NAT in front of the server; tcp_tw_recycle is gone since Linux 4.12."},
 	"TCP_CSUM":             {meaning: "bad TCP checksum", fix: "A NIC or driver offload bug or corruption on the wire: check `ethtool -k` offloads (VXLAN checksum offload is a known offender)."},
 	"UDP_CSUM":             {meaning: "bad UDP checksum", fix: "A NIC or driver offload bug or corruption: check `ethtool -k` offloads."},
 	"IP_CSUM":              {meaning: "bad IP header checksum", fix: "Corruption on the wire or an offload bug: check the NIC and `ethtool -k` offloads."},
@@ -1179,7 +1182,7 @@ func (a *analysis) otherICMPFindings() {
 		dsts[g].add(onPort(f.DstK8s, f.Dst, f.Dport), f.Count)
 	}
 	for _, g := range gs.order {
-		info, ok := icmpText[g.key]
+		info, ok := icmpText[icmpBase(g.key)]
 		if !ok {
 			info = reasonInfo{meaning: "the kernel sent this ICMP error", fix: "See the destinations and senders above."}
 		}
@@ -1187,7 +1190,7 @@ func (a *analysis) otherICMPFindings() {
 			Severity: SevWarning, Kind: "icmp", Count: g.count, First: g.first, Last: g.last,
 			Title: fmt.Sprintf("ICMP %s sent %s — %s", g.key, plural(g.count, "time", "times"), firstClause(info.meaning)),
 		}
-		if g.key == "frag-needed" || g.key == "packet-too-big" || g.key == "time-exceeded" {
+		if isTooBig(g.key) || g.key == "time-exceeded" {
 			fd.Severity = SevInfo
 		}
 		fd.Detail = fmt.Sprintf("%s, the kernel answered %s with ICMP %s, meaning %s. Packets were going to %s, from %s; the error was sent by %s.",

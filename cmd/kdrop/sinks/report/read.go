@@ -114,24 +114,32 @@ type K8s = k8s.Endpoint
 // FlowID is what makes events the same flow: everything but the time, the
 // count, the source port and the queue lengths.
 type FlowID struct {
-	Type               string // drop, overflow or unreach
-	Node               string
-	Netns              uint64
-	Ifindex            uint32
-	Proto              string
-	Src, Dst           netip.Addr
-	Dport              uint16
-	TCPFlags           string
-	Reason             string
-	ReasonCode         uint32
-	Location           string
+	Type       string // drop, overflow or unreach
+	Node       string
+	Netns      uint64
+	Ifindex    uint32
+	Proto      string
+	Src, Dst   netip.Addr
+	Dport      uint16
+	TCPFlags   string
+	Reason     string
+	ReasonCode uint32
+	Location   string
+	// ICMP is the error an unreach event sent (with its MTU: "frag-needed
+	// mtu 1280"), or the ICMP error a drop threw away (its name only; ""
+	// for other ICMP and in summaries, which do not say).
 	ICMP               string
 	ICMPType, ICMPCode uint8
-	Queue              string
-	QueueMax           uint32
-	Somaxconn          uint32
-	SrcK8s, DstK8s     *K8s
-	WhereK8s           *K8s
+	ICMPMTU            uint32 // unreach: the MTU the error told the sender
+	// Rule names the netfilter rule of a NETFILTER_DROP ("filter/INPUT#3
+	// DROP"), Route the route of a route drop ("blackhole 10.0.0.0/24"),
+	// each checked; "" when none is named.
+	Rule, Route    string
+	Queue          string
+	QueueMax       uint32
+	Somaxconn      uint32
+	SrcK8s, DstK8s *K8s
+	WhereK8s       *K8s
 	// Meaning is the Kubernetes meaning of the netfilter rule that
 	// dropped it (the line's rule.k8s), checked; zero when none.
 	Meaning Meaning
@@ -140,6 +148,9 @@ type FlowID struct {
 	// none or not one of those) and CtMax its table limit.
 	Conntrack string
 	CtMax     uint32
+	// Probe is the kubelet probe the flow is a connection of (the line's
+	// probe), checked; zero when none.
+	Probe Probe
 }
 
 // Meaning is a drop rule's Kubernetes meaning as a report keeps it (see
@@ -413,7 +424,7 @@ func (p *parser) event(e *line.Event) {
 	id := FlowID{
 		Type: e.Type.String(), Node: p.check(asNode, e.Node), Netns: uint64(e.Netns), Ifindex: e.Ifindex, Proto: tracer.ProtoName(e.Proto),
 		Src: e.Src.Addr(), Dst: e.Dst.Addr(), Dport: e.Dst.Port(), TCPFlags: tracer.TCPFlagString(e.TCPFlags),
-		SrcK8s: p.k8s(e.SrcK8s), DstK8s: p.k8s(e.DstK8s), WhereK8s: p.k8s(e.WhereK8s),
+		SrcK8s: p.k8s(e.SrcK8s), DstK8s: p.k8s(e.DstK8s), WhereK8s: p.k8s(e.WhereK8s), Probe: cleanProbe(e.Probe),
 	}
 	switch e.Type {
 	case tracer.Drop:
@@ -423,6 +434,11 @@ func (p *parser) event(e *line.Event) {
 		}
 		if e.Rule != nil {
 			id.Meaning = cleanMeaning(e.Rule.K8s)
+			id.Rule = ruleLabel(e.Rule)
+		}
+		id.Route = routeLabel(e.Route)
+		if id.Proto == "icmp" || id.Proto == "icmpv6" {
+			id.ICMP = tracer.ICMPKnownName(id.Proto == "icmpv6", e.ICMPType, e.ICMPCode)
 		}
 		if c := e.Conntrack; c != nil {
 			switch c.Cause {
@@ -431,7 +447,7 @@ func (p *parser) event(e *line.Event) {
 			}
 		}
 	case tracer.Unreachable:
-		id.ICMP, id.ICMPType, id.ICMPCode = e.What(), e.ICMPType, e.ICMPCode
+		id.ICMP, id.ICMPType, id.ICMPCode, id.ICMPMTU = e.What(), e.ICMPType, e.ICMPCode, e.ICMPMTU()
 	case tracer.ListenOverflow:
 		id.Queue, id.QueueMax, id.Somaxconn = e.Queue.String(), e.QueueMax, e.Somaxconn
 		if id.Queue == "" {
