@@ -27,8 +27,8 @@ type Config struct {
 	// SummarySpan is how far back the occurrences of a summary event go: two
 	// of the tracer's sweep intervals. Default 2 s.
 	SummarySpan time.Duration
-	// ReadTimeout bounds one read of a namespace (netlink socket
-	// deadline). Default 1 s.
+	// ReadTimeout bounds one read of a namespace's rules (netlink socket
+	// deadline), and one of its conntrack statistics. Default 1 s.
 	ReadTimeout time.Duration
 	// KeepWindows is how long what moved between reads is kept, for
 	// events that reach userspace late (a slow ring buffer reader): at
@@ -393,7 +393,7 @@ func (a *Attributor[T]) read(ino uint32) {
 		// after the rules: a drop the rules' read follows is followed by
 		// this one too
 		ctStart = time.Now()
-		cts, ctErr = conntrack.Read(path)
+		cts, ctErr = conntrack.Read(path, a.cfg.ReadTimeout)
 		ctEnd = time.Now()
 	}
 	a.mu.Lock()
