@@ -174,3 +174,27 @@ func TestRecordDiskFull(t *testing.T) {
 		t.Errorf("kdrop record onto a full disk left %s (%v)", empty, serr)
 	}
 }
+
+// A recorder killed mid-way (SIGKILL, a crash, a reboot) leaves what it
+// had flushed (every second) under the name asked for, and it reads.
+func TestRecordKilledKeepsItsFile(t *testing.T) {
+	ns := nstest.New(t, "kill")
+	ns.Sh(t, "iptables -A INPUT -p udp -j DROP")
+	file := filepath.Join(t.TempDir(), "killed.jsonl.gz")
+	rec, stderr := startRecord(t, file, "--netns", "/run/netns/"+ns.Name)
+	stop := ns.Flood(t, "127.0.0.1", []int{9000, 9001})
+	defer stop()
+	time.Sleep(2500 * time.Millisecond)
+	rec.Process.Kill()
+	rec.Wait()
+	out, err := exec.Command(kdropBin, "report", file).CombinedOutput()
+	if err != nil {
+		t.Fatalf("kdrop report of a killed recording: %v\n%s\nrecord's stderr:\n%s", err, out, stderr.String())
+	}
+	if !strings.Contains(string(out), "NETFILTER_DROP") {
+		t.Errorf("the killed recording's report names no NETFILTER_DROP:\n%s", out)
+	}
+	if left, _ := filepath.Glob(filepath.Join(filepath.Dir(file), ".*")); len(left) != 0 {
+		t.Errorf("hidden files beside the recording: %v", left)
+	}
+}

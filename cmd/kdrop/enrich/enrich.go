@@ -185,13 +185,22 @@ func (p *Pipeline) Run(ctx context.Context, sink func(*line.Event)) error {
 
 // policyMeaning sets, when NetworkPolicies isolate an end of ev's drop
 // and allow nothing like it, that as the meaning of ev's rule, unless
-// the rule already has one (an engine's rule that names it says more).
-// One evaluation per event at most (netpol.Evaluator.Meaning).
+// the rule already has one. When that one is an engine's NetworkPolicy
+// rule (kube-router's), kdrop's own evaluation is compared with it and
+// both are said (netpol.Evaluator.Check). One evaluation per event at
+// most.
 func policyMeaning(e *netpol.Evaluator, ev *line.Event) {
-	if e == nil || ev.Rule == nil || ev.Rule.K8s != nil {
+	if e == nil || ev.Rule == nil {
 		return
 	}
-	ev.Rule.K8s = e.Meaning(netpol.Flow{Proto: ev.Proto, Src: ev.Src, Dst: ev.Dst, SrcK8s: ev.SrcK8s, DstK8s: ev.DstK8s, At: ev.Time})
+	f := netpol.Flow{Proto: ev.Proto, Src: ev.Src, Dst: ev.Dst, SrcK8s: ev.SrcK8s, DstK8s: ev.DstK8s, At: ev.Time}
+	if k := ev.Rule.K8s; k != nil {
+		if k.Kind == netfilter.MeaningNetworkPolicy && k.Engine != "" {
+			e.Check(k, f)
+		}
+		return
+	}
+	ev.Rule.K8s = e.Meaning(f)
 }
 
 // detach copies ev with its own endpoints (Enrich's point into Scratch,

@@ -165,22 +165,40 @@ type wireRoute struct {
 
 // wireRule is a netfilter rule as written (appendRule).
 type wireRule struct {
-	Backend    string    `json:"backend"`
-	How        string    `json:"how"`
-	Candidates []wireRef `json:"candidates"`
-	Unknown    string    `json:"unknown"`
-	K8s        *struct {
-		Meaning       string `json:"meaning"`
-		Engine        string `json:"engine"`
-		Service       string `json:"service"`
-		NetworkPolicy []struct {
-			Namespace string `json:"namespace"`
-			Name      string `json:"name"`
-		} `json:"network_policy"`
-		Direction string `json:"direction"`
-		Text      string `json:"text"`
-	} `json:"k8s"`
+	Backend    string       `json:"backend"`
+	How        string       `json:"how"`
+	Candidates []wireRef    `json:"candidates"`
+	Unknown    string       `json:"unknown"`
+	K8s        *wireMeaning `json:"k8s"`
 	wireRef
+}
+
+// wireMeaning is a rule's Kubernetes meaning as written (appendMeaning).
+type wireMeaning struct {
+	Meaning       string `json:"meaning"`
+	Engine        string `json:"engine"`
+	Service       string `json:"service"`
+	NetworkPolicy []struct {
+		Namespace string `json:"namespace"`
+		Name      string `json:"name"`
+	} `json:"network_policy"`
+	Direction  string       `json:"direction"`
+	Pod        string       `json:"pod"`
+	Evaluation string       `json:"evaluation"`
+	Evaluated  *wireMeaning `json:"evaluated"`
+	Text       string       `json:"text"`
+}
+
+func (k *wireMeaning) meaning() *netfilter.Meaning {
+	if k == nil {
+		return nil
+	}
+	m := &netfilter.Meaning{Kind: k.Meaning, Engine: k.Engine, Service: k.Service, Direction: k.Direction, Pod: k.Pod,
+		Evaluation: k.Evaluation, Evaluated: k.Evaluated.meaning(), Text: k.Text}
+	for _, p := range k.NetworkPolicy {
+		m.NetworkPolicies = append(m.NetworkPolicies, netfilter.PolicyRef{Namespace: p.Namespace, Name: p.Name})
+	}
+	return m
 }
 
 type wireRef struct {
@@ -204,12 +222,7 @@ func (w *wireRule) rule() *netfilter.Rule {
 	for i := range w.Candidates {
 		r.Candidates = append(r.Candidates, w.Candidates[i].ref())
 	}
-	if k := w.K8s; k != nil {
-		r.K8s = &netfilter.Meaning{Kind: k.Meaning, Engine: k.Engine, Service: k.Service, Direction: k.Direction, Text: k.Text}
-		for _, p := range k.NetworkPolicy {
-			r.K8s.NetworkPolicies = append(r.K8s.NetworkPolicies, netfilter.PolicyRef{Namespace: p.Namespace, Name: p.Name})
-		}
-	}
+	r.K8s = w.K8s.meaning()
 	return r
 }
 

@@ -452,28 +452,39 @@ func appendRule(b []byte, r *netfilter.Rule) []byte {
 		b = appendString(b, r.Unknown)
 	}
 	if m := r.K8s; m != nil {
-		b = append(b, `,"k8s":{"meaning":`...)
-		b = appendString(b, m.Kind)
-		b = appendField(b, "engine", m.Engine)
-		b = appendField(b, "service", m.Service)
-		if len(m.NetworkPolicies) > 0 {
-			b = append(b, `,"network_policy":[`...)
-			for i, p := range m.NetworkPolicies {
-				if i > 0 {
-					b = append(b, ',')
-				}
-				b = append(b, `{"namespace":`...)
-				b = appendString(b, p.Namespace)
-				b = append(b, `,"name":`...)
-				b = appendString(b, p.Name)
-				b = append(b, '}')
-			}
-			b = append(b, ']')
-		}
-		b = appendField(b, "direction", m.Direction)
-		b = appendField(b, "text", m.Text)
-		b = append(b, '}')
+		b = appendMeaning(append(b, `,"k8s":`...), m)
 	}
+	return append(b, '}')
+}
+
+// appendMeaning writes a rule's Kubernetes meaning, the `k8s` object (and
+// kdrop's own evaluation in it, the same kind of object).
+func appendMeaning(b []byte, m *netfilter.Meaning) []byte {
+	b = append(b, `{"meaning":`...)
+	b = appendString(b, m.Kind)
+	b = appendField(b, "engine", m.Engine)
+	b = appendField(b, "service", m.Service)
+	if len(m.NetworkPolicies) > 0 {
+		b = append(b, `,"network_policy":[`...)
+		for i, p := range m.NetworkPolicies {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, `{"namespace":`...)
+			b = appendString(b, p.Namespace)
+			b = append(b, `,"name":`...)
+			b = appendString(b, p.Name)
+			b = append(b, '}')
+		}
+		b = append(b, ']')
+	}
+	b = appendField(b, "direction", m.Direction)
+	b = appendField(b, "pod", m.Pod)
+	b = appendField(b, "evaluation", m.Evaluation)
+	if m.Evaluated != nil {
+		b = appendMeaning(append(b, `,"evaluated":`...), m.Evaluated)
+	}
+	b = appendField(b, "text", m.Text)
 	return append(b, '}')
 }
 

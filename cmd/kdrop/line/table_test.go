@@ -43,7 +43,8 @@ func TestDescribe(t *testing.T) {
 func TestRuleColumn(t *testing.T) {
 	for i, want := range []string{`filter/INPUT#3 REJECT tcp-reset "block "web" é"`, "2 rules?",
 		"kube-proxy/filter-input#41 DROP: Service shop/web:http has no local endpoints (externalTrafficPolicy: Local)",
-		`filter/KUBE-NWPLCY-DEFAULT#88 REJECT icmp-port-unreachable "rule to REJECT traffic destined…": NetworkPolicies shop/db-ingress, shop/default-deny isolate shop/db-0 for ingress; none allows TCP 5432 from shop/api-1`,
+		`filter/KUBE-POD-FW-2XVJKPRIPIRU222C#88 REJECT icmp-port-unreachable "rule to REJECT traffic destined…": NetworkPolicies shop/db-ingress, shop/default-deny isolate shop/db-0 for ingress; none allows TCP 5432 from shop/api-1 (kube-router's rule agrees)`,
+		`filter/KUBE-POD-FW-4FKNNDUFH5QLYXG2#91 REJECT icmp-port-unreachable "rule to REJECT traffic destined…": kube-router rejects it: NetworkPolicy shop/db-egress isolates shop/db-0 for egress and does not allow it; kdrop's evaluation of the NetworkPolicies disagrees: NetworkPolicy shop/lockdown isolates shop/db-0 for egress and does not allow TCP 8080 to shop/web-1`,
 		"conntrack: insert failed (NAT port clash)",
 		"conntrack: invalid state; filter/KUBE-FORWARD#5 DROP: invalid conntrack state (kube-proxy drops packets conntrack calls INVALID)",
 		"unknown: network namespace gone"} {

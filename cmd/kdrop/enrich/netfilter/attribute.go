@@ -317,6 +317,9 @@ func (a *Attributor[T]) step(final bool) {
 				// the statistics is retried until the deadline)
 				r = s.attribute(p)
 				r.K8s = kubeProxyMeaning(r, &p.ev, s.last)
+				if r.K8s == nil && strings.HasPrefix(r.Chain, krPodChainPrefix) {
+					r.K8s = kubeRouterMeaning(r, s.info(r.Ref), &p.ev)
+				}
 			case s.err != nil && s.errAt.After(p.to) && !errors.Is(s.err, errReadTimeout):
 				r = &Rule{Backend: BackendNftables, Unknown: s.err.Error()}
 			case final:
@@ -570,6 +573,27 @@ func (s *nsState[T]) attribute(p *req[T]) *Rule {
 		why += " (" + errNoLegacy.Error() + ")"
 	}
 	return &Rule{Backend: BackendNftables, Unknown: why}
+}
+
+// info is the rule ref names as read: in the last read, else in a window
+// (a chain kube-router has replaced since).
+func (s *nsState[T]) info(ref Ref) *ruleInfo {
+	same := func(ri *ruleInfo) bool {
+		return ri.Family == ref.Family && ri.Table == ref.Table && ri.Chain == ref.Chain && ri.Handle == ref.Handle && ri.Position == ref.Position
+	}
+	for _, ri := range s.last.rules {
+		if same(ri) {
+			return ri
+		}
+	}
+	for i := len(s.windows) - 1; i >= 0; i-- {
+		for _, m := range s.windows[i].moved {
+			if same(m.ri) {
+				return m.ri
+			}
+		}
+	}
+	return nil
 }
 
 // vmapDrop is the verdict of a rule that matches: a verdict map rule

@@ -40,6 +40,9 @@ func eval(ri *ruleInfo, ev *tracer.Event) (matchResult, *element) {
 	if ri.legacy != nil {
 		return ri.legacy.match(ev), nil
 	}
+	if podChainExcludes(ri, ev) {
+		return matchNo, nil
+	}
 	switch nftables.TableFamily(ri.family) {
 	case nftables.TableFamilyIPv4:
 		if ev.Family != 4 {

@@ -122,25 +122,47 @@ const (
 // drops the packet first) and its Text says ingress denies it too. nsLabels gives a namespace's labels
 // (k8s.Resolver.NamespaceLabels). One call walks only the policies of the
 // two ends' namespaces.
-func (s *Set) Evaluate(f Flow, nsLabels func(ns string) map[string]string) (m *netfilter.Meaning) {
+func (s *Set) Evaluate(f Flow, nsLabels func(ns string) map[string]string) *netfilter.Meaning {
+	m, _ := s.evaluate(f, nsLabels)
+	return m
+}
+
+// evaluate is Evaluate, and whether the policies say anything about f:
+// false when they do not apply (no end is a pod, an end is a Service IP,
+// another protocol) or cannot be evaluated.
+func (s *Set) evaluate(f Flow, nsLabels func(ns string) map[string]string) (*netfilter.Meaning, bool) {
+	egress, ingress, concluded := s.directions(f, nsLabels)
+	if egress != nil && ingress != nil {
+		// fixing egress alone would leave the drop at the destination
+		egress.Text += "; ingress is denied too: " + ingress.Text
+	}
+	if egress != nil {
+		return egress, concluded
+	}
+	return ingress, concluded
+}
+
+// directions evaluates f for each direction: the meanings of the
+// source's egress and the destination's ingress policies that deny it
+// (nil: allowed, or the end is no pod), and whether they concluded.
+func (s *Set) directions(f Flow, nsLabels func(ns string) map[string]string) (egress, ingress *netfilter.Meaning, concluded bool) {
 	proto, ok := protocols[f.Proto]
 	if s == nil || !ok || !f.Src.Addr().IsValid() || !f.Dst.Addr().IsValid() || isService(f.SrcK8s) || isService(f.DstK8s) {
-		return nil
+		return nil, nil, false
 	}
 	defer func() {
 		if recover() != nil { // the matcher panics on what it cannot parse: no conclusion
-			m = nil
+			egress, ingress, concluded = nil, nil, false
 		}
 	}()
 	src, dst := peer(f.SrcK8s, f.Src.Addr(), nsLabels), peer(f.DstK8s, f.Dst.Addr(), nsLabels)
 	if src.Internal == nil && dst.Internal == nil {
-		return nil
+		return nil, nil, false
 	}
 	t := &matcher.Traffic{Source: src, Destination: dst, ResolvedPort: int(f.Dst.Port()), Protocol: proto}
 	if dst.Internal != nil {
 		t.ResolvedPortName = portName(f.DstK8s, f.Dst.Port(), proto)
 	}
-	var egress, ingress *netfilter.Meaning
 	if src.Internal != nil {
 		if p := s.byNS[src.Internal.Namespace]; p != nil {
 			if d := p.IsIngressOrEgressAllowed(t, false); !d.IsAllowed() {
@@ -155,14 +177,7 @@ func (s *Set) Evaluate(f Flow, nsLabels func(ns string) map[string]string) (m *n
 			}
 		}
 	}
-	if egress != nil && ingress != nil {
-		// fixing egress alone would leave the drop at the destination
-		egress.Text += "; ingress is denied too: " + ingress.Text
-	}
-	if egress != nil {
-		return egress
-	}
-	return ingress
+	return egress, ingress, true
 }
 
 var protocols = map[uint8]corev1.Protocol{
@@ -211,7 +226,11 @@ func meaning(direction string, deniers []*matcher.Target, f Flow, proto corev1.P
 		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 	})
 	refs = slices.Compact(refs)
-	m := &netfilter.Meaning{Kind: netfilter.MeaningNetworkPolicy, NetworkPolicies: refs, Direction: direction}
+	m := &netfilter.Meaning{Kind: netfilter.MeaningNetworkPolicy, NetworkPolicies: refs, Direction: direction,
+		Pod: describe(f.DstK8s, f.Dst.Addr())}
+	if direction == Egress {
+		m.Pod = describe(f.SrcK8s, f.Src.Addr())
+	}
 	m.Text = text(m, f, proto, portName)
 	return m
 }
@@ -224,18 +243,25 @@ func text(m *netfilter.Meaning, f Flow, proto corev1.Protocol, portName string) 
 	for i, r := range m.NetworkPolicies {
 		names[i] = r.String()
 	}
-	isolated, other, prep := describe(f.DstK8s, f.Dst.Addr()), describe(f.SrcK8s, f.Src.Addr()), "from"
-	if m.Direction == Egress {
-		isolated, other, prep = describe(f.SrcK8s, f.Src.Addr()), describe(f.DstK8s, f.Dst.Addr()), "to"
+	port, prep, other := packet(m.Direction, f, proto, portName)
+	if len(names) == 1 {
+		return fmt.Sprintf("NetworkPolicy %s isolates %s for %s and does not allow %s %s %s", names[0], m.Pod, m.Direction, port, prep, other)
 	}
-	port := string(proto) + " " + strconv.Itoa(int(f.Dst.Port()))
+	return fmt.Sprintf("NetworkPolicies %s isolate %s for %s; none allows %s %s %s", strings.Join(names, ", "), m.Pod, m.Direction, port, prep, other)
+}
+
+// packet says what the isolated pod's policies were asked about: "TCP
+// 5432 (postgres)", and "from" the source (ingress) or "to" the
+// destination (egress).
+func packet(direction string, f Flow, proto corev1.Protocol, portName string) (port, prep, other string) {
+	port = string(proto) + " " + strconv.Itoa(int(f.Dst.Port()))
 	if portName != "" {
 		port += " (" + portName + ")"
 	}
-	if len(names) == 1 {
-		return fmt.Sprintf("NetworkPolicy %s isolates %s for %s and does not allow %s %s %s", names[0], isolated, m.Direction, port, prep, other)
+	if direction == Egress {
+		return port, "to", describe(f.DstK8s, f.Dst.Addr())
 	}
-	return fmt.Sprintf("NetworkPolicies %s isolate %s for %s; none allows %s %s %s", strings.Join(names, ", "), isolated, m.Direction, port, prep, other)
+	return port, "from", describe(f.SrcK8s, f.Src.Addr())
 }
 
 // describe names an end: "ns/pod" for a pod, else its address.
@@ -281,6 +307,61 @@ func (e *Evaluator) Meaning(f Flow) *netfilter.Meaning {
 		return nil
 	}
 	return set.Evaluate(f, e.src.NamespaceLabels)
+}
+
+// Check compares an engine's NetworkPolicy rule (engine: Engine set,
+// Kind network-policy, as package netfilter decodes it) with kdrop's own
+// evaluation of f, and says both: it sets engine.Evaluation and, when
+// they disagree, engine.Evaluated, and rewrites engine.Text to say what
+// each found. Agreeing means the same isolated pod, direction and
+// policies. The engine's rule is for one direction (kube-router's chain of
+// the destination, or of the source): kdrop's evaluation of that direction
+// is compared, since when both deny, either chain may drop first. When kdrop
+// cannot evaluate (policies not listed yet, f not evaluable), engine is
+// left as it is: the engine's word alone.
+func (e *Evaluator) Check(engine *netfilter.Meaning, f Flow) {
+	if engine == nil || !isPod(f.SrcK8s) && !isPod(f.DstK8s) {
+		return
+	}
+	if set := e.at(f.At); set != nil {
+		set.check(engine, f, e.src.NamespaceLabels)
+	}
+}
+
+// check is Evaluator.Check on the policies of s.
+func (s *Set) check(engine *netfilter.Meaning, f Flow, nsLabels func(ns string) map[string]string) {
+	egress, ingress, concluded := s.directions(f, nsLabels)
+	if !concluded {
+		return
+	}
+	own := ingress
+	if engine.Direction == Egress || engine.Direction == "" && egress != nil {
+		own = egress
+	}
+	compare(engine, own, f)
+}
+
+// compare sets engine's Evaluation, Evaluated and Text from kdrop's own
+// evaluation own (nil: the policies allow f).
+func compare(engine, own *netfilter.Meaning, f Flow) {
+	if own != nil && own.Pod == engine.Pod && own.Direction == engine.Direction && slices.Equal(own.NetworkPolicies, engine.NetworkPolicies) {
+		engine.Evaluation, engine.Evaluated = netfilter.EvaluationAgrees, nil
+		engine.Text = own.Text + " (" + engine.Engine + "'s rule agrees)"
+		return
+	}
+	engine.Evaluation, engine.Evaluated = netfilter.EvaluationDisagrees, own
+	said := engine.Text
+	if own != nil {
+		engine.Text = said + "; kdrop's evaluation of the NetworkPolicies disagrees: " + own.Text
+		return
+	}
+	proto, name := protocols[f.Proto], ""
+	if isPod(f.DstK8s) {
+		name = portName(f.DstK8s, f.Dst.Port(), proto)
+	}
+	port, prep, other := packet(engine.Direction, f, proto, name)
+	engine.Text = fmt.Sprintf("%s; kdrop's evaluation of the NetworkPolicies disagrees: as the API server holds them they allow %s %s %s",
+		said, port, prep, other)
 }
 
 // at returns the Set of the policies in force at t, building it when it

@@ -29,14 +29,27 @@ func TestWriteScan(t *testing.T) {
 	var st tracer.Stats
 	st.LostLines[tracer.Drop], st.Missed = 5, 3
 	w.LossNotices("n1", st)
-	if _, err := os.Stat(path); !os.IsNotExist(err) {
-		t.Errorf("the file is in place before Finish: %v", err)
+	// under its name from the start: what was flushed reads before Finish
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if f, err := os.Open(path); err != nil {
+		t.Errorf("the recording is not under its name before Finish: %v", err)
+	} else {
+		var n int
+		if _, err := Scan(f, func(int, *line.Line) error { n++; return nil }); err != nil || n != 6 {
+			t.Errorf("before Finish, %d lines read from %s (want the header, 3 events, 2 notices): %v", n, path, err)
+		}
+		f.Close()
+	}
+	if _, err := Create(path, line.Header{}); err == nil || !strings.Contains(err.Error(), "never replaces") {
+		t.Errorf("a second Create at %s: %v, want a refusal", path, err)
 	}
 	if err := w.Finish(""); err != nil {
 		t.Fatal(err)
 	}
-	if left, _ := filepath.Glob(filepath.Join(filepath.Dir(path), ".kdrop-record-*")); len(left) != 0 {
-		t.Errorf("temporary files left: %v", left)
+	if left, _ := os.ReadDir(filepath.Dir(path)); len(left) != 1 {
+		t.Errorf("files beside the recording: %v", left)
 	}
 	f, err := os.Open(path)
 	if err != nil {

@@ -9,21 +9,22 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/kdrop/kdrop/cmd/kdrop/line"
 	"github.com/kdrop/kdrop/tracer"
 )
 
-// Writer writes one recording. It writes to a temporary name beside the
-// file and renames it when Finish completes. Nothing it wrote is ever
-// deleted: a recording that fails (a full disk) is put in place with what
-// made it to disk, its trailer saying why it ended, if there was room for
-// it. Not safe for concurrent use.
+// Writer writes one recording. The file has its name from the start
+// (created, never replacing one) and takes a complete gzip block at every
+// Flush, so a recorder killed mid-way (SIGKILL, a crash, a node reboot)
+// leaves what it recorded up to its last Flush readable under the name
+// asked for. Nothing it wrote is ever deleted: a recording that fails (a
+// full disk) keeps what made it to disk, its trailer saying why it ended,
+// if there was room for it. Not safe for concurrent use.
 type Writer struct {
 	path string
-	tmp  *os.File
+	f    *os.File
 	gz   *gzip.Writer
 	w    *bufio.Writer
 	buf  []byte
@@ -33,16 +34,16 @@ type Writer struct {
 }
 
 // Create starts a recording at path with header h (Format and Started are
-// filled in when zero).
+// filled in when zero). It fails if path exists.
 func Create(path string, h line.Header) (*Writer, error) {
-	if _, err := os.Lstat(path); err == nil {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if errors.Is(err, fs.ErrExist) {
 		return nil, fmt.Errorf("%s exists: kdrop record never replaces a file (a recording is evidence); choose another name, or remove it first", path)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".kdrop-record-*")
 	if err != nil {
 		return nil, fmt.Errorf("creating %s: %w", path, err)
 	}
-	r := &Writer{path: path, tmp: tmp, gz: gzip.NewWriter(tmp)}
+	r := &Writer{path: path, f: f, gz: gzip.NewWriter(f)}
 	r.w = bufio.NewWriterSize(r.gz, 64<<10)
 	if h.Started.IsZero() {
 		h.Started = time.Now()
@@ -90,45 +91,34 @@ func (r *Writer) LossNotices(node string, d tracer.Stats) {
 // to learn of a full disk while it can still be fixed.
 func (r *Writer) Flush() error {
 	if err := r.w.Flush(); err != nil {
-		return fmt.Errorf("writing %s: %w", r.tmp.Name(), err)
+		return fmt.Errorf("writing %s: %w", r.path, err)
 	}
 	if err := r.gz.Flush(); err != nil {
-		return fmt.Errorf("writing %s: %w", r.tmp.Name(), err)
+		return fmt.Errorf("writing %s: %w", r.path, err)
 	}
 	return nil
 }
 
-// Finish writes the trailer and puts the file in place. why, if not "",
-// says why the recording ended early; it goes into the trailer. On a write
-// error the file is still put in place with what reached the disk (kdrop
-// report reads a file cut off mid-way), and the error says so.
+// Finish writes the trailer and closes the file. why, if not "", says why
+// the recording ended early; it goes into the trailer. On a write error
+// the file keeps what reached the disk (kdrop report reads a file cut off
+// mid-way), and the error says so.
 func (r *Writer) Finish(why string) error {
 	r.Raw(line.AppendTrailer(nil, line.Trailer{Ended: time.Now(), Events: r.Events, Lost: r.Lost, Missed: r.Missed, Error: why}))
 	err := r.w.Flush()
 	if cerr := r.gz.Close(); err == nil {
 		err = cerr
 	}
-	if cerr := r.tmp.Close(); err == nil {
+	if cerr := r.f.Close(); err == nil {
 		err = cerr
 	}
-	if fi, serr := os.Stat(r.tmp.Name()); serr == nil && fi.Size() == 0 && err != nil {
+	if err == nil {
+		return nil
+	}
+	if fi, serr := os.Stat(r.path); serr == nil && fi.Size() == 0 {
 		// Nothing reached the disk: an empty file would only puzzle.
-		os.Remove(r.tmp.Name())
+		os.Remove(r.path)
 		return fmt.Errorf("writing %s: %w; nothing could be written, so no file was left", r.path, err)
 	}
-	// A link does not replace a file made under that name meanwhile; the
-	// temporary name goes once the recording has its own.
-	if lerr := os.Link(r.tmp.Name(), r.path); errors.Is(lerr, fs.ErrExist) {
-		return fmt.Errorf("putting the recording in place: %s was made meanwhile and is kept; the recording is in %s", r.path, r.tmp.Name())
-	} else if lerr != nil { // a filesystem without hard links
-		if rerr := os.Rename(r.tmp.Name(), r.path); rerr != nil {
-			return fmt.Errorf("putting the recording in place: %w (it is in %s)", rerr, r.tmp.Name())
-		}
-	} else {
-		os.Remove(r.tmp.Name())
-	}
-	if err != nil {
-		return fmt.Errorf("writing %s: %w; what reached the disk was kept there", r.path, err)
-	}
-	return nil
+	return fmt.Errorf("writing %s: %w; what reached the disk was kept there", r.path, err)
 }

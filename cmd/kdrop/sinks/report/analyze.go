@@ -791,12 +791,12 @@ func (a *analysis) meaningFindings() {
 				"If not, nothing to fix: the range is working.",
 			}
 		case netfilter.MeaningInvalidConntrack:
-			fd.Title = fmt.Sprintf("kube-proxy dropped %s that conntrack calls INVALID", plural(g.count, "packet", "packets"))
-			fd.Detail = fmt.Sprintf("%s, kube-proxy's rule for conntrack state INVALID dropped %s%s from %s to %s, on %s. Usually TCP packets out of the window conntrack tracks (retransmissions after a conntrack entry was lost, asymmetric routing); the connection may be reset or stall.",
-				when, plural(g.count, "packet", "packets"), on, g.sources.list(3), g.pods.names(3), g.senders.names(3))
+			fd.Title = fmt.Sprintf("%s dropped %s that conntrack calls INVALID", m.Engine, plural(g.count, "packet", "packets"))
+			fd.Detail = fmt.Sprintf("%s, %s's rule for conntrack state INVALID dropped %s%s from %s to %s, on %s. Usually TCP packets out of the window conntrack tracks (retransmissions after a conntrack entry was lost, asymmetric routing); the connection may be reset or stall.",
+				when, m.Engine, plural(g.count, "packet", "packets"), on, g.sources.list(3), g.pods.names(3), g.senders.names(3))
 			fix = []string{
 				"Check conntrack's own counters on the node: `conntrack -S` (invalid, insert_failed, drop) and `net.netfilter.nf_conntrack_count` against `nf_conntrack_max`.",
-				"Setting `net.netfilter.nf_conntrack_tcp_be_liberal=1` (kube-proxy's `conntrack.tcpBeLiberal`) makes kube-proxy skip this rule.",
+				"Setting `net.netfilter.nf_conntrack_tcp_be_liberal=1` (kube-proxy's `conntrack.tcpBeLiberal`) makes kube-proxy skip its rule.",
 			}
 		case netfilter.MeaningMartianLocalhost:
 			fd.Title = fmt.Sprintf("Traffic from outside to 127.0.0.0/8 blocked: %s dropped", plural(g.count, "packet", "packets"))

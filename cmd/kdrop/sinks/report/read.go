@@ -166,6 +166,9 @@ type Meaning struct {
 	// Policies are the NetworkPolicies, "ns/name, ns/name" (at most
 	// maxPolicies), and Direction "ingress" or "egress".
 	Policies, Direction string
+	// Engine is who wrote the rule when known to the report: "kube-proxy"
+	// (the default of kube-proxy's meanings) or "kube-router".
+	Engine string
 }
 
 // Flow is the sum of the events with one FlowID.

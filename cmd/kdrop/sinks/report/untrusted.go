@@ -140,6 +140,10 @@ func cleanMeaning(m *netfilter.Meaning) Meaning {
 	}
 	c.Policies = strings.Join(ps, ", ")
 	c.Direction = checked(m.Direction, func(s string) bool { return s == "ingress" || s == "egress" })
+	c.Engine = "kube-proxy"
+	if m.Engine == "kube-router" {
+		c.Engine = m.Engine
+	}
 	return c
 }
 
