@@ -30,6 +30,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/mdlayher/netlink"
@@ -75,8 +76,10 @@ const loadedPath = "/proc/sys/net/netfilter/nf_conntrack_max"
 // namespace. An error says what failed: ErrNotLoaded when the kernel has
 // no conntrack (nothing to read, and Read does not make ctnetlink load
 // it); the namespace cannot be opened; or ctnetlink does not answer
-// (nf_conntrack_netlink not loadable: modprobe nf_conntrack_netlink).
-func Read(path string) (Stats, error) {
+// (nf_conntrack_netlink not loadable: modprobe nf_conntrack_netlink), or
+// not within timeout (> 0; the socket is closed then, which ends the
+// read: the library has no deadlines).
+func Read(path string, timeout time.Duration) (Stats, error) {
 	if _, err := os.Stat(loadedPath); errors.Is(err, os.ErrNotExist) {
 		return Stats{}, ErrNotLoaded
 	}
@@ -89,8 +92,21 @@ func Read(path string) (Stats, error) {
 	if err != nil {
 		return Stats{}, fmt.Errorf("conntrack statistics: ctnetlink socket in %s: %w", path, err)
 	}
-	defer c.Close()
+	var timedOut atomic.Bool
+	if timeout > 0 {
+		t := time.AfterFunc(timeout, func() { timedOut.Store(true); c.Close() })
+		defer func() {
+			if t.Stop() {
+				c.Close()
+			}
+		}()
+	} else {
+		defer c.Close()
+	}
 	cpus, err := c.Stats()
+	if timedOut.Load() {
+		return Stats{}, fmt.Errorf("conntrack statistics of %s: no answer within %v", path, timeout)
+	}
 	if err != nil {
 		return Stats{}, fmt.Errorf("conntrack statistics of %s (is nf_conntrack_netlink loadable? modprobe nf_conntrack_netlink): %w", path, err)
 	}
@@ -102,6 +118,9 @@ func Read(path string) (Stats, error) {
 		s.Invalid += uint64(p.Invalid)
 	}
 	g, err := c.StatsGlobal()
+	if timedOut.Load() {
+		return Stats{}, fmt.Errorf("conntrack table count of %s: no answer within %v", path, timeout)
+	}
 	if err != nil {
 		return s, fmt.Errorf("conntrack table count of %s: %w", path, err)
 	}

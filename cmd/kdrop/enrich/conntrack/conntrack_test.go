@@ -73,14 +73,14 @@ func TestTake(t *testing.T) {
 func TestReadInNamespace(t *testing.T) {
 	ns := nstest.New(t, "ctr")
 	nstest.Run(t, "ip", "netns", "exec", ns.Name, "iptables", "-A", "INPUT", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
-	s, err := Read("/run/netns/" + ns.Name)
+	s, err := Read("/run/netns/"+ns.Name, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if s.Max == 0 || s.InsertFailed != 0 || s.Drop != 0 || s.Invalid != 0 {
 		t.Errorf("a fresh namespace: %+v, want no drops and a limit", s)
 	}
-	if _, err := Read("/run/netns/kdrop-none-such"); err == nil {
+	if _, err := Read("/run/netns/kdrop-none-such", time.Second); err == nil {
 		t.Error("no error for a namespace that does not exist")
 	}
 }

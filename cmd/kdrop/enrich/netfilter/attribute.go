@@ -27,8 +27,8 @@ type Config struct {
 	// SummarySpan is how far back the occurrences of a summary event go: two
 	// of the tracer's sweep intervals. Default 2 s.
 	SummarySpan time.Duration
-	// ReadTimeout bounds one read of a namespace (netlink socket
-	// deadline). Default 1 s.
+	// ReadTimeout bounds one read of a namespace's rules (netlink socket
+	// deadline), and one of its conntrack statistics. Default 1 s.
 	ReadTimeout time.Duration
 	// KeepWindows is how long what moved between reads is kept, for
 	// events that reach userspace late (a slow ring buffer reader): at
@@ -110,6 +110,7 @@ type Attributor[T any] struct {
 	scanned time.Time
 
 	reads, readErrors, unknown atomic.Uint64
+	ctReadErrors               atomic.Uint64
 }
 
 // nsState is what the Attributor knows of one namespace.
@@ -124,8 +125,10 @@ type nsState[T any] struct {
 	seen     time.Time // the last drop's arrival
 	reads    uint64    // reads attempted
 	walked   uint64    // reads when pending was last walked
-	// ct is what moved in the namespace's conntrack statistics
-	ct conntrack.Windows
+	// ct is what moved in the namespace's conntrack statistics;
+	// ctWontRead: they cannot be read (no conntrack in the kernel)
+	ct         conntrack.Windows
+	ctWontRead bool
 }
 
 // window is what moved between two reads: the packets counted by the
@@ -227,10 +230,12 @@ func (a *Attributor[T]) Close() {
 }
 
 // Stats are an Attributor's counters: reads of namespaces' rules, reads
-// that failed, events that went out with Unknown set, events held now.
+// that failed, events that went out with Unknown set, events held now,
+// reads of conntrack statistics that failed.
 type Stats struct {
 	Reads, ReadErrors, Unknown uint64
 	Held                       int
+	ConntrackReadErrors        uint64
 }
 
 // Stats returns the counters so far.
@@ -238,7 +243,8 @@ func (a *Attributor[T]) Stats() Stats {
 	a.mu.Lock()
 	held := a.held
 	a.mu.Unlock()
-	return Stats{Reads: a.reads.Load(), ReadErrors: a.readErrors.Load(), Unknown: a.unknown.Load(), Held: held}
+	return Stats{Reads: a.reads.Load(), ReadErrors: a.readErrors.Load(), Unknown: a.unknown.Load(), Held: held,
+		ConntrackReadErrors: a.ctReadErrors.Load()}
 }
 
 func (a *Attributor[T]) loop() {
@@ -304,7 +310,11 @@ func (a *Attributor[T]) step(final bool) {
 			p := &s.pending[i]
 			var r *Rule
 			switch {
-			case s.last != nil && s.last.at.After(p.to.Add(slack)):
+			case s.last != nil && s.last.at.After(p.to.Add(slack)) &&
+				(a.cfg.NoConntrack || s.ctWontRead || s.ct.ReadAfter(p.to.Add(slack)) || final || now.After(p.deadline)):
+				// the rules, and conntrack's statistics unless they
+				// cannot be read here, read after it (a failed read of
+				// the statistics is retried until the deadline)
 				r = s.attribute(p)
 				r.K8s = kubeProxyMeaning(r, &p.ev, s.last)
 				if r.K8s == nil && strings.HasPrefix(r.Chain, krPodChainPrefix) {
@@ -386,13 +396,17 @@ func (a *Attributor[T]) read(ino uint32) {
 		// after the rules: a drop the rules' read follows is followed by
 		// this one too
 		ctStart = time.Now()
-		cts, ctErr = conntrack.Read(path)
+		cts, ctErr = conntrack.Read(path, a.cfg.ReadTimeout)
 		ctEnd = time.Now()
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if ctErr == nil {
+	s.ctWontRead = errors.Is(ctErr, conntrack.ErrNotLoaded)
+	switch {
+	case ctErr == nil:
 		s.ct.Add(cts, ctStart, ctEnd)
+	case ok && !a.cfg.NoConntrack && !s.ctWontRead:
+		a.ctReadErrors.Add(1)
 	}
 	s.lastRead = start
 	s.reads++

@@ -11,6 +11,7 @@ import (
 	"encoding/binary"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -79,15 +80,34 @@ func ctConfig() Config {
 	return Config{Interval: 100 * time.Millisecond, MaxWait: slow(2 * time.Second)}
 }
 
-// quietRead waits until at, reads ns's conntrack statistics then, gives
-// the attributor time to give out what came before, and returns the
-// statistics, when they were read, and kdrop's events so far.
-func quietRead(t *testing.T, h *harness, ns *nstest.NS, at time.Time) (map[string]uint64, time.Time, []attributed) {
+// quietRead waits until at, then reads the counters (read) until two
+// reads in a row agree on every drop counter: nothing was dropped between
+// them, so every drop before readAt (taken between the two) is in the
+// counters and none after it, however the traffic is timed (SYNs are
+// retransmitted every second on kernels with tcp_syn_linear_timeouts,
+// at 1, 3, 7 s before). It gives the attributor time to give out what
+// came before readAt, and returns the counters, readAt and kdrop's events
+// so far. The traffic keeps running throughout.
+func quietRead(t *testing.T, h *harness, at time.Time, read func() map[string]uint64) (map[string]uint64, time.Time, []attributed) {
 	t.Helper()
 	time.Sleep(time.Until(at))
-	st, readAt := ctStats(t, ns), time.Now()
-	time.Sleep(slow(700 * time.Millisecond)) // reads every 100 ms: each event before readAt is out
-	return st, readAt, h.snapshot()
+	deadline := time.Now().Add(slow(20 * time.Second))
+	for prev := read(); ; {
+		readAt := time.Now()
+		cur := read()
+		same := true
+		for _, k := range []string{"insert_failed", "drop", "early_drop", "invalid", "rule"} {
+			same = same && prev[k] == cur[k]
+		}
+		if same {
+			time.Sleep(slow(700 * time.Millisecond)) // reads every 100 ms: each event before readAt is out
+			return prev, readAt, h.snapshot()
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the counters never held still for two reads in 20 s: %v, then %v", prev, cur)
+		}
+		prev = cur
+	}
 }
 
 // The SNAT port race: a router masquerades to two ports only, a client
@@ -106,11 +126,9 @@ func TestConntrackInsertFailed(t *testing.T) {
 		tracer.Options{Filter: tracer.Filter{Types: []tracer.EventType{tracer.Drop}}, SweepInterval: 200 * time.Millisecond})
 	before := ctStats(t, r.Router)
 	start := time.Now()
-	r.Client.ConnectMany(t, nstest.ServerIP, 80, 8) // SYNs at 0 s, retransmitted at 1, 3, 7 s
-	// quiet moments: between the retransmissions at 1 s and 3 s, and at 3 s
-	// and 7 s (wide enough under emulation)
+	r.Client.ConnectMany(t, nstest.ServerIP, 80, 8) // SYNs retransmitted from 1 s on
 	for i, at := range []time.Duration{2 * time.Second, 5 * time.Second} {
-		st, readAt, out := quietRead(t, h, r.Router, start.Add(at))
+		st, readAt, out := quietRead(t, h, start.Add(at), func() map[string]uint64 { return ctStats(t, r.Router) })
 		want := st["insert_failed"] - before["insert_failed"]
 		got, named, others := ctNamed(out, r.Router, readAt, conntrack.CauseInsertFailed)
 		t.Logf("read %d: router insert_failed +%d, drop +%d; kdrop named insert-failed %d times (%d events), %d other events",
@@ -132,6 +150,73 @@ func TestConntrackInsertFailed(t *testing.T) {
 		for _, x := range others {
 			t.Errorf("a drop in the router not named insert-failed: %+v rule %+v conntrack %+v", x.ev, x.rule, x.ct)
 		}
+	}
+}
+
+// Both moved: in the same router, a rule drops every second SYN to the
+// server before NAT (statistic nth), and the SYNs it lets through race for
+// two masquerade ports. Conntrack's drops are named insert-failed exactly
+// as often as insert_failed moved, and the rule, whose counter moved in
+// the same windows, is shown beside conntrack's cause rather than hidden;
+// every other drop is the rule's alone, as often as its counter moved.
+func TestConntrackAndRuleBothMoved(t *testing.T) {
+	needNft(t)
+	r := nstest.NewRouted(t)
+	for _, args := range [][]string{
+		{"-t", "nat", "-A", "POSTROUTING", "-o", r.RouterToServer, "-p", "tcp", "-j", "MASQUERADE", "--to-ports", "40000-40001"},
+		{"-A", "FORWARD", "-p", "tcp", "--dport", "80", "--syn", "-m", "statistic", "--mode", "nth", "--every", "2", "--packet", "0",
+			"-m", "comment", "--comment", "every 2nd SYN", "-j", "DROP"},
+	} {
+		nstest.Run(t, "ip", append([]string{"netns", "exec", r.Router.Name, "iptables"}, args...)...)
+	}
+	r.Server.ListenNoAccept(t, nstest.ServerIP, 80, 128)
+	h := startHarness(t, ctConfig(),
+		tracer.Options{Filter: tracer.Filter{Types: []tracer.EventType{tracer.Drop}}, SweepInterval: 200 * time.Millisecond})
+	ruleDrops := func() uint64 {
+		var n uint64
+		for k, v := range counters(t, r.Router) {
+			if strings.Contains(k, "/FORWARD#") {
+				n += v
+			}
+		}
+		return n
+	}
+	before, ruleBefore := ctStats(t, r.Router), ruleDrops() // no traffic yet
+	start := time.Now()
+	r.Client.ConnectMany(t, nstest.ServerIP, 80, 12) // SYNs at 0 s, retransmitted at 1, 3, 7 s
+	st, readAt, out := quietRead(t, h, start.Add(2*time.Second), func() map[string]uint64 {
+		m := ctStats(t, r.Router)
+		m["rule"] = ruleDrops()
+		return m
+	})
+	ruleMoved := st["rule"] - ruleBefore
+	want := st["insert_failed"] - before["insert_failed"]
+	got, named, others := ctNamed(out, r.Router, readAt, conntrack.CauseInsertFailed)
+	both, ruleOnly := 0, uint64(0)
+	for _, x := range named {
+		if x.rule.Known() {
+			both++
+			if c := append([]Ref{x.rule.Ref}, x.rule.Candidates...); !slices.ContainsFunc(c, func(r Ref) bool { return r.Comment == "every 2nd SYN" }) {
+				t.Errorf("insert-failed drop with another rule: %+v", x.rule)
+			}
+		}
+	}
+	for _, x := range others {
+		if x.ct != nil || !x.rule.Known() || x.rule.Comment != "every 2nd SYN" {
+			t.Errorf("a drop neither conntrack's nor the rule's: %+v rule %+v conntrack %+v", x.ev, x.rule, x.ct)
+		}
+		ruleOnly += x.ev.Count
+	}
+	t.Logf("router insert_failed +%d, rule +%d; kdrop: insert-failed %d (%d with the rule beside), the rule's alone %d; attributor %+v",
+		want, ruleMoved, got, both, ruleOnly, h.a.Stats())
+	if want == 0 || ruleMoved == 0 {
+		t.Fatalf("insert_failed moved by %d, the rule by %d: want both", want, ruleMoved)
+	}
+	if got != want || ruleOnly != ruleMoved {
+		t.Errorf("kdrop named %d insert-failed (insert_failed +%d) and %d the rule's alone (its counter +%d)\n%s", got, want, ruleOnly, ruleMoved, dump(inNetns(out, r.Router)))
+	}
+	if both == 0 {
+		t.Errorf("no insert-failed drop shows the rule that moved in its window beside it\n%s", dump(inNetns(out, r.Router)))
 	}
 }
 
@@ -287,9 +372,9 @@ func TestConntrackTableFull(t *testing.T) {
 		tracer.Options{Filter: tracer.Filter{Types: []tracer.EventType{tracer.Drop}}, SweepInterval: 200 * time.Millisecond})
 	before := ctStats(t, server)
 	start := time.Now()
-	client.ConnectMany(t, "198.18.20.2", 80, 4) // SYNs at 0 s, retransmitted at 1, 3, 7 s
+	client.ConnectMany(t, "198.18.20.2", 80, 4) // SYNs retransmitted from 1 s on
 	for i, at := range []time.Duration{2 * time.Second, 5 * time.Second} {
-		st, readAt, out := quietRead(t, h, server, start.Add(at))
+		st, readAt, out := quietRead(t, h, start.Add(at), func() map[string]uint64 { return ctStats(t, server) })
 		want := st["drop"] - before["drop"]
 		got, named, others := ctNamed(out, server, readAt, conntrack.CauseTableFull)
 		t.Logf("read %d: server drop +%d, early_drop +%d, insert_failed +%d, entries %d; kdrop named table-full %d times (%d events), %d other events",
