@@ -606,10 +606,7 @@ func (a *analysis) noEndpointFindings() {
 	}
 	for _, g := range gs.order {
 		svc := g.key
-		ns, name, _ := strings.Cut(svc, "/")
-		if name == "" {
-			ns, name = "default", svc
-		}
+		ns, name, valid := splitService(svc)
 		ports := ""
 		if len(g.pods) > 0 {
 			ports = " to port " + g.pods.names(3)
@@ -634,12 +631,16 @@ func (a *analysis) noEndpointFindings() {
 		if len(backers) > 0 {
 			who = backers.names(2)
 		}
-		fd.Fix = strings.Join([]string{
+		var fix []string
+		if !valid {
+			fix = append(fix, fmt.Sprintf("The Service's name in this recording, %s, is not a valid Kubernetes name: the commands below say NAMESPACE and NAME for it.", svc))
+		}
+		fd.Fix = strings.Join(append(fix,
 			fmt.Sprintf("See what the Service selects: `kubectl get endpointslices -n %s -l kubernetes.io/service-name=%s` (no endpoints, or all not ready).", ns, name),
 			fmt.Sprintf("If pods exist but are not Ready, their readinessProbe fails: `kubectl describe pod` on the pods of %s shows why.", who),
 			fmt.Sprintf("If no pod matches, compare the selector (`kubectl get svc %s -n %s -o jsonpath='{.spec.selector}'`) with the pod labels (`kubectl get pods -n %s --show-labels`).", name, ns, ns),
 			fmt.Sprintf("Check that %s is scaled above 0 and its rollout is not stuck (`kubectl rollout status`), and that its pods are not crash-looping.", who),
-		}, "\n")
+		), "\n")
 		a.add(fd)
 	}
 }
@@ -863,11 +864,11 @@ func (a *analysis) noSocketFindings() {
 		fd.Detail = d.String()
 		podName := "POD"
 		if known(f0.DstK8s) && f0.DstK8s.Kind == "pod" {
-			podName = f0.DstK8s.Name
+			podName = cmdArg(f0.DstK8s.Name, "POD")
 		}
 		nsFlag := ""
 		if known(f0.DstK8s) && f0.DstK8s.Namespace != "" {
-			nsFlag = " -n " + f0.DstK8s.Namespace
+			nsFlag = " -n " + cmdArg(f0.DstK8s.Namespace, "NAMESPACE")
 		}
 		fix := []string{
 			fmt.Sprintf("See what the app really listens on: `kubectl exec%s %s -- ss -ltnu` (or netstat); nothing listens on port %d.", nsFlag, podName, f0.Dport),
@@ -946,11 +947,11 @@ func (a *analysis) netfilterFindings() {
 		d.WriteString(". In Kubernetes this is usually a NetworkPolicy (the CNI turns policies into such rules), or a firewall rule on the node. The sender sees its connection attempts time out.")
 		fd.Detail = d.String()
 		dstNS, srcNS := "NAMESPACE", "NAMESPACE"
-		if known(f0.DstK8s) && f0.DstK8s.Namespace != "" {
-			dstNS = f0.DstK8s.Namespace
+		if known(f0.DstK8s) {
+			dstNS = cmdArg(f0.DstK8s.Namespace, dstNS)
 		}
-		if known(f0.SrcK8s) && f0.SrcK8s.Namespace != "" {
-			srcNS = f0.SrcK8s.Namespace
+		if known(f0.SrcK8s) {
+			srcNS = cmdArg(f0.SrcK8s.Namespace, srcNS)
 		}
 		fd.Fix = strings.Join([]string{
 			fmt.Sprintf("List the policies of the destination's namespace: `kubectl get networkpolicy -n %s`, and check that one selecting %s allows ingress from %s%s (namespaceSelector and podSelector both have to match).", dstNS, dst, src, port),

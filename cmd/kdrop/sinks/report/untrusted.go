@@ -168,3 +168,31 @@ func cleanList(l []string, ok func(string) bool) []string {
 	}
 	return out
 }
+
+// isMarked says s failed its check (checked marked it).
+func isMarked(s string) bool { return strings.HasSuffix(s, invalidMark) }
+
+// cmdArg is s as an argument of a command line kdrop writes, or
+// placeholder when s is empty or failed its check: a marked name is
+// quoted for reading, never pasted into a command.
+func cmdArg(s, placeholder string) string {
+	if s == "" || isMarked(s) {
+		return placeholder
+	}
+	return s
+}
+
+// splitService splits a Service as a finding names it ("ns/name", or a
+// bare name in namespace default) for command lines; ok is false when it
+// is not a valid name, and ns and name are then the placeholders
+// NAMESPACE and NAME.
+func splitService(svc string) (ns, name string, ok bool) {
+	if isNsName(svc) {
+		ns, name, _ = strings.Cut(svc, "/")
+		return ns, name, true
+	}
+	if svc != "" && !strings.Contains(svc, "/") && isObjectName(svc) {
+		return "default", svc, true
+	}
+	return "NAMESPACE", "NAME", false
+}
