@@ -34,7 +34,8 @@ type Finding struct {
 	Severity string // SevCritical, SevWarning or SevInfo
 	// Kind is a stable name of the rule that found it: somaxconn, backlog,
 	// listen-queue, syncookies, stale-endpoint, no-endpoints, no-socket,
-	// closed-connection, netfilter, drop-reason, icmp, missed, lost,
+	// closed-connection, netfilter-rule (a named rule, or its
+	// candidates), netfilter, drop-reason, icmp, missed, lost,
 	// truncated, gap, unresolved; and the kinds of a rule's Kubernetes
 	// meaning: no-local-endpoints, invalid-conntrack, martian-localhost,
 	// source-range, network-policy.
@@ -119,6 +120,7 @@ func analyze(rec *Incident) *analysis {
 	a.noEndpointFindings()
 	a.meaningFindings()
 	a.noSocketFindings()
+	a.ruleFindings()
 	a.netfilterFindings()
 	a.otherDropFindings()
 	a.otherICMPFindings()
@@ -179,6 +181,7 @@ type group struct {
 	sources     counter // who sent
 	senders     counter // where the kernel acted
 	what        counter
+	rules       counter // the netfilter rules named, when any (nil until one is)
 }
 
 func newGroup(key string) *group {
@@ -197,6 +200,24 @@ func (g *group) add(f *Flow) {
 	g.sources.add(workload(f.SrcK8s, f.Src), f.Count)
 	g.senders.add(actor(f), f.Count)
 	g.what.add(f.series, f.Count)
+	if f.Rule.Table != "" {
+		if g.rules == nil {
+			g.rules = counter{}
+		}
+		g.rules.add(f.Rule.Ref.String(), f.Count)
+	}
+}
+
+// ruleSentence names the netfilter rules behind a group's drops, when the
+// recording names any: " Rule: ip filter/KUBE-SERVICES#23 REJECT …".
+func (g *group) ruleSentence() string {
+	switch len(g.rules) {
+	case 0:
+		return ""
+	case 1:
+		return " Rule: " + g.rules.names(1) + "."
+	}
+	return " Rules: " + g.rules.list(3) + "."
 }
 
 // groups keeps groups in order of first creation.
@@ -623,6 +644,7 @@ func (a *analysis) noEndpointFindings() {
 		if byRule[g] {
 			d.WriteString(" kube-proxy's own rule for this Service (its \"has no endpoints\" REJECT, named by kdrop) dropped them.")
 		}
+		d.WriteString(g.ruleSentence())
 		if len(backers) > 0 {
 			fmt.Fprintf(&d, " Pods of %s back this Service (seen in this recording).", backers.names(2))
 		}
@@ -748,6 +770,7 @@ func (a *analysis) meaningFindings() {
 				"If it should be blocked, nothing to fix: the policy is working.",
 			}
 		}
+		fd.Detail += g.ruleSentence()
 		fd.Fix = strings.Join(fix, "\n")
 		a.add(fd)
 	}

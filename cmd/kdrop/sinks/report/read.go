@@ -14,6 +14,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netfilter"
 	"github.com/kdrop/kdrop/cmd/kdrop/line"
 	"github.com/kdrop/kdrop/cmd/kdrop/sinks/recording"
 	"github.com/kdrop/kdrop/k8s"
@@ -134,6 +135,9 @@ type FlowID struct {
 	// Meaning is the Kubernetes meaning of the netfilter rule that
 	// dropped it (the line's rule.k8s), checked; zero when none.
 	Meaning Meaning
+	// Rule is the netfilter rule that dropped it (the line's rule),
+	// checked; zero when none.
+	Rule RuleRef
 }
 
 // Meaning is a drop rule's Kubernetes meaning as a report keeps it (see
@@ -262,6 +266,13 @@ const (
 	asReason
 	asLocation
 	asSource
+	asWord // as a source: wordRE
+	asBackend
+	asFamily
+	asRuleName
+	asComment
+	asVerdict
+	asText
 )
 
 type checkKey struct {
@@ -286,6 +297,20 @@ func (p *parser) check(as int, s string) string {
 		c = checked(s, reasonRE.MatchString)
 	case asLocation:
 		c = checked(s, symbolRE.MatchString)
+	case asBackend:
+		c = checked(s, func(s string) bool {
+			return s == netfilter.BackendNftables || s == netfilter.BackendLegacy || s == netfilter.BackendNftables+","+netfilter.BackendLegacy
+		})
+	case asFamily:
+		c = checked(s, func(s string) bool { return familyOK[s] })
+	case asRuleName:
+		c = checked(s, ruleNameRE.MatchString)
+	case asComment:
+		c = checked(s, isComment)
+	case asVerdict:
+		c = checked(s, verdictRE.MatchString)
+	case asText:
+		c = text(s)
 	default:
 		c = checked(s, wordRE.MatchString)
 	}
@@ -417,6 +442,7 @@ func (p *parser) event(e *line.Event) {
 		}
 		if e.Rule != nil {
 			id.Meaning = cleanMeaning(e.Rule.K8s)
+			id.Rule = p.cleanRule(e.Rule)
 		}
 	case tracer.Unreachable:
 		id.ICMP, id.ICMPType, id.ICMPCode = e.What(), e.ICMPType, e.ICMPCode
