@@ -921,6 +921,7 @@ func (a *analysis) netfilterFindings() {
 	type extra struct {
 		locations counter
 		dstPods   counter
+		unknown   counter // why kdrop named no rule
 		sample    *Flow
 	}
 	ex := map[*group]*extra{}
@@ -933,11 +934,14 @@ func (a *analysis) netfilterFindings() {
 		g.pods.add(shortPod(f.SrcK8s, f.Src), f.Count)
 		e := ex[g]
 		if e == nil {
-			e = &extra{locations: counter{}, dstPods: counter{}, sample: f}
+			e = &extra{locations: counter{}, dstPods: counter{}, unknown: counter{}, sample: f}
 			ex[g] = e
 		}
 		if f.Location != "" {
 			e.locations.add(f.Location, f.Count)
+		}
+		if f.Rule.Unknown != "" {
+			e.unknown.add(f.Rule.Unknown, f.Count)
 		}
 		e.dstPods.add(shortPod(f.DstK8s, f.Dst), f.Count)
 		a.used[f] = true
@@ -967,7 +971,11 @@ func (a *analysis) netfilterFindings() {
 		if len(e.locations) > 0 {
 			fmt.Fprintf(&d, " (kernel function %s)", e.locations.names(2))
 		}
-		d.WriteString(". In Kubernetes this is usually a NetworkPolicy (the CNI turns policies into such rules), or a firewall rule on the node. The sender sees its connection attempts time out.")
+		d.WriteString(".")
+		if len(e.unknown) > 0 {
+			fmt.Fprintf(&d, " kdrop could not name the rule: %s.", e.unknown.list(2))
+		}
+		d.WriteString(" In Kubernetes this is usually a NetworkPolicy (the CNI turns policies into such rules), or a firewall rule on the node. The sender sees its connection attempts time out.")
 		fd.Detail = d.String()
 		dstNS, srcNS := "NAMESPACE", "NAMESPACE"
 		if known(f0.DstK8s) {

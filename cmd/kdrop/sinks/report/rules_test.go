@@ -105,7 +105,7 @@ func TestRuleFindings(t *testing.T) {
 	checkCommands(t, fs)
 
 	// the drop without a rule stays a finding of its flow
-	if got := findKind(fs, "netfilter"); len(got) != 1 || got[0].Count != 5 {
+	if got := findKind(fs, "netfilter"); len(got) != 1 || got[0].Count != 5 || !strings.Contains(got[0].Detail, "could not name the rule: network namespace gone (5)") {
 		t.Errorf("want the unnamed drop as one netfilter finding:\n%s", dumpFindings(fs))
 	}
 	// and every rule shows in both renderings

@@ -5,6 +5,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"unicode"
 
 	"k8s.io/apimachinery/pkg/util/validation"
 
@@ -63,10 +64,11 @@ func isNsName(s string) bool {
 }
 
 // text is free text (a notice's message): kept as it is when it is one
-// line of printable text without backticks, else marked.
+// line of printable text without backticks or format characters
+// (bidirectional overrides that reorder what follows), else marked.
 func text(s string) string {
 	for _, r := range s {
-		if r < 0x20 || r == 0x7f || r == '`' || r == 0xfffd || (r >= 0x80 && r < 0xa0) || r == 0x2028 || r == 0x2029 {
+		if r < 0x20 || r == 0x7f || r == '`' || r == 0xfffd || (r >= 0x80 && r < 0xa0) || r == 0x2028 || r == 0x2029 || unicode.Is(unicode.Cf, r) {
 			return marked(s)
 		}
 	}

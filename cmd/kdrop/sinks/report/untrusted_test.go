@@ -141,8 +141,14 @@ func TestCraftedRecordings(t *testing.T) {
 			`{"time":"2026-11-27T11:50:04Z","type":"notice","node":"n1","message":"gone \u001b[2J\u0000 \ud800","gap_from":"2026-11-27T11:50:03Z","gap_to":"2026-11-27T11:50:04Z"}`,
 			// a notice as kdrop once wrote them, with Go's %q: not JSON
 			`{"time":"2026-11-27T11:50:05Z","type":"notice","node":"n1","message":"\x1b[0m"}`,
+			// a rule whose chain and comment carry ESC, C1 and bidi overrides, and a why with one
+			ev(5.5, "drop", 1, map[string]any{"reason": "NETFILTER_DROP", "dst": "10.0.0.1", "dport": 9,
+				"rule": map[string]any{"backend": "nftables", "family": "ip", "table": "filter", "chain": "IN\x1b[2JPUT", "handle": 3,
+					"comment": "a\u009b31m \u202eevil\u2066", "verdict": "DROP", "how": "counter"}}),
+			ev(5.6, "drop", 1, map[string]any{"reason": "NETFILTER_DROP", "dst": "10.0.0.1", "dport": 10,
+				"rule": map[string]any{"backend": "nftables", "unknown": "gone \u202e!won"}}),
 			good(6), trailer(0)},
-			[]string{"1 lines could not be read", "line 5"}, 3, true},
+			[]string{"1 lines could not be read", "line 5"}, 5, true},
 		{"tags, fences and YAML in names", []string{header,
 			overflow(1, "web\nhostNetwork: true"),
 			overflow(2, "x: {privileged: true}"),
@@ -177,7 +183,7 @@ func TestCraftedRecordings(t *testing.T) {
 				if !utf8.ValidString(out) {
 					t.Errorf("the %s is not UTF-8", what)
 				}
-				if i := strings.IndexFunc(out, func(r rune) bool { return r < 0x20 && r != '\n' || r == 0x7f || r >= 0x80 && r < 0xa0 || r == 0x2028 }); i >= 0 {
+				if i := strings.IndexFunc(out, func(r rune) bool { return r < 0x20 && r != '\n' || r == 0x7f || r >= 0x80 && r < 0xa0 || r == 0x2028 || r >= 0x202a && r <= 0x202e || r >= 0x2066 && r <= 0x2069 }); i >= 0 {
 					t.Errorf("the %s holds a control character: %.40q", what, out[i:])
 				}
 			}
