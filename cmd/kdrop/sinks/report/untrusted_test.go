@@ -183,7 +183,9 @@ func TestCraftedRecordings(t *testing.T) {
 				if !utf8.ValidString(out) {
 					t.Errorf("the %s is not UTF-8", what)
 				}
-				if i := strings.IndexFunc(out, func(r rune) bool { return r < 0x20 && r != '\n' || r == 0x7f || r >= 0x80 && r < 0xa0 || r == 0x2028 || r >= 0x202a && r <= 0x202e || r >= 0x2066 && r <= 0x2069 }); i >= 0 {
+				if i := strings.IndexFunc(out, func(r rune) bool {
+					return r < 0x20 && r != '\n' || r == 0x7f || r >= 0x80 && r < 0xa0 || r == 0x2028 || r >= 0x202a && r <= 0x202e || r >= 0x2066 && r <= 0x2069
+				}); i >= 0 {
 					t.Errorf("the %s holds a control character: %.40q", what, out[i:])
 				}
 			}
