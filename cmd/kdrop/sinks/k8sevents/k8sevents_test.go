@@ -2,6 +2,7 @@ package k8sevents
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -64,5 +65,21 @@ func TestClassify(t *testing.T) {
 		if ref.Name != c.object || ref.Kind != c.kind || ref.Namespace != "shop" || string(ref.UID) != "uid-"+c.object || reason != c.reason || s.note() != c.note {
 			t.Errorf("%s: %s %s/%s (%s) %s %q\nwant %s %s %q", c.name, ref.Kind, ref.Namespace, ref.Name, ref.UID, reason, s.note(), c.kind, c.object, c.note)
 		}
+	}
+}
+
+// A note never carries a control character or a bidirectional override
+// to kubectl describe, whatever the detail holds (a rule's meaning comes
+// from a comment in the kernel).
+func TestNotePrintable(t *testing.T) {
+	s := &series{reason: ReasonPolicyDenied, detail: "NetworkPolicies shop/a\x1b[2J\u009b31m\u202eevil isolate shop/db-0"}
+	n := s.note()
+	for _, bad := range []string{"\x1b", "\u009b", "\u202e"} {
+		if strings.Contains(n, bad) {
+			t.Errorf("the note carries %q: %q", bad, n)
+		}
+	}
+	if want := `shop/a\x1b[2J\x9b31m\u202eevil isolate`; !strings.Contains(n, want) {
+		t.Errorf("note %q lacks %q", n, want)
 	}
 }
