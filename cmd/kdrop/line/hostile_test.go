@@ -19,7 +19,7 @@ import (
 // exactly. The table row, what a person reads, shows none of them raw.
 func TestHostileRuleNames(t *testing.T) {
 	r := &netfilter.Rule{Backend: netfilter.BackendNftables, How: netfilter.HowCounter,
-		Ref: netfilter.Ref{Family: "ip", Table: "filter", Chain: "IN\x1b[2JPUT", Handle: 4, Comment: "a\u009b31m \u202eevil", Verdict: "DROP"},
+		Ref:        netfilter.Ref{Family: "ip", Table: "filter", Chain: "IN\x1b[2JPUT", Handle: 4, Comment: "a\u009b31m \u202eevil", Verdict: "DROP"},
 		Candidates: nil}
 	e := Event{Event: tracer.Event{Time: time.Date(2026, 12, 1, 3, 0, 0, 0, time.UTC), Type: tracer.Drop, Count: 1, Netns: 1, Family: 4, Proto: 17,
 		Src: netip.MustParseAddrPort("10.0.0.1:5"), Dst: netip.MustParseAddrPort("10.0.0.2:9"), Reason: "NETFILTER_DROP"}, Rule: r}
