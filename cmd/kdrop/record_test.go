@@ -131,3 +131,68 @@ func TestRecordDiskFull(t *testing.T) {
 		t.Errorf("kdrop record onto a full disk left %s (%v)", empty, serr)
 	}
 }
+
+// Drops by named rules, recorded and reported: an iptables-nft rule, native
+// nft rejects in an ip and an ip6 table (named as nft names them: code 1 is
+// host-unreachable in ICMP, admin-prohibited in ICMPv6), and an
+// iptables-legacy rule. The report has one finding per rule, with its
+// comment and the command that shows it.
+func TestRecordAndReportRules(t *testing.T) {
+	ns := nstest.New(t, "rules")
+	in := func(cmdline string) { nstest.Run(t, "ip", "netns", "exec", ns.Name, "sh", "-c", cmdline) }
+	in(`iptables -A INPUT -p udp --dport 9001 -m comment --comment "a1 udp drop" -j DROP`)
+	in(`nft add table ip kd && nft add chain ip kd in '{ type filter hook input priority 10; }' && ` +
+		`nft add rule ip kd in udp dport 9002 counter reject with icmp host-unreachable comment '"nth drop"'`)
+	in(`nft add table ip6 kd6 && nft add chain ip6 kd6 in '{ type filter hook input priority 10; }' && ` +
+		`nft add rule ip6 kd6 in udp dport 9004 counter reject with icmpv6 admin-prohibited comment '"v6 reject"'`)
+	in(`iptables-legacy -A INPUT -p udp --dport 9003 -m comment --comment "legacy rule" -j DROP`)
+	dir := t.TempDir()
+	file, ready := filepath.Join(dir, "incident.jsonl.gz"), filepath.Join(dir, "ready")
+	rec := exec.Command(kdropBin, "record", "-o", file, "--netns", "/run/netns/"+ns.Name, "--identity", "off",
+		"--reason", "NETFILTER_DROP", "--ready-file", ready)
+	var stderr syncBuffer
+	rec.Stderr = &stderr
+	if err := rec.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rec.Process.Kill(); rec.Wait() })
+	waitFile(t, ready, 30*time.Second)
+	for _, port := range []int{9001, 9002, 9003} {
+		ns.SendUDP(t, "127.0.0.1", port, 5)
+	}
+	ns.SendUDP(t, "::1", 9004, 5)
+	time.Sleep(3 * time.Second) // each drop's line waits for its rule (up to 2 s)
+	rec.Process.Signal(syscall.SIGINT)
+	if err := rec.Wait(); err != nil {
+		t.Fatalf("kdrop record: %v\n%s", err, stderr.String())
+	}
+	html := filepath.Join(dir, "incident.html")
+	out, err := exec.Command(kdropBin, "report", file, "--html", html, "--markdown", "-").CombinedOutput()
+	if err != nil {
+		t.Fatalf("kdrop report: %v\n%s", err, out)
+	}
+	md := string(out)
+	page, err := os.ReadFile(html)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		`ip filter/INPUT#`, `DROP "a1 udp drop" dropped 5 packets`, "`nft -a list chain ip filter INPUT`", "`iptables-save -t filter | grep -n -- 'a1 udp drop'`",
+		`ip kd/in#`, `REJECT icmp-host-unreachable "nth drop"`, "`nft -a list chain ip kd in`",
+		`ip6 kd6/in#`, `REJECT icmpv6-admin-prohibited "v6 reject"`, "in the network namespace of netns ",
+		`ip filter/INPUT:1 DROP "legacy rule"`, "`iptables-legacy -t filter -S INPUT 1`",
+		"If this rule should not drop this traffic",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("the Markdown lacks %q:\n%s", want, md)
+		}
+	}
+	if strings.Contains(md, "iptables-save -t kd") {
+		t.Errorf("a native nft table's rule is offered to iptables-save:\n%s", md)
+	}
+	for _, c := range []string{"a1 udp drop", "nth drop", "v6 reject", "legacy rule"} {
+		if !strings.Contains(string(page), c) {
+			t.Errorf("the HTML lacks %q", c)
+		}
+	}
+}

@@ -181,7 +181,7 @@ func (r Ref) showCommand(backend string) string {
 // grepCommand finds an iptables-nft rule by its comment, for a rule in an
 // ip or ip6 table with a comment a shell takes as it is; "" otherwise.
 func (r Ref) grepCommand(backend string) string {
-	if backend != netfilter.BackendNftables || (r.Family != "ip" && r.Family != "ip6") || isMarked(r.Table) ||
+	if backend != netfilter.BackendNftables || (r.Family != "ip" && r.Family != "ip6") || !iptablesTables[r.Table] ||
 		!grepSafeRE.MatchString(r.Comment) || strings.HasPrefix(r.Comment, "-") {
 		return ""
 	}
@@ -190,6 +190,22 @@ func (r Ref) grepCommand(backend string) string {
 		save = "ip6tables-save"
 	}
 	return fmt.Sprintf("%s -t %s | grep -n -- '%s'", save, r.Table, r.Comment)
+}
+
+// iptablesTables are the tables iptables-nft writes (a native nft table
+// of another name is none of its).
+var iptablesTables = map[string]bool{"filter": true, "nat": true, "mangle": true, "raw": true, "security": true}
+
+// netnsWords names the network namespace where a flow was dropped: the pod
+// or node that owns it, else its inode.
+func netnsWords(f *Flow) string {
+	if a := actor(f); a != "unknown" {
+		return a
+	}
+	if f.Netns != 0 {
+		return fmt.Sprintf("netns %d", f.Netns)
+	}
+	return "unknown"
 }
 
 // howWords says how kdrop named the rule.
@@ -215,6 +231,7 @@ func (a *analysis) ruleFindings() {
 	rule := map[*group]RuleRef{}
 	flows := map[*group]counter{}
 	hows := map[*group]counter{}
+	where := map[*group]counter{} // the network namespaces it dropped in
 	for _, f := range a.rec.Flows {
 		if a.used[f] || f.Type != "drop" || !f.Rule.known() {
 			continue
@@ -224,8 +241,9 @@ func (a *analysis) ruleFindings() {
 		g := gs.get(fmt.Sprintf("%+v", key))
 		g.add(f)
 		if _, ok := rule[g]; !ok {
-			rule[g], flows[g], hows[g] = f.Rule, counter{}, counter{}
+			rule[g], flows[g], hows[g], where[g] = f.Rule, counter{}, counter{}, counter{}
 		}
+		where[g].add(netnsWords(f), f.Count)
 		flows[g].add(flowWords(f), f.Count)
 		hows[g].add(howWords(f.Rule.How), f.Count)
 		a.used[f] = true
@@ -244,12 +262,12 @@ func (a *analysis) ruleFindings() {
 			if r.Comment != "" {
 				fmt.Fprintf(&d, "; comment %s", quoteComment(r.Comment))
 			}
-			fmt.Fprintf(&d, ") dropped %s, in the network namespace of %s. kdrop named it because %s. %s", packets, g.senders.names(3), hows[g].names(3), verdictWords(r.Verdict))
+			fmt.Fprintf(&d, ") dropped %s, in the network namespace of %s. kdrop named it because %s. %s", packets, where[g].names(3), hows[g].names(3), verdictWords(r.Verdict))
 		} else {
 			n := min(r.NCandidates, maxCandidates)
 			refs = r.Candidates[:n]
 			fd.Title = fmt.Sprintf("One of %d netfilter rules dropped %s (ambiguous)", r.NCandidates, packets)
-			fmt.Fprintf(&d, "one of %d rules dropped %s, in the network namespace of %s; kdrop could not tell which (%s), so it names them all: ", r.NCandidates, packets, g.senders.names(3), hows[g].names(3))
+			fmt.Fprintf(&d, "one of %d rules dropped %s, in the network namespace of %s; kdrop could not tell which (%s), so it names them all: ", r.NCandidates, packets, where[g].names(3), hows[g].names(3))
 			var cs []string
 			for _, c := range refs {
 				cs = append(cs, c.String())
@@ -270,7 +288,7 @@ func (a *analysis) ruleFindings() {
 				fix = append(fix, fmt.Sprintf("See the rule with `nft -a list ruleset` (or `iptables-save`): its names in this recording cannot go on a command line as they are (%s).", ref))
 				continue
 			}
-			line := fmt.Sprintf("See the rule in the network namespace where it dropped (%s): `%s`", g.senders.names(1), cmd)
+			line := fmt.Sprintf("See the rule in the network namespace where it dropped (%s): `%s`", where[g].names(1), cmd)
 			switch {
 			case ref.Position > 0:
 				line += "."
