@@ -20,41 +20,21 @@ import (
 func TestRecordAndReportSomaxconn(t *testing.T) {
 	ns := nstest.New(t, "rec")
 	ns.Sysctl(t, "net.core.somaxconn", "128")
-	dir := t.TempDir()
-	file, ready := filepath.Join(dir, "incident.jsonl.gz"), filepath.Join(dir, "ready")
-	rec := exec.Command(kdropBin, "record", "-o", file, "--netns", "/run/netns/"+ns.Name, "--identity", "off", "--ready-file", ready)
-	var stderr syncBuffer
-	rec.Stderr = &stderr
-	if err := rec.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rec.Process.Kill(); rec.Wait() })
-	waitFile(t, ready, 30*time.Second)
-
-	ln := ns.ListenNoAccept(t, "127.0.0.1", 8080, 4096)
-	conns := ns.ConnectMany(t, "127.0.0.1", 8080, 300)
-	time.Sleep(1500 * time.Millisecond)
-	conns.Close()
-	ln.Close()
-	time.Sleep(500 * time.Millisecond)
-	rec.Process.Signal(syscall.SIGINT)
-	if err := rec.Wait(); err != nil {
-		t.Fatalf("kdrop record: %v\n%s", err, stderr.String())
-	}
-
-	html := filepath.Join(dir, "incident.html")
-	out, err := exec.Command(kdropBin, "report", file, "--html", html, "--markdown", "-").CombinedOutput()
-	if err != nil {
-		t.Fatalf("kdrop report: %v\n%s", err, out)
-	}
-	md := string(out)
+	md, page, dir := recordAndReport(t, ns, nil, func() {
+		ln := ns.ListenNoAccept(t, "127.0.0.1", 8080, 4096)
+		conns := ns.ConnectMany(t, "127.0.0.1", 8080, 300)
+		time.Sleep(1500 * time.Millisecond)
+		conns.Close()
+		ln.Close()
+		time.Sleep(500 * time.Millisecond)
+	})
 	for _, want := range []string{"somaxconn", "128", "backlog", "securityContext", "tuning"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q:\n%s", want, md)
 		}
 	}
-	if b, err := os.ReadFile(html); err != nil || !strings.Contains(string(b), "<svg") {
-		t.Errorf("HTML report missing or without its chart: %v", err)
+	if !strings.Contains(page, "<svg") {
+		t.Errorf("HTML report without its chart")
 	}
 	// A bad file gets a clear error.
 	os.WriteFile(filepath.Join(dir, "bad"), []byte("not gzip"), 0o644)
@@ -74,15 +54,8 @@ func TestRecordDiskFull(t *testing.T) {
 		t.Fatalf("mounting a small tmpfs: %v %s", err, out)
 	}
 	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
-	file, ready := filepath.Join(dir, "incident.jsonl.gz"), filepath.Join(t.TempDir(), "ready")
-	rec := exec.Command(kdropBin, "record", "-o", file, "--netns", "/run/netns/"+ns.Name, "--identity", "off", "--rate-limit", "0", "--ready-file", ready)
-	var stderr syncBuffer
-	rec.Stderr = &stderr
-	if err := rec.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rec.Process.Kill(); rec.Wait() })
-	waitFile(t, ready, 30*time.Second)
+	file := filepath.Join(dir, "incident.jsonl.gz")
+	rec, stderr := startRecord(t, ns, file, "--rate-limit", "0")
 	ports := make([]int, 4096)
 	for i := range ports {
 		ports[i] = 10000 + i
@@ -146,36 +119,13 @@ func TestRecordAndReportRules(t *testing.T) {
 	in(`nft add table ip6 kd6 && nft add chain ip6 kd6 in '{ type filter hook input priority 10; }' && ` +
 		`nft add rule ip6 kd6 in udp dport 9004 counter reject with icmpv6 admin-prohibited comment '"v6 reject"'`)
 	in(`iptables-legacy -A INPUT -p udp --dport 9003 -m comment --comment "legacy rule" -j DROP`)
-	dir := t.TempDir()
-	file, ready := filepath.Join(dir, "incident.jsonl.gz"), filepath.Join(dir, "ready")
-	rec := exec.Command(kdropBin, "record", "-o", file, "--netns", "/run/netns/"+ns.Name, "--identity", "off",
-		"--reason", "NETFILTER_DROP", "--ready-file", ready)
-	var stderr syncBuffer
-	rec.Stderr = &stderr
-	if err := rec.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rec.Process.Kill(); rec.Wait() })
-	waitFile(t, ready, 30*time.Second)
-	for _, port := range []int{9001, 9002, 9003} {
-		ns.SendUDP(t, "127.0.0.1", port, 5)
-	}
-	ns.SendUDP(t, "::1", 9004, 5)
-	time.Sleep(3 * time.Second) // each drop's line waits for its rule (up to 2 s)
-	rec.Process.Signal(syscall.SIGINT)
-	if err := rec.Wait(); err != nil {
-		t.Fatalf("kdrop record: %v\n%s", err, stderr.String())
-	}
-	html := filepath.Join(dir, "incident.html")
-	out, err := exec.Command(kdropBin, "report", file, "--html", html, "--markdown", "-").CombinedOutput()
-	if err != nil {
-		t.Fatalf("kdrop report: %v\n%s", err, out)
-	}
-	md := string(out)
-	page, err := os.ReadFile(html)
-	if err != nil {
-		t.Fatal(err)
-	}
+	md, page, _ := recordAndReport(t, ns, []string{"--reason", "NETFILTER_DROP"}, func() {
+		for _, port := range []int{9001, 9002, 9003} {
+			ns.SendUDP(t, "127.0.0.1", port, 5)
+		}
+		ns.SendUDP(t, "::1", 9004, 5)
+		time.Sleep(3 * time.Second) // each drop's line waits for its rule (up to 2 s)
+	})
 	for _, want := range []string{
 		`ip filter/INPUT#`, `DROP "a1 udp drop" dropped 5 packets`, "`nft -a list chain ip filter INPUT`", "`iptables-save -t filter | grep -n -- 'a1 udp drop'`",
 		`ip kd/in#`, `REJECT icmp-host-unreachable "nth drop"`, "`nft -a list chain ip kd in`",
@@ -191,8 +141,49 @@ func TestRecordAndReportRules(t *testing.T) {
 		t.Errorf("a native nft table's rule is offered to iptables-save:\n%s", md)
 	}
 	for _, c := range []string{"a1 udp drop", "nth drop", "v6 reject", "legacy rule"} {
-		if !strings.Contains(string(page), c) {
+		if !strings.Contains(page, c) {
 			t.Errorf("the HTML lacks %q", c)
 		}
 	}
+}
+
+// recordAndReport runs kdrop record on ns's namespace (with args) while
+// traffic runs, stops it, and returns kdrop report's Markdown and HTML,
+// and the directory holding the recording.
+func recordAndReport(t *testing.T, ns *nstest.NS, args []string, traffic func()) (md, page, dir string) {
+	t.Helper()
+	dir = t.TempDir()
+	file := filepath.Join(dir, "incident.jsonl.gz")
+	rec, stderr := startRecord(t, ns, file, args...)
+	traffic()
+	rec.Process.Signal(syscall.SIGINT)
+	if err := rec.Wait(); err != nil {
+		t.Fatalf("kdrop record: %v\n%s", err, stderr.String())
+	}
+	html := filepath.Join(dir, "incident.html")
+	out, err := exec.Command(kdropBin, "report", file, "--html", html, "--markdown", "-").CombinedOutput()
+	if err != nil {
+		t.Fatalf("kdrop report: %v\n%s", err, out)
+	}
+	b, err := os.ReadFile(html)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(out), string(b), dir
+}
+
+// startRecord starts kdrop record of ns's namespace into file, with args,
+// and returns once it traces.
+func startRecord(t *testing.T, ns *nstest.NS, file string, args ...string) (*exec.Cmd, *syncBuffer) {
+	t.Helper()
+	ready := filepath.Join(t.TempDir(), "ready")
+	rec := exec.Command(kdropBin, append([]string{"record", "-o", file, "--netns", "/run/netns/" + ns.Name, "--identity", "off", "--ready-file", ready}, args...)...)
+	stderr := &syncBuffer{}
+	rec.Stderr = stderr
+	if err := rec.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rec.Process.Kill(); rec.Wait() })
+	waitFile(t, ready, 30*time.Second)
+	return rec, stderr
 }

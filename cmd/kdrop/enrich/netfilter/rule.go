@@ -147,6 +147,20 @@ type Ref struct {
 	Packets uint64
 }
 
+// VerdictKind is what a verdict (Ref.Verdict) does, in one word: "drop",
+// "reject", "policy" (a chain's drop policy), or "unknown".
+func VerdictKind(v string) string {
+	switch {
+	case strings.HasSuffix(v, "(policy)"):
+		return "policy"
+	case strings.HasPrefix(v, "REJECT"):
+		return "reject"
+	case strings.HasPrefix(v, "DROP"):
+		return "drop"
+	}
+	return "unknown"
+}
+
 // Known says whether r names a rule (or candidates).
 func (r *Rule) Known() bool { return r != nil && r.Unknown == "" }
 

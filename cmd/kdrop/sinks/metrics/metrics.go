@@ -171,28 +171,15 @@ func ruleKind(r *netfilter.Rule) (backend, verdict string) {
 		backend = "unknown"
 	}
 	if len(r.Candidates) == 0 {
-		return backend, verdictKind(r.Verdict)
+		return backend, netfilter.VerdictKind(r.Verdict)
 	}
-	verdict = verdictKind(r.Candidates[0].Verdict)
+	verdict = netfilter.VerdictKind(r.Candidates[0].Verdict)
 	for _, c := range r.Candidates[1:] {
-		if verdictKind(c.Verdict) != verdict {
+		if netfilter.VerdictKind(c.Verdict) != verdict {
 			return backend, "mixed"
 		}
 	}
 	return backend, verdict
-}
-
-// verdictKind: drop, reject, policy (a chain's drop policy) or unknown.
-func verdictKind(v string) string {
-	switch {
-	case strings.HasSuffix(v, "(policy)"):
-		return "policy"
-	case strings.HasPrefix(v, "REJECT"):
-		return "reject"
-	case strings.HasPrefix(v, "DROP"):
-		return "drop"
-	}
-	return "unknown"
 }
 
 // eventCounter is a counter vector (kdrop_events_total,

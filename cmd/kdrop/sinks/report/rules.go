@@ -144,12 +144,13 @@ func (r Ref) where() string {
 
 // verdictWords says what the sender of a packet a verdict dropped sees.
 func verdictWords(v string) string {
-	switch {
-	case strings.HasPrefix(v, "REJECT tcp-reset"):
-		return "The sender gets a TCP reset (\"Connection refused\")."
-	case strings.HasPrefix(v, "REJECT"):
+	switch netfilter.VerdictKind(v) {
+	case "reject":
+		if strings.HasSuffix(v, "tcp-reset") {
+			return "The sender gets a TCP reset (\"Connection refused\")."
+		}
 		return "The sender gets an ICMP error at once (\"Connection refused\", \"No route to host\" or \"Permission denied\")."
-	case strings.HasPrefix(v, "DROP"):
+	case "drop", "policy":
 		return "The sender gets no answer: its connection attempts time out."
 	}
 	return ""
