@@ -200,7 +200,7 @@ func (g *group) add(f *Flow) {
 	g.sources.add(workload(f.SrcK8s, f.Src), f.Count)
 	g.senders.add(actor(f), f.Count)
 	g.what.add(f.series, f.Count)
-	if f.Rule.Table != "" {
+	if f.Rule != nil && f.Rule.Table != "" {
 		if g.rules == nil {
 			g.rules = counter{}
 		}
@@ -940,7 +940,7 @@ func (a *analysis) netfilterFindings() {
 		if f.Location != "" {
 			e.locations.add(f.Location, f.Count)
 		}
-		if f.Rule.Unknown != "" {
+		if f.Rule != nil && f.Rule.Unknown != "" {
 			e.unknown.add(f.Rule.Unknown, f.Count)
 		}
 		e.dstPods.add(shortPod(f.DstK8s, f.Dst), f.Count)

@@ -44,6 +44,7 @@ type Incident struct {
 	perSecond             map[slotKey]uint64 // occurrences per series and second
 	unslotted             uint64             // occurrences past maxSlots, in no timeline slot
 	droppedIDs            int                // identities past maxIdentities, left out
+	droppedRules          int                // rules past maxRules, left out
 	// Folded counts the event lines whose flow came past MaxFlows and was
 	// kept by kind only (type, node, reason or ICMP error or queue).
 	Folded int
@@ -136,8 +137,9 @@ type FlowID struct {
 	// dropped it (the line's rule.k8s), checked; zero when none.
 	Meaning Meaning
 	// Rule is the netfilter rule that dropped it (the line's rule),
-	// checked; zero when none.
-	Rule RuleRef
+	// checked; nil when none. Equal rules share one value (parser.rule),
+	// so FlowID compares them by pointer.
+	Rule *RuleRef
 }
 
 // Meaning is a drop rule's Kubernetes meaning as a report keeps it (see
@@ -236,7 +238,7 @@ func (rec *Incident) Total() uint64 {
 // A file cut off mid-way (the recorder was killed) is read up to its last
 // whole line.
 func Read(r io.Reader) (*Incident, error) {
-	p := parser{rec: &Incident{perSecond: map[slotKey]uint64{}}, flow: map[FlowID]*Flow{}, clean: map[*K8s]*K8s{}, series: map[string]struct{}{}, checks: map[checkKey]string{}}
+	p := parser{rec: &Incident{perSecond: map[slotKey]uint64{}}, flow: map[FlowID]*Flow{}, clean: map[*K8s]*K8s{}, series: map[string]struct{}{}, checks: map[checkKey]string{}, rules: map[RuleRef]*RuleRef{}}
 	sc, err := recording.Scan(r, p.line)
 	if err != nil {
 		return nil, err
@@ -258,6 +260,7 @@ type parser struct {
 	clean      map[*K8s]*K8s // decoded identity → checked one (untrusted.go)
 	series     map[string]struct{}
 	checks     map[checkKey]string // check's answers
+	rules      map[RuleRef]*RuleRef
 }
 
 // What an event line's strings are checked as.
@@ -330,6 +333,9 @@ const (
 	// maxIdentities bounds the distinct identities kept; further ones are
 	// left out of the flows they come with.
 	maxIdentities = 20_000
+	// maxRules bounds the distinct netfilter rules (with their
+	// candidates) kept; further ones are left out of their flows.
+	maxRules = 20_000
 	// maxKeptSeries bounds the timeline's series (drop reasons, queues, ICMP
 	// errors); the rest are one "other" series.
 	maxKeptSeries = 200
@@ -442,7 +448,7 @@ func (p *parser) event(e *line.Event) {
 		}
 		if e.Rule != nil {
 			id.Meaning = cleanMeaning(e.Rule.K8s)
-			id.Rule = p.cleanRule(e.Rule)
+			id.Rule = p.rule(e.Rule)
 		}
 	case tracer.Unreachable:
 		id.ICMP, id.ICMPType, id.ICMPCode = e.What(), e.ICMPType, e.ICMPCode
@@ -519,6 +525,9 @@ func (p *parser) finish() {
 	rec := p.rec
 	if rec.Folded > 0 {
 		rec.Notes = append(rec.Notes, fmt.Sprintf("the recording holds more than %d distinct flows: %d event lines past that were counted by kind only, without addresses, ports or pods", MaxFlows, rec.Folded))
+	}
+	if rec.droppedRules > 0 {
+		rec.Notes = append(rec.Notes, fmt.Sprintf("the recording names more than %d distinct netfilter rules: %d events past that are shown without their rule", maxRules, rec.droppedRules))
 	}
 	if rec.droppedIDs > 0 {
 		rec.Notes = append(rec.Notes, fmt.Sprintf("the recording names more than %d distinct pods, Services or nodes: %d events past that are shown without their names", maxIdentities, rec.droppedIDs))

@@ -69,6 +69,21 @@ func isComment(s string) bool {
 	return true
 }
 
+// rule is the checked, shared copy of a line's rule object: one value per
+// distinct rule, at most maxRules (a rule past them is left out, counted).
+func (p *parser) rule(r *netfilter.Rule) *RuleRef {
+	c := p.cleanRule(r)
+	if k, ok := p.rules[c]; ok {
+		return k
+	}
+	if len(p.rules) >= maxRules {
+		p.rec.droppedRules++
+		return nil
+	}
+	p.rules[c] = &c
+	return &c
+}
+
 // cleanRule checks a line's rule object (see RuleRef); the parser's check
 // remembers each string's answer.
 func (p *parser) cleanRule(r *netfilter.Rule) RuleRef {
@@ -234,15 +249,15 @@ func (a *analysis) ruleFindings() {
 	hows := map[*group]counter{}
 	where := map[*group]counter{} // the network namespaces it dropped in
 	for _, f := range a.rec.Flows {
-		if a.used[f] || f.Type != "drop" || !f.Rule.known() {
+		if a.used[f] || f.Type != "drop" || f.Rule == nil || !f.Rule.known() {
 			continue
 		}
-		key := f.Rule
+		key := *f.Rule
 		key.How = "" // one finding per rule, however it was named
 		g := gs.get(fmt.Sprintf("%+v", key))
 		g.add(f)
 		if _, ok := rule[g]; !ok {
-			rule[g], flows[g], hows[g], where[g] = f.Rule, counter{}, counter{}, counter{}
+			rule[g], flows[g], hows[g], where[g] = *f.Rule, counter{}, counter{}, counter{}
 		}
 		where[g].add(netnsWords(f), f.Count)
 		flows[g].add(flowWords(f), f.Count)

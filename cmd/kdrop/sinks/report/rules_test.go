@@ -122,3 +122,24 @@ func TestRuleFindings(t *testing.T) {
 	checkMarkdown(t, md.String(), []string{hostile.Chain, hostile.Comment})
 	checkHTML(t, page, []string{hostile.Chain, hostile.Comment})
 }
+
+// A recording naming more distinct rules than a report keeps: the rules
+// past maxRules are left out of their flows, said in a note, counts exact;
+// the findings stay a page.
+func TestManyRulesBounded(t *testing.T) {
+	lines := []string{header}
+	const n = maxRules + 10
+	for i := range n {
+		r := &netfilter.Rule{Backend: netfilter.BackendNftables, How: netfilter.HowCounter,
+			Ref: netfilter.Ref{Family: "ip", Table: "filter", Chain: "INPUT", Handle: uint64(i + 1), Verdict: "DROP"}}
+		lines = append(lines, nfDrop(float64(i%60), 1, "10.0.0.2:4000", "10.0.0.1:9999", r))
+	}
+	rec := read(t, lines...)
+	if rec.Total() != n {
+		t.Errorf("total %d, want %d", rec.Total(), n)
+	}
+	wantAll(t, "notes", strings.Join(rec.Notes, "\n"), "more than 20000 distinct netfilter rules: 10 events past that are shown without their rule")
+	if got := len(findKind(rec.Findings(), "netfilter-rule")); got == 0 || got > MaxFindings {
+		t.Errorf("%d rule findings, want 1 to %d", got, MaxFindings)
+	}
+}
