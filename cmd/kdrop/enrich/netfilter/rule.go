@@ -140,7 +140,9 @@ type Ref struct {
 	// made valid UTF-8.
 	Comment string
 	// Verdict is "DROP", "REJECT <with>" (e.g. "REJECT tcp-reset",
-	// "REJECT icmp-port-unreachable") or "DROP (policy)".
+	// "REJECT icmp-port-unreachable"; a native nft reject's code as nft
+	// names it in the family: "REJECT icmpv6-admin-prohibited") or
+	// "DROP (policy)".
 	Verdict string
 	// Packets is how many packets the rule's counter moved by over the
 	// interval(s) the event covers: packets, 0 without a counter.
