@@ -194,16 +194,25 @@ func (r Ref) showCommand(backend string) string {
 	return fmt.Sprintf("nft -a list chain %s %s %s", r.Family, r.Table, r.Chain)
 }
 
-// grepCommand finds an iptables-nft rule by its comment, for a rule in an
-// ip or ip6 table with a comment a shell takes as it is; "" otherwise.
+// grepCommand finds an iptables rule by its comment (iptables-nft's, or
+// iptables-legacy's, by position), for a rule in an ip or ip6 table of
+// iptables with a comment a shell takes as it is; "" otherwise.
 func (r Ref) grepCommand(backend string) string {
-	if backend != netfilter.BackendNftables || (r.Family != "ip" && r.Family != "ip6") || !iptablesTables[r.Table] ||
+	if (r.Family != "ip" && r.Family != "ip6") || !iptablesTables[r.Table] ||
 		!grepSafeRE.MatchString(r.Comment) || strings.HasPrefix(r.Comment, "-") {
 		return ""
 	}
-	save := "iptables-save"
+	save := "iptables"
 	if r.Family == "ip6" {
-		save = "ip6tables-save"
+		save = "ip6tables"
+	}
+	switch {
+	case r.Position > 0:
+		save += "-legacy-save"
+	case backend == netfilter.BackendNftables:
+		save += "-save"
+	default:
+		return ""
 	}
 	return fmt.Sprintf("%s -t %s | grep -n -- '%s'", save, r.Table, r.Comment)
 }
@@ -313,7 +322,9 @@ func (a *analysis) ruleFindings() {
 			default:
 				line += ", the chain's policy."
 			}
-			if grep := ref.grepCommand(r.Backend); grep != "" {
+			if grep := ref.grepCommand(r.Backend); grep != "" && ref.Position > 0 {
+				line += fmt.Sprintf(" By its comment: `%s`.", grep)
+			} else if grep != "" {
 				line += fmt.Sprintf(" Written with iptables-nft: `%s`.", grep)
 			}
 			fix = append(fix, line)

@@ -84,7 +84,8 @@ func TestRuleFindings(t *testing.T) {
 		t.Errorf("an inet table's rule is no iptables-nft rule:\n%s", f.Fix)
 	}
 	f = byTitle(`ip6 filter/KDROP:3 REJECT icmp6-port-unreachable "legacy rule"`)
-	wantAll(t, "legacy", f.Detail+f.Fix, "rule 3 of chain KDROP in table ip6 filter (iptables-legacy; verdict REJECT icmp6-port-unreachable", "ICMP error", "`ip6tables-legacy -t filter -S KDROP 3`")
+	wantAll(t, "legacy", f.Detail+f.Fix, "rule 3 of chain KDROP in table ip6 filter (iptables-legacy; verdict REJECT icmp6-port-unreachable", "ICMP error", "`ip6tables-legacy -t filter -S KDROP 3`",
+		"`ip6tables-legacy-save -t filter | grep -n -- 'legacy rule'`")
 
 	f = byTitle("One of 2 netfilter rules")
 	wantAll(t, "ambiguous", f.Detail+f.Fix, `ip filter/FORWARD#21 DROP`, `ip filter/INPUT#20 DROP "first"`, "could not tell which",
