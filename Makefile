@@ -33,7 +33,7 @@ PKGS_GENERATE := clang-16 llvm-16 libbpf-dev
 PKGS_HOST     := iproute2 iptables nftables bpftool kmod util-linux
 PKGS_VM       := $(PKGS_HOST) qemu-system-x86 busybox-static cpio zstd xz-utils
 PKGS_K8S      := $(PKGS_HOST) etcd-server prometheus chromium
-PKGS_CLUSTER  := $(PKGS_HOST) containerd runc containernetworking-plugins conntrack
+PKGS_CLUSTER  := $(PKGS_HOST) containerd runc containernetworking-plugins conntrack ipset
 APT_PACKAGES  := $(sort $(PKGS_GENERATE) $(PKGS_VM) $(PKGS_K8S) $(PKGS_CLUSTER))
 
 # $(call apt_need,PACKAGES): install those of PACKAGES that are missing.
@@ -45,7 +45,7 @@ define apt_need
 	fi
 endef
 
-.PHONY: help deps deps-generate deps-host deps-vm deps-k8s deps-cluster tracefs check-clang generate check-generate monitoring check-monitoring vmlinux-h build install run check test test-fuzz fuzz test-host test-kernels test-k8s bench kube-bins kernels helm image clean \
+.PHONY: help deps deps-generate deps-host deps-vm deps-k8s deps-cluster tracefs check-clang generate check-generate monitoring check-monitoring vmlinux-h build install run check test test-fuzz fuzz test-host test-kernels test-k8s bench kube-bins kube-router kernels helm image clean \
         cluster-images cluster-up cluster-down test-cluster
 
 help: ## show this help
@@ -124,7 +124,7 @@ test: check-generate check-monitoring test-fuzz test-host test-kernels test-k8s 
 
 test-host: deps-host ## tracer and netfilter-rule tests on this machine's kernel, and the setup's, with the race detector
 	$(GO) vet ./...
-	$(GO) test -race -count=1 ./tracer/... ./cmd/kdrop/enrich/netfilter/ ./setup/
+	$(GO) test -race -count=1 ./tracer/... ./cmd/kdrop/enrich/netfilter/ ./cmd/kdrop/enrich/conntrack/ ./setup/
 
 # Go fuzz targets of everything that parses input: package:target.
 FUZZ_TARGETS := ./cmd/kdrop/line:FuzzDecode ./cmd/kdrop/sinks/recording:FuzzScan ./cmd/kdrop/sinks/report:FuzzReport \
@@ -167,9 +167,25 @@ test-kernels: kernels ## the tracer and netfilter-rule tests inside QEMU VMs, on
 kube-bins: ## build kube-apiserver, kubectl & co. from the Go module proxy (cached)
 	deploy/kube/build.sh $(KDROP_CACHE)/kube/bin
 
-# A real single-node cluster (containerd, kubelet, kube-proxy, ...) on this
-# machine for end-to-end tests; deploy/cluster/README.md says what it changes.
-CLUSTER_ENV := KDROP_CLUSTER_HOME=$(KDROP_CACHE)/cluster KDROP_KUBE_BIN=$(KDROP_CACHE)/kube/bin GO=$(GO)
+# kube-router is the test cluster's NetworkPolicy engine (its firewall
+# controller alone, started by `deploy/cluster/cluster.sh kube-router start`
+# for the tests that need one): a TEST FIXTURE ONLY. The only version the module proxy serves has reported security
+# flaws; it runs inside the local test cluster alone and is never shipped,
+# deployed by deploy/, or suggested to users. Built once per version into
+# the cache (~4 min, ~60 MB); kube-router has no replace directives, so its
+# go.sum and the checksum database pin what is built.
+KUBE_ROUTER_VERSION := v2.1.0
+KUBE_ROUTER         := $(KDROP_CACHE)/kube-router/$(KUBE_ROUTER_VERSION)/kube-router
+kube-router: $(KUBE_ROUTER) ## build the test cluster's NetworkPolicy engine (kube-router, a test fixture only) from the Go module proxy (cached)
+$(KUBE_ROUTER):
+	cd / && GOBIN=$(@D) GOTOOLCHAIN=local GOFLAGS=-buildvcs=false CGO_ENABLED=0 $(GO) install -trimpath \
+		-ldflags "-s -w -X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$(KUBE_ROUTER_VERSION)" \
+		github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@$(KUBE_ROUTER_VERSION)
+
+# A real single-node cluster (containerd, kubelet, kube-proxy, ...; on
+# demand kube-router's firewall) on this machine for end-to-end tests;
+# deploy/cluster/README.md says what it changes.
+CLUSTER_ENV := KDROP_CLUSTER_HOME=$(KDROP_CACHE)/cluster KDROP_KUBE_BIN=$(KDROP_CACHE)/kube/bin KDROP_KUBE_ROUTER=$(KUBE_ROUTER) GO=$(GO)
 
 cluster-images: ## build the test cluster's pause and busybox images into .cache/cluster/images
 	$(CLUSTER_ENV) deploy/cluster/cluster.sh images
@@ -180,7 +196,7 @@ cluster-up: deps-cluster kube-bins cluster-images ## start a real single-node Ku
 cluster-down: ## stop the test cluster and undo its changes to the host
 	$(CLUSTER_ENV) deploy/cluster/cluster.sh down
 
-test-cluster: deps-cluster kube-bins helm cluster-images ## kdrop deployed from deploy/ in a real local cluster, diagnosing the incidents end to end (brings the cluster up and down)
+test-cluster: deps-cluster kube-bins kube-router helm cluster-images ## kdrop deployed from deploy/ in a real local cluster, diagnosing the incidents end to end (brings the cluster up and down)
 	$(CLUSTER_ENV) KDROP_HELM=$(KDROP_CACHE)/bin/helm $(GO) test -count=1 -v -timeout 30m ./deploy/e2e/ 2>&1 \
 		| tee $(KDROP_CACHE)/e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|KDROP-E2E|_test.go'; \
 		test $${PIPESTATUS[0]} -eq 0 || { echo "FAIL: full log in $(KDROP_CACHE)/e2e.log"; exit 1; }
@@ -188,8 +204,8 @@ test-cluster: deps-cluster kube-bins helm cluster-images ## kdrop deployed from 
 helm: ## build a pinned helm from the Go module proxy into the cache (for the chart's tests)
 	deploy/helm/install-helm.sh $(KDROP_CACHE)/bin
 
-test-k8s: deps-k8s kube-bins helm ## identity, CLI, agent and deploy/ tests against a real kube-apiserver + etcd, with the race detector
-	KDROP_KUBE_BIN=$(KDROP_CACHE)/kube/bin KDROP_HELM=$(KDROP_CACHE)/bin/helm \
+test-k8s: deps-k8s kube-bins kube-router helm ## identity, CLI, agent and deploy/ tests against a real kube-apiserver + etcd (and kube-router's firewall), with the race detector
+	KDROP_KUBE_BIN=$(KDROP_CACHE)/kube/bin KDROP_KUBE_ROUTER=$(KUBE_ROUTER) KDROP_HELM=$(KDROP_CACHE)/bin/helm \
 		$(GO) test -race -count=1 -timeout 30m ./k8s/... ./cmd/... ./deploy/ ./deploy/monitoring/... ./deploy/cluster/...
 
 # The tag deploy/ names, so `kubectl apply -k deploy/kustomize` runs this

@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 )
 
@@ -171,6 +172,24 @@ func TestIdentity(t *testing.T) {
 			t.Fatal("no ClusterIP allocated")
 		}
 		eventually(t, 10*time.Second, resolvesTo(r, svc.Spec.ClusterIP, 80, KindService, "svc", "web"))
+		// By name too, as kube-proxy's rules name it: with its UID, which
+		// Kubernetes Events about it need, and no ready endpoint yet.
+		byName := func(name string, uid types.UID, ready int) func() string {
+			return func() string {
+				ep, ok := r.LookupService("svc", name)
+				if uid == "" {
+					if ok {
+						return "still found: " + describe(ep)
+					}
+					return ""
+				}
+				if !ok || ep.Kind != KindService || ep.UID != string(uid) || ep.ReadyEndpoints != ready || ep.Unresolved {
+					return fmt.Sprintf("LookupService(svc, %s) = %s uid %s ready %d, %v; want uid %s ready %d", name, describe(ep), ep.UID, ep.ReadyEndpoints, ok, uid, ready)
+				}
+				return ""
+			}
+		}
+		eventually(t, 10*time.Second, byName("web", svc.UID, 0))
 
 		// As the EndpointSlice controller would write it.
 		_, err = it.admin.DiscoveryV1().EndpointSlices("svc").Create(ctx, &discoveryv1.EndpointSlice{
@@ -209,6 +228,21 @@ func TestIdentity(t *testing.T) {
 			}
 			return ""
 		})
+		eventually(t, 10*time.Second, byName("web", svc.UID, 1))
+		eventually(t, 10*time.Second, byName("web-metrics", other.UID, 1)) // no ready condition: ready, as the API says
+		// A headless Service has no IP, and a name.
+		headless, err := it.admin.CoreV1().Services("svc").Create(ctx, &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Name: "web-headless"},
+			Spec:       corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone, Ports: []corev1.ServicePort{{Port: 80}}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 10*time.Second, byName("web-headless", headless.UID, 0))
+		if err := it.admin.CoreV1().Services("svc").Delete(ctx, "web-metrics", metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 10*time.Second, byName("web-metrics", "", 0))
 	})
 
 	t.Run("DeletedAndReusedIP", func(t *testing.T) {

@@ -14,6 +14,7 @@ import (
 type snapshot struct {
 	ips  map[netip.Addr]*ipEntry
 	uids map[string]*Endpoint // pod UID, and static pods' config hash → identity
+	svcs map[nsName]*Endpoint // every Service (headless and ExternalName too) by namespace and name
 	dead map[string]*tomb     // UIDs of recently deleted pods (netns lookups)
 
 	built    time.Time
@@ -127,6 +128,7 @@ func podEndpoint(p *podInfo, rss, jobs map[nsName]*ownerInfo) Endpoint {
 		HostNetwork: p.hostNetwork,
 		Labels:      p.labels,
 		NamedPorts:  p.namedPorts,
+		Probes:      p.probes,
 	}
 	ep.WorkloadKind, ep.WorkloadName = workload(p, rss, jobs)
 	return ep
@@ -219,6 +221,7 @@ func buildSnapshot(in buildInput, now time.Time) *snapshot {
 	s := &snapshot{
 		ips:      make(map[netip.Addr]*ipEntry, nIPs+len(in.tombs)),
 		uids:     make(map[string]*Endpoint, len(in.pods)),
+		svcs:     make(map[nsName]*Endpoint, len(in.services)),
 		dead:     in.deadUIDs,
 		built:    now,
 		pods:     len(in.pods),
@@ -290,13 +293,16 @@ func buildSnapshot(in buildInput, now time.Time) *snapshot {
 		}
 	}
 
-	for _, svc := range in.services {
+	svcEps := make([]Endpoint, len(in.services))
+	for i, svc := range in.services {
+		k := nsName{svc.Namespace, svc.Name}
+		svcEps[i] = Endpoint{Kind: KindService, Namespace: svc.Namespace, Name: svc.Name, UID: string(svc.UID), ReadyEndpoints: svcIdx.ready[k]}
+		s.svcs[k] = &svcEps[i]
 		for _, ip := range svc.ips {
 			if _, taken := s.ips[ip]; taken {
 				continue
 			}
-			s.ips[ip] = newEntry(Endpoint{Kind: KindService, Namespace: svc.Namespace, Name: svc.Name, UID: string(svc.UID),
-				ReadyEndpoints: svcIdx.ready[nsName{svc.Namespace, svc.Name}]})
+			s.ips[ip] = newEntry(svcEps[i])
 		}
 	}
 

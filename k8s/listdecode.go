@@ -327,7 +327,7 @@ func (p *podInfo) DeepCopyObject() runtime.Object {
 	c := *p
 	p.ObjectMeta.DeepCopyInto(&c.ObjectMeta)
 	c.ips, c.hostIPs, c.ports = slices.Clone(p.ips), slices.Clone(p.hostIPs), slices.Clone(p.ports)
-	c.labels, c.namedPorts = maps.Clone(p.labels), slices.Clone(p.namedPorts)
+	c.labels, c.namedPorts, c.probes = maps.Clone(p.labels), slices.Clone(p.namedPorts), slices.Clone(p.probes)
 	return &c
 }
 

@@ -62,6 +62,9 @@ type podInfo struct {
 	// Label strings are interned (unique): pods of one workload share them.
 	labels     map[string]string
 	namedPorts []NamedPort
+	// probes are the kubelet's probes that connect to the pod's IP, one
+	// per port (not kept for hostNetwork pods: those go to the node).
+	probes []Probe
 }
 
 // NamedPort is a pod's container port that has a name: what a
@@ -190,6 +193,7 @@ func transformPod(obj any) (any, error) {
 	} else {
 		info.labels = internLabels(p.Labels)
 		info.namedPorts = namedPorts(p)
+		info.probes = probesOf(p)
 	}
 	return info, nil
 }

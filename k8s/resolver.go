@@ -16,6 +16,7 @@
 // are coalesced (debounce, and at least ten times the last build's duration
 // between builds). LookupIP loads the pointer and reads plain maps: no lock,
 // no allocation on a hit, never waiting for the API server or a writer.
+// LookupService reads the same index by a Service's namespace and name.
 //
 // Workloads. ReplicaSet → Deployment comes from the ReplicaSet informer, which
 // is exact (Argo Rollouts and bare ReplicaSets included) and cheap once
@@ -102,6 +103,10 @@ type Endpoint struct {
 	// index: read them, do not modify them.
 	Labels     map[string]string
 	NamedPorts []NamedPort
+	// Probes are a pod's ports the kubelet probes from the node, one per
+	// port, sorted by port (ProbeOn finds one); nil for a hostNetwork pod
+	// and for other kinds. Shared with the index: read, do not modify.
+	Probes []Probe
 	// ReadyEndpoints, for a Service: how many ready endpoints its
 	// EndpointSlices list (0: kube-proxy rejects or drops its traffic;
 	// -1: unknown, from a line that did not say).
@@ -156,7 +161,7 @@ type Resolver struct {
 	informers                         []*informer
 	pods, svcs, slices, rss, jobs     cache.SharedIndexInformer
 	nss, netpols                      cache.SharedIndexInformer
-	policyGen                         atomic.Uint64 // NetworkPolicy adds, updates and deletes seen
+	policies                          *policyHistory
 	dirty                             chan struct{}
 	changes, built                    atomic.Uint64 // markDirty calls; the count the last rebuild covered
 	buildMu                           sync.Mutex
@@ -224,6 +229,7 @@ func newResolver(cfg Config, log *zap.Logger) *Resolver {
 		tombs:               newTombstones(cfg.DeletedWindow),
 		netns:               newNetnsCache(cfg.ProcRoot, log),
 		window:              cfg.DeletedWindow,
+		policies:            newPolicyHistory(cfg.DeletedWindow),
 		dirty:               make(chan struct{}, 1),
 		debounce:            50 * time.Millisecond,
 		syncedCh:            make(chan struct{}),
@@ -367,48 +373,41 @@ func (r *Resolver) setupInformers() {
 		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			return c.CoreV1().Namespaces().Watch(ctx, o)
 		}, cache.ResourceEventHandlerFuncs{})
-	policyChanged := func() { r.policyGen.Add(1) }
 	r.netpols = r.addInformer("networkpolicies", false, &networkingv1.NetworkPolicy{}, transformNetworkPolicy,
 		lister(listKind{c.NetworkingV1().RESTClient(), "networkpolicies", "NetworkPolicyList",
 			func() protoObject { return &networkingv1.NetworkPolicy{} }, func() runtime.Object { return &networkingv1.NetworkPolicyList{} }, transformNetworkPolicy}),
 		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			return c.NetworkingV1().NetworkPolicies("").Watch(ctx, o)
-		}, cache.ResourceEventHandlerFuncs{
-			AddFunc:    func(any) { policyChanged() },
-			UpdateFunc: func(any, any) { policyChanged() },
-			DeleteFunc: func(any) { policyChanged() },
-		})
+		}, cache.ResourceEventHandlerFuncs{})
+	r.policies.reg, _ = r.netpols.AddEventHandler(r.policies.handler())
 }
 
-// NetworkPolicies returns every NetworkPolicy of the cluster as the
-// informer holds it now (name, namespace and spec only; policyTypes always
-// set), unsorted, and a generation that changes whenever a policy is
-// added, changed or deleted: a set built from the list stays right while
-// the generation does not move. synced is false until the informer's first
-// list is in — RBAC may deny networkpolicies, or the API server be out of
-// reach — and then no conclusion about isolation may be drawn from the
-// list. The policies are shared: read them, do not modify them. It never
-// calls the API server.
-func (r *Resolver) NetworkPolicies() (list []*networkingv1.NetworkPolicy, generation uint64, synced bool) {
+// NetworkPolicies returns every NetworkPolicy of the cluster in force at
+// t (zero: now) — as the informer held them then, for a t within the
+// deleted-object window (Config.DeletedWindow), else the oldest list kept
+// — sorted by namespace/name (name, namespace and spec only; policyTypes
+// always set), and a generation that changes whenever a policy is added,
+// changed or deleted: a set built from the list stays right for every t
+// that gives the same generation. synced is false until the informer's
+// first list is in — RBAC may deny networkpolicies, or the API server be
+// out of reach — and then no conclusion about isolation may be drawn from
+// the list. The policies are shared: read them, do not modify them. It
+// never calls the API server.
+func (r *Resolver) NetworkPolicies(t time.Time) (list []*networkingv1.NetworkPolicy, generation uint64, synced bool) {
 	if r.netpols == nil {
 		return nil, 0, false
 	}
-	generation = r.policyGen.Load() // before listing: a change after it moves it again
-	for _, o := range r.netpols.GetStore().List() {
-		if np, ok := o.(*networkingv1.NetworkPolicy); ok {
-			list = append(list, np)
-		}
-	}
-	return list, generation, r.netpols.HasSynced()
+	return r.policies.at(t, true)
 }
 
 // NetworkPolicyGeneration is NetworkPolicies' generation and synced,
-// without the list: a cheap check whether a set built before is current.
-func (r *Resolver) NetworkPolicyGeneration() (generation uint64, synced bool) {
+// without the list: a cheap check whether a set built before is right.
+func (r *Resolver) NetworkPolicyGeneration(t time.Time) (generation uint64, synced bool) {
 	if r.netpols == nil {
 		return 0, false
 	}
-	return r.policyGen.Load(), r.netpols.HasSynced()
+	_, generation, synced = r.policies.at(t, false)
+	return generation, synced
 }
 
 // NamespaceLabels returns namespace ns's labels (shared: do not modify).
@@ -476,7 +475,7 @@ func samePod(a, b *podInfo) bool {
 		a.templateHash == b.templateHash && a.node == b.node && a.phase == b.phase &&
 		a.ready == b.ready && a.hostNetwork == b.hostNetwork &&
 		equalAddrs(a.ips, b.ips) && equalAddrs(a.hostIPs, b.hostIPs) && equalPorts(a.ports, b.ports) &&
-		maps.Equal(a.labels, b.labels) && slices.Equal(a.namedPorts, b.namedPorts)
+		maps.Equal(a.labels, b.labels) && slices.Equal(a.namedPorts, b.namedPorts) && slices.Equal(a.probes, b.probes)
 }
 
 func equalAddrs(a, b []netip.Addr) bool {
@@ -754,6 +753,20 @@ func (r *Resolver) LookupIP(ip netip.Addr, port uint16, at time.Time) (out Endpo
 	}
 	out.Unresolved = !r.ready.Load()
 	return out
+}
+
+// LookupService resolves a Service by namespace and name, as kube-proxy's
+// rules name it: Kind KindService with its UID and ReadyEndpoints, and
+// false when the index holds no such Service (not created, deleted, or the
+// informers not synced: then Unresolved is set too). Like LookupIP it reads
+// the published index: no lock, no allocation, never the API server; the
+// index holds each Service the informer holds, once.
+func (r *Resolver) LookupService(namespace, name string) (out Endpoint, ok bool) {
+	if e := r.snap.Load().svcs[nsName{namespace, name}]; e != nil {
+		out, ok = *e, true
+	}
+	out.Unresolved = !r.ready.Load()
+	return out, ok
 }
 
 // previous lists the deleted owners in dead still within the window at the

@@ -28,6 +28,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 )
@@ -202,7 +203,7 @@ func TestTransformPolicyInputs(t *testing.T) {
 	// Without informers: no policies, not synced; a namespace's labels
 	// fall back to the one the API server sets on every namespace.
 	r := newResolver(Config{Node: "node-a"}, zap.NewNop())
-	if list, _, synced := r.NetworkPolicies(); list != nil || synced {
+	if list, _, synced := r.NetworkPolicies(time.Time{}); list != nil || synced {
 		t.Errorf("NetworkPolicies without informers: %v, synced %v", list, synced)
 	}
 	if l := r.NamespaceLabels("shop"); !reflect.DeepEqual(l, map[string]string{corev1.LabelMetadataName: "shop"}) {
@@ -882,5 +883,39 @@ func TestServiceReadyEndpoints(t *testing.T) {
 		if ep.Kind != KindService || ep.ReadyEndpoints != want {
 			t.Errorf("%s: got %+v, want a service with %d ready endpoints", ip, ep, want)
 		}
+	}
+}
+
+// Services by namespace and name, as kube-proxy's rules name them: each
+// Service the informer holds (headless too), with its UID and ready
+// endpoints; nothing else; no allocation.
+func TestLookupService(t *testing.T) {
+	in := clusterInput()
+	for _, s := range in.services {
+		s.UID = types.UID("uid-" + s.Namespace + "-" + s.Name)
+	}
+	in.slices = append(in.slices, testSlice("shop", "api", sliceEndpoint{addrs: addrs("10.0.0.8"), ready: true}, sliceEndpoint{addrs: addrs("10.0.0.9"), ready: true}))
+	r := newTestResolver(t, in)
+	for _, c := range []struct {
+		ns, name string
+		ok       bool
+		ready    int
+	}{{"shop", "api", true, 2}, {"kube-system", "metrics", true, 0}, {"shop", "headless", true, 0},
+		{"shop", "all", false, 0}, {"kube-system", "api", false, 0}, {"", "", false, 0}} {
+		ep, ok := r.LookupService(c.ns, c.name)
+		want := Endpoint{}
+		if c.ok {
+			want = Endpoint{Kind: KindService, Namespace: c.ns, Name: c.name, UID: "uid-" + c.ns + "-" + c.name, ReadyEndpoints: c.ready}
+		}
+		if ok != c.ok || !reflect.DeepEqual(ep, want) {
+			t.Errorf("LookupService(%q, %q) = %+v, %v; want %+v, %v", c.ns, c.name, ep, ok, want, c.ok)
+		}
+	}
+	if n := testing.AllocsPerRun(1000, func() { r.LookupService("shop", "api") }); n != 0 {
+		t.Errorf("LookupService: %v allocs", n)
+	}
+	r.ready.Store(false)
+	if ep, ok := r.LookupService("shop", "api"); !ok || !ep.Unresolved || ep.UID != "uid-shop-api" {
+		t.Errorf("unhealthy hit: %+v, %v", ep, ok)
 	}
 }

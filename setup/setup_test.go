@@ -62,7 +62,7 @@ func aptPackages(t *testing.T, dir, target string) []string {
 // What each target may install, from make's own dry run.
 func TestTargetsInstallWhatTheyNeed(t *testing.T) {
 	dir := clone(t)
-	for _, target := range []string{"build", "install", "run", "check", "image", "helm", "kube-bins", "monitoring", "check-monitoring"} {
+	for _, target := range []string{"build", "install", "run", "check", "image", "helm", "kube-bins", "kube-router", "monitoring", "check-monitoring"} {
 		if got := aptPackages(t, dir, target); len(got) > 0 {
 			t.Errorf("make %s installs %v: it needs only Go", target, got)
 		}
@@ -79,7 +79,7 @@ func TestTargetsInstallWhatTheyNeed(t *testing.T) {
 		{"test-kernels", append(slices.Clone(host), "busybox-static", "cpio", "qemu-system-x86", "xz-utils", "zstd"), []string{"chromium", "containerd", "etcd-server", "prometheus"}},
 		{"check-generate", []string{"clang-16", "libbpf-dev", "llvm-16"}, []string{"qemu-system-x86", "chromium", "containerd", "etcd-server", "prometheus"}},
 		{"test-k8s", append(slices.Clone(host), "chromium", "etcd-server", "prometheus"), []string{"qemu-system-x86", "containerd", "runc"}},
-		{"test-cluster", append(slices.Clone(host), "conntrack", "containerd", "containernetworking-plugins", "runc"), []string{"qemu-system-x86", "chromium"}},
+		{"test-cluster", append(slices.Clone(host), "conntrack", "containerd", "containernetworking-plugins", "ipset", "runc"), []string{"qemu-system-x86", "chromium"}},
 	} {
 		got := aptPackages(t, dir, c.target)
 		want := slices.Sorted(slices.Values(c.want))

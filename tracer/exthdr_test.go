@@ -133,30 +133,13 @@ func sendAtomicFragments(t *testing.T, src, dst netip.Addr, port uint16, n int) 
 	}
 }
 
-// udp6Checksum is UDP's checksum over the IPv6 pseudo-header (RFC 8200 8.1).
+// udp6Checksum is UDP's checksum over the IPv6 pseudo-header (RFC 8200
+// 8.1), where 0 is sent as 0xffff.
 func udp6Checksum(src, dst netip.Addr, udp []byte) uint16 {
-	var sum uint32
-	add := func(b []byte) {
-		for i := 0; i+1 < len(b); i += 2 {
-			sum += uint32(b[i])<<8 | uint32(b[i+1])
-		}
-		if len(b)%2 == 1 {
-			sum += uint32(b[len(b)-1]) << 8
-		}
+	if c := inetChecksum(src, dst, unix.IPPROTO_UDP, udp); c != 0 {
+		return c
 	}
-	s, d := src.As16(), dst.As16()
-	add(s[:])
-	add(d[:])
-	sum += uint32(len(udp)) + unix.IPPROTO_UDP
-	add(udp)
-	for sum>>16 != 0 {
-		sum = sum&0xffff + sum>>16
-	}
-	c := ^uint16(sum)
-	if c == 0 {
-		c = 0xffff
-	}
-	return c
+	return 0xffff
 }
 
 // A chain of 12 destination options headers before UDP: still parsed (up

@@ -2,14 +2,10 @@ package tracer
 
 import (
 	"bytes"
-	"errors"
-	"net/netip"
 	"os/exec"
 	"strings"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/kdrop/kdrop/tracer/nstest"
 )
@@ -27,36 +23,8 @@ func TestPMTUErrorsCarryTheMTU(t *testing.T) {
 	c := startTracer(t, Options{Filter: Filter{Netns: r.Router.Inode, Types: []EventType{Unreachable}}, RateLimit: 5})
 	before := r.Router.Counters(t)
 	const n = 20
-	payload := make([]byte, 1400-28)
-	for _, tc := range []struct {
-		dst          string
-		fam, lvl, op int
-	}{
-		{nstest.ServerIP, unix.AF_INET, unix.IPPROTO_IP, unix.IP_MTU_DISCOVER},
-		{nstest.ServerIP6, unix.AF_INET6, unix.IPPROTO_IPV6, unix.IPV6_MTU_DISCOVER},
-	} {
-		r.Client.In(t, func() {
-			fd, err := unix.Socket(tc.fam, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer unix.Close(fd)
-			// DF on every packet, whatever the path MTU learned meanwhile
-			if err := unix.SetsockoptInt(fd, tc.lvl, tc.op, unix.IP_PMTUDISC_PROBE); err != nil {
-				t.Fatal(err)
-			}
-			a := netip.MustParseAddr(tc.dst)
-			var sa unix.Sockaddr = &unix.SockaddrInet6{Addr: a.As16(), Port: 9}
-			if a.Is4() {
-				sa = &unix.SockaddrInet4{Addr: a.As4(), Port: 9}
-			}
-			for i := 0; i < n; i++ {
-				if err := unix.Sendto(fd, payload, 0, sa); err != nil && !errors.Is(err, unix.EMSGSIZE) && !errors.Is(err, unix.ECONNREFUSED) {
-					t.Fatalf("send to %s: %v", tc.dst, err)
-				}
-			}
-		})
-	}
+	r.Client.SendDF(t, nstest.ServerIP, 9, 1400, n)
+	r.Client.SendDF(t, nstest.ServerIP6, 9, 1400, n)
 	evs := c.stop(t)
 	after := r.Router.Counters(t)
 	for _, tc := range []struct {
@@ -151,20 +119,7 @@ func TestICMPErrorWhileResolvingNeighbour(t *testing.T) {
 // sent through VXLAN is one event (at the VXLAN device), not a second one
 // for the outer UDP packet, and echo replies are none.
 func TestICMPErrorThroughVXLANOnce(t *testing.T) {
-	a, b := nstest.New(t, "vxa"), nstest.New(t, "vxb")
-	nstest.Veth(t, a, "198.18.20.1/24", "", b, "198.18.20.2/24", "")
-	for _, x := range []struct {
-		ns          *nstest.NS
-		local, peer string
-		addr        string
-	}{{a, "198.18.20.1", "198.18.20.2", "198.18.21.1/24"}, {b, "198.18.20.2", "198.18.20.1", "198.18.21.2/24"}} {
-		if _, err := exec.Command("ip", "-n", x.ns.Name, "link", "add", "kdvx0", "type", "vxlan", "id", "42", "local", x.local,
-			"remote", x.peer, "dstport", "4789", "srcport", "768", "1024").CombinedOutput(); err != nil {
-			t.Skipf("no vxlan here: %v", err) // the kernel lacks the driver: the case cannot arise
-		}
-		x.ns.IP(t, "addr add "+x.addr+" dev kdvx0")
-		x.ns.IP(t, "link set kdvx0 up")
-	}
+	a, b := vxlanPair(t)
 	c := startTracer(t, Options{Filter: Filter{Types: []EventType{Unreachable}, Netns: b.Inode}})
 	before := b.Counters(t)
 	a.SendUDP(t, "198.18.21.2", 7, 4)

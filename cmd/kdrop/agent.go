@@ -79,6 +79,8 @@ pod/NAME", "kubectl get events --field-selector reason=ListenQueueOverflow"):
                        ready endpoints
   NothingListening     on the pod: packets to a port of its IP where nothing
                        listens
+  ProbeDropped         on the pod: a kubelet probe's packets dropped, reset
+                       (nothing listens on the probed port) or unreachable
 
 A series is written at most every 10 s and the node writes at most
 --k8s-events-per-minute Events a minute: occurrences meanwhile are added to
@@ -178,7 +180,11 @@ func runAgent(parent context.Context, f *agentFlags) error {
 		if err != nil {
 			return err
 		}
-		ac.Events = k8sevents.New(ecs, k8sevents.Config{Node: p.Node, PerMinute: f.eventsRate, Log: log})
+		ecfg := k8sevents.Config{Node: p.Node, PerMinute: f.eventsRate, Log: log}
+		if p.Res != nil { // a nil *k8s.Resolver in the interface would not be nil
+			ecfg.Services = p.Res
+		}
+		ac.Events = k8sevents.New(ecs, ecfg)
 	}
 	return agent.Run(ctx, p, ln, sln, ac)
 }

@@ -20,26 +20,96 @@ import (
 func TestRecordAndReportSomaxconn(t *testing.T) {
 	ns := nstest.New(t, "rec")
 	ns.Sysctl(t, "net.core.somaxconn", "128")
-	md, page, dir := recordAndReport(t, ns, nil, func() {
-		ln := ns.ListenNoAccept(t, "127.0.0.1", 8080, 4096)
-		conns := ns.ConnectMany(t, "127.0.0.1", 8080, 300)
-		time.Sleep(1500 * time.Millisecond)
-		conns.Close()
-		ln.Close()
-		time.Sleep(500 * time.Millisecond)
-	})
+	dir := t.TempDir()
+	file := filepath.Join(dir, "incident.jsonl.gz")
+	rec, stderr := startRecord(t, file, "--netns", "/run/netns/"+ns.Name)
+
+	ln := ns.ListenNoAccept(t, "127.0.0.1", 8080, 4096)
+	conns := ns.ConnectMany(t, "127.0.0.1", 8080, 300)
+	time.Sleep(1500 * time.Millisecond)
+	conns.Close()
+	ln.Close()
+	time.Sleep(500 * time.Millisecond)
+	stopRecord(t, rec, stderr)
+
+	html := filepath.Join(dir, "incident.html")
+	out, err := exec.Command(kdropBin, "report", file, "--html", html, "--markdown", "-").CombinedOutput()
+	if err != nil {
+		t.Fatalf("kdrop report: %v\n%s", err, out)
+	}
+	md := string(out)
 	for _, want := range []string{"somaxconn", "128", "backlog", "securityContext", "tuning"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q:\n%s", want, md)
 		}
 	}
-	if !strings.Contains(page, "<svg") {
-		t.Errorf("HTML report without its chart")
+	if b, err := os.ReadFile(html); err != nil || !strings.Contains(string(b), "<svg") {
+		t.Errorf("HTML report missing or without its chart: %v", err)
 	}
 	// A bad file gets a clear error.
 	os.WriteFile(filepath.Join(dir, "bad"), []byte("not gzip"), 0o644)
 	if out, err := exec.Command(kdropBin, "report", filepath.Join(dir, "bad")).CombinedOutput(); err == nil || !strings.Contains(string(out), "bad") {
 		t.Errorf("report of a bad file: err %v, %s", err, out)
+	}
+}
+
+// startRecord starts kdrop record into file (identity off, and args) and
+// waits until it traces.
+func startRecord(t *testing.T, file string, args ...string) (rec *exec.Cmd, stderr *syncBuffer) {
+	t.Helper()
+	ready := filepath.Join(t.TempDir(), "ready")
+	rec = exec.Command(kdropBin, append([]string{"record", "-o", file, "--identity", "off", "--ready-file", ready}, args...)...)
+	stderr = new(syncBuffer)
+	rec.Stderr = stderr
+	if err := rec.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rec.Process.Kill(); rec.Wait() })
+	waitFile(t, ready, 30*time.Second)
+	return rec, stderr
+}
+
+// stopRecord ends kdrop record as Ctrl-C does and fails the test unless it
+// exits cleanly.
+func stopRecord(t *testing.T, rec *exec.Cmd, stderr *syncBuffer) {
+	t.Helper()
+	rec.Process.Signal(syscall.SIGINT)
+	if err := rec.Wait(); err != nil {
+		t.Fatalf("kdrop record: %v\n%s", err, stderr.String())
+	}
+}
+
+// A path MTU black hole, recorded and reported: a router whose link to the
+// server has MTU 1280 answers the client's 1400-byte packets with
+// frag-needed / packet-too-big, and the client's firewall drops those
+// errors. The report must say which router told the client what MTU, that
+// the error was dropped at the client by that rule, and how to fix it.
+func TestRecordAndReportPMTUBlackHole(t *testing.T) {
+	r := nstest.NewRouted(t)
+	r.Router.IP(t, "link set dev "+r.RouterToServer+" mtu 1280")
+	r.Client.Sh(t, "iptables -A INPUT -p icmp --icmp-type fragmentation-needed -m comment --comment no-pmtu -j DROP")
+	r.Client.Sh(t, "ip6tables -A INPUT -p icmpv6 --icmpv6-type packet-too-big -m comment --comment no-pmtu -j DROP")
+	file := filepath.Join(t.TempDir(), "pmtu.jsonl.gz")
+	rec, stderr := startRecord(t, file, "--cidr", nstest.ClientIP, "--cidr", nstest.ClientIP6)
+	for i := 0; i < 5; i++ { // the load keeps running while kdrop names the rules
+		r.Client.SendDF(t, nstest.ServerIP, 9, 1400, 4)
+		r.Client.SendDF(t, nstest.ServerIP6, 9, 1400, 4)
+		time.Sleep(300 * time.Millisecond)
+	}
+	time.Sleep(2500 * time.Millisecond) // a drop's line waits up to 2 s for its rule
+	stopRecord(t, rec, stderr)
+	out, err := exec.Command(kdropBin, "report", file, "--markdown", "-").CombinedOutput()
+	if err != nil {
+		t.Fatalf("kdrop report: %v\n%s", err, out)
+	}
+	md := string(out)
+	for _, want := range []string{
+		"Path MTU black hole", "told " + nstest.ClientIP + " the path MTU is 1280", "told " + nstest.ClientIP6 + " the path MTU is 1280",
+		"dropped the ICMP error by rule filter/INPUT#", `DROP "no-pmtu"`, "fragmentation-needed", "clamp-mss-to-pmtu",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
+		}
 	}
 }
 
@@ -55,7 +125,7 @@ func TestRecordDiskFull(t *testing.T) {
 	}
 	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
 	file := filepath.Join(dir, "incident.jsonl.gz")
-	rec, stderr := startRecord(t, ns, file, "--rate-limit", "0")
+	rec, stderr := startRecord(t, file, "--netns", "/run/netns/"+ns.Name, "--rate-limit", "0")
 	ports := make([]int, 4096)
 	for i := range ports {
 		ports[i] = 10000 + i
@@ -119,13 +189,25 @@ func TestRecordAndReportRules(t *testing.T) {
 	in(`nft add table ip6 kd6 && nft add chain ip6 kd6 in '{ type filter hook input priority 10; }' && ` +
 		`nft add rule ip6 kd6 in udp dport 9004 counter reject with icmpv6 admin-prohibited comment '"v6 reject"'`)
 	in(`iptables-legacy -A INPUT -p udp --dport 9003 -m comment --comment "legacy rule" -j DROP`)
-	md, page, _ := recordAndReport(t, ns, []string{"--reason", "NETFILTER_DROP"}, func() {
-		for _, port := range []int{9001, 9002, 9003} {
-			ns.SendUDP(t, "127.0.0.1", port, 5)
-		}
-		ns.SendUDP(t, "::1", 9004, 5)
-		time.Sleep(3 * time.Second) // each drop's line waits for its rule (up to 2 s)
-	})
+	dir := t.TempDir()
+	file := filepath.Join(dir, "incident.jsonl.gz")
+	rec, stderr := startRecord(t, file, "--netns", "/run/netns/"+ns.Name, "--reason", "NETFILTER_DROP")
+	for _, port := range []int{9001, 9002, 9003} {
+		ns.SendUDP(t, "127.0.0.1", port, 5)
+	}
+	ns.SendUDP(t, "::1", 9004, 5)
+	time.Sleep(3 * time.Second) // each drop's line waits for its rule (up to 2 s)
+	stopRecord(t, rec, stderr)
+	html := filepath.Join(dir, "incident.html")
+	out, err := exec.Command(kdropBin, "report", file, "--html", html, "--markdown", "-").CombinedOutput()
+	if err != nil {
+		t.Fatalf("kdrop report: %v\n%s", err, out)
+	}
+	md := string(out)
+	page, err := os.ReadFile(html)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, want := range []string{
 		`ip filter/INPUT#`, `DROP "a1 udp drop" dropped 5 packets`, "`nft -a list chain ip filter INPUT`", "`iptables-save -t filter | grep -n -- 'a1 udp drop'`",
 		`ip kd/in#`, `REJECT icmp-host-unreachable "nth drop"`, "`nft -a list chain ip kd in`",
@@ -141,49 +223,8 @@ func TestRecordAndReportRules(t *testing.T) {
 		t.Errorf("a native nft table's rule is offered to iptables-save:\n%s", md)
 	}
 	for _, c := range []string{"a1 udp drop", "nth drop", "v6 reject", "legacy rule"} {
-		if !strings.Contains(page, c) {
+		if !strings.Contains(string(page), c) {
 			t.Errorf("the HTML lacks %q", c)
 		}
 	}
-}
-
-// recordAndReport runs kdrop record on ns's namespace (with args) while
-// traffic runs, stops it, and returns kdrop report's Markdown and HTML,
-// and the directory holding the recording.
-func recordAndReport(t *testing.T, ns *nstest.NS, args []string, traffic func()) (md, page, dir string) {
-	t.Helper()
-	dir = t.TempDir()
-	file := filepath.Join(dir, "incident.jsonl.gz")
-	rec, stderr := startRecord(t, ns, file, args...)
-	traffic()
-	rec.Process.Signal(syscall.SIGINT)
-	if err := rec.Wait(); err != nil {
-		t.Fatalf("kdrop record: %v\n%s", err, stderr.String())
-	}
-	html := filepath.Join(dir, "incident.html")
-	out, err := exec.Command(kdropBin, "report", file, "--html", html, "--markdown", "-").CombinedOutput()
-	if err != nil {
-		t.Fatalf("kdrop report: %v\n%s", err, out)
-	}
-	b, err := os.ReadFile(html)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(out), string(b), dir
-}
-
-// startRecord starts kdrop record of ns's namespace into file, with args,
-// and returns once it traces.
-func startRecord(t *testing.T, ns *nstest.NS, file string, args ...string) (*exec.Cmd, *syncBuffer) {
-	t.Helper()
-	ready := filepath.Join(t.TempDir(), "ready")
-	rec := exec.Command(kdropBin, append([]string{"record", "-o", file, "--netns", "/run/netns/" + ns.Name, "--identity", "off", "--ready-file", ready}, args...)...)
-	stderr := &syncBuffer{}
-	rec.Stderr = stderr
-	if err := rec.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rec.Process.Kill(); rec.Wait() })
-	waitFile(t, ready, 30*time.Second)
-	return rec, stderr
 }

@@ -19,24 +19,39 @@ import (
 func TestWatchNamesTheRoute(t *testing.T) {
 	r := nstest.NewRouted(t)
 	r.Router.IP(t, "route add blackhole 198.19.131.0/24")
+	ev, raw := watchFirst(t, r.Router, func() { r.Client.SendUDP(t, "198.19.131.5", 9, 1) }, 50*time.Millisecond)
+	if ev.Route == nil || ev.Route.String() != "blackhole 198.19.131.0/24" || !strings.HasPrefix(ev.Location, "ip_error+") {
+		t.Fatalf("want a drop at ip_error naming blackhole 198.19.131.0/24:\n%s", raw)
+	}
+	if row := ev.TableRow(); !strings.Contains(row, "route: blackhole 198.19.131.0/24") {
+		t.Errorf("RULE column: %s", row)
+	}
+}
+
+// watchFirst runs kdrop watch -o json on ns's drops (and args), calls
+// load every period until it returns, and returns the first event line,
+// decoded and as written: the load keeps running while it is read.
+func watchFirst(t *testing.T, ns *nstest.NS, load func(), period time.Duration, args ...string) (*line.Event, string) {
+	t.Helper()
 	ready := filepath.Join(t.TempDir(), "ready")
-	cmd := exec.Command(kdropBin, "watch", "-o", "json", "--type", "drop", "--netns", "/run/netns/"+r.Router.Name,
-		"--duration", "60s", "--count", "1", "--ready-file", ready)
+	cmd := exec.Command(kdropBin, append([]string{"watch", "-o", "json", "--type", "drop", "--netns", "/run/netns/" + ns.Name,
+		"--duration", "60s", "--count", "1", "--ready-file", ready}, args...)...)
 	stdout, _ := cmd.StdoutPipe()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	waitFile(t, ready, 60*time.Second)
-	stop := make(chan struct{})
-	defer close(stop)
-	go func() { // the load keeps running while the line is read
+	stop, done := make(chan struct{}), make(chan struct{})
+	defer func() { close(stop); <-done }()
+	go func() {
+		defer close(done)
 		for {
 			select {
 			case <-stop:
 				return
-			case <-time.After(50 * time.Millisecond):
-				r.Client.SendUDP(t, "198.19.131.5", 9, 1)
+			case <-time.After(period):
+				load()
 			}
 		}
 	}()
@@ -47,14 +62,8 @@ func TestWatchNamesTheRoute(t *testing.T) {
 		if err := d.Decode(sc.Bytes(), &l); err != nil || l.Kind != line.KindEvent {
 			continue
 		}
-		ev := &l.Event
-		if ev.Route == nil || ev.Route.String() != "blackhole 198.19.131.0/24" || !strings.HasPrefix(ev.Location, "ip_error+") {
-			t.Fatalf("want a drop at ip_error naming blackhole 198.19.131.0/24:\n%s", sc.Text())
-		}
-		if row := ev.TableRow(); !strings.Contains(row, "route: blackhole 198.19.131.0/24") {
-			t.Errorf("RULE column: %s", row)
-		}
-		return
+		return &l.Event, sc.Text()
 	}
 	t.Fatalf("kdrop watch ended without a line: %v", sc.Err())
+	return nil, ""
 }

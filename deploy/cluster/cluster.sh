@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # A real single-node Kubernetes cluster on this machine, for kdrop's
 # end-to-end tests: containerd + runc, a CNI bridge, etcd, kube-apiserver,
-# controller-manager, scheduler, kubelet and kube-proxy (iptables mode, or
-# nftables with KDROP_PROXY_MODE=nftables), all run as
-# plain processes. Nothing is pulled: images are imported from tarballs.
+# controller-manager, scheduler, kubelet, kube-proxy (iptables mode, or
+# nftables with KDROP_PROXY_MODE=nftables), all run as plain processes;
+# on demand, kube-router's network-policy firewall (a test fixture only,
+# see the Makefile). Nothing is pulled: images are imported from tarballs.
 #
 #   cluster.sh up            start (idempotent; cleans leftovers of a crashed run first)
 #   cluster.sh down          stop everything and undo every change to the host
 #   cluster.sh status        what is running
 #   cluster.sh env           export lines: KUBECONFIG, node name and IP, state dir
 #   cluster.sh import F.tar  import docker-archive tarballs into the running cluster
+#   cluster.sh kube-router start|stop   the NetworkPolicy engine, for the tests that need one
 #   cluster.sh images        build the pause and busybox image tarballs
 #
 # Needs root. See README.md beside this file for what it changes on the host.
@@ -20,6 +22,10 @@ H=${KDROP_CLUSTER_HOME:-$REPO/.cache/cluster}
 BIN=${KDROP_KUBE_BIN:-$REPO/.cache/kube/bin}
 ETCD=${KDROP_ETCD:-$(command -v etcd || echo /usr/bin/etcd)}
 GO=${GO:-go}
+# The NetworkPolicy engine: kube-router's firewall controller alone (no
+# routing, no service proxy), enforcing with iptables and ipset. A test
+# fixture only (the Makefile's kube-router target says why): never shipped.
+KUBE_ROUTER=${KDROP_KUBE_ROUTER:-$REPO/.cache/kube-router/v2.1.0/kube-router}
 
 # kube-proxy's mode: iptables (rules through iptables-nft) or nftables
 # (its own table `kube-proxy`, ip and ip6; needs the nft command).
@@ -51,6 +57,8 @@ SOCK=/run/containerd/containerd.sock
 PKI=$H/pki ETC=$H/etc LOGS=$H/logs RUN=$H/run DATA=$H/data SAVED=$H/host IMAGES=$H/images
 ADMIN_KC=$ETC/admin.kubeconfig
 COMPONENTS=(containerd etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
+# Started on demand (cluster.sh kube-router start), stopped by down too.
+ON_DEMAND=(kube-router)
 
 # Host state that kubelet or the harness changes; `up` saves the values the
 # first time, `down` writes them back.
@@ -169,7 +177,7 @@ cert() {
 make_pki() {
 	# Names and addresses are in the certificates: another node name or IP
 	# means new ones.
-	local want="node=$NODE ip=$NODE_IP svc=$SVC_API_IP v1"
+	local want="node=$NODE ip=$NODE_IP svc=$SVC_API_IP v2"
 	if [ "$(cat "$PKI/.stamp" 2>/dev/null)" = "$want" ]; then
 		return
 	fi
@@ -186,6 +194,7 @@ make_pki() {
 	cert controller-manager /CN=system:kube-controller-manager "$client"
 	cert scheduler /CN=system:kube-scheduler "$client"
 	cert kube-proxy /CN=system:kube-proxy "$client"
+	cert kube-router /CN=system:kube-router "$client"
 	cert kubelet "/O=system:nodes/CN=system:node:$NODE" "$client"
 	cert kubelet-serving "/CN=$NODE" "extendedKeyUsage=serverAuth\nsubjectAltName=DNS:$NODE,IP:$NODE_IP\n"
 	# Service-account token signing key (ES256).
@@ -226,6 +235,7 @@ write_configs() {
 	kubeconfig scheduler scheduler
 	kubeconfig kubelet kubelet
 	kubeconfig kube-proxy kube-proxy
+	kubeconfig kube-router kube-router
 
 	# containerd: its own root under the state dir; the state dir must be
 	# /run/containerd, where the runc shim keeps its sockets whatever the
@@ -461,6 +471,56 @@ start_rest() {
 	start kube-proxy -- "$BIN/kube-proxy" --config "$ETC/kube-proxy.yaml"
 }
 
+# kube-router's RBAC: what its firewall controller watches (its informer
+# factory starts all seven informers, whichever controllers run), read-only.
+KUBE_ROUTER_RBAC='
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "system:kube-router"}
+rules:
+- apiGroups: [""]
+  resources: [namespaces, pods, services, nodes, endpoints]
+  verbs: [get, list, watch]
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [get, list, watch]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "system:kube-router"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:kube-router"}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: "system:kube-router"}
+'
+
+# start_kube_router: the NetworkPolicy engine, once the node exists (it
+# reads the node's address at start). Its firewall only: pods without
+# policies go through its default chain, which allows everything. It runs
+# only for the tests that need it, not for the whole suite: at every sync
+# (when pods, namespaces or policies change) it rewrites the whole filter
+# table with iptables-restore, which restarts every rule's counter,
+# kube-proxy's included, and its KUBE-ROUTER-FORWARD ACCEPTs pods' traffic
+# before kube-proxy's REJECT of a ClusterIP without endpoints is reached
+# (measured: the service-without-endpoints incident timed out instead of
+# being refused). Its chains get new names at every sync too; it syncs
+# periodically only every hour, not every 5 minutes, so a test can compare
+# a rule's counter over a minute.
+start_kube_router() {
+	KC apply -f - <<<"$KUBE_ROUTER_RBAC" >/dev/null
+	start kube-router -- "$KUBE_ROUTER" --kubeconfig "$ETC/kube-router.kubeconfig" \
+		--run-firewall=true --run-router=false --run-service-proxy=false \
+		--hostname-override "$NODE" --service-cluster-ip-range "$SVC_CIDR" \
+		--iptables-sync-period 1h --health-port 0 --metrics-port 0
+}
+
+# kube-router has synced once: its chains exist and jump from FORWARD.
+kube_router_ready() {
+	ipt -S KUBE-ROUTER-FORWARD >/dev/null && ipt -S FORWARD | grep -q -- '-j KUBE-ROUTER-FORWARD'
+}
+
 node_ready() {
 	[ "$(KC get node "$NODE" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]
 }
@@ -514,7 +574,7 @@ cmd_up() {
 	for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl crictl; do
 		[ -x "$BIN/$b" ] || die "$BIN/$b missing: run \`make kube-bins\`"
 	done
-	for b in "$ETCD" /usr/bin/containerd /usr/bin/ctr /usr/sbin/runc /usr/lib/cni/bridge /usr/sbin/conntrack; do
+	for b in "$ETCD" /usr/bin/containerd /usr/bin/ctr /usr/sbin/runc /usr/lib/cni/bridge /usr/sbin/conntrack /usr/sbin/ipset; do
 		[ -x "$b" ] || die "$b missing: run \`make deps\`"
 	done
 	if [ "$PROXY_MODE" = nftables ]; then
@@ -598,7 +658,7 @@ kill_strays() {
 	while read -r p args; do
 		case $args in
 		"$BIN/kubectl "*) ;; # someone's client, not a server
-		*containerd\ --config\ "$H/"* | "$BIN/"kube*\ *"$H/"* | "$ETCD "*"$H/"*)
+		*containerd\ --config\ "$H/"* | "$BIN/"kube*\ *"$H/"* | "$KUBE_ROUTER "*"$H/"* | "$ETCD "*"$H/"*)
 			say "killing stray ${args:0:80}"
 			kill -KILL "$p" 2>/dev/null || true
 			;;
@@ -652,13 +712,14 @@ unmount_all() {
 	done
 }
 
-# iptables_cleanup CMD: removes the KUBE-*, CNI-* and KDROP-* chains and every
-# rule that jumps to them, in one iptables-restore transaction per table.
+# iptables_cleanup CMD [REGEX]: removes the KUBE-*, CNI-* and KDROP-* chains
+# (or those REGEX matches) and every rule that jumps to them, in one
+# iptables-restore transaction per table.
 iptables_cleanup() {
-	local save=$1-save restore=$1-restore
+	local save=$1-save restore=$1-restore re=${2:-^(KUBE-|CNI-|KDROP-)}
 	command -v "$save" >/dev/null || return 0
-	"$save" 2>/dev/null | awk '
-		function ours(c) { return c ~ /^(KUBE-|CNI-|KDROP-)/ }
+	"$save" 2>/dev/null | awk -v re="$re" '
+		function ours(c) { return c ~ re }
 		/^\*/ { if (n) flush(); table = $0; n = 0; delete chains; nc = 0; next }
 		/^:/ { c = substr($1, 2); if (ours(c)) chains[++nc] = c; next }
 		/^-A / {
@@ -681,6 +742,21 @@ iptables_cleanup() {
 		"$restore" -w 5 --noflush <"$RUN/$1.cleanup" || say "$restore failed on $RUN/$1.cleanup"
 	fi
 	rm -f "$RUN/$1.cleanup"
+}
+
+# kube-router's ipsets (KUBE-SRC-*, KUBE-DST-*, and TMP-* of a restore cut
+# short), destroyed once no rule refers to them (after iptables_cleanup).
+ipset_cleanup() {
+	command -v ipset >/dev/null || return 0
+	local s
+	for s in $(ipset list -n 2>/dev/null); do
+		case $s in
+		KUBE-SRC-* | KUBE-DST-* | TMP-????????????????)
+			# the kernel may hold a set a moment after its last rule went
+			ipset destroy "$s" 2>/dev/null || { sleep 0.5; ipset destroy "$s" 2>/dev/null; } || say "cannot destroy ipset $s"
+			;;
+		esac
+	done
 }
 
 # iptables-nft leaves its tables behind, empty; drop those that did not
@@ -739,6 +815,7 @@ restore_host() {
 cleanup() {
 	local c n i
 	mkdir -p "$RUN"
+	for c in "${ON_DEMAND[@]}"; do stop_component "$c" 5; done
 	for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do stop_component "${COMPONENTS[i]}" 5; done
 	kill_strays
 	kill_shims
@@ -754,6 +831,7 @@ cleanup() {
 	done
 	iptables_cleanup iptables
 	iptables_cleanup ip6tables
+	ipset_cleanup
 	ip link del "$BRIDGE" 2>/dev/null || true
 	ip link del "$NODE_IF" 2>/dev/null || true
 	nft_cleanup
@@ -788,10 +866,10 @@ cmd_down() {
 	# Clients first: the apiserver then exits faster, and it must go before
 	# etcd (on SIGTERM it removes its own endpoint from the kubernetes Service).
 	local c pid
-	for c in kube-proxy kube-scheduler kube-controller-manager kubelet; do
+	for c in kube-router kube-proxy kube-scheduler kube-controller-manager kubelet; do
 		if pid=$(pid_of "$c"); then kill -TERM "$pid" 2>/dev/null || true; fi
 	done
-	for c in kube-proxy kube-scheduler kube-controller-manager kubelet; do stop_component "$c" 10; done
+	for c in kube-router kube-proxy kube-scheduler kube-controller-manager kubelet; do stop_component "$c" 10; done
 	stop_component kube-apiserver 30
 	stop_component etcd 10
 	stop_component containerd 10
@@ -806,7 +884,7 @@ cmd_down() {
 # status: exits 0 only when every component runs and the node is Ready.
 cmd_status() {
 	local c pid
-	for c in "${COMPONENTS[@]}"; do
+	for c in "${COMPONENTS[@]}" "${ON_DEMAND[@]}"; do
 		if pid=$(pid_of "$c"); then
 			printf '%-24s running  pid %-7s rss %s KiB\n' "$c" "$pid" "$(awk '/^VmRSS/{print $2}' "/proc/$pid/status")"
 		else
@@ -833,6 +911,30 @@ export KDROP_CLUSTER_NODE_IP=$NODE_IP
 export KDROP_CLUSTER_HOME=$H
 export PATH=$BIN:\$PATH
 EOF
+}
+
+# kube-router start|stop: the NetworkPolicy engine in the running cluster;
+# stop also removes its chains (KUBE-ROUTER-*, KUBE-POD-FW-*, KUBE-NWPLCY-*)
+# and ipsets.
+cmd_kube_router() {
+	[ "$(id -u)" -eq 0 ] || die "must run as root"
+	case ${1:-} in
+	start)
+		[ -x "$KUBE_ROUTER" ] || die "$KUBE_ROUTER missing: run \`make kube-router\`"
+		healthy || die "the cluster is not up: \`$0 up\` first"
+		pid_of kube-router >/dev/null && { say "kube-router already runs"; return; }
+		start_kube_router
+		wait_for kube-router 60 "kube-router's KUBE-ROUTER-FORWARD chain" kube_router_ready
+		say "kube-router's firewall runs (log: $LOGS/kube-router.log)"
+		;;
+	stop)
+		stop_component kube-router 10
+		iptables_cleanup iptables '^KUBE-(ROUTER-|POD-FW-|NWPLCY-)'
+		iptables_cleanup ip6tables '^KUBE-(ROUTER-|POD-FW-|NWPLCY-)'
+		ipset_cleanup
+		;;
+	*) die "usage: $0 kube-router start|stop" ;;
+	esac
 }
 
 cmd_import() {
@@ -881,6 +983,7 @@ down) lock; cmd_down ;;
 status) cmd_status ;;
 env) cmd_env ;;
 import) shift; cmd_import "$@" ;;
+kube-router) shift; lock; cmd_kube_router "$@" ;;
 images) lock; cmd_images ;;
 *)
 	sed -n '2,/^set -e/p' "$0" | sed -e '/^set -e/d' -e 's/^# \{0,1\}//' >&2

@@ -538,7 +538,11 @@ func (in *incident) serviceWithoutEndpoints(t *testing.T) {
 	// rejected once per copy.
 	toCart := func(e *event) bool { return e.Dst == svcIP && e.Dport == 80 }
 	isCart := func(e *event) bool { return e.Type == "unreach" && e.ICMP == "port-unreachable" && toCart(e) }
-	isReject := func(e *event) bool { return e.Type == "drop" && e.Reason == "NETFILTER_DROP" && toCart(e) }
+	// kube-proxy's rules are in the node's network namespace; other
+	// namespaces on this machine may drop packets to the same address.
+	isReject := func(e *event) bool {
+		return e.Type == "drop" && e.Reason == "NETFILTER_DROP" && toCart(e) && inNodeNetns(e)
+	}
 	rejects := rejected(t, "shop/cart") - rejectsBefore
 	if nftMode {
 		rejects = 5
@@ -612,6 +616,13 @@ func (in *incident) serviceWithoutEndpoints(t *testing.T) {
 // Service without endpoints ("ns/name has no endpoints").
 func rejected(t *testing.T, svc string) uint64 {
 	t.Helper()
+	return kubeProxyCounter(t, svc, "has no endpoints", "-j REJECT")
+}
+
+// kubeProxyCounter sums the packet counters of kube-proxy's filter rules
+// for Service svc whose comment says what and whose target is target.
+func kubeProxyCounter(t *testing.T, svc, what, target string) uint64 {
+	t.Helper()
 	out, err := exec.Command("iptables-save", "-c", "-t", "filter").Output()
 	if err != nil {
 		t.Fatalf("iptables-save: %v", err)
@@ -620,7 +631,7 @@ func rejected(t *testing.T, svc string) uint64 {
 	for _, l := range strings.Split(string(out), "\n") {
 		// the comment is "ns/name has no endpoints", or "ns/name:port has ..."
 		named := strings.Contains(l, `"`+svc+" ") || strings.Contains(l, `"`+svc+":")
-		if !named || !strings.Contains(l, "has no endpoints") || !strings.Contains(l, "-j REJECT") {
+		if !named || !strings.Contains(l, what) || !strings.Contains(l, target) {
 			continue
 		}
 		var pkts, bytes uint64
@@ -796,10 +807,16 @@ func kdropK8sEvents(t *testing.T) string {
 // "kubectl get events" reads them; a series is written at most every 10 s.
 func waitK8sEvent(t *testing.T, kind, name, reason string, want uint64) {
 	t.Helper()
+	waitK8sEventIn(t, "shop", kind, name, reason, want, 45*time.Second)
+}
+
+// waitK8sEventIn is waitK8sEvent in namespace ns, for up to timeout.
+func waitK8sEventIn(t *testing.T, ns, kind, name, reason string, want uint64, timeout time.Duration) {
+	t.Helper()
 	var got uint64
 	var notes []string
-	for deadline := time.Now().Add(45 * time.Second); time.Now().Before(deadline); time.Sleep(time.Second) {
-		out := kubectl(t, "-n", "shop", "get", "events.events.k8s.io", "--field-selector", "reason="+reason, "-o", "json")
+	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(time.Second) {
+		out := kubectl(t, "-n", ns, "get", "events.events.k8s.io", "--field-selector", "reason="+reason, "-o", "json")
 		var list struct {
 			Items []struct {
 				Note                string `json:"note"`
@@ -824,10 +841,10 @@ func waitK8sEvent(t *testing.T, kind, name, reason string, want uint64) {
 			notes = append(notes, e.Note)
 		}
 		if got == want {
-			in := fmt.Sprintf("%s Event on %s shop/%s counts %d, as kdrop tail: %s", reason, kind, name, got, strings.Join(notes, " | "))
+			in := fmt.Sprintf("%s Event on %s %s/%s counts %d, as kdrop tail: %s", reason, kind, ns, name, got, strings.Join(notes, " | "))
 			fmt.Println("KDROP-E2E " + in)
 			return
 		}
 	}
-	t.Errorf("Kubernetes Events %s on %s shop/%s count %d, kdrop tail %d (notes: %q)", reason, kind, name, got, want, notes)
+	t.Errorf("Kubernetes Events %s on %s %s/%s count %d, kdrop tail %d (notes: %q)", reason, kind, ns, name, got, want, notes)
 }

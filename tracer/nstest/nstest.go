@@ -5,6 +5,8 @@
 package nstest
 
 import (
+	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand"
 	"net/netip"
@@ -304,6 +306,37 @@ func (n *NS) SendUDP(t testing.TB, addr string, port, count int) {
 	})
 }
 
+// SendDF sends count UDP datagrams of size bytes (IP header included) to
+// addr:port from the namespace, each with don't-fragment set (IPv4 DF,
+// and IPv6, which routers never fragment) whatever path MTU the kernel
+// learned meanwhile (IP_PMTUDISC_PROBE): a sender whose packets are too big
+// for the path.
+func (n *NS) SendDF(t testing.TB, addr string, port, size, count int) {
+	t.Helper()
+	n.In(t, func() {
+		fam, sa := sockaddr(t, addr, port)
+		lvl, opt, hdr := unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, 28
+		if fam == unix.AF_INET6 {
+			lvl, opt, hdr = unix.IPPROTO_IPV6, unix.IPV6_MTU_DISCOVER, 48
+		}
+		fd, err := unix.Socket(fam, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fd)
+		if err := unix.SetsockoptInt(fd, lvl, opt, unix.IP_PMTUDISC_PROBE); err != nil {
+			t.Fatal(err)
+		}
+		payload := make([]byte, size-hdr)
+		for i := 0; i < count; i++ {
+			// EMSGSIZE and ECONNREFUSED from earlier ICMP errors: go on
+			if err := unix.Sendto(fd, payload, 0, sa); err != nil && !errors.Is(err, unix.EMSGSIZE) && !errors.Is(err, unix.ECONNREFUSED) {
+				t.Fatalf("send to %s: %v", addr, err)
+			}
+		}
+	})
+}
+
 // Flood sends UDP datagrams from the namespace to addr, cycling over ports,
 // as fast as it can on its own goroutine until stop is called; stop returns
 // how many were sent. The load keeps running while the test asserts.
@@ -397,4 +430,75 @@ func NewRouted(t testing.TB) *Routed {
 		}
 	}
 	return r
+}
+
+// Link is a device of a namespace as ip -s -s -j shows it.
+type Link struct {
+	Ifindex uint32 `json:"ifindex"`
+	MAC     string `json:"address"`
+	Stats   struct {
+		// Rx are its receive counters ("dropped", "otherhost"…); a
+		// counter the kernel or ip(8) does not report is absent.
+		Rx map[string]uint64 `json:"rx"`
+	} `json:"stats64"`
+}
+
+// Link reads a device of the namespace: its ifindex, MAC and counters.
+func (n *NS) Link(t testing.TB, dev string) Link {
+	t.Helper()
+	out := Run(t, "ip", "-n", n.Name, "-s", "-s", "-j", "link", "show", "dev", dev)
+	var links []Link
+	if err := json.Unmarshal([]byte(out), &links); err != nil || len(links) != 1 {
+		t.Fatalf("ip -j link show dev %s in %s: %v\n%s", dev, n.Name, err, out)
+	}
+	return links[0]
+}
+
+// ListenUDP opens a UDP socket on addr:port in the namespace with a
+// receive buffer of rcvbuf bytes (SO_RCVBUF; the kernel doubles it), which
+// the test reads from, or not, itself.
+func (n *NS) ListenUDP(t testing.TB, addr string, port, rcvbuf int) *Sockets {
+	t.Helper()
+	var fd int
+	n.In(t, func() {
+		fam, sa := sockaddr(t, addr, port)
+		var err error
+		if fd, err = unix.Socket(fam, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, rcvbuf); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Bind(fd, sa); err != nil {
+			t.Fatalf("bind %s:%d: %v", addr, port, err)
+		}
+	})
+	s := &Sockets{[]int{fd}}
+	t.Cleanup(s.Close)
+	return s
+}
+
+// Paced calls send on its own goroutine every interval until stop is
+// called (stop waits for the call under way): traffic that keeps running
+// while a test looks, at a rate the kernel's queues take.
+func Paced(t testing.TB, interval time.Duration, send func()) (stop func()) {
+	t.Helper()
+	quit, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(interval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-quit:
+				return
+			case <-tick.C:
+				send()
+			}
+		}
+	}()
+	var once sync.Once
+	stop = func() { once.Do(func() { close(quit); <-done }) }
+	t.Cleanup(stop)
+	return stop
 }

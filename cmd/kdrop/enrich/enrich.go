@@ -14,6 +14,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich/conntrack"
 	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netfilter"
 	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netpol"
 	"github.com/kdrop/kdrop/cmd/kdrop/enrich/route"
@@ -60,8 +61,15 @@ type Pipeline struct {
 	// Rules configures naming the netfilter rule of NETFILTER_DROP drops
 	// (package netfilter): such a drop is held, at most Rules.MaxWait,
 	// until its namespace's rules are read, then goes to the sink with
-	// line.Event.Rule set. nil: off, drops go out at once without a rule.
+	// line.Event.Rule set, and line.Event.Conntrack when conntrack caused
+	// it (Rules.NoConntrack: not told). nil: off, drops go out at once
+	// without a rule.
 	Rules *netfilter.Config
+	// Host are the host network namespace's addresses, which tell kubelet
+	// probe connections (MarkProbe); nil: only node IPs the resolver knows
+	// count as the node. New reads kdrop's own namespace's when identity
+	// is on.
+	Host  *HostAddrs
 	match func(*line.Event) bool
 	log   *zap.Logger
 
@@ -82,6 +90,11 @@ func New(ctx context.Context, opts tracer.Options, res *k8s.Resolver, match func
 	if res != nil {
 		res.Start(ctx) // tracing starts at once, names follow
 		p.Node = res.Node()
+		host, err := NewHostAddrs("")
+		if err != nil {
+			log.Warn("kubelet probes are told only by node IPs: "+err.Error(), zap.String("todo", "run kdrop in the host's network namespace (hostNetwork: true)"))
+		}
+		p.Host = host
 	}
 	var err error
 	if p.T, err = tracer.New(opts); err != nil {
@@ -135,8 +148,8 @@ func (p *Pipeline) Run(ctx context.Context, sink func(*line.Event)) error {
 	if p.Rules != nil {
 		// Held drops come back on the attributor's goroutine: the emit
 		// path is held back for them as for the tracer's own.
-		rules = netfilter.New(*p.Rules, func(ev *line.Event, r *netfilter.Rule) {
-			ev.Rule = r
+		rules = netfilter.New(*p.Rules, func(ev *line.Event, r *netfilter.Rule, ct *conntrack.Drop) {
+			ev.Rule, ev.Conntrack = r, ct
 			policyMeaning(policies, ev)
 			p.T.Lock()
 			sink(ev)
@@ -146,6 +159,9 @@ func (p *Pipeline) Run(ctx context.Context, sink func(*line.Event)) error {
 	var routes route.Finder // route drops: the route behind them
 	err := p.T.Run(ctx, func(e *tracer.Event) {
 		ev := Enrich(p.Res, p.Node, e, &s)
+		if p.Res != nil {
+			MarkProbe(ev, p.Host, p.Node)
+		}
 		if !p.match(ev) {
 			return
 		}
@@ -169,13 +185,22 @@ func (p *Pipeline) Run(ctx context.Context, sink func(*line.Event)) error {
 
 // policyMeaning sets, when NetworkPolicies isolate an end of ev's drop
 // and allow nothing like it, that as the meaning of ev's rule, unless
-// the rule already has one (an engine's rule that names it says more).
-// One evaluation per event at most (netpol.Evaluator.Meaning).
+// the rule already has one. When that one is an engine's NetworkPolicy
+// rule (kube-router's), kdrop's own evaluation is compared with it and
+// both are said (netpol.Evaluator.Check). One evaluation per event at
+// most.
 func policyMeaning(e *netpol.Evaluator, ev *line.Event) {
-	if e == nil || ev.Rule == nil || ev.Rule.K8s != nil {
+	if e == nil || ev.Rule == nil {
 		return
 	}
-	ev.Rule.K8s = e.Meaning(netpol.Flow{Proto: ev.Proto, Src: ev.Src, Dst: ev.Dst, SrcK8s: ev.SrcK8s, DstK8s: ev.DstK8s})
+	f := netpol.Flow{Proto: ev.Proto, Src: ev.Src, Dst: ev.Dst, SrcK8s: ev.SrcK8s, DstK8s: ev.DstK8s, At: ev.Time}
+	if k := ev.Rule.K8s; k != nil {
+		if k.Kind == netfilter.MeaningNetworkPolicy && k.Engine != "" {
+			e.Check(k, f)
+		}
+		return
+	}
+	ev.Rule.K8s = e.Meaning(f)
 }
 
 // detach copies ev with its own endpoints (Enrich's point into Scratch,
@@ -217,6 +242,7 @@ func (p *Pipeline) NewLoss() tracer.Stats {
 func (p *Pipeline) Close() {
 	p.endLoops()
 	p.T.Close()
+	p.Host.Close()
 }
 
 // Every calls fn every d until ctx is done or Run returns, holding back the

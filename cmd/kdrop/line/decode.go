@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich/conntrack"
 	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netfilter"
 	"github.com/kdrop/kdrop/cmd/kdrop/enrich/route"
 	"github.com/kdrop/kdrop/k8s"
@@ -124,6 +125,35 @@ type wire struct {
 	WhereK8s    json.RawMessage `json:"where_k8s"`
 	Rule        *wireRule       `json:"rule"`
 	Route       *wireRoute      `json:"route"`
+	Conntrack   *wireConntrack  `json:"conntrack"`
+	Probe       *wireProbe      `json:"probe"`
+}
+
+// wireConntrack is a conntrack drop as written.
+type wireConntrack struct {
+	Cause string `json:"cause"`
+	Count uint32 `json:"count"`
+	Max   uint32 `json:"max"`
+}
+
+// wireProbe is a probe as written (appendProbe).
+type wireProbe struct {
+	Kind      string   `json:"kind"`
+	Also      []string `json:"also"`
+	Port      uint16   `json:"port"`
+	Handler   string   `json:"handler"`
+	Container string   `json:"container"`
+	HTTPS     bool     `json:"https"`
+}
+
+// probe is the decoded probe; kinds this kdrop does not know (a newer
+// one's) are left out.
+func (w *wireProbe) probe() *k8s.Probe {
+	p := &k8s.Probe{Port: w.Port, Handler: w.Handler, Container: w.Container, HTTPS: w.HTTPS, Kinds: k8s.ParseProbeKind(w.Kind)}
+	for _, k := range w.Also {
+		p.Kinds |= k8s.ParseProbeKind(k)
+	}
+	return p
 }
 
 // wireRoute is a route as written.
@@ -135,22 +165,40 @@ type wireRoute struct {
 
 // wireRule is a netfilter rule as written (appendRule).
 type wireRule struct {
-	Backend    string    `json:"backend"`
-	How        string    `json:"how"`
-	Candidates []wireRef `json:"candidates"`
-	Unknown    string    `json:"unknown"`
-	K8s        *struct {
-		Meaning       string `json:"meaning"`
-		Engine        string `json:"engine"`
-		Service       string `json:"service"`
-		NetworkPolicy []struct {
-			Namespace string `json:"namespace"`
-			Name      string `json:"name"`
-		} `json:"network_policy"`
-		Direction string `json:"direction"`
-		Text      string `json:"text"`
-	} `json:"k8s"`
+	Backend    string       `json:"backend"`
+	How        string       `json:"how"`
+	Candidates []wireRef    `json:"candidates"`
+	Unknown    string       `json:"unknown"`
+	K8s        *wireMeaning `json:"k8s"`
 	wireRef
+}
+
+// wireMeaning is a rule's Kubernetes meaning as written (appendMeaning).
+type wireMeaning struct {
+	Meaning       string `json:"meaning"`
+	Engine        string `json:"engine"`
+	Service       string `json:"service"`
+	NetworkPolicy []struct {
+		Namespace string `json:"namespace"`
+		Name      string `json:"name"`
+	} `json:"network_policy"`
+	Direction  string       `json:"direction"`
+	Pod        string       `json:"pod"`
+	Evaluation string       `json:"evaluation"`
+	Evaluated  *wireMeaning `json:"evaluated"`
+	Text       string       `json:"text"`
+}
+
+func (k *wireMeaning) meaning() *netfilter.Meaning {
+	if k == nil {
+		return nil
+	}
+	m := &netfilter.Meaning{Kind: k.Meaning, Engine: k.Engine, Service: k.Service, Direction: k.Direction, Pod: k.Pod,
+		Evaluation: k.Evaluation, Evaluated: k.Evaluated.meaning(), Text: k.Text}
+	for _, p := range k.NetworkPolicy {
+		m.NetworkPolicies = append(m.NetworkPolicies, netfilter.PolicyRef{Namespace: p.Namespace, Name: p.Name})
+	}
+	return m
 }
 
 type wireRef struct {
@@ -174,12 +222,7 @@ func (w *wireRule) rule() *netfilter.Rule {
 	for i := range w.Candidates {
 		r.Candidates = append(r.Candidates, w.Candidates[i].ref())
 	}
-	if k := w.K8s; k != nil {
-		r.K8s = &netfilter.Meaning{Kind: k.Meaning, Engine: k.Engine, Service: k.Service, Direction: k.Direction, Text: k.Text}
-		for _, p := range k.NetworkPolicy {
-			r.K8s.NetworkPolicies = append(r.K8s.NetworkPolicies, netfilter.PolicyRef{Namespace: p.Namespace, Name: p.Name})
-		}
-	}
+	r.K8s = w.K8s.meaning()
 	return r
 }
 
@@ -399,6 +442,12 @@ func (d *Decoder) event(w *wire, l *Line) error {
 		if w.Route != nil {
 			e.Route = &route.Route{Type: w.Route.Type, Dst: w.Route.Dst, Table: w.Route.Table}
 		}
+		if isICMP(e.Proto) {
+			e.ICMPType, e.ICMPCode = w.ICMPType, w.ICMPCode
+		}
+		if c := w.Conntrack; c != nil {
+			e.Conntrack = &conntrack.Drop{Cause: c.Cause, Count: c.Count, Max: c.Max}
+		}
 	case tracer.Unreachable:
 		e.ICMPType, e.ICMPCode = w.ICMPType, w.ICMPCode
 		e.ICMPInfo = tracer.ICMPInfoOf(e.Family == 6, e.ICMPType, e.ICMPCode, w.ICMPMTU, w.ICMPPointer)
@@ -406,6 +455,9 @@ func (d *Decoder) event(w *wire, l *Line) error {
 		e.Queue = tracer.ParseQueue(w.Queue)
 		e.QueueLen, e.QueueMax, e.SynQueueLen = w.QueueLen, w.QueueMax, w.SynQueueLen
 		e.Syncookie, e.Somaxconn = w.Syncookie, w.Somaxconn
+	}
+	if w.Probe != nil {
+		e.Probe = w.Probe.probe()
 	}
 	for _, x := range []struct {
 		field string

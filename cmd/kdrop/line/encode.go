@@ -56,6 +56,9 @@ func AppendEvent(b []byte, e *Event) []byte {
 		b = append(b, `,"reason_code":`...)
 		b = strconv.AppendUint(b, uint64(e.ReasonCode), 10)
 		b = appendField(b, "location", e.Location)
+		if isICMP(e.Proto) {
+			b = appendDroppedICMP(b, &e.Event)
+		}
 		if e.Rule != nil {
 			b = append(b, `,"rule":`...)
 			b = appendRule(b, e.Rule)
@@ -67,6 +70,15 @@ func AppendEvent(b []byte, e *Event) []byte {
 			b = r.Dst.AppendTo(b)
 			b = append(b, `","table":`...)
 			b = strconv.AppendInt(b, int64(r.Table), 10)
+			b = append(b, '}')
+		}
+		if c := e.Conntrack; c != nil {
+			b = append(b, `,"conntrack":{"cause":`...)
+			b = appendString(b, c.Cause)
+			b = append(b, `,"count":`...)
+			b = strconv.AppendUint(b, uint64(c.Count), 10)
+			b = append(b, `,"max":`...)
+			b = strconv.AppendUint(b, uint64(c.Max), 10)
 			b = append(b, '}')
 		}
 	case tracer.Unreachable:
@@ -104,6 +116,40 @@ func AppendEvent(b []byte, e *Event) []byte {
 		b = appendEndpoint(b, "src_k8s", e.SrcK8s)
 		b = appendEndpoint(b, "dst_k8s", e.DstK8s)
 		b = appendEndpoint(b, "where_k8s", e.WhereK8s)
+	}
+	if p := e.Probe; p != nil {
+		b = appendProbe(b, p)
+	}
+	return append(b, '}')
+}
+
+// appendProbe adds ,"probe":{...}: the kind that matters most, the other
+// kinds on the same port, port, handler, container, https.
+func appendProbe(b []byte, p *k8s.Probe) []byte {
+	b = append(b, `,"probe":{"kind":`...)
+	primary := p.Kinds.Primary()
+	b = appendString(b, primary.Name())
+	if rest := p.Kinds &^ primary; rest != 0 {
+		b = append(b, `,"also":[`...)
+		first := true
+		for _, k := range k8s.ProbeOrder {
+			if rest&k == 0 {
+				continue
+			}
+			if !first {
+				b = append(b, ',')
+			}
+			first = false
+			b = appendString(b, k.Name())
+		}
+		b = append(b, ']')
+	}
+	b = append(b, `,"port":`...)
+	b = strconv.AppendUint(b, uint64(p.Port), 10)
+	b = appendField(b, "handler", p.Handler)
+	b = appendField(b, "container", p.Container)
+	if p.HTTPS {
+		b = append(b, `,"https":true`...)
 	}
 	return append(b, '}')
 }
@@ -165,6 +211,20 @@ func AppendTrailer(b []byte, t Trailer) []byte {
 
 // appendICMP adds ,"icmp":NAME as tracer.ICMPName has it, without
 // allocating for errors that have no name.
+// appendDroppedICMP writes the ICMP type of a dropped ICMP packet (a
+// frag-needed dropped on its way is a path MTU black hole), from the
+// packet itself: a summary spans the flow's packets and says none.
+func appendDroppedICMP(b []byte, e *tracer.Event) []byte {
+	if e.Summary {
+		return b
+	}
+	b = appendICMP(b, e.Proto == protoICMPv6, e.ICMPType, e.ICMPCode)
+	b = append(b, `,"icmp_type":`...)
+	b = strconv.AppendUint(b, uint64(e.ICMPType), 10)
+	b = append(b, `,"icmp_code":`...)
+	return strconv.AppendUint(b, uint64(e.ICMPCode), 10)
+}
+
 func appendICMP(b []byte, v6 bool, typ, code uint8) []byte {
 	if n := tracer.ICMPKnownName(v6, typ, code); n != "" {
 		return appendField(b, "icmp", n)
@@ -392,28 +452,39 @@ func appendRule(b []byte, r *netfilter.Rule) []byte {
 		b = appendString(b, r.Unknown)
 	}
 	if m := r.K8s; m != nil {
-		b = append(b, `,"k8s":{"meaning":`...)
-		b = appendString(b, m.Kind)
-		b = appendField(b, "engine", m.Engine)
-		b = appendField(b, "service", m.Service)
-		if len(m.NetworkPolicies) > 0 {
-			b = append(b, `,"network_policy":[`...)
-			for i, p := range m.NetworkPolicies {
-				if i > 0 {
-					b = append(b, ',')
-				}
-				b = append(b, `{"namespace":`...)
-				b = appendString(b, p.Namespace)
-				b = append(b, `,"name":`...)
-				b = appendString(b, p.Name)
-				b = append(b, '}')
-			}
-			b = append(b, ']')
-		}
-		b = appendField(b, "direction", m.Direction)
-		b = appendField(b, "text", m.Text)
-		b = append(b, '}')
+		b = appendMeaning(append(b, `,"k8s":`...), m)
 	}
+	return append(b, '}')
+}
+
+// appendMeaning writes a rule's Kubernetes meaning, the `k8s` object (and
+// kdrop's own evaluation in it, the same kind of object).
+func appendMeaning(b []byte, m *netfilter.Meaning) []byte {
+	b = append(b, `{"meaning":`...)
+	b = appendString(b, m.Kind)
+	b = appendField(b, "engine", m.Engine)
+	b = appendField(b, "service", m.Service)
+	if len(m.NetworkPolicies) > 0 {
+		b = append(b, `,"network_policy":[`...)
+		for i, p := range m.NetworkPolicies {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, `{"namespace":`...)
+			b = appendString(b, p.Namespace)
+			b = append(b, `,"name":`...)
+			b = appendString(b, p.Name)
+			b = append(b, '}')
+		}
+		b = append(b, ']')
+	}
+	b = appendField(b, "direction", m.Direction)
+	b = appendField(b, "pod", m.Pod)
+	b = appendField(b, "evaluation", m.Evaluation)
+	if m.Evaluated != nil {
+		b = appendMeaning(append(b, `,"evaluated":`...), m.Evaluated)
+	}
+	b = appendField(b, "text", m.Text)
 	return append(b, '}')
 }
 
@@ -445,3 +516,8 @@ func appendRef(b []byte, r *netfilter.Ref) []byte {
 	}
 	return b
 }
+
+// IP protocol numbers of ICMP and ICMPv6 (IPPROTO_ICMP, IPPROTO_ICMPV6).
+const protoICMP, protoICMPv6 = 1, 58
+
+func isICMP(proto uint8) bool { return proto == protoICMP || proto == protoICMPv6 }

@@ -31,7 +31,7 @@ var wireNames = map[string]bool{
 // by TestFastPath).
 var eventNames = []string{"time", "type", "count", "summary", "source", "coarse", "node", "netns", "ifindex", "proto",
 	"src", "sport", "dst", "dport", "tcp_flags", "reason", "reason_code", "location", "icmp_type", "icmp_code", "icmp_mtu", "icmp_pointer",
-	"queue", "queue_len", "queue_max", "syn_queue_len", "syncookie", "somaxconn", "src_k8s", "dst_k8s", "where_k8s", "rule", "route"}
+	"queue", "queue_len", "queue_max", "syn_queue_len", "syncookie", "somaxconn", "src_k8s", "dst_k8s", "where_k8s", "rule", "route", "conntrack", "probe"}
 
 func init() {
 	for _, k := range eventNames {
@@ -301,6 +301,12 @@ func (d *Decoder) fastWire(b []byte, w *wire, r *fastReader) bool {
 		case "route": // route drops only: encoding/json for its object
 			w.Route = new(wireRoute)
 			ok = r.objectInto(w.Route)
+		case "conntrack": // NETFILTER_DROP lines only: encoding/json for its object
+			w.Conntrack = new(wireConntrack)
+			ok = r.objectInto(w.Conntrack)
+		case "probe": // probe connections only: encoding/json for its object
+			w.Probe = new(wireProbe)
+			ok = r.objectInto(w.Probe)
 		default:
 			ok = unknownField(key, r)
 		}

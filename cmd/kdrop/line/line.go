@@ -21,8 +21,11 @@
 package line
 
 import (
+	"strconv"
+	"strings"
 	"time"
 
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich/conntrack"
 	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netfilter"
 	"github.com/kdrop/kdrop/cmd/kdrop/enrich/route"
 	"github.com/kdrop/kdrop/k8s"
@@ -52,6 +55,52 @@ type Event struct {
 	// route drop ("route"; package route): nil for other events and when
 	// no such route contains the destination.
 	Route *route.Route
+	// Conntrack is what conntrack had to do with a NETFILTER_DROP drop
+	// ("conntrack"; package conntrack): its own drop (an insert failure,
+	// a full table) or the INVALID state a rule dropped (then Rule names
+	// that rule too). nil when conntrack's statistics did not move for it.
+	Conntrack *conntrack.Drop
+	// Probe is set when the event's flow is a kubelet probe: from this
+	// node (an address of the host's network namespace, or a node IP) to
+	// a pod of this node on a port the pod's spec probes ("probe"). nil
+	// for other events and in lines written before kdrop told probes
+	// apart. Shared with the resolver's index: read it, do not modify it.
+	Probe *k8s.Probe
+}
+
+// ProbeText says what happened to a probe connection, for a person:
+// "liveness probe of shop/api on :8080 got NO_SOCKET" (a drop's reason,
+// an ICMP error's name, "accept-queue overflow"); "" when e.Probe is nil.
+func (e *Event) ProbeText() string {
+	if e.Probe == nil {
+		return ""
+	}
+	got := e.Reason
+	switch e.Type {
+	case tracer.Unreachable:
+		got = e.What()
+	case tracer.ListenOverflow:
+		got = e.Queue.String() + "-queue overflow"
+	}
+	// the pod's end: the destination, or the source of an answer
+	end, addr := e.DstK8s, e.Dst
+	if addr.Port() != e.Probe.Port && e.Src.Port() == e.Probe.Port {
+		end, addr = e.SrcK8s, e.Src
+	}
+	pod := "pod " + addr.Addr().String()
+	if end != nil && end.Kind == k8s.KindPod {
+		pod = end.Namespace + "/" + end.Name
+	}
+	kinds := e.Probe.Kinds.Names()
+	kind := "probe"
+	switch len(kinds) {
+	case 0:
+	case 1:
+		kind = kinds[0] + " probe"
+	default:
+		kind = strings.Join(kinds[:len(kinds)-1], ", ") + " and " + kinds[len(kinds)-1] + " probes"
+	}
+	return kind + " of " + pod + " on :" + strconv.Itoa(int(e.Probe.Port)) + " got " + got
 }
 
 // Types of notice line.

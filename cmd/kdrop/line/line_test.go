@@ -14,6 +14,7 @@ import (
 
 	"github.com/santhosh-tekuri/jsonschema/v6"
 
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich/conntrack"
 	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netfilter"
 	"github.com/kdrop/kdrop/cmd/kdrop/enrich/route"
 	"github.com/kdrop/kdrop/k8s"
@@ -78,17 +79,50 @@ func goldenEvents() []Event {
 		{Event: tracer.Event{Time: t0.Add(9500 * time.Millisecond), Type: tracer.Drop, Count: 1, Source: "tp_btf", Netns: 4026532303, Family: 4, Proto: 6,
 			Src: ap("10.244.0.7:40100"), Dst: ap("10.244.0.9:5432"), TCPFlags: 2, Reason: "NETFILTER_DROP", ReasonCode: 12, Location: "nf_hook_slow+0x9a"},
 			Rule: &netfilter.Rule{Backend: netfilter.BackendNftables, How: netfilter.HowCounter, Ref: netfilter.Ref{Family: "ip", Table: "filter",
-				Chain: "KUBE-NWPLCY-DEFAULT", Handle: 88, Comment: "rule to REJECT traffic destined for POD name,namespace: db-0,shop", Verdict: "REJECT icmp-port-unreachable", Packets: 1},
-				K8s: &netfilter.Meaning{Kind: netfilter.MeaningNetworkPolicy, Engine: "kube-router", Direction: "ingress",
+				Chain: "KUBE-POD-FW-2XVJKPRIPIRU222C", Handle: 88, Comment: "rule to REJECT traffic destined for POD name:db-0 namespace: shop", Verdict: "REJECT icmp-port-unreachable", Packets: 1},
+				K8s: &netfilter.Meaning{Kind: netfilter.MeaningNetworkPolicy, Engine: "kube-router", Direction: "ingress", Pod: "shop/db-0",
 					NetworkPolicies: []netfilter.PolicyRef{{Namespace: "shop", Name: "db-ingress"}, {Namespace: "shop", Name: "default-deny"}},
-					Text:            "NetworkPolicies shop/db-ingress, shop/default-deny isolate shop/db-0 for ingress; none allows TCP 5432 from shop/api-1"}}},
+					Evaluation:      netfilter.EvaluationAgrees,
+					Text:            "NetworkPolicies shop/db-ingress, shop/default-deny isolate shop/db-0 for ingress; none allows TCP 5432 from shop/api-1 (kube-router's rule agrees)"}}},
+		// an engine's rule kdrop's own evaluation disagrees with
+		{Event: tracer.Event{Time: t0.Add(9600 * time.Millisecond), Type: tracer.Drop, Count: 1, Source: "tp_btf", Netns: 4026532303, Family: 4, Proto: 6,
+			Src: ap("10.244.0.9:40200"), Dst: ap("10.244.0.7:8080"), TCPFlags: 2, Reason: "NETFILTER_DROP", ReasonCode: 12, Location: "nf_hook_slow+0x9a"},
+			Rule: &netfilter.Rule{Backend: netfilter.BackendNftables, How: netfilter.HowCounter, Ref: netfilter.Ref{Family: "ip", Table: "filter",
+				Chain: "KUBE-POD-FW-4FKNNDUFH5QLYXG2", Handle: 91, Comment: "rule to REJECT traffic destined for POD name:db-0 namespace: shop", Verdict: "REJECT icmp-port-unreachable", Packets: 1},
+				K8s: &netfilter.Meaning{Kind: netfilter.MeaningNetworkPolicy, Engine: "kube-router", Direction: "egress", Pod: "shop/db-0",
+					NetworkPolicies: []netfilter.PolicyRef{{Namespace: "shop", Name: "db-egress"}},
+					Evaluation:      netfilter.EvaluationDisagrees,
+					Evaluated: &netfilter.Meaning{Kind: netfilter.MeaningNetworkPolicy, Direction: "egress", Pod: "shop/db-0",
+						NetworkPolicies: []netfilter.PolicyRef{{Namespace: "shop", Name: "lockdown"}},
+						Text:            "NetworkPolicy shop/lockdown isolates shop/db-0 for egress and does not allow TCP 8080 to shop/web-1"},
+					Text: "kube-router rejects it: NetworkPolicy shop/db-egress isolates shop/db-0 for egress and does not allow it; kdrop's evaluation of the NetworkPolicies disagrees: NetworkPolicy shop/lockdown isolates shop/db-0 for egress and does not allow TCP 8080 to shop/web-1"}}},
 		// a route drop, named by its route
 		{Event: tracer.Event{Time: t0.Add(9700 * time.Millisecond), Type: tracer.Drop, Count: 3, Source: "tp_btf", Netns: 4026532301, Family: 4, Proto: 17,
 			Src: ap("198.18.1.2:40000"), Dst: ap("198.19.131.5:9"), Reason: "NOT_SPECIFIED", ReasonCode: 2, Location: "ip_error+0x4c"},
 			Route: &route.Route{Type: "blackhole", Dst: netip.MustParsePrefix("198.19.131.0/24"), Table: 254}},
+		// conntrack's own drop (no rule), and an INVALID packet a rule dropped
+		{Event: tracer.Event{Time: t0.Add(9800 * time.Millisecond), Type: tracer.Drop, Count: 1, Source: "tp_btf", Netns: 4026532305, Family: 4, Proto: 6,
+			Src: ap("198.18.1.2:51234"), Dst: ap("198.18.2.2:80"), TCPFlags: 2, Reason: "NETFILTER_DROP", ReasonCode: 12, Location: "nf_hook_slow+0x7d"},
+			Conntrack: &conntrack.Drop{Cause: conntrack.CauseInsertFailed, Count: 2, Max: 262144}},
+		{Event: tracer.Event{Time: t0.Add(9900 * time.Millisecond), Type: tracer.Drop, Count: 1, Source: "tp_btf", Netns: 4026532305, Family: 4, Proto: 6,
+			Src: ap("198.18.1.2:51235"), Dst: ap("198.18.2.2:80"), TCPFlags: 3, Reason: "NETFILTER_DROP", ReasonCode: 12, Location: "nft_do_chain+0x3e8"},
+			Rule: &netfilter.Rule{Backend: netfilter.BackendNftables, How: netfilter.HowCounter, Ref: netfilter.Ref{Family: "ip", Table: "filter",
+				Chain: "KUBE-FORWARD", Handle: 5, Verdict: "DROP", Packets: 1}, K8s: &netfilter.Meaning{Kind: netfilter.MeaningInvalidConntrack,
+				Engine: "kube-proxy", Text: "invalid conntrack state (kube-proxy drops packets conntrack calls INVALID)"}},
+			Conntrack: &conntrack.Drop{Cause: conntrack.CauseInvalid, Count: 7, Max: 262144}},
 		{Event: tracer.Event{Time: t0.Add(10 * time.Second), Type: tracer.Drop, Count: 1, Source: "tp_btf", Netns: 4026532302, Family: 4, Proto: 17,
 			Dst: ap("198.18.2.3:53"), Reason: "NETFILTER_DROP", ReasonCode: 12, Location: "nf_hook_slow+0x9a"},
 			Rule: &netfilter.Rule{Backend: netfilter.BackendNftables, Unknown: "network namespace gone"}},
+		// kubelet probes: a reset on a liveness and readiness port, an
+		// unreachable on a startup one
+		{Event: tracer.Event{Time: t0.Add(11 * time.Second), Type: tracer.Drop, Count: 1, Source: "tp_btf", Netns: 4026532310, Family: 4, Proto: 6,
+			Src: ap("10.244.0.1:51234"), Dst: ap("10.244.0.9:8080"), TCPFlags: 2, Reason: "NO_SOCKET", ReasonCode: 3, Location: "tcp_v4_rcv+0x1a4"},
+			Node: "node-a", DstK8s: pod, WhereK8s: pod,
+			Probe: &k8s.Probe{Port: 8080, Kinds: k8s.ProbeLiveness | k8s.ProbeReadiness, Handler: k8s.ProbeHTTP, Container: "api", HTTPS: true}},
+		{Event: tracer.Event{Time: t0.Add(12 * time.Second), Type: tracer.Unreachable, Count: 1, Source: "tp_btf", Netns: 4026531840, Family: 4, Proto: 6,
+			Src: ap("10.244.0.1:51240"), Dst: ap("10.244.0.9:9090"), ICMPType: 3, ICMPCode: 1},
+			Node: "node-a", DstK8s: pod, WhereK8s: node,
+			Probe: &k8s.Probe{Port: 9090, Kinds: k8s.ProbeStartup, Handler: k8s.ProbeGRPC, Container: "api"}},
 	}
 }
 
@@ -407,6 +441,11 @@ func sameAsSlow(t *testing.T, b []byte, l *Line, err error) {
 // Lines at the edges of what the fast path reads: each decodes as
 // encoding/json decodes it.
 var fastCases = []string{
+	// the conntrack object: out of range, null, unknown members, not an object
+	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1,"reason":"NETFILTER_DROP","conntrack":{"cause":"table-full","count":4294967296,"max":1}}`,
+	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1,"reason":"NETFILTER_DROP","conntrack":null}`,
+	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1,"conntrack":{"cause":"insert-failed","later":[1,{"a":2}]},"reason":"NETFILTER_DROP"}`,
+	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1,"reason":"NETFILTER_DROP","conntrack":"insert-failed"}`,
 	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":1}`,
 	` { "time" : "2026-01-01T00:00:00Z" , "type" : "drop" , "count" : 18446744073709551615 } `,
 	`{"time":"2026-01-01T00:00:00Z","type":"drop","count":18446744073709551616}`,

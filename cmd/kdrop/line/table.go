@@ -47,6 +47,14 @@ func (e *Event) ruleColumn() string {
 	if e.Route != nil {
 		return "route: " + e.Route.String()
 	}
+	if e.Conntrack != nil {
+		// conntrack's cause first; a rule named too (an INVALID packet's
+		// rule, or one whose counter moved as well) follows
+		if e.Rule.Known() {
+			return e.Conntrack.String() + "; " + e.Rule.Short()
+		}
+		return e.Conntrack.String()
+	}
 	return e.Rule.Short()
 }
 
@@ -100,8 +108,16 @@ func countString(e *Event) string {
 	return count
 }
 
-// identities is "  src=... dst=... at=..." for the ends with a name.
+// identities is "  src=... dst=... at=..." for the ends with a name, then
+// "  probe: ..." (ProbeText) on a probe connection.
 func (e *Event) identities() string {
+	if e.Probe != nil {
+		return e.names() + "  probe: " + e.ProbeText()
+	}
+	return e.names()
+}
+
+func (e *Event) names() string {
 	var extra []string
 	for _, x := range []struct {
 		label string

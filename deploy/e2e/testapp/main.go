@@ -19,6 +19,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -61,8 +62,9 @@ func main() {
 		total := fs.Duration("for", time.Minute, "how long to probe at most")
 		until := fs.String("until", "", "stop dialing an address once a dial ended in this result (e.g. EHOSTUNREACH) -times times")
 		times := fs.Int("times", 1, "see -until")
+		read := fs.Bool("read", false, "read the server's reply until it closes before closing: a clean exchange, no drops at teardown")
 		fs.Parse(args)
-		err = probe(fs.Args(), *every, *timeout, *total, *until, *times)
+		err = probe(fs.Args(), *every, *timeout, *total, *until, *times, *read)
 	case "dial":
 		n := fs.Int("n", 5, "dials")
 		timeout := fs.Duration("timeout", 2*time.Second, "dial timeout")
@@ -166,7 +168,7 @@ func result(err error) string {
 
 // probe dials every address every interval, as a client that still holds
 // old endpoints does, one JSON line per dial.
-func probe(addrs []string, every, timeout, total time.Duration, until string, times int) error {
+func probe(addrs []string, every, timeout, total time.Duration, until string, times int, read bool) error {
 	if len(addrs) == 0 {
 		return fmt.Errorf("probe: no IP:PORT given")
 	}
@@ -178,6 +180,10 @@ func probe(addrs []string, every, timeout, total time.Duration, until string, ti
 				start := time.Now()
 				c, err := net.DialTimeout("tcp4", a, timeout)
 				if c != nil {
+					if read {
+						c.SetReadDeadline(time.Now().Add(timeout))
+						io.Copy(io.Discard, c)
+					}
 					c.Close()
 				}
 				if result(err) == until {

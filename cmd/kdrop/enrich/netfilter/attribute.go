@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich/conntrack"
 	"github.com/kdrop/kdrop/tracer"
 )
 
@@ -38,6 +39,9 @@ type Config struct {
 	Keep time.Duration
 	// NetnsPaths lists namespaces by inode; default tracer.NetnsPaths.
 	NetnsPaths func() map[uint32]string
+	// NoConntrack: do not read the namespace's conntrack statistics with
+	// its rules, so no drop is told to be conntrack's (package conntrack).
+	NoConntrack bool
 
 	// readHook, for tests: called with the namespace and the stage of a
 	// read ("start", "listed").
@@ -77,18 +81,25 @@ const (
 // Attributor names the rule of NETFILTER_DROP events, asynchronously: an
 // event handed to Submit is held (a copy, item) until a read of its
 // namespace's rules taken after it, then given back to emit with its Rule,
-// on the Attributor's goroutine. Reads are coalesced: at most one per
+// on the Attributor's goroutine. With the rules it reads the namespace's
+// conntrack statistics and tells the drops conntrack caused (emit's
+// *conntrack.Drop): its own (then the Rule is nil unless a rule's counter
+// moved too) or an INVALID packet a rule matching conntrack state dropped
+// (then both are given). Reads are coalesced: at most one per
 // namespace per Config.Interval, only of namespaces with drops waiting,
 // only of chains that can drop. No event is lost: each one reaches emit
 // exactly once, by Close at the latest.
 type Attributor[T any] struct {
 	cfg  Config
-	emit func(item *T, r *Rule)
+	emit func(item *T, r *Rule, ct *conntrack.Drop)
 
-	mu     sync.Mutex
-	ns     map[uint32]*nsState[T]
-	held   int
-	closed bool
+	mu sync.Mutex
+	ns map[uint32]*nsState[T]
+	// ctBaselines are the last conntrack reads of namespaces forgotten
+	// (Config.Keep without drops), at most maxCtBaselines
+	ctBaselines map[uint32]conntrack.Windows
+	held        int
+	closed      bool
 
 	wake chan struct{}
 	stop chan struct{}
@@ -113,6 +124,8 @@ type nsState[T any] struct {
 	seen     time.Time // the last drop's arrival
 	reads    uint64    // reads attempted
 	walked   uint64    // reads when pending was last walked
+	// ct is what moved in the namespace's conntrack statistics
+	ct conntrack.Windows
 }
 
 // window is what moved between two reads: the packets counted by the
@@ -138,10 +151,12 @@ type req[T any] struct {
 	deadline time.Time
 }
 
-// New starts an Attributor; emit receives each held event with its rule.
-func New[T any](cfg Config, emit func(item *T, r *Rule)) *Attributor[T] {
+// New starts an Attributor; emit receives each held event with its rule
+// (nil: conntrack dropped it and no rule moved) and conntrack's part in it
+// (nil: none seen).
+func New[T any](cfg Config, emit func(item *T, r *Rule, ct *conntrack.Drop)) *Attributor[T] {
 	cfg.defaults()
-	a := &Attributor[T]{cfg: cfg, emit: emit, ns: map[uint32]*nsState[T]{},
+	a := &Attributor[T]{cfg: cfg, emit: emit, ns: map[uint32]*nsState[T]{}, ctBaselines: map[uint32]conntrack.Windows{},
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	go a.loop()
 	return a
@@ -173,7 +188,8 @@ func (a *Attributor[T]) Submit(ev *tracer.Event, item T) *Rule {
 	}
 	s := a.ns[ev.Netns]
 	if s == nil {
-		s = &nsState[T]{reader: netnsReader{ino: ev.Netns}}
+		s = &nsState[T]{reader: netnsReader{ino: ev.Netns}, ct: a.ctBaselines[ev.Netns]}
+		delete(a.ctBaselines, ev.Netns)
 		if h := a.cfg.readHook; h != nil {
 			ino := ev.Netns
 			s.reader.hook = func(stage string) { h(ino, stage) }
@@ -251,6 +267,12 @@ func (a *Attributor[T]) step(final bool) {
 		if len(s.pending) == 0 {
 			if now.Sub(s.seen) > a.cfg.Keep {
 				delete(a.ns, ino)
+				// conntrack's statistics are since the namespace was
+				// made: keep the last read as the baseline of the next
+				if len(a.ctBaselines) >= maxCtBaselines {
+					clear(a.ctBaselines)
+				}
+				a.ctBaselines[ino] = s.ct.Baseline()
 			}
 			continue
 		}
@@ -265,6 +287,7 @@ func (a *Attributor[T]) step(final bool) {
 	type out struct {
 		item *T
 		r    *Rule
+		ct   *conntrack.Drop
 	}
 	var outs []out
 	now = time.Now()
@@ -284,6 +307,9 @@ func (a *Attributor[T]) step(final bool) {
 			case s.last != nil && s.last.at.After(p.to.Add(slack)):
 				r = s.attribute(p)
 				r.K8s = kubeProxyMeaning(r, &p.ev, s.last)
+				if r.K8s == nil && strings.HasPrefix(r.Chain, krPodChainPrefix) {
+					r.K8s = kubeRouterMeaning(r, s.info(r.Ref), &p.ev)
+				}
 			case s.err != nil && s.errAt.After(p.to) && !errors.Is(s.err, errReadTimeout):
 				r = &Rule{Backend: BackendNftables, Unknown: s.err.Error()}
 			case final:
@@ -299,8 +325,15 @@ func (a *Attributor[T]) step(final bool) {
 				keep = append(keep, *p)
 				continue
 			}
+			var ct *conntrack.Drop
+			if s.ct.ReadAfter(p.to.Add(slack)) {
+				ct = s.ct.Take(p.from.Add(-slack), p.to.Add(slack), p.ev.Count, conntrackMayDrop(&p.ev), stateRule(s.last, r))
+			}
+			if ct != nil && ct.Cause != conntrack.CauseInvalid && strings.HasPrefix(r.Unknown, whyNoRule) {
+				r = nil // conntrack's own drop, and no rule moved
+			}
 			item := p.item
-			outs = append(outs, out{&item, r})
+			outs = append(outs, out{&item, r, ct})
 		}
 		clear(s.pending[len(keep):])
 		s.pending = keep
@@ -309,12 +342,16 @@ func (a *Attributor[T]) step(final bool) {
 	a.held -= len(outs)
 	a.mu.Unlock()
 	for _, o := range outs {
-		if !o.r.Known() {
+		if o.r != nil && !o.r.Known() {
 			a.unknown.Add(1)
 		}
-		a.emit(o.item, o.r)
+		a.emit(o.item, o.r, o.ct)
 	}
 }
+
+// maxCtBaselines bounds the conntrack baselines kept of namespaces
+// without recent drops.
+const maxCtBaselines = 4096
 
 // maxWindows bounds the windows kept per namespace (10 s of reads every
 // 200 ms is 50).
@@ -342,8 +379,21 @@ func (a *Attributor[T]) read(ino uint32) {
 		rs, err = s.reader.read(path) // the reader is the loop's alone
 	}
 	a.reads.Add(1)
+	var cts conntrack.Stats
+	var ctErr error = errNetnsGone
+	var ctStart, ctEnd time.Time
+	if ok && !a.cfg.NoConntrack {
+		// after the rules: a drop the rules' read follows is followed by
+		// this one too
+		ctStart = time.Now()
+		cts, ctErr = conntrack.Read(path)
+		ctEnd = time.Now()
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if ctErr == nil {
+		s.ct.Add(cts, ctStart, ctEnd)
+	}
 	s.lastRead = start
 	s.reads++
 	if err != nil {
@@ -400,6 +450,43 @@ func (s *nsState[T]) prune(now time.Time, cfg Config) {
 	if i > 0 {
 		s.windows = slices.Delete(s.windows, 0, i)
 	}
+	s.ct.Prune(horizon)
+}
+
+// conntrackMayDrop says whether ev's packet may have been dropped by
+// conntrack's own verdict: not when a rule's verdict freed it in
+// nft_do_chain (kernels since 6.x free a rule's drop there, conntrack's
+// at nf_hook_slow; older ones free both at nf_hook_slow).
+func conntrackMayDrop(ev *tracer.Event) bool {
+	return !strings.HasPrefix(ev.Location, "nft_do_chain+")
+}
+
+// stateRule says whether r names a rule (or candidates) that matches on
+// conntrack state (ct state, -m conntrack/-m state, kube-proxy's INVALID
+// drop), read in rs: such a rule drops what conntrack calls INVALID.
+func stateRule(rs *ruleset, r *Rule) bool {
+	if r == nil || !r.Known() {
+		return false
+	}
+	if r.K8s != nil && r.K8s.Kind == MeaningInvalidConntrack {
+		return true
+	}
+	if rs == nil {
+		return false
+	}
+	refs := r.Candidates
+	if r.Table != "" {
+		refs = append(refs, r.Ref)
+	}
+	for _, ref := range refs {
+		for _, ri := range rs.rules {
+			if ri.Family == ref.Family && ri.Table == ref.Table && ri.Chain == ref.Chain && ri.Handle == ref.Handle &&
+				ri.Position == ref.Position && ri.matchesCtState() {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // attribute names the rule of one held event from the windows covering
@@ -472,6 +559,27 @@ func (s *nsState[T]) attribute(p *req[T]) *Rule {
 		why += " (" + errNoLegacy.Error() + ")"
 	}
 	return &Rule{Backend: BackendNftables, Unknown: why}
+}
+
+// info is the rule ref names as read: in the last read, else in a window
+// (a chain kube-router has replaced since).
+func (s *nsState[T]) info(ref Ref) *ruleInfo {
+	same := func(ri *ruleInfo) bool {
+		return ri.Family == ref.Family && ri.Table == ref.Table && ri.Chain == ref.Chain && ri.Handle == ref.Handle && ri.Position == ref.Position
+	}
+	for _, ri := range s.last.rules {
+		if same(ri) {
+			return ri
+		}
+	}
+	for i := len(s.windows) - 1; i >= 0; i-- {
+		for _, m := range s.windows[i].moved {
+			if same(m.ri) {
+				return m.ri
+			}
+		}
+	}
+	return nil
 }
 
 // vmapDrop is the verdict of a rule that matches: a verdict map rule

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich/conntrack"
 	"github.com/kdrop/kdrop/tracer"
 	"github.com/kdrop/kdrop/tracer/nstest"
 )
@@ -38,9 +39,9 @@ func newCollector(t *testing.T) *collector {
 		if h != nil {
 			h(ino, stage)
 		}
-	}}, func(ev *tracer.Event, r *Rule) {
+	}}, func(ev *tracer.Event, r *Rule, ct *conntrack.Drop) {
 		c.mu.Lock()
-		c.out = append(c.out, attributed{*ev, r})
+		c.out = append(c.out, attributed{*ev, r, ct})
 		c.mu.Unlock()
 	})
 	t.Cleanup(c.a.Close)
@@ -172,7 +173,7 @@ func TestTooManyWaiting(t *testing.T) {
 	block := make(chan struct{})
 	a := New(Config{MaxHeld: 3, Interval: 10 * time.Millisecond,
 		NetnsPaths: func() map[uint32]string { <-block; return nil }}, // reads stuck
-		func(*tracer.Event, *Rule) { mu.Lock(); n++; mu.Unlock() })
+		func(*tracer.Event, *Rule, *conntrack.Drop) { mu.Lock(); n++; mu.Unlock() })
 	ev := tracer.Event{Time: time.Now(), Type: tracer.Drop, Count: 1, Netns: 1, Reason: "NETFILTER_DROP"}
 	var now []*Rule
 	for range 5 {
@@ -222,7 +223,11 @@ func TestNoPermissionChild(t *testing.T) {
 	n, _ := strconv.ParseUint(ino, 10, 32)
 	c := &collector{}
 	c.a = New(Config{Interval: 50 * time.Millisecond, NetnsPaths: func() map[uint32]string { return map[uint32]string{uint32(n): path} }},
-		func(ev *tracer.Event, r *Rule) { c.mu.Lock(); c.out = append(c.out, attributed{*ev, r}); c.mu.Unlock() })
+		func(ev *tracer.Event, r *Rule, ct *conntrack.Drop) {
+			c.mu.Lock()
+			c.out = append(c.out, attributed{*ev, r, ct})
+			c.mu.Unlock()
+		})
 	defer c.a.Close()
 	r := c.submit(t, uint32(n), 9001)
 	fmt.Printf("UNKNOWN=%s\n", r.Unknown)

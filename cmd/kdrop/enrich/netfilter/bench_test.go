@@ -21,6 +21,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich/conntrack"
 	"github.com/kdrop/kdrop/tracer"
 	"github.com/kdrop/kdrop/tracer/nstest"
 )
@@ -82,7 +83,7 @@ func runStorm(b *testing.B, ns *nstest.NS, rateLimit uint32, attribute bool) sto
 	var events, occ, named atomic.Uint64
 	var a *Attributor[tracer.Event]
 	if attribute {
-		a = New(Config{}, func(ev *tracer.Event, rule *Rule) {
+		a = New(Config{}, func(ev *tracer.Event, rule *Rule, _ *conntrack.Drop) {
 			if rule.Comment == "storm" {
 				named.Add(ev.Count)
 			}

@@ -302,15 +302,21 @@ conntrack:
 	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	logPath := filepath.Join(dir, "kube-proxy.log")
+	runInNetns(t, ns, "kube-proxy ("+mode+")", testenv.Bin(t, "kube-proxy"), "--config", cfg, "--v=2")
+}
+
+// runInNetns runs bin with args in ns until the test ends, its output in
+// a log whose last lines a failed test shows.
+func runInNetns(t *testing.T, ns *nstest.NS, what, bin string, args ...string) {
+	logPath := filepath.Join(t.TempDir(), "daemon.log")
 	logf, err := os.Create(logPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("ip", "netns", "exec", ns.Name, testenv.Bin(t, "kube-proxy"), "--config", cfg, "--v=2")
+	cmd := exec.Command("ip", append([]string{"netns", "exec", ns.Name, bin}, args...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("kube-proxy: %v", err)
+		t.Fatalf("%s: %v", what, err)
 	}
 	t.Cleanup(func() {
 		cmd.Process.Kill()
@@ -319,7 +325,7 @@ conntrack:
 		if t.Failed() {
 			b, _ := os.ReadFile(logPath)
 			lines := strings.Split(string(b), "\n")
-			t.Logf("kube-proxy (%s) log, last lines:\n%s", mode, strings.Join(lines[max(0, len(lines)-40):], "\n"))
+			t.Logf("%s log, last lines:\n%s", what, strings.Join(lines[max(0, len(lines)-40):], "\n"))
 		}
 	})
 }

@@ -200,6 +200,7 @@ type legacyMatch struct {
 	invS, invD bool
 	unknown    bool // an interface or a match kdrop does not evaluate
 	comment    string
+	ctState    bool // a conntrack or state match (-m conntrack --ctstate, -m state)
 }
 
 // parseLegacyMatch reads struct ipt_ip/ip6t_ip6 and the matches.
@@ -245,6 +246,9 @@ func parseLegacyMatch(f *legacyFamily, e []byte, targetOff int) *legacyMatch {
 		}
 		name := string(bytes.TrimRight(e[off+2:off+2+xtNameLen], "\x00"))
 		data := e[off+32 : off+size]
+		if name == "conntrack" || name == "state" {
+			m.ctState = true
+		}
 		switch {
 		case name == "comment":
 			m.comment = cleanComment(data)

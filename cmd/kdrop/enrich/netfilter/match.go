@@ -40,6 +40,9 @@ func eval(ri *ruleInfo, ev *tracer.Event) (matchResult, *element) {
 	if ri.legacy != nil {
 		return ri.legacy.match(ev), nil
 	}
+	if podChainExcludes(ri, ev) {
+		return matchNo, nil
+	}
 	switch nftables.TableFamily(ri.family) {
 	case nftables.TableFamilyIPv4:
 		if ev.Family != 4 {
@@ -282,4 +285,27 @@ func payload(ev *tracer.Event, p *expr.Payload) []byte {
 		}
 	}
 	return bytes.Clone(hdr[off : off+n])
+}
+
+// matchesCtState says whether the rule matches on conntrack state: an
+// nftables ct state expression, or an xt conntrack or state match
+// (iptables' -m conntrack --ctstate, -m state; kept by iptables-nft as
+// compat expressions, or in an iptables-legacy entry).
+func (ri *ruleInfo) matchesCtState() bool {
+	if ri.legacy != nil {
+		return ri.legacy.ctState
+	}
+	for _, e := range ri.exprs {
+		switch x := e.(type) {
+		case *expr.Ct:
+			if x.Key == expr.CtKeySTATE {
+				return true
+			}
+		case *expr.Match:
+			if x.Name == "conntrack" || x.Name == "state" {
+				return true
+			}
+		}
+	}
+	return false
 }

@@ -24,6 +24,7 @@ import (
 	"go.uber.org/zap/zaptest"
 	"golang.org/x/sys/unix"
 
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich/conntrack"
 	"github.com/kdrop/kdrop/tracer"
 	"github.com/kdrop/kdrop/tracer/nstest"
 )
@@ -47,6 +48,7 @@ func needNft(t testing.TB) {
 type attributed struct {
 	ev   tracer.Event
 	rule *Rule
+	ct   *conntrack.Drop // conntrack's part, when it had one
 }
 
 // harness runs the tracer and an Attributor, collecting what comes out.
@@ -62,9 +64,9 @@ type harness struct {
 	noReasons bool
 }
 
-func (h *harness) add(ev *tracer.Event, r *Rule) {
+func (h *harness) add(ev *tracer.Event, r *Rule, ct *conntrack.Drop) {
 	h.mu.Lock()
-	h.out = append(h.out, attributed{*ev, r})
+	h.out = append(h.out, attributed{*ev, r, ct})
 	h.mu.Unlock()
 }
 
@@ -77,7 +79,7 @@ func (h *harness) snapshot() []attributed {
 func startHarness(t *testing.T, cfg Config, opts tracer.Options) *harness {
 	t.Helper()
 	h := &harness{done: make(chan error, 1)}
-	h.a = New(cfg, func(ev *tracer.Event, r *Rule) { h.add(ev, r) })
+	h.a = New(cfg, func(ev *tracer.Event, r *Rule, ct *conntrack.Drop) { h.add(ev, r, ct) })
 	opts.Log = zaptest.NewLogger(t)
 	m, err := tracer.ParseModes(os.Getenv("KDROP_TEST_ATTACH"))
 	if err != nil {
@@ -112,7 +114,7 @@ func startHarness(t *testing.T, cfg Config, opts tracer.Options) *harness {
 				return
 			}
 			if r := h.a.Submit(e, *e); r != nil {
-				h.add(e, r)
+				h.add(e, r, nil)
 			}
 		})
 	}()
@@ -236,54 +238,40 @@ func load(t *testing.T, client *nstest.NS, targets []target, period time.Duratio
 	})
 	var tcps []int
 	var mu sync.Mutex
-	quit := make(chan struct{})
-	var wg sync.WaitGroup
 	var failed atomic.Value
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		tick := time.NewTicker(period)
-		defer tick.Stop()
-		for {
-			select {
-			case <-quit:
-				return
-			case <-tick.C:
-			}
-			for _, tg := range targets {
-				sa := sockaddrOf(tg.dst)
-				switch tg.proto {
-				case "udp":
-					fd := udp4
-					if tg.dst.Addr().Is6() {
-						fd = udp6
-					}
-					unix.Sendto(fd, []byte("kdrop"), 0, sa) // REJECTs make some sends fail: fine
-				case "tcp":
-					dom := unix.AF_INET
-					if tg.dst.Addr().Is6() {
-						dom = unix.AF_INET6
-					}
-					var fd int
-					var err error
-					client.In(t, func() { fd, err = unix.Socket(dom, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0) })
-					if err != nil {
-						failed.Store(err)
-						return
-					}
-					unix.Connect(fd, sa) // EINPROGRESS
-					mu.Lock()
-					tcps = append(tcps, fd)
-					mu.Unlock()
+	stopPaced := nstest.Paced(t, period, func() {
+		for _, tg := range targets {
+			sa := sockaddrOf(tg.dst)
+			switch tg.proto {
+			case "udp":
+				fd := udp4
+				if tg.dst.Addr().Is6() {
+					fd = udp6
 				}
+				unix.Sendto(fd, []byte("kdrop"), 0, sa) // REJECTs make some sends fail: fine
+			case "tcp":
+				dom := unix.AF_INET
+				if tg.dst.Addr().Is6() {
+					dom = unix.AF_INET6
+				}
+				var fd int
+				var err error
+				client.In(t, func() { fd, err = unix.Socket(dom, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0) })
+				if err != nil {
+					failed.Store(err)
+					return
+				}
+				unix.Connect(fd, sa) // EINPROGRESS
+				mu.Lock()
+				tcps = append(tcps, fd)
+				mu.Unlock()
 			}
 		}
-	}()
+	})
 	var once sync.Once
 	stop = func() {
 		once.Do(func() {
-			close(quit)
-			wg.Wait()
+			stopPaced()
 			unix.Close(udp4)
 			unix.Close(udp6)
 			mu.Lock()
@@ -513,7 +501,14 @@ func dump(out []attributed) string {
 			fmt.Fprintf(&b, "… %d more\n", len(out)-i)
 			break
 		}
-		fmt.Fprintf(&b, "netns %d %v→%v count %d summary %v: %+v\n", x.ev.Netns, x.ev.Src, x.ev.Dst, x.ev.Count, x.ev.Summary, *x.rule)
+		rule := "no rule"
+		if x.rule != nil {
+			rule = fmt.Sprintf("%+v", *x.rule)
+		}
+		if x.ct != nil {
+			rule += fmt.Sprintf(" conntrack %+v", *x.ct)
+		}
+		fmt.Fprintf(&b, "netns %d %v→%v at %s count %d summary %v: %s\n", x.ev.Netns, x.ev.Src, x.ev.Dst, x.ev.Location, x.ev.Count, x.ev.Summary, rule)
 	}
 	return b.String()
 }

@@ -66,6 +66,7 @@ type ruleInfo struct {
 	packets    uint64 // the counter's packets (cumulative, as read)
 	exprs      []expr.Any
 	legacy     *legacyMatch // iptables-legacy: what its ipt_entry matches
+	pod        *podChain    // a rule of kube-router's pod chain: the chain's pod and policies
 	// sets are the elements of the sets and maps its lookups use, by
 	// name (shared by the rules of its table, read with them).
 	sets map[string]*setInfo
@@ -256,8 +257,16 @@ func (r *netnsReader) readOnce(conn *nftables.Conn, nl *netlink.Conn) (*ruleset,
 		if err != nil {
 			return nil, classify(err)
 		}
+		var pod *podChain
+		if isPodChain(c.table, c.chain) {
+			pod = &podChain{}
+			for _, nr := range rules {
+				pod.note(nr)
+			}
+		}
 		for _, nr := range rules {
 			if ri := parseRule(c.table, c.chain, nr); ri != nil {
+				ri.pod = pod
 				rs.add(ri)
 			}
 		}

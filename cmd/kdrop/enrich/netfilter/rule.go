@@ -112,10 +112,33 @@ type Meaning struct {
 	// Direction is "ingress" (the destination is isolated) or "egress"
 	// (the source is); "" for kube-proxy's meanings.
 	Direction string
+	// Pod is the pod the NetworkPolicies isolate, "namespace/name"; for
+	// an engine's rule, the pod its rule is for.
+	Pod string
+	// Evaluation compares an engine's NetworkPolicy rule (Engine set,
+	// Kind MeaningNetworkPolicy) with kdrop's own evaluation of the
+	// cluster's NetworkPolicies: EvaluationAgrees or EvaluationDisagrees;
+	// "" when they were not compared (no pod identity, policies not
+	// listed yet).
+	Evaluation string
+	// Evaluated is kdrop's own evaluation when it disagrees with the
+	// engine's rule: the policies that deny the packet as kdrop reads
+	// them (Engine ""); nil when they allow it.
+	Evaluated *Meaning
 	// Text says it in one sentence: "Service shop/cart:http has no
 	// endpoints".
 	Text string
 }
+
+// Meaning.Evaluation.
+const (
+	// EvaluationAgrees: kdrop's evaluation names the same pod, direction
+	// and policies as the engine's rule.
+	EvaluationAgrees = "agrees"
+	// EvaluationDisagrees: it does not (Meaning.Evaluated says what it
+	// found); the text says so.
+	EvaluationDisagrees = "disagrees"
+)
 
 // PolicyRef names a NetworkPolicy.
 type PolicyRef struct{ Namespace, Name string }

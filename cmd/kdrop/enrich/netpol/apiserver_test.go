@@ -190,12 +190,20 @@ func TestAgainstAPIServer(t *testing.T) {
 	check("deleted client, another port", TCP, "10.1.0.11:40000", "10.1.0.10:5433",
 		"NetworkPolicies shop/db-ingress, shop/default-deny isolate shop/db-0 for ingress; none allows TCP 5433 from shop/api-1")
 
-	// A deleted policy is no longer named (the informer's update).
+	// A deleted policy is no longer named (the informer's update)...
+	beforeDelete := time.Now()
 	if err := admin.NetworkingV1().NetworkPolicies("shop").Delete(ctx, "db-ingress", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	check("after db-ingress was deleted", TCP, "10.1.0.12:40000", "10.1.0.10:5432",
 		"NetworkPolicy shop/default-deny isolates shop/db-0 for ingress and does not allow TCP 5432 (postgres) from shop/batch-2")
+	// ...but a drop from before the deletion, evaluated after it, meets
+	// the policies then in force.
+	f := flow(TCP, "10.1.0.12:40000", "10.1.0.10:5432")
+	f.At = beforeDelete
+	if m := ev.Meaning(f); m == nil || m.Text != "NetworkPolicies shop/db-ingress, shop/default-deny isolate shop/db-0 for ingress; none allows TCP 5432 (postgres) from shop/batch-2" {
+		t.Errorf("a drop from before db-ingress was deleted: meaning %+v", m)
+	}
 	// Namespace labels follow the informer: web loses team=web, so
 	// api-from-web no longer allows front-0.
 	nsWeb, err := admin.CoreV1().Namespaces().Get(ctx, "web", metav1.GetOptions{})

@@ -35,7 +35,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
+	"time"
 
 	"github.com/mattfenwick/cyclonus/pkg/matcher"
 	"golang.org/x/sys/unix"
@@ -55,6 +55,8 @@ type Flow struct {
 	// labels); nil, or anything but a pod not on the host network, is an
 	// address only.
 	SrcK8s, DstK8s *k8s.Endpoint
+	// At is the drop's time: the policies then in force apply (zero: now).
+	At time.Time
 }
 
 // Set is NetworkPolicies built for evaluation, by namespace (a policy
@@ -116,23 +118,46 @@ const (
 // (or do not apply: no end is an isolated pod, an end is a Service IP, the
 // protocol is not TCP, UDP or SCTP), else a netfilter.MeaningNetworkPolicy naming the policies
 // that isolate the pod and allow nothing matching f. When both ends are
-// isolated and both directions deny, egress is named: the source's side
-// drops the packet first. nsLabels gives a namespace's labels
+// isolated and both directions deny, egress is named (the source's side
+// drops the packet first) and its Text says ingress denies it too. nsLabels gives a namespace's labels
 // (k8s.Resolver.NamespaceLabels). One call walks only the policies of the
 // two ends' namespaces.
-func (s *Set) Evaluate(f Flow, nsLabels func(ns string) map[string]string) (m *netfilter.Meaning) {
+func (s *Set) Evaluate(f Flow, nsLabels func(ns string) map[string]string) *netfilter.Meaning {
+	m, _ := s.evaluate(f, nsLabels)
+	return m
+}
+
+// evaluate is Evaluate, and whether the policies say anything about f:
+// false when they do not apply (no end is a pod, an end is a Service IP,
+// another protocol) or cannot be evaluated.
+func (s *Set) evaluate(f Flow, nsLabels func(ns string) map[string]string) (*netfilter.Meaning, bool) {
+	egress, ingress, concluded := s.directions(f, nsLabels)
+	if egress != nil && ingress != nil {
+		// fixing egress alone would leave the drop at the destination
+		egress.Text += "; ingress is denied too: " + ingress.Text
+	}
+	if egress != nil {
+		return egress, concluded
+	}
+	return ingress, concluded
+}
+
+// directions evaluates f for each direction: the meanings of the
+// source's egress and the destination's ingress policies that deny it
+// (nil: allowed, or the end is no pod), and whether they concluded.
+func (s *Set) directions(f Flow, nsLabels func(ns string) map[string]string) (egress, ingress *netfilter.Meaning, concluded bool) {
 	proto, ok := protocols[f.Proto]
 	if s == nil || !ok || !f.Src.Addr().IsValid() || !f.Dst.Addr().IsValid() || isService(f.SrcK8s) || isService(f.DstK8s) {
-		return nil
+		return nil, nil, false
 	}
 	defer func() {
 		if recover() != nil { // the matcher panics on what it cannot parse: no conclusion
-			m = nil
+			egress, ingress, concluded = nil, nil, false
 		}
 	}()
 	src, dst := peer(f.SrcK8s, f.Src.Addr(), nsLabels), peer(f.DstK8s, f.Dst.Addr(), nsLabels)
 	if src.Internal == nil && dst.Internal == nil {
-		return nil
+		return nil, nil, false
 	}
 	t := &matcher.Traffic{Source: src, Destination: dst, ResolvedPort: int(f.Dst.Port()), Protocol: proto}
 	if dst.Internal != nil {
@@ -141,18 +166,18 @@ func (s *Set) Evaluate(f Flow, nsLabels func(ns string) map[string]string) (m *n
 	if src.Internal != nil {
 		if p := s.byNS[src.Internal.Namespace]; p != nil {
 			if d := p.IsIngressOrEgressAllowed(t, false); !d.IsAllowed() {
-				return meaning(Egress, d.DenyingTargets, f, proto, t.ResolvedPortName)
+				egress = meaning(Egress, d.DenyingTargets, f, proto, t.ResolvedPortName)
 			}
 		}
 	}
 	if dst.Internal != nil {
 		if p := s.byNS[dst.Internal.Namespace]; p != nil {
 			if d := p.IsIngressOrEgressAllowed(t, true); !d.IsAllowed() {
-				return meaning(Ingress, d.DenyingTargets, f, proto, t.ResolvedPortName)
+				ingress = meaning(Ingress, d.DenyingTargets, f, proto, t.ResolvedPortName)
 			}
 		}
 	}
-	return nil
+	return egress, ingress, true
 }
 
 var protocols = map[uint8]corev1.Protocol{
@@ -201,7 +226,11 @@ func meaning(direction string, deniers []*matcher.Target, f Flow, proto corev1.P
 		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 	})
 	refs = slices.Compact(refs)
-	m := &netfilter.Meaning{Kind: netfilter.MeaningNetworkPolicy, NetworkPolicies: refs, Direction: direction}
+	m := &netfilter.Meaning{Kind: netfilter.MeaningNetworkPolicy, NetworkPolicies: refs, Direction: direction,
+		Pod: describe(f.DstK8s, f.Dst.Addr())}
+	if direction == Egress {
+		m.Pod = describe(f.SrcK8s, f.Src.Addr())
+	}
 	m.Text = text(m, f, proto, portName)
 	return m
 }
@@ -214,18 +243,25 @@ func text(m *netfilter.Meaning, f Flow, proto corev1.Protocol, portName string) 
 	for i, r := range m.NetworkPolicies {
 		names[i] = r.String()
 	}
-	isolated, other, prep := describe(f.DstK8s, f.Dst.Addr()), describe(f.SrcK8s, f.Src.Addr()), "from"
-	if m.Direction == Egress {
-		isolated, other, prep = describe(f.SrcK8s, f.Src.Addr()), describe(f.DstK8s, f.Dst.Addr()), "to"
+	port, prep, other := packet(m.Direction, f, proto, portName)
+	if len(names) == 1 {
+		return fmt.Sprintf("NetworkPolicy %s isolates %s for %s and does not allow %s %s %s", names[0], m.Pod, m.Direction, port, prep, other)
 	}
-	port := string(proto) + " " + strconv.Itoa(int(f.Dst.Port()))
+	return fmt.Sprintf("NetworkPolicies %s isolate %s for %s; none allows %s %s %s", strings.Join(names, ", "), m.Pod, m.Direction, port, prep, other)
+}
+
+// packet says what the isolated pod's policies were asked about: "TCP
+// 5432 (postgres)", and "from" the source (ingress) or "to" the
+// destination (egress).
+func packet(direction string, f Flow, proto corev1.Protocol, portName string) (port, prep, other string) {
+	port = string(proto) + " " + strconv.Itoa(int(f.Dst.Port()))
 	if portName != "" {
 		port += " (" + portName + ")"
 	}
-	if len(names) == 1 {
-		return fmt.Sprintf("NetworkPolicy %s isolates %s for %s and does not allow %s %s %s", names[0], isolated, m.Direction, port, prep, other)
+	if direction == Egress {
+		return port, "to", describe(f.DstK8s, f.Dst.Addr())
 	}
-	return fmt.Sprintf("NetworkPolicies %s isolate %s for %s; none allows %s %s %s", strings.Join(names, ", "), isolated, m.Direction, port, prep, other)
+	return port, "from", describe(f.SrcK8s, f.Src.Addr())
 }
 
 // describe names an end: "ns/pod" for a pod, else its address.
@@ -237,59 +273,119 @@ func describe(e *k8s.Endpoint, addr netip.Addr) string {
 }
 
 // Evaluator evaluates drops against the cluster's NetworkPolicies as the
-// resolver's informers hold them. The built Set is cached per generation of
-// the policy informer: rebuilt on the first evaluation after a policy was
-// added, changed or deleted, reused otherwise. Safe for concurrent use.
+// resolver's informers held them at the drop's time. Built Sets are cached
+// by generation of the policy list (the last few: a drop from before a
+// change uses the list then in force); a Set is built on the first
+// evaluation that needs its generation. Safe for concurrent use.
 type Evaluator struct {
 	src   *k8s.Resolver
-	mu    sync.Mutex // serializes rebuilds
-	built atomic.Pointer[builtSet]
+	mu    sync.Mutex
+	built map[uint64]*Set
+	order []uint64 // generations built, oldest first
 }
 
-type builtSet struct {
-	gen uint64
-	set *Set
-}
+// builtSets bounds the Sets kept: the current one and those of a few
+// changes before it.
+const builtSets = 4
 
 // NewEvaluator returns an Evaluator reading res's informers.
-func NewEvaluator(res *k8s.Resolver) *Evaluator { return &Evaluator{src: res} }
+func NewEvaluator(res *k8s.Resolver) *Evaluator {
+	return &Evaluator{src: res, built: map[uint64]*Set{}}
+}
 
-// Meaning is Set.Evaluate on the current policies; nil (no conclusion)
-// until the policy informer has synced — RBAC may deny networkpolicies, or
-// the API server be out of reach — since an unsynced list cannot tell an
-// isolated pod from one no policy selects yet. It never calls the API
-// server.
+// Meaning is Set.Evaluate on the policies in force at f.At; nil (no
+// conclusion) until the policy informer has synced — RBAC may deny
+// networkpolicies, or the API server be out of reach — since an unsynced
+// list cannot tell an isolated pod from one no policy selects yet. It
+// never calls the API server.
 func (e *Evaluator) Meaning(f Flow) *netfilter.Meaning {
 	if !isPod(f.SrcK8s) && !isPod(f.DstK8s) {
 		return nil
 	}
-	set := e.current()
+	set := e.at(f.At)
 	if set == nil {
 		return nil
 	}
 	return set.Evaluate(f, e.src.NamespaceLabels)
 }
 
-// current returns the Set of the policies' current generation, building
-// it when they changed; nil when the informer has not synced.
-func (e *Evaluator) current() *Set {
-	gen, synced := e.src.NetworkPolicyGeneration()
+// Check compares an engine's NetworkPolicy rule (engine: Engine set,
+// Kind network-policy, as package netfilter decodes it) with kdrop's own
+// evaluation of f, and says both: it sets engine.Evaluation and, when
+// they disagree, engine.Evaluated, and rewrites engine.Text to say what
+// each found. Agreeing means the same isolated pod, direction and
+// policies. The engine's rule is for one direction (kube-router's chain of
+// the destination, or of the source): kdrop's evaluation of that direction
+// is compared, since when both deny, either chain may drop first. When kdrop
+// cannot evaluate (policies not listed yet, f not evaluable), engine is
+// left as it is: the engine's word alone.
+func (e *Evaluator) Check(engine *netfilter.Meaning, f Flow) {
+	if engine == nil || !isPod(f.SrcK8s) && !isPod(f.DstK8s) {
+		return
+	}
+	if set := e.at(f.At); set != nil {
+		set.check(engine, f, e.src.NamespaceLabels)
+	}
+}
+
+// check is Evaluator.Check on the policies of s.
+func (s *Set) check(engine *netfilter.Meaning, f Flow, nsLabels func(ns string) map[string]string) {
+	egress, ingress, concluded := s.directions(f, nsLabels)
+	if !concluded {
+		return
+	}
+	own := ingress
+	if engine.Direction == Egress || engine.Direction == "" && egress != nil {
+		own = egress
+	}
+	compare(engine, own, f)
+}
+
+// compare sets engine's Evaluation, Evaluated and Text from kdrop's own
+// evaluation own (nil: the policies allow f).
+func compare(engine, own *netfilter.Meaning, f Flow) {
+	if own != nil && own.Pod == engine.Pod && own.Direction == engine.Direction && slices.Equal(own.NetworkPolicies, engine.NetworkPolicies) {
+		engine.Evaluation, engine.Evaluated = netfilter.EvaluationAgrees, nil
+		engine.Text = own.Text + " (" + engine.Engine + "'s rule agrees)"
+		return
+	}
+	engine.Evaluation, engine.Evaluated = netfilter.EvaluationDisagrees, own
+	said := engine.Text
+	if own != nil {
+		engine.Text = said + "; kdrop's evaluation of the NetworkPolicies disagrees: " + own.Text
+		return
+	}
+	proto, name := protocols[f.Proto], ""
+	if isPod(f.DstK8s) {
+		name = portName(f.DstK8s, f.Dst.Port(), proto)
+	}
+	port, prep, other := packet(engine.Direction, f, proto, name)
+	engine.Text = fmt.Sprintf("%s; kdrop's evaluation of the NetworkPolicies disagrees: as the API server holds them they allow %s %s %s",
+		said, port, prep, other)
+}
+
+// at returns the Set of the policies in force at t, building it when it
+// is not cached; nil when the informer has not synced.
+func (e *Evaluator) at(t time.Time) *Set {
+	gen, synced := e.src.NetworkPolicyGeneration(t)
 	if !synced {
 		return nil
-	}
-	if b := e.built.Load(); b != nil && b.gen == gen {
-		return b.set
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if b := e.built.Load(); b != nil && b.gen == gen {
-		return b.set // built by another caller meanwhile
+	if s, ok := e.built[gen]; ok {
+		return s
 	}
-	list, gen, synced := e.src.NetworkPolicies()
+	list, gen, synced := e.src.NetworkPolicies(t)
 	if !synced {
 		return nil
 	}
-	b := &builtSet{gen: gen, set: Build(list)}
-	e.built.Store(b)
-	return b.set
+	s := Build(list)
+	e.built[gen] = s
+	e.order = append(e.order, gen)
+	if len(e.order) > builtSets {
+		delete(e.built, e.order[0])
+		e.order = e.order[1:]
+	}
+	return s
 }

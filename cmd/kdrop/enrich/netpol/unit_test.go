@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netfilter"
 	"github.com/kdrop/kdrop/k8s"
 )
 
@@ -118,6 +119,12 @@ func TestEvaluate(t *testing.T) {
 			}
 		})
 	}
+	// both ends isolated and both directions deny: fixing egress alone
+	// would leave the drop, so the sentence names ingress's policies too
+	f := Flow{Proto: TCP, Src: netip.MustParseAddrPort("10.0.0.2:5000"), Dst: netip.MustParseAddrPort("10.0.0.1:8080"), SrcK8s: other, DstK8s: web}
+	if m := set.Evaluate(f, nsLabels); m == nil || !strings.Contains(m.Text, "; ingress is denied too: NetworkPolicies a/deny-all, a/web isolate a/web") {
+		t.Errorf("both directions deny, meaning %+v", m)
+	}
 }
 
 // TestInvalidPolicy: what validation would reject is left out, named, and
@@ -154,4 +161,61 @@ func TestConcurrentEvaluate(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+// TestCompareWithEngine: an engine's rule (kube-router's, as package
+// netfilter decodes it) against kdrop's own evaluation: agreeing, naming
+// other policies, and allowing what the engine rejected. Both views are
+// said, never one picked silently.
+func TestCompareWithEngine(t *testing.T) {
+	set := Build([]*networkingv1.NetworkPolicy{
+		policy("np", "default-deny", nil, ingressOnly, nil, nil),
+		policy("np", "allow-api", map[string]string{"app": "server"}, ingressOnly, []networkingv1.NetworkPolicyIngressRule{
+			{From: []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"role": "api"}}}}},
+		}, nil),
+		policy("np", "jail", map[string]string{"jailed": "yes"}, egressOnly, nil, nil),
+	})
+	server := podEP("np", "server", map[string]string{"app": "server"})
+	flow := func(src *k8s.Endpoint) Flow {
+		return Flow{Proto: unix.IPPROTO_TCP, Src: netip.MustParseAddrPort("10.244.0.3:40000"), Dst: netip.MustParseAddrPort("10.244.0.4:8080"),
+			SrcK8s: src, DstK8s: server}
+	}
+	engine := func(policies ...string) *netfilter.Meaning {
+		m := &netfilter.Meaning{Kind: netfilter.MeaningNetworkPolicy, Engine: "kube-router", Direction: Ingress, Pod: "np/server",
+			Text: "kube-router rejects it"}
+		for _, p := range policies {
+			m.NetworkPolicies = append(m.NetworkPolicies, netfilter.PolicyRef{Namespace: "np", Name: p})
+		}
+		return m
+	}
+	for _, c := range []struct {
+		name      string
+		engine    *netfilter.Meaning
+		src       *k8s.Endpoint
+		want      string
+		evaluated bool
+		text      string
+	}{
+		{"agrees", engine("allow-api", "default-deny"), podEP("np", "intruder", nil), netfilter.EvaluationAgrees, false,
+			"NetworkPolicies np/allow-api, np/default-deny isolate np/server for ingress; none allows TCP 8080 from np/intruder (kube-router's rule agrees)"},
+		{"other policies", engine("default-deny"), podEP("np", "intruder", nil), netfilter.EvaluationDisagrees, true,
+			"kube-router rejects it; kdrop's evaluation of the NetworkPolicies disagrees: NetworkPolicies np/allow-api, np/default-deny isolate np/server for ingress; none allows TCP 8080 from np/intruder"},
+		{"allowed", engine("allow-api", "default-deny"), podEP("np", "api", map[string]string{"role": "api"}), netfilter.EvaluationDisagrees, false,
+			"kube-router rejects it; kdrop's evaluation of the NetworkPolicies disagrees: as the API server holds them they allow TCP 8080 from np/api"},
+		// both directions deny; the engine's chain of the destination
+		// dropped it: compared with kdrop's ingress evaluation
+		{"both deny", engine("allow-api", "default-deny"), podEP("np", "jailed", map[string]string{"jailed": "yes"}), netfilter.EvaluationAgrees, false,
+			"NetworkPolicies np/allow-api, np/default-deny isolate np/server for ingress; none allows TCP 8080 from np/jailed (kube-router's rule agrees)"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			set.check(c.engine, flow(c.src), nsLabels)
+			if c.engine.Evaluation != c.want || (c.engine.Evaluated != nil) != c.evaluated || c.engine.Text != c.text {
+				t.Errorf("evaluation %q (evaluated %+v), text:\n%s\nwant %q, evaluated %v, text:\n%s",
+					c.engine.Evaluation, c.engine.Evaluated, c.engine.Text, c.want, c.evaluated, c.text)
+			}
+			if c.engine.Engine != "kube-router" || c.engine.Pod != "np/server" || c.engine.Direction != Ingress {
+				t.Errorf("the engine's own view changed: %+v", c.engine)
+			}
+		})
+	}
 }

@@ -6,8 +6,17 @@
 //	ListenQueueOverflow  the listener's pod: connections dropped at a full accept or SYN queue
 //	SentToDeletedPod     the client pod: packets to the IP of a pod deleted before, answered host-unreachable
 //	NoReadyEndpoints     the Service: connections rejected (NETFILTER_DROP) while it has no ready endpoints
+//	NoLocalEndpoints     the Service: packets kube-proxy drops because this node has no ready endpoint of a Local-policy Service
+//	SourceRangeDenied    the Service: packets from outside its loadBalancerSourceRanges, dropped by kube-proxy
 //	NothingListening     the destination pod: packets to a port of its IP where no socket listens (NO_SOCKET)
 //	NetworkPolicyDenied  the isolated pod: packets its NetworkPolicies allow none of (rule.k8s, ingress or egress)
+//	ProbeDropped         the probed pod: a kubelet probe's packets dropped, reset (NO_SOCKET) or unreachable (line.Event.Probe)
+//
+// The Service of the last three is the one kube-proxy's rule names
+// (rule.k8s.service), looked up by name for its UID (Config.Services); a
+// REJECT whose rule names none, to the IP of a Service with no ready
+// endpoints, is NoReadyEndpoints on that Service. Only drops in the node's
+// own network namespace count for these: kube-proxy's rules are there.
 //
 // One Event series per object and reason: its count (series.count, or 1
 // without a series) is the number of occurrences the stream showed for it;
@@ -53,8 +62,11 @@ const (
 	ReasonListenOverflow   = "ListenQueueOverflow"
 	ReasonDeletedPod       = "SentToDeletedPod"
 	ReasonNoEndpoints      = "NoReadyEndpoints"
+	ReasonNoLocalEndpoints = "NoLocalEndpoints"
+	ReasonSourceRange      = "SourceRangeDenied"
 	ReasonNothingListening = "NothingListening"
 	ReasonPolicyDenied     = "NetworkPolicyDenied"
+	ReasonProbeDropped     = "ProbeDropped"
 )
 
 // Controller is the Events' reportingController.
@@ -78,7 +90,17 @@ type Config struct {
 	Node        string        // the agent's node: reportingInstance
 	PerMinute   int           // most Event writes (create or patch) a minute for this node
 	MinInterval time.Duration // least time between two writes of one series
-	Log         *zap.Logger
+	// Services finds the Service kube-proxy's rule names, for its UID
+	// (k8s.Resolver); nil: such drops are findings only when their
+	// address is the Service's.
+	Services ServiceLookup
+	Log      *zap.Logger
+}
+
+// ServiceLookup finds a Service by namespace and name, as
+// k8s.Resolver.LookupService does.
+type ServiceLookup interface {
+	LookupService(namespace, name string) (k8s.Endpoint, bool)
 }
 
 // Recorder aggregates findings into Event series and writes them.
@@ -123,13 +145,18 @@ func New(cs kubernetes.Interface, cfg Config) *Recorder {
 	}
 	perSec := rate.Limit(float64(cfg.PerMinute) / 60)
 	return &Recorder{cs: cs, cfg: cfg, series: map[key]*series{},
-		limit: rate.NewLimiter(perSec, max(1, cfg.PerMinute/6))}
+		limit: rate.NewLimiter(perSec, Burst(cfg.PerMinute))}
 }
+
+// Burst is how many writes a node may make at once, of its perMinute: in
+// any window of d, a node writes at most Burst(perMinute) +
+// perMinute*d/1min Events.
+func Burst(perMinute int) int { return max(1, perMinute/6) }
 
 // Observe counts ev in its series, if it is a finding. It is cheap and
 // never blocks on the API server.
 func (r *Recorder) Observe(ev *line.Event) {
-	ref, reason, detail, ok := classify(ev)
+	ref, reason, detail, ok := classify(ev, r.cfg.Services, r.cfg.Node)
 	if !ok {
 		return
 	}
@@ -260,17 +287,34 @@ var what = map[string]string{
 	ReasonListenOverflow:   "connections refused",
 	ReasonDeletedPod:       "packets to a deleted pod",
 	ReasonNoEndpoints:      "connections rejected",
+	ReasonNoLocalEndpoints: "packets dropped",
+	ReasonSourceRange:      "packets dropped",
 	ReasonNothingListening: "packets dropped",
 	ReasonPolicyDenied:     "packets denied by NetworkPolicy",
+	ReasonProbeDropped:     "probe packets lost",
 }
 
 // classify says whether ev is a finding: the object it is about, the
-// reason, and the detail of this occurrence.
-func classify(ev *line.Event) (ref corev1.ObjectReference, reason, detail string, ok bool) {
+// reason, and the detail of this occurrence. svcs finds the Services
+// kube-proxy's rules name; node is the agent's, for an event that names
+// none.
+func classify(ev *line.Event, svcs ServiceLookup, node string) (ref corev1.ObjectReference, reason, detail string, ok bool) {
+	if ref, reason, detail, ok = kubeProxyFinding(ev, svcs, node); ok {
+		return ref, reason, detail, ok
+	}
 	pod := func(e *k8s.Endpoint) bool {
 		return e != nil && e.Kind == k8s.KindPod && e.UID != "" && !e.Unresolved && e.DeletedAgo == 0
 	}
 	switch {
+	case ev.Probe != nil: // what the kubelet saw says more than the kernel's reason
+		end := ev.DstK8s
+		if ev.Dst.Port() != ev.Probe.Port {
+			end = ev.SrcK8s // the pod's SYN-ACK
+		}
+		if !pod(end) {
+			return ref, "", "", false
+		}
+		return podRef(end), ReasonProbeDropped, ev.ProbeText(), true
 	case ev.Type == tracer.ListenOverflow:
 		at := ev.WhereK8s
 		if !pod(at) {
@@ -289,10 +333,8 @@ func classify(ev *line.Event) (ref corev1.ObjectReference, reason, detail string
 		return podRef(ev.SrcK8s), ReasonDeletedPod, fmt.Sprintf("to %s, which was pod %s/%s, deleted %v before; the kernel answered %s",
 			ev.Dst, d.Namespace, d.Name, d.DeletedAgo.Round(time.Second), ev.What()), true
 	case ev.Type == tracer.Drop && ev.Reason == "NETFILTER_DROP" && ev.DstK8s != nil && ev.DstK8s.Kind == k8s.KindService &&
-		ev.DstK8s.ReadyEndpoints == 0 && ev.DstK8s.UID != "":
-		d := ev.DstK8s
-		return corev1.ObjectReference{APIVersion: "v1", Kind: "Service", Namespace: d.Namespace, Name: d.Name, UID: types.UID(d.UID)},
-			ReasonNoEndpoints, fmt.Sprintf("to %s %s, dropped by a firewall rule while the Service has no ready endpoints (kube-proxy rejects them)", tracer.ProtoName(ev.Proto), ev.Dst), true
+		ev.DstK8s.ReadyEndpoints == 0 && ev.DstK8s.UID != "" && inNode(ev):
+		return serviceRef(ev.DstK8s), ReasonNoEndpoints, fmt.Sprintf("to %s %s, dropped by a firewall rule while the Service has no ready endpoints (kube-proxy rejects them)", tracer.ProtoName(ev.Proto), ev.Dst), true
 	case ev.Type == tracer.Drop && ev.Rule != nil && ev.Rule.K8s != nil && ev.Rule.K8s.Kind == netfilter.MeaningNetworkPolicy:
 		isolated := ev.DstK8s // ingress: the destination is isolated
 		if ev.Rule.K8s.Direction == "egress" {
@@ -306,6 +348,55 @@ func classify(ev *line.Event) (ref corev1.ObjectReference, reason, detail string
 		return podRef(ev.DstK8s), ReasonNothingListening, fmt.Sprintf("nothing listens on %s port %d of %s (NO_SOCKET)", tracer.ProtoName(ev.Proto), ev.Dst.Port(), ev.Dst.Addr()), true
 	}
 	return ref, "", "", false
+}
+
+// kubeProxyFinding is the finding of a drop by kube-proxy's rule for a
+// Service (rule.k8s): on that Service, found by name.
+func kubeProxyFinding(ev *line.Event, svcs ServiceLookup, node string) (ref corev1.ObjectReference, reason, detail string, ok bool) {
+	if ev.Type != tracer.Drop || ev.Rule == nil || ev.Rule.K8s == nil || svcs == nil || !inNode(ev) {
+		return ref, "", "", false
+	}
+	m := ev.Rule.K8s
+	switch m.Kind {
+	case netfilter.MeaningNoEndpoints, netfilter.MeaningNoLocalEndpoints, netfilter.MeaningSourceRange:
+	default:
+		return ref, "", "", false
+	}
+	// kube-proxy names a Service port "ns/name:port", or "ns/name".
+	ns, rest, _ := strings.Cut(m.Service, "/")
+	name, _, _ := strings.Cut(rest, ":")
+	svc, found := svcs.LookupService(ns, name)
+	if !found || svc.UID == "" {
+		return ref, "", "", false
+	}
+	if ev.Node != "" {
+		node = ev.Node
+	}
+	to := fmt.Sprintf("to %s %s", tracer.ProtoName(ev.Proto), ev.Dst)
+	switch {
+	case m.Kind == netfilter.MeaningNoEndpoints:
+		reason, detail = ReasonNoEndpoints, fmt.Sprintf("%s, rejected by kube-proxy: Service %s has no ready endpoints", to, m.Service)
+	case m.Kind == netfilter.MeaningNoLocalEndpoints && strings.Contains(m.Text, "internalTrafficPolicy"):
+		reason, detail = ReasonNoLocalEndpoints, fmt.Sprintf("%s: Service %s has internalTrafficPolicy: Local and no ready endpoint on node %s; "+
+			"use internalTrafficPolicy: Cluster, or run an endpoint on every node whose pods call it (a DaemonSet)", to, m.Service, node)
+	case m.Kind == netfilter.MeaningNoLocalEndpoints:
+		reason, detail = ReasonNoLocalEndpoints, fmt.Sprintf("%s: Service %s has externalTrafficPolicy: Local and no ready endpoint on node %s; "+
+			"use externalTrafficPolicy: Cluster, or make the load balancer health-check the node (the Service's healthCheckNodePort) so that it sends only to nodes with an endpoint", to, m.Service, node)
+	default:
+		reason, detail = ReasonSourceRange, fmt.Sprintf("from %s %s: Service %s admits only its loadBalancerSourceRanges, which do not include the source; "+
+			"add the client's range to spec.loadBalancerSourceRanges if it should reach the Service", ev.Src.Addr(), to, m.Service)
+	}
+	return serviceRef(&svc), reason, detail, true
+}
+
+// inNode says whether ev happened in the node's own network namespace,
+// where kube-proxy's rules are. The same words in the rules of another
+// namespace (a pod's, a cluster nested in pods, a test's) are not about
+// this cluster's Services, nor is a drop there of a packet to one.
+func inNode(ev *line.Event) bool { return ev.WhereK8s != nil && ev.WhereK8s.Kind == k8s.KindNode }
+
+func serviceRef(e *k8s.Endpoint) corev1.ObjectReference {
+	return corev1.ObjectReference{APIVersion: "v1", Kind: "Service", Namespace: e.Namespace, Name: e.Name, UID: types.UID(e.UID)}
 }
 
 func podRef(e *k8s.Endpoint) corev1.ObjectReference {

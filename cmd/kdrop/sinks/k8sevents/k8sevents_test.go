@@ -21,6 +21,18 @@ func TestClassify(t *testing.T) {
 	deleted.DeletedAgo = 36 * time.Second
 	svc := &k8s.Endpoint{Kind: k8s.KindService, Namespace: "shop", Name: "cart", UID: "uid-cart", ReadyEndpoints: 0}
 	backed := &k8s.Endpoint{Kind: k8s.KindService, Namespace: "shop", Name: "web", UID: "uid-web", ReadyEndpoints: 2}
+	lb := &k8s.Endpoint{Kind: k8s.KindService, Namespace: "shop", Name: "lb", UID: "uid-lb", ReadyEndpoints: 1}
+	// Drops by kube-proxy's rules, which name the Service: to the node's
+	// address, or a load balancer's.
+	nodeIP := netip.MustParseAddrPort("10.250.0.2:30080")
+	node := &k8s.Endpoint{Kind: k8s.KindNode, Name: "node-a", Node: "node-a"}
+	kp := func(kind, service, text string, proto uint8, dst netip.AddrPort, dstK8s *k8s.Endpoint) line.Event {
+		return line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NETFILTER_DROP", Proto: proto, Src: netip.MustParseAddrPort("198.51.100.7:40000"), Dst: dst},
+			Node: "node-b", DstK8s: dstK8s, WhereK8s: node, Rule: &netfilter.Rule{K8s: &netfilter.Meaning{Kind: kind, Engine: "kube-proxy", Service: service, Text: text}}}
+	}
+	// The same drops in another network namespace than the node's: a
+	// pod's (a cluster nested in it), or one identity does not know.
+	elsewhere := func(ev line.Event, where *k8s.Endpoint) line.Event { ev.WhereK8s = where; return ev }
 	hostPod := pod("node-exporter")
 	hostPod.HostNetwork = true
 	dst := netip.MustParseAddrPort("10.244.0.9:8080")
@@ -36,7 +48,7 @@ func TestClassify(t *testing.T) {
 			"images", "Pod", ReasonListenOverflow, "connections refused: accept queue of :8080 full (2/1) (seen by kdrop)"},
 		{"host-unreachable to a deleted pod", line.Event{Event: tracer.Event{Type: tracer.Unreachable, Family: 4, ICMPType: 3, ICMPCode: 1, Dst: dst}, SrcK8s: pod("client"), DstK8s: deleted},
 			"client", "Pod", ReasonDeletedPod, "packets to a deleted pod: to 10.244.0.9:8080, which was pod shop/api-old, deleted 36s before; the kernel answered host-unreachable (seen by kdrop)"},
-		{"REJECT of a Service without endpoints", line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NETFILTER_DROP", Proto: 6, Dst: netip.MustParseAddrPort("10.96.0.12:80")}, DstK8s: svc},
+		{"REJECT of a Service without endpoints", line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NETFILTER_DROP", Proto: 6, Dst: netip.MustParseAddrPort("10.96.0.12:80")}, DstK8s: svc, WhereK8s: node},
 			"cart", "Service", ReasonNoEndpoints, "connections rejected: to tcp 10.96.0.12:80, dropped by a firewall rule while the Service has no ready endpoints (kube-proxy rejects them) (seen by kdrop)"},
 		{"NO_SOCKET on a pod", line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NO_SOCKET", Proto: 17, Dst: dst}, DstK8s: pod("api")},
 			"api", "Pod", ReasonNothingListening, "packets dropped: nothing listens on udp port 8080 of 10.244.0.9 (NO_SOCKET) (seen by kdrop)"},
@@ -48,13 +60,42 @@ func TestClassify(t *testing.T) {
 		{"a NetworkPolicy isolates the source", line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NETFILTER_DROP", Proto: 6, Dst: dst},
 			SrcK8s: pod("client"), DstK8s: pod("db"), Rule: &netfilter.Rule{K8s: &netfilter.Meaning{Kind: netfilter.MeaningNetworkPolicy, Direction: "egress", Text: "x"}}},
 			"client", "Pod", ReasonPolicyDenied, "packets denied by NetworkPolicy: x (seen by kdrop)"},
+		{"a liveness probe on a port nothing listens on", line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NO_SOCKET", Proto: 6,
+			Src: netip.MustParseAddrPort("10.244.0.1:40000"), Dst: dst}, DstK8s: pod("api"), Probe: &k8s.Probe{Port: 8080, Kinds: k8s.ProbeLiveness, Handler: k8s.ProbeTCP}},
+			"api", "Pod", ReasonProbeDropped, "probe packets lost: liveness probe of shop/api on :8080 got NO_SOCKET (seen by kdrop)"},
+		{"a readiness probe's SYN-ACK dropped on the node", line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NETFILTER_DROP", Proto: 6, TCPFlags: 0x12,
+			Src: dst, Dst: netip.MustParseAddrPort("10.244.0.1:40000")}, SrcK8s: pod("api"), Probe: &k8s.Probe{Port: 8080, Kinds: k8s.ProbeReadiness, Handler: k8s.ProbeHTTP}},
+			"api", "Pod", ReasonProbeDropped, "probe packets lost: readiness probe of shop/api on :8080 got NETFILTER_DROP (seen by kdrop)"},
+		{"a probe of a deleted pod", line.Event{Event: tracer.Event{Type: tracer.Unreachable, Family: 4, ICMPType: 3, ICMPCode: 1, Dst: dst}, DstK8s: deleted,
+			Probe: &k8s.Probe{Port: 8080, Kinds: k8s.ProbeLiveness}}, "", "", "", ""},
+		{"kube-proxy: no local endpoints (externalTrafficPolicy: Local)", kp(netfilter.MeaningNoLocalEndpoints, "shop/web:http",
+			"Service shop/web:http has no local endpoints (externalTrafficPolicy: Local)", 6, nodeIP, node),
+			"web", "Service", ReasonNoLocalEndpoints, "packets dropped: to tcp 10.250.0.2:30080: Service shop/web:http has externalTrafficPolicy: Local and no ready endpoint on node node-b; " +
+				"use externalTrafficPolicy: Cluster, or make the load balancer health-check the node (the Service's healthCheckNodePort) so that it sends only to nodes with an endpoint (seen by kdrop)"},
+		{"kube-proxy: no local endpoints (internalTrafficPolicy: Local)", kp(netfilter.MeaningNoLocalEndpoints, "shop/web",
+			"Service shop/web has no local endpoints (internalTrafficPolicy: Local)", 17, netip.MustParseAddrPort("10.96.0.13:53"), backed),
+			"web", "Service", ReasonNoLocalEndpoints, "packets dropped: to udp 10.96.0.13:53: Service shop/web has internalTrafficPolicy: Local and no ready endpoint on node node-b; " +
+				"use internalTrafficPolicy: Cluster, or run an endpoint on every node whose pods call it (a DaemonSet) (seen by kdrop)"},
+		{"kube-proxy: source outside loadBalancerSourceRanges", kp(netfilter.MeaningSourceRange, "shop/lb:https",
+			"Service shop/lb:https: source not in loadBalancerSourceRanges", 6, netip.MustParseAddrPort("192.0.2.100:443"), lb),
+			"lb", "Service", ReasonSourceRange, "packets dropped: from 198.51.100.7 to tcp 192.0.2.100:443: Service shop/lb:https admits only its loadBalancerSourceRanges, which do not include the source; " +
+				"add the client's range to spec.loadBalancerSourceRanges if it should reach the Service (seen by kdrop)"},
+		{"kube-proxy: no endpoints, to a node port", kp(netfilter.MeaningNoEndpoints, "shop/cart",
+			"Service shop/cart has no endpoints", 6, nodeIP, node),
+			"cart", "Service", ReasonNoEndpoints, "connections rejected: to tcp 10.250.0.2:30080, rejected by kube-proxy: Service shop/cart has no ready endpoints (seen by kdrop)"},
+		{"kube-proxy's rule names a Service the resolver does not hold", kp(netfilter.MeaningNoLocalEndpoints, "shop/gone:http", "x", 6, nodeIP, node), "", "", "", ""},
+		{"kube-proxy's words in a pod's rules", elsewhere(kp(netfilter.MeaningNoLocalEndpoints, "shop/web:http", "x", 6, nodeIP, node), pod("kind-control-plane")), "", "", "", ""},
+		{"kube-proxy's words in a namespace identity does not know", elsewhere(kp(netfilter.MeaningNoEndpoints, "shop/cart", "x", 6, nodeIP, node), &k8s.Endpoint{Unresolved: true}), "", "", "", ""},
+		{"a REJECT in a pod's namespace to a Service without endpoints", elsewhere(kp(netfilter.MeaningNoEndpoints, "shop/cart", "x", 6, netip.MustParseAddrPort("10.96.0.12:80"), svc), pod("client")), "", "", "", ""},
+		{"a REJECT in no known namespace", line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NETFILTER_DROP", Proto: 6, Dst: netip.MustParseAddrPort("10.96.0.12:80")}, DstK8s: svc}, "", "", "", ""},
+		{"kube-proxy: a conntrack INVALID drop names no Service", kp(netfilter.MeaningInvalidConntrack, "", "x", 6, nodeIP, node), "", "", "", ""},
 		{"NETFILTER_DROP to a Service with endpoints", line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NETFILTER_DROP", Dst: dst}, DstK8s: backed}, "", "", "", ""},
 		{"NO_SOCKET on a hostNetwork pod (the node's)", line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NO_SOCKET", Dst: dst}, DstK8s: hostPod}, "", "", "", ""},
 		{"NO_SOCKET to a deleted pod", line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NO_SOCKET", Dst: dst}, DstK8s: deleted}, "", "", "", ""},
 		{"host-unreachable to a live pod", line.Event{Event: tracer.Event{Type: tracer.Unreachable, Family: 4, ICMPType: 3, ICMPCode: 1}, SrcK8s: pod("client"), DstK8s: pod("api")}, "", "", "", ""},
 		{"overflow of an unknown listener", line.Event{Event: tracer.Event{Type: tracer.ListenOverflow}}, "", "", "", ""},
 	} {
-		ref, reason, detail, ok := classify(&c.ev)
+		ref, reason, detail, ok := classify(&c.ev, services{svc, backed, lb}, "node-a")
 		if !ok {
 			if c.reason != "" {
 				t.Errorf("%s: not a finding, want %s on %s", c.name, c.reason, c.object)
@@ -66,6 +107,18 @@ func TestClassify(t *testing.T) {
 			t.Errorf("%s: %s %s/%s (%s) %s %q\nwant %s %s %q", c.name, ref.Kind, ref.Namespace, ref.Name, ref.UID, reason, s.note(), c.kind, c.object, c.note)
 		}
 	}
+}
+
+// services is a ServiceLookup over a few Services.
+type services []*k8s.Endpoint
+
+func (s services) LookupService(ns, name string) (k8s.Endpoint, bool) {
+	for _, e := range s {
+		if e.Namespace == ns && e.Name == name {
+			return *e, true
+		}
+	}
+	return k8s.Endpoint{}, false
 }
 
 // A note never carries a control character or a bidirectional override

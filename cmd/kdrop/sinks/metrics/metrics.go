@@ -26,11 +26,15 @@ const MaxEventSeries = 2000
 // MaxNetfilterSeries bounds the label sets of kdrop_netfilter_drops_total.
 const MaxNetfilterSeries = 500
 
+// MaxConntrackSeries bounds the label sets of kdrop_conntrack_drops_total.
+const MaxConntrackSeries = 200
+
 // Agent is the agent's metrics. Label sets stay bounded: event type,
 // reason, namespace, workload; never addresses, ports or pod names.
 type Agent struct {
 	counts                       *eventCounter // adds to kdrop_events_total, at most MaxEventSeries label sets
 	netfilter                    *eventCounter // adds to kdrop_netfilter_drops_total, at most MaxNetfilterSeries
+	conntrack                    *eventCounter // adds to kdrop_conntrack_drops_total, at most MaxConntrackSeries
 	lostLines, missed, coarsened prometheus.Counter
 }
 
@@ -54,7 +58,12 @@ func NewAgent(reg prometheus.Registerer, src Sources) *Agent {
 		Name: "kdrop_netfilter_drops_total",
 		Help: fmt.Sprintf("Occurrences of drops by a netfilter rule (NETFILTER_DROP), by the kind of rule: its backend (nftables, iptables-legacy, mixed among candidates; unknown when kdrop named no rule), its verdict (drop, reject, policy: a chain's drop policy; mixed among candidates, unknown), its Kubernetes meaning (no-endpoints, no-local-endpoints, invalid-conntrack, martian-localhost, source-range, network-policy; none when it has none), and the namespace of its Service or NetworkPolicy, else of the pod concerned. Never by rule, handle or comment. At most %d label sets: past that, the one updated least recently is dropped.", MaxNetfilterSeries),
 	}, []string{"meaning", "namespace", "backend", "verdict"})
+	ctDrops := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "kdrop_conntrack_drops_total",
+		Help: fmt.Sprintf("Occurrences of NETFILTER_DROP drops conntrack caused, by cause (insert-failed: lost the race to enter the table, typically a NAT port clash; table-full: nf_conntrack_max reached; drop: other; invalid: INVALID state, dropped by a rule) and the namespace of the pod concerned. Per cause, never more than the namespace's conntrack statistic (conntrack -S) moved. At most %d label sets: past that, the one updated least recently is dropped.", MaxConntrackSeries),
+	}, []string{"cause", "namespace"})
 	m := &Agent{
+		conntrack: newEventCounter(ctDrops, 2, MaxConntrackSeries),
 		counts:    newEventCounter(events, 4, MaxEventSeries),
 		netfilter: newEventCounter(nfDrops, 4, MaxNetfilterSeries),
 		lostLines: prometheus.NewCounter(prometheus.CounterOpts{
@@ -81,7 +90,7 @@ func NewAgent(reg prometheus.Registerer, src Sources) *Agent {
 			hooks.WithLabelValues(h.Hook, string(h.Mode)).Set(1)
 		}
 	}
-	reg.MustRegister(events, nfDrops, m.lostLines, m.missed, m.coarsened, hooks,
+	reg.MustRegister(events, nfDrops, ctDrops, m.lostLines, m.missed, m.coarsened, hooks,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "kdrop_identity_healthy",
 			Help: "1 when pod identity is synced and the API server answers; events are marked unresolved otherwise.",
@@ -141,6 +150,9 @@ func (m *Agent) Observe(ev *line.Event) {
 		ns, wl = who.Namespace, "Service/"+who.Name
 	}
 	m.counts.add(labelSet{ev.Type.String(), ev.What(), ns, wl}, float64(ev.Count))
+	if c := ev.Conntrack; c != nil {
+		m.conntrack.add(labelSet{c.Cause, ns}, float64(ev.Count))
+	}
 	if ev.Rule != nil {
 		meaning := "none"
 		if k := ev.Rule.K8s; k != nil {

@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich/conntrack"
 	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netfilter"
 	"github.com/kdrop/kdrop/cmd/kdrop/line"
 	"github.com/kdrop/kdrop/k8s"
@@ -129,31 +130,75 @@ func TestNetfilterDrops(t *testing.T) {
 	drop(&netfilter.Rule{Backend: netfilter.BackendNftables + "," + netfilter.BackendLegacy, Candidates: []netfilter.Ref{
 		{Table: "filter", Chain: "INPUT", Handle: 1, Verdict: "DROP"}, {Table: "filter", Chain: "INPUT", Position: 1, Verdict: "DROP (policy)"}}}, pod, 7)
 	drop(nil, pod, 5) // not attributed (--rules=false): not counted here
-	rr := httptest.NewRecorder()
-	promhttp.HandlerFor(reg, promhttp.HandlerOpts{}).ServeHTTP(rr, httptest.NewRequest("GET", "/metrics", nil))
-	text := rr.Body.String()
-	for _, want := range []string{
+	wantSeries(t, reg, "kdrop_netfilter_drops_total",
 		`kdrop_netfilter_drops_total{backend="nftables",meaning="no-endpoints",namespace="shop",verdict="reject"} 5`,
 		`kdrop_netfilter_drops_total{backend="unknown",meaning="network-policy",namespace="db",verdict="unknown"} 1`,
 		`kdrop_netfilter_drops_total{backend="nftables",meaning="none",namespace="db",verdict="drop"} 6`, // two rules, one series
 		`kdrop_netfilter_drops_total{backend="iptables-legacy",meaning="none",namespace="db",verdict="reject"} 6`,
-		`kdrop_netfilter_drops_total{backend="mixed",meaning="none",namespace="db",verdict="mixed"} 7`,
-	} {
-		if !strings.Contains(text, want+"\n") {
-			t.Errorf("metrics lack %s:\n%s", want, text)
-		}
+		`kdrop_netfilter_drops_total{backend="mixed",meaning="none",namespace="db",verdict="mixed"} 7`)
+	// never by rule: no label value names a chain, handle, comment or port
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
 	}
-	if n := strings.Count(text, "kdrop_netfilter_drops_total{"); n != 5 {
-		t.Errorf("%d series of kdrop_netfilter_drops_total, want 5", n)
-	}
-	for _, l := range strings.Split(text, "\n") {
-		if !strings.HasPrefix(l, "kdrop_netfilter_drops_total{") {
+	for _, mf := range mfs {
+		if mf.GetName() != "kdrop_netfilter_drops_total" {
 			continue
 		}
-		for _, never := range []string{"a1 udp drop", "handle", "INPUT", "KUBE-SERVICES", "http"} {
-			if strings.Contains(l, never) {
-				t.Errorf("a rule's %q is a label: %s", never, l)
+		for _, s := range mf.GetMetric() {
+			for _, l := range s.GetLabel() {
+				for _, never := range []string{"a1 udp drop", "nth drop", "INPUT", "KUBE-SERVICES", "http"} {
+					if strings.Contains(l.GetValue(), never) {
+						t.Errorf("a rule's %q is a label: %s=%q", never, l.GetName(), l.GetValue())
+					}
+				}
 			}
 		}
 	}
+}
+
+// wantSeries scrapes reg and checks that metric has exactly the series
+// want (other metrics' lines in want must be there too).
+func wantSeries(t *testing.T, reg *prometheus.Registry, metric string, want ...string) {
+	t.Helper()
+	rr := httptest.NewRecorder()
+	promhttp.HandlerFor(reg, promhttp.HandlerOpts{}).ServeHTTP(rr, httptest.NewRequest("GET", "/metrics", nil))
+	text := rr.Body.String()
+	n := 0
+	for _, w := range want {
+		if !strings.Contains(text, w+"\n") {
+			t.Errorf("metrics lack %s:\n%s", w, text)
+		}
+		if strings.HasPrefix(w, metric+"{") {
+			n++
+		}
+	}
+	if got := strings.Count(text, metric+"{"); got != n {
+		t.Errorf("%d series of %s, want %d", got, metric, n)
+	}
+}
+
+// kdrop_conntrack_drops_total: by conntrack's cause and the pod's
+// namespace; an INVALID packet's drop counts here and, by its rule, in
+// kdrop_netfilter_drops_total.
+func TestConntrackDrops(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := NewAgent(reg, Sources{})
+	pod := &k8s.Endpoint{Kind: k8s.KindPod, Namespace: "dns", Name: "coredns-1"}
+	drop := func(c *conntrack.Drop, r *netfilter.Rule, n uint64) {
+		e := &line.Event{DstK8s: pod, Rule: r, Conntrack: c}
+		e.Type, e.Reason, e.Count = tracer.Drop, "NETFILTER_DROP", n
+		m.Observe(e)
+	}
+	drop(&conntrack.Drop{Cause: conntrack.CauseInsertFailed, Count: 2, Max: 262144}, nil, 3)
+	drop(&conntrack.Drop{Cause: conntrack.CauseInsertFailed}, nil, 1)
+	drop(&conntrack.Drop{Cause: conntrack.CauseTableFull, Count: 64, Max: 64}, nil, 7)
+	drop(&conntrack.Drop{Cause: conntrack.CauseInvalid}, &netfilter.Rule{Ref: netfilter.Ref{Table: "filter", Chain: "KUBE-FORWARD", Handle: 5},
+		K8s: &netfilter.Meaning{Kind: netfilter.MeaningInvalidConntrack}}, 2)
+	drop(nil, &netfilter.Rule{Ref: netfilter.Ref{Table: "filter", Chain: "INPUT", Handle: 3}}, 4) // a rule's alone
+	wantSeries(t, reg, "kdrop_conntrack_drops_total",
+		`kdrop_conntrack_drops_total{cause="insert-failed",namespace="dns"} 4`,
+		`kdrop_conntrack_drops_total{cause="table-full",namespace="dns"} 7`,
+		`kdrop_conntrack_drops_total{cause="invalid",namespace="dns"} 2`,
+		`kdrop_netfilter_drops_total{backend="unknown",meaning="invalid-conntrack",namespace="dns",verdict="unknown"} 2`)
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich/conntrack"
 	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netfilter"
 	"github.com/kdrop/kdrop/tracer"
 )
@@ -38,7 +39,9 @@ type Finding struct {
 	// candidates), netfilter, drop-reason, icmp, missed, lost,
 	// truncated, gap, unresolved; and the kinds of a rule's Kubernetes
 	// meaning: no-local-endpoints, invalid-conntrack, martian-localhost,
-	// source-range, network-policy.
+	// source-range, network-policy; probe (a kubelet probe's connection);
+	// and conntrack's causes of a drop: conntrack-insert-failed,
+	// conntrack-table-full, conntrack-drop, conntrack-invalid.
 	Kind   string
 	Title  string // one line, with the workload and the numbers
 	Detail string // what happened, in plain words
@@ -116,9 +119,12 @@ func analyze(rec *Incident) *analysis {
 	}
 	a.tables()
 	a.overflowFindings()
+	a.probeFindings()
 	a.staleFindings()
 	a.noEndpointFindings()
+	a.conntrackFindings()
 	a.meaningFindings()
+	a.hintFindings()
 	a.noSocketFindings()
 	a.ruleFindings()
 	a.netfilterFindings()
@@ -200,11 +206,11 @@ func (g *group) add(f *Flow) {
 	g.sources.add(workload(f.SrcK8s, f.Src), f.Count)
 	g.senders.add(actor(f), f.Count)
 	g.what.add(f.series, f.Count)
-	if f.Rule != nil && f.Rule.Table != "" {
+	if f.NamedRule != nil && f.NamedRule.Table != "" {
 		if g.rules == nil {
 			g.rules = counter{}
 		}
-		g.rules.add(f.Rule.Ref.String(), f.Count)
+		g.rules.add(f.NamedRule.Ref.String(), f.Count)
 	}
 }
 
@@ -668,6 +674,79 @@ func (a *analysis) noEndpointFindings() {
 }
 
 // ---------------------------------------------------------------------------
+// Drops conntrack caused (the line's conntrack object): one finding per
+// cause and node. An INVALID packet whose rule has a Kubernetes meaning
+// (kube-proxy's) is meaningFindings'.
+
+func (a *analysis) conntrackFindings() {
+	var gs groups
+	cause := map[*group]string{}
+	maxes := map[*group]counter{}
+	for _, f := range a.rec.Flows {
+		if a.used[f] || f.Conntrack == "" || (f.Conntrack == conntrack.CauseInvalid && f.Meaning.Kind != "") {
+			continue
+		}
+		g := gs.get(f.Conntrack + "|" + f.Node)
+		g.add(f)
+		g.pods.add(workload(f.DstK8s, f.Dst), f.Count)
+		cause[g] = f.Conntrack
+		if maxes[g] == nil {
+			maxes[g] = counter{}
+		}
+		if f.CtMax > 0 {
+			maxes[g].add(fmt.Sprint(f.CtMax), f.Count)
+		}
+		a.used[f] = true
+	}
+	for _, g := range gs.order {
+		n := plural(g.count, "packet", "packets")
+		when, where := capital(span(g.first, g.last)), g.senders.names(3)
+		fd := Finding{Severity: SevWarning, Kind: "conntrack-" + cause[g], Count: g.count, First: g.first, Last: g.last}
+		var fix []string
+		switch cause[g] {
+		case conntrack.CauseInsertFailed:
+			fd.Severity = SevCritical
+			fd.Title = fmt.Sprintf("Conntrack insert failures (NAT port clash) dropped %s from %s to %s", n, g.sources.names(3), g.pods.names(3))
+			fd.Detail = fmt.Sprintf("%s, conntrack dropped %s in the network namespace of %s: each was the first packet of a connection that lost the race to enter the conntrack table (`conntrack -S` insert_failed), because another connection NAT had mapped to the same addresses and ports was confirmed first. "+
+				"For TCP this is the SNAT port race: the SYN is retransmitted a second later (1 s connect delays). For UDP it is typically parallel A and AAAA DNS queries from one socket through the DNAT of the DNS Service, on kernels that cannot resolve the clash: the lookup waits for the resolver's timeout (5 s DNS delays).",
+				when, n, where)
+			fix = []string{
+				"DNS: run NodeLocal DNSCache (queries go to a node-local address without DNAT or conntrack), or set `options single-request-reopen` (glibc) in the pods' `dnsConfig`, or make the resolver use TCP (`options use-vc`).",
+				"SNAT: give MASQUERADE a wider port range and full randomisation (`--random-fully`, the CNI's masquerade setting), or more egress addresses; fewer parallel connections to one destination through one SNAT address.",
+				"Watch `conntrack -S` (insert_failed, clash_resolve) on the node.",
+			}
+		case conntrack.CauseTableFull:
+			fd.Severity = SevCritical
+			limit := ""
+			if len(maxes[g]) > 0 {
+				limit = " (nf_conntrack_max " + maxes[g].names(2) + ")"
+			}
+			fd.Title = fmt.Sprintf("Conntrack table full%s: %s dropped", limit, n)
+			fd.Detail = fmt.Sprintf("%s, conntrack dropped %s from %s to %s in the network namespace of %s: its table held nf_conntrack_max entries and none could be evicted early, so new connections got no entry (the kernel logs \"nf_conntrack: table full, dropping packet\").",
+				when, n, g.sources.names(3), g.pods.names(3), where)
+			fix = []string{
+				"Compare `net.netfilter.nf_conntrack_count` with `net.netfilter.nf_conntrack_max` on the node, and raise the limit (kube-proxy sets it from `conntrack.maxPerCore` and `conntrack.min`).",
+				"Find who opens so many connections: `conntrack -L | awk '{print $5}' | sort | uniq -c | sort -rn | head` (sources), and shorten idle timeouts if connections linger (`nf_conntrack_tcp_timeout_established`, `nf_conntrack_udp_timeout`).",
+			}
+		case conntrack.CauseDrop:
+			fd.Title = fmt.Sprintf("Conntrack dropped %s from %s to %s", n, g.sources.names(3), g.pods.names(3))
+			fd.Detail = fmt.Sprintf("%s, conntrack dropped %s in the network namespace of %s (`conntrack -S` drop) while its table was not seen full: out of memory, or its protocol tracker refused the packet.", when, n, where)
+			fix = []string{"Check `conntrack -S` (drop, early_drop, invalid) and the kernel log (`dmesg | grep nf_conntrack`) on the node."}
+		case conntrack.CauseInvalid:
+			fd.Title = fmt.Sprintf("A rule dropped %s that conntrack calls INVALID", n)
+			fd.Detail = fmt.Sprintf("%s, a rule matching conntrack state INVALID dropped %s from %s to %s in the network namespace of %s (`conntrack -S` invalid moved with it). Usually TCP packets out of the window conntrack tracks (retransmissions after a conntrack entry was lost, asymmetric routing).",
+				when, n, g.sources.names(3), g.pods.names(3), where)
+			fix = []string{
+				"Check for asymmetric routing (replies leaving by another node or interface) and for conntrack entries flushed under live connections.",
+				"Setting `net.netfilter.nf_conntrack_tcp_be_liberal=1` stops out-of-window TCP packets from being INVALID.",
+			}
+		}
+		fd.Fix = strings.Join(fix, "\n")
+		a.add(fd)
+	}
+}
+
+// ---------------------------------------------------------------------------
 // Drops whose rule kdrop decoded into its Kubernetes meaning (rule.k8s):
 // one finding per meaning and Service or NetworkPolicies. No endpoints at
 // all is noEndpointFindings'.
@@ -735,12 +814,12 @@ func (a *analysis) meaningFindings() {
 				"If not, nothing to fix: the range is working.",
 			}
 		case netfilter.MeaningInvalidConntrack:
-			fd.Title = fmt.Sprintf("kube-proxy dropped %s that conntrack calls INVALID", plural(g.count, "packet", "packets"))
-			fd.Detail = fmt.Sprintf("%s, kube-proxy's rule for conntrack state INVALID dropped %s%s from %s to %s, on %s. Usually TCP packets out of the window conntrack tracks (retransmissions after a conntrack entry was lost, asymmetric routing); the connection may be reset or stall.",
-				when, plural(g.count, "packet", "packets"), on, g.sources.list(3), g.pods.names(3), g.senders.names(3))
+			fd.Title = fmt.Sprintf("%s dropped %s that conntrack calls INVALID", m.Engine, plural(g.count, "packet", "packets"))
+			fd.Detail = fmt.Sprintf("%s, %s's rule for conntrack state INVALID dropped %s%s from %s to %s, on %s. Usually TCP packets out of the window conntrack tracks (retransmissions after a conntrack entry was lost, asymmetric routing); the connection may be reset or stall.",
+				when, m.Engine, plural(g.count, "packet", "packets"), on, g.sources.list(3), g.pods.names(3), g.senders.names(3))
 			fix = []string{
 				"Check conntrack's own counters on the node: `conntrack -S` (invalid, insert_failed, drop) and `net.netfilter.nf_conntrack_count` against `nf_conntrack_max`.",
-				"Setting `net.netfilter.nf_conntrack_tcp_be_liberal=1` (kube-proxy's `conntrack.tcpBeLiberal`) makes kube-proxy skip this rule.",
+				"Setting `net.netfilter.nf_conntrack_tcp_be_liberal=1` (kube-proxy's `conntrack.tcpBeLiberal`) makes kube-proxy skip its rule.",
 			}
 		case netfilter.MeaningMartianLocalhost:
 			fd.Title = fmt.Sprintf("Traffic from outside to 127.0.0.0/8 blocked: %s dropped", plural(g.count, "packet", "packets"))
@@ -940,8 +1019,8 @@ func (a *analysis) netfilterFindings() {
 		if f.Location != "" {
 			e.locations.add(f.Location, f.Count)
 		}
-		if f.Rule != nil && f.Rule.Unknown != "" {
-			e.unknown.add(f.Rule.Unknown, f.Count)
+		if f.NamedRule != nil && f.NamedRule.Unknown != "" {
+			e.unknown.add(f.NamedRule.Unknown, f.Count)
 		}
 		e.dstPods.add(shortPod(f.DstK8s, f.Dst), f.Count)
 		a.used[f] = true
@@ -1017,7 +1096,7 @@ var reasonText = map[string]reasonInfo{
 	"FULL_RING":            {meaning: "a device ring buffer was full", fix: "Raise the NIC ring size (`ethtool -G`) and check for CPU starvation of the receive path."},
 	"IP_OUTNOROUTES":       {meaning: "there was no route to the destination", fix: "Check `ip route get DST` in the pod and on the node; a missing pod CIDR route usually means the CNI is broken on a node."},
 	"IP_INNOROUTES":        {meaning: "there was no route for an incoming packet", fix: "Check the node's routes to the pod CIDRs (`ip route`) and the CNI's health."},
-	"IP_RPFILTER":          {meaning: "the reverse-path filter dropped it: the route back to the sender uses another interface", fix: "Asymmetric routing (several NICs, policy routing): fix the routes or set net.ipv4.conf.*.rp_filter=2 (loose) on the node."},
+	"IP_RPFILTER":          {meaning: "the strict reverse-path filter dropped it: the route back to the sender uses another interface (a multi-homed node)", fix: "Asymmetric routing (several NICs, policy routing): fix the routes or set net.ipv4.conf.*.rp_filter=2 (loose) on the node."},
 	"OTHERHOST":            {meaning: "the packet was for another host's MAC address (seen by a promiscuous interface)", fix: "Usually harmless."},
 	"PKT_TOO_BIG":          {meaning: "the packet was bigger than the path MTU and could not be fragmented", fix: "MTU mismatch: the pod MTU must be the node MTU minus the overlay's overhead (VXLAN 50 bytes); make sure ICMP frag-needed is not filtered."},
 	"TC_INGRESS":           {meaning: "a tc/eBPF program on an interface dropped it: the CNI's datapath (e.g. Cilium) or a policy it enforces", fix: "Ask the CNI why (e.g. `hubble observe --verdict DROPPED`, `cilium monitor --type drop`) and check its policies."},
@@ -1030,7 +1109,8 @@ var reasonText = map[string]reasonInfo{
 	"TCP_ZEROWINDOW":       {meaning: "the receiver's window was zero: the app at this end is not reading", fix: "The receiving app is stuck or too slow; check its CPU and what it waits on."},
 	"TCP_OFO_DROP":         {meaning: "an out-of-order segment was dropped for lack of buffer memory", fix: "Buffer pressure: check the app reads fast enough and the node's TCP memory."},
 	"TCP_OFO_QUEUE_PRUNE":  {meaning: "the out-of-order queue was pruned under memory pressure", fix: "Buffer pressure: check the app reads fast enough and the node's TCP memory."},
-	"TCP_RFC7323_PAWS":     {meaning: "the segment's TCP timestamp was older than the connection's (PAWS): often NAT mixing clients behind one address", fix: "Check SNAT in front of the server; avoid net.ipv4.tcp_tw_recycle-style tricks."},
+	"TCP_RFC7323_PAWS":     {meaning: "the segment's TCP timestamp was older than the connection's (PAWS): often clients behind one NAT address with different clocks", fix: "Look at the NAT in front of the server; tcp_tw_recycle is gone since Linux 4.12."},
+	"TCP_RFC7323_TW_PAWS":  {meaning: "a segment for a connection in TIME_WAIT had an older TCP timestamp (PAWS): often a new client behind the same NAT address and port", fix: "Look at the NAT in front of the server; tcp_tw_recycle is gone since Linux 4.12."},
 	"TCP_CSUM":             {meaning: "bad TCP checksum", fix: "A NIC or driver offload bug or corruption on the wire: check `ethtool -k` offloads (VXLAN checksum offload is a known offender)."},
 	"UDP_CSUM":             {meaning: "bad UDP checksum", fix: "A NIC or driver offload bug or corruption: check `ethtool -k` offloads."},
 	"IP_CSUM":              {meaning: "bad IP header checksum", fix: "Corruption on the wire or an offload bug: check the NIC and `ethtool -k` offloads."},
@@ -1134,7 +1214,7 @@ func (a *analysis) otherICMPFindings() {
 		dsts[g].add(onPort(f.DstK8s, f.Dst, f.Dport), f.Count)
 	}
 	for _, g := range gs.order {
-		info, ok := icmpText[g.key]
+		info, ok := icmpText[icmpBase(g.key)]
 		if !ok {
 			info = reasonInfo{meaning: "the kernel sent this ICMP error", fix: "See the destinations and senders above."}
 		}
@@ -1142,7 +1222,7 @@ func (a *analysis) otherICMPFindings() {
 			Severity: SevWarning, Kind: "icmp", Count: g.count, First: g.first, Last: g.last,
 			Title: fmt.Sprintf("ICMP %s sent %s — %s", g.key, plural(g.count, "time", "times"), firstClause(info.meaning)),
 		}
-		if g.key == "frag-needed" || g.key == "packet-too-big" || g.key == "time-exceeded" {
+		if isTooBig(g.key) || g.key == "time-exceeded" {
 			fd.Severity = SevInfo
 		}
 		fd.Detail = fmt.Sprintf("%s, the kernel answered %s with ICMP %s, meaning %s. Packets were going to %s, from %s; the error was sent by %s.",

@@ -44,14 +44,7 @@ func TestMeaningFindings(t *testing.T) {
 		trailer(0),
 	}
 	fs := read(t, lines...).Findings()
-	one := func(kind string) Finding {
-		t.Helper()
-		got := findKind(fs, kind)
-		if len(got) != 1 {
-			t.Fatalf("want one %s finding, got %d:\n%s", kind, len(got), dumpFindings(fs))
-		}
-		return got[0]
-	}
+	one := func(kind string) Finding { t.Helper(); return oneFinding(t, fs, kind) }
 	f := one("no-endpoints")
 	if f.Count != 40 || f.Severity != SevCritical {
 		t.Errorf("no-endpoints: count %d severity %s", f.Count, f.Severity)
@@ -85,4 +78,54 @@ func TestMeaningFindings(t *testing.T) {
 	if got := findKind(fs, "netfilter-rule"); len(got) != 1 || got[0].Count != 5 || !strings.Contains(got[0].Title, "ip filter/X#12 DROP") {
 		t.Errorf("want the unknown meaning's 5 drops as one finding of their rule:\n%s", dumpFindings(fs))
 	}
+}
+
+// Drops conntrack caused (the line's conntrack object): a finding per
+// cause with the fixes (NodeLocal DNSCache, single-request-reopen,
+// nf_conntrack_max); an INVALID packet kube-proxy's rule dropped stays the
+// invalid-conntrack finding; an unknown cause is a plain netfilter drop.
+func TestConntrackFindings(t *testing.T) {
+	lines := []string{header,
+		ev(10, "drop", 6, map[string]any{"src": "10.244.1.3", "dst": "10.96.0.10", "dport": 53, "proto": "udp", "reason": "NETFILTER_DROP",
+			"src_k8s": frontendPod, "location": "nf_hook_slow+0x7d", "conntrack": map[string]any{"cause": "insert-failed", "count": 812, "max": 262144}}),
+		ev(11, "drop", 4, map[string]any{"src": "10.244.1.3", "dst": "10.244.0.9", "dport": 5432, "reason": "NETFILTER_DROP",
+			"conntrack": map[string]any{"cause": "table-full", "count": 65536, "max": 65536}}),
+		ev(12, "drop", 2, map[string]any{"src": "10.244.1.3", "dst": "10.244.0.9", "dport": 443, "reason": "NETFILTER_DROP",
+			"rule":      rule("KUBE-FORWARD", "DROP", map[string]any{"meaning": "invalid-conntrack", "engine": "kube-proxy"}),
+			"conntrack": map[string]any{"cause": "invalid", "count": 7, "max": 65536}}),
+		ev(13, "drop", 3, map[string]any{"src": "10.0.0.2", "dst": "10.0.0.3", "dport": 1, "reason": "NETFILTER_DROP",
+			"conntrack": map[string]any{"cause": "<script>", "count": 1, "max": 1}}),
+		trailer(0),
+	}
+	fs := read(t, lines...).Findings()
+	one := func(kind string) Finding { t.Helper(); return oneFinding(t, fs, kind) }
+	f := one("conntrack-insert-failed")
+	if f.Count != 6 || f.Severity != SevCritical {
+		t.Errorf("insert-failed: count %d severity %s", f.Count, f.Severity)
+	}
+	wantAll(t, "insert-failed", f.Title+f.Detail+f.Fix, "NAT port clash", "6 packets", "1 s connect delays", "5 s DNS delays",
+		"NodeLocal DNSCache", "single-request-reopen", "--random-fully")
+	f = one("conntrack-table-full")
+	wantAll(t, "table-full", f.Title+f.Detail+f.Fix, "nf_conntrack_max 65536", "4 packets", "table full, dropping packet", "nf_conntrack_count")
+	wantAll(t, "invalid-conntrack", one("invalid-conntrack").Title, "2 packets")
+	if got := findKind(fs, "conntrack-invalid"); len(got) != 0 {
+		t.Errorf("kube-proxy's INVALID drop counted twice:\n%s", dumpFindings(fs))
+	}
+	if got := findKind(fs, "netfilter"); len(got) != 1 || got[0].Count != 3 {
+		t.Errorf("want the unknown cause's 3 drops as one netfilter finding:\n%s", dumpFindings(fs))
+	}
+	if strings.Contains(dumpFindings(fs), "<script>") {
+		t.Errorf("an unknown cause reached the findings:\n%s", dumpFindings(fs))
+	}
+}
+
+// oneFinding is the one finding of kind in fs; the test fails unless
+// there is exactly one.
+func oneFinding(t *testing.T, fs []Finding, kind string) Finding {
+	t.Helper()
+	got := findKind(fs, kind)
+	if len(got) != 1 {
+		t.Fatalf("want one %s finding, got %d:\n%s", kind, len(got), dumpFindings(fs))
+	}
+	return got[0]
 }

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich/conntrack"
 	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netfilter"
 	"github.com/kdrop/kdrop/cmd/kdrop/line"
 	"github.com/kdrop/kdrop/cmd/kdrop/sinks/recording"
@@ -115,31 +116,47 @@ type K8s = k8s.Endpoint
 // FlowID is what makes events the same flow: everything but the time, the
 // count, the source port and the queue lengths.
 type FlowID struct {
-	Type               string // drop, overflow or unreach
-	Node               string
-	Netns              uint64
-	Ifindex            uint32
-	Proto              string
-	Src, Dst           netip.Addr
-	Dport              uint16
-	TCPFlags           string
-	Reason             string
-	ReasonCode         uint32
-	Location           string
+	Type       string // drop, overflow or unreach
+	Node       string
+	Netns      uint64
+	Ifindex    uint32
+	Proto      string
+	Src, Dst   netip.Addr
+	Dport      uint16
+	TCPFlags   string
+	Reason     string
+	ReasonCode uint32
+	Location   string
+	// ICMP is the error an unreach event sent (with its MTU: "frag-needed
+	// mtu 1280"), or the ICMP error a drop threw away (its name only; ""
+	// for other ICMP and in summaries, which do not say).
 	ICMP               string
 	ICMPType, ICMPCode uint8
-	Queue              string
-	QueueMax           uint32
-	Somaxconn          uint32
-	SrcK8s, DstK8s     *K8s
-	WhereK8s           *K8s
+	ICMPMTU            uint32 // unreach: the MTU the error told the sender
+	// Rule names the netfilter rule of a NETFILTER_DROP ("filter/INPUT#3
+	// DROP"), Route the route of a route drop ("blackhole 10.0.0.0/24"),
+	// each checked; "" when none is named.
+	Rule, Route    string
+	Queue          string
+	QueueMax       uint32
+	Somaxconn      uint32
+	SrcK8s, DstK8s *K8s
+	WhereK8s       *K8s
 	// Meaning is the Kubernetes meaning of the netfilter rule that
 	// dropped it (the line's rule.k8s), checked; zero when none.
 	Meaning Meaning
-	// Rule is the netfilter rule that dropped it (the line's rule),
+	// Conntrack is conntrack's cause of a NETFILTER_DROP (the line's
+	// conntrack.cause: insert-failed, table-full, drop, invalid; "" when
+	// none or not one of those) and CtMax its table limit.
+	Conntrack string
+	CtMax     uint32
+	// Probe is the kubelet probe the flow is a connection of (the line's
+	// probe), checked; zero when none.
+	Probe Probe
+	// NamedRule is the netfilter rule that dropped it (the line's rule),
 	// checked; nil when none. Equal rules share one value (parser.rule),
 	// so FlowID compares them by pointer.
-	Rule *RuleRef
+	NamedRule *RuleRef
 }
 
 // Meaning is a drop rule's Kubernetes meaning as a report keeps it (see
@@ -155,6 +172,9 @@ type Meaning struct {
 	// Policies are the NetworkPolicies, "ns/name, ns/name" (at most
 	// maxPolicies), and Direction "ingress" or "egress".
 	Policies, Direction string
+	// Engine is who wrote the rule when known to the report: "kube-proxy"
+	// (the default of kube-proxy's meanings) or "kube-router".
+	Engine string
 }
 
 // Flow is the sum of the events with one FlowID.
@@ -438,7 +458,7 @@ func (p *parser) event(e *line.Event) {
 	id := FlowID{
 		Type: e.Type.String(), Node: p.check(asNode, e.Node), Netns: uint64(e.Netns), Ifindex: e.Ifindex, Proto: tracer.ProtoName(e.Proto),
 		Src: e.Src.Addr(), Dst: e.Dst.Addr(), Dport: e.Dst.Port(), TCPFlags: tracer.TCPFlagString(e.TCPFlags),
-		SrcK8s: p.k8s(e.SrcK8s), DstK8s: p.k8s(e.DstK8s), WhereK8s: p.k8s(e.WhereK8s),
+		SrcK8s: p.k8s(e.SrcK8s), DstK8s: p.k8s(e.DstK8s), WhereK8s: p.k8s(e.WhereK8s), Probe: cleanProbe(e.Probe),
 	}
 	switch e.Type {
 	case tracer.Drop:
@@ -448,10 +468,21 @@ func (p *parser) event(e *line.Event) {
 		}
 		if e.Rule != nil {
 			id.Meaning = cleanMeaning(e.Rule.K8s)
-			id.Rule = p.rule(e.Rule)
+			id.NamedRule = p.rule(e.Rule)
+			id.Rule = ruleLabel(e.Rule)
+		}
+		id.Route = routeLabel(e.Route)
+		if id.Proto == "icmp" || id.Proto == "icmpv6" {
+			id.ICMP = tracer.ICMPKnownName(id.Proto == "icmpv6", e.ICMPType, e.ICMPCode)
+		}
+		if c := e.Conntrack; c != nil {
+			switch c.Cause {
+			case conntrack.CauseInsertFailed, conntrack.CauseTableFull, conntrack.CauseDrop, conntrack.CauseInvalid:
+				id.Conntrack, id.CtMax = c.Cause, c.Max
+			}
 		}
 	case tracer.Unreachable:
-		id.ICMP, id.ICMPType, id.ICMPCode = e.What(), e.ICMPType, e.ICMPCode
+		id.ICMP, id.ICMPType, id.ICMPCode, id.ICMPMTU = e.What(), e.ICMPType, e.ICMPCode, e.ICMPMTU()
 	case tracer.ListenOverflow:
 		id.Queue, id.QueueMax, id.Somaxconn = e.Queue.String(), e.QueueMax, e.Somaxconn
 		if id.Queue == "" {

@@ -293,7 +293,7 @@ func TestFindings(t *testing.T) {
 				title:  []string{"37 events were not recorded as lines", "counts are still exact"},
 				detail: []string{"n1: 30, n2: 7", "every count in this report is exact", "incomplete in lines, not in counts"},
 				fix:    []string{"--type", "--namespace", "--rate-limit (now 100 per second per flow)", "--rate-limit 20"}},
-			{kind: "drop-reason", severity: SevWarning, count: 100, title: []string{"SOCKET_RCVBUFF: 100 packets dropped"}, fix: []string{"SO_RCVBUF"}},
+			{kind: "receive-buffer", severity: SevWarning, count: 100, title: []string{"Receive buffer full on UDP port 53 at 10.244.0.53: 100 datagrams dropped (SOCKET_RCVBUFF)"}, fix: []string{"SO_RCVBUF", "net.core.rmem_max", "too slow"}},
 		},
 		absent: []string{"truncated", "missed"},
 	}, {

@@ -258,19 +258,19 @@ func (a *analysis) ruleFindings() {
 	hows := map[*group]counter{}
 	where := map[*group]counter{} // the network namespaces it dropped in
 	for _, f := range a.rec.Flows {
-		if a.used[f] || f.Type != "drop" || f.Rule == nil || !f.Rule.known() {
+		if a.used[f] || f.Type != "drop" || f.NamedRule == nil || !f.NamedRule.known() {
 			continue
 		}
-		key := *f.Rule
+		key := *f.NamedRule
 		key.How = "" // one finding per rule, however it was named
 		g := gs.get(fmt.Sprintf("%+v", key))
 		g.add(f)
 		if _, ok := rule[g]; !ok {
-			rule[g], flows[g], hows[g], where[g] = *f.Rule, counter{}, counter{}, counter{}
+			rule[g], flows[g], hows[g], where[g] = *f.NamedRule, counter{}, counter{}, counter{}
 		}
 		where[g].add(netnsWords(f), f.Count)
 		flows[g].add(flowWords(f), f.Count)
-		hows[g].add(howWords(f.Rule.How), f.Count)
+		hows[g].add(howWords(f.NamedRule.How), f.Count)
 		a.used[f] = true
 	}
 	for _, g := range gs.order {

@@ -10,6 +10,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netfilter"
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich/route"
 )
 
 // A recording is a file from someone else: every string in it is
@@ -141,7 +142,74 @@ func cleanMeaning(m *netfilter.Meaning) Meaning {
 	}
 	c.Policies = strings.Join(ps, ", ")
 	c.Direction = checked(m.Direction, func(s string) bool { return s == "ingress" || s == "egress" })
+	c.Engine = "kube-proxy"
+	if m.Engine == "kube-router" {
+		c.Engine = m.Engine
+	}
 	return c
+}
+
+var (
+	nfNameRE    = regexp.MustCompile(`^[A-Za-z0-9_.:-]{1,64}$`)     // table and chain names
+	nfVerdictRE = regexp.MustCompile(`^[A-Za-z0-9 ()_-]{1,64}$`)    // DROP, REJECT icmp-port-unreachable, DROP (policy)
+	commentRE   = regexp.MustCompile(`^[ !#-%'-;=?-_a-{}~]{1,64}$`) // printable ASCII but quotes, backticks, & < > |
+)
+
+// ruleLabel names the rule of a NETFILTER_DROP as the RULE column does
+// ("filter/INPUT#3 DROP \"comment\""), each part checked; the candidates
+// when two or more may have dropped it; "" when none is named.
+func ruleLabel(r *netfilter.Rule) string {
+	if r == nil || r.Unknown != "" {
+		return ""
+	}
+	if r.Table == "" {
+		var cs []string
+		for i := range r.Candidates {
+			if i == 3 {
+				cs = append(cs, fmt.Sprintf("%d more", len(r.Candidates)-3))
+				break
+			}
+			cs = append(cs, refLabel(&r.Candidates[i]))
+		}
+		if len(cs) == 0 {
+			return ""
+		}
+		return "one of " + strings.Join(cs, ", ")
+	}
+	return refLabel(&r.Ref)
+}
+
+func refLabel(r *netfilter.Ref) string {
+	s := checked(r.Table, nfNameRE.MatchString) + "/" + checked(r.Chain, nfNameRE.MatchString)
+	if r.Position > 0 {
+		s += ":" + strconv.Itoa(r.Position)
+	} else if r.Handle > 0 {
+		s += "#" + strconv.FormatUint(r.Handle, 10)
+	}
+	if r.Verdict != "" {
+		s += " " + checked(r.Verdict, nfVerdictRE.MatchString)
+	}
+	if r.Comment != "" {
+		if commentRE.MatchString(r.Comment) {
+			s += ` "` + r.Comment + `"`
+		} else {
+			s += " " + marked(r.Comment)
+		}
+	}
+	return s
+}
+
+// routeLabel names a route drop's route ("blackhole 10.0.0.0/24", "table
+// N" outside main); its type must be one the kernel has.
+func routeLabel(r *route.Route) string {
+	if r == nil {
+		return ""
+	}
+	c := *r
+	c.Type = checked(r.Type, func(s string) bool {
+		return s == "blackhole" || s == "unreachable" || s == "prohibit" || s == "throw"
+	})
+	return c.String()
 }
 
 // cleanHeader checks the header's strings.
