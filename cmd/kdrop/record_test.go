@@ -32,19 +32,14 @@ func TestRecordAndReportSomaxconn(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	stopRecord(t, rec, stderr)
 
-	html := filepath.Join(dir, "incident.html")
-	out, err := exec.Command(kdropBin, "report", file, "--html", html, "--markdown", "-").CombinedOutput()
-	if err != nil {
-		t.Fatalf("kdrop report: %v\n%s", err, out)
-	}
-	md := string(out)
+	md, page := reportPages(t, file)
 	for _, want := range []string{"somaxconn", "128", "backlog", "securityContext", "tuning"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q:\n%s", want, md)
 		}
 	}
-	if b, err := os.ReadFile(html); err != nil || !strings.Contains(string(b), "<svg") {
-		t.Errorf("HTML report missing or without its chart: %v", err)
+	if !strings.Contains(page, "<svg") {
+		t.Error("HTML report without its chart")
 	}
 	// A bad file gets a clear error.
 	os.WriteFile(filepath.Join(dir, "bad"), []byte("not gzip"), 0o644)
@@ -198,16 +193,7 @@ func TestRecordAndReportRules(t *testing.T) {
 	ns.SendUDP(t, "::1", 9004, 5)
 	time.Sleep(3 * time.Second) // each drop's line waits for its rule (up to 2 s)
 	stopRecord(t, rec, stderr)
-	html := filepath.Join(dir, "incident.html")
-	out, err := exec.Command(kdropBin, "report", file, "--html", html, "--markdown", "-").CombinedOutput()
-	if err != nil {
-		t.Fatalf("kdrop report: %v\n%s", err, out)
-	}
-	md := string(out)
-	page, err := os.ReadFile(html)
-	if err != nil {
-		t.Fatal(err)
-	}
+	md, page := reportPages(t, file)
 	for _, want := range []string{
 		`ip filter/INPUT#`, `DROP "a1 udp drop" dropped 5 packets`, "`nft -a list chain ip filter INPUT`", "`iptables-save -t filter | grep -n -- 'a1 udp drop'`",
 		`ip kd/in#`, `REJECT icmp-host-unreachable "nth drop"`, "`nft -a list chain ip kd in`",
@@ -223,8 +209,24 @@ func TestRecordAndReportRules(t *testing.T) {
 		t.Errorf("a native nft table's rule is offered to iptables-save:\n%s", md)
 	}
 	for _, c := range []string{"a1 udp drop", "nth drop", "v6 reject", "legacy rule"} {
-		if !strings.Contains(string(page), c) {
+		if !strings.Contains(page, c) {
 			t.Errorf("the HTML lacks %q", c)
 		}
 	}
+}
+
+// reportPages runs kdrop report on a recording and returns its Markdown and
+// its HTML page.
+func reportPages(t *testing.T, file string) (md, page string) {
+	t.Helper()
+	html := file + ".html"
+	out, err := exec.Command(kdropBin, "report", file, "--html", html, "--markdown", "-").CombinedOutput()
+	if err != nil {
+		t.Fatalf("kdrop report: %v\n%s", err, out)
+	}
+	b, err := os.ReadFile(html)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(out), string(b)
 }
