@@ -1,10 +1,13 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"strings"
+	"unsafe"
 
+	"github.com/google/nftables"
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
@@ -19,7 +22,11 @@ func checkCmd() *cobra.Command {
 		Long: `Check loads and attaches every hook once, then detaches, and prints the
 kernel's BTF, each hook with its attach mode (or why it is missing) and the
 number of drop reasons the kernel names. It exits non-zero when kdrop cannot
-run here.`,
+run here. It also says whether the rule behind NETFILTER_DROP drops can be
+named (--rules): nftables rules listed over netlink, iptables-legacy's
+ip_tables and ip6_tables present and readable (CAP_NET_ADMIN), other
+namespaces entered (CAP_SYS_ADMIN); that part is optional and never fails
+the check.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			modes, err := tracer.ParseModes(attach)
@@ -73,7 +80,85 @@ func runCheck(modes []tracer.Mode) error {
 	} else {
 		fmt.Println("kdrop can run with every hook")
 	}
+	checkRules()
 	return nil
+}
+
+// checkRules says whether --rules can name the rule behind NETFILTER_DROP
+// drops, without traffic: whether nftables (which holds iptables-nft's
+// rules too) can be listed over NETLINK_NETFILTER, whether the kernel has
+// iptables-legacy's ip_tables and ip6_tables and they can be read, and
+// whether other network namespaces can be entered. In kdrop's own
+// namespace; rule reading is optional, so nothing here fails the check.
+func checkRules() {
+	fmt.Println("netfilter rules (--rules: naming the rule behind NETFILTER_DROP):")
+	if c, err := nftables.New(); err != nil {
+		fmt.Printf("  nftables          CANNOT OPEN NETLINK_NETFILTER: %v\n", err)
+	} else if tables, err := c.ListTables(); err != nil {
+		why := ""
+		if errors.Is(err, unix.EPERM) || strings.Contains(err.Error(), "operation not permitted") {
+			why = " (needs CAP_NET_ADMIN)"
+		}
+		fmt.Printf("  nftables          CANNOT LIST TABLES: %v%s\n", err, why)
+	} else {
+		fmt.Printf("  nftables          ok: %d tables listed over netlink (native nft and iptables-nft rules)\n", len(tables))
+	}
+	for _, f := range []struct {
+		name, names   string
+		domain, level int
+	}{
+		{"iptables-legacy", "/proc/thread-self/net/ip_tables_names", unix.AF_INET, unix.SOL_IP},
+		{"ip6tables-legacy", "/proc/thread-self/net/ip6_tables_names", unix.AF_INET6, unix.SOL_IPV6},
+	} {
+		fmt.Printf("  %-17s %s\n", f.name, checkLegacy(f.names, f.domain, f.level))
+	}
+	if capable(unix.CAP_SYS_ADMIN) {
+		fmt.Println("  other namespaces  ok: CAP_SYS_ADMIN (setns), pods' rules can be read")
+	} else {
+		fmt.Println("  other namespaces  NO CAP_SYS_ADMIN: only this namespace's rules can be read")
+	}
+}
+
+// checkLegacy says whether one ip_tables family is in the kernel and its
+// tables can be read (getsockopt IPT_SO_GET_INFO on a raw socket, as
+// --rules reads them).
+func checkLegacy(names string, domain, level int) string {
+	b, err := os.ReadFile(names)
+	if err != nil {
+		return "not in this kernel (not built or module not loaded): no legacy rules can exist, none to read"
+	}
+	tables := strings.Fields(string(b))
+	if len(tables) == 0 {
+		return "present, no tables loaded"
+	}
+	fd, err := unix.Socket(domain, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
+	if err != nil {
+		return fmt.Sprintf("CANNOT READ: raw socket: %v (needs CAP_NET_RAW and CAP_NET_ADMIN)", err)
+	}
+	defer unix.Close(fd)
+	const soGetInfo, getinfoSize = 64, 84 // IPT_SO_GET_INFO, sizeof(struct ipt_getinfo)
+	info := make([]byte, getinfoSize)
+	copy(info, tables[0])
+	n := uint32(len(info))
+	if _, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), uintptr(level), soGetInfo,
+		uintptr(unsafe.Pointer(&info[0])), uintptr(unsafe.Pointer(&n)), 0); e != 0 {
+		why := ""
+		if e == unix.EPERM {
+			why = " (needs CAP_NET_ADMIN)"
+		}
+		return fmt.Sprintf("CANNOT READ table %s: %v%s", tables[0], e, why)
+	}
+	return fmt.Sprintf("ok: read (tables %s)", strings.Join(tables, ", "))
+}
+
+// capable says whether this process has capability c in effect.
+func capable(c int) bool {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return false
+	}
+	return data[c/32].Effective&(1<<(c%32)) != 0
 }
 
 func reasonsCmd() *cobra.Command {

@@ -111,12 +111,44 @@ func TestCheck(t *testing.T) {
 	if err != nil {
 		t.Fatalf("kdrop check: %v\n%s", err, out)
 	}
-	for _, want := range []string{"BTF          /sys/kernel/btf/vmlinux", "kfree_skb", "tcp_conn_request", "icmp_send", "drop reasons"} {
+	for _, want := range []string{"BTF          /sys/kernel/btf/vmlinux", "kfree_skb", "tcp_conn_request", "icmp_send", "drop reasons",
+		"nftables          ok: ", "other namespaces  ok: CAP_SYS_ADMIN"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("kdrop check output lacks %q:\n%s", want, out)
 		}
 	}
+	// iptables-legacy: readable where the kernel has ip_tables, else said
+	legacy := "iptables-legacy   not in this kernel"
+	if _, err := os.Stat("/proc/net/ip_tables_names"); err == nil {
+		legacy = "iptables-legacy   ok: read"
+		if b, _ := os.ReadFile("/proc/net/ip_tables_names"); len(strings.Fields(string(b))) == 0 {
+			legacy = "iptables-legacy   present, no tables loaded"
+		}
+	}
+	if !strings.Contains(out, legacy) {
+		t.Errorf("kdrop check output lacks %q:\n%s", legacy, out)
+	}
 	t.Logf("\n%s", out)
+}
+
+// Without CAP_NET_ADMIN (and CAP_SYS_ADMIN) kdrop still runs, and check
+// says rule reading cannot work and what it needs, exit 0.
+func TestCheckRulesWithoutNetAdmin(t *testing.T) {
+	sh(t, "iptables-legacy -t filter -L INPUT -n >/dev/null") // ip_tables loaded, with its filter table
+	cmd := exec.Command("setpriv", "--inh-caps=-net_admin,-sys_admin", "--bounding-set=-net_admin,-sys_admin", kdropBin, "check")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("kdrop check without CAP_NET_ADMIN: %v\n%s", err, out)
+	}
+	for _, want := range []string{
+		"nftables          CANNOT LIST TABLES: netlink receive: operation not permitted (needs CAP_NET_ADMIN)",
+		"iptables-legacy   CANNOT READ table filter: operation not permitted (needs CAP_NET_ADMIN)",
+		"other namespaces  NO CAP_SYS_ADMIN",
+	} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("kdrop check output lacks %q:\n%s", want, out)
+		}
+	}
 }
 
 func sh(t *testing.T, cmdline string) {
@@ -219,4 +251,22 @@ func decodeMap(b []byte) (map[string]any, error) {
 		}
 	}
 	return m, nil
+}
+
+// watch --help says what --rules reads and what it needs.
+func TestRulesHelp(t *testing.T) {
+	out, err := kdrop(t, "watch", "--help")
+	if err != nil {
+		t.Fatalf("kdrop watch --help: %v\n%s", err, out)
+	}
+	i := strings.Index(out, "--rules")
+	if i < 0 {
+		t.Fatalf("no --rules in:\n%s", out)
+	}
+	wantAll := []string{"nftables over netlink", "iptables-legacy", "CAP_NET_ADMIN", "CAP_SYS_ADMIN", "kdrop check"}
+	for _, w := range wantAll {
+		if !strings.Contains(out[i:], w) {
+			t.Errorf("--rules help lacks %q:\n%s", w, out[i:])
+		}
+	}
 }

@@ -32,19 +32,14 @@ func TestRecordAndReportSomaxconn(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	stopRecord(t, rec, stderr)
 
-	html := filepath.Join(dir, "incident.html")
-	out, err := exec.Command(kdropBin, "report", file, "--html", html, "--markdown", "-").CombinedOutput()
-	if err != nil {
-		t.Fatalf("kdrop report: %v\n%s", err, out)
-	}
-	md := string(out)
+	md, page := reportPages(t, file)
 	for _, want := range []string{"somaxconn", "128", "backlog", "securityContext", "tuning"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q:\n%s", want, md)
 		}
 	}
-	if b, err := os.ReadFile(html); err != nil || !strings.Contains(string(b), "<svg") {
-		t.Errorf("HTML report missing or without its chart: %v", err)
+	if !strings.Contains(page, "<svg") {
+		t.Error("HTML report without its chart")
 	}
 	// A bad file gets a clear error.
 	os.WriteFile(filepath.Join(dir, "bad"), []byte("not gzip"), 0o644)
@@ -197,4 +192,65 @@ func TestRecordKilledKeepsItsFile(t *testing.T) {
 	if left, _ := filepath.Glob(filepath.Join(filepath.Dir(file), ".*")); len(left) != 0 {
 		t.Errorf("hidden files beside the recording: %v", left)
 	}
+}
+
+// Drops by named rules, recorded and reported: an iptables-nft rule, native
+// nft rejects in an ip and an ip6 table (named as nft names them: code 1 is
+// host-unreachable in ICMP, admin-prohibited in ICMPv6), and an
+// iptables-legacy rule. The report has one finding per rule, with its
+// comment and the command that shows it.
+func TestRecordAndReportRules(t *testing.T) {
+	ns := nstest.New(t, "rules")
+	in := func(cmdline string) { nstest.Run(t, "ip", "netns", "exec", ns.Name, "sh", "-c", cmdline) }
+	in(`iptables -A INPUT -p udp --dport 9001 -m comment --comment "a1 udp drop" -j DROP`)
+	in(`nft add table ip kd && nft add chain ip kd in '{ type filter hook input priority 10; }' && ` +
+		`nft add rule ip kd in udp dport 9002 counter reject with icmp host-unreachable comment '"nth drop"'`)
+	in(`nft add table ip6 kd6 && nft add chain ip6 kd6 in '{ type filter hook input priority 10; }' && ` +
+		`nft add rule ip6 kd6 in udp dport 9004 counter reject with icmpv6 admin-prohibited comment '"v6 reject"'`)
+	in(`iptables-legacy -A INPUT -p udp --dport 9003 -m comment --comment "legacy rule" -j DROP`)
+	dir := t.TempDir()
+	file := filepath.Join(dir, "incident.jsonl.gz")
+	rec, stderr := startRecord(t, file, "--netns", "/run/netns/"+ns.Name, "--reason", "NETFILTER_DROP")
+	for _, port := range []int{9001, 9002, 9003} {
+		ns.SendUDP(t, "127.0.0.1", port, 5)
+	}
+	ns.SendUDP(t, "::1", 9004, 5)
+	time.Sleep(3 * time.Second) // each drop's line waits for its rule (up to 2 s)
+	stopRecord(t, rec, stderr)
+	md, page := reportPages(t, file)
+	for _, want := range []string{
+		`ip filter/INPUT#`, `DROP "a1 udp drop" dropped 5 packets`, "`nft -a list chain ip filter INPUT`", "`iptables-save -t filter | grep -n -- 'a1 udp drop'`",
+		`ip kd/in#`, `REJECT icmp-host-unreachable "nth drop"`, "`nft -a list chain ip kd in`",
+		`ip6 kd6/in#`, `REJECT icmpv6-admin-prohibited "v6 reject"`, "in the network namespace of netns ",
+		`ip filter/INPUT:1 DROP "legacy rule"`, "`iptables-legacy -t filter -S INPUT 1`", "`iptables-legacy-save -t filter | grep -n -- 'legacy rule'`",
+		"If this rule should not drop this traffic",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("the Markdown lacks %q:\n%s", want, md)
+		}
+	}
+	if strings.Contains(md, "iptables-save -t kd") {
+		t.Errorf("a native nft table's rule is offered to iptables-save:\n%s", md)
+	}
+	for _, c := range []string{"a1 udp drop", "nth drop", "v6 reject", "legacy rule"} {
+		if !strings.Contains(page, c) {
+			t.Errorf("the HTML lacks %q", c)
+		}
+	}
+}
+
+// reportPages runs kdrop report on a recording and returns its Markdown and
+// its HTML page.
+func reportPages(t *testing.T, file string) (md, page string) {
+	t.Helper()
+	html := file + ".html"
+	out, err := exec.Command(kdropBin, "report", file, "--html", html, "--markdown", "-").CombinedOutput()
+	if err != nil {
+		t.Fatalf("kdrop report: %v\n%s", err, out)
+	}
+	b, err := os.ReadFile(html)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(out), string(b)
 }

@@ -49,6 +49,9 @@ var Rows = []Row{
 		{Title: "Drops by workload", Unit: "pps",
 			Description: "The same drops by the namespace and workload of the pod concerned (where the kernel dropped, else the destination); empty: not a pod (the node, or an address kdrop could not name).",
 			Queries:     []Query{{`sum by (namespace, workload) (` + rate(events(`type="drop"`)) + `)`, "{{namespace}}/{{workload}}"}}},
+		{Title: "Netfilter drops by kind of rule", Unit: "pps", Width: 24, Height: 8,
+			Description: "NETFILTER_DROP by the kind of rule kdrop named: backend (nftables, which holds iptables-nft's rules; iptables-legacy), verdict (drop: the sender times out; reject: it gets an error at once; policy: a chain's drop policy) and Kubernetes meaning (no-endpoints, network-policy, …; none: a plain rule, which `kdrop report` names with its table, chain and comment). unknown: kdrop could not name the rule.",
+			Queries:     []Query{{`sum by (backend, verdict, meaning) (` + rate(`kdrop_netfilter_drops_total{namespace=~"$namespace"}`) + `)`, "{{backend}} {{verdict}} {{meaning}}"}}},
 	}},
 	{Title: "Listen queue overflows", Panels: []Panel{
 		{Title: "Listen queue overflows by workload", Unit: "cps",

@@ -58,7 +58,8 @@ func (e *Event) ruleColumn() string {
 	return e.Rule.Short()
 }
 
-// ClusterRow renders e under ClusterTableHeader.
+// ClusterRow renders e under ClusterTableHeader, then the rule or route
+// that dropped it (rule=, TableRow's RULE column) and the identities.
 func (e *Event) ClusterRow() string {
 	what := e.Reason
 	switch e.Type {
@@ -72,6 +73,9 @@ func (e *Event) ClusterRow() string {
 	}
 	row := fmt.Sprintf("%-11s %-13s %-9s %5s  %-23s %-6s %-24s %-24s", e.Node, e.Time.Local().Format("15:04:05.000"),
 		e.Type, countString(e), what, tracer.ProtoName(e.Proto), addrString(e.Src), addrString(e.Dst))
+	if r := e.ruleColumn(); r != "" { // the RULE column of TableRow, as rule=
+		row = strings.TrimRight(row, " ") + "  rule=" + r
+	}
 	return row + e.identities()
 }
 

@@ -46,6 +46,7 @@ const (
 // wrote it, else nil. rs is the read r came from (for nftables mode's map
 // elements).
 func kubeProxyMeaning(r *Rule, ev *tracer.Event, rs *ruleset) *Meaning {
+	r.nameRejects(ev.Family == 6) // rule.go: ICMP codes by name, per family
 	if r == nil || r.Table == "" {
 		return nil
 	}

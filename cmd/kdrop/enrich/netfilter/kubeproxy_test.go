@@ -156,7 +156,7 @@ func kubeProxyScenario(t *testing.T, env *testenv.Env, mode string) {
 	}
 	if mode == "nftables" {
 		w := wants[kpCartPort]
-		w.table, w.chain, w.verdict, w.how = "kube-proxy", "reject-chain", "REJECT icmp-code-3", HowMatch
+		w.table, w.chain, w.verdict, w.how = "kube-proxy", "reject-chain", "REJECT icmp-port-unreachable", HowMatch
 		wants[kpCartPort] = w
 		w = wants[kpNodePort]
 		w.table, w.chain, w.verdict, w.how = "kube-proxy", "nodeport-endpoints-check", "DROP", HowMatch

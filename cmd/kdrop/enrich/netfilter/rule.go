@@ -163,11 +163,27 @@ type Ref struct {
 	// made valid UTF-8.
 	Comment string
 	// Verdict is "DROP", "REJECT <with>" (e.g. "REJECT tcp-reset",
-	// "REJECT icmp-port-unreachable") or "DROP (policy)".
+	// "REJECT icmp-port-unreachable"; a native nft reject's code as nft
+	// names it in the family: "REJECT icmpv6-admin-prohibited") or
+	// "DROP (policy)".
 	Verdict string
 	// Packets is how many packets the rule's counter moved by over the
 	// interval(s) the event covers: packets, 0 without a counter.
 	Packets uint64
+}
+
+// VerdictKind is what a verdict (Ref.Verdict) does, in one word: "drop",
+// "reject", "policy" (a chain's drop policy), or "unknown".
+func VerdictKind(v string) string {
+	switch {
+	case strings.HasSuffix(v, "(policy)"):
+		return "policy"
+	case strings.HasPrefix(v, "REJECT"):
+		return "reject"
+	case strings.HasPrefix(v, "DROP"):
+		return "drop"
+	}
+	return "unknown"
 }
 
 // Known says whether r names a rule (or candidates).
@@ -273,3 +289,57 @@ func cleanComment(b []byte) string {
 // maxComment bounds a comment: xt_comment's is char[256] with its NUL,
 // nftables' userdata comment is at most 128 bytes by nft's own rule.
 const maxComment = 255
+
+// nameRejects names the ICMP code of r's native nftables rejects ("REJECT
+// icmp-code-3", as the reader decodes `reject with icmp ...`) as nft does
+// (`nft describe icmp_code`, `icmpv6_code`): the code means something else
+// in each family (1 is host-unreachable for ICMP, admin-prohibited for
+// ICMPv6). In an inet, bridge or netdev table the code is read in the
+// dropped packet's family (v6), as the kernel sends it. Codes nft has no
+// name for keep their number ("icmpv6-code-2").
+func (r *Rule) nameRejects(v6 bool) {
+	if r == nil {
+		return
+	}
+	r.Verdict = rejectName(r.Verdict, r.Family, v6)
+	for i := range r.Candidates {
+		c := &r.Candidates[i]
+		c.Verdict = rejectName(c.Verdict, c.Family, v6)
+	}
+}
+
+// nft's names of ICMP and ICMPv6 codes, by code.
+var (
+	icmpCodeNames   = map[uint64]string{0: "net-unreachable", 1: "host-unreachable", 2: "prot-unreachable", 3: "port-unreachable", 4: "frag-needed", 9: "net-prohibited", 10: "host-prohibited", 13: "admin-prohibited"}
+	icmpv6CodeNames = map[uint64]string{0: "no-route", 1: "admin-prohibited", 3: "addr-unreachable", 4: "port-unreachable", 5: "policy-fail", 6: "reject-route"}
+)
+
+// rejectName turns "REJECT icmp-code-N" into "REJECT icmp-<name>" (family
+// ip) or "REJECT icmpv6-<name>" (ip6); any other verdict is returned as
+// it is.
+func rejectName(verdict, family string, v6 bool) string {
+	n, ok := strings.CutPrefix(verdict, "REJECT icmp-code-")
+	if !ok {
+		return verdict
+	}
+	code, err := strconv.ParseUint(n, 10, 8)
+	if err != nil {
+		return verdict
+	}
+	switch family {
+	case "ip":
+		v6 = false
+	case "ip6":
+		v6 = true
+	}
+	if v6 {
+		if name, ok := icmpv6CodeNames[code]; ok {
+			return "REJECT icmpv6-" + name
+		}
+		return "REJECT icmpv6-code-" + n
+	}
+	if name, ok := icmpCodeNames[code]; ok {
+		return "REJECT icmp-" + name
+	}
+	return verdict
+}

@@ -270,8 +270,12 @@ func (r *Recorder) write(ctx context.Context, s *series) (string, error) {
 // note says what the series counts and its first occurrence's detail. It
 // has no count: the API server does not let a note change, the series'
 // count does.
+//
+// kubectl describe prints the note as it is: the detail (names, a rule's
+// meaning) is made printable (line.Printable), so that no control
+// character or bidirectional override reaches the operator's terminal.
 func (s *series) note() string {
-	n := what[s.reason] + ": " + s.detail + " (seen by kdrop)"
+	n := what[s.reason] + ": " + line.Printable(s.detail) + " (seen by kdrop)"
 	if len(n) > noteMax {
 		n = strings.ToValidUTF8(n[:noteMax-3], "") + "..."
 	}

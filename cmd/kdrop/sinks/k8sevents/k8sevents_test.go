@@ -2,6 +2,7 @@ package k8sevents
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -118,4 +119,20 @@ func (s services) LookupService(ns, name string) (k8s.Endpoint, bool) {
 		}
 	}
 	return k8s.Endpoint{}, false
+}
+
+// A note never carries a control character or a bidirectional override
+// to kubectl describe, whatever the detail holds (a rule's meaning comes
+// from a comment in the kernel).
+func TestNotePrintable(t *testing.T) {
+	s := &series{reason: ReasonPolicyDenied, detail: "NetworkPolicies shop/a\x1b[2J\u009b31m\u202eevil isolate shop/db-0"}
+	n := s.note()
+	for _, bad := range []string{"\x1b", "\u009b", "\u202e"} {
+		if strings.Contains(n, bad) {
+			t.Errorf("the note carries %q: %q", bad, n)
+		}
+	}
+	if want := `shop/a\x1b[2J\x9b31m\u202eevil isolate`; !strings.Contains(n, want) {
+		t.Errorf("note %q lacks %q", n, want)
+	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/utils/lru"
 
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netfilter"
 	"github.com/kdrop/kdrop/cmd/kdrop/line"
 	"github.com/kdrop/kdrop/k8s"
 	"github.com/kdrop/kdrop/tracer"
@@ -55,8 +56,8 @@ func NewAgent(reg prometheus.Registerer, src Sources) *Agent {
 	}, []string{"type", "reason", "namespace", "workload"})
 	nfDrops := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "kdrop_netfilter_drops_total",
-		Help: fmt.Sprintf("Occurrences of drops by a netfilter rule (NETFILTER_DROP), by the rule's Kubernetes meaning (no-endpoints, no-local-endpoints, invalid-conntrack, martian-localhost, source-range, network-policy; none when it has none) and the namespace of its Service or NetworkPolicy, else of the pod concerned. At most %d label sets: past that, the one updated least recently is dropped.", MaxNetfilterSeries),
-	}, []string{"meaning", "namespace"})
+		Help: fmt.Sprintf("Occurrences of drops by a netfilter rule (NETFILTER_DROP), by the kind of rule: its backend (nftables, iptables-legacy, mixed among candidates; unknown when kdrop named no rule), its verdict (drop, reject, policy: a chain's drop policy; mixed among candidates, unknown), its Kubernetes meaning (no-endpoints, no-local-endpoints, invalid-conntrack, martian-localhost, source-range, network-policy; none when it has none), and the namespace of its Service or NetworkPolicy, else of the pod concerned. Never by rule, handle or comment. At most %d label sets: past that, the one updated least recently is dropped.", MaxNetfilterSeries),
+	}, []string{"meaning", "namespace", "backend", "verdict"})
 	ctDrops := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "kdrop_conntrack_drops_total",
 		Help: fmt.Sprintf("Occurrences of NETFILTER_DROP drops conntrack caused, by cause (insert-failed: lost the race to enter the table, typically a NAT port clash; table-full: nf_conntrack_max reached; drop: other; invalid: INVALID state, dropped by a rule) and the namespace of the pod concerned. Per cause, never more than the namespace's conntrack statistic (conntrack -S) moved. At most %d label sets: past that, the one updated least recently is dropped.", MaxConntrackSeries),
@@ -64,7 +65,7 @@ func NewAgent(reg prometheus.Registerer, src Sources) *Agent {
 	m := &Agent{
 		conntrack: newEventCounter(ctDrops, 2, MaxConntrackSeries),
 		counts:    newEventCounter(events, 4, MaxEventSeries),
-		netfilter: newEventCounter(nfDrops, 2, MaxNetfilterSeries),
+		netfilter: newEventCounter(nfDrops, 4, MaxNetfilterSeries),
 		lostLines: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "kdrop_lost_lines_total",
 			Help: "Events whose line found the ring buffer full: their lines (stdout, /events) are missing, but their occurrences came back in later summary lines, so kdrop_events_total stays exact.",
@@ -162,8 +163,35 @@ func (m *Agent) Observe(ev *line.Event) {
 				ns = k.NetworkPolicies[0].Namespace
 			}
 		}
-		m.netfilter.add(labelSet{meaning, ns}, float64(ev.Count))
+		backend, verdict := ruleKind(ev.Rule)
+		m.netfilter.add(labelSet{meaning, ns, backend, verdict}, float64(ev.Count))
 	}
+}
+
+// ruleKind is a rule's backend and verdict as bounded label values: a
+// few words each, whatever the rule (see kdrop_netfilter_drops_total).
+func ruleKind(r *netfilter.Rule) (backend, verdict string) {
+	if !r.Known() {
+		return "unknown", "unknown"
+	}
+	switch r.Backend {
+	case netfilter.BackendNftables, netfilter.BackendLegacy:
+		backend = r.Backend
+	case netfilter.BackendNftables + "," + netfilter.BackendLegacy:
+		backend = "mixed"
+	default:
+		backend = "unknown"
+	}
+	if len(r.Candidates) == 0 {
+		return backend, netfilter.VerdictKind(r.Verdict)
+	}
+	verdict = netfilter.VerdictKind(r.Candidates[0].Verdict)
+	for _, c := range r.Candidates[1:] {
+		if netfilter.VerdictKind(c.Verdict) != verdict {
+			return backend, "mixed"
+		}
+	}
+	return backend, verdict
 }
 
 // eventCounter is a counter vector (kdrop_events_total,

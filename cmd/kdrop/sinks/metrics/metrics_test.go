@@ -103,9 +103,10 @@ func TestObserveLabels(t *testing.T) {
 	}
 }
 
-// kdrop_netfilter_drops_total: by the rule's Kubernetes meaning ("none"
-// without one) and the namespace of its Service or NetworkPolicy, else the
-// pod's; never by rule handle or Service port.
+// kdrop_netfilter_drops_total: by the kind of rule (backend, verdict), its
+// Kubernetes meaning ("none" without one) and the namespace of its Service
+// or NetworkPolicy, else the pod's; never by rule handle, comment or
+// Service port.
 func TestNetfilterDrops(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	m := NewAgent(reg, Sources{})
@@ -116,19 +117,44 @@ func TestNetfilterDrops(t *testing.T) {
 	}
 	pod := &k8s.Endpoint{Kind: k8s.KindPod, Namespace: "db", Name: "pg-0"}
 	noEP := func(svc string) *netfilter.Rule {
-		return &netfilter.Rule{Ref: netfilter.Ref{Table: "filter", Chain: "KUBE-SERVICES", Handle: 7},
+		return &netfilter.Rule{Backend: netfilter.BackendNftables, Ref: netfilter.Ref{Table: "filter", Chain: "KUBE-SERVICES", Handle: 7, Verdict: "REJECT icmp-port-unreachable"},
 			K8s: &netfilter.Meaning{Kind: netfilter.MeaningNoEndpoints, Service: svc}}
 	}
 	drop(noEP("shop/cart:http"), nil, 3)
 	drop(noEP("shop/web:8080"), nil, 2)
-	drop(&netfilter.Rule{K8s: &netfilter.Meaning{Kind: netfilter.MeaningNetworkPolicy,
+	drop(&netfilter.Rule{Backend: netfilter.BackendNftables, Unknown: "no drop rule's counter moved", K8s: &netfilter.Meaning{Kind: netfilter.MeaningNetworkPolicy,
 		NetworkPolicies: []netfilter.PolicyRef{{Namespace: "db", Name: "deny"}}}}, nil, 1)
-	drop(&netfilter.Rule{Ref: netfilter.Ref{Table: "filter", Chain: "INPUT", Handle: 3}}, pod, 4)
+	drop(&netfilter.Rule{Backend: netfilter.BackendNftables, Ref: netfilter.Ref{Table: "filter", Chain: "INPUT", Handle: 3, Comment: "a1 udp drop", Verdict: "DROP"}}, pod, 4)
+	drop(&netfilter.Rule{Backend: netfilter.BackendNftables, Ref: netfilter.Ref{Table: "filter", Chain: "INPUT", Handle: 9, Comment: "nth drop", Verdict: "DROP"}}, pod, 2)
+	drop(&netfilter.Rule{Backend: netfilter.BackendLegacy, Ref: netfilter.Ref{Table: "filter", Chain: "INPUT", Position: 2, Verdict: "REJECT tcp-reset"}}, pod, 6)
+	drop(&netfilter.Rule{Backend: netfilter.BackendNftables + "," + netfilter.BackendLegacy, Candidates: []netfilter.Ref{
+		{Table: "filter", Chain: "INPUT", Handle: 1, Verdict: "DROP"}, {Table: "filter", Chain: "INPUT", Position: 1, Verdict: "DROP (policy)"}}}, pod, 7)
 	drop(nil, pod, 5) // not attributed (--rules=false): not counted here
 	wantSeries(t, reg, "kdrop_netfilter_drops_total",
-		`kdrop_netfilter_drops_total{meaning="no-endpoints",namespace="shop"} 5`,
-		`kdrop_netfilter_drops_total{meaning="network-policy",namespace="db"} 1`,
-		`kdrop_netfilter_drops_total{meaning="none",namespace="db"} 4`)
+		`kdrop_netfilter_drops_total{backend="nftables",meaning="no-endpoints",namespace="shop",verdict="reject"} 5`,
+		`kdrop_netfilter_drops_total{backend="unknown",meaning="network-policy",namespace="db",verdict="unknown"} 1`,
+		`kdrop_netfilter_drops_total{backend="nftables",meaning="none",namespace="db",verdict="drop"} 6`, // two rules, one series
+		`kdrop_netfilter_drops_total{backend="iptables-legacy",meaning="none",namespace="db",verdict="reject"} 6`,
+		`kdrop_netfilter_drops_total{backend="mixed",meaning="none",namespace="db",verdict="mixed"} 7`)
+	// never by rule: no label value names a chain, handle, comment or port
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "kdrop_netfilter_drops_total" {
+			continue
+		}
+		for _, s := range mf.GetMetric() {
+			for _, l := range s.GetLabel() {
+				for _, never := range []string{"a1 udp drop", "nth drop", "INPUT", "KUBE-SERVICES", "http"} {
+					if strings.Contains(l.GetValue(), never) {
+						t.Errorf("a rule's %q is a label: %s=%q", never, l.GetName(), l.GetValue())
+					}
+				}
+			}
+		}
+	}
 }
 
 // wantSeries scrapes reg and checks that metric has exactly the series
@@ -174,5 +200,5 @@ func TestConntrackDrops(t *testing.T) {
 		`kdrop_conntrack_drops_total{cause="insert-failed",namespace="dns"} 4`,
 		`kdrop_conntrack_drops_total{cause="table-full",namespace="dns"} 7`,
 		`kdrop_conntrack_drops_total{cause="invalid",namespace="dns"} 2`,
-		`kdrop_netfilter_drops_total{meaning="invalid-conntrack",namespace="dns"} 2`)
+		`kdrop_netfilter_drops_total{backend="unknown",meaning="invalid-conntrack",namespace="dns",verdict="unknown"} 2`)
 }

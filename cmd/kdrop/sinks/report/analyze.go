@@ -35,7 +35,8 @@ type Finding struct {
 	Severity string // SevCritical, SevWarning or SevInfo
 	// Kind is a stable name of the rule that found it: somaxconn, backlog,
 	// listen-queue, syncookies, stale-endpoint, no-endpoints, no-socket,
-	// closed-connection, netfilter, drop-reason, icmp, missed, lost,
+	// closed-connection, netfilter-rule (a named rule, or its
+	// candidates), netfilter, drop-reason, icmp, missed, lost,
 	// truncated, gap, unresolved; and the kinds of a rule's Kubernetes
 	// meaning: no-local-endpoints, invalid-conntrack, martian-localhost,
 	// source-range, network-policy; probe (a kubelet probe's connection);
@@ -125,6 +126,7 @@ func analyze(rec *Incident) *analysis {
 	a.meaningFindings()
 	a.hintFindings()
 	a.noSocketFindings()
+	a.ruleFindings()
 	a.netfilterFindings()
 	a.otherDropFindings()
 	a.otherICMPFindings()
@@ -185,6 +187,7 @@ type group struct {
 	sources     counter // who sent
 	senders     counter // where the kernel acted
 	what        counter
+	rules       counter // the netfilter rules named, when any (nil until one is)
 }
 
 func newGroup(key string) *group {
@@ -203,6 +206,24 @@ func (g *group) add(f *Flow) {
 	g.sources.add(workload(f.SrcK8s, f.Src), f.Count)
 	g.senders.add(actor(f), f.Count)
 	g.what.add(f.series, f.Count)
+	if f.NamedRule != nil && f.NamedRule.Table != "" {
+		if g.rules == nil {
+			g.rules = counter{}
+		}
+		g.rules.add(f.NamedRule.Ref.String(), f.Count)
+	}
+}
+
+// ruleSentence names the netfilter rules behind a group's drops, when the
+// recording names any: " Rule: ip filter/KUBE-SERVICES#23 REJECT …".
+func (g *group) ruleSentence() string {
+	switch len(g.rules) {
+	case 0:
+		return ""
+	case 1:
+		return " Rule: " + g.rules.names(1) + "."
+	}
+	return " Rules: " + g.rules.list(3) + "."
 }
 
 // groups keeps groups in order of first creation.
@@ -612,10 +633,7 @@ func (a *analysis) noEndpointFindings() {
 	}
 	for _, g := range gs.order {
 		svc := g.key
-		ns, name, _ := strings.Cut(svc, "/")
-		if name == "" {
-			ns, name = "default", svc
-		}
+		ns, name, valid := splitService(svc)
 		ports := ""
 		if len(g.pods) > 0 {
 			ports = " to port " + g.pods.names(3)
@@ -632,6 +650,7 @@ func (a *analysis) noEndpointFindings() {
 		if byRule[g] {
 			d.WriteString(" kube-proxy's own rule for this Service (its \"has no endpoints\" REJECT, named by kdrop) dropped them.")
 		}
+		d.WriteString(g.ruleSentence())
 		if len(backers) > 0 {
 			fmt.Fprintf(&d, " Pods of %s back this Service (seen in this recording).", backers.names(2))
 		}
@@ -640,12 +659,16 @@ func (a *analysis) noEndpointFindings() {
 		if len(backers) > 0 {
 			who = backers.names(2)
 		}
-		fd.Fix = strings.Join([]string{
+		var fix []string
+		if !valid {
+			fix = append(fix, fmt.Sprintf("The Service's name in this recording, %s, is not a valid Kubernetes name: the commands below say NAMESPACE and NAME for it.", svc))
+		}
+		fd.Fix = strings.Join(append(fix,
 			fmt.Sprintf("See what the Service selects: `kubectl get endpointslices -n %s -l kubernetes.io/service-name=%s` (no endpoints, or all not ready).", ns, name),
 			fmt.Sprintf("If pods exist but are not Ready, their readinessProbe fails: `kubectl describe pod` on the pods of %s shows why.", who),
 			fmt.Sprintf("If no pod matches, compare the selector (`kubectl get svc %s -n %s -o jsonpath='{.spec.selector}'`) with the pod labels (`kubectl get pods -n %s --show-labels`).", name, ns, ns),
 			fmt.Sprintf("Check that %s is scaled above 0 and its rollout is not stuck (`kubectl rollout status`), and that its pods are not crash-looping.", who),
-		}, "\n")
+		), "\n")
 		a.add(fd)
 	}
 }
@@ -826,6 +849,7 @@ func (a *analysis) meaningFindings() {
 				"If it should be blocked, nothing to fix: the policy is working.",
 			}
 		}
+		fd.Detail += g.ruleSentence()
 		fd.Fix = strings.Join(fix, "\n")
 		a.add(fd)
 	}
@@ -942,11 +966,11 @@ func (a *analysis) noSocketFindings() {
 		fd.Detail = d.String()
 		podName := "POD"
 		if known(f0.DstK8s) && f0.DstK8s.Kind == "pod" {
-			podName = f0.DstK8s.Name
+			podName = cmdArg(f0.DstK8s.Name, "POD")
 		}
 		nsFlag := ""
 		if known(f0.DstK8s) && f0.DstK8s.Namespace != "" {
-			nsFlag = " -n " + f0.DstK8s.Namespace
+			nsFlag = " -n " + cmdArg(f0.DstK8s.Namespace, "NAMESPACE")
 		}
 		fix := []string{
 			fmt.Sprintf("See what the app really listens on: `kubectl exec%s %s -- ss -ltnu` (or netstat); nothing listens on port %d.", nsFlag, podName, f0.Dport),
@@ -976,6 +1000,7 @@ func (a *analysis) netfilterFindings() {
 	type extra struct {
 		locations counter
 		dstPods   counter
+		unknown   counter // why kdrop named no rule
 		sample    *Flow
 	}
 	ex := map[*group]*extra{}
@@ -988,11 +1013,14 @@ func (a *analysis) netfilterFindings() {
 		g.pods.add(shortPod(f.SrcK8s, f.Src), f.Count)
 		e := ex[g]
 		if e == nil {
-			e = &extra{locations: counter{}, dstPods: counter{}, sample: f}
+			e = &extra{locations: counter{}, dstPods: counter{}, unknown: counter{}, sample: f}
 			ex[g] = e
 		}
 		if f.Location != "" {
 			e.locations.add(f.Location, f.Count)
+		}
+		if f.NamedRule != nil && f.NamedRule.Unknown != "" {
+			e.unknown.add(f.NamedRule.Unknown, f.Count)
 		}
 		e.dstPods.add(shortPod(f.DstK8s, f.Dst), f.Count)
 		a.used[f] = true
@@ -1022,14 +1050,18 @@ func (a *analysis) netfilterFindings() {
 		if len(e.locations) > 0 {
 			fmt.Fprintf(&d, " (kernel function %s)", e.locations.names(2))
 		}
-		d.WriteString(". In Kubernetes this is usually a NetworkPolicy (the CNI turns policies into such rules), or a firewall rule on the node. The sender sees its connection attempts time out.")
+		d.WriteString(".")
+		if len(e.unknown) > 0 {
+			fmt.Fprintf(&d, " kdrop could not name the rule: %s.", e.unknown.list(2))
+		}
+		d.WriteString(" In Kubernetes this is usually a NetworkPolicy (the CNI turns policies into such rules), or a firewall rule on the node. The sender sees its connection attempts time out.")
 		fd.Detail = d.String()
 		dstNS, srcNS := "NAMESPACE", "NAMESPACE"
-		if known(f0.DstK8s) && f0.DstK8s.Namespace != "" {
-			dstNS = f0.DstK8s.Namespace
+		if known(f0.DstK8s) {
+			dstNS = cmdArg(f0.DstK8s.Namespace, dstNS)
 		}
-		if known(f0.SrcK8s) && f0.SrcK8s.Namespace != "" {
-			srcNS = f0.SrcK8s.Namespace
+		if known(f0.SrcK8s) {
+			srcNS = cmdArg(f0.SrcK8s.Namespace, srcNS)
 		}
 		fd.Fix = strings.Join([]string{
 			fmt.Sprintf("List the policies of the destination's namespace: `kubectl get networkpolicy -n %s`, and check that one selecting %s allows ingress from %s%s (namespaceSelector and podSelector both have to match).", dstNS, dst, src, port),

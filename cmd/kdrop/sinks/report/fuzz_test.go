@@ -31,6 +31,8 @@ func FuzzReport(f *testing.F) {
 	f.Add(uint8(2), "w\n# h", "<td>", "", "<b>", "A`|<", "m\n```", "n", `{"type":"<i>"}`)
 	f.Add(uint8(3), "", "", "", "", "", "", "", "{\"time\":1}")
 	f.Add(uint8(4), "a", "b", "Job", "c", "R", "<x", "n", `{"src":"`+"`x`"+`"}`)
+	f.Add(uint8(5), "filter", "IN\x1bPUT", "nftables", "counter", "DROP", "a\u009b\u202e'`|", "ip", "")
+	f.Add(uint8(6), "fw", "in", "iptables-legacy", "x", "REJECT tcp-reset", "it's \"q\"; $(id)", "ip6", "")
 	f.Fuzz(func(t *testing.T, kind uint8, ns, name, wlKind, wl, reason, where, node, raw string) {
 		fuzzReportOnce(t, kind, ns, name, wlKind, wl, reason, where, node, raw)
 	})
@@ -63,6 +65,13 @@ func fuzzReportOnce(t testing.TB, kind uint8, ns, name, wlKind, wl, reason, wher
 				"rule": map[string]any{"backend": "nftables", "table": "filter", "chain": "KUBE-SERVICES", "handle": 1, "verdict": "DROP", "how": "counter",
 					"k8s": map[string]any{"meaning": meanings[int(kind)%len(meanings)], "engine": wlKind, "service": ns + "/" + name + ":" + wl,
 						"network_policy": []map[string]any{{"namespace": ns, "name": wl}}, "direction": reason, "text": where}}}),
+			// rules named by the fuzzer's strings: one, and candidates
+			ev(4.5, "drop", 4, map[string]any{"reason": "NETFILTER_DROP", "node": node, "dst": "10.0.0.4", "dport": 81,
+				"rule": map[string]any{"backend": wlKind, "family": node, "table": ns, "chain": name, "handle": 2, "comment": where, "verdict": reason, "how": wl}}),
+			ev(4.6, "drop", 1, map[string]any{"reason": "NETFILTER_DROP", "node": node, "dst": "10.0.0.4", "dport": 82,
+				"rule": map[string]any{"backend": "iptables-legacy", "how": "counter", "candidates": []map[string]any{
+					{"family": "ip", "table": wl, "chain": ns, "position": 1, "comment": name, "verdict": "DROP"},
+					{"family": "ip6", "table": "filter", "chain": where, "position": 2, "comment": reason, "verdict": "DROP"}}}}),
 			notice(map[string]any{"type": "notice", "node": node, "message": where, "gap_from": "2026-11-27T11:50:03Z", "gap_to": "2026-11-27T11:50:04Z"}),
 			notice(map[string]any{"type": "missed", "node": node, "missed": 3, "cause": reason}),
 			raw,

@@ -119,8 +119,8 @@ func TestHintFindings(t *testing.T) {
 	if icmp := findKind(fs, "icmp"); len(icmp) != 0 {
 		t.Errorf("the router's errors are told in the black hole, not again:\n%s", all)
 	}
-	if nf := findKind(fs, "netfilter"); len(nf) != 1 || nf[0].Count != 1 || !strings.Contains(nf[0].Title, "198.18.1.9") {
-		t.Errorf("the dropped echo reply is a plain netfilter finding, not a black hole:\n%s", all)
+	if nf := findKind(fs, "netfilter-rule"); len(nf) != 1 || nf[0].Count != 1 || !strings.Contains(nf[0].Detail, "198.18.1.9") {
+		t.Errorf("the dropped echo reply is a plain finding of its rule, not a black hole:\n%s", all)
 	}
 
 	f = byTitle("route", "blackhole 198.19.131.0/24")

@@ -50,11 +50,12 @@ func TestMeaningFindings(t *testing.T) {
 		t.Errorf("no-endpoints: count %d severity %s", f.Count, f.Severity)
 	}
 	wantAll(t, "no-endpoints title", f.Title, "Service shop/cart has no ready endpoints")
-	wantAll(t, "no-endpoints detail", f.Detail, "kube-proxy's own rule for this Service")
+	wantAll(t, "no-endpoints detail", f.Detail, "kube-proxy's own rule for this Service", "Rule: ip filter/KUBE-SERVICES#12 REJECT icmp-port-unreachable.")
 	wantAll(t, "no-endpoints fix", f.Fix, "readinessProbe", "scaled above 0")
 
 	f = one("no-local-endpoints")
 	wantAll(t, "no-local-endpoints title", f.Title, "externalTrafficPolicy: Local on Service shop/web and no endpoint on node n1", "9 packets dropped")
+	wantAll(t, "no-local-endpoints detail", f.Detail, "Rule: ip filter/KUBE-EXTERNAL-SERVICES#12 DROP.")
 	wantAll(t, "no-local-endpoints fix", f.Fix, "externalTrafficPolicy: Cluster", "healthCheckNodePort")
 
 	f = one("network-policy")
@@ -73,9 +74,9 @@ func TestMeaningFindings(t *testing.T) {
 	if strings.Contains(dumpFindings(fs), "`x`") {
 		t.Errorf("an invalid name reached the findings unmarked:\n%s", dumpFindings(fs))
 	}
-	// the unknown meaning is a plain netfilter drop
-	if got := findKind(fs, "netfilter"); len(got) != 1 || got[0].Count != 5 {
-		t.Errorf("want the unknown meaning's 5 drops as one netfilter finding:\n%s", dumpFindings(fs))
+	// the unknown meaning is a plain drop by its rule
+	if got := findKind(fs, "netfilter-rule"); len(got) != 1 || got[0].Count != 5 || !strings.Contains(got[0].Title, "ip filter/X#12 DROP") {
+		t.Errorf("want the unknown meaning's 5 drops as one finding of their rule:\n%s", dumpFindings(fs))
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/kdrop/kdrop/cmd/kdrop/enrich/conntrack"
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netfilter"
 	"github.com/kdrop/kdrop/cmd/kdrop/line"
 	"github.com/kdrop/kdrop/cmd/kdrop/sinks/recording"
 	"github.com/kdrop/kdrop/k8s"
@@ -44,6 +45,7 @@ type Incident struct {
 	perSecond             map[slotKey]uint64 // occurrences per series and second
 	unslotted             uint64             // occurrences past maxSlots, in no timeline slot
 	droppedIDs            int                // identities past maxIdentities, left out
+	droppedRules          int                // rules past maxRules, left out
 	// Folded counts the event lines whose flow came past MaxFlows and was
 	// kept by kind only (type, node, reason or ICMP error or queue).
 	Folded int
@@ -151,6 +153,10 @@ type FlowID struct {
 	// Probe is the kubelet probe the flow is a connection of (the line's
 	// probe), checked; zero when none.
 	Probe Probe
+	// NamedRule is the netfilter rule that dropped it (the line's rule),
+	// checked; nil when none. Equal rules share one value (parser.rule),
+	// so FlowID compares them by pointer.
+	NamedRule *RuleRef
 }
 
 // Meaning is a drop rule's Kubernetes meaning as a report keeps it (see
@@ -252,7 +258,7 @@ func (rec *Incident) Total() uint64 {
 // A file cut off mid-way (the recorder was killed) is read up to its last
 // whole line.
 func Read(r io.Reader) (*Incident, error) {
-	p := parser{rec: &Incident{perSecond: map[slotKey]uint64{}}, flow: map[FlowID]*Flow{}, clean: map[*K8s]*K8s{}, series: map[string]struct{}{}, checks: map[checkKey]string{}}
+	p := parser{rec: &Incident{perSecond: map[slotKey]uint64{}}, flow: map[FlowID]*Flow{}, clean: map[*K8s]*K8s{}, series: map[string]struct{}{}, checks: map[checkKey]string{}, rules: map[RuleRef]*RuleRef{}}
 	sc, err := recording.Scan(r, p.line)
 	if err != nil {
 		return nil, err
@@ -274,6 +280,7 @@ type parser struct {
 	clean      map[*K8s]*K8s // decoded identity → checked one (untrusted.go)
 	series     map[string]struct{}
 	checks     map[checkKey]string // check's answers
+	rules      map[RuleRef]*RuleRef
 }
 
 // What an event line's strings are checked as.
@@ -282,6 +289,13 @@ const (
 	asReason
 	asLocation
 	asSource
+	asWord // as a source: wordRE
+	asBackend
+	asFamily
+	asRuleName
+	asComment
+	asVerdict
+	asText
 )
 
 type checkKey struct {
@@ -306,6 +320,20 @@ func (p *parser) check(as int, s string) string {
 		c = checked(s, reasonRE.MatchString)
 	case asLocation:
 		c = checked(s, symbolRE.MatchString)
+	case asBackend:
+		c = checked(s, func(s string) bool {
+			return s == netfilter.BackendNftables || s == netfilter.BackendLegacy || s == netfilter.BackendNftables+","+netfilter.BackendLegacy
+		})
+	case asFamily:
+		c = checked(s, func(s string) bool { return familyOK[s] })
+	case asRuleName:
+		c = checked(s, ruleNameRE.MatchString)
+	case asComment:
+		c = checked(s, isComment)
+	case asVerdict:
+		c = checked(s, verdictRE.MatchString)
+	case asText:
+		c = text(s)
 	default:
 		c = checked(s, wordRE.MatchString)
 	}
@@ -325,6 +353,9 @@ const (
 	// maxIdentities bounds the distinct identities kept; further ones are
 	// left out of the flows they come with.
 	maxIdentities = 20_000
+	// maxRules bounds the distinct netfilter rules (with their
+	// candidates) kept; further ones are left out of their flows.
+	maxRules = 20_000
 	// maxKeptSeries bounds the timeline's series (drop reasons, queues, ICMP
 	// errors); the rest are one "other" series.
 	maxKeptSeries = 200
@@ -437,6 +468,7 @@ func (p *parser) event(e *line.Event) {
 		}
 		if e.Rule != nil {
 			id.Meaning = cleanMeaning(e.Rule.K8s)
+			id.NamedRule = p.rule(e.Rule)
 			id.Rule = ruleLabel(e.Rule)
 		}
 		id.Route = routeLabel(e.Route)
@@ -524,6 +556,9 @@ func (p *parser) finish() {
 	rec := p.rec
 	if rec.Folded > 0 {
 		rec.Notes = append(rec.Notes, fmt.Sprintf("the recording holds more than %d distinct flows: %d event lines past that were counted by kind only, without addresses, ports or pods", MaxFlows, rec.Folded))
+	}
+	if rec.droppedRules > 0 {
+		rec.Notes = append(rec.Notes, fmt.Sprintf("the recording names more than %d distinct netfilter rules: %d events past that are shown without their rule", maxRules, rec.droppedRules))
 	}
 	if rec.droppedIDs > 0 {
 		rec.Notes = append(rec.Notes, fmt.Sprintf("the recording names more than %d distinct pods, Services or nodes: %d events past that are shown without their names", maxIdentities, rec.droppedIDs))

@@ -5,6 +5,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"unicode"
 
 	"k8s.io/apimachinery/pkg/util/validation"
 
@@ -64,10 +65,11 @@ func isNsName(s string) bool {
 }
 
 // text is free text (a notice's message): kept as it is when it is one
-// line of printable text without backticks, else marked.
+// line of printable text without backticks or format characters
+// (bidirectional overrides that reorder what follows), else marked.
 func text(s string) string {
 	for _, r := range s {
-		if r < 0x20 || r == 0x7f || r == '`' || r == 0xfffd || (r >= 0x80 && r < 0xa0) || r == 0x2028 || r == 0x2029 {
+		if r < 0x20 || r == 0x7f || r == '`' || r == 0xfffd || (r >= 0x80 && r < 0xa0) || r == 0x2028 || r == 0x2029 || unicode.Is(unicode.Cf, r) {
 			return marked(s)
 		}
 	}
@@ -235,4 +237,32 @@ func cleanList(l []string, ok func(string) bool) []string {
 		out = append(out, checked(s, ok))
 	}
 	return out
+}
+
+// isMarked says s failed its check (checked marked it).
+func isMarked(s string) bool { return strings.HasSuffix(s, invalidMark) }
+
+// cmdArg is s as an argument of a command line kdrop writes, or
+// placeholder when s is empty or failed its check: a marked name is
+// quoted for reading, never pasted into a command.
+func cmdArg(s, placeholder string) string {
+	if s == "" || isMarked(s) {
+		return placeholder
+	}
+	return s
+}
+
+// splitService splits a Service as a finding names it ("ns/name", or a
+// bare name in namespace default) for command lines; ok is false when it
+// is not a valid name, and ns and name are then the placeholders
+// NAMESPACE and NAME.
+func splitService(svc string) (ns, name string, ok bool) {
+	if isNsName(svc) {
+		ns, name, _ = strings.Cut(svc, "/")
+		return ns, name, true
+	}
+	if svc != "" && !strings.Contains(svc, "/") && isObjectName(svc) {
+		return "default", svc, true
+	}
+	return "NAMESPACE", "NAME", false
 }

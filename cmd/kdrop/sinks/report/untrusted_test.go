@@ -25,6 +25,13 @@ func TestHostileNames(t *testing.T) {
 			"src_k8s": podID("web\n# h", "client", "", ""), "dst_k8s": evil}),
 		ev(3, "unreach", 5, map[string]any{"dst": "10.96.0.20", "dport": 80, "proto": "udp", "icmp_type": 3, "icmp_code": 3,
 			"dst_k8s": map[string]any{"kind": "service", "namespace": "shop", "name": "cart</td><script>", "ready_endpoints": 0}}),
+		// kube-proxy's rule naming a Service that is no name: the fix's
+		// commands must not split it into unbalanced quotes
+		ev(3.5, "drop", 7, map[string]any{"dst": "10.96.0.21", "dport": 80, "proto": "udp", "reason": "NETFILTER_DROP",
+			"rule": map[string]any{"backend": "nftables", "family": "ip", "table": "filter", "chain": "KUBE-SERVICES", "handle": 3, "verdict": "REJECT icmp-port-unreachable", "how": "counter",
+				"k8s": map[string]any{"meaning": "no-endpoints", "engine": "kube-proxy", "service": `shop" -l app=x/cart:http`}}}),
+		ev(3.6, "drop", 2, map[string]any{"dst": "10.244.0.7", "dport": 81, "reason": "NO_SOCKET",
+			"dst_k8s": podID("shop;x", "web-0$(id)", "", "")}),
 		`{"time":"2026-11-27T11:50:04Z","type":"notice","node":"n1","message":"agent gone\n# Heading\n` + "```" + `","gap_from":"2026-11-27T11:50:03Z","gap_to":"2026-11-27T11:50:04Z"}`,
 		trailer(0),
 	}
@@ -37,6 +44,10 @@ func TestHostileNames(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := md.String()
+	checkCommands(t, rec.Findings())
+	if !strings.Contains(out, "kubectl get endpointslices -n NAMESPACE -l kubernetes.io/service-name=NAME") {
+		t.Errorf("the invalid Service's fix does not use placeholders:\n%s", out)
+	}
 	fences := 0
 	for _, l := range strings.Split(out, "\n") {
 		switch {
@@ -130,8 +141,14 @@ func TestCraftedRecordings(t *testing.T) {
 			`{"time":"2026-11-27T11:50:04Z","type":"notice","node":"n1","message":"gone \u001b[2J\u0000 \ud800","gap_from":"2026-11-27T11:50:03Z","gap_to":"2026-11-27T11:50:04Z"}`,
 			// a notice as kdrop once wrote them, with Go's %q: not JSON
 			`{"time":"2026-11-27T11:50:05Z","type":"notice","node":"n1","message":"\x1b[0m"}`,
+			// a rule whose chain and comment carry ESC, C1 and bidi overrides, and a why with one
+			ev(5.5, "drop", 1, map[string]any{"reason": "NETFILTER_DROP", "dst": "10.0.0.1", "dport": 9,
+				"rule": map[string]any{"backend": "nftables", "family": "ip", "table": "filter", "chain": "IN\x1b[2JPUT", "handle": 3,
+					"comment": "a\u009b31m \u202eevil\u2066", "verdict": "DROP", "how": "counter"}}),
+			ev(5.6, "drop", 1, map[string]any{"reason": "NETFILTER_DROP", "dst": "10.0.0.1", "dport": 10,
+				"rule": map[string]any{"backend": "nftables", "unknown": "gone \u202e!won"}}),
 			good(6), trailer(0)},
-			[]string{"1 lines could not be read", "line 5"}, 3, true},
+			[]string{"1 lines could not be read", "line 5"}, 5, true},
 		{"tags, fences and YAML in names", []string{header,
 			overflow(1, "web\nhostNetwork: true"),
 			overflow(2, "x: {privileged: true}"),
@@ -166,7 +183,9 @@ func TestCraftedRecordings(t *testing.T) {
 				if !utf8.ValidString(out) {
 					t.Errorf("the %s is not UTF-8", what)
 				}
-				if i := strings.IndexFunc(out, func(r rune) bool { return r < 0x20 && r != '\n' || r == 0x7f || r >= 0x80 && r < 0xa0 || r == 0x2028 }); i >= 0 {
+				if i := strings.IndexFunc(out, func(r rune) bool {
+					return r < 0x20 && r != '\n' || r == 0x7f || r >= 0x80 && r < 0xa0 || r == 0x2028 || r >= 0x202a && r <= 0x202e || r >= 0x2066 && r <= 0x2069
+				}); i >= 0 {
 					t.Errorf("the %s holds a control character: %.40q", what, out[i:])
 				}
 			}
@@ -208,6 +227,26 @@ func TestCutOffKeepsWhatCameBefore(t *testing.T) {
 		}
 		if !rec.Truncated() || !strings.Contains(strings.Join(rec.Notes, "\n"), "cut off") {
 			t.Errorf("cut at %d: not said: truncated %v, notes %q", cut, rec.Truncated(), rec.Notes)
+		}
+	}
+}
+
+// checkCommands fails when a finding's fix has a command (a code span)
+// with unbalanced quotes or a name that failed its check: a marked name
+// is for reading, never for pasting into a shell.
+func checkCommands(t *testing.T, fs []Finding) {
+	t.Helper()
+	for _, f := range fs {
+		spans := strings.Split(f.Fix, "`")
+		if len(spans)%2 == 0 {
+			t.Errorf("%s: a code span left open in the fix:\n%s", f.Kind, f.Fix)
+			continue
+		}
+		for i := 1; i < len(spans); i += 2 {
+			c := spans[i]
+			if strings.Count(c, `"`)%2 != 0 || strings.Count(c, "'")%2 != 0 || strings.Contains(c, invalidMark) || strings.ContainsAny(c, "$\\") {
+				t.Errorf("%s: a command with unbalanced quotes or an unchecked name: %q", f.Kind, c)
+			}
 		}
 	}
 }
