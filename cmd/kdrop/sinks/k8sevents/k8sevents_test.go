@@ -1,7 +1,9 @@
 package k8sevents
 
 import (
+	"k8s.io/apimachinery/pkg/util/validation"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -118,4 +120,31 @@ func (s services) LookupService(ns, name string) (k8s.Endpoint, bool) {
 		}
 	}
 	return k8s.Endpoint{}, false
+}
+
+// An Event's name is valid whatever the object's name: cut to 253
+// characters with the 16 hex digits kept, no dot or dash at the cut.
+func TestEventName(t *testing.T) {
+	for _, obj := range []string{"api", strings.Repeat("a", 236), strings.Repeat("a", 237), strings.Repeat("b", 253), strings.Repeat("c", 235) + "-.d" + strings.Repeat("e", 20)} {
+		n := eventName(obj, 0x187a_0000_0000_0001)
+		if errs := validation.IsDNS1123Subdomain(n); len(errs) > 0 || !strings.HasSuffix(n, ".187a000000000001") || !strings.HasPrefix(n, obj[:min(len(obj), 230)]) {
+			t.Errorf("eventName(%d chars) = %q (%d): %v", len(obj), n, len(n), errs)
+		}
+	}
+	if n := eventName("api", 0x187a_0000_0000_0001); n != "api.187a000000000001" {
+		t.Errorf("eventName(api) = %q", n)
+	}
+}
+
+// Retries of a failing series back off exponentially, capped.
+func TestBackoff(t *testing.T) {
+	want := []time.Duration{2 * time.Second, 4 * time.Second, 8 * time.Second, 16 * time.Second}
+	for i, w := range want {
+		if b := backoff(i + 1); b != w {
+			t.Errorf("backoff(%d) = %v, want %v", i+1, b, w)
+		}
+	}
+	if b := backoff(100); b != retryMax {
+		t.Errorf("backoff(100) = %v, want %v", b, retryMax)
+	}
 }
