@@ -8,7 +8,7 @@
 //	NoReadyEndpoints     the Service: connections rejected (NETFILTER_DROP) while it has no ready endpoints
 //	NoLocalEndpoints     the Service: packets kube-proxy drops because this node has no ready endpoint of a Local-policy Service
 //	SourceRangeDenied    the Service: packets from outside its loadBalancerSourceRanges, dropped by kube-proxy
-//	NothingListening     the destination pod: packets to a port of its IP where no socket listens (NO_SOCKET)
+//	NothingListening     the destination pod: connection attempts (TCP SYN, UDP) to a port of its IP where no socket listens (NO_SOCKET), one series per port; none for a Terminating pod
 //	NetworkPolicyDenied  the isolated pod: packets its NetworkPolicies allow none of (rule.k8s, ingress or egress)
 //	ProbeDropped         the probed pod: a kubelet probe's packets dropped, reset (NO_SOCKET) or unreachable (line.Event.Probe)
 //
@@ -18,7 +18,7 @@
 // endpoints, is NoReadyEndpoints on that Service. Only drops in the node's
 // own network namespace count for these: kube-proxy's rules are there.
 //
-// One Event series per object and reason: its count (series.count, or 1
+// One Event series per object and reason (and port, for NothingListening): its count (series.count, or 1
 // without a series) is the number of occurrences the stream showed for it;
 // its note describes the first.
 // Writes are bounded: one series is written at most every MinInterval, and
@@ -137,12 +137,27 @@ type Recorder struct {
 	Writes, Failed, Unrecorded atomic.Uint64
 }
 
+// key is a series': its object and reason, and for NothingListening the
+// protocol and port nothing listens on (each port its own series, its
+// note naming it).
 type key struct {
 	uid    types.UID
 	reason string
+	proto  uint8
+	port   uint16
+}
+
+// keyOf is the series key of a finding of reason on ref from ev.
+func keyOf(ref corev1.ObjectReference, reason string, ev *line.Event) key {
+	k := key{uid: ref.UID, reason: reason}
+	if reason == ReasonNothingListening {
+		k.proto, k.port = ev.Proto, ev.Dst.Port()
+	}
+	return k
 }
 
 type series struct {
+	key         key
 	ref         corev1.ObjectReference
 	reason      string
 	count       uint64    // occurrences so far
@@ -185,7 +200,7 @@ func (r *Recorder) Observe(ev *line.Event) {
 		return
 	}
 	n := max(ev.Count, 1)
-	k := key{ref.UID, reason}
+	k := keyOf(ref, reason, ev)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	s := r.series[k]
@@ -201,7 +216,7 @@ func (r *Recorder) Observe(ev *line.Event) {
 			r.Unrecorded.Add(n)
 			return
 		}
-		s = &series{ref: ref, reason: reason, first: ev.Time}
+		s = &series{key: k, ref: ref, reason: reason, first: ev.Time}
 		r.series[k] = s
 	}
 	if s.count == 0 {
@@ -268,7 +283,7 @@ func (r *Recorder) Flush(ctx context.Context) {
 	for i := range due {
 		d := &due[i]
 		name, err := r.write(ctx, d)
-		k := key{d.ref.UID, d.reason}
+		k := d.key
 		permanent := err != nil && permanentError(err, d.name != "")
 		r.mu.Lock()
 		s := r.series[k]
@@ -452,10 +467,26 @@ func classify(ev *line.Event, svcs ServiceLookup, node string) (ref corev1.Objec
 			return ref, "", "", false
 		}
 		return podRef(isolated), ReasonPolicyDenied, ev.Rule.K8s.Text, true
-	case ev.Type == tracer.Drop && ev.Reason == "NO_SOCKET" && pod(ev.DstK8s) && !ev.DstK8s.HostNetwork:
+	case ev.Type == tracer.Drop && ev.Reason == "NO_SOCKET" && pod(ev.DstK8s) && !ev.DstK8s.HostNetwork && !ev.DstK8s.Terminating && attempt(ev):
 		return podRef(ev.DstK8s), ReasonNothingListening, fmt.Sprintf("nothing listens on %s port %d of %s (NO_SOCKET)", tracer.ProtoName(ev.Proto), ev.Dst.Port(), ev.Dst.Addr()), true
 	}
 	return ref, "", "", false
+}
+
+// attempt says whether ev's packet opens a connection or sends a
+// datagram: a TCP SYN without ACK, or UDP. Other TCP segments to a port
+// without a socket (a FIN, RST or ACK arriving after the socket closed: a
+// late packet of a connection, often to an ephemeral port) are no sign
+// that something should listen there.
+func attempt(ev *line.Event) bool {
+	switch ev.Proto {
+	case 6:
+		const fin, syn, rst, ack = 0x01, 0x02, 0x04, 0x10
+		return ev.TCPFlags&(fin|syn|rst|ack) == syn
+	case 17, 136: // UDP, UDP-Lite
+		return true
+	}
+	return false
 }
 
 // kubeProxyFinding is the finding of a drop by kube-proxy's rule for a

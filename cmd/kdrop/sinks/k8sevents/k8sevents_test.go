@@ -1,7 +1,9 @@
 package k8sevents
 
 import (
+	"fmt"
 	"k8s.io/apimachinery/pkg/util/validation"
+	"maps"
 	"net/netip"
 	"strings"
 	"testing"
@@ -34,6 +36,8 @@ func TestClassify(t *testing.T) {
 	// The same drops in another network namespace than the node's: a
 	// pod's (a cluster nested in it), or one identity does not know.
 	elsewhere := func(ev line.Event, where *k8s.Endpoint) line.Event { ev.WhereK8s = where; return ev }
+	terminating := pod("api")
+	terminating.Terminating = true // deleted, within its grace period
 	hostPod := pod("node-exporter")
 	hostPod.HostNetwork = true
 	dst := netip.MustParseAddrPort("10.244.0.9:8080")
@@ -91,6 +95,13 @@ func TestClassify(t *testing.T) {
 		{"a REJECT in no known namespace", line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NETFILTER_DROP", Proto: 6, Dst: netip.MustParseAddrPort("10.96.0.12:80")}, DstK8s: svc}, "", "", "", ""},
 		{"kube-proxy: a conntrack INVALID drop names no Service", kp(netfilter.MeaningInvalidConntrack, "", "x", 6, nodeIP, node), "", "", "", ""},
 		{"NETFILTER_DROP to a Service with endpoints", line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NETFILTER_DROP", Dst: dst}, DstK8s: backed}, "", "", "", ""},
+		{"a SYN to a closed port of a pod", line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NO_SOCKET", Proto: 6, TCPFlags: 0x02, Dst: netip.MustParseAddrPort("10.244.0.9:8081")}, DstK8s: pod("api")},
+			"api", "Pod", ReasonNothingListening, "packets dropped: nothing listens on tcp port 8081 of 10.244.0.9 (NO_SOCKET) (seen by kdrop)"},
+		{"a late FIN|ACK to an ephemeral port", line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NO_SOCKET", Proto: 6, TCPFlags: 0x11, Dst: netip.MustParseAddrPort("10.244.0.9:43512")}, DstK8s: pod("api")}, "", "", "", ""},
+		{"a late RST", line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NO_SOCKET", Proto: 6, TCPFlags: 0x04, Dst: dst}, DstK8s: pod("api")}, "", "", "", ""},
+		{"a late ACK", line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NO_SOCKET", Proto: 6, TCPFlags: 0x10, Dst: dst}, DstK8s: pod("api")}, "", "", "", ""},
+		{"a SYN-ACK to a closed port", line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NO_SOCKET", Proto: 6, TCPFlags: 0x12, Dst: dst}, DstK8s: pod("api")}, "", "", "", ""},
+		{"a SYN to a Terminating pod", line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NO_SOCKET", Proto: 6, TCPFlags: 0x02, Dst: dst}, DstK8s: terminating}, "", "", "", ""},
 		{"NO_SOCKET on a hostNetwork pod (the node's)", line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NO_SOCKET", Dst: dst}, DstK8s: hostPod}, "", "", "", ""},
 		{"NO_SOCKET to a deleted pod", line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NO_SOCKET", Dst: dst}, DstK8s: deleted}, "", "", "", ""},
 		{"host-unreachable to a live pod", line.Event{Event: tracer.Event{Type: tracer.Unreachable, Family: 4, ICMPType: 3, ICMPCode: 1}, SrcK8s: pod("client"), DstK8s: pod("api")}, "", "", "", ""},
@@ -120,6 +131,36 @@ func (s services) LookupService(ns, name string) (k8s.Endpoint, bool) {
 		}
 	}
 	return k8s.Endpoint{}, false
+}
+
+// NothingListening counts connection attempts, one series per port: a
+// late FIN|ACK to an ephemeral port, then 500 SYNs to 8081, is one Event
+// of 500 naming 8081.
+func TestNothingListeningPerPort(t *testing.T) {
+	r := New(nil, Config{Node: "node-a"})
+	api := &k8s.Endpoint{Kind: k8s.KindPod, Namespace: "shop", Name: "api", UID: "uid-api"}
+	ev := func(port uint16, flags uint8, n uint64) *line.Event {
+		return &line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NO_SOCKET", Proto: 6, TCPFlags: flags, Count: n,
+			Dst: netip.AddrPortFrom(netip.MustParseAddr("10.0.0.2"), port)}, DstK8s: api}
+	}
+	r.Observe(ev(43512, 0x11, 1))
+	r.Observe(ev(8081, 0x02, 1))
+	r.Observe(ev(8081, 0x02, 499))
+	r.Observe(ev(9090, 0x02, 3))
+	got := map[uint16]string{}
+	for k, s := range r.series {
+		if k.reason != ReasonNothingListening || k.uid != "uid-api" {
+			t.Errorf("series %+v", k)
+		}
+		got[k.port] = fmt.Sprintf("x%d %s", s.count, s.note())
+	}
+	want := map[uint16]string{
+		8081: "x500 packets dropped: nothing listens on tcp port 8081 of 10.0.0.2 (NO_SOCKET) (seen by kdrop)",
+		9090: "x3 packets dropped: nothing listens on tcp port 9090 of 10.0.0.2 (NO_SOCKET) (seen by kdrop)",
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("series %v\nwant %v", got, want)
+	}
 }
 
 // An Event's name is valid whatever the object's name: cut to 253
