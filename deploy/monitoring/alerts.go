@@ -25,6 +25,15 @@ type Group struct {
 // Rate windows: 5 minutes covers a few scrapes at any usual interval.
 const window = "5m"
 
+// increase is what a counter's series sel rose by in the last window, a
+// series that appeared within it counting with its whole value: the agent
+// exports kdrop_events_total{...} at its first occurrence, already at the
+// burst's count, and increase() alone reads 0 for a burst within one
+// scrape.
+func increase(sel string) string {
+	return "((increase(" + sel + "[" + window + "]) and " + sel + " offset " + window + ") or " + sel + ")"
+}
+
 // Groups are kdrop's alerts: the incidents kdrop diagnoses, then kdrop's own
 // health. Every label they match on is one the agent exports
 // (kdrop_events_total{type,reason,namespace,workload}, see
@@ -33,7 +42,7 @@ var Groups = []Group{
 	{Name: "kdrop-incidents", Alerts: []Alert{
 		{
 			Name: "KdropListenQueueOverflow",
-			Expr: `sum by (namespace, workload) (increase(kdrop_events_total{type="overflow", reason=~"accept-queue|syn-queue"}[` + window + `])) > 10`,
+			Expr: `sum by (namespace, workload) ` + increase(`kdrop_events_total{type="overflow", reason=~"accept-queue|syn-queue"}`) + ` > 10`,
 			For:  "2m", Severity: "warning",
 			Summary: `{{ $labels.namespace }}/{{ $labels.workload }}: {{ $value | humanize }} connections dropped by full listen queues in 5 minutes`,
 			Runbook: "The kernel dropped connections to this workload because a listening socket's accept or SYN queue was full: clients see timeouts and retransmitted SYNs, not errors. " +
@@ -42,7 +51,7 @@ var Groups = []Group{
 		},
 		{
 			Name: "KdropUnreachableToWorkload",
-			Expr: `sum by (namespace, workload) (increase(kdrop_events_total{type="unreach", reason=~"host-unreachable|addr-unreachable", workload!=""}[` + window + `])) > 0`,
+			Expr: `sum by (namespace, workload) ` + increase(`kdrop_events_total{type="unreach", reason=~"host-unreachable|addr-unreachable", workload!=""}`) + ` > 0`,
 			For:  "1m", Severity: "warning",
 			Summary: `{{ $labels.namespace }}/{{ $labels.workload }}: {{ $value | humanize }} "No route to host" answers for its pods' addresses in 5 minutes`,
 			Runbook: "Clients sent traffic to an address of this workload's pods that nobody answers: the kernel answered host-unreachable (\"No route to host\"). " +
@@ -51,7 +60,7 @@ var Groups = []Group{
 		},
 		{
 			Name: "KdropServiceWithoutEndpoints",
-			Expr: `sum by (namespace, workload) (increase(kdrop_events_total{type="unreach", reason="port-unreachable", workload=~"Service/.+"}[` + window + `])) > 0`,
+			Expr: `sum by (namespace, workload) ` + increase(`kdrop_events_total{type="unreach", reason="port-unreachable", workload=~"Service/.+"}`) + ` > 0`,
 			For:  "1m", Severity: "warning",
 			Summary: `{{ $labels.namespace }}/{{ $labels.workload }}: {{ $value | humanize }} connections refused in 5 minutes, the Service has no ready endpoints`,
 			Runbook: "Clients connect to this Service while it has no ready endpoints: kube-proxy rejects them (port-unreachable, \"Connection refused\"). " +

@@ -327,6 +327,26 @@ func TestAlertsPromtool(t *testing.T) {
 			{"1m", "KdropListenQueueOverflow", nil}, // for: 2m
 			{"10m", "KdropListenQueueOverflow", []expAlert{fires("KdropListenQueueOverflow", "100", "namespace", ns(overflow), "workload", wl(overflow))}},
 		}},
+		// A one-off burst: the series appears at its first occurrence,
+		// already at its count (increase() alone reads 0).
+		{Name: "a burst of listen queue overflows within one scrape", InputSeries: []inputSeries{
+			{overflow.String(), "_ _ _ _ 513x40"},
+		}, AlertTests: []alertTest{
+			{"7m", "KdropListenQueueOverflow", []expAlert{fires("KdropListenQueueOverflow", "513", "namespace", ns(overflow), "workload", wl(overflow))}},
+			{"20m", "KdropListenQueueOverflow", nil}, // over
+		}},
+		{Name: "a burst of no route to host within one scrape", InputSeries: []inputSeries{
+			{unreach.String(), "_ _ _ _ 40x40"},
+		}, AlertTests: []alertTest{
+			{"6m", "KdropUnreachableToWorkload", []expAlert{fires("KdropUnreachableToWorkload", "40", "namespace", ns(unreach), "workload", wl(unreach))}},
+			{"20m", "KdropUnreachableToWorkload", nil},
+		}},
+		{Name: "a burst at a Service without endpoints within one scrape", InputSeries: []inputSeries{
+			{refused.String(), "_ _ _ _ 7x40"},
+		}, AlertTests: []alertTest{
+			{"6m", "KdropServiceWithoutEndpoints", []expAlert{fires("KdropServiceWithoutEndpoints", "7", "namespace", ns(refused), "workload", wl(refused))}},
+			{"20m", "KdropServiceWithoutEndpoints", nil},
+		}},
 		{Name: "no route to host for a rollout's deleted pods", InputSeries: []inputSeries{
 			{unreach.String(), "0x5 3x30"},
 		}, AlertTests: []alertTest{
