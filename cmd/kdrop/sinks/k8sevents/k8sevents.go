@@ -405,6 +405,52 @@ func (s *series) note() string {
 	return n
 }
 
+// Reasons are the Events' reasons, what each is on and what it is, in
+// the order help lists them (ReasonsHelp); TestReasonsListed holds it to
+// the Reason constants.
+var Reasons = []struct{ Reason, On, Means string }{
+	{ReasonListenOverflow, "the listener's pod", "connections dropped at a full accept or SYN queue, with the queue and somaxconn"},
+	{ReasonDeletedPod, "the client pod", "packets to the IP of a deleted pod that the kernel answered host-unreachable"},
+	{ReasonNoEndpoints, "the Service", "connections rejected while it had no ready endpoints"},
+	{ReasonNoLocalEndpoints, "the Service", "packets kube-proxy drops because this node has no ready endpoint of its Local traffic policy"},
+	{ReasonSourceRange, "the Service", "packets from outside its loadBalancerSourceRanges, dropped by kube-proxy"},
+	{ReasonNothingListening, "the pod", "connection attempts (TCP SYN, UDP) to a port of its IP where nothing listens, one series per port"},
+	{ReasonPolicyDenied, "the isolated pod", "packets its NetworkPolicies allow none of, ingress or egress"},
+	{ReasonProbeDropped, "the pod", "a kubelet probe's packets dropped, reset (nothing listens on the probed port) or unreachable"},
+}
+
+// ReasonsHelp lists Reasons for a command's help: each reason indented by
+// indent, what it is on and means in a column after it, lines wrapped at
+// width.
+func ReasonsHelp(indent, width int) string {
+	col := 0
+	for _, r := range Reasons {
+		col = max(col, len(r.Reason))
+	}
+	col += indent + 2
+	var b strings.Builder
+	for i, r := range Reasons {
+		if i > 0 {
+			b.WriteByte('\n')
+		}
+		line := strings.Repeat(" ", indent) + r.Reason + strings.Repeat(" ", col-indent-len(r.Reason))
+		n := len(line)
+		b.WriteString(line)
+		for j, w := range strings.Fields("on " + r.On + ": " + r.Means) {
+			if j > 0 && n+1+len(w) > width {
+				b.WriteString("\n" + strings.Repeat(" ", col))
+				n = col
+			} else if j > 0 {
+				b.WriteByte(' ')
+				n++
+			}
+			b.WriteString(w)
+			n += len(w)
+		}
+	}
+	return b.String()
+}
+
 // what each reason's occurrences are.
 var what = map[string]string{
 	ReasonListenOverflow:   "connections refused",

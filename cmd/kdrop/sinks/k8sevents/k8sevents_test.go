@@ -2,9 +2,13 @@ package k8sevents
 
 import (
 	"fmt"
+	"go/ast"
+	"go/parser"
+	"go/token"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"maps"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -188,4 +192,49 @@ func TestBackoff(t *testing.T) {
 	if b := backoff(100); b != retryMax {
 		t.Errorf("backoff(100) = %v, want %v", b, retryMax)
 	}
+}
+
+// Every Reason constant of this package is in Reasons (what help lists)
+// and has a note's words, read from the source: none is left out by hand.
+func TestReasonsListed(t *testing.T) {
+	f, err := parser.ParseFile(token.NewFileSet(), "k8sevents.go", nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var consts []string
+	ast.Inspect(f, func(n ast.Node) bool {
+		if vs, ok := n.(*ast.ValueSpec); ok {
+			for i, name := range vs.Names {
+				if strings.HasPrefix(name.Name, "Reason") && i < len(vs.Values) {
+					if lit, ok := vs.Values[i].(*ast.BasicLit); ok && lit.Kind == token.STRING {
+						v, _ := strconv.Unquote(lit.Value)
+						consts = append(consts, v)
+					}
+				}
+			}
+		}
+		return true
+	})
+	if len(consts) < 8 {
+		t.Fatalf("found %d Reason constants in k8sevents.go: %q", len(consts), consts)
+	}
+	help := ReasonsHelp(2, 78)
+	listed := map[string]bool{}
+	for _, r := range Reasons {
+		listed[r.Reason] = true
+	}
+	for _, c := range consts {
+		if !listed[c] || what[c] == "" || !strings.Contains(help, "  "+c+" ") {
+			t.Errorf("reason %s: listed %v, note words %q, in help %v", c, listed[c], what[c], strings.Contains(help, c))
+		}
+	}
+	if len(Reasons) != len(consts) {
+		t.Errorf("Reasons lists %d, the source has %d constants", len(Reasons), len(consts))
+	}
+	for _, l := range strings.Split(help, "\n") {
+		if len(l) > 78 {
+			t.Errorf("help line over 78 columns: %q", l)
+		}
+	}
+	t.Logf("\n%s", help)
 }
