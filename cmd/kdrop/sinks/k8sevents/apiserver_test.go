@@ -201,3 +201,41 @@ func TestFailedWritesDoNotStarve(t *testing.T) {
 		t.Errorf("%d series held, want the 2 real ones", n)
 	}
 }
+
+// A write that fails for a while (the API server down) is retried with a
+// backoff, not at every Flush, and lands once the API server is back,
+// with every occurrence in its count.
+func TestTransientFailureBacksOff(t *testing.T) {
+	env := testenv.Start(t)
+	cs := kubernetes.NewForConfigOrDie(env.Config())
+	ctx := t.Context()
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rec := New(cs, Config{Node: "node-a", MinInterval: 100 * time.Millisecond})
+	syn := &line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NO_SOCKET", Proto: 6, TCPFlags: 0x02, Count: 3, Time: time.Now(),
+		Dst: netip.MustParseAddrPort("10.244.0.9:8081")}, DstK8s: &k8s.Endpoint{Kind: k8s.KindPod, Namespace: "shop", Name: "api", UID: "uid-api"}}
+	env.StopAPIServer(t)
+	rec.Observe(syn)
+	// 7 s of a Flush every 100 ms: tries at 0, 2 and 6 s (backoff 2 s, 4 s).
+	for start := time.Now(); time.Since(start) < 7*time.Second; time.Sleep(100 * time.Millisecond) {
+		rec.Flush(ctx)
+	}
+	if f := rec.Failed.Load(); f < 2 || f > 4 || rec.Writes.Load() != 0 {
+		t.Errorf("API server down for 7 s: %d failed writes, %d written; want 3 tries (backoff), none written", f, rec.Writes.Load())
+	}
+	env.StartAPIServer(t)
+	rec.Observe(syn)
+	deadline := time.Now().Add(20 * time.Second) // the next try: 8 s after the last
+	for ; rec.Writes.Load() == 0 && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		rec.Flush(ctx)
+	}
+	list, err := cs.EventsV1().Events("shop").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.Items) != 1 || list.Items[0].Series == nil || list.Items[0].Series.Count != 6 || rec.Unrecorded.Load() != 0 {
+		t.Fatalf("after the API server came back: %d Events (%+v), %d unrecorded; want one NothingListening x6", len(list.Items), list.Items, rec.Unrecorded.Load())
+	}
+	t.Logf("failed %d, written %d", rec.Failed.Load(), rec.Writes.Load())
+}
