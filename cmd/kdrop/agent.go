@@ -67,20 +67,12 @@ Every event also goes to stdout as a JSON line, so "kubectl logs" works
 with no client at all.
 
 Findings also become Kubernetes Events (events.k8s.io/v1, type Warning) on
-the object they are about, one series per object and reason whose count is
-the number of occurrences ("kubectl describe pod", "kubectl events --for
-pod/NAME", "kubectl get events --field-selector reason=ListenQueueOverflow"):
+the object they are about, one series per object and reason (and port, for
+NothingListening) whose count is the number of occurrences ("kubectl
+describe pod", "kubectl events --for pod/NAME", "kubectl get events
+--field-selector reason=ListenQueueOverflow"):
 
-  ListenQueueOverflow  on the listener's pod: connections dropped at a full
-                       accept or SYN queue, with the queue and somaxconn
-  SentToDeletedPod     on the client pod: packets to the IP of a deleted pod
-                       that the kernel answered host-unreachable
-  NoReadyEndpoints     on the Service: connections rejected while it had no
-                       ready endpoints
-  NothingListening     on the pod: packets to a port of its IP where nothing
-                       listens
-  ProbeDropped         on the pod: a kubelet probe's packets dropped, reset
-                       (nothing listens on the probed port) or unreachable
+` + k8sevents.ReasonsHelp(2, 78) + `
 
 A series is written at most every 10 s and the node writes at most
 --k8s-events-per-minute Events a minute: occurrences meanwhile are added to

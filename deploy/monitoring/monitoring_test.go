@@ -164,6 +164,9 @@ func TestQueriesMatchAgentMetrics(t *testing.T) {
 			metrics[s.Name][k] = append(metrics[s.Name][k], v)
 		}
 	}
+	// up is Prometheus's own series of each target, with its target
+	// labels (the alerts on the agent being down read it).
+	metrics["up"] = map[string][]string{"job": metrics["kdrop_missed_total"]["job"], "instance": metrics["kdrop_missed_total"]["instance"]}
 	reasons := knownReasons()
 	for what, q := range queries(t) {
 		sels, err := Selectors(q)
@@ -311,6 +314,9 @@ func TestAlertsPromtool(t *testing.T) {
 	refusedDrop := series("kdrop_events_total", "type", "drop", "reason", "NETFILTER_DROP")
 	missed, lost := series("kdrop_missed_total"), series("kdrop_lost_lines_total")
 	identity := series("kdrop_identity_healthy")
+	writes := series("kdrop_k8s_events_writes_total", "result", "failed")
+	unrecorded := series("kdrop_k8s_events_unrecorded_total")
+	up := Series{Name: "up", Labels: map[string]string{"job": missed.Labels["job"], "instance": missed.Labels["instance"]}}
 	hookOK := series("kdrop_hook_attached", "hook", "kfree_skb")
 	// A hook the kernel refused: mode "none", value 0 (the agent's
 	// metrics.go; the real scrape has one on hosts that refuse a hook).
@@ -327,12 +333,38 @@ func TestAlertsPromtool(t *testing.T) {
 			{"1m", "KdropListenQueueOverflow", nil}, // for: 2m
 			{"10m", "KdropListenQueueOverflow", []expAlert{fires("KdropListenQueueOverflow", "100", "namespace", ns(overflow), "workload", wl(overflow))}},
 		}},
+		// A one-off burst: the series appears at its first occurrence,
+		// already at its count (increase() alone reads 0).
+		{Name: "a burst of listen queue overflows within one scrape", InputSeries: []inputSeries{
+			{overflow.String(), "_ _ _ _ 513x40"},
+		}, AlertTests: []alertTest{
+			{"7m", "KdropListenQueueOverflow", []expAlert{fires("KdropListenQueueOverflow", "513", "namespace", ns(overflow), "workload", wl(overflow))}},
+			{"20m", "KdropListenQueueOverflow", nil}, // over
+		}},
+		{Name: "a burst of no route to host within one scrape", InputSeries: []inputSeries{
+			{unreach.String(), "_ _ _ _ 40x40"},
+		}, AlertTests: []alertTest{
+			{"6m", "KdropUnreachableToWorkload", []expAlert{fires("KdropUnreachableToWorkload", "40", "namespace", ns(unreach), "workload", wl(unreach))}},
+			{"20m", "KdropUnreachableToWorkload", nil},
+		}},
+		{Name: "a burst at a Service without endpoints within one scrape", InputSeries: []inputSeries{
+			{refused.String(), "_ _ _ _ 7x40"},
+		}, AlertTests: []alertTest{
+			{"6m", "KdropServiceWithoutEndpoints", []expAlert{fires("KdropServiceWithoutEndpoints", "7", "namespace", ns(refused), "workload", wl(refused))}},
+			{"20m", "KdropServiceWithoutEndpoints", nil},
+		}},
 		{Name: "no route to host for a rollout's deleted pods", InputSeries: []inputSeries{
-			{unreach.String(), "0x5 3x30"},
+			{unreach.String(), "0x5 6x30"},
 		}, AlertTests: []alertTest{
 			{"5m", "KdropUnreachableToWorkload", nil},
-			{"8m", "KdropUnreachableToWorkload", []expAlert{fires("KdropUnreachableToWorkload", "3", "namespace", ns(unreach), "workload", wl(unreach))}},
+			{"8m", "KdropUnreachableToWorkload", []expAlert{fires("KdropUnreachableToWorkload", "6", "namespace", ns(unreach), "workload", wl(unreach))}},
 			{"20m", "KdropUnreachableToWorkload", nil}, // the rollout is over
+		}},
+		{Name: "a single no route to host is no incident", InputSeries: []inputSeries{
+			{unreach.String(), "0x10 1x40"},
+			{unreach.With("workload", "Deployment/other").String(), "0x10 5x40"}, // 5: not more than 5
+		}, AlertTests: []alertTest{
+			{"12m", "KdropUnreachableToWorkload", nil}, {"14m", "KdropUnreachableToWorkload", nil},
 		}},
 		{Name: "a Service without endpoints is hit", InputSeries: []inputSeries{
 			{refused.String(), "0+2x30"},
@@ -351,14 +383,51 @@ func TestAlertsPromtool(t *testing.T) {
 			{"20m", "KdropMissedOccurrences", []expAlert{fires("KdropMissedOccurrences", "5", seriesLabels(missed)...)}},
 			{"20m", "KdropLostLines", []expAlert{fires("KdropLostLines", "50", seriesLabels(lost)...)}},
 		}},
+		// A hook no node's kernel has is how the kernels are, not an
+		// alert; kfree_skb refused is one everywhere.
+		{Name: "a hook refused on every node, kfree_skb refused", InputSeries: []inputSeries{
+			{hookRefused.String(), "0x30"}, {hookRefused.With("instance", "10.0.0.7:9965").String(), "0x30"},
+			{hookOK.With("mode", "none").String(), "0x30"},
+		}, AlertTests: []alertTest{
+			{"10m", "KdropHookNotAttached", []expAlert{fires("KdropHookNotAttached", "0", seriesLabels(hookOK.With("mode", "none"))...)}},
+		}},
 		{Name: "a healthy agent raises nothing", InputSeries: []inputSeries{
 			{missed.String(), "0x30"}, {lost.String(), "0x30"}, {identity.String(), "1x30"}, {hookOK.String(), "1x30"},
 		}, AlertTests: []alertTest{
 			{"20m", "KdropMissedOccurrences", nil}, {"20m", "KdropLostLines", nil},
 			{"20m", "KdropIdentityUnhealthy", nil}, {"20m", "KdropHookNotAttached", nil},
 		}},
-		{Name: "a hook not attached, identity unhealthy", InputSeries: []inputSeries{
+		{Name: "Event writes failing, occurrences unrecorded", InputSeries: []inputSeries{
+			{writes.String(), "0x5 1+2x30"},
+			{writes.With("result", "ok").String(), "0+5x35"},
+			{unrecorded.String(), "0x5 0+3x30"},
+		}, AlertTests: []alertTest{
+			{"10m", "KdropEventWritesFailing", nil}, // for: 15m
+			{"25m", "KdropEventWritesFailing", []expAlert{fires("KdropEventWritesFailing", "10", seriesLabels(writes)...)}},
+			{"25m", "KdropEventsUnrecorded", []expAlert{fires("KdropEventsUnrecorded", "15", seriesLabels(unrecorded)...)}},
+		}},
+		{Name: "Event writes all succeed", InputSeries: []inputSeries{
+			{writes.String(), "0x30"}, {writes.With("result", "ok").String(), "0+5x30"}, {unrecorded.String(), "0x30"},
+		}, AlertTests: []alertTest{
+			{"25m", "KdropEventWritesFailing", nil}, {"25m", "KdropEventsUnrecorded", nil},
+		}},
+		{Name: "the agent is down, then gone", InputSeries: []inputSeries{
+			{up.String(), "1x5 0x10 _x30"},
+		}, AlertTests: []alertTest{
+			{"4m", "KdropAgentDown", nil},
+			{"8m", "KdropAgentDown", nil}, // for: 5m
+			{"12m", "KdropAgentDown", []expAlert{fires("KdropAgentDown", "0", seriesLabels(up)...)}},
+			{"12m", "KdropAgentAbsent", nil},
+			{"40m", "KdropAgentAbsent", []expAlert{fires("KdropAgentAbsent", "1")}},
+		}},
+		{Name: "the agent is up", InputSeries: []inputSeries{
+			{up.String(), "1x40"},
+		}, AlertTests: []alertTest{
+			{"30m", "KdropAgentDown", nil}, {"30m", "KdropAgentAbsent", nil},
+		}},
+		{Name: "a hook another node attached not attached here, identity unhealthy", InputSeries: []inputSeries{
 			{hookOK.String(), "1x30"}, {hookRefused.String(), "0x30"}, {identity.String(), "1x5 0x30"},
+			{hookOK.With("hook", "icmp6_send", "mode", "tp_btf", "instance", "10.0.0.7:9965").String(), "1x30"},
 		}, AlertTests: []alertTest{
 			{"10m", "KdropHookNotAttached", []expAlert{fires("KdropHookNotAttached", "0", seriesLabels(hookRefused)...)}},
 			{"8m", "KdropIdentityUnhealthy", nil}, // for: 5m

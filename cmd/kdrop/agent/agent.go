@@ -76,7 +76,12 @@ func NewServer(ctx context.Context, n Node, cfg Config) *Server {
 	s := &Server{Hub: stream.NewHub(n.Name, n.Reasons, cfg.MaxStreams), mux: http.NewServeMux()}
 	s.Hub.Heartbeat = cfg.Heartbeat
 	auth := stream.NewAuthorizer(cfg.Clientset, cfg.Account, n.Name, cfg.Log)
-	s.Metrics = metrics.NewAgent(reg, metrics.Sources{Hooks: n.Hooks, Healthy: n.Healthy, Clients: s.Hub.Clients, Refused: auth.Refused})
+	src := metrics.Sources{Hooks: n.Hooks, Healthy: n.Healthy, Clients: s.Hub.Clients, Refused: auth.Refused}
+	if e := cfg.Events; e != nil {
+		src.EventWrites = map[string]*atomic.Uint64{"ok": &e.Writes, "failed": &e.Failed}
+		src.EventsUnrecorded = &e.Unrecorded
+	}
+	s.Metrics = metrics.NewAgent(reg, src)
 	// The server has no write timeout (streams last); the other handlers
 	// get one of their own.
 	bounded := func(h http.Handler) http.Handler { return http.TimeoutHandler(h, handlerTimeout, "timed out") }

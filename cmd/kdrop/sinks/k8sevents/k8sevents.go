@@ -8,7 +8,7 @@
 //	NoReadyEndpoints     the Service: connections rejected (NETFILTER_DROP) while it has no ready endpoints
 //	NoLocalEndpoints     the Service: packets kube-proxy drops because this node has no ready endpoint of a Local-policy Service
 //	SourceRangeDenied    the Service: packets from outside its loadBalancerSourceRanges, dropped by kube-proxy
-//	NothingListening     the destination pod: packets to a port of its IP where no socket listens (NO_SOCKET)
+//	NothingListening     the destination pod: connection attempts (TCP SYN, UDP) to a port of its IP where no socket listens (NO_SOCKET), one series per port; none for a Terminating pod
 //	NetworkPolicyDenied  the isolated pod: packets its NetworkPolicies allow none of (rule.k8s, ingress or egress)
 //	ProbeDropped         the probed pod: a kubelet probe's packets dropped, reset (NO_SOCKET) or unreachable (line.Event.Probe)
 //
@@ -18,13 +18,19 @@
 // endpoints, is NoReadyEndpoints on that Service. Only drops in the node's
 // own network namespace count for these: kube-proxy's rules are there.
 //
-// One Event series per object and reason: its count (series.count, or 1
+// One Event series per object and reason (and port, for NothingListening): its count (series.count, or 1
 // without a series) is the number of occurrences the stream showed for it;
 // its note describes the first.
 // Writes are bounded: one series is written at most every MinInterval, and
 // the node writes at most PerMinute Events a minute; occurrences that come
 // meanwhile are folded into the series' next write, never lost from its
-// count.
+// count. A write that fails for good (the namespace gone or terminating,
+// the Event invalid or forbidden) drops its series, logged once, and the
+// object's occurrences for the next 10 minutes are counted in Unrecorded
+// instead; one that fails otherwise is retried with an exponential backoff
+// (2 s to 5 min), retries taking at most a quarter of the node's budget,
+// and a failing series idle for 10 minutes is dropped the same way.
+// An Event is named after its object, cut to keep the name valid.
 //
 // client-go's recorders are not used: the events.k8s.io one counts calls,
 // not occurrences, and writes a series' count only every 30 minutes; the
@@ -48,6 +54,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 
@@ -82,7 +89,13 @@ const (
 	// maxSeries bounds the series held; past it, new ones are not started
 	// (counted in Unrecorded) until idle ones are forgotten.
 	maxSeries = 10000
-	noteMax   = 1024 // the API's limit on note
+	// A write that fails transiently is retried after retryMin, doubling at
+	// each failure up to retryMax; retries take at most 1/retryShare of the
+	// node's budget, so failing series never starve the others.
+	retryMin   = 2 * time.Second
+	retryMax   = 5 * time.Minute
+	retryShare = 4
+	noteMax    = 1024 // the API's limit on note
 )
 
 // Config is how the recorder writes.
@@ -111,17 +124,40 @@ type Recorder struct {
 	mu    sync.Mutex
 	// series by object and reason
 	series map[key]*series
-	// Writes counts Events created or patched; Unrecorded, occurrences not
-	// in any series because maxSeries were held.
-	Writes, Unrecorded atomic.Uint64
+	// series whose writes failed for good (the namespace is gone or
+	// terminating, the write is invalid or forbidden): their occurrences
+	// are counted in Unrecorded until the entry expires (idle)
+	dead map[key]time.Time
+	// retry bounds the writes of series whose last write failed
+	retry *rate.Limiter
+	// Writes counts Events created or patched; Failed, writes the API
+	// server refused or that did not reach it; Unrecorded, occurrences in
+	// no Event: maxSeries were held, or their series' writes failed for
+	// good or for longer than idle.
+	Writes, Failed, Unrecorded atomic.Uint64
 }
 
+// key is a series': its object and reason, and for NothingListening the
+// protocol and port nothing listens on (each port its own series, its
+// note naming it).
 type key struct {
 	uid    types.UID
 	reason string
+	proto  uint8
+	port   uint16
+}
+
+// keyOf is the series key of a finding of reason on ref from ev.
+func keyOf(ref corev1.ObjectReference, reason string, ev *line.Event) key {
+	k := key{uid: ref.UID, reason: reason}
+	if reason == ReasonNothingListening {
+		k.proto, k.port = ev.Proto, ev.Dst.Port()
+	}
+	return k
 }
 
 type series struct {
+	key         key
 	ref         corev1.ObjectReference
 	reason      string
 	count       uint64    // occurrences so far
@@ -130,6 +166,8 @@ type series struct {
 	detail      string    // of the first occurrence, for the note
 	name        string    // of the Event, once created
 	wrote       time.Time
+	fails       int       // writes failed in a row
+	retryAt     time.Time // after a failed write: not before
 }
 
 // New returns a recorder writing with cs.
@@ -144,8 +182,9 @@ func New(cs kubernetes.Interface, cfg Config) *Recorder {
 		cfg.Log = zap.NewNop()
 	}
 	perSec := rate.Limit(float64(cfg.PerMinute) / 60)
-	return &Recorder{cs: cs, cfg: cfg, series: map[key]*series{},
-		limit: rate.NewLimiter(perSec, Burst(cfg.PerMinute))}
+	return &Recorder{cs: cs, cfg: cfg, series: map[key]*series{}, dead: map[key]time.Time{},
+		limit: rate.NewLimiter(perSec, Burst(cfg.PerMinute)),
+		retry: rate.NewLimiter(perSec/retryShare, max(1, Burst(cfg.PerMinute)/retryShare))}
 }
 
 // Burst is how many writes a node may make at once, of its perMinute: in
@@ -161,16 +200,23 @@ func (r *Recorder) Observe(ev *line.Event) {
 		return
 	}
 	n := max(ev.Count, 1)
-	k := key{ref.UID, reason}
+	k := keyOf(ref, reason, ev)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	s := r.series[k]
 	if s == nil {
+		if until, ok := r.dead[k]; ok {
+			if time.Now().Before(until) {
+				r.Unrecorded.Add(n)
+				return
+			}
+			delete(r.dead, k)
+		}
 		if len(r.series) >= maxSeries {
 			r.Unrecorded.Add(n)
 			return
 		}
-		s = &series{ref: ref, reason: reason, first: ev.Time}
+		s = &series{key: k, ref: ref, reason: reason, first: ev.Time}
 		r.series[k] = s
 	}
 	if s.count == 0 {
@@ -186,11 +232,25 @@ func (r *Recorder) Run(ctx context.Context) { wait.UntilWithContext(ctx, r.Flush
 
 // Flush writes every series due: new occurrences, its MinInterval passed,
 // and the node's budget allowing. The others wait for a later Flush.
+// Series whose last write failed come last, after their backoff, and take
+// at most a share of the budget (retryShare); a write that fails for good
+// drops its series (its occurrences counted in Unrecorded).
 func (r *Recorder) Flush(ctx context.Context) {
 	now := time.Now()
 	var due []series
 	r.mu.Lock()
+	for k, t := range r.dead {
+		if now.After(t) {
+			delete(r.dead, k)
+		}
+	}
+	var retries []*series
 	for k, s := range r.series {
+		if s.fails > 0 && now.Sub(s.last) > idle { // failing and idle: aged out
+			r.Unrecorded.Add(s.count - s.written)
+			delete(r.series, k)
+			continue
+		}
 		if s.count == s.written {
 			if now.Sub(s.last) > idle && now.Sub(s.wrote) > idle {
 				delete(r.series, k)
@@ -200,7 +260,20 @@ func (r *Recorder) Flush(ctx context.Context) {
 		if !s.wrote.IsZero() && now.Sub(s.wrote) < r.cfg.MinInterval {
 			continue
 		}
+		if s.fails > 0 {
+			if now.After(s.retryAt) {
+				retries = append(retries, s)
+			}
+			continue
+		}
 		if !r.limit.Allow() {
+			break
+		}
+		s.wrote = now
+		due = append(due, *s)
+	}
+	for _, s := range retries {
+		if !r.retry.Allow() || !r.limit.Allow() {
 			break
 		}
 		s.wrote = now
@@ -208,23 +281,66 @@ func (r *Recorder) Flush(ctx context.Context) {
 	}
 	r.mu.Unlock()
 	for i := range due {
-		name, err := r.write(ctx, &due[i])
+		d := &due[i]
+		name, err := r.write(ctx, d)
+		k := d.key
+		permanent := err != nil && permanentError(err, d.name != "")
 		r.mu.Lock()
-		if s := r.series[key{due[i].ref.UID, due[i].reason}]; s != nil {
-			if err == nil {
-				s.name, s.written = name, due[i].count
-			} else if apierrors.IsNotFound(err) || apierrors.IsGone(err) {
-				s.name = "" // expired (the API server's event TTL): create anew
+		s := r.series[k]
+		switch {
+		case s == nil:
+		case err == nil:
+			s.name, s.written, s.fails = name, d.count, 0
+		case permanent:
+			r.Unrecorded.Add(s.count - s.written)
+			delete(r.series, k)
+			if len(r.dead) < maxSeries {
+				r.dead[k] = now.Add(idle)
+			}
+		default:
+			if d.name != "" && (apierrors.IsNotFound(err) || apierrors.IsGone(err)) {
+				s.name = "" // expired (the API server's event TTL): create anew, now
+			} else {
+				s.fails++
+				s.retryAt = now.Add(backoff(s.fails))
 			}
 		}
 		r.mu.Unlock()
 		if err != nil {
-			r.cfg.Log.Warn("cannot write a Kubernetes Event", zap.String("reason", due[i].reason),
-				zap.String("object", due[i].ref.Namespace+"/"+due[i].ref.Name), zap.Error(err))
+			r.Failed.Add(1)
+			log := r.cfg.Log.Warn
+			if !permanent && d.fails > 0 {
+				log = r.cfg.Log.Debug // warned at its first failure
+			}
+			log("cannot write a Kubernetes Event", zap.String("reason", d.reason),
+				zap.String("object", d.ref.Namespace+"/"+d.ref.Name), zap.Bool("dropped", permanent), zap.Error(err))
 			continue
 		}
 		r.Writes.Add(1)
 	}
+}
+
+// backoff is the wait before a series' retry after fails failed writes.
+func backoff(fails int) time.Duration {
+	d := retryMin
+	for i := 1; i < fails && d < retryMax; i++ {
+		d *= 2
+	}
+	return min(d, retryMax)
+}
+
+// permanentError says whether a write that failed with err would fail
+// again: the namespace is gone (a create's NotFound) or terminating
+// (Forbidden), the Event is invalid, or the agent may not write it.
+// A patch's NotFound is an Event expired, not a failure.
+func permanentError(err error, patch bool) bool {
+	switch {
+	case apierrors.IsNotFound(err) || apierrors.IsGone(err):
+		return !patch
+	case apierrors.IsInvalid(err), apierrors.IsForbidden(err), apierrors.IsBadRequest(err), apierrors.IsMethodNotSupported(err):
+		return true
+	}
+	return false
 }
 
 // write creates s's Event, or patches its count and note; it returns the
@@ -246,7 +362,7 @@ func (r *Recorder) write(ctx context.Context, s *series) (string, error) {
 		return s.name, err
 	}
 	e := &eventsv1.Event{
-		ObjectMeta:          metav1.ObjectMeta{Name: fmt.Sprintf("%s.%x", s.ref.Name, time.Now().UnixNano()), Namespace: s.ref.Namespace},
+		ObjectMeta:          metav1.ObjectMeta{Name: eventName(s.ref.Name, time.Now().UnixNano()), Namespace: s.ref.Namespace},
 		EventTime:           metav1.NewMicroTime(s.first),
 		Series:              ser,
 		ReportingController: Controller,
@@ -267,6 +383,17 @@ func (r *Recorder) write(ctx context.Context, s *series) (string, error) {
 	return created.Name, nil
 }
 
+// eventName is the name of a new Event on the object named obj: obj, a dot
+// and 16 hex digits, obj cut so that the whole is a valid name (at most
+// 253 characters, a DNS subdomain: no dot or dash left at the cut's end).
+func eventName(obj string, nano int64) string {
+	suffix := fmt.Sprintf(".%016x", uint64(nano))
+	if len(obj) > validation.DNS1123SubdomainMaxLength-len(suffix) {
+		obj = strings.TrimRight(obj[:validation.DNS1123SubdomainMaxLength-len(suffix)], ".-")
+	}
+	return obj + suffix
+}
+
 // note says what the series counts and its first occurrence's detail. It
 // has no count: the API server does not let a note change, the series'
 // count does.
@@ -280,6 +407,52 @@ func (s *series) note() string {
 		n = strings.ToValidUTF8(n[:noteMax-3], "") + "..."
 	}
 	return n
+}
+
+// Reasons are the Events' reasons, what each is on and what it is, in
+// the order help lists them (ReasonsHelp); TestReasonsListed holds it to
+// the Reason constants.
+var Reasons = []struct{ Reason, On, Means string }{
+	{ReasonListenOverflow, "the listener's pod", "connections dropped at a full accept or SYN queue, with the queue and somaxconn"},
+	{ReasonDeletedPod, "the client pod", "packets to the IP of a deleted pod that the kernel answered host-unreachable"},
+	{ReasonNoEndpoints, "the Service", "connections rejected while it had no ready endpoints"},
+	{ReasonNoLocalEndpoints, "the Service", "packets kube-proxy drops because this node has no ready endpoint of its Local traffic policy"},
+	{ReasonSourceRange, "the Service", "packets from outside its loadBalancerSourceRanges, dropped by kube-proxy"},
+	{ReasonNothingListening, "the pod", "connection attempts (TCP SYN, UDP) to a port of its IP where nothing listens, one series per port"},
+	{ReasonPolicyDenied, "the isolated pod", "packets its NetworkPolicies allow none of, ingress or egress"},
+	{ReasonProbeDropped, "the pod", "a kubelet probe's packets dropped, reset (nothing listens on the probed port) or unreachable"},
+}
+
+// ReasonsHelp lists Reasons for a command's help: each reason indented by
+// indent, what it is on and means in a column after it, lines wrapped at
+// width.
+func ReasonsHelp(indent, width int) string {
+	col := 0
+	for _, r := range Reasons {
+		col = max(col, len(r.Reason))
+	}
+	col += indent + 2
+	var b strings.Builder
+	for i, r := range Reasons {
+		if i > 0 {
+			b.WriteByte('\n')
+		}
+		line := strings.Repeat(" ", indent) + r.Reason + strings.Repeat(" ", col-indent-len(r.Reason))
+		n := len(line)
+		b.WriteString(line)
+		for j, w := range strings.Fields("on " + r.On + ": " + r.Means) {
+			if j > 0 && n+1+len(w) > width {
+				b.WriteString("\n" + strings.Repeat(" ", col))
+				n = col
+			} else if j > 0 {
+				b.WriteByte(' ')
+				n++
+			}
+			b.WriteString(w)
+			n += len(w)
+		}
+	}
+	return b.String()
 }
 
 // what each reason's occurrences are.
@@ -344,10 +517,26 @@ func classify(ev *line.Event, svcs ServiceLookup, node string) (ref corev1.Objec
 			return ref, "", "", false
 		}
 		return podRef(isolated), ReasonPolicyDenied, ev.Rule.K8s.Text, true
-	case ev.Type == tracer.Drop && ev.Reason == "NO_SOCKET" && pod(ev.DstK8s) && !ev.DstK8s.HostNetwork:
+	case ev.Type == tracer.Drop && ev.Reason == "NO_SOCKET" && pod(ev.DstK8s) && !ev.DstK8s.HostNetwork && !ev.DstK8s.Terminating && attempt(ev):
 		return podRef(ev.DstK8s), ReasonNothingListening, fmt.Sprintf("nothing listens on %s port %d of %s (NO_SOCKET)", tracer.ProtoName(ev.Proto), ev.Dst.Port(), ev.Dst.Addr()), true
 	}
 	return ref, "", "", false
+}
+
+// attempt says whether ev's packet opens a connection or sends a
+// datagram: a TCP SYN without ACK, or UDP. Other TCP segments to a port
+// without a socket (a FIN, RST or ACK arriving after the socket closed: a
+// late packet of a connection, often to an ephemeral port) are no sign
+// that something should listen there.
+func attempt(ev *line.Event) bool {
+	switch ev.Proto {
+	case 6:
+		const fin, syn, rst, ack = 0x01, 0x02, 0x04, 0x10
+		return ev.TCPFlags&(fin|syn|rst|ack) == syn
+	case 17, 136: // UDP, UDP-Lite
+		return true
+	}
+	return false
 }
 
 // kubeProxyFinding is the finding of a drop by kube-proxy's rule for a

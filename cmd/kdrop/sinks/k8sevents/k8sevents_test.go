@@ -1,7 +1,14 @@
 package k8sevents
 
 import (
+	"fmt"
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"maps"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -33,6 +40,8 @@ func TestClassify(t *testing.T) {
 	// The same drops in another network namespace than the node's: a
 	// pod's (a cluster nested in it), or one identity does not know.
 	elsewhere := func(ev line.Event, where *k8s.Endpoint) line.Event { ev.WhereK8s = where; return ev }
+	terminating := pod("api")
+	terminating.Terminating = true // deleted, within its grace period
 	hostPod := pod("node-exporter")
 	hostPod.HostNetwork = true
 	dst := netip.MustParseAddrPort("10.244.0.9:8080")
@@ -90,6 +99,13 @@ func TestClassify(t *testing.T) {
 		{"a REJECT in no known namespace", line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NETFILTER_DROP", Proto: 6, Dst: netip.MustParseAddrPort("10.96.0.12:80")}, DstK8s: svc}, "", "", "", ""},
 		{"kube-proxy: a conntrack INVALID drop names no Service", kp(netfilter.MeaningInvalidConntrack, "", "x", 6, nodeIP, node), "", "", "", ""},
 		{"NETFILTER_DROP to a Service with endpoints", line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NETFILTER_DROP", Dst: dst}, DstK8s: backed}, "", "", "", ""},
+		{"a SYN to a closed port of a pod", line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NO_SOCKET", Proto: 6, TCPFlags: 0x02, Dst: netip.MustParseAddrPort("10.244.0.9:8081")}, DstK8s: pod("api")},
+			"api", "Pod", ReasonNothingListening, "packets dropped: nothing listens on tcp port 8081 of 10.244.0.9 (NO_SOCKET) (seen by kdrop)"},
+		{"a late FIN|ACK to an ephemeral port", line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NO_SOCKET", Proto: 6, TCPFlags: 0x11, Dst: netip.MustParseAddrPort("10.244.0.9:43512")}, DstK8s: pod("api")}, "", "", "", ""},
+		{"a late RST", line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NO_SOCKET", Proto: 6, TCPFlags: 0x04, Dst: dst}, DstK8s: pod("api")}, "", "", "", ""},
+		{"a late ACK", line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NO_SOCKET", Proto: 6, TCPFlags: 0x10, Dst: dst}, DstK8s: pod("api")}, "", "", "", ""},
+		{"a SYN-ACK to a closed port", line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NO_SOCKET", Proto: 6, TCPFlags: 0x12, Dst: dst}, DstK8s: pod("api")}, "", "", "", ""},
+		{"a SYN to a Terminating pod", line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NO_SOCKET", Proto: 6, TCPFlags: 0x02, Dst: dst}, DstK8s: terminating}, "", "", "", ""},
 		{"NO_SOCKET on a hostNetwork pod (the node's)", line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NO_SOCKET", Dst: dst}, DstK8s: hostPod}, "", "", "", ""},
 		{"NO_SOCKET to a deleted pod", line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NO_SOCKET", Dst: dst}, DstK8s: deleted}, "", "", "", ""},
 		{"host-unreachable to a live pod", line.Event{Event: tracer.Event{Type: tracer.Unreachable, Family: 4, ICMPType: 3, ICMPCode: 1}, SrcK8s: pod("client"), DstK8s: pod("api")}, "", "", "", ""},
@@ -135,4 +151,106 @@ func TestNotePrintable(t *testing.T) {
 	if want := `shop/a\x1b[2J\x9b31m\u202eevil isolate`; !strings.Contains(n, want) {
 		t.Errorf("note %q lacks %q", n, want)
 	}
+}
+
+// NothingListening counts connection attempts, one series per port: a
+// late FIN|ACK to an ephemeral port, then 500 SYNs to 8081, is one Event
+// of 500 naming 8081.
+func TestNothingListeningPerPort(t *testing.T) {
+	r := New(nil, Config{Node: "node-a"})
+	api := &k8s.Endpoint{Kind: k8s.KindPod, Namespace: "shop", Name: "api", UID: "uid-api"}
+	ev := func(port uint16, flags uint8, n uint64) *line.Event {
+		return &line.Event{Event: tracer.Event{Type: tracer.Drop, Reason: "NO_SOCKET", Proto: 6, TCPFlags: flags, Count: n,
+			Dst: netip.AddrPortFrom(netip.MustParseAddr("10.0.0.2"), port)}, DstK8s: api}
+	}
+	r.Observe(ev(43512, 0x11, 1))
+	r.Observe(ev(8081, 0x02, 1))
+	r.Observe(ev(8081, 0x02, 499))
+	r.Observe(ev(9090, 0x02, 3))
+	got := map[uint16]string{}
+	for k, s := range r.series {
+		if k.reason != ReasonNothingListening || k.uid != "uid-api" {
+			t.Errorf("series %+v", k)
+		}
+		got[k.port] = fmt.Sprintf("x%d %s", s.count, s.note())
+	}
+	want := map[uint16]string{
+		8081: "x500 packets dropped: nothing listens on tcp port 8081 of 10.0.0.2 (NO_SOCKET) (seen by kdrop)",
+		9090: "x3 packets dropped: nothing listens on tcp port 9090 of 10.0.0.2 (NO_SOCKET) (seen by kdrop)",
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("series %v\nwant %v", got, want)
+	}
+}
+
+// An Event's name is valid whatever the object's name: cut to 253
+// characters with the 16 hex digits kept, no dot or dash at the cut.
+func TestEventName(t *testing.T) {
+	for _, obj := range []string{"api", strings.Repeat("a", 236), strings.Repeat("a", 237), strings.Repeat("b", 253), strings.Repeat("c", 235) + "-.d" + strings.Repeat("e", 20)} {
+		n := eventName(obj, 0x187a_0000_0000_0001)
+		if errs := validation.IsDNS1123Subdomain(n); len(errs) > 0 || !strings.HasSuffix(n, ".187a000000000001") || !strings.HasPrefix(n, obj[:min(len(obj), 230)]) {
+			t.Errorf("eventName(%d chars) = %q (%d): %v", len(obj), n, len(n), errs)
+		}
+	}
+	if n := eventName("api", 0x187a_0000_0000_0001); n != "api.187a000000000001" {
+		t.Errorf("eventName(api) = %q", n)
+	}
+}
+
+// Retries of a failing series back off exponentially, capped.
+func TestBackoff(t *testing.T) {
+	want := []time.Duration{2 * time.Second, 4 * time.Second, 8 * time.Second, 16 * time.Second}
+	for i, w := range want {
+		if b := backoff(i + 1); b != w {
+			t.Errorf("backoff(%d) = %v, want %v", i+1, b, w)
+		}
+	}
+	if b := backoff(100); b != retryMax {
+		t.Errorf("backoff(100) = %v, want %v", b, retryMax)
+	}
+}
+
+// Every Reason constant of this package is in Reasons (what help lists)
+// and has a note's words, read from the source: none is left out by hand.
+func TestReasonsListed(t *testing.T) {
+	f, err := parser.ParseFile(token.NewFileSet(), "k8sevents.go", nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var consts []string
+	ast.Inspect(f, func(n ast.Node) bool {
+		if vs, ok := n.(*ast.ValueSpec); ok {
+			for i, name := range vs.Names {
+				if strings.HasPrefix(name.Name, "Reason") && i < len(vs.Values) {
+					if lit, ok := vs.Values[i].(*ast.BasicLit); ok && lit.Kind == token.STRING {
+						v, _ := strconv.Unquote(lit.Value)
+						consts = append(consts, v)
+					}
+				}
+			}
+		}
+		return true
+	})
+	if len(consts) < 8 {
+		t.Fatalf("found %d Reason constants in k8sevents.go: %q", len(consts), consts)
+	}
+	help := ReasonsHelp(2, 78)
+	listed := map[string]bool{}
+	for _, r := range Reasons {
+		listed[r.Reason] = true
+	}
+	for _, c := range consts {
+		if !listed[c] || what[c] == "" || !strings.Contains(help, "  "+c+" ") {
+			t.Errorf("reason %s: listed %v, note words %q, in help %v", c, listed[c], what[c], strings.Contains(help, c))
+		}
+	}
+	if len(Reasons) != len(consts) {
+		t.Errorf("Reasons lists %d, the source has %d constants", len(Reasons), len(consts))
+	}
+	for _, l := range strings.Split(help, "\n") {
+		if len(l) > 78 {
+			t.Errorf("help line over 78 columns: %q", l)
+		}
+	}
+	t.Logf("\n%s", help)
 }

@@ -46,6 +46,11 @@ type Sources struct {
 	// Refused counts /events callers refused, by HTTP status
 	// (stream.Authorizer.Refused).
 	Refused map[int]*atomic.Uint64
+	// EventWrites and EventsUnrecorded count the Kubernetes Events
+	// recorder's writes (k8sevents.Recorder Writes and Failed) and the
+	// occurrences in no Event (Unrecorded); nil: Events are off.
+	EventWrites      map[string]*atomic.Uint64 // by result: ok, failed
+	EventsUnrecorded *atomic.Uint64
 }
 
 // NewAgent registers the agent's metrics, and Go's and the process's, in reg.
@@ -117,6 +122,20 @@ func NewAgent(reg prometheus.Registerer, src Sources) *Agent {
 			Name:        "kdrop_stream_refused_total",
 			Help:        "Callers of /events refused, by HTTP status: 401 not a stream token for this node, 403 the API server disowns it, 429 too many new tokens to review or streams for one token, 503 the API server could not say.",
 			ConstLabels: prometheus.Labels{"code": strconv.Itoa(code)},
+		}, func() float64 { return float64(n.Load()) }))
+	}
+	for _, result := range slices.Sorted(maps.Keys(src.EventWrites)) {
+		n := src.EventWrites[result]
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name:        "kdrop_k8s_events_writes_total",
+			Help:        "Kubernetes Event writes (creates and patches) by result: ok, or failed (refused by the API server or not reaching it; the agent's log says why).",
+			ConstLabels: prometheus.Labels{"result": result},
+		}, func() float64 { return float64(n.Load()) }))
+	}
+	if n := src.EventsUnrecorded; n != nil {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "kdrop_k8s_events_unrecorded_total",
+			Help: "Occurrences of findings counted in no Kubernetes Event: their Event's write failed for good (namespace gone or terminating, invalid, forbidden) or kept failing for 10 minutes, or 10000 series were held.",
 		}, func() float64 { return float64(n.Load()) }))
 	}
 	return m
