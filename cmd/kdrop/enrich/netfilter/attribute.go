@@ -33,9 +33,15 @@ type Config struct {
 	// events that reach userspace late (a slow ring buffer reader): at
 	// least SummarySpan+MaxWait. Default 10 s.
 	KeepWindows time.Duration
-	// Keep is how long a namespace's last read is kept after its last drop,
-	// as the baseline of the next one. Default 60 s.
+	// Keep is how long a namespace's last read is kept whole after its
+	// last drop; past it only its counters are kept (the baseline of its
+	// next drop, however late), until the namespace is gone. Default 60 s.
 	Keep time.Duration
+	// Baseline is how often namespaces are looked for, and each new one's
+	// counters read once, so that its first drop compares with them.
+	// Default 10 s; negative: never (a first drop is then attributed by
+	// lifetime counters, HowLifetime).
+	Baseline time.Duration
 	// NetnsPaths lists namespaces by inode; default tracer.NetnsPaths.
 	NetnsPaths func() map[uint32]string
 
@@ -55,6 +61,9 @@ func (c *Config) defaults() {
 	def(&c.SummarySpan, 2*time.Second)
 	def(&c.ReadTimeout, time.Second)
 	def(&c.Keep, time.Minute)
+	if c.Baseline == 0 {
+		c.Baseline = 10 * time.Second
+	}
 	def(&c.KeepWindows, max(10*time.Second, c.SummarySpan+c.MaxWait))
 	if c.MaxHeld <= 0 {
 		c.MaxHeld = 16384
@@ -95,8 +104,9 @@ type Attributor[T any] struct {
 	done chan struct{}
 
 	// owned by the loop
-	paths   map[uint32]string
-	scanned time.Time
+	paths     map[uint32]string
+	scanned   time.Time
+	baselined time.Time
 
 	reads, readErrors, unknown atomic.Uint64
 }
@@ -171,15 +181,7 @@ func (a *Attributor[T]) Submit(ev *tracer.Event, item T) *Rule {
 		a.unknown.Add(1)
 		return &Rule{Backend: BackendNftables, Unknown: why}
 	}
-	s := a.ns[ev.Netns]
-	if s == nil {
-		s = &nsState[T]{reader: netnsReader{ino: ev.Netns}}
-		if h := a.cfg.readHook; h != nil {
-			ino := ev.Netns
-			s.reader.hook = func(stage string) { h(ino, stage) }
-		}
-		a.ns[ev.Netns] = s
-	}
+	s := a.state(ev.Netns)
 	first := len(s.pending) == 0
 	s.pending = append(s.pending, r)
 	s.seen = now
@@ -192,6 +194,52 @@ func (a *Attributor[T]) Submit(ev *tracer.Event, item T) *Rule {
 		}
 	}
 	return nil
+}
+
+// state is the namespace's, made if new; a.mu held.
+func (a *Attributor[T]) state(ino uint32) *nsState[T] {
+	s := a.ns[ino]
+	if s == nil {
+		s = &nsState[T]{reader: netnsReader{ino: ino}}
+		if h := a.cfg.readHook; h != nil {
+			s.reader.hook = func(stage string) { h(ino, stage) }
+		}
+		a.ns[ino] = s
+	}
+	return s
+}
+
+// maxBaselineReads bounds the baseline reads of one step (new namespaces
+// found by a scan); the rest wait for the next scans.
+const maxBaselineReads = 16
+
+// maxStates bounds the namespaces remembered.
+const maxStates = 8192
+
+// baseline looks for namespaces, reads the counters of new ones (the
+// baseline their first drop compares with) and forgets those gone.
+func (a *Attributor[T]) baseline(now time.Time) {
+	a.baselined = now
+	a.paths, a.scanned = a.cfg.NetnsPaths(), time.Now()
+	var todo []uint32
+	a.mu.Lock()
+	for ino, s := range a.ns {
+		if _, ok := a.paths[ino]; !ok && len(s.pending) == 0 {
+			delete(a.ns, ino) // gone: its number may come back as another
+		}
+	}
+	for ino := range a.paths {
+		if len(a.ns) >= maxStates {
+			break
+		}
+		if s := a.state(ino); s.reads == 0 && len(todo) < maxBaselineReads {
+			todo = append(todo, ino)
+		}
+	}
+	a.mu.Unlock()
+	for _, ino := range todo {
+		a.read(ino)
+	}
 }
 
 // Close attributes what is held (reading each namespace once more), gives
@@ -246,11 +294,16 @@ func (a *Attributor[T]) loop() {
 func (a *Attributor[T]) step(final bool) {
 	now := time.Now()
 	var due []uint32
+	if !final && a.cfg.Baseline > 0 && now.Sub(a.baselined) >= a.cfg.Baseline {
+		a.baseline(now)
+		now = time.Now()
+	}
 	a.mu.Lock()
 	for ino, s := range a.ns {
 		if len(s.pending) == 0 {
-			if now.Sub(s.seen) > a.cfg.Keep {
-				delete(a.ns, ino)
+			if now.Sub(s.seen) > a.cfg.Keep && s.last != nil && !s.last.compact {
+				// quiet: keep only the counters, as the next drop's baseline
+				s.last, s.windows = s.last.counters(), nil
 			}
 			continue
 		}
@@ -334,12 +387,21 @@ func (a *Attributor[T]) read(ino uint32) {
 		return
 	}
 	start := time.Now()
-	path, ok := a.path(ino)
+	s.reader.timeout = a.cfg.ReadTimeout
 	var rs *ruleset
 	err := errNetnsGone
-	if ok {
-		s.reader.timeout = a.cfg.ReadTimeout
+	for try := 0; try < 2 && errors.Is(err, errNetnsGone); try++ {
+		// A path found earlier may be gone (its process exited) while the
+		// namespace lives on, or lives under the same inode number anew:
+		// look again, at once, before calling it gone.
+		path, ok := a.path(ino, try > 0)
+		if !ok {
+			continue
+		}
 		rs, err = s.reader.read(path) // the reader is the loop's alone
+		if errors.Is(err, errNetnsGone) {
+			delete(a.paths, ino)
+		}
 	}
 	a.reads.Add(1)
 	a.mu.Lock()
@@ -349,12 +411,12 @@ func (a *Attributor[T]) read(ino uint32) {
 	if err != nil {
 		a.readErrors.Add(1)
 		s.err, s.errAt = err, start
-		if errors.Is(err, errNetnsGone) {
-			delete(a.paths, ino)
-		}
 		return
 	}
 	s.err = nil
+	if rs.renewed { // another namespace under this inode number: start afresh
+		s.last, s.windows = nil, nil
+	}
 	w := window{to: rs.end}
 	var prev map[ruleKey]*ruleInfo
 	if s.last != nil {
@@ -376,12 +438,13 @@ func (a *Attributor[T]) read(ino uint32) {
 	s.last = rs
 }
 
-// path finds the namespace, scanning for it again at most once an Interval.
-func (a *Attributor[T]) path(ino uint32) (string, bool) {
-	if p, ok := a.paths[ino]; ok {
+// path finds the namespace, scanning for it again at most once an
+// Interval, or now when again (its known path just failed).
+func (a *Attributor[T]) path(ino uint32, again bool) (string, bool) {
+	if p, ok := a.paths[ino]; ok && !again {
 		return p, true
 	}
-	if time.Since(a.scanned) < a.cfg.Interval {
+	if !again && time.Since(a.scanned) < a.cfg.Interval {
 		return "", false
 	}
 	a.paths, a.scanned = a.cfg.NetnsPaths(), time.Now()
@@ -410,10 +473,12 @@ func (s *nsState[T]) attribute(p *req[T]) *Rule {
 	from, to := p.from.Add(-slack), p.to.Add(slack)
 	sum := map[*ruleInfo]uint64{}
 	byKey := map[ruleKey]*ruleInfo{}
+	lifetime := false // a window without an earlier read: lifetime counters
 	for _, w := range s.windows {
 		if !w.from.Before(to) || w.to.Before(from) {
 			continue
 		}
+		lifetime = lifetime || w.from.IsZero() && len(w.moved) > 0
 		for _, m := range w.moved {
 			k := m.ri.key()
 			ri := byKey[k]
@@ -440,6 +505,9 @@ func (s *nsState[T]) attribute(p *req[T]) *Rule {
 		classify(ri, ref)
 	}
 	if len(yes)+len(maybe) > 0 {
+		if lifetime {
+			return pick(HowLifetime, yes, maybe)
+		}
 		return pick(HowCounter, yes, maybe)
 	}
 	var policies []Ref

@@ -41,6 +41,26 @@ type ruleset struct {
 	rules   map[ruleKey]*ruleInfo
 	// noLegacy: the kernel has no iptables-legacy (ip_tables) to read.
 	noLegacy bool
+	// renewed: the namespace is not the one the reader read before under
+	// the same inode number (the kernel reuses them): its netns cookie
+	// differs, or its ruleset generation went back. Nothing earlier
+	// applies to it.
+	renewed bool
+	// compact: only the counters are kept (ruleInfo's Ref, family,
+	// hasCounter, packets), as the baseline of a quiet namespace.
+	compact bool
+}
+
+// counters is rs with only what a baseline needs.
+func (rs *ruleset) counters() *ruleset {
+	c := &ruleset{at: rs.at, end: rs.end, gen: rs.gen, noLegacy: rs.noLegacy, compact: true,
+		rules: make(map[ruleKey]*ruleInfo, len(rs.rules))}
+	for k, ri := range rs.rules {
+		if ri.hasCounter {
+			c.rules[k] = &ruleInfo{Ref: ri.Ref, family: ri.family, hasCounter: true, packets: ri.packets}
+		}
+	}
+	return c
 }
 
 // ruleKey identifies a rule across reads. Handles are unique within a
@@ -170,6 +190,9 @@ type netnsReader struct {
 	chains []chainRef
 	gen    uint32
 	known  bool // chains and gen are from a discovery
+	// cookie is the namespace's netns cookie (SO_NETNS_COOKIE, unique
+	// for the boot, unlike inode numbers), 0 before 5.14.
+	cookie uint64
 	// timeout bounds a whole read (0: none): netlink socket deadlines.
 	timeout time.Duration
 	// hook, for tests: called at "start" and when the chains are "listed",
@@ -210,10 +233,22 @@ func (r *netnsReader) read(path string) (*ruleset, error) {
 	if err := setDeadline(nl); err != nil {
 		return nil, classify(err)
 	}
+	// A namespace behind a known inode number may be a new one: the old
+	// one died and the kernel gave its number to the next.
+	renewed := false
+	if c := netnsCookie(nl); c != 0 {
+		renewed = r.cookie != 0 && c != r.cookie
+		r.cookie = c
+	}
+	if renewed {
+		r.known, r.gen = false, 0
+	}
 	for attempt := 0; ; attempt++ {
 		rs, err := r.readOnce(conn, nl)
 		if err == nil {
-			err = tracer.InNetns(path, func() error { return readLegacy(rs) })
+			// the namespace by its open file (/proc/self/fd), not its path:
+			// the path may have gone or been reused meanwhile
+			err = tracer.InNetns(fmt.Sprintf("/proc/self/fd/%d", fd), func() error { return readLegacy(rs) })
 			if errors.Is(err, errNoLegacy) {
 				rs.noLegacy, err = true, nil
 			}
@@ -221,11 +256,32 @@ func (r *netnsReader) read(path string) (*ruleset, error) {
 		if err == nil || attempt == 1 || !(errors.Is(err, errChanged) || errors.Is(err, errDeleted)) {
 			if err == nil {
 				rs.end = time.Now()
+				rs.renewed = rs.renewed || renewed
 			}
 			return rs, err
 		}
 		r.known = false // discover again
 	}
+}
+
+// soNetnsCookie is SO_NETNS_COOKIE (Linux 5.14).
+const soNetnsCookie = 71
+
+// netnsCookie is the cookie of the namespace the socket was opened in; 0
+// when the kernel has none (before 5.14).
+func netnsCookie(c *netlink.Conn) uint64 {
+	sc, err := c.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	var cookie uint64
+	sc.Control(func(fd uintptr) {
+		v, err := unix.GetsockoptUint64(int(fd), unix.SOL_SOCKET, soNetnsCookie)
+		if err == nil {
+			cookie = v
+		}
+	})
+	return cookie
 }
 
 func (r *netnsReader) readOnce(conn *nftables.Conn, nl *netlink.Conn) (*ruleset, error) {
@@ -238,6 +294,11 @@ func (r *netnsReader) readOnce(conn *nftables.Conn, nl *netlink.Conn) (*ruleset,
 		return nil, err
 	}
 	rs.gen = gen
+	if r.known && gen < r.gen {
+		// the generation only grows: a smaller one is another namespace
+		// (how a reused inode number shows before 5.14, without cookies)
+		rs.renewed, r.known = true, false
+	}
 	if !r.known || gen != r.gen {
 		if err := r.discover(conn); err != nil {
 			return nil, err
