@@ -123,6 +123,10 @@ type nsState[T any] struct {
 	seen     time.Time // the last drop's arrival
 	reads    uint64    // reads attempted
 	walked   uint64    // reads when pending was last walked
+	// movedTotal is what each counted rule moved over all windows since
+	// the baseline; claimed, the drops named for it alone or shown with it
+	// (at most movedTotal). No rule is named alone for more than it moved.
+	movedTotal, claimed map[ruleKey]uint64
 }
 
 // window is what moved between two reads: the packets counted by the
@@ -304,6 +308,7 @@ func (a *Attributor[T]) step(final bool) {
 			if now.Sub(s.seen) > a.cfg.Keep && s.last != nil && !s.last.compact {
 				// quiet: keep only the counters, as the next drop's baseline
 				s.last, s.windows = s.last.counters(), nil
+				s.movedTotal, s.claimed = nil, nil
 			}
 			continue
 		}
@@ -329,14 +334,24 @@ func (a *Attributor[T]) step(final bool) {
 			continue
 		}
 		s.walked = s.reads
-		keep := s.pending[:0]
+		type decision struct {
+			r       *Rule
+			sole    *ruleInfo   // the one counted rule named, to be credited
+			counted []*ruleInfo // the counted rules listed
+		}
+		dec := make([]decision, len(s.pending))
+		demand := map[ruleKey]uint64{}
 		for i := range s.pending {
 			p := &s.pending[i]
 			var r *Rule
+			var sole *ruleInfo
+			var counted []*ruleInfo
 			switch {
 			case s.last != nil && s.last.at.After(p.to.Add(slack)):
-				r = s.attribute(p)
-				r.K8s = kubeProxyMeaning(r, &p.ev, s.last)
+				r, sole, counted = s.attribute(p, nil)
+				if sole != nil {
+					demand[sole.key()] += p.ev.Count
+				}
 			case s.err != nil && s.errAt.After(p.to) && !errors.Is(s.err, errReadTimeout):
 				r = &Rule{Backend: BackendNftables, Unknown: s.err.Error()}
 			case final:
@@ -348,9 +363,41 @@ func (a *Attributor[T]) step(final bool) {
 				}
 				r = &Rule{Backend: BackendNftables, Unknown: why}
 			}
+			dec[i] = decision{r, sole, counted}
+		}
+		// A rule is credited with at most what its counter moved: when more
+		// drops than that would name it alone, none does; each lists it with
+		// the other verdicts that may have dropped the packet. A drop shown
+		// with candidates may have been any of theirs: it counts against
+		// each (up to what it moved).
+		if s.claimed == nil {
+			s.claimed = map[ruleKey]uint64{}
+		}
+		for i := range s.pending {
+			d, n := &dec[i], s.pending[i].ev.Count
+			if d.sole != nil {
+				k := d.sole.key()
+				if demand[k] <= s.movedTotal[k]-s.claimed[k] {
+					s.claimed[k] += n
+					continue
+				}
+				d.r, _, d.counted = s.attribute(&s.pending[i], d.sole)
+			}
+			for _, ri := range d.counted {
+				k := ri.key()
+				s.claimed[k] = min(s.movedTotal[k], s.claimed[k]+n)
+			}
+		}
+		keep := s.pending[:0]
+		for i := range s.pending {
+			p := &s.pending[i]
+			r := dec[i].r
 			if r == nil {
 				keep = append(keep, *p)
 				continue
+			}
+			if r.Known() {
+				r.K8s = kubeProxyMeaning(r, &p.ev, s.last)
 			}
 			item := p.item
 			outs = append(outs, out{&item, r})
@@ -415,7 +462,7 @@ func (a *Attributor[T]) read(ino uint32) {
 	}
 	s.err = nil
 	if rs.renewed { // another namespace under this inode number: start afresh
-		s.last, s.windows = nil, nil
+		s.last, s.windows, s.movedTotal, s.claimed = nil, nil, nil, nil
 	}
 	w := window{to: rs.end}
 	var prev map[ruleKey]*ruleInfo
@@ -432,6 +479,10 @@ func (a *Attributor[T]) read(ino uint32) {
 		}
 		if d := ri.packets - before; d > 0 {
 			w.moved = append(w.moved, moved{ri, d})
+			if s.movedTotal == nil {
+				s.movedTotal = map[ruleKey]uint64{}
+			}
+			s.movedTotal[k] += d
 		}
 	}
 	s.windows = append(s.windows, w)
@@ -466,10 +517,14 @@ func (s *nsState[T]) prune(now time.Time, cfg Config) {
 }
 
 // attribute names the rule of one held event from the windows covering
-// its span: the counted rules that moved (and whose expressions do not
-// rule the packet out); else the rules without a counter that match it;
-// else a base chain's drop policy.
-func (s *nsState[T]) attribute(p *req[T]) *Rule {
+// its span: the counted rules that moved (and whose expressions, and the
+// jumps to whose chain, do not rule the packet out); else the rules
+// without a counter that match it; else a base chain's drop policy. sole
+// is the counted rule named alone (to be credited), if any. exhausted: a
+// counted rule that moved less than the drops naming it alone; it is then
+// listed with every other verdict that may have dropped the packet (the
+// rules without a counter and policies that may match).
+func (s *nsState[T]) attribute(p *req[T], exhausted *ruleInfo) (r *Rule, sole *ruleInfo, counted []*ruleInfo) {
 	from, to := p.from.Add(-slack), p.to.Add(slack)
 	sum := map[*ruleInfo]uint64{}
 	byKey := map[ruleKey]*ruleInfo{}
@@ -489,26 +544,38 @@ func (s *nsState[T]) attribute(p *req[T]) *Rule {
 		}
 	}
 	var yes, maybe []Ref
+	var one *ruleInfo // the last classified
 	// classify puts ref among the rules that surely or may match the packet
-	classify := func(ri *ruleInfo, ref Ref) {
-		switch matches(ri, &p.ev) {
+	classify := func(ri *ruleInfo, ref Ref) bool {
+		switch both(matches(ri, &p.ev), s.last.reached(ri, &p.ev, 0)) {
 		case matchYes:
 			ref.Verdict = vmapDrop(ref.Verdict)
-			yes = append(yes, ref)
+			yes, one = append(yes, ref), ri
 		case matchMaybe:
-			maybe = append(maybe, ref)
+			maybe, one = append(maybe, ref), ri
+		default:
+			return false
 		}
+		return true
 	}
 	for ri, d := range sum {
 		ref := ri.Ref
 		ref.Packets = d
-		classify(ri, ref)
-	}
-	if len(yes)+len(maybe) > 0 {
-		if lifetime {
-			return pick(HowLifetime, yes, maybe)
+		if classify(ri, ref) {
+			counted = append(counted, ri)
 		}
-		return pick(HowCounter, yes, maybe)
+	}
+	how := HowCounter
+	if lifetime {
+		how = HowLifetime
+	}
+	nc := len(yes) + len(maybe)
+	if nc > 0 && exhausted == nil {
+		r = pick(how, yes, maybe)
+		if nc == 1 && !lifetime {
+			sole = one
+		}
+		return r, sole, counted
 	}
 	var policies []Ref
 	for _, ri := range s.last.rules {
@@ -526,20 +593,29 @@ func (s *nsState[T]) attribute(p *req[T]) *Rule {
 		}
 		classify(ri, ri.Ref)
 	}
+	if exhausted != nil {
+		// yes and maybe hold the exhausted rule (the one counted) and the
+		// verdicts without counters
+		all := append(append(yes, maybe...), policies...)
+		if len(all) == 1 {
+			return pick(how, all, nil), nil, counted // nothing else could have: named, not credited
+		}
+		return pick(how, nil, all), nil, counted
+	}
 	if len(yes) > 0 {
-		return pick(HowMatch, kubeProxyFirst(yes), nil)
+		return pick(HowMatch, kubeProxyFirst(yes), nil), nil, nil
 	}
 	if len(maybe)+len(policies) > 0 {
-		return pick(HowMatch, nil, append(maybe, policies...))
+		return pick(HowMatch, nil, append(maybe, policies...)), nil, nil
 	}
 	if w := s.windows; len(w) > 0 && !w[0].from.IsZero() && from.Before(w[0].from) {
-		return &Rule{Backend: BackendNftables, Unknown: whyTooOld}
+		return &Rule{Backend: BackendNftables, Unknown: whyTooOld}, nil, nil
 	}
 	why := whyNoRule
 	if s.last.noLegacy {
 		why += " (" + errNoLegacy.Error() + ")"
 	}
-	return &Rule{Backend: BackendNftables, Unknown: why}
+	return &Rule{Backend: BackendNftables, Unknown: why}, nil, nil
 }
 
 // vmapDrop is the verdict of a rule that matches: a verdict map rule

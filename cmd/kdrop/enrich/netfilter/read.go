@@ -46,9 +46,63 @@ type ruleset struct {
 	// differs, or its ruleset generation went back. Nothing earlier
 	// applies to it.
 	renewed bool
+	// reach is how the chains of each table are reached (jumps and gotos),
+	// from the last discovery.
+	reach map[tableKey]*tableReach
 	// compact: only the counters are kept (ruleInfo's Ref, family,
 	// hasCounter, packets), as the baseline of a quiet namespace.
 	compact bool
+}
+
+// tableKey names a table.
+type tableKey struct {
+	family byte
+	table  string
+}
+
+// tableReach is how a table's chains are reached: base chains by their
+// hook; others only from the rules that jump or goto them (referrers by
+// chain name), unless a verdict map may (vmaps: then any chain may be).
+type tableReach struct {
+	base      map[string]bool
+	referrers map[string][]*ruleInfo
+	vmaps     bool
+}
+
+// reached says whether a packet can reach the rule's chain: matchNo when
+// every rule jumping or going to it (recursively) cannot match the
+// packet. iptables-legacy rules and chains a verdict map may reach are
+// taken as reached.
+func (rs *ruleset) reached(ri *ruleInfo, ev *tracer.Event, depth int) matchResult {
+	if ri.legacy != nil || rs.reach == nil {
+		return matchYes
+	}
+	tr := rs.reach[tableKey{ri.family, ri.Table}]
+	if tr == nil || tr.vmaps || tr.base[ri.Chain] || depth > 16 {
+		return matchYes
+	}
+	res := matchNo
+	for _, j := range tr.referrers[ri.Chain] {
+		r := both(matches(j, ev), rs.reached(j, ev, depth+1))
+		if r == matchYes {
+			return matchYes
+		}
+		if r == matchMaybe {
+			res = matchMaybe
+		}
+	}
+	return res
+}
+
+// both is the result of two conditions that must both hold.
+func both(a, b matchResult) matchResult {
+	switch {
+	case a == matchNo || b == matchNo:
+		return matchNo
+	case a == matchMaybe || b == matchMaybe:
+		return matchMaybe
+	}
+	return matchYes
 }
 
 // counters is rs with only what a baseline needs.
@@ -190,6 +244,7 @@ type netnsReader struct {
 	chains []chainRef
 	gen    uint32
 	known  bool // chains and gen are from a discovery
+	reach  map[tableKey]*tableReach
 	// cookie is the namespace's netns cookie (SO_NETNS_COOKIE, unique
 	// for the boot, unlike inode numbers), 0 before 5.14.
 	cookie uint64
@@ -307,10 +362,20 @@ func (r *netnsReader) readOnce(conn *nftables.Conn, nl *netlink.Conn) (*ruleset,
 	if r.hook != nil {
 		r.hook("listed")
 	}
+	rs.reach = r.reach
+	var policyCounters map[chainID]uint64
 	for _, c := range r.chains {
 		if c.policy {
-			rs.add(&ruleInfo{Ref: Ref{Family: familyName(c.table.Family), Table: c.table.Name, Chain: c.chain.Name,
-				Verdict: "DROP (policy)"}, family: byte(c.table.Family)})
+			if policyCounters == nil {
+				if policyCounters, err = chainCounters(nl); err != nil {
+					return nil, err
+				}
+			}
+			ri := &ruleInfo{Ref: Ref{Family: familyName(c.table.Family), Table: c.table.Name, Chain: c.chain.Name,
+				Verdict: "DROP (policy)"}, family: byte(c.table.Family)}
+			// iptables-nft's base chains count what their policy decides
+			ri.packets, ri.hasCounter = policyCounters[chainID{byte(c.table.Family), c.table.Name, c.chain.Name}]
+			rs.add(ri)
 			continue
 		}
 		rules, err := conn.GetRules(c.table, c.chain)
@@ -365,11 +430,21 @@ func (r *netnsReader) discover(conn *nftables.Conn) error {
 		return classify(err)
 	}
 	r.chains = r.chains[:0]
+	r.reach = map[tableKey]*tableReach{}
 	for _, c := range chains {
 		if c.Table == nil {
 			continue
 		}
 		t := &nftables.Table{Name: c.Table.Name, Family: c.Table.Family}
+		tk := tableKey{byte(t.Family), t.Name}
+		tr := r.reach[tk]
+		if tr == nil {
+			tr = &tableReach{base: map[string]bool{}, referrers: map[string][]*ruleInfo{}}
+			r.reach[tk] = tr
+		}
+		if c.Hooknum != nil {
+			tr.base[c.Name] = true
+		}
 		ref := chainRef{table: t, chain: c}
 		if c.Policy != nil && *c.Policy == nftables.ChainPolicyDrop && c.Hooknum != nil {
 			r.chains = append(r.chains, chainRef{table: t, chain: c, policy: true})
@@ -378,14 +453,90 @@ func (r *netnsReader) discover(conn *nftables.Conn) error {
 		if err != nil {
 			return classify(err)
 		}
+		drops := false
 		for _, nr := range rules {
-			if verdictOf(nr.Exprs) != "" || vmapOf(nr.Exprs) != "" {
+			if !drops && (verdictOf(nr.Exprs) != "" || vmapOf(nr.Exprs) != "") {
 				r.chains = append(r.chains, ref)
-				break
+				drops = true
+			}
+			for _, e := range nr.Exprs {
+				switch e := e.(type) {
+				case *expr.Verdict:
+					if (e.Kind == expr.VerdictJump || e.Kind == expr.VerdictGoto) && e.Chain != "" {
+						tr.referrers[e.Chain] = append(tr.referrers[e.Chain], &ruleInfo{
+							Ref: Ref{Table: t.Name, Chain: c.Name}, family: byte(t.Family), exprs: nr.Exprs})
+					}
+				case *expr.Lookup:
+					if e.IsDestRegSet && e.DestRegister == 0 {
+						tr.vmaps = true // a verdict map may jump anywhere
+					}
+				}
 			}
 		}
 	}
 	return nil
+}
+
+// chainID names a chain.
+type chainID struct {
+	family       byte
+	table, chain string
+}
+
+// chainCounters reads the packet counters of the base chains that have
+// them (NFT_MSG_GETCHAIN dump, NFTA_CHAIN_COUNTERS: iptables-nft makes its
+// base chains with counters, which count what the policy decides). The
+// library does not decode them.
+func chainCounters(nl *netlink.Conn) (map[chainID]uint64, error) {
+	req := netlink.Message{
+		Header: netlink.Header{
+			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETCHAIN),
+			Flags: netlink.Request | netlink.Dump,
+		},
+		Data: []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0},
+	}
+	msgs, err := nl.Execute(req)
+	if err != nil {
+		return nil, classify(err)
+	}
+	out := map[chainID]uint64{}
+	for _, m := range msgs {
+		if len(m.Data) < 4 {
+			continue
+		}
+		ad, err := netlink.NewAttributeDecoder(m.Data[4:])
+		if err != nil {
+			return nil, err
+		}
+		ad.ByteOrder = binary.BigEndian
+		id := chainID{family: m.Data[0]}
+		var packets uint64
+		has := false
+		for ad.Next() {
+			switch ad.Type() {
+			case unix.NFTA_CHAIN_TABLE:
+				id.table = ad.String()
+			case unix.NFTA_CHAIN_NAME:
+				id.chain = ad.String()
+			case unix.NFTA_CHAIN_COUNTERS:
+				ad.Nested(func(nad *netlink.AttributeDecoder) error {
+					for nad.Next() {
+						if nad.Type() == unix.NFTA_COUNTER_PACKETS {
+							packets, has = nad.Uint64(), true
+						}
+					}
+					return nil
+				})
+			}
+		}
+		if err := ad.Err(); err != nil {
+			return nil, err
+		}
+		if has {
+			out[id] = packets
+		}
+	}
+	return out, nil
 }
 
 // parseRule returns the rule if it can drop (verdict drop or reject), else nil.
