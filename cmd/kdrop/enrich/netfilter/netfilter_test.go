@@ -518,20 +518,27 @@ func dump(out []attributed) string {
 	return b.String()
 }
 
-// iptables-legacy, where the kernel has it: rules named by table, chain
-// and position (a user chain included), counts equal to their counters.
-func TestLegacyRulesNamedAndCounted(t *testing.T) {
+// needLegacy skips unless iptables-legacy's tools are installed and the
+// kernel has ip_tables (loaded from ns, if a module).
+func needLegacy(t *testing.T, ns *nstest.NS) {
+	t.Helper()
 	needNft(t)
 	for _, b := range []string{"iptables-legacy", "ip6tables-legacy", "iptables-legacy-save", "ip6tables-legacy-save"} {
 		if _, err := exec.LookPath(b); err != nil {
 			t.Skipf("%s not installed", b)
 		}
 	}
-	client, nsL := nstest.New(t, "nflc"), nstest.New(t, "nfl")
-	exec.Command("ip", "netns", "exec", nsL.Name, "iptables-legacy", "-L", "-n").Run() // loads ip_tables if a module
+	exec.Command("ip", "netns", "exec", ns.Name, "iptables-legacy", "-L", "-n").Run() // loads ip_tables if a module
 	if _, err := os.Stat("/proc/net/ip_tables_names"); err != nil {
 		t.Skip("this kernel has no iptables-legacy (ip_tables): kdrop says so in rule.unknown")
 	}
+}
+
+// iptables-legacy, where the kernel has it: rules named by table, chain
+// and position (a user chain included), counts equal to their counters.
+func TestLegacyRulesNamedAndCounted(t *testing.T) {
+	client, nsL := nstest.New(t, "nflc"), nstest.New(t, "nfl")
+	needLegacy(t, nsL)
 	devL, _ := nstest.Veth(t, client, "198.18.12.1/24", "fd00:18:12::1/64", nsL, "198.18.12.2/24", "fd00:18:12::2/64")
 	guard(t, client, devL)
 	in := func(args ...string) {

@@ -111,7 +111,8 @@ func (rs *ruleset) counters() *ruleset {
 		rules: make(map[ruleKey]*ruleInfo, len(rs.rules))}
 	for k, ri := range rs.rules {
 		if ri.hasCounter {
-			c.rules[k] = &ruleInfo{Ref: ri.Ref, family: ri.family, hasCounter: true, packets: ri.packets}
+			c.rules[k] = &ruleInfo{Ref: ri.Ref, family: ri.family, hasCounter: true, packets: ri.packets,
+				legacy: ri.legacy, legacyID: ri.legacyID, legacyDup: ri.legacyDup}
 		}
 	}
 	return c
@@ -119,17 +120,23 @@ func (rs *ruleset) counters() *ruleset {
 
 // ruleKey identifies a rule across reads. Handles are unique within a
 // table; a table deleted and created again starts over, which shows as a
-// counter going backwards.
+// counter going backwards. An iptables-legacy rule has no handle: it is
+// known by its content (legacyID), and dup tells rules of the same
+// content in one chain apart.
 type ruleKey struct {
-	family   byte
-	table    string
-	chain    string
-	handle   uint64
-	position int // iptables-legacy
+	family byte
+	table  string
+	chain  string
+	handle uint64 // nftables: the handle; iptables-legacy: legacyID
+	dup    int
+	legacy bool
 }
 
 func (ri *ruleInfo) key() ruleKey {
-	return ruleKey{ri.family, ri.Table, ri.Chain, ri.Handle, ri.Position}
+	if ri.legacy != nil {
+		return ruleKey{ri.family, ri.Table, ri.Chain, ri.legacyID, ri.legacyDup, true}
+	}
+	return ruleKey{ri.family, ri.Table, ri.Chain, ri.Handle, 0, false}
 }
 
 // ruleInfo is one drop-capable rule as read.
@@ -140,6 +147,10 @@ type ruleInfo struct {
 	packets    uint64 // the counter's packets (cumulative, as read)
 	exprs      []expr.Any
 	legacy     *legacyMatch // iptables-legacy: what its ipt_entry matches
+	// legacyID, legacyDup: an iptables-legacy rule's content hash, and
+	// how many rules of the same content come before it in its chain
+	legacyID  uint64
+	legacyDup int
 	// sets are the elements of the sets and maps its lookups use, by
 	// name (shared by the rules of its table, read with them).
 	sets map[string]*setInfo

@@ -211,3 +211,51 @@ func checkQuiet(t *testing.T, ns *nstest.NS, out []attributed, base map[string]u
 		}
 	}
 }
+
+// iptables-legacy rules have no handle: a rule inserted first moves the
+// others down, and each is still known by what it is. One datagram to the
+// new rule names it alone, one packet; the old rule, now second (and
+// matching every datagram, as far as kdrop can tell), did not move.
+func TestLegacyRuleInsertedBefore(t *testing.T) {
+	ns := nstest.New(t, "nflins")
+	needLegacy(t, ns)
+	in := func(args ...string) { nstest.Run(t, "ip", append([]string{"netns", "exec", ns.Name}, args...)...) }
+	// every datagram (statistic: kdrop cannot rule it out by matching)
+	in("iptables-legacy", "-A", "INPUT", "-p", "udp", "-m", "statistic", "--mode", "nth", "--every", "1", "--packet", "0",
+		"-m", "comment", "--comment", "L drop A", "-j", "DROP")
+	ns.SendUDP(t, "127.0.0.1", 7100, 5)
+	h := startHarness(t, Config{Interval: 100 * time.Millisecond, Baseline: 100 * time.Millisecond},
+		tracer.Options{Filter: tracer.Filter{Types: []tracer.EventType{tracer.Drop}}, SweepInterval: 200 * time.Millisecond})
+	time.Sleep(400 * time.Millisecond) // the baseline
+	in("iptables-legacy", "-I", "INPUT", "1", "-p", "udp", "--dport", "7101", "-m", "comment", "--comment", "new first", "-j", "REJECT")
+	time.Sleep(300 * time.Millisecond)
+	for i, port := range []uint16{7101, 7100, 7101, 7100} {
+		n := countTo(h, ns.Inode, port)
+		ns.SendUDP(t, "127.0.0.1", int(port), 1)
+		waitFor(t, h, func(attributed) bool { return countTo(h, ns.Inode, port) > n }, "drop %d", i+1)
+		time.Sleep(300 * time.Millisecond)
+	}
+	out, _ := h.finish(t, func() {})
+	got := map[string]uint64{}
+	for _, x := range out {
+		if x.ev.Netns != ns.Inode {
+			continue
+		}
+		want := map[uint16]Ref{
+			7101: {Family: "ip", Table: "filter", Chain: "INPUT", Position: 1, Comment: "new first", Verdict: "REJECT icmp-port-unreachable", Packets: 1},
+			7100: {Family: "ip", Table: "filter", Chain: "INPUT", Position: 2, Comment: "L drop A", Verdict: "DROP", Packets: 1},
+		}[x.ev.Dst.Port()]
+		if r := x.rule; r.How != HowCounter || r.Ref != want || r.Backend != BackendLegacy {
+			t.Errorf("drop to %v: want %+v by counter, got %+v", x.ev.Dst, want, *r)
+			continue
+		}
+		got[x.rule.Comment] += x.ev.Count
+	}
+	for c, base := range map[string]uint64{"new first": 0, "L drop A": 5} {
+		n := iptCounter(t, ns, "iptables-legacy-save", c) - base
+		t.Logf("%s: counter moved %d, kdrop %d", c, n, got[c])
+		if got[c] != n || n != 2 {
+			t.Errorf("%s: counter moved %d (2 sent), kdrop named it for %d", c, n, got[c])
+		}
+	}
+}
