@@ -224,9 +224,7 @@ func TestLegacyRuleInsertedBefore(t *testing.T) {
 	in("iptables-legacy", "-A", "INPUT", "-p", "udp", "-m", "statistic", "--mode", "nth", "--every", "1", "--packet", "0",
 		"-m", "comment", "--comment", "L drop A", "-j", "DROP")
 	ns.SendUDP(t, "127.0.0.1", 7100, 5)
-	h := startHarness(t, Config{Interval: 100 * time.Millisecond, Baseline: 100 * time.Millisecond},
-		tracer.Options{Filter: tracer.Filter{Types: []tracer.EventType{tracer.Drop}}, SweepInterval: 200 * time.Millisecond})
-	time.Sleep(400 * time.Millisecond) // the baseline
+	h := baselined(t)
 	in("iptables-legacy", "-I", "INPUT", "1", "-p", "udp", "--dport", "7101", "-m", "comment", "--comment", "new first", "-j", "REJECT")
 	time.Sleep(300 * time.Millisecond)
 	for i, port := range []uint16{7101, 7100, 7101, 7100} {

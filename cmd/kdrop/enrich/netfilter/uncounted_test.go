@@ -7,6 +7,7 @@ package netfilter
 // a jump the packet cannot take is not a match.
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -47,9 +48,7 @@ func TestPolicyAndUnevaluableRule(t *testing.T) {
 		"-m", "comment", "--comment", "nth drop", "-j", "DROP")
 	ipt("-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT")
 	ipt("-P", "INPUT", "DROP")
-	h := startHarness(t, Config{Interval: 100 * time.Millisecond, Baseline: 100 * time.Millisecond},
-		tracer.Options{Filter: tracer.Filter{Types: []tracer.EventType{tracer.Drop}}, SweepInterval: 200 * time.Millisecond})
-	time.Sleep(400 * time.Millisecond) // the baseline
+	h := baselined(t)
 	stop := load(t, ns, []target{{"udp", netip.MustParseAddrPort("127.0.0.1:9000")}}, 30*time.Millisecond)
 	waitFor(t, h, func(x attributed) bool { return x.ev.Netns == ns.Inode && len(x.rule.Candidates) == 2 },
 		"a drop shown with both the rule and the policy")
@@ -100,9 +99,7 @@ func TestChainReachedOnlyByJump(t *testing.T) {
 	nft("add", "rule", "inet", "fw", "sub2", "counter", "drop", "comment", `"in sub2"`)
 	nft("add", "rule", "inet", "fw", "in", "tcp", "dport", "7404", "goto", "sub2")
 	nft("insert", "rule", "inet", "fw", "in", "tcp", "dport", "7408", "drop", "comment", `"7408 no counter"`)
-	h := startHarness(t, Config{Interval: 100 * time.Millisecond, Baseline: 100 * time.Millisecond},
-		tracer.Options{Filter: tracer.Filter{Types: []tracer.EventType{tracer.Drop}}, SweepInterval: 200 * time.Millisecond})
-	time.Sleep(400 * time.Millisecond)
+	h := baselined(t)
 	stop := load(t, ns, []target{{"tcp", netip.MustParseAddrPort("127.0.0.1:7404")}, {"tcp", netip.MustParseAddrPort("127.0.0.1:7408")}}, 50*time.Millisecond)
 	waitFor(t, h, func(x attributed) bool { return x.ev.Netns == ns.Inode && x.ev.Dst.Port() == 7408 }, "a drop to 7408")
 	time.Sleep(2 * time.Second)
@@ -140,9 +137,7 @@ func TestNoMoreThanTheCounter(t *testing.T) {
 	nft("add", "table", "inet", "fb")
 	nft("add", "chain", "inet", "fb", "in", "{ type filter hook input priority 0 ; policy drop ; }")
 	nft("add", "rule", "inet", "fb", "in", "udp", "dport", "9000", "numgen", "inc", "mod", "2", "0", "counter", "drop", "comment", `"half"`)
-	h := startHarness(t, Config{Interval: 100 * time.Millisecond, Baseline: 100 * time.Millisecond},
-		tracer.Options{Filter: tracer.Filter{Types: []tracer.EventType{tracer.Drop}}, SweepInterval: 200 * time.Millisecond})
-	time.Sleep(400 * time.Millisecond)
+	h := baselined(t)
 	stop := load(t, ns, []target{{"udp", netip.MustParseAddrPort("127.0.0.1:9000")}}, 30*time.Millisecond)
 	waitFor(t, h, func(x attributed) bool { return x.ev.Netns == ns.Inode && len(x.rule.Candidates) == 2 },
 		"a drop shown with the rule and the policy")
@@ -184,4 +179,90 @@ func chainCounter(t *testing.T, ns *nstest.NS, prefix string) uint64 {
 	}
 	t.Fatalf("no counted rule %s…", prefix)
 	return 0
+}
+
+// Set lookups on keys shorter than a register (inet_service: 2 bytes) are
+// evaluated: a drop by another rule does not list `udp dport @set` rules
+// whose set does not hold the port, in an inet and an ip table.
+func TestShortKeySetLookup(t *testing.T) {
+	needNft(t)
+	ns := nstest.New(t, "nfset")
+	nft := func(args ...string) { nftIn(t, ns, args...) }
+	nft("add", "table", "inet", "s5")
+	nft("add", "set", "inet", "s5", "bp", "{ type inet_service ; elements = { 7401, 7402 } ; }")
+	nft("add", "chain", "inet", "s5", "in", "{ type filter hook input priority 0 ; }")
+	nft("add", "rule", "inet", "s5", "in", "udp", "dport", "@bp", "counter", "drop", "comment", `"inet bp"`)
+	nft("add", "rule", "inet", "s5", "in", "udp", "dport", "7961", "counter", "drop", "comment", `"other"`)
+	nft("add", "table", "ip", "s5")
+	nft("add", "set", "ip", "s5", "bp2", "{ type inet_service ; elements = { 7403 } ; }")
+	nft("add", "chain", "ip", "s5", "in", "{ type filter hook input priority -10 ; }")
+	nft("add", "rule", "ip", "s5", "in", "udp", "dport", "@bp2", "counter", "drop", "comment", `"ip bp"`)
+	h := baselined(t)
+	var targets []target
+	for _, p := range []string{"7961", "7401", "7403"} {
+		targets = append(targets, target{"udp", netip.MustParseAddrPort("127.0.0.1:" + p)})
+	}
+	stop := load(t, ns, targets, 30*time.Millisecond)
+	waitFor(t, h, func(x attributed) bool { return x.ev.Netns == ns.Inode && x.ev.Dst.Port() == 7961 }, "a drop to 7961")
+	time.Sleep(2 * time.Second)
+	out, missed := h.finish(t, stop)
+	want := map[uint16]string{7961: "other", 7401: "inet bp", 7403: "ip bp"}
+	got := map[string]uint64{}
+	for _, x := range out {
+		if x.ev.Netns != ns.Inode {
+			continue
+		}
+		if r := x.rule; r.How != HowCounter || len(r.Candidates) > 0 || r.Comment != want[x.ev.Dst.Port()] {
+			t.Errorf("drop to %v: want %q alone, got %+v", x.ev.Dst, want[x.ev.Dst.Port()], *r)
+			continue
+		}
+		got[x.rule.Comment] += x.ev.Count
+	}
+	byComment := nftCommentCounters(t, ns)
+	for _, c := range want {
+		n := byComment[c]
+		t.Logf("%s: counter %d, kdrop %d", c, n, got[c])
+		if got[c] > n || got[c]+missed < n || n == 0 {
+			t.Errorf("%s: counter %d, kdrop named it for %d", c, n, got[c])
+		}
+	}
+}
+
+// nftCommentCounters reads the counters of the rules with a comment, with
+// nft -j, by comment.
+func nftCommentCounters(t *testing.T, ns *nstest.NS) map[string]uint64 {
+	t.Helper()
+	var doc struct {
+		Nftables []struct {
+			Rule *struct {
+				Comment string
+				Expr    []struct{ Counter *struct{ Packets uint64 } }
+			}
+		}
+	}
+	if err := json.Unmarshal([]byte(nstest.Run(t, "ip", "netns", "exec", ns.Name, "nft", "-j", "list", "ruleset")), &doc); err != nil {
+		t.Fatalf("nft -j: %v", err)
+	}
+	out := map[string]uint64{}
+	for _, o := range doc.Nftables {
+		if o.Rule == nil || o.Rule.Comment == "" {
+			continue
+		}
+		for _, e := range o.Rule.Expr {
+			if e.Counter != nil {
+				out[o.Rule.Comment] = e.Counter.Packets
+			}
+		}
+	}
+	return out
+}
+
+// baselined starts a harness that reads every 100 ms and looks for new
+// namespaces as often, and lets it take their baselines.
+func baselined(t *testing.T) *harness {
+	t.Helper()
+	h := startHarness(t, Config{Interval: 100 * time.Millisecond, Baseline: 100 * time.Millisecond},
+		tracer.Options{Filter: tracer.Filter{Types: []tracer.EventType{tracer.Drop}}, SweepInterval: 200 * time.Millisecond})
+	time.Sleep(400 * time.Millisecond)
+	return h
 }
