@@ -17,7 +17,9 @@ type Config struct {
 	// rules: drops arriving meanwhile share the next read. Default 200 ms.
 	Interval time.Duration
 	// MaxWait is the longest an event is held for a read of its namespace;
-	// past it, it goes out with Unknown "rules not read in time". Default 2 s.
+	// past it, it goes out with Unknown "rules not read in time". Default 2 s;
+	// longer in a namespace whose reads take long (up to four times the
+	// last read, at most 10 s).
 	MaxWait time.Duration
 	// MaxHeld bounds the events held at once, all namespaces together; one
 	// more goes out at once with Unknown "too many drops waiting". Default
@@ -114,15 +116,17 @@ type Attributor[T any] struct {
 // nsState is what the Attributor knows of one namespace.
 type nsState[T any] struct {
 	reader   netnsReader
-	last     *ruleset  // the last successful read
-	windows  []window  // deltas between successive reads, oldest first
-	pending  []req[T]  // events waiting for a read after them
-	lastRead time.Time // when the last read (successful or not) started
-	err      error     // the last read's error, if it failed
-	errAt    time.Time // when that read started
-	seen     time.Time // the last drop's arrival
-	reads    uint64    // reads attempted
-	walked   uint64    // reads when pending was last walked
+	last     *ruleset      // the last successful read
+	windows  []window      // deltas between successive reads, oldest first
+	pending  []req[T]      // events waiting for a read after them
+	lastRead time.Time     // when the last read (successful or not) started
+	err      error         // the last read's error, if it failed
+	errAt    time.Time     // when that read started
+	seen     time.Time     // the last drop's arrival
+	reads    uint64        // reads attempted
+	took     time.Duration // how long the last successful read took
+	timeout  time.Duration // what the next read may take beyond ReadTimeout
+	walked   uint64        // reads when pending was last walked
 	// movedTotal is what each counted rule moved over all windows since
 	// the baseline; claimed, the drops named for it alone or shown with it
 	// (at most movedTotal). No rule is named alone for more than it moved.
@@ -149,7 +153,8 @@ type req[T any] struct {
 	item     T
 	ev       tracer.Event
 	from, to time.Time // the occurrences' span
-	deadline time.Time
+	deadline time.Time // arrived + MaxWait
+	arrived  time.Time
 }
 
 // New starts an Attributor; emit receives each held event with its rule.
@@ -171,7 +176,7 @@ func (a *Attributor[T]) Submit(ev *tracer.Event, item T) *Rule {
 		return &Rule{Backend: BackendNftables, Unknown: whyNoNetns}
 	}
 	now := time.Now()
-	r := req[T]{item: item, ev: *ev, from: ev.Time, to: ev.Time, deadline: now.Add(a.cfg.MaxWait)}
+	r := req[T]{item: item, ev: *ev, from: ev.Time, to: ev.Time, deadline: now.Add(a.cfg.MaxWait), arrived: now}
 	if ev.Summary {
 		r.from = ev.Time.Add(-a.cfg.SummarySpan)
 	}
@@ -236,13 +241,15 @@ func (a *Attributor[T]) baseline(now time.Time) {
 		if len(a.ns) >= maxStates {
 			break
 		}
-		if s := a.state(ino); s.reads == 0 && len(todo) < maxBaselineReads {
+		// new, or its baseline read failed (tried again after a minute)
+		if s := a.state(ino); s.last == nil && len(s.pending) == 0 && len(todo) < maxBaselineReads &&
+			(s.reads == 0 || now.Sub(s.lastRead) > time.Minute) {
 			todo = append(todo, ino)
 		}
 	}
 	a.mu.Unlock()
 	for _, ino := range todo {
-		a.read(ino)
+		a.read(ino, true)
 	}
 }
 
@@ -312,13 +319,15 @@ func (a *Attributor[T]) step(final bool) {
 			}
 			continue
 		}
-		if final || now.Sub(s.lastRead) >= a.cfg.Interval {
+		// a namespace whose reads are long (thousands of rules) is read at
+		// most a third of the time
+		if final || now.Sub(s.lastRead) >= max(a.cfg.Interval, 2*s.took) {
 			due = append(due, ino)
 		}
 	}
 	a.mu.Unlock()
 	for _, ino := range due {
-		a.read(ino)
+		a.read(ino, false)
 	}
 	type out struct {
 		item *T
@@ -330,7 +339,7 @@ func (a *Attributor[T]) step(final bool) {
 	for _, s := range a.ns {
 		// Only a new read, or the oldest event's deadline (events are in
 		// arrival order), can give events out.
-		if s.reads == s.walked && !final && (len(s.pending) == 0 || now.Before(s.pending[0].deadline)) {
+		if s.reads == s.walked && !final && (len(s.pending) == 0 || now.Before(s.deadline(&s.pending[0]))) {
 			continue
 		}
 		s.walked = s.reads
@@ -356,7 +365,7 @@ func (a *Attributor[T]) step(final bool) {
 				r = &Rule{Backend: BackendNftables, Unknown: s.err.Error()}
 			case final:
 				r = &Rule{Backend: BackendNftables, Unknown: whyStopping}
-			case now.After(p.deadline):
+			case now.After(s.deadline(p)):
 				why := whyTimeout
 				if s.err != nil { // a read that timed out, retried until the deadline
 					why = s.err.Error()
@@ -416,6 +425,25 @@ func (a *Attributor[T]) step(final bool) {
 	}
 }
 
+// deadline is when the event goes out without a rule: MaxWait after it
+// arrived, or, in a namespace whose reads take long (thousands of rules)
+// or timed out, long enough for the read after it (four of the last read's
+// length, twice what the next may take; at most maxReadTimeout).
+func (s *nsState[T]) deadline(p *req[T]) time.Time {
+	return maxTime(p.deadline, p.arrived.Add(min(max(4*s.took, 2*s.timeout), maxReadTimeout)))
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// maxReadTimeout bounds the read timeout, which grows with how long the
+// namespace's reads take (Config.ReadTimeout at least).
+const maxReadTimeout = 10 * time.Second
+
 // maxWindows bounds the windows kept per namespace (10 s of reads every
 // 200 ms is 50).
 const maxWindows = 128
@@ -425,8 +453,9 @@ const maxWindows = 128
 // clock, and the two may disagree by this much.
 const slack = 5 * time.Millisecond
 
-// read reads one namespace's rules and records what moved.
-func (a *Attributor[T]) read(ino uint32) {
+// read reads one namespace's rules and records what moved. A baseline
+// read (no event waits for it) may take up to maxReadTimeout.
+func (a *Attributor[T]) read(ino uint32, baseline bool) {
 	a.mu.Lock()
 	s := a.ns[ino]
 	a.mu.Unlock()
@@ -434,7 +463,10 @@ func (a *Attributor[T]) read(ino uint32) {
 		return
 	}
 	start := time.Now()
-	s.reader.timeout = a.cfg.ReadTimeout
+	s.reader.timeout = max(a.cfg.ReadTimeout, s.timeout)
+	if baseline {
+		s.reader.timeout = maxReadTimeout
+	}
 	var rs *ruleset
 	err := errNetnsGone
 	for try := 0; try < 2 && errors.Is(err, errNetnsGone); try++ {
@@ -454,6 +486,9 @@ func (a *Attributor[T]) read(ino uint32) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	s.lastRead = start
+	if errors.Is(err, errReadTimeout) { // more time next time, up to maxReadTimeout
+		s.timeout = min(2*s.reader.timeout, maxReadTimeout)
+	}
 	s.reads++
 	if err != nil {
 		a.readErrors.Add(1)
@@ -461,7 +496,9 @@ func (a *Attributor[T]) read(ino uint32) {
 		return
 	}
 	s.err = nil
-	if rs.renewed { // another namespace under this inode number: start afresh
+	s.took = time.Since(start)
+	s.timeout = min(4*s.took, maxReadTimeout) // a read may take four times the last
+	if rs.renewed {                           // another namespace under this inode number: start afresh
 		s.last, s.windows, s.movedTotal, s.claimed = nil, nil, nil, nil
 	}
 	w := window{to: rs.end}

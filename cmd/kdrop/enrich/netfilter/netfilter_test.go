@@ -60,6 +60,9 @@ type harness struct {
 	tr     *tracer.Tracer
 	// noReasons: the kernel names no drop reasons (before 5.17)
 	noReasons bool
+	// only, when set: the one namespace whose drops are attributed (the
+	// machine's others, e.g. other tests' storms, are left out)
+	only atomic.Uint32
 }
 
 func (h *harness) add(ev *tracer.Event, r *Rule) {
@@ -105,7 +108,7 @@ func startHarness(t *testing.T, cfg Config, opts tracer.Options) *harness {
 	h.cancel = cancel
 	go func() {
 		h.done <- tr.Run(ctx, func(e *tracer.Event) {
-			if !Wants(e) {
+			if o := h.only.Load(); !Wants(e) || o != 0 && e.Netns != o {
 				h.mu.Lock()
 				h.others++
 				h.mu.Unlock()

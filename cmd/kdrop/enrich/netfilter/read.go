@@ -161,10 +161,14 @@ type ruleInfo struct {
 // bytes), and an interval set's ranges. partial: not every element is
 // known (more than maxElements), so a lookup in it is not evaluated.
 type setInfo struct {
+	// dynamic: the packet path may add or expire elements (dynamic sets,
+	// timeouts) without a new generation: read again every time.
+	dynamic bool
 	keyLen  int
 	elems   map[string]*element
 	ranges  []keyRange
 	partial bool
+	reread  *ruleset // the read that read it again (rereadDynamic)
 }
 
 // keyRange is one interval of an interval set: keys from from up to to
@@ -256,6 +260,8 @@ type netnsReader struct {
 	gen    uint32
 	known  bool // chains and gen are from a discovery
 	reach  map[tableKey]*tableReach
+	// prev is the last read (its rules reused while the generation stays)
+	prev *ruleset
 	// cookie is the namespace's netns cookie (SO_NETNS_COOKIE, unique
 	// for the boot, unlike inode numbers), 0 before 5.14.
 	cookie uint64
@@ -365,14 +371,18 @@ func (r *netnsReader) readOnce(conn *nftables.Conn, nl *netlink.Conn) (*ruleset,
 		// (how a reused inode number shows before 5.14, without cookies)
 		rs.renewed, r.known = true, false
 	}
+	var listed map[*nftables.Chain][]*nftables.Rule // by discover, this read
 	if !r.known || gen != r.gen {
-		if err := r.discover(conn); err != nil {
+		if listed, err = r.discover(conn); err != nil {
 			return nil, err
 		}
 	}
 	if r.hook != nil {
 		r.hook("listed")
 	}
+	// The same generation: the same rules and sets. Only the counters are
+	// read again (a lean dump of handles and counters), the rest reused.
+	fast := r.prev != nil && r.known && gen == r.gen
 	rs.reach = r.reach
 	var policyCounters map[chainID]uint64
 	for _, c := range r.chains {
@@ -389,9 +399,17 @@ func (r *netnsReader) readOnce(conn *nftables.Conn, nl *netlink.Conn) (*ruleset,
 			rs.add(ri)
 			continue
 		}
-		rules, err := conn.GetRules(c.table, c.chain)
-		if err != nil {
-			return nil, classify(err)
+		if fast {
+			if err := r.recount(nl, c, rs); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		rules, ok := listed[c.chain]
+		if !ok {
+			if rules, err = conn.GetRules(c.table, c.chain); err != nil {
+				return nil, classify(err)
+			}
 		}
 		for _, nr := range rules {
 			if ri := parseRule(c.table, c.chain, nr); ri != nil {
@@ -399,7 +417,11 @@ func (r *netnsReader) readOnce(conn *nftables.Conn, nl *netlink.Conn) (*ruleset,
 			}
 		}
 	}
-	if err := readSets(conn, rs); err != nil {
+	if !fast {
+		if err := readSets(conn, rs); err != nil {
+			return nil, err
+		}
+	} else if err := rereadDynamic(conn, rs); err != nil {
 		return nil, err
 	}
 	gen2, err := getGen(nl)
@@ -410,7 +432,106 @@ func (r *netnsReader) readOnce(conn *nftables.Conn, nl *netlink.Conn) (*ruleset,
 		return nil, r.whatChanged(conn)
 	}
 	r.gen, r.known = gen, true
+	r.prev = rs
 	return rs, nil
+}
+
+// recount adds the chain's rules of the previous read to rs with their
+// counters read again.
+func (r *netnsReader) recount(nl *netlink.Conn, c chainRef, rs *ruleset) error {
+	counts, err := ruleCounters(nl, c)
+	if err != nil {
+		return err
+	}
+	fam := byte(c.table.Family)
+	for k, ri := range r.prev.rules {
+		if ri.legacy != nil || k.family != fam || k.table != c.table.Name || k.chain != c.chain.Name || ri.Handle == 0 {
+			continue
+		}
+		n, ok := counts[ri.Handle]
+		if !ok {
+			return errChanged // the generation says otherwise: caught below too
+		}
+		nri := *ri
+		nri.packets = n
+		rs.add(&nri)
+	}
+	return nil
+}
+
+// ruleCounters dumps one chain's rules (NFT_MSG_GETRULE) and decodes only
+// each rule's handle and its counter's packets (0 without one): much less
+// work than the library's decoding of every expression, for a chain of
+// thousands of rules read every Interval.
+func ruleCounters(nl *netlink.Conn, c chainRef) (map[uint64]uint64, error) {
+	ae := netlink.NewAttributeEncoder()
+	ae.String(unix.NFTA_RULE_TABLE, c.table.Name)
+	ae.String(unix.NFTA_RULE_CHAIN, c.chain.Name)
+	attrs, err := ae.Encode()
+	if err != nil {
+		return nil, err
+	}
+	req := netlink.Message{
+		Header: netlink.Header{
+			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETRULE),
+			Flags: netlink.Request | netlink.Dump,
+		},
+		Data: append([]byte{byte(c.table.Family), unix.NFNETLINK_V0, 0, 0}, attrs...),
+	}
+	msgs, err := nl.Execute(req)
+	if err != nil {
+		return nil, classify(err)
+	}
+	out := make(map[uint64]uint64, len(msgs))
+	for _, m := range msgs {
+		if len(m.Data) < 4 {
+			continue
+		}
+		ad, err := netlink.NewAttributeDecoder(m.Data[4:])
+		if err != nil {
+			return nil, err
+		}
+		ad.ByteOrder = binary.BigEndian
+		var handle, packets uint64
+		for ad.Next() {
+			switch ad.Type() {
+			case unix.NFTA_RULE_HANDLE:
+				handle = ad.Uint64()
+			case unix.NFTA_RULE_EXPRESSIONS:
+				ad.Nested(func(list *netlink.AttributeDecoder) error {
+					for list.Next() {
+						list.Nested(func(e *netlink.AttributeDecoder) error {
+							counter := false
+							for e.Next() {
+								switch e.Type() {
+								case unix.NFTA_EXPR_NAME:
+									counter = e.String() == "counter"
+								case unix.NFTA_EXPR_DATA:
+									if counter {
+										e.Nested(func(d *netlink.AttributeDecoder) error {
+											for d.Next() {
+												if d.Type() == unix.NFTA_COUNTER_PACKETS {
+													packets = d.Uint64()
+												}
+											}
+											return nil
+										})
+									}
+								}
+							}
+							return nil
+						})
+					}
+					return nil
+				})
+			}
+		}
+		if err := ad.Err(); err != nil {
+			return nil, classify(err)
+		}
+		out[handle] = packets
+	}
+	return out, nil
 }
 
 // whatChanged tells a table deleted while reading from other changes.
@@ -434,12 +555,15 @@ func (rs *ruleset) add(ri *ruleInfo) {
 }
 
 // discover lists every table and chain and keeps the chains with a rule
-// whose verdict is drop or reject, or a drop policy.
-func (r *netnsReader) discover(conn *nftables.Conn) error {
+// whose verdict is drop or reject, or a drop policy. It returns the rules
+// of those chains as it listed them, for this read to use (the same
+// generation: a chain of thousands of rules is listed once, not twice).
+func (r *netnsReader) discover(conn *nftables.Conn) (map[*nftables.Chain][]*nftables.Rule, error) {
 	chains, err := conn.ListChains()
 	if err != nil {
-		return classify(err)
+		return nil, classify(err)
 	}
+	listed := map[*nftables.Chain][]*nftables.Rule{}
 	r.chains = r.chains[:0]
 	r.reach = map[tableKey]*tableReach{}
 	for _, c := range chains {
@@ -462,12 +586,13 @@ func (r *netnsReader) discover(conn *nftables.Conn) error {
 		}
 		rules, err := conn.GetRules(t, c)
 		if err != nil {
-			return classify(err)
+			return nil, classify(err)
 		}
 		drops := false
 		for _, nr := range rules {
 			if !drops && (verdictOf(nr.Exprs) != "" || vmapOf(nr.Exprs) != "") {
 				r.chains = append(r.chains, ref)
+				listed[c] = rules
 				drops = true
 			}
 			for _, e := range nr.Exprs {
@@ -485,7 +610,7 @@ func (r *netnsReader) discover(conn *nftables.Conn) error {
 			}
 		}
 	}
-	return nil
+	return listed, nil
 }
 
 // chainID names a chain.
@@ -639,6 +764,25 @@ func readSets(conn *nftables.Conn, rs *ruleset) error {
 	return nil
 }
 
+// rereadDynamic reads again the dynamic sets the rules (reused from the
+// last read) look up in.
+func rereadDynamic(conn *nftables.Conn, rs *ruleset) error {
+	for _, ri := range rs.rules {
+		for name, si := range ri.sets {
+			if !si.dynamic || si.reread == rs {
+				continue
+			}
+			nsi, err := readSet(conn, &nftables.Table{Name: ri.Table, Family: nftables.TableFamily(ri.family)}, name)
+			if err != nil {
+				return err
+			}
+			nsi.reread = rs
+			ri.sets[name] = nsi
+		}
+	}
+	return nil
+}
+
 // readSet reads one set's elements (NFT_MSG_GETSETELEM), at most
 // maxElements.
 func readSet(conn *nftables.Conn, t *nftables.Table, name string) (*setInfo, error) {
@@ -646,7 +790,7 @@ func readSet(conn *nftables.Conn, t *nftables.Table, name string) (*setInfo, err
 	if err != nil {
 		return nil, classify(err)
 	}
-	si := &setInfo{elems: map[string]*element{}}
+	si := &setInfo{elems: map[string]*element{}, dynamic: set.Dynamic || set.HasTimeout}
 	elems, err := conn.GetSetElements(set)
 	if err != nil {
 		return nil, classify(err)
