@@ -321,8 +321,12 @@ func (r *netnsReader) read(path string) (*ruleset, error) {
 			// the namespace by its open file (/proc/self/fd), not its path:
 			// the path may have gone or been reused meanwhile
 			err = tracer.InNetns(fmt.Sprintf("/proc/self/fd/%d", fd), func() error { return readLegacy(rs) })
-			if errors.Is(err, errNoLegacy) {
+			var pe *os.PathError
+			switch {
+			case errors.Is(err, errNoLegacy):
 				rs.noLegacy, err = true, nil
+			case errors.As(err, &pe) && errors.Is(err, os.ErrNotExist):
+				err = errNetnsGone // never the raw "open /proc/…: no such file"
 			}
 		}
 		if err == nil || attempt == 1 || !(errors.Is(err, errChanged) || errors.Is(err, errDeleted)) {

@@ -167,7 +167,7 @@ func TestFirstDropLifetime(t *testing.T) {
 	if r.How != HowLifetime || r.Comment != "Q a" || r.Packets != 6 {
 		t.Errorf("first drop ever, no baseline: want how %q, rule \"Q a\" with its lifetime count 6, got %+v", HowLifetime, *r)
 	}
-	time.Sleep(300 * time.Millisecond)
+	time.Sleep(time.Second)
 	ns.SendUDP(t, "127.0.0.1", 7001, 1)
 	waitFor(t, h, func(attributed) bool { return countTo(h, ns.Inode, 7001) > 1 }, "the second drop")
 	out, _ := h.finish(t, func() {})
