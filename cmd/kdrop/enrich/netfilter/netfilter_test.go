@@ -451,7 +451,7 @@ func TestRulesNamedAndCounted(t *testing.T) {
 				t.Errorf("netns %s: event to %v has no rule: %s", ns.Name, x.ev.Dst, x.rule.Unknown)
 			case len(x.rule.Candidates) > 0:
 				ambiguous += x.ev.Count
-			case x.rule.How == HowCounter:
+			case x.rule.How == HowCounter || x.rule.How == HowLifetime: // lifetime: read before the baseline, counters from 0
 				got[key(&x.rule.Ref)] += x.ev.Count
 			}
 		}
