@@ -29,6 +29,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/kdrop/kdrop/cmd/kdrop/enrich"
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netfilter"
 	"github.com/kdrop/kdrop/cmd/kdrop/line"
 	"github.com/kdrop/kdrop/cmd/kdrop/sinks/k8sevents"
 	"github.com/kdrop/kdrop/cmd/kdrop/sinks/metrics"
@@ -67,6 +68,8 @@ type Node struct {
 	Reasons *tracer.Reasons
 	Hooks   []tracer.HookStatus
 	Healthy func() bool
+	// Rules reports naming netfilter rules (reads, read errors, unknown).
+	Rules func() netfilter.Stats
 }
 
 // NewServer builds the agent's handlers; /events streams until ctx is done.
@@ -76,7 +79,7 @@ func NewServer(ctx context.Context, n Node, cfg Config) *Server {
 	s := &Server{Hub: stream.NewHub(n.Name, n.Reasons, cfg.MaxStreams), mux: http.NewServeMux()}
 	s.Hub.Heartbeat = cfg.Heartbeat
 	auth := stream.NewAuthorizer(cfg.Clientset, cfg.Account, n.Name, cfg.Log)
-	src := metrics.Sources{Hooks: n.Hooks, Healthy: n.Healthy, Clients: s.Hub.Clients, Refused: auth.Refused}
+	src := metrics.Sources{Hooks: n.Hooks, Healthy: n.Healthy, Clients: s.Hub.Clients, Refused: auth.Refused, Rules: n.Rules}
 	if e := cfg.Events; e != nil {
 		src.EventWrites = map[string]*atomic.Uint64{"ok": &e.Writes, "failed": &e.Failed}
 		src.EventsUnrecorded = &e.Unrecorded
@@ -118,7 +121,7 @@ func (s *Server) SetReady() { s.ready.Store(true) }
 func Run(ctx context.Context, p *enrich.Pipeline, ln, sln net.Listener, cfg Config) error {
 	log := cfg.Log
 	s := NewServer(ctx, Node{Name: p.Node, Reasons: p.T.Reasons, Hooks: p.T.Hooks(),
-		Healthy: func() bool { return p.Res != nil && p.Res.Status().Healthy }}, cfg)
+		Healthy: func() bool { return p.Res != nil && p.Res.Status().Healthy }, Rules: p.RuleStats}, cfg)
 	go func() {
 		p.Ready(ctx, "")
 		s.SetReady()

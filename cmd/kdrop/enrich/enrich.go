@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -69,7 +70,9 @@ type Pipeline struct {
 	// probe connections (MarkProbe); nil: only node IPs the resolver knows
 	// count as the node. New reads kdrop's own namespace's when identity
 	// is on.
-	Host  *HostAddrs
+	Host *HostAddrs
+	// rules is the running Attributor's Stats (RuleStats), once Run started it.
+	rules atomic.Pointer[func() netfilter.Stats]
 	match func(*line.Event) bool
 	log   *zap.Logger
 
@@ -155,6 +158,8 @@ func (p *Pipeline) Run(ctx context.Context, sink func(*line.Event)) error {
 			sink(ev)
 			p.T.Unlock()
 		})
+		stats := rules.Stats
+		p.rules.Store(&stats)
 	}
 	var routes route.Finder // route drops: the route behind them
 	err := p.T.Run(ctx, func(e *tracer.Event) {
@@ -320,4 +325,14 @@ func WarnLoss(log *zap.Logger, st tracer.Stats, total bool) {
 		}
 		log.Warn(msg, zap.Uint64("lost_lines", lines))
 	}
+}
+
+// RuleStats is what naming netfilter rules did so far (reads of
+// namespaces' rules, failed reads, drops that went out unknown); zero
+// before Run or without Rules.
+func (p *Pipeline) RuleStats() netfilter.Stats {
+	if f := p.rules.Load(); f != nil {
+		return (*f)()
+	}
+	return netfilter.Stats{}
 }

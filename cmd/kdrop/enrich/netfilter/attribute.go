@@ -18,7 +18,9 @@ type Config struct {
 	// rules: drops arriving meanwhile share the next read. Default 200 ms.
 	Interval time.Duration
 	// MaxWait is the longest an event is held for a read of its namespace;
-	// past it, it goes out with Unknown "rules not read in time". Default 2 s.
+	// past it, it goes out with Unknown "rules not read in time". Default 2 s;
+	// longer in a namespace whose reads take long (up to four times the
+	// last read, at most 10 s).
 	MaxWait time.Duration
 	// MaxHeld bounds the events held at once, all namespaces together; one
 	// more goes out at once with Unknown "too many drops waiting". Default
@@ -34,9 +36,15 @@ type Config struct {
 	// events that reach userspace late (a slow ring buffer reader): at
 	// least SummarySpan+MaxWait. Default 10 s.
 	KeepWindows time.Duration
-	// Keep is how long a namespace's last read is kept after its last drop,
-	// as the baseline of the next one. Default 60 s.
+	// Keep is how long a namespace's last read is kept whole after its
+	// last drop; past it only its counters are kept (the baseline of its
+	// next drop, however late), until the namespace is gone. Default 60 s.
 	Keep time.Duration
+	// Baseline is how often namespaces are looked for, and each new one's
+	// counters read once, so that its first drop compares with them.
+	// Default 10 s; negative: never (a first drop is then attributed by
+	// lifetime counters, HowLifetime).
+	Baseline time.Duration
 	// NetnsPaths lists namespaces by inode; default tracer.NetnsPaths.
 	NetnsPaths func() map[uint32]string
 	// NoConntrack: do not read the namespace's conntrack statistics with
@@ -59,6 +67,9 @@ func (c *Config) defaults() {
 	def(&c.SummarySpan, 2*time.Second)
 	def(&c.ReadTimeout, time.Second)
 	def(&c.Keep, time.Minute)
+	if c.Baseline == 0 {
+		c.Baseline = 10 * time.Second
+	}
 	def(&c.KeepWindows, max(10*time.Second, c.SummarySpan+c.MaxWait))
 	if c.MaxHeld <= 0 {
 		c.MaxHeld = 16384
@@ -93,21 +104,19 @@ type Attributor[T any] struct {
 	cfg  Config
 	emit func(item *T, r *Rule, ct *conntrack.Drop)
 
-	mu sync.Mutex
-	ns map[uint32]*nsState[T]
-	// ctBaselines are the last conntrack reads of namespaces forgotten
-	// (Config.Keep without drops), at most maxCtBaselines
-	ctBaselines map[uint32]conntrack.Windows
-	held        int
-	closed      bool
+	mu     sync.Mutex
+	ns     map[uint32]*nsState[T]
+	held   int
+	closed bool
 
 	wake chan struct{}
 	stop chan struct{}
 	done chan struct{}
 
 	// owned by the loop
-	paths   map[uint32]string
-	scanned time.Time
+	paths     map[uint32]string
+	scanned   time.Time
+	baselined time.Time
 
 	reads, readErrors, unknown atomic.Uint64
 	ctReadErrors               atomic.Uint64
@@ -116,15 +125,21 @@ type Attributor[T any] struct {
 // nsState is what the Attributor knows of one namespace.
 type nsState[T any] struct {
 	reader   netnsReader
-	last     *ruleset  // the last successful read
-	windows  []window  // deltas between successive reads, oldest first
-	pending  []req[T]  // events waiting for a read after them
-	lastRead time.Time // when the last read (successful or not) started
-	err      error     // the last read's error, if it failed
-	errAt    time.Time // when that read started
-	seen     time.Time // the last drop's arrival
-	reads    uint64    // reads attempted
-	walked   uint64    // reads when pending was last walked
+	last     *ruleset      // the last successful read
+	windows  []window      // deltas between successive reads, oldest first
+	pending  []req[T]      // events waiting for a read after them
+	lastRead time.Time     // when the last read (successful or not) started
+	err      error         // the last read's error, if it failed
+	errAt    time.Time     // when that read started
+	seen     time.Time     // the last drop's arrival
+	reads    uint64        // reads attempted
+	took     time.Duration // how long the last successful read took
+	timeout  time.Duration // what the next read may take beyond ReadTimeout
+	walked   uint64        // reads when pending was last walked
+	// movedTotal is what each counted rule moved over all windows since
+	// the baseline; claimed, the drops named for it alone or shown with it
+	// (at most movedTotal). No rule is named alone for more than it moved.
+	movedTotal, claimed map[ruleKey]uint64
 	// ct is what moved in the namespace's conntrack statistics;
 	// ctWontRead: they cannot be read (no conntrack in the kernel)
 	ct         conntrack.Windows
@@ -151,7 +166,8 @@ type req[T any] struct {
 	item     T
 	ev       tracer.Event
 	from, to time.Time // the occurrences' span
-	deadline time.Time
+	deadline time.Time // arrived + MaxWait
+	arrived  time.Time
 }
 
 // New starts an Attributor; emit receives each held event with its rule
@@ -159,7 +175,7 @@ type req[T any] struct {
 // (nil: none seen).
 func New[T any](cfg Config, emit func(item *T, r *Rule, ct *conntrack.Drop)) *Attributor[T] {
 	cfg.defaults()
-	a := &Attributor[T]{cfg: cfg, emit: emit, ns: map[uint32]*nsState[T]{}, ctBaselines: map[uint32]conntrack.Windows{},
+	a := &Attributor[T]{cfg: cfg, emit: emit, ns: map[uint32]*nsState[T]{},
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	go a.loop()
 	return a
@@ -175,7 +191,7 @@ func (a *Attributor[T]) Submit(ev *tracer.Event, item T) *Rule {
 		return &Rule{Backend: BackendNftables, Unknown: whyNoNetns}
 	}
 	now := time.Now()
-	r := req[T]{item: item, ev: *ev, from: ev.Time, to: ev.Time, deadline: now.Add(a.cfg.MaxWait)}
+	r := req[T]{item: item, ev: *ev, from: ev.Time, to: ev.Time, deadline: now.Add(a.cfg.MaxWait), arrived: now}
 	if ev.Summary {
 		r.from = ev.Time.Add(-a.cfg.SummarySpan)
 	}
@@ -189,16 +205,7 @@ func (a *Attributor[T]) Submit(ev *tracer.Event, item T) *Rule {
 		a.unknown.Add(1)
 		return &Rule{Backend: BackendNftables, Unknown: why}
 	}
-	s := a.ns[ev.Netns]
-	if s == nil {
-		s = &nsState[T]{reader: netnsReader{ino: ev.Netns}, ct: a.ctBaselines[ev.Netns]}
-		delete(a.ctBaselines, ev.Netns)
-		if h := a.cfg.readHook; h != nil {
-			ino := ev.Netns
-			s.reader.hook = func(stage string) { h(ino, stage) }
-		}
-		a.ns[ev.Netns] = s
-	}
+	s := a.state(ev.Netns)
 	first := len(s.pending) == 0
 	s.pending = append(s.pending, r)
 	s.seen = now
@@ -211,6 +218,54 @@ func (a *Attributor[T]) Submit(ev *tracer.Event, item T) *Rule {
 		}
 	}
 	return nil
+}
+
+// state is the namespace's, made if new; a.mu held.
+func (a *Attributor[T]) state(ino uint32) *nsState[T] {
+	s := a.ns[ino]
+	if s == nil {
+		s = &nsState[T]{reader: netnsReader{ino: ino}}
+		if h := a.cfg.readHook; h != nil {
+			s.reader.hook = func(stage string) { h(ino, stage) }
+		}
+		a.ns[ino] = s
+	}
+	return s
+}
+
+// maxBaselineReads bounds the baseline reads of one step (new namespaces
+// found by a scan); the rest wait for the next scans.
+const maxBaselineReads = 16
+
+// maxStates bounds the namespaces remembered.
+const maxStates = 8192
+
+// baseline looks for namespaces, reads the counters of new ones (the
+// baseline their first drop compares with) and forgets those gone.
+func (a *Attributor[T]) baseline(now time.Time) {
+	a.baselined = now
+	a.paths, a.scanned = a.cfg.NetnsPaths(), time.Now()
+	var todo []uint32
+	a.mu.Lock()
+	for ino, s := range a.ns {
+		if _, ok := a.paths[ino]; !ok && len(s.pending) == 0 {
+			delete(a.ns, ino) // gone: its number may come back as another
+		}
+	}
+	for ino := range a.paths {
+		if len(a.ns) >= maxStates {
+			break
+		}
+		// new, or its baseline read failed (tried again after a minute)
+		if s := a.state(ino); s.last == nil && len(s.pending) == 0 && len(todo) < maxBaselineReads &&
+			(s.reads == 0 || now.Sub(s.lastRead) > time.Minute) {
+			todo = append(todo, ino)
+		}
+	}
+	a.mu.Unlock()
+	for _, ino := range todo {
+		a.read(ino, true)
+	}
 }
 
 // Close attributes what is held (reading each namespace once more), gives
@@ -268,27 +323,32 @@ func (a *Attributor[T]) loop() {
 func (a *Attributor[T]) step(final bool) {
 	now := time.Now()
 	var due []uint32
+	if !final && a.cfg.Baseline > 0 && now.Sub(a.baselined) >= a.cfg.Baseline {
+		a.baseline(now)
+		now = time.Now()
+	}
 	a.mu.Lock()
 	for ino, s := range a.ns {
 		if len(s.pending) == 0 {
-			if now.Sub(s.seen) > a.cfg.Keep {
-				delete(a.ns, ino)
-				// conntrack's statistics are since the namespace was
-				// made: keep the last read as the baseline of the next
-				if len(a.ctBaselines) >= maxCtBaselines {
-					clear(a.ctBaselines)
-				}
-				a.ctBaselines[ino] = s.ct.Baseline()
+			if now.Sub(s.seen) > a.cfg.Keep && s.last != nil && !s.last.compact {
+				// quiet: keep only the counters, as the next drop's baseline
+				// (conntrack's statistics too: they count since the
+				// namespace was made)
+				s.last, s.windows = s.last.counters(), nil
+				s.movedTotal, s.claimed = nil, nil
+				s.ct = s.ct.Baseline()
 			}
 			continue
 		}
-		if final || now.Sub(s.lastRead) >= a.cfg.Interval {
+		// a namespace whose reads are long (thousands of rules) is read at
+		// most a third of the time
+		if final || now.Sub(s.lastRead) >= max(a.cfg.Interval, 2*s.took) {
 			due = append(due, ino)
 		}
 	}
 	a.mu.Unlock()
 	for _, ino := range due {
-		a.read(ino)
+		a.read(ino, false)
 	}
 	type out struct {
 		item *T
@@ -301,36 +361,72 @@ func (a *Attributor[T]) step(final bool) {
 	for _, s := range a.ns {
 		// Only a new read, or the oldest event's deadline (events are in
 		// arrival order), can give events out.
-		if s.reads == s.walked && !final && (len(s.pending) == 0 || now.Before(s.pending[0].deadline)) {
+		if s.reads == s.walked && !final && (len(s.pending) == 0 || now.Before(s.deadline(&s.pending[0]))) {
 			continue
 		}
 		s.walked = s.reads
-		keep := s.pending[:0]
+		type decision struct {
+			r       *Rule
+			sole    *ruleInfo   // the one counted rule named, to be credited
+			counted []*ruleInfo // the counted rules listed
+		}
+		dec := make([]decision, len(s.pending))
+		demand := map[ruleKey]uint64{}
 		for i := range s.pending {
 			p := &s.pending[i]
 			var r *Rule
+			var sole *ruleInfo
+			var counted []*ruleInfo
 			switch {
 			case s.last != nil && s.last.at.After(p.to.Add(slack)) &&
-				(a.cfg.NoConntrack || s.ctWontRead || s.ct.ReadAfter(p.to.Add(slack)) || final || now.After(p.deadline)):
+				(a.cfg.NoConntrack || s.ctWontRead || s.ct.ReadAfter(p.to.Add(slack)) || final || now.After(s.deadline(p))):
 				// the rules, and conntrack's statistics unless they
 				// cannot be read here, read after it (a failed read of
 				// the statistics is retried until the deadline)
-				r = s.attribute(p)
-				r.K8s = kubeProxyMeaning(r, &p.ev, s.last)
-				if r.K8s == nil && strings.HasPrefix(r.Chain, krPodChainPrefix) {
-					r.K8s = kubeRouterMeaning(r, s.info(r.Ref), &p.ev)
+				r, sole, counted = s.attribute(p, nil)
+				if sole != nil {
+					demand[sole.key()] += p.ev.Count
 				}
 			case s.err != nil && s.errAt.After(p.to) && !errors.Is(s.err, errReadTimeout):
 				r = &Rule{Backend: BackendNftables, Unknown: s.err.Error()}
 			case final:
 				r = &Rule{Backend: BackendNftables, Unknown: whyStopping}
-			case now.After(p.deadline):
+			case now.After(s.deadline(p)):
 				why := whyTimeout
 				if s.err != nil { // a read that timed out, retried until the deadline
 					why = s.err.Error()
 				}
 				r = &Rule{Backend: BackendNftables, Unknown: why}
 			}
+			dec[i] = decision{r, sole, counted}
+		}
+		// A rule is credited with at most what its counter moved: when more
+		// drops than that would name it alone, none does; each lists it with
+		// the other verdicts that may have dropped the packet. A drop shown
+		// with candidates may have been any of theirs: it counts against
+		// each (up to what it moved).
+		if s.claimed == nil {
+			s.claimed = map[ruleKey]uint64{}
+		}
+		for i := range s.pending {
+			d, n := &dec[i], s.pending[i].ev.Count
+			if d.sole != nil {
+				k := d.sole.key()
+				if demand[k] <= s.movedTotal[k]-s.claimed[k] {
+					s.claimed[k] += n
+					continue
+				}
+				d.r, _, d.counted = s.attribute(&s.pending[i], d.sole)
+			}
+			for _, ri := range d.counted {
+				k := ri.key()
+				s.claimed[k] = min(s.movedTotal[k], s.claimed[k]+n)
+			}
+		}
+		keep := s.pending[:0]
+		for i := range s.pending {
+			p := &s.pending[i]
+			r := dec[i].r
 			if r == nil {
 				keep = append(keep, *p)
 				continue
@@ -341,6 +437,12 @@ func (a *Attributor[T]) step(final bool) {
 			}
 			if ct != nil && ct.Cause != conntrack.CauseInvalid && strings.HasPrefix(r.Unknown, whyNoRule) {
 				r = nil // conntrack's own drop, and no rule moved
+			}
+			if r != nil && r.Known() {
+				r.K8s = kubeProxyMeaning(r, &p.ev, s.last)
+				if r.K8s == nil && strings.HasPrefix(r.Chain, krPodChainPrefix) {
+					r.K8s = kubeRouterMeaning(r, s.info(r.Ref), &p.ev)
+				}
 			}
 			item := p.item
 			outs = append(outs, out{&item, r, ct})
@@ -359,9 +461,24 @@ func (a *Attributor[T]) step(final bool) {
 	}
 }
 
-// maxCtBaselines bounds the conntrack baselines kept of namespaces
-// without recent drops.
-const maxCtBaselines = 4096
+// deadline is when the event goes out without a rule: MaxWait after it
+// arrived, or, in a namespace whose reads take long (thousands of rules)
+// or timed out, long enough for the read after it (four of the last read's
+// length, twice what the next may take; at most maxReadTimeout).
+func (s *nsState[T]) deadline(p *req[T]) time.Time {
+	return maxTime(p.deadline, p.arrived.Add(min(max(4*s.took, 2*s.timeout), maxReadTimeout)))
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// maxReadTimeout bounds the read timeout, which grows with how long the
+// namespace's reads take (Config.ReadTimeout at least).
+const maxReadTimeout = 10 * time.Second
 
 // maxWindows bounds the windows kept per namespace (10 s of reads every
 // 200 ms is 50).
@@ -372,8 +489,9 @@ const maxWindows = 128
 // clock, and the two may disagree by this much.
 const slack = 5 * time.Millisecond
 
-// read reads one namespace's rules and records what moved.
-func (a *Attributor[T]) read(ino uint32) {
+// read reads one namespace's rules and records what moved. A baseline
+// read (no event waits for it) may take up to maxReadTimeout.
+func (a *Attributor[T]) read(ino uint32, baseline bool) {
 	a.mu.Lock()
 	s := a.ns[ino]
 	a.mu.Unlock()
@@ -381,12 +499,26 @@ func (a *Attributor[T]) read(ino uint32) {
 		return
 	}
 	start := time.Now()
-	path, ok := a.path(ino)
+	s.reader.timeout = max(a.cfg.ReadTimeout, s.timeout)
+	if baseline {
+		s.reader.timeout = maxReadTimeout
+	}
 	var rs *ruleset
+	var path string
+	var ok bool
 	err := errNetnsGone
-	if ok {
-		s.reader.timeout = a.cfg.ReadTimeout
+	for try := 0; try < 2 && errors.Is(err, errNetnsGone); try++ {
+		// A path found earlier may be gone (its process exited) while the
+		// namespace lives on, or lives under the same inode number anew:
+		// look again, at once, before calling it gone.
+		path, ok = a.path(ino, try > 0)
+		if !ok {
+			continue
+		}
 		rs, err = s.reader.read(path) // the reader is the loop's alone
+		if errors.Is(err, errNetnsGone) {
+			delete(a.paths, ino)
+		}
 	}
 	a.reads.Add(1)
 	var cts conntrack.Stats
@@ -409,16 +541,25 @@ func (a *Attributor[T]) read(ino uint32) {
 		a.ctReadErrors.Add(1)
 	}
 	s.lastRead = start
+	if errors.Is(err, errReadTimeout) { // more time next time, up to maxReadTimeout
+		s.timeout = min(2*s.reader.timeout, maxReadTimeout)
+	}
 	s.reads++
 	if err != nil {
 		a.readErrors.Add(1)
 		s.err, s.errAt = err, start
-		if errors.Is(err, errNetnsGone) {
-			delete(a.paths, ino)
-		}
 		return
 	}
 	s.err = nil
+	s.took = time.Since(start)
+	s.timeout = min(4*s.took, maxReadTimeout) // a read may take four times the last
+	if rs.renewed {                           // another namespace under this inode number: start afresh
+		s.last, s.windows, s.movedTotal, s.claimed = nil, nil, nil, nil
+		s.ct = conntrack.Windows{}
+		if ctErr == nil {
+			s.ct.Add(cts, ctStart, ctEnd)
+		}
+	}
 	w := window{to: rs.end}
 	var prev map[ruleKey]*ruleInfo
 	if s.last != nil {
@@ -434,18 +575,23 @@ func (a *Attributor[T]) read(ino uint32) {
 		}
 		if d := ri.packets - before; d > 0 {
 			w.moved = append(w.moved, moved{ri, d})
+			if s.movedTotal == nil {
+				s.movedTotal = map[ruleKey]uint64{}
+			}
+			s.movedTotal[k] += d
 		}
 	}
 	s.windows = append(s.windows, w)
 	s.last = rs
 }
 
-// path finds the namespace, scanning for it again at most once an Interval.
-func (a *Attributor[T]) path(ino uint32) (string, bool) {
-	if p, ok := a.paths[ino]; ok {
+// path finds the namespace, scanning for it again at most once an
+// Interval, or now when again (its known path just failed).
+func (a *Attributor[T]) path(ino uint32, again bool) (string, bool) {
+	if p, ok := a.paths[ino]; ok && !again {
 		return p, true
 	}
-	if time.Since(a.scanned) < a.cfg.Interval {
+	if !again && time.Since(a.scanned) < a.cfg.Interval {
 		return "", false
 	}
 	a.paths, a.scanned = a.cfg.NetnsPaths(), time.Now()
@@ -504,17 +650,23 @@ func stateRule(rs *ruleset, r *Rule) bool {
 }
 
 // attribute names the rule of one held event from the windows covering
-// its span: the counted rules that moved (and whose expressions do not
-// rule the packet out); else the rules without a counter that match it;
-// else a base chain's drop policy.
-func (s *nsState[T]) attribute(p *req[T]) *Rule {
+// its span: the counted rules that moved (and whose expressions, and the
+// jumps to whose chain, do not rule the packet out); else the rules
+// without a counter that match it; else a base chain's drop policy. sole
+// is the counted rule named alone (to be credited), if any. exhausted: a
+// counted rule that moved less than the drops naming it alone; it is then
+// listed with every other verdict that may have dropped the packet (the
+// rules without a counter and policies that may match).
+func (s *nsState[T]) attribute(p *req[T], exhausted *ruleInfo) (r *Rule, sole *ruleInfo, counted []*ruleInfo) {
 	from, to := p.from.Add(-slack), p.to.Add(slack)
 	sum := map[*ruleInfo]uint64{}
 	byKey := map[ruleKey]*ruleInfo{}
+	lifetime := false // a window without an earlier read: lifetime counters
 	for _, w := range s.windows {
 		if !w.from.Before(to) || w.to.Before(from) {
 			continue
 		}
+		lifetime = lifetime || w.from.IsZero() && len(w.moved) > 0
 		for _, m := range w.moved {
 			k := m.ri.key()
 			ri := byKey[k]
@@ -525,23 +677,38 @@ func (s *nsState[T]) attribute(p *req[T]) *Rule {
 		}
 	}
 	var yes, maybe []Ref
+	var one *ruleInfo // the last classified
 	// classify puts ref among the rules that surely or may match the packet
-	classify := func(ri *ruleInfo, ref Ref) {
-		switch matches(ri, &p.ev) {
+	classify := func(ri *ruleInfo, ref Ref) bool {
+		switch both(matches(ri, &p.ev), s.last.reached(ri, &p.ev, 0)) {
 		case matchYes:
 			ref.Verdict = vmapDrop(ref.Verdict)
-			yes = append(yes, ref)
+			yes, one = append(yes, ref), ri
 		case matchMaybe:
-			maybe = append(maybe, ref)
+			maybe, one = append(maybe, ref), ri
+		default:
+			return false
 		}
+		return true
 	}
 	for ri, d := range sum {
 		ref := ri.Ref
 		ref.Packets = d
-		classify(ri, ref)
+		if classify(ri, ref) {
+			counted = append(counted, ri)
+		}
 	}
-	if len(yes)+len(maybe) > 0 {
-		return pick(HowCounter, yes, maybe)
+	how := HowCounter
+	if lifetime {
+		how = HowLifetime
+	}
+	nc := len(yes) + len(maybe)
+	if nc > 0 && exhausted == nil {
+		r = pick(how, yes, maybe)
+		if nc == 1 && !lifetime {
+			sole = one
+		}
+		return r, sole, counted
 	}
 	var policies []Ref
 	for _, ri := range s.last.rules {
@@ -559,20 +726,29 @@ func (s *nsState[T]) attribute(p *req[T]) *Rule {
 		}
 		classify(ri, ri.Ref)
 	}
+	if exhausted != nil {
+		// yes and maybe hold the exhausted rule (the one counted) and the
+		// verdicts without counters
+		all := append(append(yes, maybe...), policies...)
+		if len(all) == 1 {
+			return pick(how, all, nil), nil, counted // nothing else could have: named, not credited
+		}
+		return pick(how, nil, all), nil, counted
+	}
 	if len(yes) > 0 {
-		return pick(HowMatch, kubeProxyFirst(yes), nil)
+		return pick(HowMatch, kubeProxyFirst(yes), nil), nil, nil
 	}
 	if len(maybe)+len(policies) > 0 {
-		return pick(HowMatch, nil, append(maybe, policies...))
+		return pick(HowMatch, nil, append(maybe, policies...)), nil, nil
 	}
 	if w := s.windows; len(w) > 0 && !w[0].from.IsZero() && from.Before(w[0].from) {
-		return &Rule{Backend: BackendNftables, Unknown: whyTooOld}
+		return &Rule{Backend: BackendNftables, Unknown: whyTooOld}, nil, nil
 	}
 	why := whyNoRule
 	if s.last.noLegacy {
 		why += " (" + errNoLegacy.Error() + ")"
 	}
-	return &Rule{Backend: BackendNftables, Unknown: why}
+	return &Rule{Backend: BackendNftables, Unknown: why}, nil, nil
 }
 
 // info is the rule ref names as read: in the last read, else in a window

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"net/netip"
 	"os"
 	"strings"
@@ -138,6 +139,7 @@ func readLegacyTable(fd int, f *legacyFamily, table string, rs *ruleset) error {
 	}
 	blob := buf[getEntriesHd:]
 	chain, pos := "", 0
+	same := map[legacyContent]int{} // rules of the same content so far, by chain
 	for off := 0; off+f.entrySize <= len(blob); {
 		e := blob[off:]
 		targetOff, nextOff := int(ne.Uint16(e[f.targetOff:])), int(ne.Uint16(e[f.targetOff+2:]))
@@ -176,15 +178,36 @@ func readLegacyTable(fd int, f *legacyFamily, table string, rs *ruleset) error {
 			if policy {
 				verdict = "DROP (policy)"
 			}
+			// Across reads a rule is known by what it is, not where: a rule
+			// inserted before it moves it down.
+			c := legacyContent{chain, contentHash(e[:f.ipSize], e[f.entrySize:])}
 			ri := &ruleInfo{Ref: Ref{Family: f.name, Table: table, Chain: chain, Position: pos, Verdict: verdict},
 				family: f.nfproto, hasCounter: true, packets: ne.Uint64(e[f.countersOff:]),
-				legacy: parseLegacyMatch(f, e, targetOff)}
+				legacy: parseLegacyMatch(f, e, targetOff), legacyID: c.hash, legacyDup: same[c]}
+			same[c]++
 			ri.Comment = ri.legacy.comment
 			rs.add(ri)
 		}
 		off += nextOff
 	}
 	return nil
+}
+
+// legacyContent is an iptables-legacy rule's identity across reads: its
+// chain and a hash of what it matches and does (struct ipt_ip, the
+// matches and the target: the entry without its counters, offsets and
+// hook marks).
+type legacyContent struct {
+	chain string
+	hash  uint64
+}
+
+func contentHash(parts ...[]byte) uint64 {
+	h := fnv.New64a()
+	for _, p := range parts {
+		h.Write(p)
+	}
+	return h.Sum64()
 }
 
 // legacyMatch is what kdrop can evaluate of an iptables-legacy rule.

@@ -172,9 +172,12 @@ func (rg registers) set(r uint32, v []byte) { rg[reg32(r)] = v }
 func (rg registers) get(r uint32) []byte { return rg[reg32(r)] }
 
 // key reads n bytes from register r on, as a set lookup does: nil when a
-// part is unknown or the parts do not add up to n.
+// part is unknown or the parts do not add up to n. A set's key is as long
+// as its type (inet_service: 2 bytes), a concatenation's parts each padded
+// to 4: the last part's padding is not part of the key.
 func (rg registers) key(r uint32, n int) []byte {
 	var k []byte
+	data := 0 // where the last part's bytes end
 	for r = reg32(r); len(k) < n; {
 		v := rg[r]
 		if v == nil {
@@ -182,13 +185,14 @@ func (rg registers) key(r uint32, n int) []byte {
 		}
 		words := (len(v) + 3) / 4
 		k = append(k, v...)
+		data = len(k)
 		k = append(k, make([]byte, words*4-len(v))...)
 		r += uint32(words)
 	}
-	if len(k) != n {
+	if n < data || n > len(k) {
 		return nil
 	}
-	return k
+	return k[:n]
 }
 
 // lookup evaluates a set lookup (nft_lookup: `ip daddr @set`, `... vmap

@@ -41,21 +41,102 @@ type ruleset struct {
 	rules   map[ruleKey]*ruleInfo
 	// noLegacy: the kernel has no iptables-legacy (ip_tables) to read.
 	noLegacy bool
+	// renewed: the namespace is not the one the reader read before under
+	// the same inode number (the kernel reuses them): its netns cookie
+	// differs, or its ruleset generation went back. Nothing earlier
+	// applies to it.
+	renewed bool
+	// reach is how the chains of each table are reached (jumps and gotos),
+	// from the last discovery.
+	reach map[tableKey]*tableReach
+	// compact: only the counters are kept (ruleInfo's Ref, family,
+	// hasCounter, packets), as the baseline of a quiet namespace.
+	compact bool
+}
+
+// tableKey names a table.
+type tableKey struct {
+	family byte
+	table  string
+}
+
+// tableReach is how a table's chains are reached: base chains by their
+// hook; others only from the rules that jump or goto them (referrers by
+// chain name), unless a verdict map may (vmaps: then any chain may be).
+type tableReach struct {
+	base      map[string]bool
+	referrers map[string][]*ruleInfo
+	vmaps     bool
+}
+
+// reached says whether a packet can reach the rule's chain: matchNo when
+// every rule jumping or going to it (recursively) cannot match the
+// packet. iptables-legacy rules and chains a verdict map may reach are
+// taken as reached.
+func (rs *ruleset) reached(ri *ruleInfo, ev *tracer.Event, depth int) matchResult {
+	if ri.legacy != nil || rs.reach == nil {
+		return matchYes
+	}
+	tr := rs.reach[tableKey{ri.family, ri.Table}]
+	if tr == nil || tr.vmaps || tr.base[ri.Chain] || depth > 16 {
+		return matchYes
+	}
+	res := matchNo
+	for _, j := range tr.referrers[ri.Chain] {
+		r := both(matches(j, ev), rs.reached(j, ev, depth+1))
+		if r == matchYes {
+			return matchYes
+		}
+		if r == matchMaybe {
+			res = matchMaybe
+		}
+	}
+	return res
+}
+
+// both is the result of two conditions that must both hold.
+func both(a, b matchResult) matchResult {
+	switch {
+	case a == matchNo || b == matchNo:
+		return matchNo
+	case a == matchMaybe || b == matchMaybe:
+		return matchMaybe
+	}
+	return matchYes
+}
+
+// counters is rs with only what a baseline needs.
+func (rs *ruleset) counters() *ruleset {
+	c := &ruleset{at: rs.at, end: rs.end, gen: rs.gen, noLegacy: rs.noLegacy, compact: true,
+		rules: make(map[ruleKey]*ruleInfo, len(rs.rules))}
+	for k, ri := range rs.rules {
+		if ri.hasCounter {
+			c.rules[k] = &ruleInfo{Ref: ri.Ref, family: ri.family, hasCounter: true, packets: ri.packets,
+				legacy: ri.legacy, legacyID: ri.legacyID, legacyDup: ri.legacyDup}
+		}
+	}
+	return c
 }
 
 // ruleKey identifies a rule across reads. Handles are unique within a
 // table; a table deleted and created again starts over, which shows as a
-// counter going backwards.
+// counter going backwards. An iptables-legacy rule has no handle: it is
+// known by its content (legacyID), and dup tells rules of the same
+// content in one chain apart.
 type ruleKey struct {
-	family   byte
-	table    string
-	chain    string
-	handle   uint64
-	position int // iptables-legacy
+	family byte
+	table  string
+	chain  string
+	handle uint64 // nftables: the handle; iptables-legacy: legacyID
+	dup    int
+	legacy bool
 }
 
 func (ri *ruleInfo) key() ruleKey {
-	return ruleKey{ri.family, ri.Table, ri.Chain, ri.Handle, ri.Position}
+	if ri.legacy != nil {
+		return ruleKey{ri.family, ri.Table, ri.Chain, ri.legacyID, ri.legacyDup, true}
+	}
+	return ruleKey{ri.family, ri.Table, ri.Chain, ri.Handle, 0, false}
 }
 
 // ruleInfo is one drop-capable rule as read.
@@ -67,6 +148,10 @@ type ruleInfo struct {
 	exprs      []expr.Any
 	legacy     *legacyMatch // iptables-legacy: what its ipt_entry matches
 	pod        *podChain    // a rule of kube-router's pod chain: the chain's pod and policies
+	// legacyID, legacyDup: an iptables-legacy rule's content hash, and
+	// how many rules of the same content come before it in its chain
+	legacyID  uint64
+	legacyDup int
 	// sets are the elements of the sets and maps its lookups use, by
 	// name (shared by the rules of its table, read with them).
 	sets map[string]*setInfo
@@ -77,10 +162,14 @@ type ruleInfo struct {
 // bytes), and an interval set's ranges. partial: not every element is
 // known (more than maxElements), so a lookup in it is not evaluated.
 type setInfo struct {
+	// dynamic: the packet path may add or expire elements (dynamic sets,
+	// timeouts) without a new generation: read again every time.
+	dynamic bool
 	keyLen  int
 	elems   map[string]*element
 	ranges  []keyRange
 	partial bool
+	reread  *ruleset // the read that read it again (rereadDynamic)
 }
 
 // keyRange is one interval of an interval set: keys from from up to to
@@ -171,6 +260,12 @@ type netnsReader struct {
 	chains []chainRef
 	gen    uint32
 	known  bool // chains and gen are from a discovery
+	reach  map[tableKey]*tableReach
+	// prev is the last read (its rules reused while the generation stays)
+	prev *ruleset
+	// cookie is the namespace's netns cookie (SO_NETNS_COOKIE, unique
+	// for the boot, unlike inode numbers), 0 before 5.14.
+	cookie uint64
 	// timeout bounds a whole read (0: none): netlink socket deadlines.
 	timeout time.Duration
 	// hook, for tests: called at "start" and when the chains are "listed",
@@ -211,22 +306,59 @@ func (r *netnsReader) read(path string) (*ruleset, error) {
 	if err := setDeadline(nl); err != nil {
 		return nil, classify(err)
 	}
+	// A namespace behind a known inode number may be a new one: the old
+	// one died and the kernel gave its number to the next.
+	renewed := false
+	if c := netnsCookie(nl); c != 0 {
+		renewed = r.cookie != 0 && c != r.cookie
+		r.cookie = c
+	}
+	if renewed {
+		r.known, r.gen = false, 0
+	}
 	for attempt := 0; ; attempt++ {
 		rs, err := r.readOnce(conn, nl)
 		if err == nil {
-			err = tracer.InNetns(path, func() error { return readLegacy(rs) })
-			if errors.Is(err, errNoLegacy) {
+			// the namespace by its open file (/proc/self/fd), not its path:
+			// the path may have gone or been reused meanwhile
+			err = tracer.InNetns(fmt.Sprintf("/proc/self/fd/%d", fd), func() error { return readLegacy(rs) })
+			var pe *os.PathError
+			switch {
+			case errors.Is(err, errNoLegacy):
 				rs.noLegacy, err = true, nil
+			case errors.As(err, &pe) && errors.Is(err, os.ErrNotExist):
+				err = errNetnsGone // never the raw "open /proc/…: no such file"
 			}
 		}
 		if err == nil || attempt == 1 || !(errors.Is(err, errChanged) || errors.Is(err, errDeleted)) {
 			if err == nil {
 				rs.end = time.Now()
+				rs.renewed = rs.renewed || renewed
 			}
 			return rs, err
 		}
 		r.known = false // discover again
 	}
+}
+
+// soNetnsCookie is SO_NETNS_COOKIE (Linux 5.14).
+const soNetnsCookie = 71
+
+// netnsCookie is the cookie of the namespace the socket was opened in; 0
+// when the kernel has none (before 5.14).
+func netnsCookie(c *netlink.Conn) uint64 {
+	sc, err := c.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	var cookie uint64
+	sc.Control(func(fd uintptr) {
+		v, err := unix.GetsockoptUint64(int(fd), unix.SOL_SOCKET, soNetnsCookie)
+		if err == nil {
+			cookie = v
+		}
+	})
+	return cookie
 }
 
 func (r *netnsReader) readOnce(conn *nftables.Conn, nl *netlink.Conn) (*ruleset, error) {
@@ -239,23 +371,50 @@ func (r *netnsReader) readOnce(conn *nftables.Conn, nl *netlink.Conn) (*ruleset,
 		return nil, err
 	}
 	rs.gen = gen
+	if r.known && gen < r.gen {
+		// the generation only grows: a smaller one is another namespace
+		// (how a reused inode number shows before 5.14, without cookies)
+		rs.renewed, r.known = true, false
+	}
+	var listed map[*nftables.Chain][]*nftables.Rule // by discover, this read
 	if !r.known || gen != r.gen {
-		if err := r.discover(conn); err != nil {
+		if listed, err = r.discover(conn); err != nil {
 			return nil, err
 		}
 	}
 	if r.hook != nil {
 		r.hook("listed")
 	}
+	// The same generation: the same rules and sets. Only the counters are
+	// read again (a lean dump of handles and counters), the rest reused.
+	fast := r.prev != nil && r.known && gen == r.gen
+	rs.reach = r.reach
+	var policyCounters map[chainID]uint64
 	for _, c := range r.chains {
 		if c.policy {
-			rs.add(&ruleInfo{Ref: Ref{Family: familyName(c.table.Family), Table: c.table.Name, Chain: c.chain.Name,
-				Verdict: "DROP (policy)"}, family: byte(c.table.Family)})
+			if policyCounters == nil {
+				if policyCounters, err = chainCounters(nl); err != nil {
+					return nil, err
+				}
+			}
+			ri := &ruleInfo{Ref: Ref{Family: familyName(c.table.Family), Table: c.table.Name, Chain: c.chain.Name,
+				Verdict: "DROP (policy)"}, family: byte(c.table.Family)}
+			// iptables-nft's base chains count what their policy decides
+			ri.packets, ri.hasCounter = policyCounters[chainID{byte(c.table.Family), c.table.Name, c.chain.Name}]
+			rs.add(ri)
 			continue
 		}
-		rules, err := conn.GetRules(c.table, c.chain)
-		if err != nil {
-			return nil, classify(err)
+		if fast {
+			if err := r.recount(nl, c, rs); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		rules, ok := listed[c.chain]
+		if !ok {
+			if rules, err = conn.GetRules(c.table, c.chain); err != nil {
+				return nil, classify(err)
+			}
 		}
 		var pod *podChain
 		if isPodChain(c.table, c.chain) {
@@ -271,7 +430,11 @@ func (r *netnsReader) readOnce(conn *nftables.Conn, nl *netlink.Conn) (*ruleset,
 			}
 		}
 	}
-	if err := readSets(conn, rs); err != nil {
+	if !fast {
+		if err := readSets(conn, rs); err != nil {
+			return nil, err
+		}
+	} else if err := rereadDynamic(conn, rs); err != nil {
 		return nil, err
 	}
 	gen2, err := getGen(nl)
@@ -282,7 +445,106 @@ func (r *netnsReader) readOnce(conn *nftables.Conn, nl *netlink.Conn) (*ruleset,
 		return nil, r.whatChanged(conn)
 	}
 	r.gen, r.known = gen, true
+	r.prev = rs
 	return rs, nil
+}
+
+// recount adds the chain's rules of the previous read to rs with their
+// counters read again.
+func (r *netnsReader) recount(nl *netlink.Conn, c chainRef, rs *ruleset) error {
+	counts, err := ruleCounters(nl, c)
+	if err != nil {
+		return err
+	}
+	fam := byte(c.table.Family)
+	for k, ri := range r.prev.rules {
+		if ri.legacy != nil || k.family != fam || k.table != c.table.Name || k.chain != c.chain.Name || ri.Handle == 0 {
+			continue
+		}
+		n, ok := counts[ri.Handle]
+		if !ok {
+			return errChanged // the generation says otherwise: caught below too
+		}
+		nri := *ri
+		nri.packets = n
+		rs.add(&nri)
+	}
+	return nil
+}
+
+// ruleCounters dumps one chain's rules (NFT_MSG_GETRULE) and decodes only
+// each rule's handle and its counter's packets (0 without one): much less
+// work than the library's decoding of every expression, for a chain of
+// thousands of rules read every Interval.
+func ruleCounters(nl *netlink.Conn, c chainRef) (map[uint64]uint64, error) {
+	ae := netlink.NewAttributeEncoder()
+	ae.String(unix.NFTA_RULE_TABLE, c.table.Name)
+	ae.String(unix.NFTA_RULE_CHAIN, c.chain.Name)
+	attrs, err := ae.Encode()
+	if err != nil {
+		return nil, err
+	}
+	req := netlink.Message{
+		Header: netlink.Header{
+			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETRULE),
+			Flags: netlink.Request | netlink.Dump,
+		},
+		Data: append([]byte{byte(c.table.Family), unix.NFNETLINK_V0, 0, 0}, attrs...),
+	}
+	msgs, err := nl.Execute(req)
+	if err != nil {
+		return nil, classify(err)
+	}
+	out := make(map[uint64]uint64, len(msgs))
+	for _, m := range msgs {
+		if len(m.Data) < 4 {
+			continue
+		}
+		ad, err := netlink.NewAttributeDecoder(m.Data[4:])
+		if err != nil {
+			return nil, err
+		}
+		ad.ByteOrder = binary.BigEndian
+		var handle, packets uint64
+		for ad.Next() {
+			switch ad.Type() {
+			case unix.NFTA_RULE_HANDLE:
+				handle = ad.Uint64()
+			case unix.NFTA_RULE_EXPRESSIONS:
+				ad.Nested(func(list *netlink.AttributeDecoder) error {
+					for list.Next() {
+						list.Nested(func(e *netlink.AttributeDecoder) error {
+							counter := false
+							for e.Next() {
+								switch e.Type() {
+								case unix.NFTA_EXPR_NAME:
+									counter = e.String() == "counter"
+								case unix.NFTA_EXPR_DATA:
+									if counter {
+										e.Nested(func(d *netlink.AttributeDecoder) error {
+											for d.Next() {
+												if d.Type() == unix.NFTA_COUNTER_PACKETS {
+													packets = d.Uint64()
+												}
+											}
+											return nil
+										})
+									}
+								}
+							}
+							return nil
+						})
+					}
+					return nil
+				})
+			}
+		}
+		if err := ad.Err(); err != nil {
+			return nil, classify(err)
+		}
+		out[handle] = packets
+	}
+	return out, nil
 }
 
 // whatChanged tells a table deleted while reading from other changes.
@@ -306,34 +568,124 @@ func (rs *ruleset) add(ri *ruleInfo) {
 }
 
 // discover lists every table and chain and keeps the chains with a rule
-// whose verdict is drop or reject, or a drop policy.
-func (r *netnsReader) discover(conn *nftables.Conn) error {
+// whose verdict is drop or reject, or a drop policy. It returns the rules
+// of those chains as it listed them, for this read to use (the same
+// generation: a chain of thousands of rules is listed once, not twice).
+func (r *netnsReader) discover(conn *nftables.Conn) (map[*nftables.Chain][]*nftables.Rule, error) {
 	chains, err := conn.ListChains()
 	if err != nil {
-		return classify(err)
+		return nil, classify(err)
 	}
+	listed := map[*nftables.Chain][]*nftables.Rule{}
 	r.chains = r.chains[:0]
+	r.reach = map[tableKey]*tableReach{}
 	for _, c := range chains {
 		if c.Table == nil {
 			continue
 		}
 		t := &nftables.Table{Name: c.Table.Name, Family: c.Table.Family}
+		tk := tableKey{byte(t.Family), t.Name}
+		tr := r.reach[tk]
+		if tr == nil {
+			tr = &tableReach{base: map[string]bool{}, referrers: map[string][]*ruleInfo{}}
+			r.reach[tk] = tr
+		}
+		if c.Hooknum != nil {
+			tr.base[c.Name] = true
+		}
 		ref := chainRef{table: t, chain: c}
 		if c.Policy != nil && *c.Policy == nftables.ChainPolicyDrop && c.Hooknum != nil {
 			r.chains = append(r.chains, chainRef{table: t, chain: c, policy: true})
 		}
 		rules, err := conn.GetRules(t, c)
 		if err != nil {
-			return classify(err)
+			return nil, classify(err)
 		}
+		drops := false
 		for _, nr := range rules {
-			if verdictOf(nr.Exprs) != "" || vmapOf(nr.Exprs) != "" {
+			if !drops && (verdictOf(nr.Exprs) != "" || vmapOf(nr.Exprs) != "") {
 				r.chains = append(r.chains, ref)
-				break
+				listed[c] = rules
+				drops = true
+			}
+			for _, e := range nr.Exprs {
+				switch e := e.(type) {
+				case *expr.Verdict:
+					if (e.Kind == expr.VerdictJump || e.Kind == expr.VerdictGoto) && e.Chain != "" {
+						tr.referrers[e.Chain] = append(tr.referrers[e.Chain], &ruleInfo{
+							Ref: Ref{Table: t.Name, Chain: c.Name}, family: byte(t.Family), exprs: nr.Exprs})
+					}
+				case *expr.Lookup:
+					if e.IsDestRegSet && e.DestRegister == 0 {
+						tr.vmaps = true // a verdict map may jump anywhere
+					}
+				}
 			}
 		}
 	}
-	return nil
+	return listed, nil
+}
+
+// chainID names a chain.
+type chainID struct {
+	family       byte
+	table, chain string
+}
+
+// chainCounters reads the packet counters of the base chains that have
+// them (NFT_MSG_GETCHAIN dump, NFTA_CHAIN_COUNTERS: iptables-nft makes its
+// base chains with counters, which count what the policy decides). The
+// library does not decode them.
+func chainCounters(nl *netlink.Conn) (map[chainID]uint64, error) {
+	req := netlink.Message{
+		Header: netlink.Header{
+			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETCHAIN),
+			Flags: netlink.Request | netlink.Dump,
+		},
+		Data: []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0},
+	}
+	msgs, err := nl.Execute(req)
+	if err != nil {
+		return nil, classify(err)
+	}
+	out := map[chainID]uint64{}
+	for _, m := range msgs {
+		if len(m.Data) < 4 {
+			continue
+		}
+		ad, err := netlink.NewAttributeDecoder(m.Data[4:])
+		if err != nil {
+			return nil, err
+		}
+		ad.ByteOrder = binary.BigEndian
+		id := chainID{family: m.Data[0]}
+		var packets uint64
+		has := false
+		for ad.Next() {
+			switch ad.Type() {
+			case unix.NFTA_CHAIN_TABLE:
+				id.table = ad.String()
+			case unix.NFTA_CHAIN_NAME:
+				id.chain = ad.String()
+			case unix.NFTA_CHAIN_COUNTERS:
+				ad.Nested(func(nad *netlink.AttributeDecoder) error {
+					for nad.Next() {
+						if nad.Type() == unix.NFTA_COUNTER_PACKETS {
+							packets, has = nad.Uint64(), true
+						}
+					}
+					return nil
+				})
+			}
+		}
+		if err := ad.Err(); err != nil {
+			return nil, err
+		}
+		if has {
+			out[id] = packets
+		}
+	}
+	return out, nil
 }
 
 // parseRule returns the rule if it can drop (verdict drop or reject), else nil.
@@ -425,6 +777,25 @@ func readSets(conn *nftables.Conn, rs *ruleset) error {
 	return nil
 }
 
+// rereadDynamic reads again the dynamic sets the rules (reused from the
+// last read) look up in.
+func rereadDynamic(conn *nftables.Conn, rs *ruleset) error {
+	for _, ri := range rs.rules {
+		for name, si := range ri.sets {
+			if !si.dynamic || si.reread == rs {
+				continue
+			}
+			nsi, err := readSet(conn, &nftables.Table{Name: ri.Table, Family: nftables.TableFamily(ri.family)}, name)
+			if err != nil {
+				return err
+			}
+			nsi.reread = rs
+			ri.sets[name] = nsi
+		}
+	}
+	return nil
+}
+
 // readSet reads one set's elements (NFT_MSG_GETSETELEM), at most
 // maxElements.
 func readSet(conn *nftables.Conn, t *nftables.Table, name string) (*setInfo, error) {
@@ -432,7 +803,7 @@ func readSet(conn *nftables.Conn, t *nftables.Table, name string) (*setInfo, err
 	if err != nil {
 		return nil, classify(err)
 	}
-	si := &setInfo{elems: map[string]*element{}}
+	si := &setInfo{elems: map[string]*element{}, dynamic: set.Dynamic || set.HasTimeout}
 	elems, err := conn.GetSetElements(set)
 	if err != nil {
 		return nil, classify(err)

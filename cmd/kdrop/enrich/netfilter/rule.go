@@ -44,6 +44,11 @@ const (
 	// event's packet (protocol, addresses, ports) and no counted rule
 	// moved that matches it.
 	HowMatch = "match"
+	// HowLifetime: no earlier read of the namespace to compare with (its
+	// first drop ever, before kdrop took a baseline): the rules named are
+	// those whose counters are not zero since they were made, not
+	// necessarily moved now; Packets is the lifetime count.
+	HowLifetime = "lifetime"
 	// HowTrace: per-packet tracing named the rule (not done yet: it needs
 	// function tracing or nftrace).
 	HowTrace = "trace"

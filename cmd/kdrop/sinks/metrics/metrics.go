@@ -51,6 +51,8 @@ type Sources struct {
 	// occurrences in no Event (Unrecorded); nil: Events are off.
 	EventWrites      map[string]*atomic.Uint64 // by result: ok, failed
 	EventsUnrecorded *atomic.Uint64
+	// Rules reports naming netfilter rules (enrich.Pipeline.RuleStats).
+	Rules func() netfilter.Stats
 }
 
 // NewAgent registers the agent's metrics, and Go's and the process's, in reg.
@@ -115,6 +117,22 @@ func NewAgent(reg prometheus.Registerer, src Sources) *Agent {
 			return float64(src.Clients())
 		}),
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	if src.Rules != nil {
+		for _, c := range []struct {
+			name, help string
+			v          func(netfilter.Stats) uint64
+		}{
+			{"kdrop_netfilter_rule_reads_total", "Reads of a network namespace's netfilter rules, to name the rule of NETFILTER_DROP drops.",
+				func(s netfilter.Stats) uint64 { return s.Reads }},
+			{"kdrop_netfilter_rule_read_errors_total", "Reads of a namespace's netfilter rules that failed (timed out, rules changed meanwhile, namespace gone, permission denied).",
+				func(s netfilter.Stats) uint64 { return s.ReadErrors }},
+			{"kdrop_netfilter_rule_unknown_total", "NETFILTER_DROP lines that went out without a rule (rule.unknown says why).",
+				func(s netfilter.Stats) uint64 { return s.Unknown }},
+		} {
+			reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: c.name, Help: c.help},
+				func() float64 { return float64(c.v(src.Rules())) }))
+		}
+	}
 	codes := slices.Sorted(maps.Keys(src.Refused))
 	for _, code := range codes {
 		n := src.Refused[code]

@@ -3,6 +3,7 @@ package metrics
 import (
 	"net/http/httptest"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -201,4 +202,45 @@ func TestConntrackDrops(t *testing.T) {
 		`kdrop_conntrack_drops_total{cause="table-full",namespace="dns"} 7`,
 		`kdrop_conntrack_drops_total{cause="invalid",namespace="dns"} 2`,
 		`kdrop_netfilter_drops_total{backend="unknown",meaning="invalid-conntrack",namespace="dns",verdict="unknown"} 2`)
+}
+
+// Naming netfilter rules shows its failures: a real Attributor asked about
+// a namespace that does not exist reads, fails, and gives the drop out
+// unknown; the three counters say so.
+func TestNetfilterRuleReadMetrics(t *testing.T) {
+	emitted := make(chan *netfilter.Rule, 1)
+	a := netfilter.New(netfilter.Config{Interval: 10 * time.Millisecond, Baseline: -1,
+		NetnsPaths: func() map[uint32]string { return map[uint32]string{} }},
+		func(_ *tracer.Event, r *netfilter.Rule, _ *conntrack.Drop) { emitted <- r })
+	defer a.Close()
+	reg := prometheus.NewRegistry()
+	NewAgent(reg, Sources{Rules: a.Stats})
+	ev := tracer.Event{Time: time.Now(), Type: tracer.Drop, Count: 1, Netns: 4026599999, Reason: "NETFILTER_DROP"}
+	if r := a.Submit(&ev, ev); r != nil {
+		t.Fatalf("not held: %+v", r)
+	}
+	select {
+	case r := <-emitted:
+		if r.Known() {
+			t.Fatalf("a namespace that does not exist: %+v", r)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the drop did not come out within 5 s")
+	}
+	rr := httptest.NewRecorder()
+	promhttp.HandlerFor(reg, promhttp.HandlerOpts{}).ServeHTTP(rr, httptest.NewRequest("GET", "/metrics", nil))
+	text := rr.Body.String()
+	st := a.Stats()
+	if st.Reads == 0 || st.ReadErrors == 0 || st.Unknown != 1 {
+		t.Errorf("stats: %+v", st)
+	}
+	for _, want := range []string{
+		"kdrop_netfilter_rule_reads_total " + strconv.FormatUint(st.Reads, 10),
+		"kdrop_netfilter_rule_read_errors_total " + strconv.FormatUint(st.ReadErrors, 10),
+		"kdrop_netfilter_rule_unknown_total 1",
+	} {
+		if !strings.Contains(text, want+"\n") {
+			t.Errorf("metrics lack %q:\n%s", want, text)
+		}
+	}
 }
