@@ -28,6 +28,17 @@ func TestWatchNamesTheRoute(t *testing.T) {
 	}
 }
 
+// IPv6 frees a packet it forwards into a blackhole route at
+// dst_discard_out (the route's output), not ip6_pkt_drop: named too.
+func TestWatchNamesTheIPv6BlackholeRoute(t *testing.T) {
+	r := nstest.NewRouted(t)
+	r.Router.IP(t, "-6 route add blackhole fd00:19:131::/64")
+	ev, raw := watchFirst(t, r.Router, func() { r.Client.SendUDP(t, "fd00:19:131::5", 9, 1) }, 50*time.Millisecond)
+	if ev.Route == nil || ev.Route.String() != "blackhole fd00:19:131::/64" {
+		t.Fatalf("want a drop naming blackhole fd00:19:131::/64:\n%s", raw)
+	}
+}
+
 // watchFirst runs kdrop watch -o json on ns's drops (and args), calls
 // load every period until it returns, and returns the first event line,
 // decoded and as written: the load keeps running while it is read.

@@ -2,7 +2,8 @@
 // routed into a blackhole, unreachable or prohibit route (what a CNI
 // leaves for a deleted pod's IP or a dead CIDR), which IPv4 frees at
 // ip_error without a drop reason and IPv6 at ip6_pkt_drop
-// (IP_INNOROUTES, IP_OUTNOROUTES). It reads the routes of the drop's
+// (IP_INNOROUTES, IP_OUTNOROUTES), or, for a blackhole route, at the
+// route's own dst_discard / dst_discard_out. It reads the routes of the drop's
 // network namespace over rtnetlink, at most once a second per namespace,
 // and finds the longest such route containing the destination.
 package route
@@ -49,7 +50,11 @@ func Wants(ev *tracer.Event) bool {
 	case "IP_INNOROUTES", "IP_OUTNOROUTES":
 		return true
 	case "NOT_SPECIFIED", "unknown":
-		return strings.HasPrefix(ev.Location, "ip_error+") || strings.HasPrefix(ev.Location, "ip6_pkt_drop+")
+		for _, at := range []string{"ip_error+", "ip6_pkt_drop+", "dst_discard_out+", "dst_discard+"} {
+			if strings.HasPrefix(ev.Location, at) {
+				return true
+			}
+		}
 	}
 	return false
 }
