@@ -281,7 +281,7 @@ func (a *analysis) add(f Finding) {
 
 func limitClass(f *Flow) string {
 	switch {
-	case f.Somaxconn == 0:
+	case f.Somaxconn == 0, f.QueueMax == 0: // the limit not known (sock_diag's SYN-queue counts)
 		return "unknown"
 	case f.QueueMax >= f.Somaxconn:
 		return "somaxconn"
@@ -377,6 +377,9 @@ func (a *analysis) overflowFindings() {
 		if e.qmin != e.qmax {
 			limit = num(e.qmin) + "–" + num(e.qmax)
 		}
+		if e.qmax == 0 {
+			limit = "not known"
+		}
 		onlyCookies := e.cookies == g.count
 		outcome := fmt.Sprintf("%s refused", plural(g.count, "connection attempt", "connection attempts"))
 		if onlyCookies {
@@ -404,8 +407,13 @@ func (a *analysis) overflowFindings() {
 		if known(f0.DstK8s) {
 			pods = fmt.Sprintf(" in %s (%s)", plural(len(g.pods), "pod", "pods"), g.pods.names(4))
 		}
-		fmt.Fprintf(&d, "%s the %s of port %d%s overflowed %s: up to %s connections were waiting while the limit is %s. ",
-			capital(span(g.first, g.last)), strings.ToLower(queue), f0.Dport, pods, plural(g.count, "time", "times"), num(e.maxLen), limit)
+		if e.qmax == 0 { // counted by the namespace's counters: no queue length or limit
+			fmt.Fprintf(&d, "%s the %s of port %d%s overflowed %s (the kernel's counters told it, without the queue's length or limit). ",
+				capital(span(g.first, g.last)), strings.ToLower(queue), f0.Dport, pods, plural(g.count, "time", "times"))
+		} else {
+			fmt.Fprintf(&d, "%s the %s of port %d%s overflowed %s: up to %s connections were waiting while the limit is %s. ",
+				capital(span(g.first, g.last)), strings.ToLower(queue), f0.Dport, pods, plural(g.count, "time", "times"), num(e.maxLen), limit)
+		}
 		if onlyCookies {
 			d.WriteString("The kernel fell back to SYN cookies (net.ipv4.tcp_syncookies), so these connections could still complete, but a SYN cookie is its last resort when the queue is full, and it cannot keep every TCP option of the handshake. ")
 		} else {

@@ -187,6 +187,20 @@ func TestFindings(t *testing.T) {
 			fix:    []string{"net.core.somaxconn", "SYN flood"},
 		}},
 	}, {
+		// sock_diag's SYN-queue drops: the namespace's counters, no queue
+		// length or limit in the line
+		name: "SYN queue full, counted without the limit",
+		lines: []string{
+			ev(5, "overflow", 25, map[string]any{"dst": "10.244.0.21", "dport": 8081, "queue": "syn", "somaxconn": 4096,
+				"dst_k8s": podID("edge", "api-0", "StatefulSet", "api")}),
+		},
+		checks: []check{{
+			kind: "listen-queue", severity: SevCritical, count: 25,
+			title:  []string{"SYN queue full on port 8081 of StatefulSet edge/api", "25 connection attempts refused", "(limit not known)"},
+			detail: []string{"without the queue's length or limit"},
+		}},
+		absent: []string{"backlog", "somaxconn"},
+	}, {
 		// kdrop used to set the flag on accept-queue overflows when
 		// syncookies were forced; the SYNs were dropped all the same.
 		name: "accept queue full, wrongly flagged syncookie in an old recording",
