@@ -74,10 +74,11 @@ describe pod", "kubectl events --for pod/NAME", "kubectl get events
 
 ` + k8sevents.ReasonsHelp(2, 78) + `
 
-A series is written at most every 10 s and the node writes at most
---k8s-events-per-minute Events a minute: occurrences meanwhile are added to
-the next write's count, never dropped from it. --k8s-events=false turns
-them off.`,
+A series is written at most every 10 s and the node writes Events at
+--k8s-events-per-minute (default 60) a minute, in a token bucket that also
+allows a burst of a sixth of that at once (10): at most rate + burst in any
+minute (70 by default). Occurrences meanwhile are added to the next write's
+count, never dropped from it. --k8s-events=false turns them off.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runAgent(cmd.Context(), &f) },
 	}
@@ -88,7 +89,7 @@ them off.`,
 	fl.StringVar(&f.logFormat, "log-format", "json", "log format on stderr: json or console")
 	fl.IntVar(&f.maxStreams, "max-streams", 32, fmt.Sprintf("most /events streams served at once (each buffers up to %d lines); more are refused with 503 and Retry-After", stream.SubBuffer))
 	fl.BoolVar(&f.k8sEvents, "k8s-events", true, "post findings as Kubernetes Events on the pods and Services they are about (needs create and patch on events.k8s.io events)")
-	fl.IntVar(&f.eventsRate, "k8s-events-per-minute", k8sevents.DefaultPerMinute, "most Kubernetes Events this node writes (creates or updates) a minute; occurrences past it are folded into the next write's count")
+	fl.IntVar(&f.eventsRate, "k8s-events-per-minute", k8sevents.DefaultPerMinute, "Kubernetes Events this node writes (creates or updates) a minute, after a burst of a sixth of it: at most this plus the burst in any minute; occurrences past it are folded into the next write's count")
 	fl.DurationVar(&f.heartbeat, "heartbeat", 15*time.Second, "how long an /events stream may be quiet before it gets a heartbeat line (kdrop tail calls a stream silent past --idle-timeout lost)")
 	f.register(fl)
 	fl.Lookup("identity").DefValue = "on"
