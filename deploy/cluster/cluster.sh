@@ -103,6 +103,8 @@ fail() {
 		echo "----- last lines of $LOGS/$1.log" >&2
 		tail -n 25 "$LOGS/$1.log" >&2
 		echo "-----" >&2
+	else
+		say "$LOGS/$1.log is empty"
 	fi
 	say "state and logs are in $H; \`$0 down\` cleans up"
 	exit 1
@@ -146,7 +148,19 @@ start() {
 		setsid "$@" </dev/null >>"$LOGS/$name.log" 2>&1 9>&- &
 	# Not a process group leader (no job control here), so setsid execs in
 	# place and $! is the daemon's own PID.
-	echo $! >"$RUN/$name.pid"
+	local pid=$! t0
+	echo "$pid" >"$RUN/$name.pid"
+	# Until the child has exec'd, its cmdline is this script's, which does
+	# not name the state dir, so pid_of (and wait_for) would take the
+	# daemon for gone: on a loaded machine that window lasts long enough
+	# for a first readiness check (kube-router start failed so, with the
+	# daemon running and its log still empty). Wait for the exec, or the
+	# exit.
+	t0=$(now)
+	until ours "$pid" || ! kill -0 "$pid" 2>/dev/null; do
+		[ $(($(now) - t0)) -lt 30000 ] || break
+		sleep 0.02
+	done
 }
 
 # wait_for NAME SECONDS WHAT CMD...: polls CMD until it succeeds; fails with
@@ -924,8 +938,14 @@ cmd_kube_router() {
 		healthy || die "the cluster is not up: \`$0 up\` first"
 		pid_of kube-router >/dev/null && { say "kube-router already runs"; return; }
 		start_kube_router
-		wait_for kube-router 60 "kube-router's KUBE-ROUTER-FORWARD chain" kube_router_ready
-		say "kube-router's firewall runs (log: $LOGS/kube-router.log)"
+		# Its first sync waits for its informers and rewrites the filter
+		# table: tens of seconds on a loaded machine. A failed start leaves
+		# no kube-router (nor its chains) to the tests after this one.
+		if ! (wait_for kube-router 180 "kube-router's KUBE-ROUTER-FORWARD chain" kube_router_ready); then
+			cmd_kube_router stop
+			exit 1
+		fi
+		say "kube-router's firewall runs (pid $(pid_of kube-router); log: $LOGS/kube-router.log)"
 		;;
 	stop)
 		stop_component kube-router 10

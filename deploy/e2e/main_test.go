@@ -33,6 +33,7 @@ var (
 	helmBin    string
 	kubeconfig string
 	node       string // the cluster's one node
+	clusterDir string // cluster.sh's state dir (logs/ holds the components' logs)
 )
 
 const (
@@ -155,6 +156,8 @@ func readClusterEnv() error {
 			kubeconfig = v
 		case "KDROP_CLUSTER_NODE":
 			node = v
+		case "KDROP_CLUSTER_HOME":
+			clusterDir = v
 		}
 	}
 	if kubeconfig == "" || node == "" {

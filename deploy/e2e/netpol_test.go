@@ -18,7 +18,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -86,7 +88,7 @@ func TestNetworkPolicy(t *testing.T) {
 	// kube-router syncs (renaming its chains) when pods go.
 	kubectlErr("wait", "--for=delete", "namespace/kdrop", "namespace/shop", "--timeout=120s")
 	if out, err := sh("deploy/cluster/cluster.sh", "kube-router", "start"); err != nil {
-		t.Fatalf("cluster.sh kube-router start: %v\n%s", err, out)
+		t.Fatalf("cluster.sh kube-router start: %v\n%s\n%s", err, out, kubeRouterLog())
 	}
 	t.Cleanup(func() {
 		if out, err := sh("deploy/cluster/cluster.sh", "kube-router", "stop"); err != nil {
@@ -316,4 +318,16 @@ func vaultChain(t *testing.T) (chain string, rejected uint64, rules []string) {
 		}
 	}
 	return chain, rejected, rules
+}
+
+// kubeRouterLog is the tail of the cluster's kube-router log, read after
+// a failed start (cluster.sh prints it too, as it was at the failure).
+func kubeRouterLog() string {
+	p := filepath.Join(clusterDir, "logs", "kube-router.log")
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return fmt.Sprintf("kube-router's log: %v", err)
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	return fmt.Sprintf("last lines of %s now:\n%s", p, strings.Join(lines[max(0, len(lines)-25):], "\n"))
 }
