@@ -644,8 +644,10 @@ static __always_inline bool icmp_error_type(__u8 type, bool v6)
 {
 	if (v6) /* dest unreach, packet too big, time exceeded, param problem */
 		return type >= 1 && type <= 4;
-	/* dest unreach, time exceeded, parameter problem */
-	return type == 3 || type == 11 || type == 12;
+	/* dest unreach, redirect (its gateway in the second word), time
+	 * exceeded, parameter problem; IPv6's redirects go out through
+	 * ndisc's socket, not the ICMPv6 one */
+	return type == 3 || type == 5 || type == 11 || type == 12;
 }
 
 /* The icmp_send tracepoint (IPv4 only): skb is the offending packet, the

@@ -109,7 +109,7 @@ type Event struct {
 
 	ICMPType, ICMPCode uint8 // unreach: the error the kernel sent
 	// ICMPInfo is, for unreach, the ICMP header's second word (RFC 792,
-	// 1191, 4443): use ICMPMTU and ICMPPointer. 0 where the hook cannot
+	// 1191, 4443): use ICMPMTU, ICMPPointer and ICMPGateway. 0 where the hook cannot
 	// see it (the icmp_send tracepoint has no such argument).
 	ICMPInfo uint32
 
@@ -228,9 +228,21 @@ func (e *Event) ICMPPointer() uint32 {
 	return 0
 }
 
-// ICMPInfoOf is the ICMP header's second word that ICMPMTU and
-// ICMPPointer read mtu and pointer from: their inverse, for decoders.
-func ICMPInfoOf(v6 bool, typ, code uint8, mtu, pointer uint32) uint32 {
+// ICMPGateway is the gateway an IPv4 redirect (type 5, RFC 792) told the
+// sender to use instead of this router; invalid for other events or when
+// unseen.
+func (e *Event) ICMPGateway() netip.Addr {
+	if !e.icmpIs(false, 5, -1) || e.ICMPInfo == 0 {
+		return netip.Addr{}
+	}
+	i := e.ICMPInfo
+	return netip.AddrFrom4([4]byte{byte(i >> 24), byte(i >> 16), byte(i >> 8), byte(i)})
+}
+
+// ICMPInfoOf is the ICMP header's second word that ICMPMTU, ICMPPointer
+// and ICMPGateway read mtu, pointer and gateway from: their inverse, for
+// decoders.
+func ICMPInfoOf(v6 bool, typ, code uint8, mtu, pointer uint32, gateway netip.Addr) uint32 {
 	e := Event{Type: Unreachable, ICMPType: typ, ICMPCode: code}
 	if v6 {
 		e.Family = 6
@@ -244,6 +256,9 @@ func ICMPInfoOf(v6 bool, typ, code uint8, mtu, pointer uint32) uint32 {
 		return pointer << 24
 	case e.icmpIs(true, 4, -1):
 		return pointer
+	case e.icmpIs(false, 5, -1) && gateway.Is4():
+		b := gateway.As4()
+		return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
 	}
 	return 0
 }
@@ -267,6 +282,7 @@ var (
 		"frag-needed", "srcroute-failed", "net-unknown", "host-unknown", "host-isolated",
 		"net-prohibited", "host-prohibited", "net-tos-unreachable", "host-tos-unreachable",
 		"admin-prohibited", "precedence-violation", "precedence-cutoff"}
+	icmpRedirect = [...]string{"redirect-net", "redirect-host", "redirect-tos-net", "redirect-tos-host"}
 )
 
 // ICMPKnownName is the name of an ICMP (v4) or ICMPv6 error kdrop knows
@@ -292,6 +308,10 @@ func ICMPKnownName(v6 bool, typ, code uint8) string {
 		if int(code) < len(icmpUnreach) {
 			return icmpUnreach[code]
 		}
+	case 5:
+		if int(code) < len(icmpRedirect) {
+			return icmpRedirect[code]
+		}
 	case 11:
 		return "time-exceeded"
 	case 12:
@@ -310,6 +330,12 @@ func (e *Event) What() string {
 		s := ICMPName(e.Family == 6, e.ICMPType, e.ICMPCode)
 		if mtu := e.ICMPMTU(); mtu != 0 {
 			s += " mtu " + strconv.FormatUint(uint64(mtu), 10)
+		}
+		if p := e.ICMPPointer(); p != 0 {
+			s += " pointer " + strconv.FormatUint(uint64(p), 10)
+		}
+		if gw := e.ICMPGateway(); gw.IsValid() {
+			s += " gateway " + gw.String()
 		}
 		return s
 	case ListenOverflow:

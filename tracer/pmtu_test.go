@@ -2,6 +2,7 @@ package tracer
 
 import (
 	"bytes"
+	"net/netip"
 	"os/exec"
 	"strings"
 	"testing"
@@ -190,4 +191,43 @@ func stack(t *testing.T, ns *nstest.NS, cmdline string) {
 	if out, err := exec.Command("ip", append([]string{"-n", ns.Name}, strings.Fields(cmdline)...)...).CombinedOutput(); err != nil {
 		t.Skipf("this kernel cannot stack the device (ip %s: %v: %s)", cmdline, err, bytes.TrimSpace(out))
 	}
+}
+
+// A router that forwards a packet out the interface it came in on, to a
+// gateway on the sender's own link, tells the sender so with an ICMP
+// redirect (ip_rt_send_redirect: at most 9, then it backs off). Each one
+// sent is an event carrying the gateway, as many as IcmpOutRedirects.
+func TestICMPRedirectsCarryTheGateway(t *testing.T) {
+	client, router := nstest.New(t, "rdc"), nstest.New(t, "rdr")
+	nstest.Veth(t, client, "198.18.60.1/24", "", router, "198.18.60.2/24", "")
+	router.Sysctl(t, "net.ipv4.ip_forward", "1")
+	router.IP(t, "route add 198.18.61.0/24 via 198.18.60.9") // a gateway on the client's link
+	client.IP(t, "route add 198.18.61.0/24 via 198.18.60.2")
+	c := startTracer(t, Options{Filter: Filter{Netns: router.Inode, Types: []EventType{Unreachable}}})
+	h := c.hook("icmp_send")
+	before := router.Counters(t)["IcmpOutRedirects"]
+	for i := 0; i < 20; i++ {
+		client.SendUDP(t, "198.18.61.5", 9, 1)
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond)
+	evs := c.stop(t)
+	sent := router.Counters(t)["IcmpOutRedirects"] - before
+	got, all := sum(evs, func(e *Event) bool { return e.ICMPType == 5 })
+	if got != sent || sent == 0 {
+		t.Fatalf("hook %s: IcmpOutRedirects +%d, %d redirect events\n%s", h, sent, got, dump(evs))
+	}
+	gw := netip.MustParseAddr("198.18.60.9")
+	for _, e := range all {
+		if e.Summary {
+			continue
+		}
+		if mode := Mode(e.Source); mode != ModeTPBTF && mode != ModeRawTP && mode != ModeFentry && mode != ModeKprobe {
+			continue // the icmp_send tracepoint has no second word
+		}
+		if e.ICMPGateway() != gw || e.What() != "redirect-host gateway 198.18.60.9" || e.Dst.Port() != 9 {
+			t.Fatalf("want a host redirect to gateway %s for port 9:\n%s", gw, dump([]Event{e}))
+		}
+	}
+	t.Logf("%d redirects sent, %d events, gateway %s (hook %s)", sent, got, gw, h)
 }

@@ -114,6 +114,7 @@ type wire struct {
 	ICMPCode    uint8           `json:"icmp_code"`
 	ICMPMTU     uint32          `json:"icmp_mtu"`
 	ICMPPointer uint32          `json:"icmp_pointer"`
+	ICMPGateway netip.Addr      `json:"icmp_gateway"`
 	Queue       string          `json:"queue"`
 	QueueLen    uint32          `json:"queue_len"`
 	QueueMax    uint32          `json:"queue_max"`
@@ -450,7 +451,7 @@ func (d *Decoder) event(w *wire, l *Line) error {
 		}
 	case tracer.Unreachable:
 		e.ICMPType, e.ICMPCode = w.ICMPType, w.ICMPCode
-		e.ICMPInfo = tracer.ICMPInfoOf(e.Family == 6, e.ICMPType, e.ICMPCode, w.ICMPMTU, w.ICMPPointer)
+		e.ICMPInfo = tracer.ICMPInfoOf(e.Family == 6, e.ICMPType, e.ICMPCode, w.ICMPMTU, w.ICMPPointer, w.ICMPGateway)
 	case tracer.ListenOverflow:
 		e.Queue = tracer.ParseQueue(w.Queue)
 		e.QueueLen, e.QueueMax, e.SynQueueLen = w.QueueLen, w.QueueMax, w.SynQueueLen

@@ -95,6 +95,11 @@ func AppendEvent(b []byte, e *Event) []byte {
 			b = append(b, `,"icmp_pointer":`...)
 			b = strconv.AppendUint(b, uint64(p), 10)
 		}
+		if gw := e.ICMPGateway(); gw.IsValid() {
+			b = append(b, `,"icmp_gateway":"`...)
+			b = gw.AppendTo(b)
+			b = append(b, '"')
+		}
 	case tracer.ListenOverflow:
 		b = appendField(b, "queue", e.Queue.String())
 		b = append(b, `,"queue_len":`...)

@@ -30,7 +30,7 @@ var wireNames = map[string]bool{
 // eventNames are the fields fastWire reads (kept in step with its switch
 // by TestFastPath).
 var eventNames = []string{"time", "type", "count", "summary", "source", "coarse", "node", "netns", "ifindex", "proto",
-	"src", "sport", "dst", "dport", "tcp_flags", "reason", "reason_code", "location", "icmp_type", "icmp_code", "icmp_mtu", "icmp_pointer",
+	"src", "sport", "dst", "dport", "tcp_flags", "reason", "reason_code", "location", "icmp_type", "icmp_code", "icmp_mtu", "icmp_pointer", "icmp_gateway",
 	"queue", "queue_len", "queue_max", "syn_queue_len", "syncookie", "somaxconn", "src_k8s", "dst_k8s", "where_k8s", "rule", "route", "conntrack", "probe"}
 
 func init() {
@@ -281,6 +281,8 @@ func (d *Decoder) fastWire(b []byte, w *wire, r *fastReader) bool {
 			w.ICMPMTU, ok = r.uint32()
 		case "icmp_pointer":
 			w.ICMPPointer, ok = r.uint32()
+		case "icmp_gateway":
+			w.ICMPGateway, ok = r.addr()
 		case "summary":
 			w.Summary, ok = r.boolean()
 		case "syncookie":

@@ -59,6 +59,9 @@ func goldenEvents() []Event {
 			Src: ap("[fd00:18:1::2]:40000"), Dst: ap("[fd00:18:2::2]:9"), ICMPType: 2, ICMPInfo: 1280}},
 		{Event: tracer.Event{Time: t0.Add(5300 * time.Millisecond), Type: tracer.Unreachable, Count: 1, Netns: 1, Family: 4, Proto: 6,
 			Src: ap("198.18.1.2:40000"), Dst: ap("198.18.2.2:80"), ICMPType: 12, ICMPInfo: 20 << 24}},
+		// a redirect's gateway (10.77.0.9)
+		{Event: tracer.Event{Time: t0.Add(5400 * time.Millisecond), Type: tracer.Unreachable, Count: 1, Netns: 1, Family: 4, Proto: 17,
+			Src: ap("10.77.0.1:40000"), Dst: ap("10.77.5.5:9"), ICMPType: 5, ICMPCode: 1, ICMPInfo: 10<<24 | 77<<16 | 9}},
 		{Event: tracer.Event{Time: t0.Add(6 * time.Second), Type: tracer.Drop, Count: 1, Netns: 7, Proto: 0, Reason: "unknown", Location: "0xffffffff81000000"}},
 		// netfilter rules: one named by its counter, candidates, a rule
 		// without a counter named by match, unknown

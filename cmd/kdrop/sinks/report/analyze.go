@@ -1205,6 +1205,8 @@ var icmpText = map[string]reasonInfo{
 	"frag-needed":      {meaning: "the packet was bigger than the next link's MTU and had don't-fragment set (path MTU discovery)", fix: "Harmless in small numbers; many mean an MTU mismatch: pod MTU must leave room for the overlay (VXLAN 50 bytes)."},
 	"packet-too-big":   {meaning: "the packet was bigger than the next link's MTU (path MTU discovery)", fix: "Harmless in small numbers; many mean an MTU mismatch between pods and the overlay."},
 	"time-exceeded":    {meaning: "the packet's TTL ran out: a routing loop, or traceroute", fix: "If it is not someone's traceroute, look for a routing loop (`ip route get DST` along the path)."},
+	"redirect-host":    {meaning: "a router had to send the packet back out the interface it came in on, to a gateway on the sender's own link, and told the sender to use that gateway (the one the line names) instead", fix: "The sender's route to that destination goes through the wrong next hop: check `ip route get DST` on the sender and give it the gateway named (or a route to the subnet); if the router is meant to hairpin, set net.ipv4.conf.IFACE.send_redirects=0 on it."},
+	"redirect-net":     {meaning: "a router had to send the packet back out the interface it came in on, and told the sender to use the gateway the line names for that network instead", fix: "The sender's route to that network goes through the wrong next hop: check `ip route get DST` on the sender and add a route via the gateway named."},
 }
 
 func (a *analysis) otherICMPFindings() {

@@ -59,8 +59,10 @@ func isReason(f *Flow, reasons ...string) bool {
 
 // icmpBase is an unreach event's ICMP error without its MTU.
 func icmpBase(icmp string) string {
-	base, _, _ := strings.Cut(icmp, " mtu ")
-	return base
+	for _, extra := range []string{" mtu ", " pointer ", " gateway "} {
+		icmp, _, _ = strings.Cut(icmp, extra)
+	}
+	return icmp
 }
 
 func isTooBig(icmp string) bool {
