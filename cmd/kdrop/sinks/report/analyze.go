@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -253,6 +254,9 @@ func actor(f *Flow) string {
 	}
 	if f.Node != "" {
 		return "node " + f.Node
+	}
+	if f.Netns != 0 { // watch's recordings name no node: the namespace then
+		return "network namespace " + strconv.FormatUint(f.Netns, 10)
 	}
 	return "unknown"
 }

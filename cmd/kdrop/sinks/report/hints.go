@@ -24,14 +24,11 @@ func (a *analysis) claim(keep func(*Flow) bool, key func(*Flow) string) *groups 
 	return &gs
 }
 
-// place names where the kernel acted: the pod or node, else the network
-// namespace.
+// place names where the kernel acted (actor), "an unknown place" when
+// nothing says.
 func place(f *Flow) string {
 	if w := actor(f); w != "unknown" {
 		return w
-	}
-	if f.Netns != 0 {
-		return fmt.Sprintf("network namespace %d", f.Netns)
 	}
 	return "an unknown place"
 }
