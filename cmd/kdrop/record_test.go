@@ -221,7 +221,7 @@ func TestRecordAndReportRules(t *testing.T) {
 	for _, want := range []string{
 		`ip filter/INPUT#`, `DROP "a1 udp drop" dropped 5 packets`, "`nft -a list chain ip filter INPUT`", "`iptables-save -t filter | grep -n -- 'a1 udp drop'`",
 		`ip kd/in#`, `REJECT icmp-host-unreachable "nth drop"`, "`nft -a list chain ip kd in`",
-		`ip6 kd6/in#`, `REJECT icmpv6-admin-prohibited "v6 reject"`, "in the network namespace of netns ",
+		`ip6 kd6/in#`, `REJECT icmpv6-admin-prohibited "v6 reject"`, "at network namespace ",
 		`ip filter/INPUT:1 DROP "legacy rule"`, "`iptables-legacy -t filter -S INPUT 1`", "`iptables-legacy-save -t filter | grep -n -- 'legacy rule'`",
 		"If this rule should not drop this traffic",
 	} {

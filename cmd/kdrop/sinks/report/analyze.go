@@ -719,7 +719,7 @@ func (a *analysis) conntrackFindings() {
 		case conntrack.CauseInsertFailed:
 			fd.Severity = SevCritical
 			fd.Title = fmt.Sprintf("Conntrack insert failures (NAT port clash) dropped %s from %s to %s", n, g.sources.names(3), g.pods.names(3))
-			fd.Detail = fmt.Sprintf("%s, conntrack dropped %s in the network namespace of %s: each was the first packet of a connection that lost the race to enter the conntrack table (`conntrack -S` insert_failed), because another connection NAT had mapped to the same addresses and ports was confirmed first. "+
+			fd.Detail = fmt.Sprintf("%s, conntrack dropped %s at %s: each was the first packet of a connection that lost the race to enter the conntrack table (`conntrack -S` insert_failed), because another connection NAT had mapped to the same addresses and ports was confirmed first. "+
 				"For TCP this is the SNAT port race: the SYN is retransmitted a second later (1 s connect delays). For UDP it is typically parallel A and AAAA DNS queries from one socket through the DNAT of the DNS Service, on kernels that cannot resolve the clash: the lookup waits for the resolver's timeout (5 s DNS delays).",
 				when, n, where)
 			fix = []string{
@@ -734,7 +734,7 @@ func (a *analysis) conntrackFindings() {
 				limit = " (nf_conntrack_max " + maxes[g].names(2) + ")"
 			}
 			fd.Title = fmt.Sprintf("Conntrack table full%s: %s dropped", limit, n)
-			fd.Detail = fmt.Sprintf("%s, conntrack dropped %s from %s to %s in the network namespace of %s: its table held nf_conntrack_max entries and none could be evicted early, so new connections got no entry (the kernel logs \"nf_conntrack: table full, dropping packet\").",
+			fd.Detail = fmt.Sprintf("%s, conntrack dropped %s from %s to %s at %s: its table held nf_conntrack_max entries and none could be evicted early, so new connections got no entry (the kernel logs \"nf_conntrack: table full, dropping packet\").",
 				when, n, g.sources.names(3), g.pods.names(3), where)
 			fix = []string{
 				"Compare `net.netfilter.nf_conntrack_count` with `net.netfilter.nf_conntrack_max` on the node, and raise the limit (kube-proxy sets it from `conntrack.maxPerCore` and `conntrack.min`).",
@@ -742,11 +742,11 @@ func (a *analysis) conntrackFindings() {
 			}
 		case conntrack.CauseDrop:
 			fd.Title = fmt.Sprintf("Conntrack dropped %s from %s to %s", n, g.sources.names(3), g.pods.names(3))
-			fd.Detail = fmt.Sprintf("%s, conntrack dropped %s in the network namespace of %s (`conntrack -S` drop) while its table was not seen full: out of memory, or its protocol tracker refused the packet.", when, n, where)
+			fd.Detail = fmt.Sprintf("%s, conntrack dropped %s at %s (`conntrack -S` drop) while its table was not seen full: out of memory, or its protocol tracker refused the packet.", when, n, where)
 			fix = []string{"Check `conntrack -S` (drop, early_drop, invalid) and the kernel log (`dmesg | grep nf_conntrack`) on the node."}
 		case conntrack.CauseInvalid:
 			fd.Title = fmt.Sprintf("A rule dropped %s that conntrack calls INVALID", n)
-			fd.Detail = fmt.Sprintf("%s, a rule matching conntrack state INVALID dropped %s from %s to %s in the network namespace of %s (`conntrack -S` invalid moved with it). Usually TCP packets out of the window conntrack tracks (retransmissions after a conntrack entry was lost, asymmetric routing).",
+			fd.Detail = fmt.Sprintf("%s, a rule matching conntrack state INVALID dropped %s from %s to %s at %s (`conntrack -S` invalid moved with it). Usually TCP packets out of the window conntrack tracks (retransmissions after a conntrack entry was lost, asymmetric routing).",
 				when, n, g.sources.names(3), g.pods.names(3), where)
 			fix = []string{
 				"Check for asymmetric routing (replies leaving by another node or interface) and for conntrack entries flushed under live connections.",
@@ -1057,7 +1057,7 @@ func (a *analysis) netfilterFindings() {
 			Title: fmt.Sprintf("Firewall dropped traffic from %s to %s%s: %s (NETFILTER_DROP)", src, dst, port, plural(g.count, "packet", "packets")),
 		}
 		var d strings.Builder
-		fmt.Fprintf(&d, "%s, an iptables/nftables rule dropped %s from %s (pods: %s) to %s (pods: %s)%s, in the network namespace of %s",
+		fmt.Fprintf(&d, "%s, an iptables/nftables rule dropped %s from %s (pods: %s) to %s (pods: %s)%s, at %s",
 			capital(span(g.first, g.last)), plural(g.count, "packet", "packets"), src, g.pods.names(3), dst, e.dstPods.names(3), port, g.senders.names(3))
 		if len(e.locations) > 0 {
 			fmt.Fprintf(&d, " (kernel function %s)", e.locations.names(2))

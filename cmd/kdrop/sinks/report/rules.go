@@ -221,18 +221,6 @@ func (r Ref) grepCommand(backend string) string {
 // of another name is none of its).
 var iptablesTables = map[string]bool{"filter": true, "nat": true, "mangle": true, "raw": true, "security": true}
 
-// netnsWords names the network namespace where a flow was dropped: the pod
-// or node that owns it, else its inode.
-func netnsWords(f *Flow) string {
-	if a := actor(f); a != "unknown" {
-		return a
-	}
-	if f.Netns != 0 {
-		return fmt.Sprintf("netns %d", f.Netns)
-	}
-	return "unknown"
-}
-
 // howWords says how kdrop named the rule.
 func howWords(how string) string {
 	switch how {
@@ -268,7 +256,7 @@ func (a *analysis) ruleFindings() {
 		if _, ok := rule[g]; !ok {
 			rule[g], flows[g], hows[g], where[g] = *f.NamedRule, counter{}, counter{}, counter{}
 		}
-		where[g].add(netnsWords(f), f.Count)
+		where[g].add(actor(f), f.Count)
 		flows[g].add(flowWords(f), f.Count)
 		hows[g].add(howWords(f.NamedRule.How), f.Count)
 		a.used[f] = true
@@ -287,12 +275,12 @@ func (a *analysis) ruleFindings() {
 			if r.Comment != "" {
 				fmt.Fprintf(&d, "; comment %s", quoteComment(r.Comment))
 			}
-			fmt.Fprintf(&d, ") dropped %s, in the network namespace of %s. kdrop named it because %s. %s", packets, where[g].names(3), hows[g].names(3), verdictWords(r.Verdict))
+			fmt.Fprintf(&d, ") dropped %s, at %s. kdrop named it because %s. %s", packets, where[g].names(3), hows[g].names(3), verdictWords(r.Verdict))
 		} else {
 			n := min(r.NCandidates, maxCandidates)
 			refs = r.Candidates[:n]
 			fd.Title = fmt.Sprintf("One of %d netfilter rules dropped %s (ambiguous)", r.NCandidates, packets)
-			fmt.Fprintf(&d, "one of %d rules dropped %s, in the network namespace of %s; kdrop could not tell which (%s), so it names them all: ", r.NCandidates, packets, where[g].names(3), hows[g].names(3))
+			fmt.Fprintf(&d, "one of %d rules dropped %s, at %s; kdrop could not tell which (%s), so it names them all: ", r.NCandidates, packets, where[g].names(3), hows[g].names(3))
 			var cs []string
 			for _, c := range refs {
 				cs = append(cs, c.String())
