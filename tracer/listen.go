@@ -25,8 +25,9 @@ import (
 // counter rises, the listeners whose drop counters rose get events carrying
 // the exact deltas, their queue length and its limit; what no listener can
 // be told for (several listeners dropped for both queues, a listener that
-// closed, cookies, which no listener counts, in a namespace with several
-// listeners) comes as an event of the namespace without an address.
+// closed) comes as an event of the namespace without an address. No
+// listener counts the cookies it sent: they go to the one listener whose
+// SYN queue is full (cookieListener), else to the namespace.
 type listenPoller struct {
 	somax    *somaxconns
 	interval time.Duration
@@ -209,6 +210,9 @@ func (p *listenPoller) poll(emit func(*Event), final bool) {
 				if q == QueueAccept { // sock_diag tells the accept queue only
 					e.QueueLen, e.QueueMax = l.rqueue, l.wqueue
 				}
+				if l.synq > 0 { // counted from its requests (cookieListener)
+					e.SynQueueLen, e.QueueMax = l.synq, l.wqueue
+				}
 			}
 			// each event goes through the same filter as the kernel's
 			p.emitMatching(emit, &e)
@@ -265,12 +269,11 @@ func (p *listenPoller) poll(emit func(*Event), final bool) {
 		w.pendOverflow = flush(dOverflow-attOverflow, oldOverflow, QueueAccept)
 		w.pendSyn = flush(dSyn-attSyn, oldSyn, QueueSYN)
 		if dCookies > 0 {
-			// no listener counts the cookies it sent: named only when it
-			// is the namespace's one listener
-			if len(listeners) == 1 {
-				for k, l := range listeners {
-					ev(dCookies, &k, l, QueueSYN, true)
-				}
+			// no listener counts the cookies it sent: the one whose SYN
+			// queue is full sent them (the kernel answers with cookies
+			// only then, tcp_syn_flood_action)
+			if k, l, ok := w.cookieListener(listeners); ok {
+				ev(dCookies, &k, l, QueueSYN, true)
 			} else {
 				ev(dCookies, nil, listenerState{}, QueueSYN, true)
 			}
@@ -331,6 +334,7 @@ func (w *nsWatch) counters() (listenCounters, error) {
 type listenerState struct {
 	rqueue, wqueue uint32 // accept queue length and its limit
 	drops          uint64
+	synq           uint32 // SYN queue length, where cookieListener counted it
 }
 
 // Kernel ABI constants of sock_diag (linux/inet_diag.h, linux/sock_diag.h).
@@ -339,6 +343,8 @@ const (
 	inetDiagSkmeminfo = 7
 	skMeminfoDrops    = 8
 	tcpListen         = 10
+	tcpSynRecv        = 3
+	tcpNewSynRecv     = 12 // a request socket (include/net/tcp_states.h)
 )
 
 // dumpListeners lists the namespace's TCP listeners (both families) with
@@ -354,6 +360,66 @@ func (w *nsWatch) dumpListeners() (map[listenerKey]listenerState, error) {
 }
 
 func (w *nsWatch) dumpFamily(family uint8, out map[listenerKey]listenerState) error {
+	return w.dump(family, 1<<tcpListen, func(k listenerKey, st listenerState) { out[k] = st })
+}
+
+// cookieListener names the listener whose syncookies the namespace counted:
+// cookies are sent only while a listener's SYN queue is full
+// (inet_csk_reqsk_queue_is_full), and its queue is its request sockets,
+// which sock_diag lists (`ss -tn state syn-recv`), by local address and
+// port, with the SYN queue's length. ok is false when not exactly one listener's queue is full, or a
+// full queue's port has several listeners (SO_REUSEPORT, an address and
+// the wildcard): their requests do not say whose they are.
+func (w *nsWatch) cookieListener(listeners map[listenerKey]listenerState) (listenerKey, listenerState, bool) {
+	if len(listeners) == 1 { // even when not full (tcp_syncookies=2: always)
+		for k, l := range listeners {
+			return k, l, true
+		}
+	}
+	reqs := map[netip.AddrPort]uint32{}
+	for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
+		err := w.dump(fam, 1<<tcpSynRecv|1<<tcpNewSynRecv, func(k listenerKey, _ listenerState) {
+			reqs[netip.AddrPortFrom(k.addr.Addr().Unmap(), k.addr.Port())]++
+		})
+		if err != nil {
+			return listenerKey{}, listenerState{}, false
+		}
+	}
+	byPort := map[uint16][]listenerKey{}
+	for k := range listeners {
+		byPort[k.addr.Port()] = append(byPort[k.addr.Port()], k)
+	}
+	perPort := map[uint16]uint32{}
+	for a, n := range reqs {
+		perPort[a.Port()] += n
+	}
+	var found []listenerKey
+	var synq uint32
+	for port, n := range perPort {
+		ks := byPort[port]
+		full := false
+		for _, k := range ks {
+			full = full || n >= listeners[k].wqueue
+		}
+		switch {
+		case !full:
+		case len(ks) == 1:
+			found, synq = append(found, ks[0]), n
+		default:
+			return listenerKey{}, listenerState{}, false
+		}
+	}
+	if len(found) != 1 {
+		return listenerKey{}, listenerState{}, false
+	}
+	l := listeners[found[0]]
+	l.synq = synq
+	return found[0], l, true
+}
+
+// dump asks sock_diag for the family's TCP sockets in states (a bit per
+// TCP_* state) and calls fn for each.
+func (w *nsWatch) dump(family uint8, states uint32, fn func(listenerKey, listenerState)) error {
 	// nlmsghdr + inet_diag_req_v2 (family, protocol, ext, pad, states, 48-byte sockid)
 	req := make([]byte, 16+56)
 	binary.NativeEndian.PutUint32(req[0:], uint32(len(req)))
@@ -363,7 +429,7 @@ func (w *nsWatch) dumpFamily(family uint8, out map[listenerKey]listenerState) er
 	req[16] = family
 	req[17] = unix.IPPROTO_TCP
 	req[18] = 1 << (inetDiagSkmeminfo - 1)
-	binary.NativeEndian.PutUint32(req[20:], 1<<tcpListen)
+	binary.NativeEndian.PutUint32(req[20:], states)
 	if err := unix.Sendto(w.diag, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return fmt.Errorf("sock_diag request: %w", err)
 	}
@@ -385,7 +451,7 @@ func (w *nsWatch) dumpFamily(family uint8, out map[listenerKey]listenerState) er
 				return fmt.Errorf("sock_diag: kernel returned an error for family %d", family)
 			}
 			if k, st, ok := parseDiagMsg(family, m.Data); ok {
-				out[k] = st
+				fn(k, st)
 			}
 		}
 	}

@@ -13,7 +13,8 @@ import (
 // then, with syncookies off, every further SYN is dropped (one event each,
 // as TcpExtTCPReqQFullDrop counts them) and, with syncookies on, answered
 // with a cookie (as TcpExtTCPReqQFullDoCookies counts them). The events
-// name the listener: the namespace has one.
+// name the listener, beside an idle one (no listener counts its cookies:
+// the full SYN queue tells whose they are).
 func TestSynQueueFullEveryMode(t *testing.T) {
 	for _, tc := range []struct {
 		cookies, counter string
@@ -28,6 +29,8 @@ func TestSynQueueFullEveryMode(t *testing.T) {
 			c := startTracer(t, Options{Filter: Filter{Types: []EventType{ListenOverflow}, Netns: srv.Inode}})
 			ln := srv.ListenNoAccept(t, "127.0.0.1", port, backlog)
 			defer ln.Close()
+			idle := srv.ListenNoAccept(t, "127.0.0.1", port+1, 128)
+			defer idle.Close()
 			before := srv.Counters(t)
 			halfOpen := []int{41000, 41001, 41002, 41003, 41004, 41005, 41006, 41007}
 			defer srv.ConnectFrom(t, "127.0.0.1", port, halfOpen).Close()
