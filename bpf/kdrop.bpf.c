@@ -135,7 +135,8 @@ static __always_inline void stat_inc(__u32 idx)
 /* ---- packet parsing: raw bytes, wire formats never change ---- */
 
 /* Ports, TCP flags or the ICMP header from l4[0..13], of which len bytes
- * belong to the packet: nothing is read past its end. */
+ * belong to the packet: nothing is read past its end. An ICMP packet's
+ * second word is kept too: a dropped frag-needed says the MTU it carried. */
 static __always_inline void parse_l4(struct kdrop_event *e, const __u8 *h, __u32 len)
 {
 	if (e->proto == IPPROTO_ICMP || e->proto == IPPROTO_ICMPV6) {
@@ -143,6 +144,8 @@ static __always_inline void parse_l4(struct kdrop_event *e, const __u8 *h, __u32
 			e->icmp_type = h[0];
 			e->icmp_code = h[1];
 		}
+		if (len >= 8)
+			e->icmp_info = (__u32)h[4] << 24 | (__u32)h[5] << 16 | (__u32)h[6] << 8 | h[7];
 		return;
 	}
 	if ((e->proto != IPPROTO_TCP && e->proto != IPPROTO_UDP) || len < 4)
@@ -662,9 +665,11 @@ static __always_inline int icmp_sent(struct sk_buff *skb, int type, int code, bo
 	e.mode = mode;
 	skb_where(skb, &e, btf);
 	parse_skb(skb, &e, btf);
-	/* parse_skb put the offending packet's own ICMP header here, if any */
+	/* parse_skb put the offending packet's own ICMP header here, if any;
+	 * the error's second word is not an argument of the tracepoint */
 	e.icmp_type = type;
 	e.icmp_code = code;
+	e.icmp_info = 0;
 	emit(&e, (__u32)type << 8 | (__u8)code);
 	return 0;
 }

@@ -63,9 +63,11 @@ struct kdrop_event {
 	__u32 qlen;       /* listener: accept queue length (sk_ack_backlog) */
 	__u32 qmax;       /* listener: its limit (sk_max_ack_backlog) */
 	__u32 synq;       /* listener: SYN queue length */
-	__u32 icmp_info;  /* unreach: the ICMP header's second word, host order
-	                   * (next-hop MTU, parameter-problem pointer); 0 where
-	                   * the hook cannot see it (the icmp_send tracepoint) */
+	__u32 icmp_info;  /* unreach, and drop of an ICMP packet: the ICMP
+	                   * header's second word, host order (next-hop MTU,
+	                   * parameter-problem pointer, redirect gateway); 0
+	                   * where the hook cannot see it (the icmp_send
+	                   * tracepoint) */
 	__u8 saddr[16];   /* IPv4 in the first 4 bytes */
 	__u8 daddr[16];
 	__u16 sport;      /* host byte order */

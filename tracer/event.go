@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // EventType says where the kernel gave up on traffic.
@@ -107,10 +109,11 @@ type Event struct {
 	// multicast (not written in lines; the filter's benign test uses it).
 	LinkMulti bool
 
-	ICMPType, ICMPCode uint8 // unreach: the error the kernel sent
-	// ICMPInfo is, for unreach, the ICMP header's second word (RFC 792,
-	// 1191, 4443): use ICMPMTU, ICMPPointer and ICMPGateway. 0 where the hook cannot
-	// see it (the icmp_send tracepoint has no such argument).
+	ICMPType, ICMPCode uint8 // unreach: the error the kernel sent; drop of ICMP: the packet's
+	// ICMPInfo is, for unreach and for a drop of an ICMP packet, the ICMP
+	// header's second word (RFC 792, 1191, 4443): use ICMPMTU, ICMPPointer
+	// and ICMPGateway. 0 where the hook cannot see it (the icmp_send
+	// tracepoint has no such argument).
 	ICMPInfo uint32
 
 	Queue       Queue // overflow
@@ -199,12 +202,20 @@ func tcpFlagString(f uint8) string {
 // ICMPKnownName's name, else unreachable/CODE, icmp6 TYPE/CODE or icmp
 // TYPE/CODE.
 func (e *Event) icmpIs(v6 bool, typ uint8, code int) bool {
-	return e.Type == Unreachable && (e.Family == 6) == v6 && e.ICMPType == typ && (code < 0 || int(e.ICMPCode) == code)
+	// an unreach event is the error sent; a drop of an ICMP packet may be
+	// one thrown away
+	proto := uint8(unix.IPPROTO_ICMP)
+	if v6 {
+		proto = unix.IPPROTO_ICMPV6
+	}
+	isErr := e.Type == Unreachable && (e.Family == 6) == v6 || e.Type == Drop && e.Proto == proto
+	return isErr && e.ICMPType == typ && (code < 0 || int(e.ICMPCode) == code)
 }
 
-// ICMPMTU is the next-hop MTU an unreach event told the sender, in bytes:
-// of an IPv4 frag-needed (RFC 1191: the low 16 bits) or an ICMPv6
-// packet-too-big (RFC 4443 3.2); 0 for other events or when unseen.
+// ICMPMTU is the next-hop MTU an unreach event told the sender, or a
+// dropped ICMP error carried, in bytes: of an IPv4 frag-needed (RFC 1191:
+// the low 16 bits) or an ICMPv6 packet-too-big (RFC 4443 3.2); 0 for other
+// events or when unseen.
 func (e *Event) ICMPMTU() uint32 {
 	switch {
 	case e.icmpIs(false, 3, 4):
@@ -217,7 +228,7 @@ func (e *Event) ICMPMTU() uint32 {
 
 // ICMPPointer is the offset of the offending byte in the quoted packet of
 // a parameter problem (IPv4 type 12: the first byte; ICMPv6 type 4: the
-// whole word); 0 for other events or when unseen.
+// whole word), sent (unreach) or dropped; 0 for other events or when unseen.
 func (e *Event) ICMPPointer() uint32 {
 	switch {
 	case e.icmpIs(false, 12, -1):
@@ -229,8 +240,8 @@ func (e *Event) ICMPPointer() uint32 {
 }
 
 // ICMPGateway is the gateway an IPv4 redirect (type 5, RFC 792) told the
-// sender to use instead of this router; invalid for other events or when
-// unseen.
+// sender to use instead of this router, sent (unreach) or dropped; invalid
+// for other events or when unseen.
 func (e *Event) ICMPGateway() netip.Addr {
 	if !e.icmpIs(false, 5, -1) || e.ICMPInfo == 0 {
 		return netip.Addr{}

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/kdrop/kdrop/tracer/nstest"
 )
 
@@ -64,6 +66,51 @@ func TestPMTUErrorsCarryTheMTU(t *testing.T) {
 			t.Errorf("%s: no summary (rate limit 5, %d errors)", tc.name, sent)
 		}
 		t.Logf("%s: %d sent, %d events (%d in summaries), MTU %d (hook %s)", tc.name, sent, got, summaries, evs[0].ICMPMTU(), h)
+	}
+}
+
+// A path MTU black hole's second half, the router beyond sight (beyond the
+// node): the client's firewall drops the frag-needed and packet-too-big
+// errors the router sends. Each drop says the MTU its error carried, from
+// the router that sent it, counted as the rules count them while the
+// traffic runs.
+func TestDroppedPMTUErrorsCarryTheMTU(t *testing.T) {
+	r := nstest.NewRouted(t)
+	r.Router.IP(t, "link set dev "+r.RouterToServer+" mtu 1280")
+	r.Client.Sh(t, "iptables -A INPUT -p icmp --icmp-type fragmentation-needed -j DROP")
+	r.Client.Sh(t, "ip6tables -A INPUT -p icmpv6 --icmpv6-type packet-too-big -j DROP")
+	c := startTracer(t, Options{Filter: Filter{Netns: r.Client.Inode, Types: []EventType{Drop}}, RateLimit: 100})
+	isICMP := func(e *Event) bool {
+		return e.Type == Drop && (e.Proto == unix.IPPROTO_ICMP || e.Proto == unix.IPPROTO_ICMPV6)
+	}
+	rules := func() uint64 {
+		return iptablesPackets(t, r.Client, "iptables", "INPUT", "DROP") + iptablesPackets(t, r.Client, "ip6tables", "INPUT", "DROP")
+	}
+	evs, n := underLoad(t, c, "dropped too-big errors", 3*time.Second, 2*time.Second, func() func() {
+		return nstest.Paced(t, 50*time.Millisecond, func() {
+			r.Client.SendDF(t, nstest.ServerIP, 9, 1400, 1)
+			r.Client.SendDF(t, nstest.ServerIP6, 9, 1400, 1)
+		})
+	}, isICMP, rules)
+	_, drops := sum(evs, isICMP)
+	lines := 0
+	for _, e := range drops {
+		if e.Summary {
+			continue
+		}
+		lines++
+		router := "198.18.1.1"
+		if e.Family == 6 {
+			router = "fd00:18:1::1"
+		}
+		name := ICMPKnownName(e.Family == 6, e.ICMPType, e.ICMPCode)
+		if e.ICMPMTU() != 1280 || e.Src.Addr().String() != router || (name != "frag-needed" && name != "packet-too-big") {
+			t.Errorf("a dropped too-big error: %s from %v with MTU %d, want frag-needed or packet-too-big from %s with MTU 1280\n%s",
+				name, e.Src.Addr(), e.ICMPMTU(), router, dump([]Event{e}))
+		}
+	}
+	if lines == 0 {
+		t.Fatalf("none of the %d dropped errors came as a line", n)
 	}
 }
 

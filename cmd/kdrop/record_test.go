@@ -78,33 +78,46 @@ func stopRecord(t *testing.T, rec *exec.Cmd, stderr *syncBuffer) {
 // server has MTU 1280 answers the client's 1400-byte packets with
 // frag-needed / packet-too-big, and the client's firewall drops those
 // errors. The report must say which router told the client what MTU, that
-// the error was dropped at the client by that rule, and how to fix it.
+// the error was dropped at the client by that rule, and how to fix it:
+// from the router's own errors where the recording has them, else (the
+// router beyond the node: only the client's namespace recorded) from the
+// errors that were dropped.
 func TestRecordAndReportPMTUBlackHole(t *testing.T) {
 	r := nstest.NewRouted(t)
 	r.Router.IP(t, "link set dev "+r.RouterToServer+" mtu 1280")
 	r.Client.Sh(t, "iptables -A INPUT -p icmp --icmp-type fragmentation-needed -m comment --comment no-pmtu -j DROP")
 	r.Client.Sh(t, "ip6tables -A INPUT -p icmpv6 --icmpv6-type packet-too-big -m comment --comment no-pmtu -j DROP")
-	file := filepath.Join(t.TempDir(), "pmtu.jsonl.gz")
-	rec, stderr := startRecord(t, file, "--cidr", nstest.ClientIP, "--cidr", nstest.ClientIP6)
-	for i := 0; i < 5; i++ { // the load keeps running while kdrop names the rules
-		r.Client.SendDF(t, nstest.ServerIP, 9, 1400, 4)
-		r.Client.SendDF(t, nstest.ServerIP6, 9, 1400, 4)
-		time.Sleep(300 * time.Millisecond)
-	}
-	time.Sleep(2500 * time.Millisecond) // a drop's line waits up to 2 s for its rule
-	stopRecord(t, rec, stderr)
-	out, err := exec.Command(kdropBin, "report", file, "--markdown", "-").CombinedOutput()
-	if err != nil {
-		t.Fatalf("kdrop report: %v\n%s", err, out)
-	}
-	md := string(out)
-	for _, want := range []string{
-		"Path MTU black hole", "told " + nstest.ClientIP + " the path MTU is 1280", "told " + nstest.ClientIP6 + " the path MTU is 1280",
-		"dropped the ICMP error by rule filter/INPUT#", `DROP "no-pmtu"`, "fragmentation-needed", "clamp-mss-to-pmtu",
+	for _, tc := range []struct {
+		name  string
+		scope []string
+	}{
+		{"router recorded", []string{"--cidr", nstest.ClientIP, "--cidr", nstest.ClientIP6}},
+		{"router beyond sight", []string{"--netns", "/run/netns/" + r.Client.Name}},
 	} {
-		if !strings.Contains(md, want) {
-			t.Errorf("report lacks %q:\n%s", want, md)
-		}
+		t.Run(tc.name, func(t *testing.T) {
+			file := filepath.Join(t.TempDir(), "pmtu.jsonl.gz")
+			rec, stderr := startRecord(t, file, tc.scope...)
+			stopLoad := nstest.Paced(t, 100*time.Millisecond, func() { // keeps running while kdrop names the rules
+				r.Client.SendDF(t, nstest.ServerIP, 9, 1400, 1)
+				r.Client.SendDF(t, nstest.ServerIP6, 9, 1400, 1)
+			})
+			defer stopLoad()
+			time.Sleep(4 * time.Second) // a drop's line waits up to 2 s for its rule
+			stopRecord(t, rec, stderr)
+			out, err := exec.Command(kdropBin, "report", file, "--markdown", "-").CombinedOutput()
+			if err != nil {
+				t.Fatalf("kdrop report: %v\n%s", err, out)
+			}
+			md := string(out)
+			for _, want := range []string{
+				"Path MTU black hole", "told " + nstest.ClientIP + " the path MTU is 1280", "told " + nstest.ClientIP6 + " the path MTU is 1280",
+				"dropped the ICMP error by rule filter/INPUT#", `DROP "no-pmtu"`, "fragmentation-needed", "clamp-mss-to-pmtu",
+			} {
+				if !strings.Contains(md, want) {
+					t.Errorf("report lacks %q:\n%s", want, md)
+				}
+			}
+		})
 	}
 }
 

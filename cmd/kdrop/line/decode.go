@@ -445,6 +445,7 @@ func (d *Decoder) event(w *wire, l *Line) error {
 		}
 		if isICMP(e.Proto) {
 			e.ICMPType, e.ICMPCode = w.ICMPType, w.ICMPCode
+			e.ICMPInfo = tracer.ICMPInfoOf(e.Proto == protoICMPv6, e.ICMPType, e.ICMPCode, w.ICMPMTU, w.ICMPPointer, w.ICMPGateway)
 		}
 		if c := w.Conntrack; c != nil {
 			e.Conntrack = &conntrack.Drop{Cause: c.Cause, Count: c.Count, Max: c.Max}

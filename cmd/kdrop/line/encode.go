@@ -87,19 +87,7 @@ func AppendEvent(b []byte, e *Event) []byte {
 		b = strconv.AppendUint(b, uint64(e.ICMPType), 10)
 		b = append(b, `,"icmp_code":`...)
 		b = strconv.AppendUint(b, uint64(e.ICMPCode), 10)
-		if mtu := e.ICMPMTU(); mtu != 0 {
-			b = append(b, `,"icmp_mtu":`...)
-			b = strconv.AppendUint(b, uint64(mtu), 10)
-		}
-		if p := e.ICMPPointer(); p != 0 {
-			b = append(b, `,"icmp_pointer":`...)
-			b = strconv.AppendUint(b, uint64(p), 10)
-		}
-		if gw := e.ICMPGateway(); gw.IsValid() {
-			b = append(b, `,"icmp_gateway":"`...)
-			b = gw.AppendTo(b)
-			b = append(b, '"')
-		}
+		b = appendICMPInfo(b, &e.Event)
 	case tracer.ListenOverflow:
 		b = appendField(b, "queue", e.Queue.String())
 		b = append(b, `,"queue_len":`...)
@@ -227,7 +215,27 @@ func appendDroppedICMP(b []byte, e *tracer.Event) []byte {
 	b = append(b, `,"icmp_type":`...)
 	b = strconv.AppendUint(b, uint64(e.ICMPType), 10)
 	b = append(b, `,"icmp_code":`...)
-	return strconv.AppendUint(b, uint64(e.ICMPCode), 10)
+	b = strconv.AppendUint(b, uint64(e.ICMPCode), 10)
+	return appendICMPInfo(b, e)
+}
+
+// appendICMPInfo writes what an ICMP error's second word says, the error
+// sent (unreach) or thrown away (a drop): the MTU, pointer or gateway.
+func appendICMPInfo(b []byte, e *tracer.Event) []byte {
+	if mtu := e.ICMPMTU(); mtu != 0 {
+		b = append(b, `,"icmp_mtu":`...)
+		b = strconv.AppendUint(b, uint64(mtu), 10)
+	}
+	if p := e.ICMPPointer(); p != 0 {
+		b = append(b, `,"icmp_pointer":`...)
+		b = strconv.AppendUint(b, uint64(p), 10)
+	}
+	if gw := e.ICMPGateway(); gw.IsValid() {
+		b = append(b, `,"icmp_gateway":"`...)
+		b = gw.AppendTo(b)
+		b = append(b, '"')
+	}
+	return b
 }
 
 func appendICMP(b []byte, v6 bool, typ, code uint8) []byte {

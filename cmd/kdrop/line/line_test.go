@@ -62,6 +62,9 @@ func goldenEvents() []Event {
 		// a redirect's gateway (10.77.0.9)
 		{Event: tracer.Event{Time: t0.Add(5400 * time.Millisecond), Type: tracer.Unreachable, Count: 1, Netns: 1, Family: 4, Proto: 17,
 			Src: ap("10.77.0.1:40000"), Dst: ap("10.77.5.5:9"), ICMPType: 5, ICMPCode: 1, ICMPInfo: 10<<24 | 77<<16 | 9}},
+		// a frag-needed dropped on its way (a path MTU black hole): the MTU it carried
+		{Event: tracer.Event{Time: t0.Add(5500 * time.Millisecond), Type: tracer.Drop, Count: 1, Source: "tp_btf", Netns: 1, Family: 4, Proto: 1,
+			Src: ap("198.18.1.1:0"), Dst: ap("198.18.1.2:0"), Reason: "NETFILTER_DROP", ReasonCode: 12, Location: "nf_hook_slow+0x9a", ICMPType: 3, ICMPCode: 4, ICMPInfo: 1280}},
 		{Event: tracer.Event{Time: t0.Add(6 * time.Second), Type: tracer.Drop, Count: 1, Netns: 7, Proto: 0, Reason: "unknown", Location: "0xffffffff81000000"}},
 		// netfilter rules: one named by its counter, candidates, a rule
 		// without a counter named by match, unknown

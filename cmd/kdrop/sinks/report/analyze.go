@@ -1199,11 +1199,11 @@ func firstClause(s string) string {
 
 var icmpText = map[string]reasonInfo{
 	"port-unreachable": {meaning: "nothing listens on that port (for UDP; TCP gets a reset instead), or a firewall rule REJECTed the packet", fix: "For UDP, check the server is up on that port; late DNS answers to a client that already gave up also cause these and are harmless. For Services, kube-proxy answers this when there are no endpoints."},
-	"host-unreachable": {meaning: "the destination host did not answer ARP/neighbor discovery, or a REJECT rule answered so", fix: "Check the destination IP still belongs to something (`kubectl get pods -A -o wide | grep IP`) and that the node or gateway is up."},
+	"host-unreachable": {meaning: "the destination host did not answer ARP/neighbor discovery, or a REJECT rule answered so, or an `unreachable` route covers it", fix: "Check the destination IP still belongs to something (`kubectl get pods -A -o wide | grep IP`) and that the node or gateway is up; `ip route get DST` shows an unreachable route (a CNI can leave one for a deleted pod's IP)."},
 	"addr-unreachable": {meaning: "the destination address did not answer neighbor discovery", fix: "Check the destination IP still belongs to something (`kubectl get pods -A -o wide | grep IP`)."},
 	"net-unreachable":  {meaning: "there was no route to the destination network", fix: "Check `ip route get DST` in the pod and on the node; a missing route usually means the CNI is broken on a node."},
-	"no-route":         {meaning: "there was no route to the destination", fix: "Check `ip -6 route get DST` in the pod and on the node."},
-	"admin-prohibited": {meaning: "a firewall rule REJECTed the packet (some CNIs enforce NetworkPolicies this way)", fix: "Check the NetworkPolicies of both namespaces and the node's iptables/nftables rules."},
+	"no-route":         {meaning: "there was no route to the destination, or an `unreachable` route covers it", fix: "Check `ip -6 route get DST` in the pod and on the node."},
+	"admin-prohibited": {meaning: "a firewall rule REJECTed the packet (some CNIs enforce NetworkPolicies this way), or a `prohibit` route covers the destination", fix: "Check the NetworkPolicies of both namespaces and the node's iptables/nftables rules, and `ip route get DST` for a prohibit route (a CNI can leave one for a deleted pod's IP)."},
 	"host-prohibited":  {meaning: "a firewall rule REJECTed the packet (iptables REJECT --reject-with icmp-host-prohibited)", fix: "Check the node's iptables/nftables rules (firewalld's default reject uses it)."},
 	"net-prohibited":   {meaning: "a firewall rule REJECTed the packet", fix: "Check the node's iptables/nftables rules."},
 	"frag-needed":      {meaning: "the packet was bigger than the next link's MTU and had don't-fragment set (path MTU discovery)", fix: "Harmless in small numbers; many mean an MTU mismatch: pod MTU must leave room for the overlay (VXLAN 50 bytes)."},

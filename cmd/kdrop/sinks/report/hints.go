@@ -144,26 +144,45 @@ func (a *analysis) pmtuFindings() {
 		}
 		fd := Finding{Severity: SevCritical, Kind: "pmtu-black-hole", Count: g.count, First: g.first, Last: g.last}
 		t := tolds[f0.Dst]
-		mtu := "the path MTU"
-		if t != nil && len(t.mtu) > 0 {
-			mtu = "the path MTU is " + t.mtu.names(2)
+		// the MTU the routers told: from their own unreach events where
+		// recorded, else from the errors that were dropped (a router
+		// beyond the cluster); the dropped errors' sources are the routers
+		carried := counter{}
+		for _, f := range g.flows {
+			if f.ICMPMTU != 0 {
+				carried.add(fmt.Sprint(f.ICMPMTU), f.Count)
+			}
 		}
-		if t != nil {
+		mtu := "the path MTU"
+		switch {
+		case t != nil && len(t.mtu) > 0:
+			mtu = "the path MTU is " + t.mtu.names(2)
+		case len(carried) > 0:
+			mtu = "the path MTU is " + carried.names(2)
+		}
+		switch {
+		case t != nil:
 			fd.Title = fmt.Sprintf("Path MTU black hole: %s told %s %s, but %s dropped the ICMP error %s: %s lost",
 				t.by.names(2), host, mtu, where, dropper(f0), plural(g.count, "error", "errors"))
-		} else {
+		case len(carried) > 0:
+			fd.Title = fmt.Sprintf("Path MTU black hole: %s told %s %s, but %s dropped the ICMP error %s: %s lost",
+				g.sources.names(2), host, mtu, where, dropper(f0), plural(g.count, "error", "errors"))
+		default:
 			fd.Title = fmt.Sprintf("Path MTU black hole: %s to %s dropped at %s %s",
 				plural(g.count, "ICMP too-big error", "ICMP too-big errors"), host, where, dropper(f0))
 		}
 		var d strings.Builder
 		fmt.Fprintf(&d, "%s, %s (ICMP frag-needed or packet-too-big, from %s) on their way to %s were dropped at %s %s. ",
 			capital(span(g.first, g.last)), plural(g.count, "error", "errors"), g.sources.list(3), host, where, dropper(f0))
-		if t != nil {
+		switch {
+		case t != nil:
 			fmt.Fprintf(&d, "They answer packets %s sent too big for the next link: %s sent %s (%s). ",
 				host, t.by.names(2), plural(t.count, "such error", "such errors"), mtu)
 			for _, f := range t.flows { // the same errors, told here
 				a.used[f] = true
 			}
+		case len(carried) > 0:
+			fmt.Fprintf(&d, "They answer packets %s sent too big for the next link, and say %s. ", host, mtu)
 		}
 		if n := untyped[g]; n > 0 {
 			fmt.Fprintf(&d, "%s of them come from summary lines (or an older recording), which do not say the ICMP type: ICMP to %s dropped at the same place for the same reason. ", num(n), host)

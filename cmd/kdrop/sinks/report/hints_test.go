@@ -51,7 +51,7 @@ func dropEv(netns uint32, reason, loc string, proto uint8, src, dst string) line
 // a receive buffer overflow. Strings from the file that are not what kdrop
 // writes are marked, in findings and Markdown.
 func TestHintFindings(t *testing.T) {
-	const router, client, client6, node = 4026532001, 4026532002, 4026532003, 4026532004
+	const router, client, client6, node, far6 = 4026532001, 4026532002, 4026532003, 4026532004, 4026532005
 	tooBig := line.Event{Event: tracer.Event{Type: tracer.Unreachable, Netns: router, Family: 4, Proto: 17, Source: "tp_btf",
 		Src: ap("198.18.1.2:40000"), Dst: ap("198.18.2.2:9"), ICMPType: 3, ICMPCode: 4, ICMPInfo: 1280}}
 	noICMP := &netfilter.Rule{Backend: netfilter.BackendNftables, How: netfilter.HowCounter,
@@ -83,7 +83,10 @@ func TestHintFindings(t *testing.T) {
 	rcvbuf.Count = 9
 
 	lines := []string{header}
-	lines = append(lines, encoded(1, tooBig, tooBig, fragDrop, fragDrop, fragSummary, echoDrop, pkt6)...)
+	// a router beyond the recording: the dropped error says the MTU
+	far := dropEv(far6, "NETFILTER_DROP", "nf_hook_slow+0x9e", 58, "[fd00:18:3::1]:0", "[fd00:18:3::2]:0")
+	far.ICMPType, far.ICMPInfo, far.Count, far.Rule = 2, 1400, 2, noICMP
+	lines = append(lines, encoded(1, tooBig, tooBig, fragDrop, fragDrop, fragSummary, echoDrop, pkt6, far)...)
 	lines = append(lines, encoded(2, blackhole, noRoute, evil, evilRule, rp, paws, rcvbuf)...)
 	lines = append(lines, trailer(0))
 	if !strings.Contains(strings.Join(lines, "\n"), `"icmp":"frag-needed","icmp_type":3,"icmp_code":4`) {
@@ -103,8 +106,8 @@ func TestHintFindings(t *testing.T) {
 		return Finding{}
 	}
 
-	if n := len(findKind(fs, "pmtu-black-hole")); n != 3 {
-		t.Errorf("want 3 PMTU black holes (IPv4 with its router, IPv6 alone, the one with bad names), got %d:\n%s", n, all)
+	if n := len(findKind(fs, "pmtu-black-hole")); n != 4 {
+		t.Errorf("want 4 PMTU black holes (IPv4 with its router, IPv6 alone, IPv6 with the MTU it carried, the one with bad names), got %d:\n%s", n, all)
 	}
 	f := byTitle("pmtu-black-hole", "198.18.1.2")
 	if f.Count != 42 || f.Severity != SevCritical {
@@ -116,6 +119,9 @@ func TestHintFindings(t *testing.T) {
 	wantAll(t, "black hole fix", f.Fix, "before rule filter/INPUT#3 DROP", "--icmp-type fragmentation-needed", "packet-too-big", "clamp-mss-to-pmtu", "tcp_mtu_probing")
 	f = byTitle("pmtu-black-hole", "fd00:18:1::2")
 	wantAll(t, "IPv6 black hole", f.Title, "3 ICMP too-big errors to fd00:18:1::2 dropped at network namespace 4026532003 (NETFILTER_DROP)")
+	f = byTitle("pmtu-black-hole", "fd00:18:3::2")
+	wantAll(t, "IPv6 black hole, router beyond", f.Title, "fd00:18:3::1 told fd00:18:3::2 the path MTU is 1400, but network namespace 4026532005 dropped the ICMP error by rule filter/INPUT#3", "2 errors lost")
+	wantAll(t, "IPv6 black hole, router beyond", f.Detail, "and say the path MTU is 1400")
 	if icmp := findKind(fs, "icmp"); len(icmp) != 0 {
 		t.Errorf("the router's errors are told in the black hole, not again:\n%s", all)
 	}

@@ -132,7 +132,7 @@ type FlowID struct {
 	// for other ICMP and in summaries, which do not say).
 	ICMP               string
 	ICMPType, ICMPCode uint8
-	ICMPMTU            uint32 // unreach: the MTU the error told the sender
+	ICMPMTU            uint32 // the MTU the error told the sender (unreach), or carried (a drop)
 	// Rule names the netfilter rule of a NETFILTER_DROP ("filter/INPUT#3
 	// DROP"), Route the route of a route drop ("blackhole 10.0.0.0/24"),
 	// each checked; "" when none is named.
@@ -474,6 +474,7 @@ func (p *parser) event(e *line.Event) {
 		id.Route = routeLabel(e.Route)
 		if id.Proto == "icmp" || id.Proto == "icmpv6" {
 			id.ICMP = tracer.ICMPKnownName(id.Proto == "icmpv6", e.ICMPType, e.ICMPCode)
+			id.ICMPMTU = e.ICMPMTU()
 		}
 		if c := e.Conntrack; c != nil {
 			switch c.Cause {
