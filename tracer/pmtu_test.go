@@ -80,8 +80,10 @@ func TestDroppedPMTUErrorsCarryTheMTU(t *testing.T) {
 	r.Client.Sh(t, "iptables -A INPUT -p icmp --icmp-type fragmentation-needed -j DROP")
 	r.Client.Sh(t, "ip6tables -A INPUT -p icmpv6 --icmpv6-type packet-too-big -j DROP")
 	c := startTracer(t, Options{Filter: Filter{Netns: r.Client.Inode, Types: []EventType{Drop}}, RateLimit: 100})
+	// the rules' drops (not, say, neighbour discovery freed elsewhere)
+	byRule := isDrop("NETFILTER_DROP", "nf_hook_slow", c.tr.Reasons)
 	isICMP := func(e *Event) bool {
-		return e.Type == Drop && (e.Proto == unix.IPPROTO_ICMP || e.Proto == unix.IPPROTO_ICMPV6)
+		return byRule(e) && (e.Proto == unix.IPPROTO_ICMP || e.Proto == unix.IPPROTO_ICMPV6)
 	}
 	rules := func() uint64 {
 		return iptablesPackets(t, r.Client, "iptables", "INPUT", "DROP") + iptablesPackets(t, r.Client, "ip6tables", "INPUT", "DROP")

@@ -429,10 +429,19 @@ func TestRulesNamedAndCounted(t *testing.T) {
 	for _, ns := range []*nstest.NS{nsA, nsB} {
 		rules := counters(t, ns)
 		got := map[string]uint64{}
+		// how each rule's events were attributed, said when its count is short
+		how := map[string]map[string]uint64{}
 		var ambiguous, ambiguousWant uint64
 		for _, x := range out {
 			if x.ev.Netns != ns.Inode {
 				continue
+			}
+			if x.rule.Known() && len(x.rule.Candidates) == 0 {
+				k := key(&x.rule.Ref)
+				if how[k] == nil {
+					how[k] = map[string]uint64{}
+				}
+				how[k][x.rule.How] += x.ev.Count
 			}
 			switch {
 			case !x.rule.Known():
@@ -463,7 +472,8 @@ func TestRulesNamedAndCounted(t *testing.T) {
 			case got[k] > n:
 				t.Errorf("netns %s rule %s: kdrop counted %d packets, the rule's counter %d", ns.Name, k, got[k], n)
 			case short > int64(unreported(n)):
-				t.Errorf("netns %s rule %s: kdrop counted %d packets, the rule's counter %d (missed by the kernel: %d)", ns.Name, k, got[k], n, missed)
+				t.Errorf("netns %s rule %s: kdrop counted %d packets, the rule's counter %d (missed by the kernel: %d); its events by how: %v",
+					ns.Name, k, got[k], n, missed, how[k])
 			case short > 0:
 				t.Logf("netns %s rule %s: %d packets counted by the rule were never reported by the kfree_skb tracepoint (see unreported)", ns.Name, k, short)
 			}
