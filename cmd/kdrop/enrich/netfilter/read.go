@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"os"
 	"slices"
 	"strings"
@@ -28,7 +29,11 @@ var (
 	// events' last word: they wait for the next read, up to MaxWait.
 	errReadTimeout = errors.New("reading rules timed out")
 	errDeleted     = errors.New("table or chain deleted while reading")
-	errPermission  = errors.New("permission denied reading rules (needs CAP_NET_ADMIN in the namespace)")
+	// errRenewed: a rule of the same generation and handle is not the
+	// one read before: another namespace under the inode number (found
+	// by the rules' fingerprints where the kernel has no netns cookie)
+	errRenewed    = errors.New("another namespace under the same inode number")
+	errPermission = errors.New("permission denied reading rules (needs CAP_NET_ADMIN in the namespace)")
 )
 
 // ruleset is one read of a namespace's drop-capable nftables rules.
@@ -43,8 +48,9 @@ type ruleset struct {
 	noLegacy bool
 	// renewed: the namespace is not the one the reader read before under
 	// the same inode number (the kernel reuses them): its netns cookie
-	// differs, or its ruleset generation went back. Nothing earlier
-	// applies to it.
+	// differs, or (before 5.14, without cookies) its ruleset generation
+	// went back or a rule's fingerprint changed within one generation.
+	// Nothing earlier applies to it.
 	renewed bool
 	// reach is how the chains of each table are reached (jumps and gotos),
 	// from the last discovery.
@@ -266,6 +272,11 @@ type netnsReader struct {
 	// cookie is the namespace's netns cookie (SO_NETNS_COOKIE, unique
 	// for the boot, unlike inode numbers), 0 before 5.14.
 	cookie uint64
+	// fps are the fingerprints of the counted chains' rules by handle, as
+	// last read, kept where the kernel has no cookie: a new namespace
+	// under the inode number whose ruleset generation happens to be the
+	// same shows by other rules under the same handles.
+	fps map[chainID]map[uint64]uint64
 	// timeout bounds a whole read (0: none): netlink socket deadlines.
 	timeout time.Duration
 	// hook, for tests: called at "start" and when the chains are "listed",
@@ -318,6 +329,10 @@ func (r *netnsReader) read(path string) (*ruleset, error) {
 	}
 	for attempt := 0; ; attempt++ {
 		rs, err := r.readOnce(conn, nl)
+		if errors.Is(err, errRenewed) && attempt == 0 {
+			renewed, r.known, r.gen, r.prev = true, false, 0, nil
+			continue
+		}
 		if err == nil {
 			// the namespace by its open file (/proc/self/fd), not its path:
 			// the path may have gone or been reused meanwhile
@@ -389,6 +404,10 @@ func (r *netnsReader) readOnce(conn *nftables.Conn, nl *netlink.Conn) (*ruleset,
 	// read again (a lean dump of handles and counters), the rest reused.
 	fast := r.prev != nil && r.known && gen == r.gen
 	rs.reach = r.reach
+	var fps map[chainID]map[uint64]uint64 // without cookies only
+	if r.cookie == 0 {
+		fps = map[chainID]map[uint64]uint64{}
+	}
 	var policyCounters map[chainID]uint64
 	for _, c := range r.chains {
 		if c.policy {
@@ -405,10 +424,17 @@ func (r *netnsReader) readOnce(conn *nftables.Conn, nl *netlink.Conn) (*ruleset,
 			continue
 		}
 		if fast {
-			if err := r.recount(nl, c, rs); err != nil {
+			if err := r.recount(nl, c, rs, fps); err != nil {
 				return nil, err
 			}
 			continue
+		}
+		if fps != nil { // the fingerprints the next reads compare with
+			counts, err := ruleCounters(nl, c, true)
+			if err != nil {
+				return nil, err
+			}
+			fps[c.id()] = fingerprints(counts)
 		}
 		rules, ok := listed[c.chain]
 		if !ok {
@@ -445,16 +471,36 @@ func (r *netnsReader) readOnce(conn *nftables.Conn, nl *netlink.Conn) (*ruleset,
 		return nil, r.whatChanged(conn)
 	}
 	r.gen, r.known = gen, true
-	r.prev = rs
+	r.prev, r.fps = rs, fps
 	return rs, nil
 }
 
+func (c chainRef) id() chainID { return chainID{byte(c.table.Family), c.table.Name, c.chain.Name} }
+
+func fingerprints(counts map[uint64]ruleCount) map[uint64]uint64 {
+	fp := make(map[uint64]uint64, len(counts))
+	for h, rc := range counts {
+		fp[h] = rc.fp
+	}
+	return fp
+}
+
 // recount adds the chain's rules of the previous read to rs with their
-// counters read again.
-func (r *netnsReader) recount(nl *netlink.Conn, c chainRef, rs *ruleset) error {
-	counts, err := ruleCounters(nl, c)
+// counters read again. With fps (no netns cookie), it checks each rule is
+// still the one read before (errRenewed if not) and notes it in fps.
+func (r *netnsReader) recount(nl *netlink.Conn, c chainRef, rs *ruleset, fps map[chainID]map[uint64]uint64) error {
+	counts, err := ruleCounters(nl, c, fps != nil)
 	if err != nil {
 		return err
+	}
+	if fps != nil {
+		was := r.fps[c.id()]
+		for h, rc := range counts {
+			if f, ok := was[h]; ok && f != rc.fp {
+				return errRenewed
+			}
+		}
+		fps[c.id()] = fingerprints(counts)
 	}
 	fam := byte(c.table.Family)
 	for k, ri := range r.prev.rules {
@@ -466,17 +512,28 @@ func (r *netnsReader) recount(nl *netlink.Conn, c chainRef, rs *ruleset) error {
 			return errChanged // the generation says otherwise: caught below too
 		}
 		nri := *ri
-		nri.packets = n
+		nri.packets = n.packets
 		rs.add(&nri)
 	}
 	return nil
 }
 
+// ruleCount is a rule's counter (packets; 0 without one) and, when asked
+// for, its fingerprint: a hash of its expressions but those whose state
+// changes as packets pass (counter, quota, limit, last, connlimit), and of
+// its comment.
+type ruleCount struct {
+	packets, fp uint64
+}
+
+// stateful are the expressions whose dump changes as packets pass.
+var stateful = map[string]bool{"counter": true, "quota": true, "limit": true, "last": true, "connlimit": true}
+
 // ruleCounters dumps one chain's rules (NFT_MSG_GETRULE) and decodes only
-// each rule's handle and its counter's packets (0 without one): much less
-// work than the library's decoding of every expression, for a chain of
-// thousands of rules read every Interval.
-func ruleCounters(nl *netlink.Conn, c chainRef) (map[uint64]uint64, error) {
+// each rule's handle and its counter's packets, and with fp its
+// fingerprint: much less work than the library's decoding of every
+// expression, for a chain of thousands of rules read every Interval.
+func ruleCounters(nl *netlink.Conn, c chainRef, fp bool) (map[uint64]ruleCount, error) {
 	ae := netlink.NewAttributeEncoder()
 	ae.String(unix.NFTA_RULE_TABLE, c.table.Name)
 	ae.String(unix.NFTA_RULE_CHAIN, c.chain.Name)
@@ -495,7 +552,7 @@ func ruleCounters(nl *netlink.Conn, c chainRef) (map[uint64]uint64, error) {
 	if err != nil {
 		return nil, classify(err)
 	}
-	out := make(map[uint64]uint64, len(msgs))
+	out := make(map[uint64]ruleCount, len(msgs))
 	for _, m := range msgs {
 		if len(m.Data) < 4 {
 			continue
@@ -506,19 +563,32 @@ func ruleCounters(nl *netlink.Conn, c chainRef) (map[uint64]uint64, error) {
 		}
 		ad.ByteOrder = binary.BigEndian
 		var handle, packets uint64
+		h := fnv.New64a()
 		for ad.Next() {
 			switch ad.Type() {
 			case unix.NFTA_RULE_HANDLE:
 				handle = ad.Uint64()
+			case unix.NFTA_RULE_USERDATA:
+				if fp {
+					h.Write(ad.Bytes())
+				}
 			case unix.NFTA_RULE_EXPRESSIONS:
 				ad.Nested(func(list *netlink.AttributeDecoder) error {
 					for list.Next() {
+						var raw []byte
+						if fp {
+							raw = list.Bytes()
+						}
 						list.Nested(func(e *netlink.AttributeDecoder) error {
 							counter := false
 							for e.Next() {
 								switch e.Type() {
 								case unix.NFTA_EXPR_NAME:
-									counter = e.String() == "counter"
+									name := e.String()
+									counter = name == "counter"
+									if fp && !stateful[name] {
+										h.Write(raw)
+									}
 								case unix.NFTA_EXPR_DATA:
 									if counter {
 										e.Nested(func(d *netlink.AttributeDecoder) error {
@@ -542,7 +612,7 @@ func ruleCounters(nl *netlink.Conn, c chainRef) (map[uint64]uint64, error) {
 		if err := ad.Err(); err != nil {
 			return nil, classify(err)
 		}
-		out[handle] = packets
+		out[handle] = ruleCount{packets: packets, fp: h.Sum64()}
 	}
 	return out, nil
 }
