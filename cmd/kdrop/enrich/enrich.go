@@ -71,10 +71,16 @@ type Pipeline struct {
 	// count as the node. New reads kdrop's own namespace's when identity
 	// is on.
 	Host *HostAddrs
-	// rules is the running Attributor's Stats (RuleStats), once Run started it.
+	// rules is the running Attributor's Stats (RuleStats), once started.
 	rules atomic.Pointer[func() netfilter.Stats]
-	match func(*line.Event) bool
-	log   *zap.Logger
+	// attr names the rules of NETFILTER_DROP drops (Rules), started by
+	// Ready or Run; it hands held drops to sink, which Run sets before the
+	// first drop is submitted.
+	attr     *netfilter.Attributor[line.Event]
+	sink     func(*line.Event)
+	policies *netpol.Evaluator // NetworkPolicy meaning, with identity
+	match    func(*line.Event) bool
+	log      *zap.Logger
 
 	// the Every loops, ended by Run and Close
 	loops     sync.WaitGroup
@@ -124,7 +130,46 @@ func (p *Pipeline) Ready(ctx context.Context, readyFile string) error {
 		}
 		cancel()
 	}
+	// the namespaces' rules read once, so that a drop from now on is
+	// named by its counter moving (not by counters kept since the rule
+	// was made)
+	if a := p.startRules(); a != nil {
+		select {
+		case <-a.Baselined():
+		case <-ctx.Done():
+		case <-time.After(baselineWait):
+			p.log.Warn("the namespaces' netfilter rules not read after " + baselineWait.String() + ": the first drops may be named by lifetime counters")
+		}
+	}
 	return WriteReadyFile(readyFile)
+}
+
+// baselineWait bounds how long Ready waits for the first read of the
+// namespaces' rules.
+const baselineWait = 10 * time.Second
+
+// startRules starts the Attributor, once, when Rules asks for one.
+func (p *Pipeline) startRules() *netfilter.Attributor[line.Event] {
+	if p.Rules == nil || p.attr != nil {
+		return p.attr
+	}
+	var policies *netpol.Evaluator // NetworkPolicy meaning, with identity
+	if p.Res != nil {
+		policies = netpol.NewEvaluator(p.Res)
+	}
+	p.policies = policies
+	// Held drops come back on the attributor's goroutine: the emit path
+	// is held back for them as for the tracer's own.
+	p.attr = netfilter.New(*p.Rules, func(ev *line.Event, r *netfilter.Rule, ct *conntrack.Drop) {
+		ev.Rule, ev.Conntrack = r, ct
+		policyMeaning(policies, ev)
+		p.T.Lock()
+		p.sink(ev)
+		p.T.Unlock()
+	})
+	stats := p.attr.Stats
+	p.rules.Store(&stats)
+	return p.attr
 }
 
 // WriteReadyFile creates path (--ready-file) if it is not "".
@@ -143,23 +188,11 @@ func WriteReadyFile(path string) error {
 // itself. The event is reused by the next call.
 func (p *Pipeline) Run(ctx context.Context, sink func(*line.Event)) error {
 	var s Scratch
-	var rules *netfilter.Attributor[line.Event]
-	var policies *netpol.Evaluator // NetworkPolicy meaning, with identity
-	if p.Res != nil {
+	p.sink = sink // before any drop is submitted
+	rules := p.startRules()
+	policies := p.policies
+	if rules == nil && p.Res != nil {
 		policies = netpol.NewEvaluator(p.Res)
-	}
-	if p.Rules != nil {
-		// Held drops come back on the attributor's goroutine: the emit
-		// path is held back for them as for the tracer's own.
-		rules = netfilter.New(*p.Rules, func(ev *line.Event, r *netfilter.Rule, ct *conntrack.Drop) {
-			ev.Rule, ev.Conntrack = r, ct
-			policyMeaning(policies, ev)
-			p.T.Lock()
-			sink(ev)
-			p.T.Unlock()
-		})
-		stats := rules.Stats
-		p.rules.Store(&stats)
 	}
 	var routes route.Finder // route drops: the route behind them
 	err := p.T.Run(ctx, func(e *tracer.Event) {
@@ -245,6 +278,9 @@ func (p *Pipeline) NewLoss() tracer.Stats {
 // Close ends the Every loops (they read the tracer's maps, which Close
 // frees) and the tracer.
 func (p *Pipeline) Close() {
+	if p.attr != nil { // started by Ready, with no Run after it
+		p.attr.Close()
+	}
 	p.endLoops()
 	p.T.Close()
 	p.Host.Close()

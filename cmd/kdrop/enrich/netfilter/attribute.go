@@ -112,6 +112,10 @@ type Attributor[T any] struct {
 	wake chan struct{}
 	stop chan struct{}
 	done chan struct{}
+	// based is closed once the first scan read the namespaces found
+	// (Baselined)
+	based     chan struct{}
+	basedOnce sync.Once
 
 	// owned by the loop
 	paths     map[uint32]string
@@ -176,10 +180,19 @@ type req[T any] struct {
 func New[T any](cfg Config, emit func(item *T, r *Rule, ct *conntrack.Drop)) *Attributor[T] {
 	cfg.defaults()
 	a := &Attributor[T]{cfg: cfg, emit: emit, ns: map[uint32]*nsState[T]{},
-		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}), based: make(chan struct{})}
+	if cfg.Baseline < 0 {
+		a.basedOnce.Do(func() { close(a.based) })
+	}
 	go a.loop()
 	return a
 }
+
+// Baselined is closed once the namespaces found at the start have had
+// their counters read (Config.Baseline): a drop after it compares with
+// them and is named by its counter, not by lifetime counters. Closed at
+// once when Baseline is negative, and on Close.
+func (a *Attributor[T]) Baselined() <-chan struct{} { return a.based }
 
 // Submit hands over a NETFILTER_DROP event (Wants) and its item, a copy the
 // Attributor keeps. It never blocks on a read: it returns nil when the
@@ -266,6 +279,7 @@ func (a *Attributor[T]) baseline(now time.Time) {
 	for _, ino := range todo {
 		a.read(ino, true)
 	}
+	a.basedOnce.Do(func() { close(a.based) })
 }
 
 // Close attributes what is held (reading each namespace once more), gives
@@ -304,6 +318,7 @@ func (a *Attributor[T]) Stats() Stats {
 
 func (a *Attributor[T]) loop() {
 	defer close(a.done)
+	defer a.basedOnce.Do(func() { close(a.based) })
 	tick := time.NewTicker(a.cfg.Interval / 10)
 	defer tick.Stop()
 	for {
@@ -330,7 +345,10 @@ func (a *Attributor[T]) step(final bool) {
 	a.mu.Lock()
 	for ino, s := range a.ns {
 		if len(s.pending) == 0 {
-			if now.Sub(s.seen) > a.cfg.Keep && s.last != nil && !s.last.compact {
+			// quiet since its last drop, or since a baseline read that
+			// no drop followed yet (drops from before the read, still on
+			// their way from the ring buffer, need its lifetime window)
+			if now.Sub(maxTime(s.seen, s.lastRead)) > a.cfg.Keep && s.last != nil && !s.last.compact {
 				// quiet: keep only the counters, as the next drop's baseline
 				// (conntrack's statistics too: they count since the
 				// namespace was made)
