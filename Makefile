@@ -32,7 +32,7 @@ VERSION      ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 PKGS_GENERATE := clang-16 llvm-16 libbpf-dev
 PKGS_HOST     := iproute2 iptables nftables bpftool kmod util-linux
 PKGS_VM       := $(PKGS_HOST) qemu-system-x86 busybox-static cpio zstd xz-utils
-PKGS_K8S      := $(PKGS_HOST) etcd-server prometheus chromium
+PKGS_K8S      := $(PKGS_HOST) etcd-server prometheus chromium ipset
 PKGS_CLUSTER  := $(PKGS_HOST) containerd runc containernetworking-plugins conntrack ipset
 APT_PACKAGES  := $(sort $(PKGS_GENERATE) $(PKGS_VM) $(PKGS_K8S) $(PKGS_CLUSTER))
 

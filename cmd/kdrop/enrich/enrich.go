@@ -76,8 +76,9 @@ type Pipeline struct {
 	// attr names the rules of NETFILTER_DROP drops (Rules), started by
 	// Ready or Run; it hands held drops to sink, which Run sets before the
 	// first drop is submitted.
+	attrMu   sync.Mutex // Ready and Run may start it at once (the agent)
 	attr     *netfilter.Attributor[line.Event]
-	sink     func(*line.Event)
+	sink     atomic.Pointer[func(*line.Event)]
 	policies *netpol.Evaluator // NetworkPolicy meaning, with identity
 	match    func(*line.Event) bool
 	log      *zap.Logger
@@ -133,7 +134,7 @@ func (p *Pipeline) Ready(ctx context.Context, readyFile string) error {
 	// the namespaces' rules read once, so that a drop from now on is
 	// named by its counter moving (not by counters kept since the rule
 	// was made)
-	if a := p.startRules(); a != nil {
+	if a, _ := p.startRules(); a != nil {
 		select {
 		case <-a.Baselined():
 		case <-ctx.Done():
@@ -144,14 +145,23 @@ func (p *Pipeline) Ready(ctx context.Context, readyFile string) error {
 	return WriteReadyFile(readyFile)
 }
 
+// attributor is the Attributor, if one was started.
+func (p *Pipeline) attributor() (*netfilter.Attributor[line.Event], *netpol.Evaluator) {
+	p.attrMu.Lock()
+	defer p.attrMu.Unlock()
+	return p.attr, p.policies
+}
+
 // baselineWait bounds how long Ready waits for the first read of the
 // namespaces' rules.
 const baselineWait = 10 * time.Second
 
 // startRules starts the Attributor, once, when Rules asks for one.
-func (p *Pipeline) startRules() *netfilter.Attributor[line.Event] {
+func (p *Pipeline) startRules() (*netfilter.Attributor[line.Event], *netpol.Evaluator) {
+	p.attrMu.Lock()
+	defer p.attrMu.Unlock()
 	if p.Rules == nil || p.attr != nil {
-		return p.attr
+		return p.attr, p.policies
 	}
 	var policies *netpol.Evaluator // NetworkPolicy meaning, with identity
 	if p.Res != nil {
@@ -164,12 +174,12 @@ func (p *Pipeline) startRules() *netfilter.Attributor[line.Event] {
 		ev.Rule, ev.Conntrack = r, ct
 		policyMeaning(policies, ev)
 		p.T.Lock()
-		p.sink(ev)
+		(*p.sink.Load())(ev)
 		p.T.Unlock()
 	})
 	stats := p.attr.Stats
 	p.rules.Store(&stats)
-	return p.attr
+	return p.attr, p.policies
 }
 
 // WriteReadyFile creates path (--ready-file) if it is not "".
@@ -188,9 +198,8 @@ func WriteReadyFile(path string) error {
 // itself. The event is reused by the next call.
 func (p *Pipeline) Run(ctx context.Context, sink func(*line.Event)) error {
 	var s Scratch
-	p.sink = sink // before any drop is submitted
-	rules := p.startRules()
-	policies := p.policies
+	p.sink.Store(&sink) // before any drop is submitted
+	rules, policies := p.startRules()
 	if rules == nil && p.Res != nil {
 		policies = netpol.NewEvaluator(p.Res)
 	}
@@ -278,8 +287,8 @@ func (p *Pipeline) NewLoss() tracer.Stats {
 // Close ends the Every loops (they read the tracer's maps, which Close
 // frees) and the tracer.
 func (p *Pipeline) Close() {
-	if p.attr != nil { // started by Ready, with no Run after it
-		p.attr.Close()
+	if a, _ := p.attributor(); a != nil { // started by Ready, with no Run after it
+		a.Close()
 	}
 	p.endLoops()
 	p.T.Close()
