@@ -376,10 +376,10 @@ func (w *nsWatch) cookieListener(listeners map[listenerKey]listenerState) (liste
 			return k, l, true
 		}
 	}
-	reqs := map[netip.AddrPort]uint32{}
+	perPort := map[uint16]uint32{} // request sockets by local port
 	for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
 		err := w.dump(fam, 1<<tcpSynRecv|1<<tcpNewSynRecv, func(k listenerKey, _ listenerState) {
-			reqs[netip.AddrPortFrom(k.addr.Addr().Unmap(), k.addr.Port())]++
+			perPort[k.addr.Port()]++
 		})
 		if err != nil {
 			return listenerKey{}, listenerState{}, false
@@ -388,10 +388,6 @@ func (w *nsWatch) cookieListener(listeners map[listenerKey]listenerState) (liste
 	byPort := map[uint16][]listenerKey{}
 	for k := range listeners {
 		byPort[k.addr.Port()] = append(byPort[k.addr.Port()], k)
-	}
-	perPort := map[uint16]uint32{}
-	for a, n := range reqs {
-		perPort[a.Port()] += n
 	}
 	var found []listenerKey
 	var synq uint32

@@ -160,14 +160,18 @@ func (a *analysis) pmtuFindings() {
 		case len(carried) > 0:
 			mtu = "the path MTU is " + carried.names(2)
 		}
+		// who told: the routers' own errors, else the dropped errors' sources
+		by := ""
 		switch {
 		case t != nil:
-			fd.Title = fmt.Sprintf("Path MTU black hole: %s told %s %s, but %s dropped the ICMP error %s: %s lost",
-				t.by.names(2), host, mtu, where, dropper(f0), plural(g.count, "error", "errors"))
+			by = t.by.names(2)
 		case len(carried) > 0:
+			by = g.sources.names(2)
+		}
+		if by != "" {
 			fd.Title = fmt.Sprintf("Path MTU black hole: %s told %s %s, but %s dropped the ICMP error %s: %s lost",
-				g.sources.names(2), host, mtu, where, dropper(f0), plural(g.count, "error", "errors"))
-		default:
+				by, host, mtu, where, dropper(f0), plural(g.count, "error", "errors"))
+		} else {
 			fd.Title = fmt.Sprintf("Path MTU black hole: %s to %s dropped at %s %s",
 				plural(g.count, "ICMP too-big error", "ICMP too-big errors"), host, where, dropper(f0))
 		}
