@@ -78,7 +78,7 @@ func TestTargetsInstallWhatTheyNeed(t *testing.T) {
 		{"kernels", append(slices.Clone(host), "busybox-static", "cpio", "qemu-system-x86", "xz-utils", "zstd"), []string{"chromium", "containerd", "etcd-server", "prometheus"}},
 		{"test-kernels", append(slices.Clone(host), "busybox-static", "cpio", "qemu-system-x86", "xz-utils", "zstd"), []string{"chromium", "containerd", "etcd-server", "prometheus"}},
 		{"check-generate", []string{"clang-16", "libbpf-dev", "llvm-16"}, []string{"qemu-system-x86", "chromium", "containerd", "etcd-server", "prometheus"}},
-		{"test-k8s", append(slices.Clone(host), "chromium", "etcd-server", "prometheus"), []string{"qemu-system-x86", "containerd", "runc"}},
+		{"test-k8s", append(slices.Clone(host), "chromium", "etcd-server", "ipset", "prometheus"), []string{"qemu-system-x86", "containerd", "runc"}},
 		{"test-cluster", append(slices.Clone(host), "conntrack", "containerd", "containernetworking-plugins", "ipset", "runc"), []string{"qemu-system-x86", "chromium"}},
 	} {
 		got := aptPackages(t, dir, c.target)
