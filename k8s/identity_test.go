@@ -311,6 +311,60 @@ func TestIdentity(t *testing.T) {
 		t.Logf("reused IP: %s", describe(r.LookupIP(addr, 0, time.Time{})))
 	})
 
+	// The kubelet writes status.podIPs from the runtime, which reports no
+	// IP once the sandbox's netns is closed: a terminating pod whose sandbox
+	// goes before the final delete loses its IPs first, and is deleted
+	// without them (the e2e rolling update's second old IP, unnamed once).
+	t.Run("SandboxGoneBeforeDelete", func(t *testing.T) {
+		it := *it
+		it.t = t
+		it.namespace("sandbox")
+		const ip = "10.244.6.60"
+		addr := netip.MustParseAddr(ip)
+		it.pod(podSpec{ns: "sandbox", name: "api-1", node: "node-a", ips: []string{ip}, ready: true})
+		eventually(t, 10*time.Second, resolvesTo(r, ip, 0, KindPod, "sandbox", "api-1"))
+		it.deletePod("sandbox", "api-1", 30)
+		eventually(t, 10*time.Second, func() string {
+			if ep := r.LookupIP(addr, 0, time.Time{}); !ep.Terminating {
+				return "not terminating: " + describe(ep)
+			}
+			return ""
+		})
+		p, err := it.admin.CoreV1().Pods("sandbox").Get(t.Context(), "api-1", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Status.PodIP, p.Status.PodIPs = "", nil
+		p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionFalse, LastTransitionTime: metav1.Now()}}
+		released := time.Now()
+		if _, err := it.admin.CoreV1().Pods("sandbox").UpdateStatus(t.Context(), p, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		named := func() string {
+			ep := r.LookupIP(addr, 0, time.Time{})
+			if ep.Kind != KindPod || ep.Name != "api-1" || ep.DeletedAgo <= 0 || ep.Previous != nil || ep.Unresolved {
+				return "released IP: " + describe(ep)
+			}
+			return ""
+		}
+		eventually(t, 10*time.Second, named)
+		time.Sleep(time.Second)
+		it.deletePod("sandbox", "api-1", 0)
+		eventually(t, 10*time.Second, func() string {
+			if _, ok := r.snap.Load().uids[string(p.UID)]; ok {
+				return "the pod is still indexed"
+			}
+			return ""
+		})
+		if why := named(); why != "" {
+			t.Fatal(why)
+		}
+		// Deleted from the release on: the delete a second later keeps it.
+		if ago := r.LookupIP(addr, 0, time.Time{}).DeletedAgo; ago < time.Since(released)-time.Second/2 {
+			t.Errorf("DeletedAgo %v: want from the release, %v ago", ago, time.Since(released))
+		}
+	})
+
 	st := r.Status()
 	if !st.Synced || !st.Healthy || st.Condition != ConditionOK || st.Forbidden || st.Pods == 0 || st.Services == 0 || st.EndpointSlices == 0 || st.ReplicaSets != 1 || st.Jobs != 1 {
 		t.Errorf("status: %+v", st)

@@ -338,6 +338,7 @@ func (r *Resolver) setupInformers() {
 					r.markDirty()
 				}
 				r.sandboxUp(a, b)
+				r.ipsReleased(a, b)
 			},
 			DeleteFunc: r.podDeleted,
 		})
@@ -661,18 +662,45 @@ func (r *Resolver) podDeleted(obj any) {
 		r.markDirty()
 		return
 	}
-	var ep Endpoint
-	if cur := r.snap.Load().uids[string(p.UID)]; cur != nil && cur.Name == p.Name && cur.Namespace == p.Namespace {
-		ep = *cur // with its Services and workload as last indexed
-	} else {
-		ep = podEndpoint(p, r.ownerIndex(r.rss, p), r.ownerIndex(r.jobs, p))
-	}
+	ep := r.lastEndpoint(p)
 	ips := p.ips
 	if p.hostNetwork {
 		ips = nil // the node's IPs, not the pod's
 	}
 	r.tombs.add(ep, string(p.UID), ips, deletedAt(p, observed, late))
 	r.markDirty()
+}
+
+// ipsReleased records the IPs a terminating pod gave up (old had them, cur
+// has not) as deleted from now. The kubelet writes status.podIPs from the
+// runtime, and containerd reports no IP once the sandbox's netns is closed:
+// a pod whose sandbox goes before the kubelet's final delete is seen without
+// its IPs for that while, and is deleted without them. Traffic to those IPs
+// fails from the moment they were released, so that is when the pod went.
+func (r *Resolver) ipsReleased(old, cur *podInfo) {
+	if old == nil || cur == nil || cur.DeletionTimestamp == nil || cur.hostNetwork || old.UID != cur.UID {
+		return
+	}
+	var gone []netip.Addr
+	for _, ip := range old.ips {
+		if !slices.Contains(cur.ips, ip) {
+			gone = append(gone, ip)
+		}
+	}
+	if len(gone) == 0 {
+		return
+	}
+	r.tombs.add(r.lastEndpoint(old), "", gone, time.Now()) // by IP only: the pod is still there
+	r.markDirty()
+}
+
+// lastEndpoint is p's identity with its Services and workload as last
+// indexed, or from p and the owners' stores if the index never held it.
+func (r *Resolver) lastEndpoint(p *podInfo) Endpoint {
+	if cur := r.snap.Load().uids[string(p.UID)]; cur != nil && cur.Name == p.Name && cur.Namespace == p.Namespace {
+		return *cur
+	}
+	return podEndpoint(p, r.ownerIndex(r.rss, p), r.ownerIndex(r.jobs, p))
 }
 
 // ownerIndex returns a one-entry index with p's owner from inf's store, for

@@ -12,7 +12,10 @@ import (
 // When the pod informer delivers a delete, the pod's identity (as the last
 // snapshot had it, with its workload and Services) is kept for DeletedWindow
 // under each of its IPs and under its UID, so that an event aimed at a freed
-// IP, or coming from a netns being torn down, still names the pod.
+// IP, or coming from a netns being torn down, still names the pod. A
+// terminating pod whose IPs leave its status before the delete (its sandbox
+// went first: the runtime reports no IP for a closed netns) is kept under
+// those IPs from that update on, as deleted then.
 //
 // Deletion time. The time recorded is when this process saw the delete (its
 // own clock, the one the tracer's event times use, so no API-server clock
@@ -80,7 +83,9 @@ func deletedAt(p *podInfo, observed time.Time, late bool) time.Time {
 }
 
 // add records a deleted pod. ep is its identity; ips the IPs it owned
-// (none for a hostNetwork pod: those were the node's).
+// (none for a hostNetwork pod: those were the node's); uid, if set, keeps
+// it for netns lookups too. An IP already recorded for the same pod (ep.UID:
+// released while it was terminating) keeps its first time.
 func (t *tombstones) add(ep Endpoint, uid string, ips []netip.Addr, at time.Time) {
 	ep.Previous = nil
 	ep.DeletedAgo = 0
@@ -97,6 +102,9 @@ func (t *tombstones) add(ep Endpoint, uid string, ips []netip.Addr, at time.Time
 	}
 	for _, ip := range ips {
 		old := t.byIP[ip]
+		if ep.UID != "" && slices.ContainsFunc(old, func(x tomb) bool { return x.ep.UID == ep.UID }) {
+			continue
+		}
 		i, _ := slices.BinarySearchFunc(old, at, func(x tomb, at time.Time) int { return at.Compare(x.at) })
 		list := make([]tomb, 0, len(old)+1)
 		list = append(list, old[:i]...)
