@@ -330,16 +330,20 @@ func TestIdentity(t *testing.T) {
 			}
 			return ""
 		})
-		p, err := it.admin.CoreV1().Pods("sandbox").Get(t.Context(), "api-1", metav1.GetOptions{})
-		if err != nil {
-			t.Fatal(err)
+		release := func() *corev1.Pod {
+			p, err := it.admin.CoreV1().Pods("sandbox").Get(t.Context(), "api-1", metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			p.Status.PodIP, p.Status.PodIPs = "", nil
+			p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionFalse, LastTransitionTime: metav1.Now()}}
+			if p, err = it.admin.CoreV1().Pods("sandbox").UpdateStatus(t.Context(), p, metav1.UpdateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			return p
 		}
-		p.Status.PodIP, p.Status.PodIPs = "", nil
-		p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionFalse, LastTransitionTime: metav1.Now()}}
 		released := time.Now()
-		if _, err := it.admin.CoreV1().Pods("sandbox").UpdateStatus(t.Context(), p, metav1.UpdateOptions{}); err != nil {
-			t.Fatal(err)
-		}
+		p := release()
 		named := func() string {
 			ep := r.LookupIP(addr, 0, time.Time{})
 			if ep.Kind != KindPod || ep.Name != "api-1" || ep.DeletedAgo <= 0 || ep.Previous != nil || ep.Unresolved {
@@ -347,6 +351,17 @@ func TestIdentity(t *testing.T) {
 			}
 			return ""
 		}
+		eventually(t, 10*time.Second, named)
+		// Should the status get the IP back, the pod is its owner again,
+		// not a deleted pod of its own.
+		it.setStatus(p, []string{ip}, "", false)
+		eventually(t, 10*time.Second, func() string {
+			if ep := r.LookupIP(addr, 0, time.Time{}); ep.Name != "api-1" || ep.DeletedAgo != 0 || ep.Previous != nil {
+				return "IP back: " + describe(ep)
+			}
+			return ""
+		})
+		release()
 		eventually(t, 10*time.Second, named)
 		time.Sleep(time.Second)
 		it.deletePod("sandbox", "api-1", 0)

@@ -352,7 +352,16 @@ func buildSnapshot(in buildInput, now time.Time) *snapshot {
 		}
 		if e := s.ips[ip]; e != nil {
 			if e.ep.Kind == KindPod {
+				// Not the owner itself: a terminating pod whose
+				// status got the IP back after releasing it.
+				self := func(t tomb) bool { return t.ep.UID == e.ep.UID }
 				e.dead = dead
+				if slices.ContainsFunc(dead, self) {
+					e.dead = slices.DeleteFunc(slices.Clone(dead), self)
+				}
+				if len(e.dead) == 0 {
+					e.dead = nil
+				}
 			}
 			continue // a Service or node IP: a pod cannot have had it
 		}
