@@ -23,6 +23,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -210,26 +211,46 @@ func TestAgentStreamAuthAndMetrics(t *testing.T) {
 	if !sc.Scan() || !strings.Contains(sc.Text(), `"type":"hello","node":"node-a"`) {
 		t.Fatalf("stream should start with a hello line, got %q", sc.Text())
 	}
-	const n = 25
-	ns.SendUDP(t, "127.0.0.1", 9999, n)
-	var got uint64
-	var dec line.Decoder
-	for got < n && sc.Scan() {
-		var l line.Line
-		if err := dec.Decode(sc.Bytes(), &l); err != nil {
-			t.Fatalf("%v: %s", err, sc.Text())
+	// A datagram every 200 ms to the dropped port (one flow each, well
+	// under the rate limit: one line per drop) while the test reads: the
+	// stream never counts more than the rule, and trails it by no more
+	// than a second and a half; then, the load stopped, it equals it.
+	var got atomic.Uint64
+	streamErr := make(chan error, 1)
+	go func() {
+		var dec line.Decoder
+		for sc.Scan() {
+			var l line.Line
+			if err := dec.Decode(sc.Bytes(), &l); err != nil {
+				streamErr <- fmt.Errorf("%v: %s", err, sc.Text())
+				return
+			}
+			ev := &l.Event
+			if l.Type == "heartbeat" || l.Type == "lost" || l.Type == "missed" {
+				streamErr <- fmt.Errorf("unexpected %s line: %s", l.Type, sc.Text())
+				return
+			}
+			if l.Type != "drop" || ev.Reason != "NETFILTER_DROP" || ev.Dst.Port() != 9999 || ev.Node != "node-a" {
+				streamErr <- fmt.Errorf("unexpected event: %s", sc.Text())
+				return
+			}
+			got.Add(ev.Count)
 		}
-		ev := &l.Event
-		if l.Type == "heartbeat" || l.Type == "lost" || l.Type == "missed" {
-			t.Fatalf("unexpected %s line: %s", l.Type, sc.Text())
+	}()
+	rule := func() uint64 { return ns.IptablesPackets(t, "iptables", "INPUT", "DROP") }
+	stopLoad := nstest.Paced(t, 200*time.Millisecond, func() { ns.SendUDP(t, "127.0.0.1", 9999, 1) })
+	nstest.WhileRunning(t, "the stream's NETFILTER_DROP count vs the DROP rule's", 4*time.Second, 500*time.Millisecond, 1500*time.Millisecond, got.Load, rule)
+	stopLoad()
+	n := rule()
+	for deadline := time.Now().Add(5 * time.Second); got.Load() != n; time.Sleep(50 * time.Millisecond) {
+		select {
+		case err := <-streamErr:
+			t.Fatal(err)
+		default:
 		}
-		if l.Type != "drop" || ev.Reason != "NETFILTER_DROP" || ev.Dst.Port() != 9999 || ev.Node != "node-a" {
-			t.Fatalf("unexpected event: %s", sc.Text())
+		if time.Now().After(deadline) {
+			t.Fatalf("stream counted %d drops, the DROP rule %d", got.Load(), n)
 		}
-		got += ev.Count
-	}
-	if got != n {
-		t.Fatalf("stream counted %d drops, sent %d", got, n)
 	}
 
 	// 1,000 callers with random tokens cost the real API server nothing,
@@ -286,7 +307,7 @@ func TestAgentStreamAuthAndMetrics(t *testing.T) {
 	q := `sum(kdrop_events_total{type="drop",reason="NETFILTER_DROP"})`
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(500 * time.Millisecond) {
 		v, err := prom.query(q)
-		if err == nil && v == n {
+		if err == nil && uint64(v) == n {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -295,7 +316,7 @@ func TestAgentStreamAuthAndMetrics(t *testing.T) {
 	}
 	// stdout: the same events as JSON lines, for kubectl logs (flushed
 	// within 200 ms).
-	for deadline := time.Now().Add(3 * time.Second); strings.Count(stdout.String(), `"reason":"NETFILTER_DROP"`) != n; time.Sleep(50 * time.Millisecond) {
+	for deadline := time.Now().Add(3 * time.Second); uint64(strings.Count(stdout.String(), `"reason":"NETFILTER_DROP"`)) != n; time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("agent stdout should have %d NETFILTER_DROP lines:\n%s", n, stdout.String())
 		}

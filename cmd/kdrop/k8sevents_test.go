@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -113,16 +114,51 @@ func TestAgentKubernetesEvents(t *testing.T) {
 
 	const perMinute = 60
 	startAgent(t, env.Kubeconfig(), "test-node", freeAddr(t), freeAddr(t), node.Name, "--type", "overflow", "--k8s-events-per-minute", strconv.Itoa(perMinute))
-	// NothingListening on api: the count is the drops.
-	const udp = 25
-	node.SendUDP(t, api, 9, udp)
-	// ListenQueueOverflow on images: backlog 1, 8 connections.
+	// While the load runs (a datagram to api's closed port every 100 ms, a
+	// connect every 250 ms to images, whose listener has backlog 1 and
+	// never accepts): each Event's count stays within the kernel's counter
+	// and trails it by no more than a series write (10 s) and a second.
+	// Then, the load stopped, each equals it.
+	base := node.Counters(t)
+	kernel := func(name string) func() uint64 {
+		return func() uint64 { return node.Counters(t)[name] - base[name] }
+	}
+	event := func(key string) func() uint64 {
+		return func() uint64 { c, _ := kdropEvents(t, cs, "shop"); return uint64(c[key]) }
+	}
 	ln := node.ListenNoAccept(t, images, 8080, 1)
 	defer ln.Close()
-	conns := node.ConnectMany(t, images, 8080, 8)
-	time.Sleep(1500 * time.Millisecond) // the SYNs and a first retransmission
-	conns.Close()                       // no more SYNs: the kernel's count stays put
-	overflows := func() uint64 { return node.Counters(t)["TcpExtListenOverflows"] }
+	var held []*nstest.Sockets // pending connects keep retransmitting their SYNs
+	var heldMu sync.Mutex
+	closeHeld := func() {
+		heldMu.Lock()
+		defer heldMu.Unlock()
+		for _, s := range held {
+			s.Close()
+		}
+		held = nil
+	}
+	defer closeHeld()
+	stopUDP := nstest.Paced(t, 100*time.Millisecond, func() { node.SendUDP(t, api, 9, 1) })
+	stopSYN := nstest.Paced(t, 250*time.Millisecond, func() {
+		s := node.ConnectMany(t, images, 8080, 1)
+		heldMu.Lock()
+		held = append(held, s)
+		heldMu.Unlock()
+	})
+	const eventLag = 11 * time.Second // one series write interval, and the flush
+	var wg sync.WaitGroup
+	for _, c := range []struct{ event, counter string }{{"api NothingListening", "UdpNoPorts"}, {"images ListenQueueOverflow", "TcpExtListenOverflows"}} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			nstest.WhileRunning(t, c.event+" Event vs "+c.counter, 16*time.Second, time.Second, eventLag, event(c.event), kernel(c.counter))
+		}()
+	}
+	wg.Wait()
+	stopUDP()
+	stopSYN()
+	closeHeld() // no more SYNs: the kernel's count stays put
 	waitEvents := func(what string, ok func(map[string]int) bool) map[string]int {
 		t.Helper()
 		var counts map[string]int
@@ -134,14 +170,17 @@ func TestAgentKubernetesEvents(t *testing.T) {
 		t.Fatalf("%s; kdrop's Events: %v", what, counts)
 		return nil
 	}
-	waitEvents("no NothingListening Event counting every drop on api", func(c map[string]int) bool {
-		return c["api NothingListening"] == udp
+	noPorts, overflows := kernel("UdpNoPorts"), kernel("TcpExtListenOverflows")
+	waitEvents(fmt.Sprintf("no NothingListening Event counting every drop on api (UdpNoPorts +%d)", noPorts()), func(c map[string]int) bool {
+		return c["api NothingListening"] > 0 && uint64(c["api NothingListening"]) == noPorts()
 	})
-	waitEvents(fmt.Sprintf("no ListenQueueOverflow Event counting the kernel's overflows on images (TcpExtListenOverflows %d)", overflows()), func(c map[string]int) bool {
+	waitEvents(fmt.Sprintf("no ListenQueueOverflow Event counting the kernel's overflows on images (TcpExtListenOverflows +%d)", overflows()), func(c map[string]int) bool {
 		return c["images ListenQueueOverflow"] > 0 && uint64(c["images ListenQueueOverflow"]) == overflows()
 	})
+	t.Logf("after the load: NothingListening %d = UdpNoPorts +%d, ListenQueueOverflow %d = TcpExtListenOverflows +%d",
+		event("api NothingListening")(), noPorts(), event("images ListenQueueOverflow")(), overflows())
 	out := env.Kubectl(t, "-n", "shop", "describe", "pod", "api")
-	if !strings.Contains(out, "NothingListening") || !strings.Contains(out, "x25 over") || !strings.Contains(out, k8sevents.Controller) {
+	if !strings.Contains(out, "NothingListening") || !strings.Contains(out, fmt.Sprintf("x%d over", noPorts())) || !strings.Contains(out, k8sevents.Controller) {
 		t.Errorf("kubectl describe pod api does not show kdrop's Event:\n%s", out)
 	}
 	if out := env.Kubectl(t, "-n", "shop", "events", "--for", "pod/images"); !strings.Contains(out, "ListenQueueOverflow") || !strings.Contains(out, "accept queue of :8080 full") {
@@ -154,16 +193,6 @@ func TestAgentKubernetesEvents(t *testing.T) {
 	// A 10 s storm on 20 pods: the node writes no more than its budget
 	// (burst perMinute/6, then perMinute a minute), and once the storm is
 	// over every series catches up with the drops it folded.
-	before, start := eventWrites(t, cs), time.Now()
-	stop := node.FloodTo(t, storm)
-	time.Sleep(10 * time.Second)
-	sent := stop()
-	budget := float64(perMinute/6) + perMinute*time.Since(start).Minutes() + 1
-	if w := eventWrites(t, cs) - before; w > budget {
-		t.Errorf("a 10 s storm on 20 pods: %.0f Event writes, budget %.0f", w, budget)
-	} else {
-		t.Logf("a 10 s storm of %d drops on 20 pods: %.0f Event writes (budget %.0f)", sent, w, budget)
-	}
 	total := func(c map[string]int) (n uint64) {
 		for k, v := range c {
 			if strings.HasPrefix(k, "storm-") {
@@ -171,6 +200,29 @@ func TestAgentKubernetesEvents(t *testing.T) {
 			}
 		}
 		return n
+	}
+	// While it runs, every second: the writes within the budget so far, and
+	// the storm pods' Events within the kernel's count of their drops.
+	before, start := eventWrites(t, cs), time.Now()
+	stormBase := node.Counters(t)["UdpNoPorts"]
+	budget := func() float64 { return float64(perMinute/6) + perMinute*time.Since(start).Minutes() + 1 }
+	stop := node.FloodTo(t, storm)
+	for time.Since(start) < 10*time.Second {
+		time.Sleep(time.Second)
+		c, _ := kdropEvents(t, cs, "shop")
+		w := eventWrites(t, cs) - before
+		if b := budget(); w > b {
+			t.Errorf("t+%v of a storm on 20 pods: %.0f Event writes, budget so far %.0f", time.Since(start).Round(time.Millisecond), w, b)
+		}
+		if k := node.Counters(t)["UdpNoPorts"] - stormBase; total(c) > k {
+			t.Errorf("t+%v of a storm on 20 pods: their Events count %d, the kernel's UdpNoPorts +%d", time.Since(start).Round(time.Millisecond), total(c), k)
+		}
+	}
+	sent := stop()
+	if w := eventWrites(t, cs) - before; w > budget() {
+		t.Errorf("a 10 s storm on 20 pods: %.0f Event writes, budget %.0f", w, budget())
+	} else {
+		t.Logf("a 10 s storm of %d drops on 20 pods: %.0f Event writes (budget %.0f)", sent, w, budget())
 	}
 	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(time.Second) {
 		c, objects := kdropEvents(t, cs, "shop")
