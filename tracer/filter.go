@@ -54,7 +54,7 @@ func (f *Filter) Match(e *Event) bool {
 	if len(f.Types) > 0 && !slices.Contains(f.Types, e.Type) {
 		return false
 	}
-	if e.Type == Drop && (!f.wantsReason(e.ReasonCode, e.Reason) || (f.hidesBenign() && IsBenignPlace(e.Reason, e.Location, e.LinkMulti))) {
+	if e.Type == Drop && (!f.wantsReason(e.ReasonCode, e.Reason) || (f.hidesBenign() && isBenignFree(e))) {
 		return false
 	}
 	if f.Netns != 0 && e.Netns != f.Netns {
@@ -130,24 +130,18 @@ type kernelFilter struct {
 	hideMulti   uint8
 }
 
-// benignPlaces resolves BenignPlaces into the kernel filter's text
-// ranges, when the filter hides benign frees. A function this kernel lacks
+// benignPlaces copies this kernel's benign places (b) into the kernel
+// filter, when the filter hides benign frees. A function this kernel lacks
 // is left out (its frees, if any, are shown).
-func (k *kernelFilter) benignPlaces(f *Filter, r *Reasons, syms *Symbolizer) {
+func (k *kernelFilter) benignPlaces(f *Filter, b benignSet) {
 	if !f.hidesBenign() {
 		return
 	}
-	if v, ok := r.Lookup("NOT_SPECIFIED"); ok {
-		k.placeReason = v
-	} else if r.Len() > 0 {
-		return
-	} // before 5.17 every free has reason 0
+	k.placeReason = b.reason
 	k.hideMulti = 1
-	for _, name := range BenignPlaces[:min(len(BenignPlaces), benignPlaceMax)] {
-		if start, end, ok := syms.Range(name); ok {
-			k.benignPC[2*k.benignN], k.benignPC[2*k.benignN+1] = start, end
-			k.benignN++
-		}
+	for _, r := range b.pc {
+		k.benignPC[2*k.benignN], k.benignPC[2*k.benignN+1] = r[0], r[1]
+		k.benignN++
 	}
 }
 
@@ -183,7 +177,8 @@ func (t *Tracer) configure(spec *ebpf.CollectionSpec) (kernelFilter, error) {
 	if err != nil {
 		return k, err
 	}
-	k.benignPlaces(&t.opts.Filter, t.Reasons, t.Symbols)
+	t.benign = resolveBenign(t.Reasons, t.Symbols)
+	k.benignPlaces(&t.opts.Filter, t.benign)
 	for name, v := range map[string]any{
 		"cfg_netns":           k.netns,
 		"cfg_port":            k.port,

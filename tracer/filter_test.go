@@ -163,8 +163,9 @@ func TestFilterMatchMirrorsKernel(t *testing.T) {
 		if err != nil {
 			t.Fatalf("filter %d %+v: %v", i, f, err)
 		}
-		k.benignPlaces(&f, r, tr.Symbols)
-		if f.hidesBenign() != (k.benignN == 1) {
+		tr.benign = resolveBenign(r, tr.Symbols)
+		k.benignPlaces(&f, tr.benign)
+		if f.hidesBenign() != (k.benignN > 0) {
 			t.Fatalf("filter %d %+v: %d benign places resolved", i, f, k.benignN)
 		}
 		tr.opts.Filter = f
@@ -223,6 +224,36 @@ func TestIsBenign(t *testing.T) {
 	} {
 		if got := IsBenign(n); got != want {
 			t.Errorf("IsBenign(%q) = %v, want %v", n, got, want)
+		}
+	}
+}
+
+// TestBenignPlaceGivenReason: tcp_v4_rcv's NOT_SPECIFIED frees are benign
+// only on a kernel that names TCP_RFC7323_TW_PAWS; before it, PAWS in
+// TIME_WAIT is one of them, and they are all shown.
+func TestBenignPlaceGivenReason(t *testing.T) {
+	syms := filepath.Join(t.TempDir(), "kallsyms")
+	os.WriteFile(syms, []byte("ffffffff81000000 T ip_error\nffffffff81000100 t ip6_mc_input\nffffffff81000200 T tcp_v4_rcv\nffffffff81000300 T ip6_input\n"), 0o644)
+	const inTCP, inMC = 0xffffffff81000291, 0xffffffff81000104
+	for _, c := range []struct {
+		reasons  []string
+		tcp, mcs bool
+	}{
+		{[]string{"NOT_DROPPED_YET", "NOT_SPECIFIED", "NO_SOCKET"}, false, true},
+		{[]string{"NOT_DROPPED_YET", "NOT_SPECIFIED", "NO_SOCKET", "TCP_RFC7323_TW_PAWS"}, true, true},
+		{nil, false, true}, // before 5.17: no reasons, every free is 0
+	} {
+		r := testReasons(c.reasons...)
+		b := resolveBenign(r, NewSymbolizer(syms))
+		code, _ := r.Lookup("NOT_SPECIFIED")
+		if got := b.at(code, inTCP); got != c.tcp {
+			t.Errorf("reasons %v: NOT_SPECIFIED at tcp_v4_rcv benign = %v, want %v", c.reasons, got, c.tcp)
+		}
+		if got := b.at(code, inMC); got != c.mcs {
+			t.Errorf("reasons %v: NOT_SPECIFIED at ip6_mc_input benign = %v, want %v", c.reasons, got, c.mcs)
+		}
+		if nosock, ok := r.Lookup("NO_SOCKET"); ok && b.at(nosock, inTCP) {
+			t.Errorf("reasons %v: NO_SOCKET at tcp_v4_rcv taken for benign", c.reasons)
 		}
 	}
 }
