@@ -296,8 +296,14 @@ func TestConntrackInvalidRule(t *testing.T) {
 	for i := 0; i < 2; i++ {
 		time.Sleep(slow(1500 * time.Millisecond))
 		mu.Lock()
-		time.Sleep(slow(100 * time.Millisecond)) // the last burst through the router
-		st, rule, readAt := ctStats(t, r.Router), forwardDrops(t, r.Router), time.Now()
+		// Every burst before the lock is through the router 100 ms later;
+		// the next one follows the unlock, after the reads. The middle of
+		// that gap parts them, far from both (event times are the kernel's
+		// clock on the wall clock, a few ms off under emulation: the next
+		// burst, sent right at the unlock, once counted as before it).
+		readAt := time.Now().Add(slow(50 * time.Millisecond))
+		time.Sleep(slow(100 * time.Millisecond))
+		st, rule := ctStats(t, r.Router), forwardDrops(t, r.Router)
 		mu.Unlock()
 		time.Sleep(slow(700 * time.Millisecond))
 		out := h.snapshot()
