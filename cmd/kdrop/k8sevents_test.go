@@ -152,7 +152,7 @@ func TestAgentKubernetesEvents(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			nstest.WhileRunning(t, c.event+" Event vs "+c.counter, 16*time.Second, time.Second, eventLag, event(c.event), kernel(c.counter))
+			nstest.WhileRunning(t, c.event+" Event vs "+c.counter, nstest.For(16*time.Second), time.Second, eventLag, event(c.event), kernel(c.counter))
 		}()
 	}
 	wg.Wait()

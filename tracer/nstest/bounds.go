@@ -9,7 +9,7 @@ import (
 
 // WhileRunning checks a count kdrop reports against the kernel's own while
 // the load that moves both is still running (a busy node never stops to be
-// looked at). Every `every`, for d, it reads seen (what kdrop has said so
+// looked at). Every `every`, until done says so (For(d): for d), it reads seen (what kdrop has said so
 // far: a stream's, a Kubernetes Event's or a metric's count), then kernel
 // (the kernel's counter, as a delta since the load began). seen may never
 // exceed kernel; with lag > 0 it must also have reached what kernel had
@@ -17,7 +17,7 @@ import (
 // flush interval, the reading's latency). The caller stops the load and
 // checks exact equality afterwards. It returns the samples taken and the
 // last one's counts; what names the count in failures.
-func WhileRunning(t testing.TB, what string, d, every, lag time.Duration, seen, kernel func() uint64) (samples int, lastSeen, lastKernel uint64) {
+func WhileRunning(t testing.TB, what string, done func() bool, every, lag time.Duration, seen, kernel func() uint64) (samples int, lastSeen, lastKernel uint64) {
 	t.Helper()
 	type sample struct {
 		at           time.Time
@@ -25,7 +25,7 @@ func WhileRunning(t testing.TB, what string, d, every, lag time.Duration, seen, 
 	}
 	var past []sample
 	begin := time.Now()
-	for time.Since(begin) < d || len(past) < 3 {
+	for !done() || len(past) < 3 {
 		time.Sleep(every)
 		s := sample{seen: seen()}
 		s.kernel, s.at = kernel(), time.Now()
@@ -47,10 +47,16 @@ func WhileRunning(t testing.TB, what string, d, every, lag time.Duration, seen, 
 	}
 	last := past[len(past)-1]
 	if last.kernel == 0 {
-		t.Errorf("%s: the kernel counted nothing in %v of load: the load did not reach the scenario", what, d)
+		t.Errorf("%s: the kernel counted nothing in %v of load: the load did not reach the scenario", what, time.Since(begin).Round(time.Millisecond))
 	}
 	t.Logf("%s while the load ran: %d samples, last kdrop %d / kernel %d", what, len(past), last.seen, last.kernel)
 	return len(past), last.seen, last.kernel
+}
+
+// For is WhileRunning's done for a load that runs at least d.
+func For(d time.Duration) func() bool {
+	end := time.Now().Add(d)
+	return func() bool { return !time.Now().Before(end) }
 }
 
 // IptablesPackets sums the packet counters of the chain's rules (filter
