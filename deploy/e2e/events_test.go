@@ -145,20 +145,29 @@ func TestKubernetesEvents(t *testing.T) {
 			outside.SendUDP(t, nodeIP, evNodePort, 1)
 			return sum(evs, isWeb) > 0
 		})
-		// Then a counted batch: each datagram one drop in the stream and
-		// (iptables mode) one packet on kube-proxy's rule counter.
+		// Then a counted run: each datagram one drop in the stream and
+		// (iptables mode) one packet on kube-proxy's rule counter, looked
+		// at while the datagrams keep coming (one every 50 ms for 6 s),
+		// then once the stream settled.
 		first := tail.settle(t, isWeb)
-		before := kubeProxyCounter(t, evNS+"/web", "has no local endpoints", "-j DROP")
-		const sent = 40
-		for range sent {
-			outside.SendUDP(t, nodeIP, evNodePort, 1)
-			time.Sleep(25 * time.Millisecond)
+		counter := func() uint64 { return kubeProxyCounter(t, evNS+"/web", "has no local endpoints", "-j DROP") }
+		before := counter()
+		var sending atomic.Uint64
+		stop := nstest.Paced(t, 50*time.Millisecond, func() { outside.SendUDP(t, nodeIP, evNodePort, 1); sending.Add(1) })
+		if nftMode { // no counters: the datagrams sent so far bound what kdrop may show
+			nstest.WhileRunning(t, "kdrop tail's drops to web's node port vs the datagrams sent", nstest.For(6*time.Second), time.Second, 4*time.Second,
+				func() uint64 { return sum(tail.since(0), isWeb) - first }, sending.Load)
+		} else {
+			nstest.WhileRunning(t, "kdrop tail's drops to web's node port vs kube-proxy's no-local-endpoints DROP counter", nstest.For(6*time.Second), time.Second, 4*time.Second,
+				func() uint64 { return sum(tail.since(0), isWeb) - first }, func() uint64 { return counter() - before })
 		}
+		stop()
+		sent := sending.Load()
 		seen := tail.settle(t, isWeb)
 		if seen-first != sent {
 			t.Errorf("kdrop tail shows %d drops to web's node port for the %d datagrams sent", seen-first, sent)
 		}
-		if c := kubeProxyCounter(t, evNS+"/web", "has no local endpoints", "-j DROP") - before; c != sent && !nftMode {
+		if c := counter() - before; c != sent && !nftMode {
 			t.Errorf("kube-proxy's no-local-endpoints DROP rule counted %d of the %d datagrams sent", c, sent)
 		}
 		for _, e := range tail.since(0) {
@@ -205,14 +214,32 @@ func TestKubernetesEvents(t *testing.T) {
 		})
 		before := tail.settle(t, isStorm)
 		time.Sleep(12 * time.Second) // the series of those first drops written
+		// The budget, read from the agent's flag and the code: Burst at
+		// once, then perMinute a minute; one more for a write the watch
+		// shows a little after it happened. Checked every second while the
+		// storm runs, then over all of it.
+		budgetUntil := func(start, end time.Time) int {
+			return burst + int(float64(perMinute)*end.Sub(start).Minutes()) + 1
+		}
 		start := time.Now()
-		sent := pacedFlood(t, outside, dsts, 10, 10*time.Second) // 10/s to each Service
+		flooded := make(chan uint64, 1)
+		go func() { flooded <- pacedFlood(t, outside, dsts, 10, 10*time.Second) }() // 10/s to each Service
+		var sent uint64
+	storming:
+		for {
+			select {
+			case sent = <-flooded:
+				break storming
+			case <-time.After(time.Second):
+				now := time.Now()
+				if w, b := len(writes.between(start, now)), budgetUntil(start, now); w > b {
+					t.Errorf("t+%v of a storm on %d Services: %d kdrop Event writes, budget so far %d", now.Sub(start).Round(time.Millisecond), evStormSvcs, w, b)
+				}
+			}
+		}
 		end := time.Now()
-		// The budget over the storm, read from the agent's flag and the
-		// code: Burst at once, then perMinute a minute; one more for a
-		// write the watch shows a little after it happened.
 		inStorm := writes.between(start, end.Add(time.Second))
-		budget := burst + int(float64(perMinute)*end.Add(time.Second).Sub(start).Minutes()) + 1
+		budget := budgetUntil(start, end.Add(time.Second))
 		if len(inStorm) > budget {
 			t.Errorf("a 10 s storm on %d Services: %d kdrop Event writes, budget %d (--k8s-events-per-minute %d, burst %d)", evStormSvcs, len(inStorm), budget, perMinute, burst)
 		}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netfilter"
 	"github.com/kdrop/kdrop/cmd/kdrop/sinks/report"
+	"github.com/kdrop/kdrop/tracer/nstest"
 )
 
 // The incidents' workloads, in namespace shop: a server whose pod caps its
@@ -212,6 +213,51 @@ func dumpOnFailure(t *testing.T) {
 }
 
 // counters reads the kernel's counters in a pod's network namespace.
+// kubectlExec is a kubectl exec running in the background: a load that
+// keeps going while the test looks.
+type kubectlExec struct {
+	cmd  *exec.Cmd
+	out  bytes.Buffer
+	done chan struct{}
+	err  error
+}
+
+func startExec(t *testing.T, args ...string) *kubectlExec {
+	t.Helper()
+	k := &kubectlExec{cmd: exec.Command(kubectlBin, append([]string{"--kubeconfig", kubeconfig}, args...)...), done: make(chan struct{})}
+	k.cmd.Stdout = &k.out
+	if err := k.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { k.err = k.cmd.Wait(); close(k.done) }()
+	t.Cleanup(func() {
+		k.cmd.Process.Kill()
+		<-k.done
+	})
+	return k
+}
+
+// ended says whether it has exited (WhileRunning's done).
+func (k *kubectlExec) ended() bool {
+	select {
+	case <-k.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// wait waits for it to exit and returns its output; it fails the test if
+// it failed.
+func (k *kubectlExec) wait(t *testing.T) string {
+	t.Helper()
+	<-k.done
+	if k.err != nil {
+		t.Fatalf("%s: %v\n%s", strings.Join(k.cmd.Args, " "), k.err, k.out.String())
+	}
+	return k.out.String()
+}
+
 func counters(t *testing.T, pod string) map[string]uint64 {
 	t.Helper()
 	out := kubectl(t, "-n", "shop", "exec", pod, "--", "/testapp", "counters")
@@ -321,10 +367,6 @@ func (in *incident) listenOverflow(t *testing.T) {
 	rec := in.record(t, "overflow")
 	mark := in.tail.mark()
 
-	kubectl(t, "-n", "shop", "exec", "client", "--", "/testapp", "flood", "-n", "300", svcIP+":80")
-
-	// kdrop's overflow count for the server equals the kernel's counter in
-	// the server pod's network namespace, once both stop moving.
 	// The listener is the server pod's: kdrop names it by the network
 	// namespace the overflow happened in (where_k8s). Its address is the
 	// pod IP, or 0.0.0.0 where kdrop reads the listener through sock_diag.
@@ -332,6 +374,17 @@ func (in *incident) listenOverflow(t *testing.T) {
 		return e.Type == "overflow" && e.Dport == 8080 && e.WhereK8s != nil && e.WhereK8s.Name == server &&
 			(e.Dst == serverIP || e.Dst == "0.0.0.0")
 	}
+	// 300 connections at once, then one every 20 ms for 20 s, all held
+	// while the kernel retries their SYNs. While that runs, kdrop's count
+	// for the server never exceeds the kernel's counter in the server
+	// pod's network namespace, nor trails it by more than a few seconds;
+	// once both stop moving, they are equal.
+	flood := startExec(t, "-n", "shop", "exec", "client", "--", "/testapp", "flood", "-n", "300", "-for", "20s", "-every", "20ms", svcIP+":80")
+	nstest.WhileRunning(t, "kdrop tail's overflows of "+server+" vs its TcpExtListenOverflows", nstest.For(15*time.Second), 2*time.Second, 5*time.Second,
+		func() uint64 { return sum(in.tail.since(mark), isServer) },
+		func() uint64 { return counters(t, server)["TcpExtListenOverflows"] - before })
+	flood.wait(t)
+
 	var kernel, seen uint64
 	for deadline, stable := time.Now().Add(90*time.Second), 0; stable < 3; time.Sleep(2 * time.Second) {
 		k := counters(t, server)["TcpExtListenOverflows"] - before
@@ -402,25 +455,32 @@ func (in *incident) rollingUpdate(t *testing.T) {
 	// an address after two of those: the client's neighbour entry for an
 	// old IP stays REACHABLE for up to ~45 s after its last confirmation,
 	// and dials meanwhile time out.
-	probe := exec.Command(kubectlBin, append([]string{"--kubeconfig", kubeconfig, "-n", "shop", "exec", "client", "--",
+	probe := startExec(t, append([]string{"-n", "shop", "exec", "client", "--",
 		"/testapp", "probe", "-every", "300ms", "-timeout", "5s", "-for", "150s", "-until", "EHOSTUNREACH", "-times", "2"}, targets...)...)
-	var probeOut bytes.Buffer
-	probe.Stdout = &probeOut
-	if err := probe.Start(); err != nil {
-		t.Fatal(err)
+	// Every ICMP host-unreachable the client's kernel sends is in kdrop
+	// tail: looked at while the prober keeps dialing, through the rollout.
+	unreach := func(e *event) bool {
+		_, isOld := old[e.Dst]
+		return e.Type == "unreach" && e.ICMP == "host-unreachable" && isOld
 	}
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		nstest.WhileRunning(t, "kdrop tail's host-unreachables vs IcmpOutDestUnreachs in the client pod", probe.ended, 2*time.Second, 5*time.Second,
+			func() uint64 { return sum(in.tail.since(mark), unreach) },
+			func() uint64 { return counters(t, "client")["IcmpOutDestUnreachs"] - before })
+	}()
 	time.Sleep(2 * time.Second)
 	kubectl(t, "-n", "shop", "rollout", "restart", "deploy/api")
 	kubectl(t, "-n", "shop", "rollout", "status", "deploy/api", "--timeout=120s")
-	if err := probe.Wait(); err != nil {
-		t.Fatalf("prober: %v\n%s", err, probeOut.String())
-	}
+	<-sampled
+	probeOut := probe.wait(t)
 
 	// What the client saw, per old IP, in order of first appearance.
 	type dial struct{ Addr, Result string }
 	seq := map[string][]string{}
 	counts := map[string]map[string]int{}
-	for _, l := range strings.Split(strings.TrimSpace(probeOut.String()), "\n") {
+	for _, l := range strings.Split(strings.TrimSpace(probeOut), "\n") {
 		var d dial
 		if json.Unmarshal([]byte(l), &d) != nil {
 			continue
@@ -441,12 +501,8 @@ func (in *incident) rollingUpdate(t *testing.T) {
 		}
 	}
 
-	// Every ICMP host-unreachable the client's kernel sent is in kdrop tail,
-	// naming the deleted pod, its Deployment and how long ago it went.
-	unreach := func(e *event) bool {
-		_, isOld := old[e.Dst]
-		return e.Type == "unreach" && e.ICMP == "host-unreachable" && isOld
-	}
+	// Once the prober stopped: every one, naming the deleted pod, its
+	// Deployment and how long ago it went.
 	var kernel, seen uint64
 	for deadline, stable := time.Now().Add(60*time.Second), 0; stable < 2; time.Sleep(2 * time.Second) {
 		kernel = counters(t, "client")["IcmpOutDestUnreachs"] - before
@@ -520,16 +576,9 @@ func (in *incident) serviceWithoutEndpoints(t *testing.T) {
 	logsFrom := time.Now()
 
 	// kube-proxy's nftables mode (KDROP_PROXY_MODE=nftables) has no rule
-	// counters: there the drops are at least the 5 refused connections.
+	// counters: there the drops are at least the refused connections.
 	nftMode := os.Getenv("KDROP_PROXY_MODE") == "nftables"
 	rejectsBefore := rejected(t, "shop/cart")
-	// A dial timeout well past the SYN retransmits (1 s, 3 s): a SYN whose
-	// answer the ICMP rate limit held back is refused on its retransmit.
-	out := kubectl(t, "-n", "shop", "exec", "client", "--", "/testapp", "dial", "-n", "5", "-timeout", "8s", svcIP+":80")
-	var got map[string]int
-	if err := json.Unmarshal([]byte(out), &got); err != nil || got["ECONNREFUSED"] != 5 {
-		t.Fatalf("the client should see Connection refused 5 times: %s", out)
-	}
 	// kube-proxy's REJECT rule drops each SYN (NETFILTER_DROP) and answers
 	// it with port-unreachable, unless the ICMP rate limit holds the answer
 	// back (the client's kernel then retransmits the SYN). A SYN a bridge
@@ -543,9 +592,32 @@ func (in *incident) serviceWithoutEndpoints(t *testing.T) {
 	isReject := func(e *event) bool {
 		return e.Type == "drop" && e.Reason == "NETFILTER_DROP" && toCart(e) && inNodeNetns(e)
 	}
+	// A client dialing cart every 300 ms for 10 s, the ICMP rate limit at
+	// its default: a dial timeout well past the SYN retransmits (1 s, 3 s),
+	// so a SYN whose answer the limit held back is refused on its
+	// retransmit. While it dials, kdrop tail's drops stay within the REJECT
+	// rule's counter and trail it by no more than a few seconds.
+	dials := startExec(t, "-n", "shop", "exec", "client", "--", "/testapp", "probe", "-every", "300ms", "-timeout", "8s", "-for", "10s", svcIP+":80")
+	if !nftMode {
+		nstest.WhileRunning(t, "kdrop tail's NETFILTER_DROP for Service cart vs the REJECT rule's counter", dials.ended, time.Second, 5*time.Second,
+			func() uint64 { return sum(in.tail.since(mark), isReject) },
+			func() uint64 { return rejected(t, "shop/cart") - rejectsBefore })
+	}
+	results := map[string]int{}
+	for _, l := range strings.Split(strings.TrimSpace(dials.wait(t)), "\n") {
+		var d struct{ Result string }
+		if err := json.Unmarshal([]byte(l), &d); err != nil {
+			t.Fatalf("prober line %q: %v", l, err)
+		}
+		results[d.Result]++
+	}
+	dialed := results["ECONNREFUSED"]
+	if dialed < 5 || len(results) != 1 {
+		t.Fatalf("the client should see Connection refused on every dial, at least 5: %v", results)
+	}
 	rejects := rejected(t, "shop/cart") - rejectsBefore
 	if nftMode {
-		rejects = 5
+		rejects = uint64(dialed)
 	}
 	evs := in.tail.waitFor(t, mark, 30*time.Second, fmt.Sprintf("%d NETFILTER_DROP for Service cart (the REJECT rule's counter)", rejects),
 		func(evs []event) bool { return sum(evs, isReject) >= rejects })
@@ -559,13 +631,13 @@ func (in *incident) serviceWithoutEndpoints(t *testing.T) {
 			refused[e.Sport] = true
 		}
 	}
-	if (drops != rejects && !nftMode) || drops < rejects || len(refused) != 5 || unreach > drops {
+	if (drops != rejects && !nftMode) || drops < rejects || len(refused) != dialed || unreach > drops {
 		var lines []string
 		for _, e := range evs {
 			lines = append(lines, e.raw)
 		}
-		t.Errorf("Service cart: REJECT rule counted %d packets; kdrop tail %d NETFILTER_DROP (want equal), %d port-unreachable (at most that) for %d distinct connections (want the 5 refused); lines:\n%s",
-			rejects, drops, unreach, len(refused), strings.Join(lines, "\n"))
+		t.Errorf("Service cart: REJECT rule counted %d packets; kdrop tail %d NETFILTER_DROP (want equal), %d port-unreachable (at most that) for %d distinct connections (want the %d refused); lines:\n%s",
+			rejects, drops, unreach, len(refused), dialed, strings.Join(lines, "\n"))
 	}
 	for _, e := range evs {
 		if !isCart(&e) && !isReject(&e) {
@@ -604,8 +676,8 @@ func (in *incident) serviceWithoutEndpoints(t *testing.T) {
 	if uint64(logged) != unreach {
 		t.Errorf("kubectl logs of the agent: %d port-unreachable for Service cart, kdrop tail %d", logged, unreach)
 	}
-	in.figure("service without endpoints (kube-proxy %s mode): 5 refused dials; %s %d, NETFILTER_DROP in kdrop tail %d, each naming kube-proxy's rule (rule.k8s.meaning no-endpoints, service shop/cart); %d port-unreachable in kdrop tail and in kubectl logs, naming svc shop/cart (0 ready endpoints)",
-		map[bool]string{false: "iptables", true: "nftables"}[nftMode], map[bool]string{false: "REJECT counter", true: "at least (no counters)"}[nftMode], rejects, drops, unreach)
+	in.figure("service without endpoints (kube-proxy %s mode): %d refused dials; %s %d, NETFILTER_DROP in kdrop tail %d, each naming kube-proxy's rule (rule.k8s.meaning no-endpoints, service shop/cart); %d port-unreachable in kdrop tail and in kubectl logs, naming svc shop/cart (0 ready endpoints)",
+		map[bool]string{false: "iptables", true: "nftables"}[nftMode], dialed, map[bool]string{false: "REJECT counter", true: "at least (no counters)"}[nftMode], rejects, drops, unreach)
 
 	r := rec.stop(t)
 	f := finding(t, r, "no-endpoints")

@@ -53,9 +53,11 @@ func main() {
 		fs.Parse(args)
 		err = serve(*port, *backlog, *accept)
 	case "flood":
-		n := fs.Int("n", 300, "connections to open")
+		n := fs.Int("n", 300, "connections to open at once")
+		total := fs.Duration("for", 0, "then keep opening one more every -every for this long")
+		every := fs.Duration("every", 20*time.Millisecond, "see -for")
 		fs.Parse(args)
-		err = flood(fs.Arg(0), *n)
+		err = flood(fs.Arg(0), *n, *total, *every)
 	case "probe":
 		every := fs.Duration("every", 300*time.Millisecond, "time between dials to each address")
 		timeout := fs.Duration("timeout", 2*time.Second, "dial timeout")
@@ -122,22 +124,35 @@ func sockaddr(s string) (*syscall.SockaddrInet4, error) {
 }
 
 // flood opens n connections without waiting for any, faster than a server
-// that never accepts can take them, and holds them while the kernel retries.
-func flood(addr string, n int) error {
+// that never accepts can take them, then one more every interval for total
+// (a client that keeps coming), and holds them all while the kernel
+// retries.
+func flood(addr string, n int, total, every time.Duration) error {
 	sa, err := sockaddr(addr)
 	if err != nil {
 		return err
 	}
 	var fds []int
-	for i := 0; i < n; i++ {
+	open := func() error {
 		fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK, 0)
 		if err != nil {
-			return fmt.Errorf("socket %d: %w", i, err)
+			return fmt.Errorf("socket %d: %w", len(fds), err)
 		}
 		if err := syscall.Connect(fd, sa); err != nil && err != syscall.EINPROGRESS {
-			return fmt.Errorf("connect %d: %w", i, err)
+			return fmt.Errorf("connect %d: %w", len(fds), err)
 		}
 		fds = append(fds, fd)
+		return nil
+	}
+	for i := 0; i < n; i++ {
+		if err := open(); err != nil {
+			return err
+		}
+	}
+	for end := time.Now().Add(total); time.Now().Before(end); time.Sleep(every) {
+		if err := open(); err != nil {
+			return err
+		}
 	}
 	time.Sleep(3 * time.Second)
 	fmt.Printf(`{"opened":%d}`+"\n", len(fds))
