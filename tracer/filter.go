@@ -66,10 +66,21 @@ func (f *Filter) Match(e *Event) bool {
 	if f.Port != 0 && e.Src.Port() != f.Port && e.Dst.Port() != f.Port {
 		return false
 	}
-	if len(f.CIDRs) > 0 && !f.matchAddr(e.Src.Addr()) && !f.matchAddr(e.Dst.Addr()) {
+	if len(f.CIDRs) > 0 && !f.matchAddr(e.Src.Addr()) && !f.matchAddr(e.Dst.Addr()) && !wildcardListener(e) {
 		return false
 	}
 	return true
+}
+
+// wildcardListener: an overflow read through sock_diag names no peer and,
+// for a listener bound to 0.0.0.0 or :: (or one it could not tell among
+// several), no address of its own: it listens on every address of its
+// namespace, those a CIDR filter selects too, so it passes any rather than
+// be lost. (The kernel side never sees one: its overflows come from the
+// packet, with both addresses.)
+func wildcardListener(e *Event) bool {
+	dst := e.Dst.Addr()
+	return e.Type == ListenOverflow && !e.Src.Addr().IsValid() && (!dst.IsValid() || dst.IsUnspecified())
 }
 
 // wantsReason says whether a drop with this reason (its value and name) is

@@ -173,6 +173,16 @@ func TestFilterMatchMirrorsKernel(t *testing.T) {
 			var ev Event
 			tr.fill(&raws[j], &ev)
 			kernel := tr.wants(ev.Type) && kernelPasses(k, &raws[j])
+			if wildcardListener(&ev) {
+				// An overflow without addresses comes from sock_diag
+				// alone (the kernel side never sees one): it passes a
+				// CIDR filter, and the rest of the filter as the kernel's.
+				g := f
+				g.CIDRs = nil
+				kg, _ := g.kernel(r)
+				kg.benignPlaces(&g, tr.benign)
+				kernel = tr.wants(ev.Type) && kernelPasses(kg, &raws[j])
+			}
 			if got := f.Match(&ev); got != kernel {
 				t.Errorf("filter %d %+v, event %s %s reason %q %v -> %v: Match %v, kernel side %v",
 					i, f, ev.Type, ProtoName(ev.Proto), ev.Reason, ev.Src, ev.Dst, got, kernel)

@@ -47,7 +47,7 @@ func (f *traceFlags) register(fl *pflag.FlagSet) {
 func registerFilter(fl *pflag.FlagSet, f *enrich.Filter, all bool) {
 	fl.StringSliceVarP(&f.Types, "type", "t", nil, "event types to show: drop, overflow, unreach (default all)")
 	fl.StringSliceVarP(&f.Reasons, "reason", "r", nil, "drop reasons to show, e.g. NO_SOCKET,NETFILTER_DROP (see kdrop reasons)")
-	fl.StringSliceVar(&f.CIDRs, "cidr", nil, "only packets with either end in this address or CIDR (repeatable)")
+	fl.StringSliceVar(&f.CIDRs, "cidr", nil, "only packets with either end in this address or CIDR (repeatable); an overflow read through sock_diag (no peer known) of a listener bound to 0.0.0.0 or ::, or not told apart, passes any")
 	fl.Uint16VarP(&f.Port, "port", "p", 0, "only packets with either port equal to this")
 	fl.StringVar(&f.Proto, "proto", "", "only this IP protocol: tcp, udp, icmp, icmpv6, sctp or a number")
 	fl.StringVarP(&f.Namespace, "namespace", "n", "", "only events with a pod of this namespace at either end (or where the kernel acted)")
