@@ -20,7 +20,9 @@ func TestCIDRKeepsWildcardListenerOverflows(t *testing.T) {
 	ln := r.Server.ListenNoAccept(t, "0.0.0.0", 8091, 1)
 	defer ln.Close()
 	c := startTracer(t, Options{Filter: Filter{Types: []EventType{ListenOverflow}, CIDRs: []netip.Prefix{netip.MustParsePrefix(nstest.ServerIP + "/32")}}})
-	isServer := func(e *Event) bool { return e.Type == ListenOverflow && e.Netns == r.Server.Inode && e.Dst.Port() == 8091 }
+	isServer := func(e *Event) bool {
+		return e.Type == ListenOverflow && e.Netns == r.Server.Inode && e.Dst.Port() == 8091
+	}
 	base := r.Server.Counters(t)["TcpExtListenOverflows"]
 	overflows := func() uint64 { return r.Server.Counters(t)["TcpExtListenOverflows"] - base }
 
