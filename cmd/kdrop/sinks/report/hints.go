@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+
+	"github.com/kdrop/kdrop/cmd/kdrop/enrich/netfilter"
 )
 
 // Findings for drops whose cause lies in the node's own setup, each with
@@ -197,13 +199,41 @@ func (a *analysis) pmtuFindings() {
 		if f0.Rule != "" {
 			allow += " before rule " + f0.Rule
 		}
+		let := allow + ": `iptables -I INPUT -p icmp --icmp-type fragmentation-needed -j ACCEPT` and `ip6tables -I INPUT -p icmpv6 --icmpv6-type packet-too-big -j ACCEPT` (FORWARD too on a router or node that forwards pod traffic); a stateful firewall also accepts them as RELATED (`-m conntrack --ctstate RELATED`). Never drop all ICMP."
+		if cmd := nftAllowTooBig(f0.NamedRule); cmd != "" {
+			// an accept in iptables' chains does not undo a drop in
+			// another nftables base chain: the accept goes before the rule
+			let = allow + ", in the rule's own chain (an ACCEPT in iptables' chains does not override a drop in another nftables table): `" + cmd +
+				"`; a stateful firewall also accepts them as related (`ct state related accept`). Never drop all ICMP."
+		}
 		fd.Fix = strings.Join([]string{
-			allow + ": `iptables -I INPUT -p icmp --icmp-type fragmentation-needed -j ACCEPT` and `ip6tables -I INPUT -p icmpv6 --icmpv6-type packet-too-big -j ACCEPT` (FORWARD too on a router or node that forwards pod traffic); a stateful firewall also accepts them as RELATED (`-m conntrack --ctstate RELATED`). Never drop all ICMP.",
+			let,
 			"Or make the packets fit: give the pods and interfaces on this path the path's MTU (the CNI's MTU setting: the node MTU minus the overlay's overhead, VXLAN 50 bytes), or clamp TCP's MSS where the MTU shrinks: `iptables -t mangle -A FORWARD -p tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu`.",
 			"On Linux senders, `net.ipv4.tcp_mtu_probing=1` lets TCP find the path MTU without ICMP (RFC 4821); UDP and other protocols still need the errors.",
 		}, "\n")
 		a.add(fd)
 	}
+}
+
+// nftAllowTooBig is the nft command that lets ICMP too-big errors through
+// before rule r, when r is a native nftables rule (not in a table
+// iptables-nft writes) with names a shell takes as they are; "" otherwise.
+func nftAllowTooBig(r *RuleRef) string {
+	if r == nil || r.Table == "" || r.Backend != netfilter.BackendNftables || r.Handle == 0 ||
+		((r.Family == "ip" || r.Family == "ip6") && iptablesTables[r.Table]) ||
+		!nftIdentRE.MatchString(r.Table) || !nftIdentRE.MatchString(r.Chain) {
+		return ""
+	}
+	match := map[string]string{
+		"ip":   "icmp type destination-unreachable icmp code frag-needed",
+		"ip6":  "icmpv6 type packet-too-big",
+		"inet": "icmp type destination-unreachable icmp code frag-needed accept; nft insert rule inet %[1]s %[2]s position %[3]d icmpv6 type packet-too-big",
+	}[r.Family]
+	if match == "" {
+		return ""
+	}
+	cmd := "nft insert rule " + r.Family + " %[1]s %[2]s position %[3]d " + match + " accept"
+	return fmt.Sprintf(cmd, r.Table, r.Chain, r.Handle)
 }
 
 // ---------------------------------------------------------------------------

@@ -170,3 +170,30 @@ func TestHintFindings(t *testing.T) {
 		}
 	}
 }
+
+// The PMTU fix for a native nftables rule is an accept before it in its own
+// chain: iptables' ACCEPT does not override a drop in another nftables
+// table (adversary #14). Rules in iptables-nft's tables keep the iptables
+// fix; names a shell would not take as they are get no command.
+func TestNftAllowTooBig(t *testing.T) {
+	rule := func(family, table, chain string, handle uint64) *RuleRef {
+		return &RuleRef{Backend: netfilter.BackendNftables, Ref: Ref{Family: family, Table: table, Chain: chain, Handle: handle, Verdict: "DROP"}}
+	}
+	for _, c := range []struct {
+		r    *RuleRef
+		want string
+	}{
+		{rule("ip", "fw", "input", 7), "nft insert rule ip fw input position 7 icmp type destination-unreachable icmp code frag-needed accept"},
+		{rule("ip6", "fw", "input", 7), "nft insert rule ip6 fw input position 7 icmpv6 type packet-too-big accept"},
+		{rule("inet", "fw", "in", 3), "nft insert rule inet fw in position 3 icmp type destination-unreachable icmp code frag-needed accept; nft insert rule inet fw in position 3 icmpv6 type packet-too-big accept"},
+		{rule("ip", "filter", "INPUT", 3), ""}, // iptables-nft's: the iptables fix
+		{rule("inet", "fw;rm", "in", 3), ""},   // not a name a shell takes
+		{rule("inet", "fw", "in", 0), ""},      // no handle
+		{&RuleRef{Backend: netfilter.BackendLegacy, Ref: Ref{Family: "ip", Table: "filter", Chain: "INPUT", Position: 2}}, ""},
+		{nil, ""},
+	} {
+		if got := nftAllowTooBig(c.r); got != c.want {
+			t.Errorf("%+v: got %q, want %q", c.r, got, c.want)
+		}
+	}
+}
