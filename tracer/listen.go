@@ -207,11 +207,15 @@ func (p *listenPoller) poll(emit func(*Event), final bool) {
 				Proto: unix.IPPROTO_TCP, Queue: q, Syncookie: cookie}
 			if k != nil { // the listener is its destination, the peer is unknown
 				e.Family, e.Dst = familyOf(k.addr.Addr()), k.addr
-				if q == QueueAccept { // sock_diag tells the accept queue only
-					e.QueueLen, e.QueueMax = l.rqueue, l.wqueue
-				}
-				if l.synq > 0 { // counted from its requests (cookieListener)
-					e.SynQueueLen, e.QueueMax = l.synq, l.wqueue
+				// as the kernel side says them, for either queue: the
+				// accept queue's length and the limit of both (a
+				// listener's rqueue and wqueue), and the SYN queue's
+				// length, counted from its request sockets
+				e.QueueLen, e.QueueMax, e.SynQueueLen = l.rqueue, l.wqueue, l.synq
+				if q == QueueSYN && l.synq == 0 {
+					if perPort, err := w.requestsByPort(); err == nil {
+						e.SynQueueLen = perPort[k.addr.Port()]
+					}
 				}
 			}
 			// each event goes through the same filter as the kernel's
@@ -363,6 +367,21 @@ func (w *nsWatch) dumpFamily(family uint8, out map[listenerKey]listenerState) er
 	return w.dump(family, 1<<tcpListen, func(k listenerKey, st listenerState) { out[k] = st })
 }
 
+// requestsByPort counts the namespace's request sockets (its listeners'
+// SYN queues: `ss -tn state syn-recv`) by local port.
+func (w *nsWatch) requestsByPort() (map[uint16]uint32, error) {
+	perPort := map[uint16]uint32{}
+	for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
+		err := w.dump(fam, 1<<tcpSynRecv|1<<tcpNewSynRecv, func(k listenerKey, _ listenerState) {
+			perPort[k.addr.Port()]++
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return perPort, nil
+}
+
 // cookieListener names the listener whose syncookies the namespace counted:
 // cookies are sent only while a listener's SYN queue is full
 // (inet_csk_reqsk_queue_is_full), and its queue is its request sockets,
@@ -376,14 +395,9 @@ func (w *nsWatch) cookieListener(listeners map[listenerKey]listenerState) (liste
 			return k, l, true
 		}
 	}
-	perPort := map[uint16]uint32{} // request sockets by local port
-	for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
-		err := w.dump(fam, 1<<tcpSynRecv|1<<tcpNewSynRecv, func(k listenerKey, _ listenerState) {
-			perPort[k.addr.Port()]++
-		})
-		if err != nil {
-			return listenerKey{}, listenerState{}, false
-		}
+	perPort, err := w.requestsByPort()
+	if err != nil {
+		return listenerKey{}, listenerState{}, false
 	}
 	byPort := map[uint16][]listenerKey{}
 	for k := range listeners {
