@@ -610,7 +610,8 @@ static __always_inline int syn_recv_overflow(struct sock *sk, struct sk_buff *sk
 	if (v6 && BPF_CORE_READ(skb, protocol) == bpf_htons(ETH_P_IP))
 		return 0;
 	synq = syn_queue_len(sk, false);
-	return listen_overflow(sk, skb, acc, max, synq, KDROP_Q_ACCEPT_ACK, mode);
+	listen_overflow(sk, skb, acc, max, synq, KDROP_Q_ACCEPT_ACK, mode);
+	return 0; /* an fentry program must: the verifier refuses any other value */
 }
 
 SEC("fentry/tcp_v4_syn_recv_sock")
