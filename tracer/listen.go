@@ -192,16 +192,24 @@ func (p *listenPoller) poll(emit func(*Event), final bool) {
 		if err != nil || (c == w.last && w.pendOverflow+w.pendSyn == 0) {
 			continue
 		}
+		// The listeners first, then the namespace's counters again: a
+		// listener's drop counter moves after the namespace's (the
+		// overflow or SYN-queue count, then tcp_listendrop), so every drop
+		// the dump shows is in the counters read after it; a drop the
+		// namespace counted that no listener shows yet waits a poll.
+		listeners, err := w.dumpListeners()
+		if err != nil { // counted at the next poll that dumps
+			p.log.Warn("sock_diag dump failed", zap.Uint32("netns", w.inode), zap.Error(err))
+			continue
+		}
+		if again, err := w.counters(); err == nil {
+			c = again
+		}
 		dOverflow, dSyn, dCookies := c.overflows-w.last.overflows, c.synDrops-w.last.synDrops, c.cookies-w.last.cookies
 		oldOverflow, oldSyn := w.pendOverflow, w.pendSyn
 		dOverflow, dSyn = dOverflow+oldOverflow, dSyn+oldSyn
 		w.last = c
 		now := time.Now()
-		listeners, err := w.dumpListeners()
-		if err != nil {
-			p.log.Warn("sock_diag dump failed", zap.Uint32("netns", w.inode), zap.Error(err))
-			continue
-		}
 		ev := func(count uint64, k *listenerKey, l listenerState, q Queue, cookie bool) {
 			e := Event{Time: now, Type: ListenOverflow, Count: count, Source: string(ModeSockDiag), Netns: w.inode,
 				Proto: unix.IPPROTO_TCP, Queue: q, Syncookie: cookie}
@@ -229,20 +237,26 @@ func (p *listenPoller) poll(emit func(*Event), final bool) {
 		}
 		// A listener's drops are its accept-queue overflows plus its
 		// SYN-queue drops: told apart when one kind happened, or one
-		// listener dropped.
+		// listener dropped, or by each listener's own queues when
+		// exactly one of its two is full.
 		var attOverflow, attSyn uint64
+		var acceptFull map[listenerKey]bool
+		if dOverflow > 0 && dSyn > 0 && len(listeners) > 1 {
+			acceptFull = w.fullQueue(rose, listeners)
+		}
 		for _, k := range rose {
 			l := listeners[k]
 			d := l.drops - w.listeners[k].drops
+			accept, told := acceptFull[k]
 			// (never more than the namespace counted: ListenDrops has
 			// other causes too)
 			switch {
-			case dSyn == 0:
+			case dSyn == 0 || told && accept:
 				if n := min(d, dOverflow-attOverflow); n > 0 {
 					ev(n, &k, l, QueueAccept, false)
 					attOverflow += n
 				}
-			case dOverflow == 0:
+			case dOverflow == 0 || told:
 				if n := min(d, dSyn-attSyn); n > 0 {
 					ev(n, &k, l, QueueSYN, false)
 					attSyn += n
@@ -260,8 +274,11 @@ func (p *listenPoller) poll(emit func(*Event), final bool) {
 		// What no listener could be told for after waiting a poll (or at
 		// the end): a listener that closed between two polls took its
 		// counter with it. The rest waits for the next poll.
-		flush := func(rem, old uint64, q Queue) uint64 {
-			n := min(rem, old)
+		flush := func(rem, old, att uint64, q Queue) uint64 {
+			// the listeners' counts went to the oldest first: what is
+			// left is the newest, in flight, unless they fell short of
+			// what waited
+			n := min(rem, old-min(old, att))
 			if final {
 				n = rem
 			}
@@ -270,8 +287,8 @@ func (p *listenPoller) poll(emit func(*Event), final bool) {
 			}
 			return rem - n
 		}
-		w.pendOverflow = flush(dOverflow-attOverflow, oldOverflow, QueueAccept)
-		w.pendSyn = flush(dSyn-attSyn, oldSyn, QueueSYN)
+		w.pendOverflow = flush(dOverflow-attOverflow, oldOverflow, attOverflow, QueueAccept)
+		w.pendSyn = flush(dSyn-attSyn, oldSyn, attSyn, QueueSYN)
 		if dCookies > 0 {
 			// no listener counts the cookies it sent: the one whose SYN
 			// queue is full sent them (the kernel answers with cookies
@@ -365,6 +382,34 @@ func (w *nsWatch) dumpListeners() (map[listenerKey]listenerState, error) {
 
 func (w *nsWatch) dumpFamily(family uint8, out map[listenerKey]listenerState) error {
 	return w.dump(family, 1<<tcpListen, func(k listenerKey, st listenerState) { out[k] = st })
+}
+
+// fullQueue tells, of listeners that dropped, which had its accept queue
+// full (true: more waiting than its limit, sk_acceptq_is_full) and which
+// its SYN queue (false: as many requests as its limit,
+// inet_csk_reqsk_queue_is_full). A listener with both or neither full, or
+// sharing its port with another (its requests do not say whose), is left
+// out.
+func (w *nsWatch) fullQueue(rose []listenerKey, listeners map[listenerKey]listenerState) map[listenerKey]bool {
+	perPort, err := w.requestsByPort()
+	if err != nil {
+		return nil
+	}
+	ports := map[uint16]int{}
+	for k := range listeners {
+		ports[k.addr.Port()]++
+	}
+	out := map[listenerKey]bool{}
+	for _, k := range rose {
+		l := listeners[k]
+		if ports[k.addr.Port()] > 1 {
+			continue
+		}
+		if accept, syn := l.rqueue > l.wqueue, perPort[k.addr.Port()] >= l.wqueue; accept != syn {
+			out[k] = accept
+		}
+	}
+	return out
 }
 
 // requestsByPort counts the namespace's request sockets (its listeners'
