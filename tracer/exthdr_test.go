@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -30,64 +31,57 @@ func TestIPv6ExtensionHeaders(t *testing.T) {
 	r.Server.Sh(t, "ip6tables -A INPUT -p udp --dport 9 -j ACCEPT")
 	r.Server.Sh(t, "ip6tables -A INPUT -p tcp --dport 81 --syn -j ACCEPT")
 
-	const each = 5
 	dst := netip.MustParseAddr(nstest.ServerIP6)
-
-	// UDP, with the tracer's port filter on: the kernel-side filter reads
-	// the port the parser found behind the headers.
-	c := startTracer(t, Options{Filter: Filter{Netns: r.Server.Inode, Types: []EventType{Drop}, Port: 9}})
-	r.Client.In(t, func() {
-		for _, opt := range []int{unix.IPV6_HOPOPTS, unix.IPV6_DSTOPTS} {
-			fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := unix.SetsockoptString(fd, unix.IPPROTO_IPV6, opt, string(padOpts)); err != nil {
-				t.Fatalf("setsockopt IPv6 option header %d: %v", opt, err)
-			}
-			for i := 0; i < each; i++ {
-				if err := unix.Sendto(fd, []byte("kdrop"), 0, &unix.SockaddrInet6{Addr: dst.As16(), Port: 9}); err != nil && !errors.Is(err, unix.ECONNREFUSED) {
-					t.Fatalf("send to [%s]:9: %v", dst, err)
-				}
-			}
-			unix.Close(fd)
+	// Each kind sent every 50 ms while the test looks; every packet that
+	// arrived (the rule counting its port) is one NO_SOCKET drop with its
+	// protocol and ports.
+	check := func(c *capture, proto uint8, port uint16, loc string, send func()) {
+		match := isDrop("NO_SOCKET", loc, c.tr.Reasons)
+		keep := func(e *Event) bool {
+			return match(e) && e.Proto == proto && e.Dst.Port() == port && e.Dst.Addr() == dst
 		}
-		sendAtomicFragments(t, netip.MustParseAddr(nstest.ClientIP6), dst, 9, each)
-	})
-	udpEvs := c.stop(t)
-
-	// TCP behind a destination options header.
-	c = startTracer(t, Options{Filter: Filter{Netns: r.Server.Inode, Types: []EventType{Drop}, Port: 81}})
-	for i := 0; i < each; i++ {
-		var err error
-		r.Client.In(t, func() { err = connectWithDstOpts(dst, 81) })
-		if !errors.Is(err, unix.ECONNREFUSED) {
-			t.Fatalf("connect to [%s]:81 behind a destination options header: want ECONNREFUSED, got %v", dst, err)
-		}
-	}
-	tcpEvs := c.stop(t)
-
-	arrived := ip6tablesByPort(t, r.Server)
-	for _, tc := range []struct {
-		proto uint8
-		port  uint16
-		evs   []Event
-		loc   string
-	}{{unix.IPPROTO_UDP, 9, udpEvs, "__udp6_lib_rcv"}, {unix.IPPROTO_TCP, 81, tcpEvs, "tcp_v6_rcv"}} {
-		match := isDrop("NO_SOCKET", tc.loc, c.tr.Reasons)
-		n, got := sum(tc.evs, func(e *Event) bool {
-			return match(e) && e.Proto == tc.proto && e.Dst.Port() == tc.port && e.Dst.Addr() == dst
-		})
-		want := arrived[tc.port]
-		if n != want || n < each {
-			t.Errorf("proto %d port %d: want %d NO_SOCKET drops with protocol and port (packets that arrived), got %d\n%s", tc.proto, tc.port, want, n, dump(tc.evs))
-		}
+		what := "NO_SOCKET to port " + strconv.Itoa(int(port)) + " behind extension headers"
+		evs, _ := underLoad(t, c, what, 3*time.Second, 2*time.Second, func() func() { return nstest.Paced(t, 50*time.Millisecond, send) },
+			keep, func() uint64 { return ip6tablesByPort(t, r.Server)[port] })
+		_, got := sum(evs, keep)
 		for _, e := range got {
 			if !e.Summary && (e.Src.Port() == 0 || e.Netns != r.Server.Inode) {
 				t.Errorf("fields wrong:\n%s", dump([]Event{e}))
 			}
 		}
 	}
+
+	// UDP, with the tracer's port filter on: the kernel-side filter reads
+	// the port the parser found behind the headers.
+	c := startTracer(t, Options{Filter: Filter{Netns: r.Server.Inode, Types: []EventType{Drop}, Port: 9}})
+	check(c, unix.IPPROTO_UDP, 9, "__udp6_lib_rcv", func() {
+		r.Client.In(t, func() {
+			for _, opt := range []int{unix.IPV6_HOPOPTS, unix.IPV6_DSTOPTS} {
+				fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := unix.SetsockoptString(fd, unix.IPPROTO_IPV6, opt, string(padOpts)); err != nil {
+					t.Fatalf("setsockopt IPv6 option header %d: %v", opt, err)
+				}
+				if err := unix.Sendto(fd, []byte("kdrop"), 0, &unix.SockaddrInet6{Addr: dst.As16(), Port: 9}); err != nil && !errors.Is(err, unix.ECONNREFUSED) {
+					t.Fatalf("send to [%s]:9: %v", dst, err)
+				}
+				unix.Close(fd)
+			}
+			sendAtomicFragments(t, netip.MustParseAddr(nstest.ClientIP6), dst, 9, 1)
+		})
+	})
+
+	// TCP behind a destination options header.
+	c = startTracer(t, Options{Filter: Filter{Netns: r.Server.Inode, Types: []EventType{Drop}, Port: 81}})
+	check(c, unix.IPPROTO_TCP, 81, "tcp_v6_rcv", func() {
+		var err error
+		r.Client.In(t, func() { err = connectWithDstOpts(dst, 81) })
+		if !errors.Is(err, unix.ECONNREFUSED) {
+			t.Errorf("connect to [%s]:81 behind a destination options header: want ECONNREFUSED, got %v", dst, err)
+		}
+	})
 }
 
 // ip6tablesByPort reads the packet counters of the INPUT rules that name a
@@ -248,19 +242,22 @@ func TestShortIPv4NoPortsMadeUp(t *testing.T) {
 		frame = append(frame, 0xaa)
 	}
 	c := startTracer(t, Options{Filter: Filter{Netns: b.Inode, Types: []EventType{Drop}}, RateLimit: 1000})
-	before := b.Counters(t)["UdpInErrors"]
-	for i := 0; i < 10; i++ {
-		if err := unix.Sendto(fd, frame, 0, &unix.SockaddrLinklayer{Ifindex: int(la.Ifindex)}); err != nil {
-			t.Fatalf("AF_PACKET send: %v", err)
-		}
+	var sent atomic.Uint64
+	send := func() func() {
+		return nstest.Paced(t, 20*time.Millisecond, func() {
+			if err := unix.Sendto(fd, frame, 0, &unix.SockaddrLinklayer{Ifindex: int(la.Ifindex)}); err != nil {
+				t.Errorf("AF_PACKET send: %v", err)
+				return
+			}
+			sent.Add(1)
+		})
 	}
-	time.Sleep(300 * time.Millisecond)
-	evs := c.stop(t)
-	short := b.Counters(t)["UdpInErrors"] - before
-	got, mine := sum(evs, func(e *Event) bool { return e.Dst.Addr().String() == "198.18.51.2" })
-	if got != short || short != 10 {
-		t.Fatalf("UdpInErrors +%d for 10 short datagrams, %d drops\n%s", short, got, dump(evs))
+	mineOnly := func(e *Event) bool { return e.Dst.Addr().String() == "198.18.51.2" }
+	evs, got := underLoad(t, c, "UdpInErrors", 3*time.Second, 2*time.Second, send, mineOnly, counters(t, b, "UdpInErrors"))
+	if got != sent.Load() {
+		t.Fatalf("%d drops for %d short datagrams sent\n%s", got, sent.Load(), dump(evs))
 	}
+	_, mine := sum(evs, mineOnly)
 	for _, e := range mine {
 		if e.Proto != unix.IPPROTO_UDP || e.Src.Port() != 0 || e.Dst.Port() != 0 {
 			t.Fatalf("a 2-byte UDP datagram's drop carries ports read past its end:\n%s", dump([]Event{e}))

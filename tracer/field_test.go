@@ -33,52 +33,90 @@ import (
 // than none.
 func underLoad(t *testing.T, c *capture, what string, d, lag time.Duration, start func() (stop func()), keep func(*Event) bool, counter func() uint64) (evs []Event, n uint64) {
 	t.Helper()
+	evs, ns := underLoadEach(t, c, d, lag, start, loadCheck{what: what, keep: keep, counter: counter})
+	return evs, ns[0]
+}
+
+// loadCheck is one count underLoadEach compares while the traffic runs:
+// the events keep matches against counter's delta. agree, when set,
+// replaces equality (at the end, and for the lag check while it runs).
+type loadCheck struct {
+	what    string
+	keep    func(*Event) bool
+	counter func() uint64
+	agree   func(got, want uint64) bool
+}
+
+// underLoadEach is underLoad for several counts over the same traffic (a
+// counter per family, or a drop and the answer it caused), each sampled
+// and checked as underLoad checks its one; ns[i] is checks[i]'s count.
+func underLoadEach(t *testing.T, c *capture, d, lag time.Duration, start func() (stop func()), checks ...loadCheck) (evs []Event, ns []uint64) {
+	t.Helper()
 	type sample struct {
 		streamAt, kernelAt time.Time
 		stream, kernel     uint64
 	}
-	var samples []sample
+	samples := make([][]sample, len(checks))
+	agree := func(ck loadCheck, got, want uint64) bool {
+		if ck.agree != nil {
+			return ck.agree(got, want)
+		}
+		return got == want
+	}
 	for wait := time.Now(); c.tr.Sweeps() == 0; time.Sleep(10 * time.Millisecond) { // Run is under way
 		if time.Since(wait) > 10*time.Second {
-			t.Fatalf("%s: the tracer did not sweep within 10 s", what)
+			t.Fatalf("%s: the tracer did not sweep within 10 s", checks[0].what)
 		}
 	}
-	base := counter()
+	base := make([]uint64, len(checks))
+	for i, ck := range checks {
+		base[i] = ck.counter()
+	}
 	stop := start()
 	begin := time.Now()
-	for time.Since(begin) < d || len(samples) < 4 { // counters read slowly under emulation
+	for time.Since(begin) < d || len(samples[0]) < 4 { // counters read slowly under emulation
 		time.Sleep(500 * time.Millisecond)
-		var s sample
-		s.stream, _, _ = c.snapshot(keep)
-		s.streamAt = time.Now()
-		s.kernel = counter() - base
-		s.kernelAt = time.Now()
-		if s.stream > s.kernel {
-			t.Errorf("%s: t+%v: the stream counts %d, more than the kernel's %d", what, s.streamAt.Sub(begin).Round(time.Millisecond), s.stream, s.kernel)
-		}
-		for _, p := range samples {
-			if s.streamAt.Sub(p.kernelAt) >= max(lag, 2*time.Second) && s.stream < p.kernel {
-				report := t.Errorf
-				if lag == 0 {
-					report = t.Logf
-				}
-				report("%s: t+%v: the stream counts %d, but the kernel had counted %d %v before", what, s.streamAt.Sub(begin).Round(time.Millisecond), s.stream, p.kernel, s.streamAt.Sub(p.kernelAt).Round(time.Millisecond))
-				break
+		for i, ck := range checks {
+			var s sample
+			s.stream, _, _ = c.snapshot(ck.keep)
+			s.streamAt = time.Now()
+			s.kernel = ck.counter() - base[i]
+			s.kernelAt = time.Now()
+			if s.stream > s.kernel {
+				t.Errorf("%s: t+%v: the stream counts %d, more than the kernel's %d", ck.what, s.streamAt.Sub(begin).Round(time.Millisecond), s.stream, s.kernel)
 			}
+			for _, p := range samples[i] {
+				if s.streamAt.Sub(p.kernelAt) >= max(lag, 2*time.Second) && s.stream < p.kernel && !agree(ck, s.stream, p.kernel) {
+					report := t.Errorf
+					if lag == 0 {
+						report = t.Logf
+					}
+					report("%s: t+%v: the stream counts %d, but the kernel had counted %d %v before", ck.what, s.streamAt.Sub(begin).Round(time.Millisecond), s.stream, p.kernel, s.streamAt.Sub(p.kernelAt).Round(time.Millisecond))
+					break
+				}
+			}
+			samples[i] = append(samples[i], s)
 		}
-		samples = append(samples, s)
 	}
 	stop()
 	time.Sleep(300 * time.Millisecond)
 	evs = c.stop(t)
-	want := counter() - base
-	n, matched := sum(evs, keep)
-	summaries, _ := sum(matched, func(e *Event) bool { return e.Summary })
-	t.Logf("%s: kernel +%d, kdrop %d in %d lines (%d in summaries); %d samples while the traffic ran", what, want, n, len(matched), summaries, len(samples))
-	if want == 0 || n != want {
-		t.Errorf("%s: the kernel counted %d, kdrop %d\n%s", what, want, n, dump(evs))
+	for i, ck := range checks {
+		want := ck.counter() - base[i]
+		n, matched := sum(evs, ck.keep)
+		summaries, _ := sum(matched, func(e *Event) bool { return e.Summary })
+		t.Logf("%s: kernel +%d, kdrop %d in %d lines (%d in summaries); %d samples while the traffic ran", ck.what, want, n, len(matched), summaries, len(samples[i]))
+		if want == 0 || !agree(ck, n, want) {
+			for _, s := range samples[i] {
+				t.Logf("%s: t+%v: stream %d, kernel %d", ck.what, s.streamAt.Sub(begin).Round(time.Millisecond), s.stream, s.kernel)
+			}
+			st, err := c.tr.Stats()
+			t.Logf("%s: tracer stats %+v (%v)", ck.what, st, err)
+			t.Errorf("%s: the kernel counted %d, kdrop %d\n%s", ck.what, want, n, dump(evs))
+		}
+		ns = append(ns, n)
 	}
-	return evs, n
+	return evs, ns
 }
 
 // counters reads named counters of a namespace (nstat names) and sums them.

@@ -213,9 +213,11 @@ func TestFilterMatch(t *testing.T) {
 		{"sock_diag remainder has no port", Filter{Port: 80}, Event{Type: ListenOverflow, Proto: 6}, false},
 		{"sock_diag remainder is TCP", Filter{Proto: 17}, Event{Type: ListenOverflow, Proto: 6}, false},
 		{"NOT_SPECIFIED is shown", Filter{}, Event{Type: Drop, Reason: "NOT_SPECIFIED", Location: "ip_error+0x4c"}, true},
-		{"NOT_SPECIFIED at a benign place is not", Filter{}, Event{Type: Drop, Reason: "NOT_SPECIFIED", Location: "ip6_mc_input+0x1c5"}, false},
-		{"benign place with IncludeBenign", Filter{IncludeBenign: true}, Event{Type: Drop, Reason: "NOT_SPECIFIED", Location: "ip6_mc_input+0x1c5"}, true},
-		{"benign place before 5.17", Filter{}, Event{Type: Drop, Reason: "unknown", Location: "ip6_mc_input+0x1c5"}, false},
+		// BenignPlace: the tracer found the location in its kernel's
+		// benign places (resolveBenign)
+		{"NOT_SPECIFIED at a benign place is not", Filter{}, Event{Type: Drop, Reason: "NOT_SPECIFIED", Location: "ip6_mc_input+0x1c5", BenignPlace: true}, false},
+		{"benign place with IncludeBenign", Filter{IncludeBenign: true}, Event{Type: Drop, Reason: "NOT_SPECIFIED", Location: "ip6_mc_input+0x1c5", BenignPlace: true}, true},
+		{"benign place before 5.17", Filter{}, Event{Type: Drop, Reason: "unknown", Location: "ip6_mc_input+0x1c5", BenignPlace: true}, false},
 		{"another reason at a benign place", Filter{}, Event{Type: Drop, Reason: "NO_SOCKET", Location: "ip6_mc_input+0x1c5"}, true},
 		{"NOT_SPECIFIED of a link broadcast", Filter{}, Event{Type: Drop, Reason: "NOT_SPECIFIED", Location: "__udp4_lib_rcv+0xbbf", LinkMulti: true}, false},
 		{"another reason of a link broadcast", Filter{}, Event{Type: Drop, Reason: "IP_INHDR", Location: "ip_rcv_finish_core+0x25b", LinkMulti: true}, true},

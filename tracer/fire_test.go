@@ -115,26 +115,39 @@ func TestFullFlowTableStaysRateLimited(t *testing.T) {
 		RateLimit: limit, SweepInterval: time.Second, FlowTableSize: table})
 	isStorm := func(e *Event) bool { return e.Type == Drop && e.Dst.Port() == 9999 }
 
-	storm := r.Client.Flood(t, nstest.ServerIP, []int{9999})
-	scan := r.Client.Flood(t, nstest.ServerIP, portRange(20000, 2000))
-	time.Sleep(3 * time.Second)
-	scanned := scan()
-	sweepsAtScanEnd := c.tr.Sweeps()
-	time.Sleep(3 * time.Second)
-	stormed := storm()
-	time.Sleep(200 * time.Millisecond)
-	st, err := c.tr.Stats()
-	if err != nil {
-		t.Fatal(err)
-	}
-	evs := c.stop(t)
-	sweeps := c.tr.Sweeps()
-
-	out := iptablesPackets(t, r.Server, "iptables", "INPUT", "DROP")
 	// Only the flood's drops: the namespace's own chatter (IPv6 neighbour
 	// discovery…) may be dropped too, and has no rule to count it.
 	isFlood := func(e *Event) bool { return e.Type == Drop && e.Proto == unix.IPPROTO_UDP }
-	total, _ := sum(evs, isFlood)
+	// The scan runs for the first 3 s, the storm for all 6, sampled every
+	// 500 ms against the rules' counters in both phases.
+	var scanned, stormed uint64
+	var sweepsAtScanEnd uint64
+	var st Stats
+	load := func() func() {
+		storm := r.Client.Flood(t, nstest.ServerIP, []int{9999})
+		scan := r.Client.Flood(t, nstest.ServerIP, portRange(20000, 2000))
+		scanDone := make(chan struct{})
+		go func() {
+			defer close(scanDone)
+			time.Sleep(3 * time.Second)
+			scanned = scan()
+			sweepsAtScanEnd = c.tr.Sweeps()
+		}()
+		return func() {
+			<-scanDone
+			stormed = storm()
+			time.Sleep(200 * time.Millisecond)
+			var err error
+			if st, err = c.tr.Stats(); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	evs, total := underLoad(t, c, "flood drops", 6*time.Second, 2*time.Second, load, isFlood, func() uint64 {
+		return iptablesPackets(t, r.Server, "iptables", "INPUT", "DROP")
+	})
+	sweeps := c.tr.Sweeps()
+	out := iptablesPackets(t, r.Server, "iptables", "INPUT", "DROP")
 	if other, o := sum(evs, func(e *Event) bool { return !isFlood(e) }); other > 0 {
 		t.Logf("%d other drops in the namespace:\n%s", other, dump(o))
 	}

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -242,6 +243,34 @@ func listenQueueOverflow(t *testing.T, cookies string) {
 	t.Logf("SYN queue length up to %d (its limit %d) during accept-queue overflows", synqMax, backlog)
 }
 
+// pacedConnects starts a non-blocking TCP connect from ns to each of dsts
+// every interval, counting the rounds in rounds (if set), until the
+// returned stop, which also closes every socket (no SYN retransmission
+// after it).
+func pacedConnects(t *testing.T, ns *nstest.NS, every time.Duration, rounds *atomic.Uint64, dsts ...netip.AddrPort) (stop func()) {
+	var mu sync.Mutex
+	var conns []*nstest.Sockets
+	pace := nstest.Paced(t, every, func() {
+		for _, d := range dsts {
+			s := ns.ConnectMany(t, d.Addr().String(), int(d.Port()), 1)
+			mu.Lock()
+			conns = append(conns, s)
+			mu.Unlock()
+		}
+		if rounds != nil {
+			rounds.Add(1)
+		}
+	})
+	return func() {
+		pace()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, s := range conns {
+			s.Close()
+		}
+	}
+}
+
 // countAgrees says whether kdrop's count got agrees with the kernel's
 // counter want: equal, except in kprobe mode, where the kernel skips a
 // kprobe program while any kprobe or tracepoint program, or any BPF map
@@ -348,36 +377,45 @@ func TestClosedPortNoSocket(t *testing.T) {
 	// retransmitted when the first reset waits for neighbour discovery).
 	r.Server.Sh(t, "iptables -A INPUT -p tcp --dport 81 --syn -j ACCEPT")
 	r.Server.Sh(t, "ip6tables -A INPUT -p tcp --dport 81 --syn -j ACCEPT")
-	c := startTracer(t, Options{Filter: Filter{Netns: r.Server.Inode, Types: []EventType{Drop}, Port: 81}})
-	before := r.Server.Counters(t)
-	const tries = 4
 	for _, dst := range []string{nstest.ServerIP, nstest.ServerIP6} {
-		for i := 0; i < tries; i++ {
-			if err := r.Client.ConnectErr(t, dst, 81, 5*time.Second); !errors.Is(err, unix.ECONNREFUSED) {
-				t.Fatalf("connect to [%s]:81: want ECONNREFUSED, got %v", dst, err)
-			}
+		if err := r.Client.ConnectErr(t, dst, 81, 5*time.Second); !errors.Is(err, unix.ECONNREFUSED) {
+			t.Fatalf("connect to [%s]:81: want ECONNREFUSED, got %v", dst, err)
 		}
 	}
-	evs := c.stop(t)
-	after := r.Server.Counters(t)
-
-	// Each refused connect is exactly one SYN dropped for want of a socket.
-	if rsts := after["TcpOutRsts"] - before["TcpOutRsts"]; rsts < 2*tries {
-		t.Fatalf("TcpOutRsts rose by %d, want at least %d", rsts, 2*tries)
+	c := startTracer(t, Options{Filter: Filter{Netns: r.Server.Inode, Types: []EventType{Drop}, Port: 81}})
+	before := r.Server.Counters(t)
+	// Then a connect to each every 50 ms while the test looks.
+	var connects atomic.Uint64
+	connect := func() func() {
+		return pacedConnects(t, r.Client, 50*time.Millisecond, &connects,
+			netip.MustParseAddrPort(nstest.ServerIP+":81"), netip.MustParseAddrPort("["+nstest.ServerIP6+"]:81"))
 	}
-	for _, fam := range []struct {
+	fams := []struct {
 		src, dst string
 		loc      string
 		ipt      string
-	}{{nstest.ClientIP, nstest.ServerIP, "tcp_v4_rcv", "iptables"}, {nstest.ClientIP6, nstest.ServerIP6, "tcp_v6_rcv", "ip6tables"}} {
+	}{{nstest.ClientIP, nstest.ServerIP, "tcp_v4_rcv", "iptables"}, {nstest.ClientIP6, nstest.ServerIP6, "tcp_v6_rcv", "ip6tables"}}
+	var checks []loadCheck
+	for _, fam := range fams {
 		match := isDrop("NO_SOCKET", fam.loc, c.tr.Reasons)
-		n, got := sum(evs, func(e *Event) bool {
-			return match(e) && e.Dst.Addr().String() == fam.dst
-		})
-		syns := iptablesPackets(t, r.Server, fam.ipt, "INPUT", "ACCEPT")
-		if n != syns || syns < tries {
-			t.Fatalf("want %d NO_SOCKET drops to %s (SYNs that arrived; %d connects), got %d\n%s", syns, fam.dst, tries, n, dump(evs))
+		// Each refused connect is exactly one SYN dropped for want of a
+		// socket: as many as reached the server (the counting rules).
+		checks = append(checks, loadCheck{what: "NO_SOCKET to " + fam.dst,
+			keep:    func(e *Event) bool { return match(e) && e.Dst.Addr().String() == fam.dst },
+			counter: func() uint64 { return iptablesPackets(t, r.Server, fam.ipt, "INPUT", "ACCEPT") }})
+	}
+	evs, ns := underLoadEach(t, c, 3*time.Second, 2*time.Second, connect, checks...)
+	after := r.Server.Counters(t)
+
+	n := connects.Load()
+	if rsts := after["TcpOutRsts"] - before["TcpOutRsts"]; rsts < 2*n {
+		t.Fatalf("TcpOutRsts rose by %d, want at least %d (%d connects to each)", rsts, 2*n, n)
+	}
+	for i, fam := range fams {
+		if ns[i] < n {
+			t.Errorf("%d NO_SOCKET drops to %s, for %d connects", ns[i], fam.dst, n)
 		}
+		_, got := sum(evs, checks[i].keep)
 		for _, e := range got {
 			if !e.Summary && (e.Src.Addr().String() != fam.src || e.Dst.Port() != 81 || TCPFlagString(e.TCPFlags) != "SYN" ||
 				e.Netns != r.Server.Inode || e.Ifindex == 0 || e.Location == "") {
@@ -401,6 +439,20 @@ func iptablesPackets(t *testing.T, n *nstest.NS, cmd, chain, target string) uint
 	return total
 }
 
+// rulePackets sums the packet counters of a chain's rules with this
+// target whose line also says match (e.g. "dpt:9999").
+func rulePackets(t *testing.T, n *nstest.NS, cmd, chain, target, match string) uint64 {
+	out := n.Sh(t, cmd+" -L "+chain+" -v -x -n")
+	var total uint64
+	for _, line := range strings.Split(out, "\n") {
+		if f := strings.Fields(line); len(f) > 2 && f[2] == target && strings.Contains(line, match) {
+			v, _ := strconv.ParseUint(f[0], 10, 64)
+			total += v
+		}
+	}
+	return total
+}
+
 // An iptables DROP rule: every packet is reported as NETFILTER_DROP, and
 // the count equals the rule's own packet counter. A filter on the port
 // keeps a second, unwatched flow out.
@@ -409,17 +461,25 @@ func TestIptablesDrop(t *testing.T) {
 	r.Server.Sh(t, "iptables -A INPUT -p udp --dport 9999 -j DROP")
 	r.Server.Sh(t, "iptables -A INPUT -p udp --dport 9998 -j DROP")
 	c := startTracer(t, Options{Filter: Filter{Netns: r.Server.Inode, Port: 9999, Proto: unix.IPPROTO_UDP}, RateLimit: 1000})
-	r.Client.SendUDP(t, nstest.ServerIP, 9999, 50)
-	r.Client.SendUDP(t, nstest.ServerIP, 9998, 30)
-	time.Sleep(100 * time.Millisecond)
-	evs := c.stop(t)
-
-	if rule := iptablesPackets(t, r.Server, "iptables", "INPUT", "DROP"); rule != 80 {
-		t.Fatalf("DROP rules counted %d packets, sent 80", rule)
+	var sent atomic.Uint64
+	send := func() func() {
+		return nstest.Paced(t, 20*time.Millisecond, func() {
+			r.Client.SendUDP(t, nstest.ServerIP, 9999, 1)
+			r.Client.SendUDP(t, nstest.ServerIP, 9998, 1)
+			sent.Add(1)
+		})
 	}
-	n, drops := sum(evs, isDrop("NETFILTER_DROP", "nf_hook_slow", c.tr.Reasons))
-	if n != 50 || len(evs) != 50 {
-		t.Fatalf("want 50 NETFILTER_DROP events for port 9999 only, got count %d in %d events\n%s", n, len(evs), dump(evs))
+	isRule := isDrop("NETFILTER_DROP", "nf_hook_slow", c.tr.Reasons)
+	evs, n := underLoad(t, c, "DROP rule for 9999", 3*time.Second, 2*time.Second, send, isRule, func() uint64 {
+		return rulePackets(t, r.Server, "iptables", "INPUT", "DROP", "dpt:9999")
+	})
+
+	if rule, want := iptablesPackets(t, r.Server, "iptables", "INPUT", "DROP"), 2*sent.Load(); rule != want {
+		t.Fatalf("DROP rules counted %d packets, sent %d", rule, want)
+	}
+	_, drops := sum(evs, isRule)
+	if n != sent.Load() || len(evs) != len(drops) || uint64(len(drops)) != n {
+		t.Fatalf("want %d NETFILTER_DROP events for port 9999 only, got count %d in %d events (%d of them drops)\n%s", sent.Load(), n, len(evs), len(drops), dump(evs))
 	}
 	for _, e := range drops {
 		if e.Src.Addr().String() != nstest.ClientIP || e.Dst.String() != nstest.ServerIP+":9999" || e.Proto != unix.IPPROTO_UDP || e.Count != 1 {
@@ -429,29 +489,46 @@ func TestIptablesDrop(t *testing.T) {
 }
 
 // A drop storm must not flood userspace, and must not lose count: with 5
-// events per second per flow, 3000 dropped packets give a handful of lines
-// whose counts still add up to the rule's counter.
+// events per second per flow, 20 dropped packets every 20 ms give a handful
+// of lines a second whose counts still add up to the rule's counter, while
+// the storm runs and at its end.
 func TestRateLimitKeepsExactCounts(t *testing.T) {
 	r := nstest.NewRouted(t)
 	r.Server.Sh(t, "iptables -A INPUT -p udp --dport 9999 -j DROP")
-	c := startTracer(t, Options{Filter: Filter{Netns: r.Server.Inode, Types: []EventType{Drop}, Port: 9999}, RateLimit: 5})
-	r.Client.SendUDP(t, nstest.ServerIP, 9999, 3000)
-	time.Sleep(100 * time.Millisecond)
-	evs := c.stop(t)
-
-	rule := iptablesPackets(t, r.Server, "iptables", "INPUT", "DROP")
-	n, _ := sum(evs, func(e *Event) bool { return e.Type == Drop })
-	summaries, _ := sum(evs, func(e *Event) bool { return e.Summary })
-	if rule != 3000 || n != rule {
-		t.Fatalf("counts: rule %d, events %d (want both 3000)\n%s", rule, n, dump(evs))
+	c := startTracer(t, Options{Filter: Filter{Netns: r.Server.Inode, Types: []EventType{Drop}, Port: 9999}, RateLimit: 5, SweepInterval: time.Second})
+	var sent atomic.Uint64
+	var began, ended time.Time
+	storm := func() func() {
+		began = time.Now()
+		stop := nstest.Paced(t, 20*time.Millisecond, func() {
+			r.Client.SendUDP(t, nstest.ServerIP, 9999, 20)
+			sent.Add(20)
+		})
+		return func() { stop(); ended = time.Now() }
 	}
+	evs, n := underLoad(t, c, "DROP rule", 3*time.Second, 2*time.Second, storm, func(e *Event) bool { return e.Type == Drop }, func() uint64 {
+		return iptablesPackets(t, r.Server, "iptables", "INPUT", "DROP")
+	})
+
+	summaries, _ := sum(evs, func(e *Event) bool { return e.Summary })
+	if n != sent.Load() {
+		t.Fatalf("counts: sent %d, kdrop %d\n%s", sent.Load(), n, dump(evs))
+	}
+	lines := 0
 	for _, e := range evs {
 		if e.Summary && e.Src.IsValid() {
 			t.Fatalf("a summary spans the flow's sources, yet names one:\n%s", dump([]Event{e}))
 		}
+		if !e.Summary {
+			lines++
+		}
 	}
-	if len(evs) > 40 || summaries == 0 {
-		t.Fatalf("rate limit 5/s: want few lines with a summary, got %d lines, summary count %d\n%s", len(evs), summaries, dump(evs))
+	// 5 per sweep (a second here) for the one flow (type, reason,
+	// destination), per second begun, and one more for the window's edges.
+	secs := int(ended.Sub(began)/time.Second) + 2
+	t.Logf("%d drops in %v: %d lines, %d summary lines counting %d", n, ended.Sub(began).Round(time.Millisecond), lines, len(evs)-lines, summaries)
+	if lines > 5*secs || summaries == 0 || uint64(len(evs)) > n/10 {
+		t.Fatalf("rate limit 5/s over %d s: want at most %d lines with a summary, and few lines, got %d lines (%d events), summary count %d\n%s", secs, 5*secs, lines, len(evs), summaries, dump(evs))
 	}
 }
 
@@ -490,30 +567,38 @@ func TestLostEventsAreCounted(t *testing.T) {
 }
 
 // UDP to a closed port: the kernel answers port-unreachable ("Connection
-// refused"), within its ICMP rate limits, left at their defaults: a burst
-// of 40 gets about 6 answers per destination. kdrop must count exactly what
-// was sent, IcmpOutDestUnreachs (and Icmp6OutDestUnreachs where it can hook
-// IPv6), not what the limiter suppressed.
+// refused"), within its ICMP rate limits, left at their defaults: 6 answers
+// at once, then about one a second per destination, for a datagram every
+// 20 ms. kdrop must count exactly what was sent, IcmpOutDestUnreachs (and
+// Icmp6OutDestUnreachs where it can hook IPv6), not what the limiter
+// suppressed, while the datagrams keep coming.
 func TestUDPClosedPortUnreachable(t *testing.T) {
 	r := nstest.NewRouted(t)
 	c := startTracer(t, Options{Filter: Filter{Netns: r.Server.Inode, Types: []EventType{Unreachable}}})
-	before := r.Server.Counters(t)
-	const n = 40
-	r.Client.SendUDP(t, nstest.ServerIP, 7777, n)
-	r.Client.SendUDP(t, nstest.ServerIP6, 7777, n)
-	time.Sleep(100 * time.Millisecond)
-	evs := c.stop(t)
-	after := r.Server.Counters(t)
+	h6 := c.hook("icmp6_send")
+	var datagrams atomic.Uint64
+	send := func() func() {
+		return nstest.Paced(t, 20*time.Millisecond, func() {
+			r.Client.SendUDP(t, nstest.ServerIP, 7777, 1)
+			r.Client.SendUDP(t, nstest.ServerIP6, 7777, 1)
+			datagrams.Add(1)
+		})
+	}
+	family := func(f uint8) func(*Event) bool {
+		return func(e *Event) bool { return e.Type == Unreachable && e.Family == f }
+	}
+	checks := []loadCheck{{what: "IcmpOutDestUnreachs", keep: family(4), counter: counters(t, r.Server, "IcmpOutDestUnreachs")}}
+	if h6.Mode != "" {
+		checks = append(checks, loadCheck{what: "Icmp6OutDestUnreachs", keep: family(6), counter: counters(t, r.Server, "Icmp6OutDestUnreachs")})
+	}
+	evs, got := underLoadEach(t, c, 3*time.Second, 2*time.Second, send, checks...)
+	n := datagrams.Load()
 
-	check := func(counter, src, dst, what string, family uint8) {
-		sent := after[counter] - before[counter]
-		got, m := sum(evs, func(e *Event) bool { return e.Type == Unreachable && e.Family == family })
-		t.Logf("%s +%d for %d datagrams, kdrop counted %d", counter, sent, n, got)
-		if sent == 0 || sent >= n {
-			t.Errorf("%s rose by %d for %d datagrams: the rate limit should have let some, not all, answers out", counter, sent, n)
-		}
-		if got != sent {
-			t.Errorf("%s rose by %d, kdrop counted %d\n%s", counter, sent, got, dump(evs))
+	check := func(i int, src, dst, what string) {
+		_, m := sum(evs, checks[i].keep)
+		t.Logf("%s: %d datagrams, kdrop counted %d", checks[i].what, n, got[i])
+		if got[i] >= n {
+			t.Errorf("%s: kdrop counted %d for %d datagrams: the rate limit should have let some, not all, answers out", checks[i].what, got[i], n)
 		}
 		for _, e := range m {
 			if !e.Summary && (e.What() != what || e.Dst.String() != dst || e.Src.Addr().String() != src ||
@@ -522,19 +607,19 @@ func TestUDPClosedPortUnreachable(t *testing.T) {
 			}
 		}
 	}
-	check("IcmpOutDestUnreachs", nstest.ClientIP, nstest.ServerIP+":7777", "port-unreachable", 4)
-	if h := c.hook("icmp6_send"); h.Mode != "" {
-		check("Icmp6OutDestUnreachs", nstest.ClientIP6, "["+nstest.ServerIP6+"]:7777", "port-unreachable", 6)
+	check(0, nstest.ClientIP, nstest.ServerIP+":7777", "port-unreachable")
+	if h6.Mode != "" {
+		check(1, nstest.ClientIP6, "["+nstest.ServerIP6+"]:7777", "port-unreachable")
 	} else {
 		// This kernel refuses both fentry and kprobes: kdrop must say so,
 		// and must not invent ICMPv6 events.
-		if len(h.Failed) == 0 {
-			t.Errorf("icmp6_send missing without a reason: %+v", h)
+		if len(h6.Failed) == 0 {
+			t.Errorf("icmp6_send missing without a reason: %+v", h6)
 		}
 		if got, _ := sum(evs, func(e *Event) bool { return e.Family == 6 }); got != 0 {
 			t.Errorf("ICMPv6 events without an icmp6_send hook:\n%s", dump(evs))
 		}
-		t.Logf("icmp6_send not hookable here (%s): ICMPv6 errors are not traced on this kernel", strings.Join(h.Failed, "; "))
+		t.Logf("icmp6_send not hookable here (%s): ICMPv6 errors are not traced on this kernel", strings.Join(h6.Failed, "; "))
 	}
 }
 

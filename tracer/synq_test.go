@@ -2,6 +2,7 @@ package tracer
 
 import (
 	"fmt"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -31,24 +32,24 @@ func TestSynQueueFullEveryMode(t *testing.T) {
 			defer ln.Close()
 			idle := srv.ListenNoAccept(t, "127.0.0.1", port+1, 128)
 			defer idle.Close()
-			before := srv.Counters(t)
-			halfOpen := []int{41000, 41001, 41002, 41003, 41004, 41005, 41006, 41007}
-			defer srv.ConnectFrom(t, "127.0.0.1", port, halfOpen).Close()
-			time.Sleep(200 * time.Millisecond)
-			// SYNs (and their retransmissions) to a full SYN queue
-			defer srv.ConnectMany(t, "127.0.0.1", port, 10).Close()
-			time.Sleep(1500 * time.Millisecond)
-			evs := c.stop(t)
-			after := srv.Counters(t)
-			want := after[tc.counter] - before[tc.counter]
 			mode := c.hook("tcp_conn_request").Mode
-			got, syn := sum(evs, func(e *Event) bool {
+			isSyn := func(e *Event) bool {
 				return e.Type == ListenOverflow && e.Queue == QueueSYN && e.Syncookie == tc.cookie
-			})
-			t.Logf("mode %s: %s +%d, %d SYN-queue events (cookie %v)", mode, tc.counter, want, got, tc.cookie)
-			if want == 0 || !countAgrees(t, mode, got, want) {
-				t.Fatalf("mode %s: %s rose by %d, kdrop counted %d\n%s", mode, tc.counter, want, got, dump(evs))
 			}
+			load := func() func() {
+				halfOpen := srv.ConnectFrom(t, "127.0.0.1", port, []int{41000, 41001, 41002, 41003, 41004, 41005, 41006, 41007})
+				time.Sleep(200 * time.Millisecond)
+				// SYNs (and their retransmissions) to a full SYN queue, a
+				// new client every 50 ms
+				stop := pacedConnects(t, srv, 50*time.Millisecond, nil, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port))
+				return func() { stop(); halfOpen.Close() }
+			}
+			evs, got := underLoadEach(t, c, 3*time.Second, 2*time.Second, load, loadCheck{
+				what: fmt.Sprintf("mode %s: %s", mode, tc.counter), keep: isSyn, counter: counters(t, srv, tc.counter),
+				agree: func(got, want uint64) bool { return countAgrees(t, mode, got, want) },
+			})
+			_, syn := sum(evs, isSyn)
+			t.Logf("mode %s: %d SYN-queue events (cookie %v) counting %d", mode, len(syn), tc.cookie, got[0])
 			for _, e := range syn {
 				if e.Dst.Port() != port || e.Netns != srv.Inode {
 					t.Errorf("SYN-queue event without its listener:\n%s", dump([]Event{e}))
