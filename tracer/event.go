@@ -108,10 +108,6 @@ type Event struct {
 	// LinkMulti: a drop of a frame that came as link-layer broadcast or
 	// multicast (not written in lines; the filter's benign test uses it).
 	LinkMulti bool
-	// BenignPlace: a drop with NOT_SPECIFIED at one of the running
-	// kernel's BenignPlaces (not written in lines; the filter's benign
-	// test uses it).
-	BenignPlace bool
 
 	ICMPType, ICMPCode uint8 // unreach: the error the kernel sent; drop of ICMP: the packet's
 	// ICMPInfo is, for unreach and for a drop of an ICMP packet, the ICMP

@@ -54,7 +54,7 @@ func (f *Filter) Match(e *Event) bool {
 	if len(f.Types) > 0 && !slices.Contains(f.Types, e.Type) {
 		return false
 	}
-	if e.Type == Drop && (!f.wantsReason(e.ReasonCode, e.Reason) || (f.hidesBenign() && isBenignFree(e))) {
+	if e.Type == Drop && (!f.wantsReason(e.ReasonCode, e.Reason) || (f.hidesBenign() && IsBenignPlace(e.Reason, e.Location, e.LinkMulti))) {
 		return false
 	}
 	if f.Netns != 0 && e.Netns != f.Netns {
@@ -141,18 +141,24 @@ type kernelFilter struct {
 	hideMulti   uint8
 }
 
-// benignPlaces copies this kernel's benign places (b) into the kernel
-// filter, when the filter hides benign frees. A function this kernel lacks
+// benignPlaces resolves BenignPlaces into the kernel filter's text
+// ranges, when the filter hides benign frees. A function this kernel lacks
 // is left out (its frees, if any, are shown).
-func (k *kernelFilter) benignPlaces(f *Filter, b benignSet) {
+func (k *kernelFilter) benignPlaces(f *Filter, r *Reasons, syms *Symbolizer) {
 	if !f.hidesBenign() {
 		return
 	}
-	k.placeReason = b.reason
+	if v, ok := r.Lookup("NOT_SPECIFIED"); ok {
+		k.placeReason = v
+	} else if r.Len() > 0 {
+		return
+	} // before 5.17 every free has reason 0
 	k.hideMulti = 1
-	for _, r := range b.pc {
-		k.benignPC[2*k.benignN], k.benignPC[2*k.benignN+1] = r[0], r[1]
-		k.benignN++
+	for _, name := range BenignPlaces[:min(len(BenignPlaces), benignPlaceMax)] {
+		if start, end, ok := syms.Range(name); ok {
+			k.benignPC[2*k.benignN], k.benignPC[2*k.benignN+1] = start, end
+			k.benignN++
+		}
 	}
 }
 
@@ -188,8 +194,7 @@ func (t *Tracer) configure(spec *ebpf.CollectionSpec) (kernelFilter, error) {
 	if err != nil {
 		return k, err
 	}
-	t.benign = resolveBenign(t.Reasons, t.Symbols)
-	k.benignPlaces(&t.opts.Filter, t.benign)
+	k.benignPlaces(&t.opts.Filter, t.Reasons, t.Symbols)
 	for name, v := range map[string]any{
 		"cfg_netns":           k.netns,
 		"cfg_port":            k.port,

@@ -163,9 +163,8 @@ func TestFilterMatchMirrorsKernel(t *testing.T) {
 		if err != nil {
 			t.Fatalf("filter %d %+v: %v", i, f, err)
 		}
-		tr.benign = resolveBenign(r, tr.Symbols)
-		k.benignPlaces(&f, tr.benign)
-		if f.hidesBenign() != (k.benignN > 0) {
+		k.benignPlaces(&f, r, tr.Symbols)
+		if f.hidesBenign() != (k.benignN == 1) {
 			t.Fatalf("filter %d %+v: %d benign places resolved", i, f, k.benignN)
 		}
 		tr.opts.Filter = f
@@ -180,7 +179,7 @@ func TestFilterMatchMirrorsKernel(t *testing.T) {
 				g := f
 				g.CIDRs = nil
 				kg, _ := g.kernel(r)
-				kg.benignPlaces(&g, tr.benign)
+				kg.benignPlaces(&g, r, tr.Symbols)
 				kernel = tr.wants(ev.Type) && kernelPasses(kg, &raws[j])
 			}
 			if got := f.Match(&ev); got != kernel {
@@ -213,11 +212,9 @@ func TestFilterMatch(t *testing.T) {
 		{"sock_diag remainder has no port", Filter{Port: 80}, Event{Type: ListenOverflow, Proto: 6}, false},
 		{"sock_diag remainder is TCP", Filter{Proto: 17}, Event{Type: ListenOverflow, Proto: 6}, false},
 		{"NOT_SPECIFIED is shown", Filter{}, Event{Type: Drop, Reason: "NOT_SPECIFIED", Location: "ip_error+0x4c"}, true},
-		// BenignPlace: the tracer found the location in its kernel's
-		// benign places (resolveBenign)
-		{"NOT_SPECIFIED at a benign place is not", Filter{}, Event{Type: Drop, Reason: "NOT_SPECIFIED", Location: "ip6_mc_input+0x1c5", BenignPlace: true}, false},
-		{"benign place with IncludeBenign", Filter{IncludeBenign: true}, Event{Type: Drop, Reason: "NOT_SPECIFIED", Location: "ip6_mc_input+0x1c5", BenignPlace: true}, true},
-		{"benign place before 5.17", Filter{}, Event{Type: Drop, Reason: "unknown", Location: "ip6_mc_input+0x1c5", BenignPlace: true}, false},
+		{"NOT_SPECIFIED at a benign place is not", Filter{}, Event{Type: Drop, Reason: "NOT_SPECIFIED", Location: "ip6_mc_input+0x1c5"}, false},
+		{"benign place with IncludeBenign", Filter{IncludeBenign: true}, Event{Type: Drop, Reason: "NOT_SPECIFIED", Location: "ip6_mc_input+0x1c5"}, true},
+		{"benign place before 5.17", Filter{}, Event{Type: Drop, Reason: "unknown", Location: "ip6_mc_input+0x1c5"}, false},
 		{"another reason at a benign place", Filter{}, Event{Type: Drop, Reason: "NO_SOCKET", Location: "ip6_mc_input+0x1c5"}, true},
 		{"NOT_SPECIFIED of a link broadcast", Filter{}, Event{Type: Drop, Reason: "NOT_SPECIFIED", Location: "__udp4_lib_rcv+0xbbf", LinkMulti: true}, false},
 		{"another reason of a link broadcast", Filter{}, Event{Type: Drop, Reason: "IP_INHDR", Location: "ip_rcv_finish_core+0x25b", LinkMulti: true}, true},
@@ -236,36 +233,6 @@ func TestIsBenign(t *testing.T) {
 	} {
 		if got := IsBenign(n); got != want {
 			t.Errorf("IsBenign(%q) = %v, want %v", n, got, want)
-		}
-	}
-}
-
-// TestBenignPlaceGivenReason: tcp_v4_rcv's NOT_SPECIFIED frees are benign
-// only on a kernel that names TCP_RFC7323_TW_PAWS; before it, PAWS in
-// TIME_WAIT is one of them, and they are all shown.
-func TestBenignPlaceGivenReason(t *testing.T) {
-	syms := filepath.Join(t.TempDir(), "kallsyms")
-	os.WriteFile(syms, []byte("ffffffff81000000 T ip_error\nffffffff81000100 t ip6_mc_input\nffffffff81000200 T tcp_v4_rcv\nffffffff81000300 T ip6_input\n"), 0o644)
-	const inTCP, inMC = 0xffffffff81000291, 0xffffffff81000104
-	for _, c := range []struct {
-		reasons  []string
-		tcp, mcs bool
-	}{
-		{[]string{"NOT_DROPPED_YET", "NOT_SPECIFIED", "NO_SOCKET"}, false, true},
-		{[]string{"NOT_DROPPED_YET", "NOT_SPECIFIED", "NO_SOCKET", "TCP_RFC7323_TW_PAWS"}, true, true},
-		{nil, false, true}, // before 5.17: no reasons, every free is 0
-	} {
-		r := testReasons(c.reasons...)
-		b := resolveBenign(r, NewSymbolizer(syms))
-		code, _ := r.Lookup("NOT_SPECIFIED")
-		if got := b.at(code, inTCP); got != c.tcp {
-			t.Errorf("reasons %v: NOT_SPECIFIED at tcp_v4_rcv benign = %v, want %v", c.reasons, got, c.tcp)
-		}
-		if got := b.at(code, inMC); got != c.mcs {
-			t.Errorf("reasons %v: NOT_SPECIFIED at ip6_mc_input benign = %v, want %v", c.reasons, got, c.mcs)
-		}
-		if nosock, ok := r.Lookup("NO_SOCKET"); ok && b.at(nosock, inTCP) {
-			t.Errorf("reasons %v: NO_SOCKET at tcp_v4_rcv taken for benign", c.reasons)
 		}
 	}
 }

@@ -66,14 +66,9 @@ var BenignReasons = []string{
 	"OTHERHOST", "TCP_CLOSE", "TCP_RESET",
 }
 
-// BenignPlace is a kernel function whose NOT_SPECIFIED frees (on kernels
-// before 5.17, which name no reasons: every free there) are normal, benign
-// by place. Given, when set, is a reason the kernel must name for the place
-// to be benign: kernels without it freed a real drop there with
-// NOT_SPECIFIED, the drop later kernels gave that reason to.
-type BenignPlace struct{ Func, Given string }
-
-// BenignPlaces: the kernel filter tests a free's location against their
+// BenignPlaces are the kernel functions whose NOT_SPECIFIED frees (on
+// kernels before 5.17, which name no reasons: every free there) are normal,
+// benign by place: the kernel filter tests a free's location against their
 // text ranges, resolved from kallsyms at load time. Measured on 6.18 under
 // test traffic (every NOT_SPECIFIED free by location, bpftrace), by the
 // kernel's own code:
@@ -82,88 +77,22 @@ type BenignPlace struct{ Func, Given string }
 //     not joined (every link carries such: neighbour discovery, MLD); the
 //     IPv6 counterpart of OTHERHOST.
 //   - virtio_transport_recv_pkt: vsock (host to VM channels), not IP.
-//   - tcp_v4_rcv, tcp_v6_rcv: a segment a TIME_WAIT socket (or a request
-//     socket) has handled: the peer's FIN after we closed first, ACKed;
-//     a retransmitted SYN answered again. Every connection whose client
-//     closes first ends so. The real drops there carry reasons of their
-//     own, PAWS in TIME_WAIT last (TCP_RFC7323_TW_PAWS, 6.15): before it,
-//     that drop is one of these frees, and they are all shown.
-var BenignPlaces = []BenignPlace{
-	{Func: "ip6_mc_input"},
-	{Func: "virtio_transport_recv_pkt"},
-	{Func: "tcp_v4_rcv", Given: "TCP_RFC7323_TW_PAWS"},
-	{Func: "tcp_v6_rcv", Given: "TCP_RFC7323_TW_PAWS"},
-}
+var BenignPlaces = []string{"ip6_mc_input", "virtio_transport_recv_pkt"}
 
 // benignPlaceMax bounds BenignPlaces (cfg_benign_pc in bpf/kdrop.bpf.c).
 const benignPlaceMax = 8
 
-// BenignPlacesText says BenignPlaces for help: "a, b, c (where the kernel
-// names R)".
-func BenignPlacesText() string {
-	var always, given []string
-	var reason string
-	for _, p := range BenignPlaces {
-		if p.Given == "" {
-			always = append(always, p.Func)
-		} else {
-			given, reason = append(given, p.Func), p.Given
-		}
-	}
-	return strings.Join(always, ", ") + ", and " + strings.Join(given, ", ") + " where the kernel names " + reason
-}
-
-// benignSet is BenignPlaces on one kernel: the reason their frees carry
-// (NOT_SPECIFIED; 0 before 5.17) and the text ranges of the functions
-// benign there. Empty where neither applies.
-type benignSet struct {
-	reason uint32
-	pc     [][2]uint64
-}
-
-func resolveBenign(r *Reasons, syms *Symbolizer) benignSet {
-	var b benignSet
-	if v, ok := r.Lookup("NOT_SPECIFIED"); ok {
-		b.reason = v
-	} else if r.Len() > 0 {
-		return b
-	} // before 5.17 every free has reason 0
-	for _, p := range BenignPlaces {
-		if p.Given != "" {
-			if _, ok := r.Lookup(p.Given); !ok {
-				continue
-			}
-		}
-		if start, end, ok := syms.Range(p.Func); ok && len(b.pc) < benignPlaceMax {
-			b.pc = append(b.pc, [2]uint64{start, end})
-		}
-	}
-	return b
-}
-
-// at says whether a free with this reason code at pc is at a benign place.
-func (b benignSet) at(reason uint32, pc uint64) bool {
-	if reason != b.reason {
+// IsBenignPlace says whether a drop with this reason at this location
+// ("func+0xoff") is a benign free by place: NOT_SPECIFIED (or "unknown",
+// before 5.17) in one of BenignPlaces, or of a frame that came as
+// link-layer broadcast or multicast (linkMulti: mDNS, SSDP, DHCP, subnet
+// broadcasts nobody on this host listens to; OTHERHOST's kin).
+func IsBenignPlace(reason, location string, linkMulti bool) bool {
+	if r := normReason(reason); r != "NOT_SPECIFIED" && r != strings.ToUpper(reasonUnknown) {
 		return false
 	}
-	for _, r := range b.pc {
-		if pc >= r[0] && pc < r[1] {
-			return true
-		}
-	}
-	return false
-}
-
-// isBenignFree says whether e is a benign free by place: NOT_SPECIFIED (or
-// "unknown", before 5.17) at one of this kernel's BenignPlaces, or of a
-// frame that came as link-layer broadcast or multicast (LinkMulti: mDNS,
-// SSDP, DHCP, subnet broadcasts nobody on this host listens to;
-// OTHERHOST's kin).
-func isBenignFree(e *Event) bool {
-	if r := normReason(e.Reason); r != "NOT_SPECIFIED" && r != strings.ToUpper(reasonUnknown) {
-		return false
-	}
-	return e.LinkMulti || e.BenignPlace
+	fn, _, _ := strings.Cut(location, "+")
+	return linkMulti || slices.Contains(BenignPlaces, fn)
 }
 
 // IsBenign says whether a drop reason (a name, with or without the

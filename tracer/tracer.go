@@ -81,7 +81,6 @@ type Tracer struct {
 	log      *zap.Logger
 	Reasons  *Reasons
 	Symbols  *Symbolizer
-	benign   benignSet // BenignPlaces on this kernel, resolved at load
 	hooks    []HookStatus
 	attached []attachedHook
 	maps     map[string]*ebpf.Map
@@ -561,7 +560,6 @@ func (t *Tracer) fill(r *rawEvent, ev *Event) {
 		ev.Reason = t.Reasons.Name(r.Reason)
 		ev.LocationPC = r.Location
 		ev.Location = t.Symbols.Resolve(r.Location)
-		ev.BenignPlace = t.benign.at(r.Reason, r.Location)
 	}
 }
 

@@ -182,7 +182,7 @@ func reasonsCmd() *cobra.Command {
 				case tracer.IsBenign(n):
 					note = "  (hidden unless --include-benign)"
 				case n == "NOT_SPECIFIED":
-					note = "  (hidden at " + tracer.BenignPlacesText() + " unless --include-benign)"
+					note = "  (hidden at " + strings.Join(tracer.BenignPlaces, ", ") + " unless --include-benign)"
 				}
 				fmt.Printf("%4d  %s%s\n", v, n, note)
 			}

@@ -55,7 +55,7 @@ func registerFilter(fl *pflag.FlagSet, f *enrich.Filter, all bool) {
 	if !all {
 		return
 	}
-	fl.BoolVar(&f.IncludeBenign, "include-benign", false, "also show drops that are not faults: reasons "+strings.Join(tracer.BenignReasons, ", ")+"; NOT_SPECIFIED at "+tracer.BenignPlacesText()+" (other NOT_SPECIFIED drops are always shown: sites without a reason yet, e.g. ip_error for blackhole routes)")
+	fl.BoolVar(&f.IncludeBenign, "include-benign", false, "also show drops that are not faults: reasons "+strings.Join(tracer.BenignReasons, ", ")+"; NOT_SPECIFIED at "+strings.Join(tracer.BenignPlaces, ", ")+" (other NOT_SPECIFIED drops are always shown: sites without a reason yet, e.g. ip_error for blackhole routes)")
 	fl.StringVar(&f.Netns, "netns", "", "only this network namespace: an inode number or a path such as /run/netns/NAME or /proc/PID/ns/net")
 	fl.StringVarP(&f.Selector, "selector", "l", "", "only events with a pod matching this label selector at either end (e.g. app=api)")
 }

@@ -1132,7 +1132,7 @@ var reasonText = map[string]reasonInfo{
 	"TCP_RESET":            {meaning: "the segment arrived for a connection that was reset", fix: "Usually harmless."},
 	"TCP_FLAGS":            {meaning: "invalid TCP flags", fix: "Usually scans or broken middleboxes."},
 	"TCP_INVALID_SYN":      {meaning: "a SYN arrived in an established connection", fix: "Usually harmless; frequent ones point at port reuse by NAT."},
-	"NOT_SPECIFIED":        {meaning: "the kernel dropped the packet at a site that has no reason yet (kdrop hides the ones known to be normal)", fix: "The location tells what: ip_error means routed into a blackhole, unreachable or prohibit route, or no route at all (a CNI route left for a deleted pod, a missing route): check `ip route` on that node for the destination. tcp_v4_rcv or tcp_v6_rcv (shown on kernels before 6.15) means a segment a TIME_WAIT socket handled: mostly the peer's FIN after this side closed first, which is normal; if TcpExtPAWSTimewait moves with them, timestamps went backwards (clients behind one NAT)."},
+	"NOT_SPECIFIED":        {meaning: "the kernel dropped the packet at a site that has no reason yet (kdrop hides the ones known to be normal)", fix: "The location tells what: ip_error means routed into a blackhole, unreachable or prohibit route, or no route at all (a CNI route left for a deleted pod, a missing route): check `ip route` on that node for the destination."},
 	"TCP_OLD_DATA":         {meaning: "retransmitted data the receiver already had", fix: "Harmless: a retransmission."},
 	"TCP_OLD_ACK":          {meaning: "an ACK older than what was already acknowledged", fix: "Harmless."},
 	"TCP_TOO_OLD_ACK":      {meaning: "an ACK for data never sent or long acknowledged", fix: "Harmless."},
