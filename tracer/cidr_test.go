@@ -2,7 +2,6 @@ package tracer
 
 import (
 	"net/netip"
-	"sync"
 	"testing"
 	"time"
 
@@ -26,22 +25,11 @@ func TestCIDRKeepsWildcardListenerOverflows(t *testing.T) {
 	base := r.Server.Counters(t)["TcpExtListenOverflows"]
 	overflows := func() uint64 { return r.Server.Counters(t)["TcpExtListenOverflows"] - base }
 
-	var mu sync.Mutex
-	var held []*nstest.Sockets // pending connects retransmit their SYNs
-	stop := nstest.Paced(t, 50*time.Millisecond, func() {
-		s := r.Client.ConnectMany(t, nstest.ServerIP, 8091, 1)
-		mu.Lock()
-		held = append(held, s)
-		mu.Unlock()
-	})
+	// pending connects retransmit their SYNs until stop closes them
+	stop := pacedConnects(t, r.Client, 50*time.Millisecond, nil, netip.MustParseAddrPort(nstest.ServerIP+":8091"))
 	seen := func() uint64 { n, _, _ := c.snapshot(isServer); return n }
 	nstest.WhileRunning(t, "overflows of a 0.0.0.0 listener under --cidr "+nstest.ServerIP+"/32", nstest.For(3*time.Second), 500*time.Millisecond, 5*time.Second, seen, overflows)
 	stop()
-	mu.Lock()
-	for _, s := range held {
-		s.Close()
-	}
-	mu.Unlock()
 	time.Sleep(time.Second) // sock_diag mode reads once a second
 	want := overflows()
 	got, lines := sum(c.stop(t), isServer)

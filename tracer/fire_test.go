@@ -63,14 +63,14 @@ func TestSummariesWhileTrafficRuns(t *testing.T) {
 	start := time.Now()
 	for time.Since(start) < 10*time.Second {
 		time.Sleep(500 * time.Millisecond)
-		rule := iptablesPackets(t, r.Server, "iptables", "INPUT", "DROP")
+		rule := r.Server.IptablesPackets(t, "iptables", "INPUT", "DROP", "")
 		stream, _, sums := c.snapshot(isFlood)
 		samples = append(samples, sample{time.Now(), rule, stream, sums, c.tr.Sweeps()})
 	}
 	sent := stop()
 	time.Sleep(200 * time.Millisecond)
 	evs := c.stop(t)
-	rule := iptablesPackets(t, r.Server, "iptables", "INPUT", "DROP")
+	rule := r.Server.IptablesPackets(t, "iptables", "INPUT", "DROP", "")
 	total, flood := sum(evs, isFlood)
 	last := samples[len(samples)-1]
 	t.Logf("%d datagrams sent in %v, rule counted %d, kdrop %d in %d lines (%d summaries while the traffic ran)",
@@ -144,10 +144,10 @@ func TestFullFlowTableStaysRateLimited(t *testing.T) {
 		}
 	}
 	evs, total := underLoad(t, c, "flood drops", 6*time.Second, 2*time.Second, load, isFlood, func() uint64 {
-		return iptablesPackets(t, r.Server, "iptables", "INPUT", "DROP")
+		return r.Server.IptablesPackets(t, "iptables", "INPUT", "DROP", "")
 	})
 	sweeps := c.tr.Sweeps()
-	out := iptablesPackets(t, r.Server, "iptables", "INPUT", "DROP")
+	out := r.Server.IptablesPackets(t, "iptables", "INPUT", "DROP", "")
 	if other, o := sum(evs, func(e *Event) bool { return !isFlood(e) }); other > 0 {
 		t.Logf("%d other drops in the namespace:\n%s", other, dump(o))
 	}

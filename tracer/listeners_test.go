@@ -1,6 +1,7 @@
 package tracer
 
 import (
+	"net/netip"
 	"sync"
 	"testing"
 	"time"
@@ -37,15 +38,9 @@ func TestTwoListenersOverflowAtOnce(t *testing.T) {
 			return e.Type == ListenOverflow && e.Dst.Port() == port && e.Queue.String() == q.String()
 		}
 	}
-	var mu sync.Mutex
-	var held []*nstest.Sockets // pending connects retransmit their SYNs
-	stop := nstest.Paced(t, 100*time.Millisecond, func() {
-		s1 := srv.ConnectMany(t, "127.0.0.1", accepting, 1)
-		s2 := srv.ConnectMany(t, "127.0.0.1", halfOpen, 1)
-		mu.Lock()
-		held = append(held, s1, s2)
-		mu.Unlock()
-	})
+	// pending connects retransmit their SYNs until stop closes them
+	stop := pacedConnects(t, srv, 100*time.Millisecond, nil,
+		netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), accepting), netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), halfOpen))
 	seen := func(keep func(*Event) bool) func() uint64 {
 		return func() uint64 { n, _, _ := c.snapshot(keep); return n }
 	}
@@ -65,11 +60,6 @@ func TestTwoListenersOverflowAtOnce(t *testing.T) {
 	}
 	wg.Wait()
 	stop()
-	mu.Lock()
-	for _, s := range held {
-		s.Close()
-	}
-	mu.Unlock()
 	time.Sleep(time.Second) // sock_diag mode reads once a second
 	overflows, synDrops := kernel("TcpExtListenOverflows")(), kernel("TcpExtTCPReqQFullDrop")()
 	evs := c.stop(t)

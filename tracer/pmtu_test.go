@@ -97,7 +97,7 @@ func TestDroppedPMTUErrorsCarryTheMTU(t *testing.T) {
 		return byRule(e) && (e.Proto == unix.IPPROTO_ICMP || e.Proto == unix.IPPROTO_ICMPV6)
 	}
 	rules := func() uint64 {
-		return iptablesPackets(t, r.Client, "iptables", "INPUT", "DROP") + iptablesPackets(t, r.Client, "ip6tables", "INPUT", "DROP")
+		return r.Client.IptablesPackets(t, "iptables", "INPUT", "DROP", "") + r.Client.IptablesPackets(t, "ip6tables", "INPUT", "DROP", "")
 	}
 	evs, n := underLoad(t, c, "dropped too-big errors", 3*time.Second, 2*time.Second, func() func() {
 		return nstest.Paced(t, 50*time.Millisecond, func() {

@@ -43,7 +43,7 @@ func TestRouteDropsShown(t *testing.T) {
 	}
 	// every packet that arrived (the raw PREROUTING counter) is one drop
 	evs, n := underLoad(t, c, "drops at ip_error", 3*time.Second, 2*time.Second, send, atIPError, func() uint64 {
-		return iptablesPackets(t, r.Router, "iptables -t raw", "PREROUTING", "ACCEPT")
+		return r.Router.IptablesPackets(t, "iptables -t raw", "PREROUTING", "ACCEPT", "")
 	})
 	if sent := 3 * rounds.Load(); n < sent {
 		t.Fatalf("%d drops at ip_error for %d datagrams sent\n%s", n, sent, dump(evs))

@@ -363,7 +363,7 @@ func TestRejectHostUnreachable(t *testing.T) {
 	// REJECT's verdict is a drop: NETFILTER_DROP where the kernel names it,
 	// in nf_hook_slow before that; one per packet the rule matched, whether
 	// or not the ICMP rate limit let its answer out.
-	rule := iptablesPackets(t, r.Router, "iptables", "FORWARD", "REJECT")
+	rule := r.Router.IptablesPackets(t, "iptables", "FORWARD", "REJECT", "")
 	if n, _ := sum(evs, isDrop("NETFILTER_DROP", "nf_hook_slow", c.tr.Reasons)); n != rule {
 		t.Errorf("want %d NETFILTER_DROP drops from REJECT (its rule counter), got %d\n%s", rule, n, dump(evs))
 	}
@@ -402,7 +402,7 @@ func TestClosedPortNoSocket(t *testing.T) {
 		// socket: as many as reached the server (the counting rules).
 		checks = append(checks, loadCheck{what: "NO_SOCKET to " + fam.dst,
 			keep:    func(e *Event) bool { return match(e) && e.Dst.Addr().String() == fam.dst },
-			counter: func() uint64 { return iptablesPackets(t, r.Server, fam.ipt, "INPUT", "ACCEPT") }})
+			counter: func() uint64 { return r.Server.IptablesPackets(t, fam.ipt, "INPUT", "ACCEPT", "") }})
 	}
 	evs, ns := underLoadEach(t, c, 3*time.Second, 2*time.Second, connect, checks...)
 	after := r.Server.Counters(t)
@@ -425,34 +425,6 @@ func TestClosedPortNoSocket(t *testing.T) {
 	}
 }
 
-// iptablesPackets sums the packet counters of a chain's rules with this
-// target; cmd is iptables or ip6tables.
-func iptablesPackets(t *testing.T, n *nstest.NS, cmd, chain, target string) uint64 {
-	out := n.Sh(t, cmd+" -L "+chain+" -v -x -n")
-	var total uint64
-	for _, line := range strings.Split(out, "\n") {
-		if f := strings.Fields(line); len(f) > 2 && f[2] == target {
-			v, _ := strconv.ParseUint(f[0], 10, 64)
-			total += v
-		}
-	}
-	return total
-}
-
-// rulePackets sums the packet counters of a chain's rules with this
-// target whose line also says match (e.g. "dpt:9999").
-func rulePackets(t *testing.T, n *nstest.NS, cmd, chain, target, match string) uint64 {
-	out := n.Sh(t, cmd+" -L "+chain+" -v -x -n")
-	var total uint64
-	for _, line := range strings.Split(out, "\n") {
-		if f := strings.Fields(line); len(f) > 2 && f[2] == target && strings.Contains(line, match) {
-			v, _ := strconv.ParseUint(f[0], 10, 64)
-			total += v
-		}
-	}
-	return total
-}
-
 // An iptables DROP rule: every packet is reported as NETFILTER_DROP, and
 // the count equals the rule's own packet counter. A filter on the port
 // keeps a second, unwatched flow out.
@@ -471,10 +443,10 @@ func TestIptablesDrop(t *testing.T) {
 	}
 	isRule := isDrop("NETFILTER_DROP", "nf_hook_slow", c.tr.Reasons)
 	evs, n := underLoad(t, c, "DROP rule for 9999", 3*time.Second, 2*time.Second, send, isRule, func() uint64 {
-		return rulePackets(t, r.Server, "iptables", "INPUT", "DROP", "dpt:9999")
+		return r.Server.IptablesPackets(t, "iptables", "INPUT", "DROP", "dpt:9999")
 	})
 
-	if rule, want := iptablesPackets(t, r.Server, "iptables", "INPUT", "DROP"), 2*sent.Load(); rule != want {
+	if rule, want := r.Server.IptablesPackets(t, "iptables", "INPUT", "DROP", ""), 2*sent.Load(); rule != want {
 		t.Fatalf("DROP rules counted %d packets, sent %d", rule, want)
 	}
 	_, drops := sum(evs, isRule)
@@ -507,7 +479,7 @@ func TestRateLimitKeepsExactCounts(t *testing.T) {
 		return func() { stop(); ended = time.Now() }
 	}
 	evs, n := underLoad(t, c, "DROP rule", 3*time.Second, 2*time.Second, storm, func(e *Event) bool { return e.Type == Drop }, func() uint64 {
-		return iptablesPackets(t, r.Server, "iptables", "INPUT", "DROP")
+		return r.Server.IptablesPackets(t, "iptables", "INPUT", "DROP", "")
 	})
 
 	summaries, _ := sum(evs, func(e *Event) bool { return e.Summary })
@@ -556,7 +528,7 @@ func TestLostEventsAreCounted(t *testing.T) {
 	if err := tr.Run(ctx, func(e *Event) { total += e.Count; lines++ }); err != nil {
 		t.Fatal(err)
 	}
-	rule := iptablesPackets(t, r.Server, "iptables", "INPUT", "DROP")
+	rule := r.Server.IptablesPackets(t, "iptables", "INPUT", "DROP", "")
 	t.Logf("2000 drops: %d lost in the ring buffer, %d lines, counts sum %d", st.LostLines[Drop], lines, total)
 	if st.LostLines[Drop] == 0 || st.LostLines[Drop] >= rule {
 		t.Fatalf("want some (not all) of %d drop events lost, stats say %d", rule, st.LostLines[Drop])

@@ -237,7 +237,7 @@ func TestAgentStreamAuthAndMetrics(t *testing.T) {
 			got.Add(ev.Count)
 		}
 	}()
-	rule := func() uint64 { return ns.IptablesPackets(t, "iptables", "INPUT", "DROP") }
+	rule := func() uint64 { return ns.IptablesPackets(t, "iptables", "INPUT", "DROP", "") }
 	stopLoad := nstest.Paced(t, 200*time.Millisecond, func() { ns.SendUDP(t, "127.0.0.1", 9999, 1) })
 	nstest.WhileRunning(t, "the stream's NETFILTER_DROP count vs the DROP rule's", nstest.For(4*time.Second), 500*time.Millisecond, 1500*time.Millisecond, got.Load, rule)
 	stopLoad()

@@ -60,13 +60,14 @@ func For(d time.Duration) func() bool {
 }
 
 // IptablesPackets sums the packet counters of the chain's rules (filter
-// table) whose target is target; cmd is iptables or ip6tables.
-func (n *NS) IptablesPackets(t testing.TB, cmd, chain, target string) uint64 {
+// table) whose target is target and whose line says match ("" for any,
+// e.g. "dpt:9999"); cmd is iptables or ip6tables.
+func (n *NS) IptablesPackets(t testing.TB, cmd, chain, target, match string) uint64 {
 	t.Helper()
 	out := n.Sh(t, cmd+" -L "+chain+" -v -x -n")
 	var total uint64
 	for _, line := range strings.Split(out, "\n") {
-		if f := strings.Fields(line); len(f) > 2 && f[2] == target {
+		if f := strings.Fields(line); len(f) > 2 && f[2] == target && strings.Contains(line, match) {
 			v, _ := strconv.ParseUint(f[0], 10, 64)
 			total += v
 		}
