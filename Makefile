@@ -131,7 +131,7 @@ test-host: deps-host ## tracer and netfilter-rule tests on this machine's kernel
 
 # Go fuzz targets of everything that parses input: package:target.
 FUZZ_TARGETS := ./cmd/kdrop/line:FuzzDecode ./cmd/kdrop/sinks/recording:FuzzScan ./cmd/kdrop/sinks/report:FuzzReport \
-                ./cmd/kdrop/enrich:FuzzFilterFromQuery ./cmd/kdrop/enrich:FuzzFilterTrace ./tracer:FuzzParseNsfsMounts
+                ./cmd/kdrop/enrich:FuzzFilterFromQuery ./cmd/kdrop/enrich:FuzzFilterTrace ./tracer:FuzzParseNsfsMounts ./tracer:FuzzParseKallsyms
 FUZZTIME     ?= 10s
 
 test-fuzz: deps-host ## each fuzz target for FUZZTIME (10s) past its seed corpus; crashes land in the package's testdata/fuzz

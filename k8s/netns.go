@@ -282,13 +282,8 @@ func parseNetnsLink(s string) (uint32, bool) {
 // cgroups; a cgroup namespace makes paths relative). The UID is returned with
 // dashes. Static pods' UIDs are 32 hex digits without dashes.
 func podUIDFromCgroup(data []byte) string {
-	for len(data) > 0 {
-		line := data
-		if i := bytes.IndexByte(data, '\n'); i >= 0 {
-			line, data = data[:i], data[i+1:]
-		} else {
-			data = nil
-		}
+	for line := range bytes.Lines(data) {
+		line = bytes.TrimSuffix(line, []byte("\n"))
 		// The path is after the second colon.
 		i := bytes.IndexByte(line, ':')
 		if i < 0 {

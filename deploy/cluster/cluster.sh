@@ -942,8 +942,25 @@ cmd_kube_router() {
 		# table: tens of seconds on a loaded machine. A failed start leaves
 		# no kube-router (nor its chains) to the tests after this one.
 		if ! (wait_for kube-router 180 "kube-router's KUBE-ROUTER-FORWARD chain" kube_router_ready); then
-			cmd_kube_router stop
-			exit 1
+			# Once in ~20 runs it was gone before writing its first line
+			# (the version, printed at once), with nothing in the kernel's
+			# log: a start that never ran is retried once, and said.
+			if pid_of kube-router >/dev/null || [ -s "$LOGS/kube-router.log" ]; then
+				cmd_kube_router stop
+				exit 1
+			fi
+			if pgrep -af -- "$ETC/kube-router.kubeconfig" >&2; then
+				say "that kube-router runs, yet was taken for gone (pid file: $(cat "$RUN/kube-router.pid" 2>/dev/null))"
+				pkill -f -- "$ETC/kube-router.kubeconfig" || true
+				cmd_kube_router stop
+				exit 1
+			fi
+			say "kube-router exited before writing a line of log; starting it once more"
+			start_kube_router
+			if ! (wait_for kube-router 180 "kube-router's KUBE-ROUTER-FORWARD chain" kube_router_ready); then
+				cmd_kube_router stop
+				exit 1
+			fi
 		fi
 		say "kube-router's firewall runs (pid $(pid_of kube-router); log: $LOGS/kube-router.log)"
 		;;
