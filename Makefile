@@ -7,6 +7,10 @@
 SHELL        := /bin/bash
 KDROP_CACHE  ?= $(CURDIR)/.cache
 KERNELS      ?= 5.10 6.1 6.12 7
+# The netfilter rule tests read rules over netlink in user space: the oldest
+# and the newest VM kernel bound what changed between (the host's 6.18 runs
+# them in test-host too); 6.1 and 6.12 added 5 minutes to make test.
+NETFILTER_KERNELS ?= 5.10 7
 # Attach modes forced in one extra VM run, so kprobe and raw_tp are proven
 # on a kernel where fentry and tp_btf would win.
 FALLBACK_KERNEL ?= 5.10
@@ -147,7 +151,7 @@ fuzz: ## the fuzz targets for as long as asked: make fuzz FUZZTIME=10m
 kernels: deps-vm ## fetch and prepare the VM kernels (KERNELS="5.10 6.1 6.12 7")
 	tracer/vmtest/fetch-kernels.sh $(KDROP_CACHE) $(KERNELS)
 
-test-kernels: kernels ## the tracer and netfilter-rule tests inside QEMU VMs, one per kernel (KERNELS="6.1")
+test-kernels: kernels ## the tracer tests inside QEMU VMs, one per kernel (KERNELS="6.1"), the netfilter-rule tests on NETFILTER_KERNELS
 	$(GO) test -c -o $(KDROP_CACHE)/tracer.test ./tracer/
 	$(GO) test -c -o $(KDROP_CACHE)/netfilter.test ./cmd/kdrop/enrich/netfilter/
 	@set -e; for k in $(KERNELS); do \
@@ -155,6 +159,7 @@ test-kernels: kernels ## the tracer and netfilter-rule tests inside QEMU VMs, on
 		tracer/vmtest/run.sh $(KDROP_CACHE) $$k -- $(KDROP_CACHE)/tracer.test -test.count=1 -test.v 2>&1 \
 			| tee $(KDROP_CACHE)/kernel-$$k.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|hook |scenario_test' ; \
 		test $${PIPESTATUS[0]} -eq 0 || { echo "FAIL on kernel $$k: full log in $(KDROP_CACHE)/kernel-$$k.log"; exit 1; }; \
+		case " $(NETFILTER_KERNELS) " in *" $$k "*) ;; *) continue ;; esac; \
 		echo "=== kernel $$k, netfilter rules"; \
 		tracer/vmtest/run.sh $(KDROP_CACHE) $$k -- $(KDROP_CACHE)/netfilter.test -test.count=1 -test.v 2>&1 \
 			| tee $(KDROP_CACHE)/kernel-$$k-netfilter.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|_test.go' ; \
