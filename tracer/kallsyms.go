@@ -36,6 +36,16 @@ func NewSymbolizer(path string) *Symbolizer {
 }
 
 func (s *Symbolizer) load() {
+	var mods string
+	if s.path == "/proc/kallsyms" {
+		mods = loadedModules()
+		lastKallsyms.Lock()
+		defer lastKallsyms.Unlock()
+		if lastKallsyms.addrs != nil && lastKallsyms.modules == mods {
+			s.addrs, s.names = lastKallsyms.addrs, lastKallsyms.names
+			return
+		}
+	}
 	f, err := os.Open(s.path)
 	if err != nil {
 		s.err = err
@@ -43,6 +53,42 @@ func (s *Symbolizer) load() {
 	}
 	defer f.Close()
 	s.addrs, s.names, s.err = parseKallsyms(f)
+	if s.err == nil && s.path == "/proc/kallsyms" {
+		lastKallsyms.addrs, lastKallsyms.names, lastKallsyms.modules = s.addrs, s.names, mods
+	}
+}
+
+// lastKallsyms is the running kernel's table as the last Symbolizer of the
+// process read it, for the next (a tracer started again: each read cost
+// ~1 s under emulation). Kernel text never moves; module text moves only
+// when modules load or unload, which loadedModules tells.
+var lastKallsyms struct {
+	sync.Mutex
+	modules string
+	addrs   []uint64
+	names   []string
+}
+
+// loadedModules is each loaded module's name and address from
+// /proc/modules (not its use count, which changes without moving it). A
+// kernel without it has no modules: its text never moves.
+func loadedModules() string {
+	raw, err := os.ReadFile("/proc/modules")
+	if err != nil {
+		return "unreadable"
+	}
+	var b strings.Builder
+	for line := range bytes.Lines(raw) {
+		// "nf_tables 364544 5 nft_chain_nat, Live 0xffffffffc0a00000"
+		f := bytes.Fields(line)
+		if len(f) >= 6 {
+			b.Write(f[0])
+			b.WriteByte(' ')
+			b.Write(f[5])
+			b.WriteByte('\n')
+		}
+	}
+	return b.String()
 }
 
 // parseKallsyms keeps the text symbols ("t"/"T") of a kallsyms listing,

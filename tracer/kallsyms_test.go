@@ -42,6 +42,31 @@ func TestParseKallsymsReadsThisKernel(t *testing.T) {
 	t.Logf("%d text symbols", len(names))
 }
 
+// A tracer started again in the process reuses the table while the same
+// modules are loaded at the same addresses, and reads it again otherwise.
+func TestKallsymsReusedWhileModulesStay(t *testing.T) {
+	a := NewSymbolizer("")
+	start, end, ok := a.Range("tcp_v4_rcv")
+	if !ok || end <= start {
+		t.Fatalf("no tcp_v4_rcv in kallsyms: %v", a.Err())
+	}
+	b := NewSymbolizer("")
+	if b.Resolve(start+1) != a.Resolve(start+1) {
+		t.Fatalf("two symbolizers disagree: %s, %s", b.Resolve(start+1), a.Resolve(start+1))
+	}
+	if &a.addrs[0] != &b.addrs[0] {
+		t.Errorf("the second symbolizer read kallsyms again with the same modules loaded")
+	}
+	lastKallsyms.Lock()
+	lastKallsyms.modules += "a module that came\n"
+	lastKallsyms.Unlock()
+	c := NewSymbolizer("")
+	c.Resolve(start)
+	if &c.addrs[0] == &a.addrs[0] {
+		t.Errorf("kallsyms not read again after the modules changed")
+	}
+}
+
 // Whatever kallsyms holds, parsing keeps to its lines: sorted addresses,
 // names without blanks, nothing made up.
 func FuzzParseKallsyms(f *testing.F) {
