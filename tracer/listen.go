@@ -53,6 +53,8 @@ type nsWatch struct {
 	// drop counter moves after the namespace's (tcp_syn_flood_action,
 	// then tcp_listendrop), so they wait one poll for it
 	pendOverflow, pendSyn uint64
+	// the request sockets by port, dumped at most once a poll
+	requests map[uint16]uint32
 }
 
 // listenCounters are a namespace's TcpExt counters of refused SYNs.
@@ -197,6 +199,7 @@ func (p *listenPoller) poll(emit func(*Event), final bool) {
 		// overflow or SYN-queue count, then tcp_listendrop), so every drop
 		// the dump shows is in the counters read after it; a drop the
 		// namespace counted that no listener shows yet waits a poll.
+		w.requests = nil
 		listeners, err := w.dumpListeners()
 		if err != nil { // counted at the next poll that dumps
 			p.log.Warn("sock_diag dump failed", zap.Uint32("netns", w.inode), zap.Error(err))
@@ -413,8 +416,12 @@ func (w *nsWatch) fullQueue(rose []listenerKey, listeners map[listenerKey]listen
 }
 
 // requestsByPort counts the namespace's request sockets (its listeners'
-// SYN queues: `ss -tn state syn-recv`) by local port.
+// SYN queues: `ss -tn state syn-recv`) by local port, once per poll (poll
+// forgets the count before it dumps the listeners).
 func (w *nsWatch) requestsByPort() (map[uint16]uint32, error) {
+	if w.requests != nil {
+		return w.requests, nil
+	}
 	perPort := map[uint16]uint32{}
 	for _, fam := range []uint8{unix.AF_INET, unix.AF_INET6} {
 		err := w.dump(fam, 1<<tcpSynRecv|1<<tcpNewSynRecv, func(k listenerKey, _ listenerState) {
@@ -424,6 +431,7 @@ func (w *nsWatch) requestsByPort() (map[uint16]uint32, error) {
 			return nil, err
 		}
 	}
+	w.requests = perPort
 	return perPort, nil
 }
 
