@@ -234,6 +234,10 @@ static __always_inline void parse_ip(struct kdrop_event *e, unsigned char *ip, _
 		e->proto = b[9];
 		__builtin_memcpy(e->saddr, &b[12], 4);
 		__builtin_memcpy(e->daddr, &b[16], 4);
+		/* a header shorter than 20 bytes (ip_rcv_core drops it): what
+		 * follows its IHL is the addresses, not ports */
+		if (ihl < 20)
+			return;
 		/* only the first fragment carries ports */
 		if (((b[6] & 0x1f) << 8 | b[7]) != 0)
 			return;

@@ -264,3 +264,56 @@ func TestShortIPv4NoPortsMadeUp(t *testing.T) {
 		}
 	}
 }
+
+// An IPv4 header whose IHL says less than its 20-byte minimum (ip_rcv_core
+// drops it, IpInHdrErrors) gives addresses but no ports: the bytes its IHL
+// points at are its own addresses (adversary #14: ports 50706 -> 13058 were
+// made up of 198.18.51.2).
+func TestIPv4HeaderTooShortNoPorts(t *testing.T) {
+	a, b := nstest.New(t, "iha"), nstest.New(t, "ihb")
+	aDev, bDev := nstest.Veth(t, a, "198.18.52.1/24", "", b, "198.18.52.2/24", "")
+	la, lb := a.Link(t, aDev), b.Link(t, bDev)
+	dstMAC, err := net.ParseMAC(lb.MAC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srcMAC, _ := net.ParseMAC(la.MAC)
+	var fd int
+	a.In(t, func() {
+		if fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Cleanup(func() { unix.Close(fd) })
+	// IHL 4, then a whole UDP header 40000 -> 9
+	ip := []byte{0x44, 0, 0, 28, 0, 1, 0, 0, 64, unix.IPPROTO_UDP, 0, 0, 198, 18, 52, 1, 198, 18, 52, 2,
+		0x9c, 0x40, 0, 9, 0, 8, 0, 0}
+	binary.BigEndian.PutUint16(ip[10:], ^onesSum(ip[:20]))
+	frame := append(append(append([]byte{}, dstMAC...), srcMAC...), 0x08, 0x00)
+	frame = append(frame, ip...)
+	for len(frame) < 60 {
+		frame = append(frame, 0)
+	}
+	c := startTracer(t, Options{Filter: Filter{Netns: b.Inode, Types: []EventType{Drop}}, RateLimit: 1000})
+	var sent atomic.Uint64
+	send := func() func() {
+		return nstest.Paced(t, 20*time.Millisecond, func() {
+			if err := unix.Sendto(fd, frame, 0, &unix.SockaddrLinklayer{Ifindex: int(la.Ifindex)}); err != nil {
+				t.Errorf("AF_PACKET send: %v", err)
+				return
+			}
+			sent.Add(1)
+		})
+	}
+	mineOnly := func(e *Event) bool { return e.Dst.Addr().String() == "198.18.52.2" }
+	evs, got := underLoad(t, c, "IpInHdrErrors", 3*time.Second, 2*time.Second, send, mineOnly, counters(t, b, "IpInHdrErrors"))
+	if got != sent.Load() {
+		t.Fatalf("%d drops for %d packets sent\n%s", got, sent.Load(), dump(evs))
+	}
+	_, mine := sum(evs, mineOnly)
+	for _, e := range mine {
+		if e.Src.Addr().String() != "198.18.52.1" || e.Src.Port() != 0 || e.Dst.Port() != 0 {
+			t.Fatalf("an IHL-4 header's drop carries made-up ports (or lost its addresses):\n%s", dump([]Event{e}))
+		}
+	}
+}
