@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/netip"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -99,14 +100,37 @@ func underLoadEach(t *testing.T, c *capture, d, lag time.Duration, start func() 
 		}
 	}
 	stop()
-	time.Sleep(300 * time.Millisecond)
+	// What the load left in flight (a retransmission due, a segment the
+	// closes sent) is counted on both sides before the tracer stops: the
+	// kernel's counters still for 300 ms, at most 10 s.
+	read := func() []uint64 {
+		v := make([]uint64, len(checks))
+		for i, ck := range checks {
+			v[i] = ck.counter() - base[i]
+		}
+		return v
+	}
+	settled := read()
+	for since := time.Now(); time.Since(since) < 10*time.Second; {
+		time.Sleep(300 * time.Millisecond)
+		v := read()
+		if slices.Equal(v, settled) {
+			break
+		}
+		settled = v
+	}
 	evs = c.stop(t)
 	for i, ck := range checks {
-		want := ck.counter() - base[i]
+		// kdrop counts until it stops: at least what the kernel had
+		// counted before, at most what it counted by the time it stopped.
+		before, want := settled[i], ck.counter()-base[i]
 		n, matched := sum(evs, ck.keep)
 		summaries, _ := sum(matched, func(e *Event) bool { return e.Summary })
 		t.Logf("%s: kernel +%d, kdrop %d in %d lines (%d in summaries); %d samples while the traffic ran", ck.what, want, n, len(matched), summaries, len(samples[i]))
-		if want == 0 || !agree(ck, n, want) {
+		if before != want {
+			t.Logf("%s: the kernel counted %d more while the tracer stopped", ck.what, want-before)
+		}
+		if want == 0 || !(agree(ck, n, want) || agree(ck, n, before) || (n >= before && n <= want)) {
 			for _, s := range samples[i] {
 				t.Logf("%s: t+%v: stream %d, kernel %d", ck.what, s.streamAt.Sub(begin).Round(time.Millisecond), s.stream, s.kernel)
 			}
