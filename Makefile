@@ -15,6 +15,11 @@ NETFILTER_KERNELS ?= 5.10 7
 # on a kernel where fentry and tp_btf would win.
 FALLBACK_KERNEL ?= 5.10
 FALLBACK_ATTACH ?= kprobe,raw_tp,sock_diag
+# Left out of that run: tests of packet parsing, the default filter and the
+# flow tables, code every mode's program shares (run in every other VM run
+# and on the host); each hook's fallback program is still proven to count
+# exactly. 3 minutes of make test.
+FALLBACK_SKIP ?= ^(TestVXLANInnerTuple|TestFullFlowTableStaysRateLimited|TestUDPReceiveBufferOverflow|TestSummariesWhileTrafficRuns|TestDroppedPMTUErrorsCarryTheMTU|TestRouteDropsShown|TestPAWSInTimeWait|TestRPFilterMultiHomed|TestForeignVLANTag|TestICMPRedirectsCarryTheGateway|TestShortIPv4NoPortsMadeUp|TestIPv4HeaderTooShortNoPorts|TestIPv6LongAndTruncatedHeaders|TestICMPErrorThroughVXLANOnce|TestICMPErrorThroughBridgeOnce|TestBenignPlaceHidden)$$
 CLANG        := clang-16
 # The BPF object is reproducible: `make generate` on any machine, in any
 # directory, builds tracer/kdrop_x86_bpfel.{o,go} byte for byte as committed
@@ -167,7 +172,7 @@ test-kernels: kernels ## the tracer tests inside QEMU VMs, one per kernel (KERNE
 	done
 	@if echo " $(KERNELS) " | grep -q " $(FALLBACK_KERNEL) "; then \
 		echo "=== kernel $(FALLBACK_KERNEL), attach modes forced to $(FALLBACK_ATTACH)"; \
-		tracer/vmtest/run.sh $(KDROP_CACHE) $(FALLBACK_KERNEL) KDROP_TEST_ATTACH=$(FALLBACK_ATTACH) -- $(KDROP_CACHE)/tracer.test -test.count=1 -test.v 2>&1 \
+		tracer/vmtest/run.sh $(KDROP_CACHE) $(FALLBACK_KERNEL) KDROP_TEST_ATTACH=$(FALLBACK_ATTACH) -- $(KDROP_CACHE)/tracer.test -test.count=1 -test.skip '$(FALLBACK_SKIP)' -test.v 2>&1 \
 			| tee $(KDROP_CACHE)/kernel-$(FALLBACK_KERNEL)-fallback.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|hook |scenario_test'; \
 		test $${PIPESTATUS[0]} -eq 0 || { echo "FAIL with forced modes: log in $(KDROP_CACHE)/kernel-$(FALLBACK_KERNEL)-fallback.log"; exit 1; }; \
 	fi
