@@ -53,7 +53,8 @@ func (s *Symbolizer) load() {
 	}
 	defer f.Close()
 	s.addrs, s.names, s.err = parseKallsyms(f)
-	if s.err == nil && s.path == "/proc/kallsyms" {
+	// kept only if no module came or went while the file was read
+	if s.err == nil && s.path == "/proc/kallsyms" && loadedModules() == mods {
 		lastKallsyms.addrs, lastKallsyms.names, lastKallsyms.modules = s.addrs, s.names, mods
 	}
 }
@@ -69,9 +70,10 @@ var lastKallsyms struct {
 	names   []string
 }
 
-// loadedModules is each loaded module's name and address from
-// /proc/modules (not its use count, which changes without moving it). A
-// kernel without it has no modules: its text never moves.
+// loadedModules is each loaded module's name, state and address from
+// /proc/modules (not its use count, which changes without moving it; a
+// module still loading has init text it frees when live). A kernel
+// without it has no modules: its text never moves.
 func loadedModules() string {
 	raw, err := os.ReadFile("/proc/modules")
 	if err != nil {
@@ -82,9 +84,7 @@ func loadedModules() string {
 		// "nf_tables 364544 5 nft_chain_nat, Live 0xffffffffc0a00000"
 		f := bytes.Fields(line)
 		if len(f) >= 6 {
-			b.Write(f[0])
-			b.WriteByte(' ')
-			b.Write(f[5])
+			b.Write(bytes.Join([][]byte{f[0], f[4], f[5]}, []byte(" ")))
 			b.WriteByte('\n')
 		}
 	}

@@ -949,7 +949,8 @@ cmd_kube_router() {
 				cmd_kube_router stop
 				exit 1
 			fi
-			if pgrep -af -- "$ETC/kube-router.kubeconfig" >&2; then
+			if kill -0 "$(cat "$RUN/kube-router.pid" 2>/dev/null)" 2>/dev/null ||
+				pgrep -af -- "$ETC/kube-router.kubeconfig" >&2; then
 				say "that kube-router runs, yet was taken for gone (pid file: $(cat "$RUN/kube-router.pid" 2>/dev/null))"
 				pkill -f -- "$ETC/kube-router.kubeconfig" || true
 				cmd_kube_router stop

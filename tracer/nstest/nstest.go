@@ -283,20 +283,21 @@ func (n *NS) ConnectErr(t testing.TB, addr string, port int, timeout time.Durati
 		if soerr != 0 {
 			return unix.Errno(soerr)
 		}
-		// Connected means established; anything else is a fixture fault
-		// to report, not a success.
+		// Connected means past the handshake (established, or already
+		// closed by the server: close-wait); a socket that never got
+		// there is a fixture fault to report, not a success.
 		info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
 		if err != nil {
 			return fmt.Errorf("TCP_INFO after poll: %w", err)
 		}
-		if info.State != unix.BPF_TCP_ESTABLISHED {
+		if st := info.State; st == unix.BPF_TCP_SYN_SENT || st == unix.BPF_TCP_SYN_RECV || st == unix.BPF_TCP_CLOSE {
 			var la string
 			if sa, err := unix.Getsockname(fd); err == nil {
 				if a, ok := sa.(*unix.SockaddrInet4); ok {
 					la = fmt.Sprintf("%v:%d", netip.AddrFrom4(a.Addr), a.Port)
 				}
 			}
-			return fmt.Errorf("poll said %#x with SO_ERROR 0 but the socket (from %s) is in TCP state %d, not established", fds[0].Revents, la, info.State)
+			return fmt.Errorf("poll said %#x with SO_ERROR 0 but the socket (from %s) is in TCP state %d, never connected", fds[0].Revents, la, info.State)
 		}
 		return nil
 	}
