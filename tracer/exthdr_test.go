@@ -3,7 +3,6 @@ package tracer
 import (
 	"encoding/binary"
 	"errors"
-	"net"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -220,37 +219,17 @@ func sendRaw6(t *testing.T, src, dst netip.Addr, nh byte, ext, rest []byte) {
 // past its end are padding, never ports (dport 0xaaaa before).
 func TestShortIPv4NoPortsMadeUp(t *testing.T) {
 	a, b := nstest.New(t, "sha"), nstest.New(t, "shb")
-	aDev, bDev := nstest.Veth(t, a, "198.18.51.1/24", "", b, "198.18.51.2/24", "")
-	la, lb := a.Link(t, aDev), b.Link(t, bDev)
-	dstMAC, err := net.ParseMAC(lb.MAC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srcMAC, _ := net.ParseMAC(la.MAC)
-	var fd int
-	a.In(t, func() {
-		if fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0); err != nil {
-			t.Fatal(err)
-		}
-	})
-	t.Cleanup(func() { unix.Close(fd) })
+	l := newRawLink(t, a, "198.18.51.1/24", b, "198.18.51.2/24")
 	ip := []byte{0x45, 0, 0, 22, 0, 1, 0, 0, 64, unix.IPPROTO_UDP, 0, 0, 198, 18, 51, 1, 198, 18, 51, 2}
 	binary.BigEndian.PutUint16(ip[10:], ^onesSum(ip))
-	frame := append(append(append([]byte{}, dstMAC...), srcMAC...), 0x08, 0x00)
-	frame = append(append(frame, ip...), 0x9c, 0x40) // 2 bytes of UDP: a source port, no more
+	frame := l.frame(0x0800, append(ip, 0x9c, 0x40)) // 2 bytes of UDP: a source port, no more
 	for len(frame) < 60 {
 		frame = append(frame, 0xaa)
 	}
 	c := startTracer(t, Options{Filter: Filter{Netns: b.Inode, Types: []EventType{Drop}}, RateLimit: 1000})
 	var sent atomic.Uint64
 	send := func() func() {
-		return nstest.Paced(t, 20*time.Millisecond, func() {
-			if err := unix.Sendto(fd, frame, 0, &unix.SockaddrLinklayer{Ifindex: int(la.Ifindex)}); err != nil {
-				t.Errorf("AF_PACKET send: %v", err)
-				return
-			}
-			sent.Add(1)
-		})
+		return nstest.Paced(t, 20*time.Millisecond, func() { l.send(t, frame, &sent) })
 	}
 	mineOnly := func(e *Event) bool { return e.Dst.Addr().String() == "198.18.51.2" }
 	evs, got := underLoad(t, c, "UdpInErrors", 3*time.Second, 2*time.Second, send, mineOnly, counters(t, b, "UdpInErrors"))
@@ -271,39 +250,18 @@ func TestShortIPv4NoPortsMadeUp(t *testing.T) {
 // made up of 198.18.51.2).
 func TestIPv4HeaderTooShortNoPorts(t *testing.T) {
 	a, b := nstest.New(t, "iha"), nstest.New(t, "ihb")
-	aDev, bDev := nstest.Veth(t, a, "198.18.52.1/24", "", b, "198.18.52.2/24", "")
-	la, lb := a.Link(t, aDev), b.Link(t, bDev)
-	dstMAC, err := net.ParseMAC(lb.MAC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srcMAC, _ := net.ParseMAC(la.MAC)
-	var fd int
-	a.In(t, func() {
-		if fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0); err != nil {
-			t.Fatal(err)
-		}
-	})
-	t.Cleanup(func() { unix.Close(fd) })
-	// IHL 4, then a whole UDP header 40000 -> 9
+	l := newRawLink(t, a, "198.18.52.1/24", b, "198.18.52.2/24")
 	ip := []byte{0x44, 0, 0, 28, 0, 1, 0, 0, 64, unix.IPPROTO_UDP, 0, 0, 198, 18, 52, 1, 198, 18, 52, 2,
 		0x9c, 0x40, 0, 9, 0, 8, 0, 0}
 	binary.BigEndian.PutUint16(ip[10:], ^onesSum(ip[:20]))
-	frame := append(append(append([]byte{}, dstMAC...), srcMAC...), 0x08, 0x00)
-	frame = append(frame, ip...)
+	frame := l.frame(0x0800, ip)
 	for len(frame) < 60 {
 		frame = append(frame, 0)
 	}
 	c := startTracer(t, Options{Filter: Filter{Netns: b.Inode, Types: []EventType{Drop}}, RateLimit: 1000})
 	var sent atomic.Uint64
 	send := func() func() {
-		return nstest.Paced(t, 20*time.Millisecond, func() {
-			if err := unix.Sendto(fd, frame, 0, &unix.SockaddrLinklayer{Ifindex: int(la.Ifindex)}); err != nil {
-				t.Errorf("AF_PACKET send: %v", err)
-				return
-			}
-			sent.Add(1)
-		})
+		return nstest.Paced(t, 20*time.Millisecond, func() { l.send(t, frame, &sent) })
 	}
 	mineOnly := func(e *Event) bool { return e.Dst.Addr().String() == "198.18.52.2" }
 	evs, got := underLoad(t, c, "IpInHdrErrors", 3*time.Second, 2*time.Second, send, mineOnly, counters(t, b, "IpInHdrErrors"))

@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -478,6 +479,51 @@ func TestVXLANInnerTuple(t *testing.T) {
 	}
 }
 
+// rawLink is a veth pair from a to b with an AF_PACKET socket in a that
+// sends whole frames out a's end: frames the kernel's own stack never
+// builds (a foreign VLAN tag, a broken IP header).
+type rawLink struct {
+	fd, ifindex int    // the socket and a's end
+	bDev        string // b's end, its ifindex
+	bIfindex    uint32
+	eth         []byte // b's MAC then a's: an Ethernet header but its type
+}
+
+func newRawLink(t *testing.T, a *nstest.NS, aAddr string, b *nstest.NS, bAddr string) *rawLink {
+	t.Helper()
+	aDev, bDev := nstest.Veth(t, a, aAddr, "", b, bAddr, "")
+	la, lb := a.Link(t, aDev), b.Link(t, bDev)
+	dstMAC, err := net.ParseMAC(lb.MAC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srcMAC, _ := net.ParseMAC(la.MAC)
+	l := &rawLink{ifindex: int(la.Ifindex), bDev: bDev, bIfindex: lb.Ifindex, eth: append(append([]byte{}, dstMAC...), srcMAC...)}
+	a.In(t, func() {
+		if l.fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Cleanup(func() { unix.Close(l.fd) })
+	return l
+}
+
+// frame is an Ethernet frame of type typ carrying payload.
+func (l *rawLink) frame(typ uint16, payload []byte) []byte {
+	return append(binary.BigEndian.AppendUint16(slices.Clone(l.eth), typ), payload...)
+}
+
+// send sends frame out a's end, counting it in sent (if set).
+func (l *rawLink) send(t *testing.T, frame []byte, sent *atomic.Uint64) {
+	if err := unix.Sendto(l.fd, frame, 0, &unix.SockaddrLinklayer{Ifindex: l.ifindex}); err != nil {
+		t.Errorf("AF_PACKET send: %v", err)
+		return
+	}
+	if sent != nil {
+		sent.Add(1)
+	}
+}
+
 // Frames with a VLAN tag the receiving host has no VLAN device for (a
 // trunk's other VLANs) on a veth, sent through an AF_PACKET socket: one
 // with an IPv4 packet inside, which the kernel marks for another host and
@@ -486,26 +532,10 @@ func TestVXLANInnerTuple(t *testing.T) {
 // dropped). OTHERHOST is benign, so the tracer includes benign drops.
 func TestForeignVLANTag(t *testing.T) {
 	a, b := nstest.New(t, "vla"), nstest.New(t, "vlb")
-	aDev, bDev := nstest.Veth(t, a, "198.18.50.1/24", "", b, "198.18.50.2/24", "")
-	la, lb := a.Link(t, aDev), b.Link(t, bDev)
-	dstMAC, err := net.ParseMAC(lb.MAC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srcMAC, _ := net.ParseMAC(la.MAC)
-	var fd int
-	a.In(t, func() {
-		if fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0); err != nil {
-			t.Fatal(err)
-		}
-	})
-	t.Cleanup(func() { unix.Close(fd) })
+	l := newRawLink(t, a, "198.18.50.1/24", b, "198.18.50.2/24")
 	frame := func(inner uint16, payload []byte) []byte {
-		f := append(append([]byte{}, dstMAC...), srcMAC...)
-		f = binary.BigEndian.AppendUint16(f, 0x8100) // 802.1Q
-		f = binary.BigEndian.AppendUint16(f, 100)    // VLAN 100
-		f = binary.BigEndian.AppendUint16(f, inner)
-		return append(f, payload...)
+		tag := binary.BigEndian.AppendUint16(nil, 100)                                        // VLAN 100
+		return l.frame(0x8100, append(binary.BigEndian.AppendUint16(tag, inner), payload...)) // 802.1Q
 	}
 	ip := []byte{0x45, 0, 0, 28, 0, 1, 0, 0, 64, unix.IPPROTO_UDP, 0, 0, 198, 18, 50, 1, 198, 18, 50, 2}
 	binary.BigEndian.PutUint16(ip[10:], ^onesSum(ip))
@@ -513,12 +543,10 @@ func TestForeignVLANTag(t *testing.T) {
 	frames := [][]byte{frame(0x0800, ip), frame(0x88b5, []byte("kdrop, local experimental EtherType"))}
 	send := func() {
 		for _, f := range frames {
-			if err := unix.Sendto(fd, f, 0, &unix.SockaddrLinklayer{Ifindex: int(la.Ifindex)}); err != nil {
-				t.Errorf("AF_PACKET send: %v", err)
-			}
+			l.send(t, f, nil)
 		}
 	}
-	rx := func(name string) func() uint64 { return func() uint64 { return b.Link(t, bDev).Stats.Rx[name] } }
+	rx := func(name string) func() uint64 { return func() uint64 { return b.Link(t, l.bDev).Stats.Rx[name] } }
 	opts := Options{Filter: Filter{Netns: b.Inode, Types: []EventType{Drop}, IncludeBenign: true}, RateLimit: 100}
 	for _, tc := range []struct {
 		counter, reason string
@@ -538,8 +566,8 @@ func TestForeignVLANTag(t *testing.T) {
 			evs, _ := underLoad(t, c, "rx "+tc.counter, 3*time.Second, 0, func() func() { return nstest.Paced(t, 5*time.Millisecond, send) }, keep, rx(tc.counter))
 			_, got := sum(evs, keep)
 			for _, e := range got {
-				if !e.Summary && e.Ifindex != lb.Ifindex {
-					t.Errorf("want ifindex %d (%s):\n%s", lb.Ifindex, bDev, dump([]Event{e}))
+				if !e.Summary && e.Ifindex != l.bIfindex {
+					t.Errorf("want ifindex %d (%s):\n%s", l.bIfindex, l.bDev, dump([]Event{e}))
 				}
 			}
 		})
